@@ -1,0 +1,58 @@
+"""The ``thrifty`` command line.
+
+Each area registers its own sub-commands from a small module that imports only
+``argparse`` at registration time, so ``thrifty --help`` stays fast; the heavy
+imports happen inside the command handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from thrifty.errors import ThriftyError
+
+# Modules that expose ``register(subparsers)``; each handler is stored as
+# ``func`` on its parser and returns a process exit code.
+COMMAND_MODULES: tuple[str, ...] = (
+    "thrifty.router.commands",
+    "thrifty.gateway.commands",
+    "thrifty.catalog.commands",
+    "thrifty.spend.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thrifty", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # that area is not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except ThriftyError as exc:
+        print(f"thrifty: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The contract between the gateway and spend control.
+
+The gateway calls a :class:`SpendControl` at four points of every request:
+``authenticate`` (who is calling), ``allowed`` (which models policy lets the
+router and every fallback consider), ``admit`` (rate limits, then reserve the
+request's maximum possible cost against every budget that applies) and
+``settle`` (the actual cost, written to the ledger, releasing the rest of the
+reservation). ``settle`` is called exactly once per admitted request, on
+success and on failure alike, so no request escapes the ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from thrifty.catalog.model import ModelInfo
+
+
+class SpendError(Exception):
+    """A request refused by spend control; rendered in the API's own error format."""
+
+    status: int = 400
+    error_type: str = "invalid_request_error"
+    code: str = "spend_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class AuthError(SpendError):
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(SpendError):
+    status = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class PolicyDenied(SpendError):
+    """No model is left once the caller's policies are applied."""
+
+    status = 403
+    error_type = "policy_error"
+    code = "policy_denied"
+
+
+class BudgetExceeded(SpendError):
+    """The request could push a budget past its limit; says which one and when it resets."""
+
+    status = 429
+    error_type = "budget_exceeded"
+    code = "budget_exceeded"
+
+
+class RateLimited(SpendError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller behind an API key."""
+
+    key_id: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    routing_profile: str | None = None  # the default profile the policy sets, if any
+    is_admin: bool = False
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Money held against the caller's budgets until the request settles."""
+
+    principal: Principal
+    model: str
+    amount_usd: float
+    token: Any = None  # implementation-private handle
+
+
+@dataclass(slots=True)
+class LedgerRecord:
+    """One request, as the ledger stores it. Prices are USD per token."""
+
+    request_id: str
+    ts: float  # unix seconds when the request arrived
+    key_id: str | None
+    user_id: str | None
+    team_id: str | None
+    tags: tuple[str, ...]
+    endpoint: str  # "chat.completions", "messages", "embeddings", ...
+    requested_model: str
+    served_model: str | None
+    provider: str | None
+    route_reason: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens read from the provider's cache
+    cache_write_tokens: int = 0
+    input_price: float = 0.0
+    output_price: float = 0.0
+    cached_price: float = 0.0
+    cost_usd: float = 0.0
+    frontier_cost_usd: float = 0.0  # what the default frontier model would have cost
+    latency_ms: float = 0.0
+    status: int = 200  # HTTP status the client got
+    error_type: str | None = None
+    retries: int = 0
+    stream: bool = False
+    cache_hit: bool = False
+    batch: bool = False
+    scores: dict[str, float] | None = None  # the router's per-model quality predictions
+
+
+class SpendControl(Protocol):
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """Resolve an ``Authorization``/``x-api-key`` value; raise :class:`AuthError`."""
+
+    def allowed(self, principal: Principal, candidates: Sequence[ModelInfo]) -> list[ModelInfo]:
+        """The candidates policy permits; raise :class:`PolicyDenied` when none is left."""
+
+    async def admit(
+        self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float
+    ) -> Reservation:
+        """Apply rate limits and reserve ``max_cost_usd`` on every budget that applies."""
+
+    async def settle(self, reservation: Reservation | None, record: LedgerRecord) -> None:
+        """Record the request (durably, before the client sees it complete) and settle budgets."""
+
+    async def close(self) -> None: ...
+
+
+class OpenSpendControl:
+    """No keys, no budgets, no ledger: for benchmarks of the bare proxy path only."""
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        return Principal()
+
+    def allowed(self, principal: Principal, candidates: Sequence[ModelInfo]) -> list[ModelInfo]:
+        return list(candidates)
+
+    async def admit(
+        self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float
+    ) -> Reservation:
+        return Reservation(principal, model.name, max_cost_usd)
+
+    async def settle(self, reservation: Reservation | None, record: LedgerRecord) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
