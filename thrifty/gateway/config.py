@@ -1,0 +1,278 @@
+"""Gateway configuration: a TOML file, or the embedded default that runs offline.
+
+A config names *providers* (an upstream protocol, a base URL and a key) and *models*
+(the names clients use, each served by one or more deployments on providers, with
+optional fallbacks and catalog overrides)::
+
+    frontier_model = "gpt-4o"
+
+    [providers.openai]
+    type = "openai"                       # openai | anthropic | replay
+    base_url = "https://api.openai.com/v1"
+    api_key_env = "OPENAI_API_KEY"
+
+    [models."gpt-4o-mini"]
+    provider = "openai"                   # or deployments = [{provider=..., model=..., weight=...}]
+    fallbacks = ["gpt-4o"]
+    input_cost_per_token = 1.5e-7         # any ModelInfo field overrides the catalog
+
+    [profiles.auto-thrifty]
+    cost_weight = 0.8                     # or target_quality = 0.7
+
+With no file, :func:`default_config` builds the embedded default: replay providers for
+the recorded benchmark models, plus real providers whose API keys are in the
+environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from thrifty.catalog.loader import Catalog
+from thrifty.catalog.model import ModelInfo
+from thrifty.errors import UsageError
+
+PROVIDER_TYPES = ("openai", "anthropic", "replay")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    first_token: float = 60.0  # also bounds the idle gap between stream chunks
+    total: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 2  # tries per deployment before moving on
+    backoff_base: float = 0.2  # seconds; doubled each retry, full jitter
+    backoff_max: float = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failures: int = 5  # consecutive failures that open a deployment's circuit
+    cooldown: float = 30.0  # seconds before one probe request is let through
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    type: str
+    base_url: str | None = None
+    api_key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)  # type-specific (replay: source)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    provider: str
+    model: str  # the provider's name for the model
+    weight: float = 1.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    info: ModelInfo
+    deployments: tuple[Deployment, ...]
+    fallbacks: tuple[str, ...] = ()
+    route: bool = True  # a candidate for "auto"
+    mode: str = "chat"  # chat | embedding
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileConfig:
+    cost_weight: float | None = None
+    target_quality: float | None = None
+
+
+@dataclass(slots=True)
+class GatewayConfig:
+    data_dir: Path
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelConfig]
+    profiles: dict[str, ProfileConfig] = field(default_factory=dict)
+    frontier_model: str = "gpt-4-1106-preview"
+    default_profile: str = "auto"
+    router_path: str | None = None  # None: the router shipped in the package
+    expected_output_tokens: int = 256  # for the router's expected-cost estimate
+    max_body_bytes: int = 4 * 1024 * 1024
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    spend: dict[str, Any] = field(default_factory=dict)
+    log_prompts: bool = False
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("THRIFTY_DATA_DIR") or ".thrifty")
+
+
+# Real providers switched on by their API key in the environment, with the models they add.
+ENV_PROVIDERS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+    ("openai", "OPENAI_API_KEY", "openai", "https://api.openai.com/v1",
+     ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "text-embedding-3-small")),
+    ("anthropic", "ANTHROPIC_API_KEY", "anthropic", "https://api.anthropic.com",
+     ("claude-3-5-haiku-latest", "claude-sonnet-4-20250514")),
+    ("openrouter", "OPENROUTER_API_KEY", "openai", "https://openrouter.ai/api/v1",
+     ("deepseek/deepseek-chat", "meta-llama/llama-3.3-70b-instruct", "mistralai/mistral-small-3.1-24b-instruct")),
+    ("gemini", "GEMINI_API_KEY", "openai", "https://generativelanguage.googleapis.com/v1beta/openai",
+     ("gemini-2.0-flash", "gemini-2.5-flash")),
+    ("deepseek", "DEEPSEEK_API_KEY", "openai", "https://api.deepseek.com/v1", ("deepseek-chat",)),
+    ("together_ai", "TOGETHER_API_KEY", "openai", "https://api.together.xyz/v1",
+     ("meta-llama/Llama-3.3-70B-Instruct-Turbo",)),
+)
+
+
+def _replay_models() -> dict[str, dict[str, Any]]:
+    from thrifty.providers.replay_records import GSM8K_MODELS, REPLAY_PRICES, ROUTERBENCH_MODELS
+
+    windows = {"gpt-4-1106-preview": 128000, "gpt-3.5-turbo-1106": 16385, "claude-v2": 100000,
+               "claude-v1": 100000, "claude-instant-v1": 100000, "mistralai/mixtral-8x7b-chat": 32768,
+               "mistralai/Mixtral-8x7B-Instruct-v0.1": 32768, "zero-one-ai/Yi-34B-Chat": 4096,
+               "meta/code-llama-instruct-34b-chat": 16384}
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(ROUTERBENCH_MODELS + GSM8K_MODELS):
+        inp, outp = REPLAY_PRICES[name]
+        out[name] = {
+            "provider": "replay",
+            "input_cost_per_token": inp,
+            "output_cost_per_token": outp,
+            "context_window": windows.get(name, 4096),
+            "max_output_tokens": 4096,
+        }
+    return out
+
+
+def default_document(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The embedded default as a config document (the same shape a TOML file has)."""
+    env = os.environ if env is None else env
+    doc: dict[str, Any] = {
+        "providers": {"replay": {"type": "replay", "source": "auto"}},
+        "models": _replay_models(),
+    }
+    for name, key_env, ptype, base_url, models in ENV_PROVIDERS:
+        if not env.get(key_env):
+            continue
+        doc["providers"][name] = {"type": ptype, "base_url": base_url, "api_key_env": key_env}
+        for model in models:
+            exposed = model if name in ("openai", "anthropic", "gemini") else f"{name}/{model}"
+            doc["models"].setdefault(exposed, {
+                "deployments": [{"provider": name, "model": model}],
+                "mode": "embedding" if "embedding" in model else "chat",
+            })
+    return doc
+
+
+def _float(section: Mapping[str, Any], key: str, default: float, where: str) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{where}.{key} must be a number, not {value!r}")
+    return float(value)
+
+
+def build_config(
+    doc: Mapping[str, Any], *, data_dir: Path | None = None, env: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Validate a config document and price its models from the catalog."""
+    env = os.environ if env is None else env
+    ddir = Path(doc.get("data_dir") or data_dir or default_data_dir())
+    catalog = Catalog.load(ddir)
+
+    providers: dict[str, ProviderConfig] = {}
+    for name, p in (doc.get("providers") or {}).items():
+        ptype = p.get("type", "openai")
+        if ptype not in PROVIDER_TYPES:
+            raise UsageError(f"providers.{name}.type must be one of {', '.join(PROVIDER_TYPES)}, not {ptype!r}")
+        key = p.get("api_key") or (env.get(p["api_key_env"]) if p.get("api_key_env") else None)
+        known = {"type", "base_url", "api_key", "api_key_env", "headers"}
+        providers[name] = ProviderConfig(
+            name=name, type=ptype, base_url=p.get("base_url"), api_key=key,
+            headers=dict(p.get("headers") or {}), options={k: v for k, v in p.items() if k not in known},
+        )
+        if ptype != "replay" and not providers[name].base_url:
+            raise UsageError(f"providers.{name}.base_url is required for type {ptype!r}")
+
+    models: dict[str, ModelConfig] = {}
+    for name, m in (doc.get("models") or {}).items():
+        m = dict(m)
+        deps_doc = m.pop("deployments", None)
+        if deps_doc is None:
+            if "provider" not in m:
+                raise UsageError(f"models.{name!r} needs a provider or deployments")
+            deps_doc = [{"provider": m.pop("provider"), "model": m.pop("upstream_model", name)}]
+        else:
+            m.pop("provider", None)
+        deployments = []
+        for d in deps_doc:
+            if d.get("provider") not in providers:
+                raise UsageError(f"models.{name!r}: unknown provider {d.get('provider')!r}")
+            deployments.append(Deployment(d["provider"], d.get("model", name), float(d.get("weight", 1.0))))
+        if not deployments:
+            raise UsageError(f"models.{name!r} has no deployments")
+        fallbacks = tuple(m.pop("fallbacks", ()))
+        route = bool(m.pop("route", True))
+        mode = m.pop("mode", "chat")
+        first = deployments[0]
+        info = catalog.model(name, providers[first.provider].type if providers[first.provider].type != "openai"
+                             else first.provider, first.model if first.model != name else None, overrides=m)
+        models[name] = ModelConfig(info, tuple(deployments), fallbacks, route, mode)
+    for name, mc in models.items():
+        for fb in mc.fallbacks:
+            if fb not in models:
+                raise UsageError(f"models.{name!r}: fallback {fb!r} is not a configured model")
+
+    profiles = {}
+    for name, p in (doc.get("profiles") or {}).items():
+        profiles[name] = ProfileConfig(
+            cost_weight=p.get("cost_weight"), target_quality=p.get("target_quality")
+        )
+    t, r, b = doc.get("timeouts", {}), doc.get("retry", {}), doc.get("circuit_breaker", {})
+    d = Timeouts()
+    cfg = GatewayConfig(
+        data_dir=ddir,
+        providers=providers,
+        models=models,
+        profiles=profiles,
+        frontier_model=doc.get("frontier_model", "gpt-4-1106-preview"),
+        default_profile=doc.get("default_profile", "auto"),
+        router_path=doc.get("router_path"),
+        expected_output_tokens=int(doc.get("expected_output_tokens", 256)),
+        max_body_bytes=int(doc.get("max_body_bytes", 4 * 1024 * 1024)),
+        timeouts=Timeouts(
+            _float(t, "connect", d.connect, "timeouts"),
+            _float(t, "first_token", d.first_token, "timeouts"),
+            _float(t, "total", d.total, "timeouts"),
+        ),
+        retry=RetryPolicy(int(r.get("attempts", 2)), _float(r, "backoff_base", 0.2, "retry"),
+                          _float(r, "backoff_max", 4.0, "retry")),
+        breaker=BreakerPolicy(int(b.get("failures", 5)), _float(b, "cooldown", 30.0, "circuit_breaker")),
+        spend=dict(doc.get("spend") or {}),
+        log_prompts=bool(doc.get("log_prompts", False)),
+    )
+    return cfg
+
+
+def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read a TOML config file, or build the embedded default when ``path`` is None."""
+    if path is None:
+        return build_config(default_document(env), env=env)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    if doc.get("data_dir") and not Path(doc["data_dir"]).is_absolute():
+        doc["data_dir"] = str(Path(path).parent / doc["data_dir"])
+    return build_config(doc, env=env)

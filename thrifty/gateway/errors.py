@@ -1,0 +1,64 @@
+"""Errors the gateway returns, rendered in the calling API's own format.
+
+Every failure a client can see is a :class:`GatewayError` (or a spend-control
+``SpendError``) with a status, a type, a code and a clear message; the app turns
+anything else into a plain 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    """A request the gateway refuses or cannot complete."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+
+def bad_request(message: str, *, param: str | None = None, code: str | None = "invalid_value") -> GatewayError:
+    return GatewayError(400, message, param=param, code=code)
+
+
+# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def openai_body(status: int, message: str, type: str, code: str | None, param: str | None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def anthropic_body(status: int, message: str, type: str) -> bytes:
+    if type not in _ANTHROPIC_TYPES.values():
+        type = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return orjson.dumps({"type": "error", "error": {"type": type, "message": message}})

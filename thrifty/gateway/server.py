@@ -1,0 +1,45 @@
+"""Build the app from a config (with spend control and its admin API) and serve it with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from thrifty.gateway.config import GatewayConfig, load_config
+from thrifty.spend.api import OpenSpendControl, SpendControl
+
+log = logging.getLogger("thrifty.gateway")
+
+
+def build_spend(config: GatewayConfig) -> tuple[SpendControl, dict[str, Any]]:
+    """Spend control from ``config.spend`` and its admin app at ``/admin``.
+
+    Falls back to :class:`OpenSpendControl` (no keys, no budgets) only when the spend
+    package does not provide ``from_config`` yet, and says so.
+    """
+    import thrifty.spend as spend_pkg
+
+    from_config = getattr(spend_pkg, "from_config", None)
+    if from_config is None:
+        log.warning("thrifty.spend has no from_config: running without keys, budgets or ledger")
+        return OpenSpendControl(), {}
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    spend = from_config(config.spend, Path(config.data_dir))
+    admin = getattr(spend_pkg, "admin_app", None)
+    return spend, ({"/admin": admin(spend)} if admin is not None else {})
+
+
+def make_app(config_path: str | None = None) -> Any:
+    from thrifty.gateway.app import create_app
+
+    config = load_config(config_path)
+    spend, mounts = build_spend(config)
+    return create_app(config, spend=spend, mounts=mounts)
+
+
+def serve(app: Any, host: str, port: int, *, log_level: str = "warning", workers: int = 1) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+                access_log=False, log_level=log_level, server_header=False, date_header=False)

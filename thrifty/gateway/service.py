@@ -1,0 +1,279 @@
+"""The request pipeline, independent of HTTP: plan (resolve or route the model, apply policy,
+check limits), admit, call upstream with retries and fallbacks, price, settle.
+
+``Plan`` holds everything decided before the upstream call; ``Served`` what happened.
+Settling is the caller's job (the app), so it happens exactly once and before the
+last bytes go to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from thrifty.catalog.model import ModelInfo
+from thrifty.gateway.config import Deployment, GatewayConfig, ModelConfig
+from thrifty.gateway.errors import GatewayError
+from thrifty.gateway.metrics import Metrics
+from thrifty.gateway.reliability import CircuitBreaker, backoff_delay, order_deployments
+from thrifty.gateway.routing import AutoRouter, RoutingUnavailable
+from thrifty.gateway.schemas import ChatRequest
+from thrifty.providers.base import Provider, UpstreamError, Usage
+from thrifty.spend.api import PolicyDenied, Principal, SpendControl
+
+log = logging.getLogger("thrifty.gateway")
+
+
+@dataclass(slots=True)
+class Plan:
+    requested: str
+    chain: list[ModelConfig]  # the chosen model first, then its fallbacks (all allowed by policy)
+    reason: str
+    prompt_tokens: int
+    max_output_tokens: int
+    max_cost_usd: float
+    scores: dict[str, float] | None = None
+
+
+@dataclass(slots=True)
+class Served:
+    model: ModelConfig
+    deployment: Deployment
+    retries: int = 0
+    fallbacks: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def price(info: ModelInfo, usage: Usage) -> float:
+    """USD for ``usage`` at ``info``'s per-token prices (cached prompt tokens at the cache price)."""
+    inp = info.input_cost_per_token or 0.0
+    out = info.output_cost_per_token or 0.0
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
+    cache_price = info.cache_read_input_token_cost if info.cache_read_input_token_cost is not None else inp
+    write_price = info.cache_creation_input_token_cost if info.cache_creation_input_token_cost is not None else inp
+    return ((usage.prompt_tokens - cached) * inp + cached * cache_price + usage.completion_tokens * out
+            + usage.cache_write_tokens * write_price)
+
+
+def _max_output(info: ModelInfo, requested: int | None, prompt_tokens: int) -> int:
+    if requested:
+        return requested
+    if info.max_output_tokens:
+        return info.max_output_tokens
+    if info.context_window:
+        return max(1, info.context_window - prompt_tokens)
+    return 4096
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        spend: SpendControl,
+        providers: dict[str, Provider],
+        router: AutoRouter,
+        frontier: ModelInfo | None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.spend = spend
+        self.providers = providers
+        self.router = router
+        self.frontier = frontier
+        self.metrics = metrics or Metrics()
+        self.models = config.models
+        self.breakers = {
+            d.key: CircuitBreaker(config.breaker) for m in config.models.values() for d in m.deployments
+        }
+
+    # -- planning --------------------------------------------------------------------------
+
+    def _allowed(self, principal: Principal, models: list[ModelConfig]) -> list[ModelConfig]:
+        if not models:
+            return []
+        try:
+            ok = {m.name for m in self.spend.allowed(principal, [m.info for m in models])}
+        except PolicyDenied:
+            return []
+        return [m for m in models if m.info.name in ok]
+
+    def _fallbacks(self, principal: Principal, first: ModelConfig, prompt_tokens: int) -> list[ModelConfig]:
+        chain, seen = [], {first.info.name}
+        for name in first.fallbacks:
+            mc = self.models[name]
+            if name not in seen and mc.info.priced and (mc.info.context_window or 1 << 62) >= prompt_tokens:
+                chain.append(mc)
+                seen.add(name)
+        return self._allowed(principal, chain)
+
+    def plan_chat(self, principal: Principal, req: ChatRequest, *, endpoint: str = "chat") -> Plan:
+        name = req.model
+        prompt_tokens = req.prompt_tokens
+        profile = None
+        if self.router.is_profile(name):
+            profile = name
+        elif name == "default" and principal.routing_profile:
+            profile = principal.routing_profile
+        if profile is not None:
+            return self._plan_auto(principal, req, profile, prompt_tokens)
+
+        mc = self.models.get(name)
+        if mc is None or mc.mode != "chat":
+            raise GatewayError(404, f"The model '{name}' does not exist or you do not have access to it. "
+                               "GET /v1/models lists the models this gateway serves.",
+                               code="model_not_found", param="model")
+        self._check_servable(mc.info, prompt_tokens)
+        allowed = self.spend.allowed(principal, [mc.info])  # raises PolicyDenied when refused
+        if not allowed:
+            raise PolicyDenied(f"Policy does not allow model '{name}'.")
+        chain = [mc] + self._fallbacks(principal, mc, prompt_tokens)
+        return self._finish_plan(name, chain, "explicit model", req, prompt_tokens)
+
+    def _check_servable(self, info: ModelInfo, prompt_tokens: int) -> None:
+        if not info.priced:
+            raise GatewayError(400, f"The model '{info.name}' has no known price, so thrifty will not route "
+                               "to it. Set input_cost_per_token and output_cost_per_token for it in the "
+                               "config.", code="model_not_priced", param="model")
+        if info.context_window and prompt_tokens > info.context_window:
+            raise GatewayError(400, f"This model's maximum context length is {info.context_window} tokens. "
+                               f"However, your messages resulted in about {prompt_tokens} tokens. Please "
+                               "reduce the length of the messages.", code="context_length_exceeded",
+                               param="messages")
+
+    def _plan_auto(self, principal: Principal, req: ChatRequest, profile: str, prompt_tokens: int) -> Plan:
+        known = self.router.models
+        pool = [m for m in self.models.values()
+                if m.route and m.mode == "chat" and m.info.priced and (not known or m.info.name in known)]
+        fitting = [m for m in pool if (m.info.context_window or 1 << 62) >= prompt_tokens]
+        if pool and not fitting:
+            biggest = max(m.info.context_window or 0 for m in pool)
+            raise GatewayError(400, f"The largest context window among routable models is {biggest} tokens. "
+                               f"However, your messages resulted in about {prompt_tokens} tokens.",
+                               code="context_length_exceeded", param="messages")
+        allowed_infos = self.spend.allowed(principal, [m.info for m in fitting]) if fitting else []
+        if not allowed_infos:
+            raise PolicyDenied("No model is left for routing once policy is applied.")
+        ok = {i.name for i in allowed_infos}
+        allowed = [m for m in fitting if m.info.name in ok]
+        exp_out = req.max_tokens or self.config.expected_output_tokens
+        costs = {m.info.name: prompt_tokens * m.info.input_cost_per_token  # type: ignore[operator]
+                 + exp_out * m.info.output_cost_per_token for m in allowed}  # type: ignore[operator]
+        try:
+            chosen, reason, scores = self.router.choose(req.prompt, [m.info for m in allowed], costs, profile)
+        except RoutingUnavailable as exc:
+            # Without a router, "auto" still serves: the cheapest allowed model, and says so.
+            chosen = min(costs, key=costs.__getitem__)
+            reason, scores = f"router unavailable ({exc}); cheapest allowed model", None
+        first = self.models[chosen]
+        rest = self._fallbacks(principal, first, prompt_tokens)
+        if not rest and scores:
+            # No configured fallbacks: the next best models by predicted quality.
+            by_score = sorted((m for m in allowed if m is not first), key=lambda m: -scores.get(m.info.name, 0))
+            rest = by_score[:2]
+        plan = self._finish_plan(profile, [first] + rest, f"{profile}: {reason}", req, prompt_tokens)
+        plan.scores = scores
+        return plan
+
+    def _finish_plan(self, requested: str, chain: list[ModelConfig], reason: str, req: Any,
+                     prompt_tokens: int) -> Plan:
+        max_cost, max_out = 0.0, 0
+        for mc in chain:
+            out = _max_output(mc.info, req.max_tokens, prompt_tokens)
+            cost = price(mc.info, Usage(prompt_tokens, out))
+            if cost >= max_cost:
+                max_cost, max_out = cost, out
+        return Plan(requested, chain, reason, prompt_tokens, max_out, max_cost)
+
+    def plan_embeddings(self, principal: Principal, model: str, prompt_tokens: int) -> Plan:
+        mc = self.models.get(model)
+        if mc is None or mc.mode != "embedding":
+            raise GatewayError(404, f"The embedding model '{model}' does not exist or you do not have access "
+                               "to it.", code="model_not_found", param="model")
+        self._check_servable(mc.info, prompt_tokens)
+        if not self.spend.allowed(principal, [mc.info]):
+            raise PolicyDenied(f"Policy does not allow model '{model}'.")
+        return Plan(model, [mc], "explicit model", prompt_tokens, 0,
+                    prompt_tokens * (mc.info.input_cost_per_token or 0.0))
+
+    # -- execution -------------------------------------------------------------------------
+
+    async def _attempts(
+        self, plan: Plan, served: Served, call: Callable[[Provider, dict[str, Any]], Awaitable[Any]],
+        body: dict[str, Any],
+    ) -> Any:
+        """Run ``call`` over the chain: each model's deployments in load-balanced order, each
+        deployment up to ``retry.attempts`` times with jittered backoff. Non-retryable upstream
+        errors (a 400 from the provider) end the request at once."""
+        policy = self.config.retry
+        last: UpstreamError | None = None
+        tries = 0
+        for index, mc in enumerate(plan.chain):
+            for dep in order_deployments(mc.deployments):
+                breaker = self.breakers[dep.key]
+                if not breaker.allow():
+                    served.errors.append(f"{dep.key}: circuit open")
+                    continue
+                provider = self.providers[dep.provider]
+                for attempt in range(max(1, policy.attempts)):
+                    if tries:
+                        served.retries += 1
+                        self.metrics.retries += 1
+                        if attempt:
+                            await asyncio.sleep(backoff_delay(attempt - 1, policy))
+                    tries += 1
+                    try:
+                        result = await call(provider, {**body, "model": dep.model})
+                    except UpstreamError as exc:
+                        breaker.failure() if exc.retryable else None
+                        self.metrics.upstream_errors[(dep.key, exc.type)] += 1
+                        served.errors.append(f"{dep.key}: {exc.status}")
+                        last = exc
+                        if not exc.retryable:
+                            raise
+                        if not breaker.allow():
+                            break
+                        continue
+                    breaker.success()
+                    served.model, served.deployment, served.fallbacks = mc, dep, index
+                    if index:
+                        self.metrics.fallbacks += 1
+                    return result
+        if last is None:
+            raise UpstreamError(503, "Every deployment of the requested model is unavailable (circuit open); "
+                                "try again shortly.", retryable=True, type="unavailable")
+        raise last
+
+    async def chat(self, plan: Plan, req: ChatRequest, served: Served) -> dict[str, Any]:
+        body = req.body
+        if req.stream:
+            body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        return await self._attempts(plan, served, lambda p, b: p.chat(b, self.config.timeouts), body)
+
+    async def chat_stream(
+        self, plan: Plan, req: ChatRequest, served: Served
+    ) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+        """The first chunk and the rest of the stream; retries and fallbacks happen only until the
+        first chunk arrives (after that the client has seen bytes from this model)."""
+
+        async def start(provider: Provider, body: dict[str, Any]) -> tuple[dict[str, Any], AsyncIterator[Any]]:
+            it = provider.chat_stream(body, self.config.timeouts).__aiter__()
+            try:
+                first = await it.__anext__()
+            except StopAsyncIteration:
+                raise UpstreamError(502, "upstream stream was empty", retryable=True) from None
+            return first, it
+
+        return await self._attempts(plan, served, start, req.body)
+
+    async def embeddings(self, plan: Plan, body: dict[str, Any], served: Served) -> dict[str, Any]:
+        return await self._attempts(plan, served, lambda p, b: p.embeddings(b, self.config.timeouts), body)
+
+    def frontier_cost(self, usage: Usage) -> float:
+        return price(self.frontier, usage) if self.frontier is not None else 0.0
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,41 @@
+"""Run an ASGI app on a real loopback HTTP server in a background thread (tests, demo).
+
+    with running(app) as base_url:        # "http://127.0.0.1:<port>"
+        openai.OpenAI(base_url=base_url + "/v1", api_key="x").chat.completions.create(...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(app: Any, port: int = 0, *, log_level: str = "warning") -> Iterator[str]:
+    import uvicorn
+
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
+                            access_log=False, log_level=log_level)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True, name="thrifty-test-server")
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
