@@ -1,4 +1,56 @@
 #!/usr/bin/env bash
-# Installs the system services the test suite talks to (none needed yet).
-# Later: PostgreSQL, Redis and Chromium from Debian's packages.
-exit 0
+# Installs and starts the system services the test suite talks to, from
+# Debian's packages. Idempotent and quick when everything is already running.
+#
+#   PostgreSQL: a dedicated cluster "thrifty" on 127.0.0.1:${THRIFTY_PG_PORT:-55432}
+#   (trust auth on loopback only), database "thrifty_test". The URL is written
+#   to .thrifty/test-services/postgres.url for the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .thrifty/test-services
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" = 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- PostgreSQL ---------------------------------------------------------------
+pg_port=${THRIFTY_PG_PORT:-55432}
+pg_db=thrifty_test
+setup_postgres() {
+    if ! command -v pg_createcluster >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+        # Installing starts no service we rely on: the tests use their own cluster.
+        apt_install postgresql
+    fi
+    local version
+    version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+    if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$version thrifty"; then
+        as_root pg_createcluster "$version" thrifty -p "$pg_port" -- \
+            --auth-local=trust --auth-host=trust >/dev/null
+        # Loopback only, tuned for a test machine (no durability wait on commit).
+        printf "%s\n" "listen_addresses = '127.0.0.1'" "max_connections = 200" \
+            "synchronous_commit = off" \
+            | as_root tee "/etc/postgresql/$version/thrifty/conf.d/thrifty-tests.conf" >/dev/null
+    fi
+    if ! pg_lsclusters -h | awk -v v="$version" '$1==v && $2=="thrifty" {print $4}' | grep -q online; then
+        as_root pg_ctlcluster "$version" thrifty start
+    fi
+    local i
+    for i in $(seq 1 50); do
+        if pg_isready -q -h 127.0.0.1 -p "$pg_port"; then break; fi
+        sleep 0.2
+    done
+    if ! psql -h 127.0.0.1 -p "$pg_port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$pg_db'" | grep -q 1; then
+        psql -h 127.0.0.1 -p "$pg_port" -U postgres -qc "CREATE DATABASE $pg_db" >/dev/null
+    fi
+    echo "postgresql://postgres@127.0.0.1:$pg_port/$pg_db" > .thrifty/test-services/postgres.url
+}
+
+setup_postgres
+echo "test services: postgresql on 127.0.0.1:$pg_port ($(cat .thrifty/test-services/postgres.url))"

@@ -1,4 +1,16 @@
-"""Spend control: keys, teams, budgets, rate limits, policies and the ledger."""
+"""Spend control: keys, teams, budgets, rate limits, policies and the ledger.
+
+The gateway builds one with :func:`from_config` and mounts :func:`admin_app`
+at ``/admin``. Heavy modules load on first use so ``import thrifty.spend``
+stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+from typing import TYPE_CHECKING, Any
 
 from thrifty.spend.api import (
     AuthError,
@@ -14,6 +26,9 @@ from thrifty.spend.api import (
     SpendError,
 )
 
+if TYPE_CHECKING:
+    from thrifty.spend.control import DbSpendControl
+
 __all__ = [
     "AuthError",
     "BudgetExceeded",
@@ -26,4 +41,62 @@ __all__ = [
     "Reservation",
     "SpendControl",
     "SpendError",
+    "admin_app",
+    "database_url",
+    "from_config",
 ]
+
+CONFIG_KEYS = ("database_url", "admin_key", "journal_dir", "hold_ttl_s", "poll_interval_s", "flush_interval_s")
+
+
+def database_url(section: dict[str, Any], data_dir: pathlib.Path) -> str:
+    """The configured URL, else ``THRIFTY_DATABASE_URL``, else SQLite at ``data_dir/spend.db``."""
+    url = section.get("database_url") or os.environ.get("THRIFTY_DATABASE_URL")
+    if url:
+        return str(url)
+    return f"sqlite:///{pathlib.Path(data_dir).resolve() / 'spend.db'}"
+
+
+def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path) -> "DbSpendControl":
+    """Spend control from the gateway config's ``[spend]`` section.
+
+    Keys: ``database_url`` (``postgresql://...``; default SQLite WAL file
+    ``data_dir/spend.db``), ``admin_key`` (else ``THRIFTY_ADMIN_KEY``; with
+    neither, one is generated on first start and printed once to stderr),
+    ``journal_dir`` (default ``data_dir/journal``), ``hold_ttl_s``,
+    ``poll_interval_s``, ``flush_interval_s``.
+    """
+    from thrifty.errors import UsageError
+    from thrifty.spend.control import DbSpendControl
+
+    section = dict(section or {})
+    unknown = sorted(set(section) - set(CONFIG_KEYS))
+    if unknown:
+        raise UsageError(f"unknown [spend] setting(s): {', '.join(unknown)}; known: {', '.join(CONFIG_KEYS)}")
+    data_dir = pathlib.Path(data_dir)
+    journal_dir = pathlib.Path(section.get("journal_dir") or data_dir / "journal")
+    try:
+        spend = DbSpendControl(
+            database_url(section, data_dir),
+            journal_dir,
+            admin_key=section.get("admin_key") or os.environ.get("THRIFTY_ADMIN_KEY") or None,
+            hold_ttl=float(section.get("hold_ttl_s", 3600)),
+            poll_interval=float(section.get("poll_interval_s", 1.0)),
+            flush_interval=float(section.get("flush_interval_s", 0.02)),
+        )
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"spend control: {exc}") from exc
+    if spend.generated_admin_key:
+        print(
+            "thrifty: generated the admin key; it is shown only this once, store it now:\n"
+            f"    {spend.generated_admin_key}",
+            file=sys.stderr,
+        )
+    return spend
+
+
+def admin_app(spend: "DbSpendControl") -> Any:
+    """The admin API (an ASGI app) for the gateway to mount at ``/admin``."""
+    from thrifty.spend.admin import create_admin_app
+
+    return create_admin_app(spend)

@@ -56,6 +56,10 @@ class BudgetExceeded(SpendError):
     status = 429
     error_type = "budget_exceeded"
     code = "budget_exceeded"
+    budget_id: str | None = None  # which budget refused the request
+    scope: str | None = None  # "key", "user" or "team"
+    scope_id: str | None = None
+    resets_at: str | None = None  # ISO 8601 UTC; None for a fixed window that never resets
 
 
 class RateLimited(SpendError):

@@ -1,0 +1,221 @@
+"""The admin API: keys, teams, users, budgets, policies and spend, as JSON over HTTP.
+
+Mounted by the gateway at ``/admin``; every route but the schema needs the
+admin key (``Authorization: Bearer ...`` or ``x-api-key``). Errors use the
+gateway's error format: ``{"error": {"message", "type", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from thrifty.spend import store
+from thrifty.spend.api import PermissionDenied, SpendError
+from thrifty.spend.periods import parse_time
+
+if TYPE_CHECKING:
+    from thrifty.spend.control import DbSpendControl
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+def _error(status: int, message: str, error_type: str, code: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": error_type, "code": code}}, status, headers=headers)
+
+
+def _store_error(exc: store.StoreError) -> JSONResponse:
+    kind = {404: ("not_found_error", "not_found"), 409: ("conflict_error", "already_exists")}.get(
+        exc.status, ("invalid_request_error", "invalid_value"))
+    return _error(exc.status, str(exc), *kind)
+
+
+async def _body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise store.StoreError("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise store.StoreError("request body must be a JSON object")
+    return body
+
+
+def _pick(body: dict, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise store.StoreError(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    missing = [name for name in required if body.get(name) in (None, "")]
+    if missing:
+        raise store.StoreError(f"missing field(s): {', '.join(missing)}")
+    return body
+
+
+def _time(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            raise store.StoreError(f"{name}: {exc}") from None
+    raise store.StoreError(f"{name} must be an ISO 8601 time or unix seconds")
+
+
+def create_admin_app(spend: "DbSpendControl") -> Starlette:
+    db = spend.db
+
+    def guarded(handler: Handler, *, mutates: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                principal = await spend.authenticate(
+                    request.headers.get("authorization") or request.headers.get("x-api-key"))
+                if not principal.is_admin:
+                    raise PermissionDenied("This route needs the admin key, not a virtual key.")
+                result = await handler(request)
+                if mutates:
+                    spend.reload()
+            except SpendError as exc:
+                return _error(exc.status, exc.message, exc.error_type, exc.code, exc.headers)
+            except store.StoreError as exc:
+                return _store_error(exc)
+            if isinstance(result, Response):
+                return result
+            return JSONResponse(result, 201 if mutates and request.method == "POST" else 200)
+
+        return endpoint
+
+    async def list_keys(request: Request) -> Any:
+        q = request.query_params
+        return {"data": store.list_keys(db, team_id=q.get("team_id"), user_id=q.get("user_id"),
+                                        include_revoked=q.get("include_revoked") in ("1", "true"))}
+
+    async def create_key(request: Request) -> Any:
+        body = _pick(await _body(request), ("name", "user_id", "team_id", "tags", "metadata", "expires_at", "rpm", "tpm"))
+        record, secret = store.create_key(
+            db, name=body.get("name"), user_id=body.get("user_id"), team_id=body.get("team_id"),
+            tags=body.get("tags"), metadata=body.get("metadata"),
+            expires_at=_time("expires_at", body.get("expires_at")), rpm=body.get("rpm"), tpm=body.get("tpm"),
+        )
+        return {**record, "key": secret, "note": "The key is shown only this once; store it now."}
+
+    async def get_key(request: Request) -> Any:
+        return store.get_key(db, request.path_params["key_id"])
+
+    async def revoke_key(request: Request) -> Any:
+        return store.revoke_key(db, request.path_params["key_id"])
+
+    async def list_teams(request: Request) -> Any:
+        return {"data": store.list_teams(db)}
+
+    async def create_team(request: Request) -> Any:
+        body = _pick(await _body(request), ("id", "name", "metadata", "rpm", "tpm"), ("id",))
+        return store.create_team(db, body["id"], name=body.get("name"), metadata=body.get("metadata"),
+                                 rpm=body.get("rpm"), tpm=body.get("tpm"))
+
+    async def get_team(request: Request) -> Any:
+        return store.get_team(db, request.path_params["team_id"])
+
+    async def list_users(request: Request) -> Any:
+        return {"data": store.list_users(db, request.query_params.get("team_id"))}
+
+    async def create_user(request: Request) -> Any:
+        body = _pick(await _body(request), ("id", "team_id", "name", "email", "metadata"), ("id",))
+        return store.create_user(db, body["id"], team_id=body.get("team_id"), name=body.get("name"),
+                                 email=body.get("email"), metadata=body.get("metadata"))
+
+    async def list_budgets(request: Request) -> Any:
+        await run_in_threadpool(spend.flush)
+        q = request.query_params
+        return {"data": store.list_budgets(db, q.get("scope"), q.get("scope_id"))}
+
+    async def set_budget(request: Request) -> Any:
+        body = _pick(await _body(request), ("scope", "scope_id", "amount_usd", "period", "window_start", "window_end",
+                                            "soft_thresholds", "webhook_url"), ("scope", "scope_id", "amount_usd"))
+        await run_in_threadpool(spend.flush)
+        return store.set_budget(
+            db, body["scope"], body["scope_id"], amount_usd=body["amount_usd"], period=body.get("period", "monthly"),
+            window_start=_time("window_start", body.get("window_start")),
+            window_end=_time("window_end", body.get("window_end")),
+            soft_thresholds=body.get("soft_thresholds") or [], webhook_url=body.get("webhook_url"),
+        )
+
+    async def get_budget(request: Request) -> Any:
+        await run_in_threadpool(spend.flush)
+        return store.get_budget(db, request.path_params["budget_id"])
+
+    async def delete_budget(request: Request) -> Any:
+        store.delete_budget(db, request.path_params["budget_id"])
+        return {"deleted": request.path_params["budget_id"]}
+
+    async def list_policies(request: Request) -> Any:
+        return {"data": store.list_policies(db)}
+
+    async def put_policy(request: Request) -> Any:
+        p = request.path_params
+        return store.set_policy(db, p["scope"], p["scope_id"], await _body(request))
+
+    async def delete_policy(request: Request) -> Any:
+        p = request.path_params
+        store.delete_policy(db, p["scope"], p["scope_id"])
+        return {"deleted": f"{p['scope']}/{p['scope_id']}"}
+
+    async def get_spend(request: Request) -> Any:
+        q = request.query_params
+        unknown = sorted(set(q) - {"group_by", "since", "until", "team_id", "key_id", "user_id"})
+        if unknown:
+            raise store.StoreError(f"unknown query parameter(s): {', '.join(unknown)}")
+        await run_in_threadpool(spend.flush)
+        return store.spend(db, store.SpendQuery(
+            group_by=q.get("group_by", "team"), since=_time("since", q.get("since")),
+            until=_time("until", q.get("until")), team_id=q.get("team_id"), key_id=q.get("key_id"),
+            user_id=q.get("user_id"),
+        ))
+
+    async def openapi(request: Request) -> Response:
+        from thrifty.spend.openapi import schema
+
+        return JSONResponse(schema())
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        if status == 405:
+            return _error(405, f"Method {request.method} is not allowed on {request.url.path}.",
+                          "invalid_request_error", "method_not_allowed")
+        return _error(404, f"No admin route {request.url.path}; see /admin/openapi.json.", "not_found_error", "not_found")
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return _error(500, "Internal error in the admin API; it has been logged.", "api_error", "internal_error")
+
+    routes = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/keys", guarded(list_keys), methods=["GET"]),
+        Route("/keys", guarded(create_key, mutates=True), methods=["POST"]),
+        Route("/keys/{key_id}", guarded(get_key), methods=["GET"]),
+        Route("/keys/{key_id}", guarded(revoke_key, mutates=True), methods=["DELETE"]),
+        Route("/keys/{key_id}/revoke", guarded(revoke_key, mutates=True), methods=["POST"]),
+        Route("/teams", guarded(list_teams), methods=["GET"]),
+        Route("/teams", guarded(create_team, mutates=True), methods=["POST"]),
+        Route("/teams/{team_id}", guarded(get_team), methods=["GET"]),
+        Route("/users", guarded(list_users), methods=["GET"]),
+        Route("/users", guarded(create_user, mutates=True), methods=["POST"]),
+        Route("/budgets", guarded(list_budgets), methods=["GET"]),
+        Route("/budgets", guarded(set_budget, mutates=True), methods=["POST"]),
+        Route("/budgets/{budget_id}", guarded(get_budget), methods=["GET"]),
+        Route("/budgets/{budget_id}", guarded(delete_budget, mutates=True), methods=["DELETE"]),
+        Route("/policies", guarded(list_policies), methods=["GET"]),
+        Route("/policies/{scope}/{scope_id}", guarded(put_policy, mutates=True), methods=["PUT"]),
+        Route("/policies/{scope}/{scope_id}", guarded(delete_policy, mutates=True), methods=["DELETE"]),
+        Route("/spend", guarded(get_spend), methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error})

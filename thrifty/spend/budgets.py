@@ -1,0 +1,188 @@
+"""Budget holds: reserve the most a request can cost, settle to what it did cost.
+
+Two engines with one rule (spent + held + this request <= limit, else refuse):
+
+* :class:`MemoryBudgets` (SQLite, one gateway process): counters in memory,
+  exact because the event loop runs each check-and-hold without a break.
+  Spent amounts start from the database's counters (after journal replay)
+  and are then kept in memory.
+* :class:`PostgresBudgets` (several processes sharing PostgreSQL): holds are
+  rows in ``reservations``; a check locks the budget rows, then reads spent
+  and held in one snapshot. The ledger batcher turns a hold into spend in one
+  transaction (insert record, add to counter, delete hold), so a check never
+  sees a request twice or not at all. Holds of a crashed process expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from thrifty.spend.api import BudgetExceeded
+from thrifty.spend.db import Database
+from thrifty.spend.money import format_usd
+from thrifty.spend.periods import iso
+from thrifty.spend.snapshot import BudgetEntry
+
+
+@dataclass(slots=True)
+class Hold:
+    """What one request holds: ``amount`` nano-dollars on each (budget, period)."""
+
+    id: str
+    amount: int
+    charges: list[tuple[BudgetEntry, int]] = field(default_factory=list)  # (budget, period start)
+    ends: dict[str, float | None] = field(default_factory=dict)
+    settled: bool = False
+
+
+def refuse(budget: BudgetEntry, spent: int, held: int, amount: int, resets: float | None) -> BudgetExceeded:
+    when = f"it resets at {iso(resets)}" if resets is not None and budget.period != "window" else (
+        f"its window ends at {iso(resets)} and does not reset" if resets is not None else "it does not reset")
+    exc = BudgetExceeded(
+        f"Budget exceeded: the {budget.label()} is {format_usd(budget.limit_nanos)}; "
+        f"{format_usd(spent)} is spent and {format_usd(held)} is held by requests in flight, "
+        f"and this request could cost up to {format_usd(amount)}. The request was not sent; {when}.",
+        headers={"x-thrifty-budget-id": budget.id, **({"x-thrifty-budget-reset": iso(resets)} if resets else {}),
+                 **({"retry-after": str(max(1, int(resets - time.time())))} if resets and budget.period != "window" else {})},
+    )
+    exc.budget_id, exc.scope, exc.scope_id = budget.id, budget.scope, budget.scope_id
+    exc.resets_at = iso(resets) if budget.period != "window" else None
+    return exc
+
+
+def window_ended(budget: BudgetEntry) -> BudgetExceeded:
+    exc = BudgetExceeded(
+        f"Budget exceeded: the {budget.label()} of {format_usd(budget.limit_nanos)} ended at "
+        f"{iso(budget.window_end)}; no more requests are allowed under it.",
+        headers={"x-thrifty-budget-id": budget.id},
+    )
+    exc.budget_id, exc.scope, exc.scope_id = budget.id, budget.scope, budget.scope_id
+    return exc
+
+
+class MemoryBudgets:
+    def __init__(self, db: Database) -> None:
+        self._db = db  # read once per (budget, period), on first use
+        self._spent: dict[tuple[str, int], int] = {}
+        self._held: dict[tuple[str, int], int] = {}
+
+    def _spent_of(self, key: tuple[str, int]) -> int:
+        spent = self._spent.get(key)
+        if spent is None:
+            row = self._db.one("SELECT spent_nanos FROM budget_spend WHERE budget_id = ? AND period_start = ?", key)
+            spent = self._spent[key] = int(row[0]) if row else 0
+        return spent
+
+    async def reserve(self, hold: Hold) -> None:
+        for budget, start in hold.charges:
+            key = (budget.id, start)
+            spent, held = self._spent_of(key), self._held.get(key, 0)
+            if spent + held + hold.amount > budget.limit_nanos:
+                raise refuse(budget, spent, held, hold.amount, hold.ends.get(budget.id))
+        for budget, start in hold.charges:
+            key = (budget.id, start)
+            self._held[key] = self._held.get(key, 0) + hold.amount
+
+    def settle(self, hold: Hold, actual: int) -> None:
+        for budget, start in hold.charges:
+            key = (budget.id, start)
+            self._held[key] -= hold.amount
+            self._spent[key] = self._spent_of(key) + actual
+
+    def status(self, budget_id: str, start: int) -> tuple[int, int]:
+        key = (budget_id, start)
+        return self._spent_of(key), self._held.get(key, 0)
+
+    async def close(self) -> None:
+        return None
+
+
+class PostgresBudgets:
+    def __init__(self, url: str, owner: str, *, hold_ttl: float = 3600.0, pool_size: int = 8) -> None:
+        self._url = url
+        self._owner = owner
+        self._ttl = hold_ttl
+        self._size = pool_size
+        self._pool: asyncio.Queue[Any] | None = None
+        self._made = 0
+
+    async def _connection(self) -> Any:
+        import psycopg
+
+        if self._pool is None:
+            self._pool = asyncio.Queue()
+        if self._pool.empty() and self._made < self._size:
+            self._made += 1
+            try:
+                return await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            except BaseException:
+                self._made -= 1
+                raise
+        return await self._pool.get()
+
+    async def reserve(self, hold: Hold) -> None:
+        if not hold.charges:
+            return
+        conn = await self._connection()
+        broken = False
+        try:
+            ids = sorted({b.id for b, _ in hold.charges})
+            now = time.time()
+            async with conn.transaction():
+                # Serialise holds per budget; the next statement's snapshot then
+                # sees every hold committed before ours.
+                await conn.execute("SELECT id FROM budgets WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+                cur = await conn.execute(
+                    "SELECT q.bid, q.ps, b.limit_nanos, COALESCE(s.spent_nanos, 0),"
+                    " COALESCE((SELECT SUM(r.amount_nanos) FROM reservations r WHERE r.budget_id = q.bid"
+                    "  AND r.period_start = q.ps AND r.expires_at > %s), 0)"
+                    " FROM unnest(%s::text[], %s::bigint[]) AS q(bid, ps)"
+                    " JOIN budgets b ON b.id = q.bid"
+                    " LEFT JOIN budget_spend s ON s.budget_id = q.bid AND s.period_start = q.ps",
+                    (now, [b.id for b, _ in hold.charges], [s for _, s in hold.charges]),
+                )
+                rows = {(r[0], int(r[1])): r for r in await cur.fetchall()}
+                live = []
+                for budget, start in hold.charges:
+                    row = rows.get((budget.id, start))
+                    if row is None:
+                        continue  # deleted meanwhile
+                    limit, spent, held = int(row[2]), int(row[3]), int(row[4])
+                    if spent + held + hold.amount > limit:
+                        raise refuse(budget if budget.limit_nanos == limit else _with_limit(budget, limit),
+                                     spent, held, hold.amount, hold.ends.get(budget.id))
+                    live.append((budget, start))
+                if live:
+                    async with conn.cursor() as c:
+                        await c.executemany(
+                            "INSERT INTO reservations (id, budget_id, period_start, amount_nanos, owner, expires_at)"
+                            " VALUES (%s, %s, %s, %s, %s, %s)",
+                            [(hold.id, b.id, s, hold.amount, self._owner, now + self._ttl) for b, s in live],
+                        )
+        except BudgetExceeded:
+            raise
+        except BaseException:
+            broken = True
+            raise
+        finally:
+            if broken or conn.closed:
+                self._made -= 1
+                await conn.close()
+            else:
+                self._pool.put_nowait(conn)  # type: ignore[union-attr]
+
+    def settle(self, hold: Hold, actual: int) -> None:
+        """Nothing to do now: the ledger batch that records the request releases its hold."""
+
+    async def close(self) -> None:
+        while self._pool is not None and not self._pool.empty():
+            await self._pool.get_nowait().close()
+
+
+def _with_limit(budget: BudgetEntry, limit: int) -> BudgetEntry:
+    from dataclasses import replace
+
+    return replace(budget, limit_nanos=limit)

@@ -1,0 +1,249 @@
+"""The database-backed :class:`~thrifty.spend.api.SpendControl` the gateway uses.
+
+Hot path (authenticate, allowed, admit, settle) works on in-memory state: a
+snapshot of keys, budgets and policies, rate-limit windows, budget holds
+(memory on SQLite, one PostgreSQL transaction per admit when shared), and the
+journal append. Everything else happens in background threads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+import pathlib
+import secrets
+import threading
+import time
+from typing import Sequence
+
+from thrifty.catalog.model import ModelInfo
+from thrifty.spend.alerts import check_thresholds
+from thrifty.spend.api import AuthError, LedgerRecord, PolicyDenied, Principal, RateLimited, Reservation
+from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, window_ended
+from thrifty.spend.db import Database
+from thrifty.spend.keys import bearer_token, hash_key, same_hash
+from thrifty.spend.ledger import LedgerWriter, journal_entry, replay_orphans
+from thrifty.spend.money import usd_to_nanos
+from thrifty.spend.periods import iso, period_bounds
+from thrifty.spend.policy import filter_models
+from thrifty.spend.ratelimit import RateLimiter
+from thrifty.spend.schema import config_version, migrate
+from thrifty.spend.snapshot import Snapshot, load_snapshot
+from thrifty.spend.store import ensure_admin_key
+
+log = logging.getLogger("thrifty.spend")
+
+
+class DbSpendControl:
+    """Spend control over SQLite (one gateway process) or PostgreSQL (any number)."""
+
+    def __init__(
+        self,
+        db_url: str,
+        journal_dir: pathlib.Path,
+        *,
+        admin_key: str | None = None,
+        hold_ttl: float = 3600.0,
+        poll_interval: float = 1.0,
+        flush_interval: float = 0.02,
+    ) -> None:
+        self.db_url = db_url
+        self.db = Database(db_url)
+        self.postgres = self.db.postgres
+        self._lock_fd = -1
+        if not self.postgres:
+            self._lock_fd = _exclusive_sqlite(db_url, self.db.path)
+        migrate(self.db)
+        #: A freshly generated admin key, to show once; None when one existed or was configured.
+        self.generated_admin_key = ensure_admin_key(self.db, admin_key)
+        self.replayed = replay_orphans(self.db, journal_dir, release_reservations=self.postgres)
+        self._snapshot = load_snapshot(self.db)
+        self.limiter = RateLimiter()
+        self.writer = LedgerWriter(
+            db_url, journal_dir, release_reservations=self.postgres, interval=flush_interval,
+            on_flush=lambda db, added: check_thresholds(db, lambda: self._snapshot, added),
+        )
+        self.budgets: MemoryBudgets | PostgresBudgets
+        if self.postgres:
+            self.budgets = PostgresBudgets(db_url, self.writer.journal.id, hold_ttl=hold_ttl)
+        else:
+            self.budgets = MemoryBudgets(self.db)
+        self._stop = threading.Event()
+        self._poll_interval = poll_interval
+        self._watcher = threading.Thread(target=self._watch, name="thrifty-spend-config", daemon=True)
+        self._watcher.start()
+
+    # --- config -------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def reload(self) -> None:
+        """Reload keys, budgets and policies now (the admin API calls this after a change)."""
+        self._snapshot = load_snapshot(self.db)
+
+    def _watch(self) -> None:
+        db = None
+        while not self._stop.wait(self._poll_interval):
+            try:
+                db = db or Database(self.db_url)
+                if config_version(db) != self._snapshot.version:
+                    self._snapshot = load_snapshot(db)
+            except Exception as exc:
+                log.warning("spend config reload failed: %s", exc)
+                if db is not None:
+                    db.close()
+                db = None
+        if db is not None:
+            db.close()
+
+    # --- the SpendControl protocol ------------------------------------------------------
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        token = bearer_token(authorization)
+        if token is None:
+            raise AuthError("Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.")
+        digest = hash_key(token)
+        entry = self._snapshot.keys.get(digest)
+        if entry is None or not same_hash(entry.key_hash, digest):
+            raise AuthError("Invalid API key.")
+        if entry.revoked:
+            raise AuthError(f"API key {entry.id} has been revoked.")
+        if entry.expires_at is not None and entry.expires_at <= time.time():
+            raise AuthError(f"API key {entry.id} expired at {iso(entry.expires_at)}.")
+        return entry.principal
+
+    def allowed(self, principal: Principal, candidates: Sequence[ModelInfo]) -> list[ModelInfo]:
+        policies = self._snapshot.policies_for(principal)
+        if not policies:
+            return list(candidates)
+        kept, denied = filter_models(policies, candidates)
+        if not kept:
+            whose = " and ".join(
+                f"{scope} {ident!r}" for scope, ident in (("key", principal.key_id), ("team", principal.team_id))
+                if ident is not None and (scope, ident) in self._snapshot.policies
+            )
+            shown = "; ".join(f"{name}: {why}" for name, why in list(denied.items())[:8])
+            more = f" (and {len(denied) - 8} more)" if len(denied) > 8 else ""
+            raise PolicyDenied(
+                f"No model is permitted by the policy of {whose}. "
+                + (f"Denied: {shown}{more}." if denied else "No candidate model was offered.")
+            )
+        return kept
+
+    async def admit(
+        self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float
+    ) -> Reservation:
+        if principal.is_admin:
+            return Reservation(principal, model.name, max_cost_usd)
+        amount = usd_to_nanos(max_cost_usd, round_up=True)
+        if amount < 0:
+            raise ValueError(f"max_cost_usd must not be negative (got {max_cost_usd!r})")
+        now = time.time()
+        snap = self._snapshot
+        self._rate_limit(snap, principal, prompt_tokens, now)
+        hold = Hold(secrets.token_hex(12), amount)
+        for budget in snap.budgets_for(principal):
+            if budget.period == "window":
+                if budget.window_start is not None and now < budget.window_start:
+                    continue
+                if budget.window_end is not None and now >= budget.window_end:
+                    raise window_ended(budget)
+            start, end = period_bounds(budget.period, now, budget.window_start, budget.window_end)
+            hold.charges.append((budget, start))
+            hold.ends[budget.id] = end
+        await self.budgets.reserve(hold)
+        return Reservation(principal, model.name, max_cost_usd, token=hold)
+
+    def _rate_limit(self, snap: Snapshot, principal: Principal, prompt_tokens: int, now: float) -> None:
+        checks: list[tuple[str, int, int, str]] = []
+        key = snap.keys_by_id.get(principal.key_id) if principal.key_id else None
+        if key is not None:
+            if key.rpm:
+                checks.append((f"key:{key.id}:rpm", key.rpm, 1, f"key {key.id} requests per minute"))
+            if key.tpm:
+                checks.append((f"key:{key.id}:tpm", key.tpm, prompt_tokens, f"key {key.id} tokens per minute"))
+        if principal.team_id is not None:
+            rpm, tpm = snap.team_limits.get(principal.team_id, (None, None))
+            if rpm:
+                checks.append((f"team:{principal.team_id}:rpm", rpm, 1, f"team {principal.team_id!r} requests per minute"))
+            if tpm:
+                checks.append((f"team:{principal.team_id}:tpm", tpm, prompt_tokens,
+                               f"team {principal.team_id!r} tokens per minute"))
+        for scope, limit, amount, label in checks:
+            if amount > limit:
+                raise RateLimited(f"Rate limit: this request's {amount} prompt tokens exceed the {label} limit of {limit}.")
+            wait = self.limiter.retry_after(scope, limit, amount, now)
+            if wait is not None:
+                seconds = max(1, math.ceil(wait))
+                raise RateLimited(
+                    f"Rate limit exceeded: {label} limit is {limit}. Retry in {seconds} s.",
+                    headers={"retry-after": str(seconds)},
+                )
+        for scope, _limit, amount, _label in checks:
+            self.limiter.add(scope, amount, now)
+
+    async def settle(self, reservation: Reservation | None, record: LedgerRecord) -> None:
+        cost = usd_to_nanos(record.cost_usd)
+        hold = reservation.token if reservation is not None else None
+        if reservation is not None:
+            p = reservation.principal
+            record.key_id = record.key_id or p.key_id
+            record.user_id = record.user_id or p.user_id
+            record.team_id = record.team_id or p.team_id
+            record.tags = record.tags or p.tags
+        fresh = isinstance(hold, Hold) and not hold.settled
+        charges = [[b.id, s, cost] for b, s in hold.charges] if fresh else []
+        self.writer.submit(journal_entry(record, cost, charges, hold.id if isinstance(hold, Hold) else None))
+        if fresh:
+            hold.settled = True
+            self.budgets.settle(hold, cost)
+            if cost > hold.amount:
+                log.warning("request %s cost %d nano-USD, more than the %d held for it", record.request_id, cost,
+                            hold.amount)
+        if record.completion_tokens and reservation is not None:
+            self._count_completion(reservation.principal, record.completion_tokens)
+
+    def _count_completion(self, principal: Principal, tokens: int) -> None:
+        snap, now = self._snapshot, time.time()
+        key = snap.keys_by_id.get(principal.key_id) if principal.key_id else None
+        if key is not None and key.tpm:
+            self.limiter.add(f"key:{key.id}:tpm", tokens, now)
+        if principal.team_id is not None and snap.team_limits.get(principal.team_id, (None, None))[1]:
+            self.limiter.add(f"team:{principal.team_id}:tpm", tokens, now)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every settled record is in the database (tests, reports, shutdown)."""
+        self.writer.flush(timeout)
+
+    async def close(self) -> None:
+        self._stop.set()
+        self.writer.close()
+        await self.budgets.close()
+        self._watcher.join(timeout=5)
+        self.db.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _exclusive_sqlite(db_url: str, db_path: str) -> int:
+    """Refuse a second gateway on one SQLite file: its budget holds live in one process's memory."""
+    if db_path == ":memory:":
+        return -1
+    path = db_path + ".gateway-lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        from thrifty.errors import UsageError
+
+        raise UsageError(
+            f"another gateway process already uses the SQLite spend database ({db_url}); budgets are exact "
+            "only within one process on SQLite: set spend.database_url to a postgresql:// URL to run several"
+        ) from None
+    return fd

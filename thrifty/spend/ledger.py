@@ -1,0 +1,252 @@
+"""The ledger: journal first (on the request path), database in batches (off it).
+
+:meth:`LedgerWriter.submit` appends the record to the journal and queues it;
+a background thread inserts queued records in batches, adds each newly
+inserted record's cost to the budget counters it was reserved against, and
+marks the journal offset, all in one transaction. The unique ``request_id``
+makes replay after a crash idempotent: a record already in the ledger is not
+inserted, nor counted, twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import threading
+import time
+from collections import deque
+from dataclasses import asdict
+from typing import Callable, Iterable
+
+import orjson
+
+from thrifty.spend.api import LedgerRecord
+from thrifty.spend.db import Database
+from thrifty.spend.journal import Journal, orphans
+from thrifty.spend.money import usd_to_nanos
+
+log = logging.getLogger("thrifty.spend.ledger")
+
+COLUMNS = (
+    "request_id", "ts", "key_id", "user_id", "team_id", "tags", "endpoint", "requested_model",
+    "served_model", "provider", "route_reason", "prompt_tokens", "completion_tokens", "cached_tokens",
+    "cache_write_tokens", "input_price", "output_price", "cached_price", "cost_nanos",
+    "frontier_cost_nanos", "latency_ms", "status", "error_type", "retries", "stream", "cache_hit",
+    "batch", "scores",
+)
+_INSERT = (
+    f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+
+# (budget_id, period_start, nanos) triples: what a record adds to which counter.
+Charges = list[list]
+
+
+def journal_entry(record: LedgerRecord, cost_nanos: int, charges: Charges, reservation_id: str | None) -> dict:
+    """The journal's form of a record: the ledger row plus what it charges to which budget."""
+    entry = asdict(record)
+    entry.pop("cost_usd")
+    entry.pop("frontier_cost_usd")
+    entry["cost_nanos"] = cost_nanos
+    entry["frontier_cost_nanos"] = usd_to_nanos(record.frontier_cost_usd)
+    entry["charges"] = charges
+    entry["reservation"] = reservation_id
+    return entry
+
+
+def _row(e: dict) -> tuple:
+    return (
+        e["request_id"], e["ts"], e["key_id"], e["user_id"], e["team_id"], orjson.dumps(list(e["tags"])).decode(),
+        e["endpoint"], e["requested_model"], e["served_model"], e["provider"], e["route_reason"],
+        e["prompt_tokens"], e["completion_tokens"], e["cached_tokens"], e["cache_write_tokens"],
+        e["input_price"], e["output_price"], e["cached_price"], e["cost_nanos"], e["frontier_cost_nanos"],
+        e["latency_ms"], e["status"], e["error_type"], e["retries"], int(bool(e["stream"])),
+        int(bool(e["cache_hit"])), int(bool(e["batch"])),
+        orjson.dumps(e["scores"]).decode() if e.get("scores") is not None else None,
+    )
+
+
+def write_batch(
+    db: Database, entries: list[dict], marks: dict[str, int], *, release_reservations: bool
+) -> dict[tuple[str, int], int]:
+    """Insert entries, count newly inserted ones against their budgets, set journal marks.
+
+    One transaction; returns the budget counters it added to.
+    """
+    added: dict[tuple[str, int], int] = {}
+    with db.transaction():
+        rows = [_row(e) for e in entries]
+        if db.postgres:
+            inserted = set()
+            with db._conn.cursor() as cur:
+                cur.executemany(db._sql(_INSERT) + " RETURNING request_id", rows, returning=True)
+                while True:
+                    got = cur.fetchone()
+                    if got is not None:
+                        inserted.add(got[0])
+                    if not cur.nextset():
+                        break
+            new = [e for e in entries if e["request_id"] in inserted]
+        else:
+            conn = db._conn
+            new = [e for e, row in zip(entries, rows) if conn.execute(_INSERT, row).rowcount == 1]
+        for e in new:
+            for budget_id, period_start, nanos in e["charges"]:
+                added[(budget_id, period_start)] = added.get((budget_id, period_start), 0) + nanos
+        if added:
+            db.executemany(
+                "INSERT INTO budget_spend (budget_id, period_start, spent_nanos) VALUES (?, ?, ?)"
+                " ON CONFLICT (budget_id, period_start) DO UPDATE"
+                " SET spent_nanos = budget_spend.spent_nanos + excluded.spent_nanos",
+                [(b, p, n) for (b, p), n in sorted(added.items())],
+            )
+        if release_reservations:
+            ids = [(e["reservation"],) for e in entries if e.get("reservation")]
+            if ids:
+                db.executemany("DELETE FROM reservations WHERE id = ?", ids)
+        if marks:
+            db.executemany(
+                "INSERT INTO journal_marks (journal, byte_offset) VALUES (?, ?)"
+                " ON CONFLICT (journal) DO UPDATE SET byte_offset = excluded.byte_offset",
+                list(marks.items()),
+            )
+    return added
+
+
+def replay_orphans(db: Database, directory: pathlib.Path, *, release_reservations: bool, batch: int = 2000) -> int:
+    """Bring the journals of dead processes into the ledger, then delete them; returns records read."""
+    count = 0
+    for orphan in orphans(directory):
+        row = db.one("SELECT byte_offset FROM journal_marks WHERE journal = ?", (orphan.id,))
+        offset = int(row[0]) if row else 0
+        pending: list[dict] = []
+        end = offset
+        for end, entry in orphan.records(offset):
+            pending.append(entry)
+            if len(pending) >= batch:
+                write_batch(db, pending, {orphan.id: end}, release_reservations=release_reservations)
+                count += len(pending)
+                pending = []
+        if pending:
+            write_batch(db, pending, {orphan.id: end}, release_reservations=release_reservations)
+            count += len(pending)
+        with db.transaction():
+            if release_reservations:
+                # Requests in flight when that process died never completed: release their holds.
+                db.execute("DELETE FROM reservations WHERE owner = ?", (orphan.id,))
+            db.execute("DELETE FROM journal_marks WHERE journal = ?", (orphan.id,))
+        orphan.remove()
+        log.info("replayed journal %s", orphan.path.name)
+    return count
+
+
+class LedgerWriter:
+    """Owns this process's journal and the thread that moves it into the database."""
+
+    def __init__(
+        self,
+        db_url: str,
+        directory: pathlib.Path,
+        *,
+        release_reservations: bool,
+        on_flush: Callable[[Database, dict[tuple[str, int], int]], None] | None = None,
+        interval: float = 0.02,
+        max_batch: int = 5000,
+    ) -> None:
+        self.journal = Journal(directory)
+        self._db_url = db_url
+        self._release = release_reservations
+        self._on_flush = on_flush
+        self._interval = interval
+        self._max_batch = max_batch
+        self._queue: deque[tuple[dict, int]] = deque()
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._submitted = 0
+        self._written = 0
+        self._stop = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="thrifty-ledger", daemon=True)
+        self._thread.start()
+
+    def submit(self, entry: dict) -> None:
+        """Journal the entry (durable against a crash once this returns) and queue it."""
+        end = self.journal.append(orjson.dumps(entry) + b"\n")
+        self._queue.append((entry, end))
+        self._submitted += 1
+        if len(self._queue) >= self._max_batch:
+            self._wake.set()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until everything submitted so far is in the database."""
+        target = self._submitted
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._idle:
+            while self._written < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("ledger flush timed out")
+                self._idle.wait(min(left, 0.05))
+                self._wake.set()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=60)
+        if not self._queue:
+            self.journal.sync()
+            self.journal.close(delete=True)  # everything is in the database
+        else:
+            self.journal.close()
+
+    def _run(self) -> None:
+        self._db = Database(self._db_url)
+        try:
+            while True:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                stopping = self._stop
+                while self._queue:
+                    self._write_some()
+                if stopping:
+                    break
+        finally:
+            self._db.close()
+
+    def _write_some(self) -> None:
+        batch: list[dict] = []
+        end = 0
+        while self._queue and len(batch) < self._max_batch:
+            entry, end = self._queue[0]
+            batch.append(entry)
+            self._queue.popleft()
+        self.journal.sync()
+        attempt = 0
+        while True:
+            try:
+                added = write_batch(self._db, batch, {self.journal.id: end}, release_reservations=self._release)
+                break
+            except Exception as exc:
+                # The database is down or locked. The batch is journaled, so we
+                # keep it and retry (later batches must not pass it: they move
+                # the journal mark).
+                self.error = exc
+                attempt += 1
+                log.warning("ledger batch of %d failed (attempt %d): %s", len(batch), attempt, exc)
+                time.sleep(min(0.05 * attempt, 1.0))
+                try:
+                    self._db.close()
+                    self._db = Database(self._db_url)
+                except Exception:
+                    pass
+        self.error = None
+        with self._idle:
+            self._written += len(batch)
+            self._idle.notify_all()
+        if added and self._on_flush is not None:
+            try:
+                self._on_flush(self._db, added)
+            except Exception:
+                log.exception("budget alert check failed")

@@ -1,0 +1,45 @@
+"""Exact money: every amount spend control sums is an integer of nano-dollars.
+
+Floats cannot hold most decimal prices exactly and their sums drift, so the
+ledger, the budgets and the reservations count integer nano-dollars (1e-9 USD)
+and convert at the edges. Converting a float goes through its shortest
+``repr``, so ``0.000123`` becomes exactly 123_000 nano-dollars.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+
+NANOS_PER_USD = 1_000_000_000
+NANO = Decimal("0.000000001")
+
+
+def to_decimal(amount: float | int | str | Decimal) -> Decimal:
+    """A USD amount as the Decimal its text says (floats via their shortest repr)."""
+    if isinstance(amount, Decimal):
+        return amount
+    if isinstance(amount, float):
+        return Decimal(repr(amount))
+    return Decimal(amount)
+
+
+def usd_to_nanos(amount: float | int | str | Decimal, *, round_up: bool = False) -> int:
+    """USD to integer nano-dollars; ``round_up`` for amounts held against a budget."""
+    value = to_decimal(amount)
+    if not value.is_finite():
+        raise ValueError(f"not a finite amount: {amount!r}")
+    rounding = ROUND_CEILING if round_up else ROUND_HALF_EVEN
+    return int((value * NANOS_PER_USD).to_integral_value(rounding=rounding))
+
+
+def nanos_to_usd(nanos: int) -> Decimal:
+    """Integer nano-dollars as an exact Decimal of USD."""
+    return (Decimal(nanos) / NANOS_PER_USD).quantize(NANO)
+
+
+def format_usd(nanos: int) -> str:
+    """A human amount, e.g. ``$12.50`` or ``$0.000042`` (no precision hidden below a cent)."""
+    usd = nanos_to_usd(nanos).normalize()
+    if usd == usd.quantize(Decimal("0.01")):
+        return f"${usd:.2f}"
+    return f"${usd:f}"

@@ -1,0 +1,116 @@
+"""The spend database's schema, as numbered migrations applied once each.
+
+The same SQL runs on SQLite and PostgreSQL. Money columns are integer
+nano-dollars (``*_nanos``); times are unix seconds.
+"""
+
+from __future__ import annotations
+
+import time
+
+from thrifty.spend.db import Database
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE config_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
+        INSERT INTO config_version (id, version) VALUES (1, 1);
+        CREATE TABLE teams (
+            id TEXT PRIMARY KEY, name TEXT, metadata TEXT NOT NULL DEFAULT '{}',
+            rpm BIGINT, tpm BIGINT, created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE users (
+            id TEXT PRIMARY KEY, name TEXT, email TEXT, team_id TEXT REFERENCES teams(id),
+            metadata TEXT NOT NULL DEFAULT '{}', created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, name TEXT,
+            user_id TEXT REFERENCES users(id), team_id TEXT REFERENCES teams(id),
+            tags TEXT NOT NULL DEFAULT '[]', metadata TEXT NOT NULL DEFAULT '{}',
+            rpm BIGINT, tpm BIGINT, is_admin INTEGER NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION,
+            revoked_at DOUBLE PRECISION
+        );
+        CREATE TABLE budgets (
+            id TEXT PRIMARY KEY, scope TEXT NOT NULL, scope_id TEXT NOT NULL,
+            limit_nanos BIGINT NOT NULL, period TEXT NOT NULL,
+            window_start DOUBLE PRECISION, window_end DOUBLE PRECISION,
+            soft_thresholds TEXT NOT NULL DEFAULT '[]', webhook_url TEXT,
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX budgets_scope ON budgets (scope, scope_id);
+        CREATE TABLE policies (
+            scope TEXT NOT NULL, scope_id TEXT NOT NULL, rules TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (scope, scope_id)
+        );
+        CREATE TABLE ledger (
+            request_id TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL,
+            key_id TEXT, user_id TEXT, team_id TEXT, tags TEXT NOT NULL DEFAULT '[]',
+            endpoint TEXT, requested_model TEXT, served_model TEXT, provider TEXT,
+            route_reason TEXT,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0, completion_tokens BIGINT NOT NULL DEFAULT 0,
+            cached_tokens BIGINT NOT NULL DEFAULT 0, cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+            input_price DOUBLE PRECISION, output_price DOUBLE PRECISION,
+            cached_price DOUBLE PRECISION,
+            cost_nanos BIGINT NOT NULL DEFAULT 0, frontier_cost_nanos BIGINT NOT NULL DEFAULT 0,
+            latency_ms DOUBLE PRECISION, status INTEGER, error_type TEXT,
+            retries INTEGER NOT NULL DEFAULT 0, stream INTEGER NOT NULL DEFAULT 0,
+            cache_hit INTEGER NOT NULL DEFAULT 0, batch INTEGER NOT NULL DEFAULT 0,
+            scores TEXT
+        );
+        CREATE INDEX ledger_ts ON ledger (ts);
+        CREATE INDEX ledger_key_ts ON ledger (key_id, ts);
+        CREATE INDEX ledger_user_ts ON ledger (user_id, ts);
+        CREATE INDEX ledger_team_ts ON ledger (team_id, ts);
+        CREATE TABLE budget_spend (
+            budget_id TEXT NOT NULL, period_start BIGINT NOT NULL, spent_nanos BIGINT NOT NULL,
+            PRIMARY KEY (budget_id, period_start)
+        );
+        CREATE TABLE reservations (
+            id TEXT NOT NULL, budget_id TEXT NOT NULL, period_start BIGINT NOT NULL,
+            amount_nanos BIGINT NOT NULL, owner TEXT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (id, budget_id)
+        );
+        CREATE INDEX reservations_budget ON reservations (budget_id, period_start);
+        CREATE INDEX reservations_owner ON reservations (owner);
+        CREATE TABLE budget_alerts (
+            budget_id TEXT NOT NULL, period_start BIGINT NOT NULL, threshold DOUBLE PRECISION NOT NULL,
+            sent_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (budget_id, period_start, threshold)
+        );
+        CREATE TABLE journal_marks (journal TEXT PRIMARY KEY, byte_offset BIGINT NOT NULL);
+        CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """,
+    ),
+]
+
+
+def migrate(db: Database) -> int:
+    """Apply the migrations not applied yet; returns the schema version."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+    )
+    with db.transaction():
+        if db.postgres:
+            # Two gateways starting at once must not both migrate.
+            db.execute("SELECT pg_advisory_xact_lock(727274)")
+        done = {row[0] for row in db.all("SELECT version FROM schema_migrations")}
+        for version, sql in MIGRATIONS:
+            if version in done:
+                continue
+            for statement in sql.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time()))
+    return MIGRATIONS[-1][0]
+
+
+def bump_config(db: Database) -> None:
+    """Tell every gateway sharing this database to reload keys, budgets and policies."""
+    db.execute("UPDATE config_version SET version = version + 1 WHERE id = 1")
+
+
+def config_version(db: Database) -> int:
+    row = db.one("SELECT version FROM config_version WHERE id = 1")
+    return int(row[0]) if row else 0

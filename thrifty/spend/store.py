@@ -1,0 +1,426 @@
+"""Admin operations on the spend database: teams, users, keys, budgets, policies, spend.
+
+Shared by the admin API and the CLI, so both validate the same way. Every
+change bumps the config version, which every gateway sharing the database
+polls to reload (about once a second). Errors are :class:`StoreError` with an
+HTTP-like status, for both front ends to render.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from thrifty.spend.db import Database
+from thrifty.spend.keys import display_prefix, generate_key, hash_key
+from thrifty.spend.money import format_usd, nanos_to_usd, usd_to_nanos
+from thrifty.spend.periods import PERIODS, iso, period_bounds
+from thrifty.spend.policy import Policy
+from thrifty.spend.schema import bump_config
+
+SCOPES = ("key", "user", "team")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
+
+
+class StoreError(ValueError):
+    """Bad input or a missing/duplicate object; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _id(kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise StoreError(f"{kind} id must be 1-128 characters of letters, digits and . _ @ : - (got {value!r})")
+    return value
+
+
+def _opt_int(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise StoreError(f"{name} must be a positive integer")
+    return value
+
+
+def _json_obj(name: str, value: Any) -> str:
+    if value is None:
+        return "{}"
+    if not isinstance(value, dict):
+        raise StoreError(f"{name} must be a JSON object")
+    return json.dumps(value, sort_keys=True)
+
+
+def _tags(value: Any) -> str:
+    if value is None:
+        return "[]"
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) and t for t in value):
+        raise StoreError("tags must be a list of non-empty strings")
+    return json.dumps(list(value))
+
+
+def _exists(db: Database, table: str, id_: str) -> bool:
+    return db.one(f"SELECT 1 FROM {table} WHERE id = ?", (id_,)) is not None
+
+
+# --- teams and users -------------------------------------------------------------
+
+
+def create_team(
+    db: Database, team_id: str, *, name: str | None = None, metadata: dict | None = None,
+    rpm: int | None = None, tpm: int | None = None,
+) -> dict:
+    team_id = _id("team", team_id)
+    with db.transaction():
+        if _exists(db, "teams", team_id):
+            raise StoreError(f"team {team_id!r} already exists", 409)
+        db.execute(
+            "INSERT INTO teams (id, name, metadata, rpm, tpm, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (team_id, name, _json_obj("metadata", metadata), _opt_int("rpm", rpm), _opt_int("tpm", tpm), time.time()),
+        )
+        bump_config(db)
+    return get_team(db, team_id)
+
+
+def get_team(db: Database, team_id: str) -> dict:
+    row = db.one("SELECT id, name, metadata, rpm, tpm, created_at FROM teams WHERE id = ?", (team_id,))
+    if row is None:
+        raise StoreError(f"no team {team_id!r}", 404)
+    return {"id": row[0], "name": row[1], "metadata": json.loads(row[2]), "rpm": row[3], "tpm": row[4],
+            "created_at": iso(row[5])}
+
+
+def list_teams(db: Database) -> list[dict]:
+    return [get_team(db, r[0]) for r in db.all("SELECT id FROM teams ORDER BY id")]
+
+
+def create_user(
+    db: Database, user_id: str, *, team_id: str | None = None, name: str | None = None,
+    email: str | None = None, metadata: dict | None = None,
+) -> dict:
+    user_id = _id("user", user_id)
+    with db.transaction():
+        if _exists(db, "users", user_id):
+            raise StoreError(f"user {user_id!r} already exists", 409)
+        if team_id is not None and not _exists(db, "teams", team_id):
+            raise StoreError(f"no team {team_id!r}", 404)
+        db.execute(
+            "INSERT INTO users (id, name, email, team_id, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (user_id, name, email, team_id, _json_obj("metadata", metadata), time.time()),
+        )
+        bump_config(db)
+    return get_user(db, user_id)
+
+
+def get_user(db: Database, user_id: str) -> dict:
+    row = db.one("SELECT id, name, email, team_id, metadata, created_at FROM users WHERE id = ?", (user_id,))
+    if row is None:
+        raise StoreError(f"no user {user_id!r}", 404)
+    return {"id": row[0], "name": row[1], "email": row[2], "team_id": row[3],
+            "metadata": json.loads(row[4]), "created_at": iso(row[5])}
+
+
+def list_users(db: Database, team_id: str | None = None) -> list[dict]:
+    if team_id:
+        rows = db.all("SELECT id FROM users WHERE team_id = ? ORDER BY id", (team_id,))
+    else:
+        rows = db.all("SELECT id FROM users ORDER BY id")
+    return [get_user(db, r[0]) for r in rows]
+
+
+# --- keys ------------------------------------------------------------------------
+
+_KEY_COLUMNS = "id, prefix, name, user_id, team_id, tags, metadata, rpm, tpm, is_admin, created_at, expires_at, revoked_at"
+
+
+def _key_row(row: Sequence[Any]) -> dict:
+    return {
+        "id": row[0], "prefix": row[1], "name": row[2], "user_id": row[3], "team_id": row[4],
+        "tags": json.loads(row[5]), "metadata": json.loads(row[6]), "rpm": row[7], "tpm": row[8],
+        "is_admin": bool(row[9]), "created_at": iso(row[10]), "expires_at": iso(row[11]),
+        "revoked_at": iso(row[12]), "active": row[12] is None and (row[11] is None or row[11] > time.time()),
+    }
+
+
+def create_key(
+    db: Database, *, name: str | None = None, user_id: str | None = None, team_id: str | None = None,
+    tags: Sequence[str] | None = None, metadata: dict | None = None, expires_at: float | None = None,
+    rpm: int | None = None, tpm: int | None = None, admin: bool = False,
+) -> tuple[dict, str]:
+    """Create a key; returns (its record, the secret key). The secret is not stored anywhere."""
+    if expires_at is not None and (isinstance(expires_at, bool) or not isinstance(expires_at, (int, float))):
+        raise StoreError("expires_at must be a time")
+    secret = generate_key(admin=admin)
+    key_id = "key_" + secrets.token_hex(8)
+    with db.transaction():
+        if user_id is not None:
+            row = db.one("SELECT team_id FROM users WHERE id = ?", (user_id,))
+            if row is None:
+                raise StoreError(f"no user {user_id!r}", 404)
+            if team_id is None:
+                team_id = row[0]
+            elif row[0] is not None and row[0] != team_id:
+                raise StoreError(f"user {user_id!r} belongs to team {row[0]!r}, not {team_id!r}")
+        if team_id is not None and not _exists(db, "teams", team_id):
+            raise StoreError(f"no team {team_id!r}", 404)
+        db.execute(
+            f"INSERT INTO api_keys (id, key_hash, prefix, name, user_id, team_id, tags, metadata, rpm, tpm,"
+            f" is_admin, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key_id, hash_key(secret), display_prefix(secret), name, user_id, team_id, _tags(tags),
+             _json_obj("metadata", metadata), _opt_int("rpm", rpm), _opt_int("tpm", tpm), int(admin),
+             time.time(), expires_at),
+        )
+        bump_config(db)
+    return get_key(db, key_id), secret
+
+
+def get_key(db: Database, key_id: str) -> dict:
+    row = db.one(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+    if row is None:
+        raise StoreError(f"no key {key_id!r}", 404)
+    return _key_row(row)
+
+
+def list_keys(db: Database, *, team_id: str | None = None, user_id: str | None = None,
+              include_revoked: bool = False) -> list[dict]:
+    sql = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE is_admin = 0"
+    params: list[Any] = []
+    if team_id:
+        sql += " AND team_id = ?"
+        params.append(team_id)
+    if user_id:
+        sql += " AND user_id = ?"
+        params.append(user_id)
+    if not include_revoked:
+        sql += " AND revoked_at IS NULL"
+    return [_key_row(r) for r in db.all(sql + " ORDER BY created_at", params)]
+
+
+def revoke_key(db: Database, key_id: str) -> dict:
+    with db.transaction():
+        row = db.one("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,))
+        if row is None:
+            raise StoreError(f"no key {key_id!r}", 404)
+        if row[0] is None:
+            db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (time.time(), key_id))
+            bump_config(db)
+    return get_key(db, key_id)
+
+
+def ensure_admin_key(db: Database, configured: str | None) -> str | None:
+    """Make sure an admin key exists; returns a newly generated one (to print once) or None.
+
+    A configured key (config ``admin_key`` or ``THRIFTY_ADMIN_KEY``) is
+    registered by its hash; with none configured and none stored, one is
+    generated.
+    """
+    if configured:
+        digest = hash_key(configured)
+        with db.transaction():
+            if db.one("SELECT 1 FROM api_keys WHERE key_hash = ? AND is_admin = 1 AND revoked_at IS NULL", (digest,)) is None:
+                db.execute(
+                    "INSERT INTO api_keys (id, key_hash, prefix, name, is_admin, created_at) VALUES (?, ?, ?, ?, 1, ?)"
+                    " ON CONFLICT (key_hash) DO NOTHING",
+                    ("key_admin_" + secrets.token_hex(6), digest, display_prefix(configured), "admin (configured)", time.time()),
+                )
+                bump_config(db)
+        return None
+    if db.one("SELECT 1 FROM api_keys WHERE is_admin = 1 AND revoked_at IS NULL") is not None:
+        return None
+    _record, secret = create_key(db, name="admin (generated)", admin=True)
+    return secret
+
+
+# --- budgets ---------------------------------------------------------------------
+
+
+def _scope(db: Database, scope: str, scope_id: str) -> None:
+    if scope not in SCOPES:
+        raise StoreError(f"scope must be one of {', '.join(SCOPES)} (got {scope!r})")
+    table = {"key": "api_keys", "user": "users", "team": "teams"}[scope]
+    if not _exists(db, table, scope_id):
+        raise StoreError(f"no {scope} {scope_id!r}", 404)
+
+
+def set_budget(
+    db: Database, scope: str, scope_id: str, *, amount_usd: Any, period: str = "monthly",
+    window_start: float | None = None, window_end: float | None = None,
+    soft_thresholds: Sequence[float] = (), webhook_url: str | None = None,
+) -> dict:
+    """Create or replace the budget of this scope and period (one per scope and period)."""
+    if period not in PERIODS:
+        raise StoreError(f"period must be one of {', '.join(PERIODS)} (got {period!r})")
+    try:
+        limit = usd_to_nanos(str(amount_usd) if isinstance(amount_usd, float) else amount_usd)
+    except Exception:
+        raise StoreError(f"amount_usd must be a number of USD (got {amount_usd!r})") from None
+    if limit < 0:
+        raise StoreError("amount_usd must not be negative")
+    if not isinstance(soft_thresholds, (list, tuple)) or not all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in soft_thresholds
+    ):
+        raise StoreError("soft_thresholds must be fractions between 0 and 1, e.g. [0.5, 0.8]")
+    if webhook_url is not None and not (isinstance(webhook_url, str) and webhook_url.startswith(("http://", "https://"))):
+        raise StoreError("webhook_url must be an http(s) URL")
+    if period == "window":
+        window_start = time.time() if window_start is None else window_start
+        if window_end is not None and window_end <= window_start:
+            raise StoreError("window_end must be after window_start")
+    else:
+        window_start = window_end = None
+    now = time.time()
+    with db.transaction():
+        _scope(db, scope, scope_id)
+        row = db.one("SELECT id FROM budgets WHERE scope = ? AND scope_id = ? AND period = ?", (scope, scope_id, period))
+        if row is not None:
+            budget_id = row[0]
+            db.execute(
+                "UPDATE budgets SET limit_nanos = ?, window_start = ?, window_end = ?, soft_thresholds = ?,"
+                " webhook_url = ? WHERE id = ?",
+                (limit, window_start, window_end, json.dumps(sorted(soft_thresholds)), webhook_url, budget_id),
+            )
+        else:
+            budget_id = "bud_" + secrets.token_hex(8)
+            db.execute(
+                "INSERT INTO budgets (id, scope, scope_id, limit_nanos, period, window_start, window_end,"
+                " soft_thresholds, webhook_url, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (budget_id, scope, scope_id, limit, period, window_start, window_end,
+                 json.dumps(sorted(soft_thresholds)), webhook_url, now),
+            )
+            # Spend already in the ledger for this period counts against a new budget.
+            start, _end = period_bounds(period, now, window_start, window_end)
+            column = {"key": "key_id", "user": "user_id", "team": "team_id"}[scope]
+            spent = db.one(f"SELECT COALESCE(SUM(cost_nanos), 0) FROM ledger WHERE {column} = ? AND ts >= ?",
+                           (scope_id, start))[0]
+            db.execute("INSERT INTO budget_spend (budget_id, period_start, spent_nanos) VALUES (?, ?, ?)",
+                       (budget_id, start, int(spent)))
+        bump_config(db)
+    return get_budget(db, budget_id)
+
+
+_BUDGET_COLUMNS = "id, scope, scope_id, limit_nanos, period, window_start, window_end, soft_thresholds, webhook_url"
+
+
+def _budget_row(db: Database, row: Sequence[Any], now: float | None = None) -> dict:
+    now = time.time() if now is None else now
+    start, end = period_bounds(row[4], now, row[5], row[6])
+    spent = db.one("SELECT spent_nanos FROM budget_spend WHERE budget_id = ? AND period_start = ?", (row[0], start))
+    spent_nanos = int(spent[0]) if spent else 0
+    return {
+        "id": row[0], "scope": row[1], "scope_id": row[2], "amount_usd": str(nanos_to_usd(row[3]).normalize()),
+        "period": row[4], "window_start": iso(row[5]), "window_end": iso(row[6]),
+        "soft_thresholds": json.loads(row[7]), "webhook_url": row[8],
+        "period_start": iso(start), "resets_at": iso(end) if row[4] != "window" else None,
+        "spent_usd": f"{nanos_to_usd(spent_nanos):f}", "remaining_usd": f"{nanos_to_usd(row[3] - spent_nanos):f}",
+        "summary": f"{format_usd(spent_nanos)} of {format_usd(row[3])}",
+    }
+
+
+def get_budget(db: Database, budget_id: str) -> dict:
+    row = db.one(f"SELECT {_BUDGET_COLUMNS} FROM budgets WHERE id = ?", (budget_id,))
+    if row is None:
+        raise StoreError(f"no budget {budget_id!r}", 404)
+    return _budget_row(db, row)
+
+
+def list_budgets(db: Database, scope: str | None = None, scope_id: str | None = None) -> list[dict]:
+    sql, params = f"SELECT {_BUDGET_COLUMNS} FROM budgets", []
+    if scope:
+        sql += " WHERE scope = ?"
+        params.append(scope)
+        if scope_id:
+            sql += " AND scope_id = ?"
+            params.append(scope_id)
+    return [_budget_row(db, r) for r in db.all(sql + " ORDER BY scope, scope_id, period", params)]
+
+
+def delete_budget(db: Database, budget_id: str) -> None:
+    with db.transaction():
+        if not _exists(db, "budgets", budget_id):
+            raise StoreError(f"no budget {budget_id!r}", 404)
+        db.execute("DELETE FROM budgets WHERE id = ?", (budget_id,))
+        bump_config(db)
+
+
+# --- policies --------------------------------------------------------------------
+
+
+def set_policy(db: Database, scope: str, scope_id: str, rules: dict) -> dict:
+    if scope not in ("key", "team"):
+        raise StoreError("policies apply to a key or a team")
+    try:
+        policy = Policy.from_rules(rules)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    with db.transaction():
+        _scope(db, scope, scope_id)
+        db.execute(
+            "INSERT INTO policies (scope, scope_id, rules, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (scope, scope_id) DO UPDATE SET rules = excluded.rules, updated_at = excluded.updated_at",
+            (scope, scope_id, json.dumps(policy.to_rules(), sort_keys=True), time.time()),
+        )
+        bump_config(db)
+    return {"scope": scope, "scope_id": scope_id, "rules": policy.to_rules()}
+
+
+def list_policies(db: Database) -> list[dict]:
+    return [{"scope": r[0], "scope_id": r[1], "rules": json.loads(r[2])}
+            for r in db.all("SELECT scope, scope_id, rules FROM policies ORDER BY scope, scope_id")]
+
+
+def delete_policy(db: Database, scope: str, scope_id: str) -> None:
+    with db.transaction():
+        if db.one("SELECT 1 FROM policies WHERE scope = ? AND scope_id = ?", (scope, scope_id)) is None:
+            raise StoreError(f"no policy for {scope} {scope_id!r}", 404)
+        db.execute("DELETE FROM policies WHERE scope = ? AND scope_id = ?", (scope, scope_id))
+        bump_config(db)
+
+
+# --- spend -----------------------------------------------------------------------
+
+GROUPS = {"key": "key_id", "user": "user_id", "team": "team_id", "model": "served_model", "provider": "provider"}
+
+
+@dataclass(frozen=True)
+class SpendQuery:
+    group_by: str = "team"
+    since: float | None = None
+    until: float | None = None
+    team_id: str | None = None
+    key_id: str | None = None
+    user_id: str | None = None
+
+
+def spend(db: Database, q: SpendQuery) -> dict:
+    """Spend from the ledger, grouped; amounts are exact decimal strings of USD."""
+    if q.group_by not in GROUPS:
+        raise StoreError(f"group_by must be one of {', '.join(GROUPS)}")
+    col = GROUPS[q.group_by]
+    where, params = ["1=1"], []
+    for cond, value in (("ts >= ?", q.since), ("ts < ?", q.until), ("team_id = ?", q.team_id),
+                        ("key_id = ?", q.key_id), ("user_id = ?", q.user_id)):
+        if value is not None:
+            where.append(cond)
+            params.append(value)
+    rows = db.all(
+        f"SELECT {col}, COUNT(*), COALESCE(SUM(cost_nanos), 0), COALESCE(SUM(frontier_cost_nanos), 0),"
+        f" COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
+        f" SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)"
+        f" FROM ledger WHERE {' AND '.join(where)} GROUP BY {col} ORDER BY 3 DESC",
+        params,
+    )
+    groups = [
+        {q.group_by: r[0], "requests": int(r[1]), "errors": int(r[6] or 0), "cost_usd": f"{nanos_to_usd(int(r[2])):f}",
+         "frontier_cost_usd": f"{nanos_to_usd(int(r[3])):f}", "prompt_tokens": int(r[4]),
+         "completion_tokens": int(r[5])}
+        for r in rows
+    ]
+    total = sum(int(r[2]) for r in rows)
+    return {"group_by": q.group_by, "since": iso(q.since), "until": iso(q.until),
+            "total_cost_usd": f"{nanos_to_usd(total):f}", "requests": sum(g["requests"] for g in groups),
+            "groups": groups}
