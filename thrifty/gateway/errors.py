@@ -59,6 +59,6 @@ def openai_body(status: int, message: str, type: str, code: str | None, param: s
 
 
 def anthropic_body(status: int, message: str, type: str) -> bytes:
-    if type not in _ANTHROPIC_TYPES.values():
-        type = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    # Anthropic's error type follows from the status; its SDK maps statuses to exception classes.
+    type = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return orjson.dumps({"type": "error", "error": {"type": type, "message": message}})

@@ -61,7 +61,7 @@ class FakeState:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": self.behaviour.reply,
                                                      "refusal": None},
                              "logprobs": None, "finish_reason": "stop"}],
-                "usage": USAGE, "system_fingerprint": None}))
+                "usage": USAGE}))
         return self.cache[key]
 
     def messages_body(self, model: str) -> bytes:
@@ -75,7 +75,7 @@ class FakeState:
 
     def chat_stream(self, model: str, include_usage: bool) -> list[bytes]:
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": model, "system_fingerprint": None}
+                "model": model}
         words = self.behaviour.reply.split(" ")
         pieces = [{"role": "assistant", "content": ""}] + [
             {"content": w + (" " if i < len(words) - 1 else "")} for i, w in enumerate(words)]

@@ -106,13 +106,12 @@ class ReplayProvider:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": r.response, "refusal": None},
                          "logprobs": None, "finish_reason": "stop"}],
             "usage": self._usage(r),
-            "system_fingerprint": None,
         }
 
     async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
         r = self.lookup(body)
         base = {"id": f"chatcmpl-replay-{os.urandom(8).hex()}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": r.model, "system_fingerprint": None}
+                "created": int(time.time()), "model": r.model}
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
