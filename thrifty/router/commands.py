@@ -1,0 +1,126 @@
+"""``thrifty router train | score | eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from thrifty.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    router = sub.add_parser("router", help="train, score with and evaluate learned routers")
+    rsub = router.add_subparsers(dest="router_command", metavar="ACTION", required=True)
+
+    train = rsub.add_parser("train", help="train a router on labelled benchmark data")
+    train.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                       help="files, directories or URLs of RouteLLM/RouterBench CSV data")
+    train.add_argument("--out", required=True, metavar="ROUTER_DIR", help="where to write the router")
+    train.add_argument("--predictor", default="ensemble", help="ensemble (default), knn, factor, length, random")
+    train.add_argument("--exclude-ids", metavar="FILE", help="file of prompt ids (one a line) to leave out")
+    train.set_defaults(func=_train)
+
+    score = rsub.add_parser("score", help="predict every model's quality for prompts in a JSONL file")
+    score.add_argument("--router", required=True, metavar="ROUTER_DIR")
+    score.add_argument("--input", required=True, metavar="prompts.jsonl", help='lines of {"id": ..., "prompt": "..."}')
+    score.add_argument("--output", required=True, metavar="scores.jsonl")
+    score.set_defaults(func=_score)
+
+    ev = rsub.add_parser("eval", help="held-out evaluation protocols, JSON report and PNG plots")
+    ev.add_argument("--data", nargs="+", required=True, metavar="PATH")
+    ev.add_argument("--out", default="artifacts/router-eval", metavar="DIR")
+    ev.add_argument("--protocol", nargs="+", default=None,
+                    help="mmlu-subjects, mmlu-to-gsm8k, routerbench-cv (default: those the data allows)")
+    ev.add_argument("--folds", type=int, default=5)
+    ev.add_argument("--bootstrap", type=int, default=500, help="bootstrap rounds for confidence intervals")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_eval)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from thrifty.router import data as routing_data
+    from thrifty.router.router import Router
+
+    data = routing_data.load(args.data)
+    if args.exclude_ids:
+        drop = set(Path(args.exclude_ids).read_text().split())
+        data = data.where(i not in drop for i in data.ids)
+    router = Router.train(data, args.predictor)
+    out = router.save(args.out)
+    meta = router.meta
+    print(f"trained a {meta['predictor']} router on {meta['n_prompts']} prompts, {len(router.models)} models, "
+          f"in {meta['training_seconds']} s -> {out}")
+    for name, profile in sorted(router.profiles.items()):
+        print(f"  profile {name}: {profile}")
+    return 0
+
+
+def _read_prompts(path: str) -> list[tuple[object, str]]:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise UsageError(f'{path}:{n}: expected {{"id": ..., "prompt": "..."}}')
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise UsageError(f"{path}:{n}: prompt must be a non-empty string")
+        rows.append((row.get("id"), row["prompt"]))
+    return rows
+
+
+def _score(args: argparse.Namespace) -> int:
+    from thrifty.router.router import Router
+
+    router = Router.load(args.router)
+    rows = _read_prompts(args.input)
+    quality = router.score_many([p for _, p in rows]) if rows else []
+    with open(args.output, "w", encoding="utf-8") as out:
+        for (ident, _), q in zip(rows, quality):
+            out.write(json.dumps({"id": ident, "quality": dict(zip(router.models, map(float, q)))}) + "\n")
+    print(f"scored {len(rows)} prompts -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from thrifty.router import data as routing_data
+    from thrifty.router.evaluate import PROTOCOLS, Evaluator, plot
+    from thrifty.router.report import print_summary
+
+    data = routing_data.load(args.data)
+    protocols = tuple(args.protocol) if args.protocol else _possible_protocols(data.groups)
+    if not protocols:
+        raise UsageError("the data allows no protocol: give RouteLLM MMLU (+GSM8K) and/or RouterBench files")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Evaluator(data, folds=args.folds, seed=args.seed, rounds=args.bootstrap).run(protocols)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plots = plot(report, out)
+    print_summary(report)
+    print(f"report: {out / 'report.json'}; plots: {', '.join(str(p) for p in plots)}")
+    return 0
+
+
+def _possible_protocols(groups: list[str]) -> tuple[str, ...]:
+    have = {g.split("/")[0] for g in groups}
+    out = []
+    if "mmlu" in have:
+        out.append("mmlu-subjects")
+        if "gsm8k" in have:
+            out.append("mmlu-to-gsm8k")
+    if "routerbench" in have:
+        out.append("routerbench-cv")
+    return tuple(out)

@@ -1,0 +1,254 @@
+"""Honest evaluation protocols: no prompt is ever scored by a router trained on it.
+
+* ``mmlu-subjects``: MMLU, grouped k-fold by subject (whole subjects held out).
+* ``mmlu-to-gsm8k``: train on all of MMLU, test on GSM8K.
+* ``routerbench-cv``: k-fold cross-validation on the RouterBench train split,
+  N models with their real per-call costs.
+
+Every learned predictor is reported beside the random, length and oracle
+baselines, with bootstrap confidence intervals.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from thrifty.errors import UsageError
+from thrifty.router.calibrate import share_for_weight, weight_for_share
+from thrifty.router.data import RoutingData
+from thrifty.router.embed import EmbeddingCache, default_embedder
+from thrifty.router.features import feature_matrix
+from thrifty.router.metrics import cost_quality_curve, n_model_report, pair_curve, pair_report
+from thrifty.router.predictors import BASELINES, LEARNED, PREDICTORS, Features
+from thrifty.router.router import reference_costs
+
+STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+PROTOCOLS = ("mmlu-subjects", "mmlu-to-gsm8k", "routerbench-cv")
+KINDS = BASELINES + LEARNED
+CALIBRATION_TARGETS = (0.2, 0.5)
+
+
+@dataclass
+class Split:
+    train: np.ndarray
+    test: np.ndarray
+
+
+def grouped_folds(groups: list[str], k: int, seed: int) -> list[np.ndarray]:
+    """k folds of whole groups (e.g. MMLU subjects), groups shuffled with ``seed``."""
+    names = sorted(set(groups))
+    if len(names) < k:
+        raise UsageError(f"need at least {k} groups for {k}-fold grouped splits, found {len(names)}")
+    np.random.default_rng(seed).shuffle(names)
+    g = np.array(groups)
+    return [np.isin(g, names[i::k]) for i in range(k)]
+
+
+def random_folds(n: int, k: int, seed: int) -> list[np.ndarray]:
+    which = np.random.default_rng(seed).permutation(n) % k
+    return [which == i for i in range(k)]
+
+
+class Evaluator:
+    def __init__(self, data: RoutingData, *, folds: int = 5, seed: int = 0, rounds: int = 500,
+                 kinds: tuple[str, ...] = KINDS, log: Callable[[str], None] = print) -> None:
+        self.data, self.k, self.seed, self.rounds, self.kinds, self.log = data, folds, seed, rounds, kinds, log
+        embedder = default_embedder(show_progress=True)
+        self.X = Features(EmbeddingCache(embedder).embed(data.prompts), feature_matrix(data.prompts))
+        self.groups = np.array(data.groups)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _predict(self, kind: str, train: np.ndarray, test: np.ndarray, models: list[str]) -> np.ndarray:
+        cols = [self.data.models.index(m) for m in models]
+        Y = self.data.labels[np.ix_(train, cols)]
+        model = PREDICTORS[kind]().fit(self.X.subset(np.flatnonzero(train)), Y)
+        return model.predict(self.X.subset(np.flatnonzero(test)))
+
+    def _mask(self, prefix: str, models: list[str]) -> np.ndarray:
+        cols = [self.data.models.index(m) for m in models]
+        labelled = ~np.isnan(self.data.labels[:, cols]).any(axis=1)
+        return np.char.startswith(self.groups.astype(str), prefix) & labelled
+
+    def _need(self, models: list[str], what: str) -> None:
+        missing = [m for m in models if m not in self.data.models]
+        if missing:
+            raise UsageError(f"{what} needs labels for {', '.join(missing)}; not in the data given")
+
+    # -- pair protocols --------------------------------------------------------------
+
+    def _pair(self, name: str, splits: list[Split], mask: np.ndarray) -> dict:
+        models = [WEAK, STRONG]
+        cols = [self.data.models.index(m) for m in models]
+        y = self.data.labels[:, cols]
+        test_all = np.zeros(len(self.data), bool)
+        for s in splits:
+            test_all |= s.test
+        idx = np.flatnonzero(test_all & mask)
+        result: dict = {"protocol": name, "models": {"weak": WEAK, "strong": STRONG}, "routers": {}, "curves": {}}
+        unit = np.array([0.0, 1.0])  # pair routing: only the strong share matters, not the price
+        for kind in self.kinds + ("oracle",):
+            started = time.time()
+            gain = np.full(len(self.data), np.nan)
+            drift = []
+            for s in splits:
+                tr, te = s.train & mask, s.test & mask
+                if kind == "oracle":
+                    P = np.nan_to_num(y[te])
+                else:
+                    P = self._predict(kind, tr, te, models)
+                gain[te] = P[:, 1] - P[:, 0]
+                if kind in LEARNED:
+                    drift += self._calibration_drift(P, unit)
+            report = pair_report(gain[idx], y[idx, 1], y[idx, 0], rounds=self.rounds)
+            if drift:
+                report["calibration"] = _summarise_drift(drift)
+            report["seconds"] = round(time.time() - started, 1)
+            result["routers"][kind] = report
+            curve = pair_curve(gain[idx], y[idx, 1], y[idx, 0])
+            step = max(1, len(curve.share) // 200)
+            result["curves"][kind] = {"share": curve.share[::step].tolist(), "quality": curve.quality[::step].tolist()}
+            self.log(f"  {name:14s} {kind:9s} APGR {report['apgr']:.3f}  CPT50 {report['cpt50']:.3f}"
+                     f"  ({report['seconds']}s)")
+        return result
+
+    def _calibration_drift(self, P: np.ndarray, unit: np.ndarray) -> list[dict]:
+        """Calibrate on a 20% sample of the test prompts (predictions only), measure on the rest."""
+        rng = np.random.default_rng(self.seed)
+        sample = rng.random(len(P)) < 0.2
+        out = []
+        for target in CALIBRATION_TARGETS:
+            w = weight_for_share(P[sample], unit, target)
+            out.append({"target": target, "realized": share_for_weight(P[~sample], unit, w)})
+        return out
+
+    def mmlu_subjects(self) -> dict:
+        self._need([STRONG, WEAK], "mmlu-subjects")
+        mask = self._mask("mmlu/", [STRONG, WEAK])
+        groups = [g for g, m in zip(self.data.groups, mask) if m]
+        folds = grouped_folds(groups, self.k, self.seed)
+        splits = []
+        for f in folds:
+            test = np.zeros(len(self.data), bool)
+            test[np.flatnonzero(mask)[f]] = True
+            splits.append(Split(mask & ~test, test))
+        return self._pair("mmlu-subjects", splits, mask)
+
+    def mmlu_to_gsm8k(self) -> dict:
+        self._need([STRONG, WEAK], "mmlu-to-gsm8k")
+        train = self._mask("mmlu/", [STRONG, WEAK])
+        test = self._mask("gsm8k", [STRONG, WEAK])
+        if not test.any() or not train.any():
+            raise UsageError("mmlu-to-gsm8k needs both MMLU and GSM8K RouteLLM files")
+        return self._pair("mmlu-to-gsm8k", [Split(train, test)], train | test)
+
+    # -- N-model protocol ------------------------------------------------------------
+
+    def routerbench_cv(self) -> dict:
+        in_rb = np.char.startswith(self.groups.astype(str), "routerbench/")
+        models = [m for j, m in enumerate(self.data.models) if (~np.isnan(self.data.costs[in_rb, j])).any()]
+        if not in_rb.any() or len(models) < 2:
+            raise UsageError("routerbench-cv needs RouterBench files (with per-model costs)")
+        cols = [self.data.models.index(m) for m in models]
+        Y, C = self.data.labels[:, cols], self.data.costs[:, cols]
+        mask = in_rb & ~np.isnan(Y).any(axis=1) & ~np.isnan(C).any(axis=1)
+        idx = np.flatnonzero(mask)
+        folds = random_folds(len(idx), self.k, self.seed)
+        result: dict = {"protocol": "routerbench-cv", "models": models, "routers": {}}
+        for kind in self.kinds + ("oracle",):
+            started = time.time()
+            pred = np.zeros((len(idx), len(models)))
+            unit = np.zeros((len(idx), len(models)))
+            for f in folds:
+                te = idx[f]
+                tr = np.zeros(len(self.data), bool)
+                tr[idx[~f]] = True
+                test = np.zeros(len(self.data), bool)
+                test[te] = True
+                ref = reference_costs(self.data.subset(np.flatnonzero(tr)).with_models(models))
+                unit[f] = [ref[m] for m in models]
+                pred[f] = np.nan_to_num(Y[te]) if kind == "oracle" else self._predict(kind, tr, test, models)
+            # reference costs differ slightly per fold; use their mean for the decision
+            curve = cost_quality_curve(pred, unit.mean(axis=0), C[idx], Y[idx])
+            report = n_model_report(curve, models, rounds=self.rounds)
+            report["seconds"] = round(time.time() - started, 1)
+            result["routers"][kind] = report
+            share = report["cost_to_match_best_share"]
+            self.log(f"  routerbench-cv {kind:9s} max quality {report['max_quality']:.3f}  cost to match "
+                     f"{report['best_single']}: {share:.1%} of its cost  ({report['seconds']}s)")
+        return result
+
+    def run(self, protocols: tuple[str, ...] = PROTOCOLS) -> dict:
+        runners = {"mmlu-subjects": self.mmlu_subjects, "mmlu-to-gsm8k": self.mmlu_to_gsm8k,
+                   "routerbench-cv": self.routerbench_cv}
+        unknown = [p for p in protocols if p not in runners]
+        if unknown:
+            raise UsageError(f"unknown protocol(s) {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
+        return {"protocols": {p: runners[p]() for p in protocols},
+                "settings": {"folds": self.k, "seed": self.seed, "bootstrap_rounds": self.rounds,
+                             "n_prompts": len(self.data)}}
+
+
+def _summarise_drift(rows: list[dict]) -> dict:
+    out = {}
+    for target in CALIBRATION_TARGETS:
+        realized = [r["realized"] for r in rows if r["target"] == target]
+        out[f"share_{target:g}"] = {"mean_realized": float(np.mean(realized)),
+                                    "max_abs_drift": float(np.max(np.abs(np.array(realized) - target)))}
+    return out
+
+
+# -- plots ---------------------------------------------------------------------------
+
+
+def plot(report: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, res in report["protocols"].items():
+        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+        if "curves" in res:
+            for kind, c in res["curves"].items():
+                apgr = res["routers"][kind]["apgr"]
+                ax.plot(np.array(c["share"]) * 100, c["quality"], label=f"{kind} (APGR {apgr:.3f})",
+                        lw=2 if kind in LEARNED else 1, ls="--" if kind in BASELINES + ("oracle",) else "-")
+            ax.set_xlabel("share of calls to the strong model (%)")
+            ax.set_ylabel("accuracy on held-out prompts")
+            ax.set_title(f"{name}: quality vs strong share")
+        else:
+            singles = res["routers"]["random"]["singles"]
+            pts = sorted((v["cost"] * 1000, v["quality"], m) for m, v in singles.items())
+            for c, q, m in pts:
+                ax.scatter(c, q, s=14, color="grey")
+                ax.annotate(m.split("/")[-1], (c, q), fontsize=6, xytext=(2, 2), textcoords="offset points")
+            frontier, best = [], -1.0
+            for c, q, _ in pts:
+                if q > best:
+                    frontier.append((c, q))
+                    best = q
+            ax.plot(*zip(*frontier), color="grey", lw=1, label="single-model frontier")
+            for kind, r in res["routers"].items():
+                xs = [p["cost"] * 1000 for p in r["points"]]
+                ys = [p["quality"] for p in r["points"]]
+                ax.plot(xs, ys, label=kind, lw=2 if kind in LEARNED else 1,
+                        ls="--" if kind in BASELINES + ("oracle",) else "-")
+            ax.set_xscale("log")
+            ax.set_xlabel("cost per 1,000 prompts (USD, log scale)")
+            ax.set_ylabel("accuracy on held-out prompts")
+            ax.set_title(f"{name}: quality vs cost")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,41 @@
+"""A short terminal table of an evaluation report."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _ci(pair) -> str:
+    lo, hi = pair
+    return f"[{lo:.3f}, {hi:.3f}]" if lo == lo else "n/a"
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}" if x == x else "not reached"
+
+
+def print_summary(report: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    for name, res in report["protocols"].items():
+        if "curves" in res:
+            t = Table(title=f"{name} (n={next(iter(res['routers'].values()))['n']})")
+            for col in ("router", "APGR", "95% CI", "CPT(50%)", "CPT(80%)", "share drift (20%/50%)"):
+                t.add_column(col)
+            for kind, r in res["routers"].items():
+                cal = r.get("calibration")
+                drift = (f"{cal['share_0.2']['mean_realized']:.3f}/{cal['share_0.5']['mean_realized']:.3f}"
+                         if cal else "")
+                t.add_row(kind, f"{r['apgr']:.3f}", _ci(r["apgr_ci"]), _pct(r["cpt50"]), _pct(r["cpt80"]), drift)
+        else:
+            first = next(iter(res["routers"].values()))
+            best = first["best_single"]
+            t = Table(title=f"{name} (n={first['n']}; best single: {best}, "
+                            f"accuracy {first['singles'][best]['quality']:.3f})")
+            for col in ("router", "max accuracy", "cost to match best", "95% CI", "cost for 99%", "cost for 98%"):
+                t.add_column(col)
+            for kind, r in res["routers"].items():
+                s = r["cost_share_for_quality_share"]
+                t.add_row(kind, f"{r['max_quality']:.3f}", _pct(r["cost_to_match_best_share"]),
+                          _ci(r["cost_to_match_best_share_ci"]), _pct(s["0.99"]), _pct(s["0.98"]))
+        console.print(t)
