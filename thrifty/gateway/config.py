@@ -245,7 +245,7 @@ def build_config(
         profiles=profiles,
         frontier_model=doc.get("frontier_model", "gpt-4-1106-preview"),
         default_profile=doc.get("default_profile", "auto"),
-        router_path=doc.get("router_path"),
+        router_path=doc.get("router_path") or env.get("THRIFTY_ROUTER"),
         expected_output_tokens=int(doc.get("expected_output_tokens", 256)),
         max_body_bytes=int(doc.get("max_body_bytes", 4 * 1024 * 1024)),
         timeouts=Timeouts(

@@ -73,7 +73,10 @@ class AutoRouter:
         if self.router is None:
             raise RoutingUnavailable(self.error or "no router configured")
         profile = self.profiles.get(profile_name) or self.profiles["auto"]
-        scores = self.router.score(prompt)
+        try:
+            scores = self.router.score(prompt)
+        except Exception as exc:  # e.g. an empty prompt: serve it anyway, say why
+            raise RoutingUnavailable(f"the router could not score this prompt: {exc}") from None
         names = {m.name for m in candidates}
         cand_scores = {k: v for k, v in scores.items() if k in names}
         if not cand_scores:

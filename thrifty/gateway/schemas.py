@@ -119,7 +119,7 @@ class ChatRequest:
                                   param=f"messages[{i}].role")
             text = _content_text(msg.get("content"), f"messages[{i}].content")
             chars += len(text)
-            if role == "user":
+            if role == "user" or (role != "assistant" and not texts):
                 texts.append(text)
             if msg.get("tool_calls") is not None:
                 chars += len(orjson.dumps(msg["tool_calls"]))
