@@ -16,13 +16,17 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from thrifty.errors import UsageError
-from thrifty.router.calibrate import weight_for_quality, weight_for_share
+from thrifty.router.calibrate import predicted_quality, weight_for_quality, weight_for_share
 from thrifty.router.data import RoutingData
 from thrifty.router.embed import EmbeddingCache, StaticEmbedder, default_embedder
 from thrifty.router.features import feature_matrix, prompt_features
-from thrifty.router.predictors import PREDICTORS, Features, Predictor, model_priors
+from thrifty.router.predictors import PREDICTORS, Features, Predictor
 
 FORMAT_VERSION = 1
+# Named profiles keep this share of the best mean quality the router predicts
+# for its calibration prompts (cost ignored), at the lowest predicted cost.
+AUTO_QUALITY = 0.98
+CHEAP_QUALITY = 0.93
 
 # Per-call reference costs (USD) for models whose training data carries none:
 # list prices per million tokens (input, output) at the time the data was made,
@@ -147,11 +151,11 @@ class Router:
         model = PREDICTORS[predictor]().fit(X, Y)
         ref = reference_costs(data)
         unit = np.array([ref[m] for m in data.models])
-        best_single = float(model_priors(Y).max())
+        top = predicted_quality(P_cal, unit, 0.0)
         profiles = {
             "auto-best": Profile.cost_weight(0.0),
-            "auto": Profile.cost_weight(weight_for_quality(P_cal, unit, best_single)),
-            "auto-cheap": Profile.cost_weight(weight_for_quality(P_cal, unit, 0.95 * best_single)),
+            "auto": Profile.cost_weight(weight_for_quality(P_cal, unit, AUTO_QUALITY * top)),
+            "auto-cheap": Profile.cost_weight(weight_for_quality(P_cal, unit, CHEAP_QUALITY * top)),
         }
         meta = {
             "format_version": FORMAT_VERSION,
@@ -166,8 +170,8 @@ class Router:
                                    for j, m in enumerate(data.models)},
             "profiles_calibrated_on": int(calib.sum()),
             "profile_notes": {
-                "auto": "largest cost weight whose predicted mean quality reaches the best single model's accuracy",
-                "auto-cheap": "the same for 95% of the best single model's accuracy",
+                "auto": f"largest cost weight keeping {AUTO_QUALITY:.0%} of the best predicted mean quality",
+                "auto-cheap": f"largest cost weight keeping {CHEAP_QUALITY:.0%} of the best predicted mean quality",
                 "auto-best": "highest predicted quality, cost ignored",
             },
         }

@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def thrifty(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "thrifty.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(fixtures, tmp_path_factory):
+    out = tmp_path_factory.mktemp("router") / "r"
+    p = thrifty("router", "train", "--data", fixtures / "routerbench", "--out", out)
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def test_score_writes_every_model(trained, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"id": 1, "prompt": "Write a function that adds two numbers."}\n'
+                   '{"id": "b", "prompt": "Which is heavier, a kilo of iron or of feathers?"}\n')
+    out = tmp_path / "out.jsonl"
+    p = thrifty("router", "score", "--router", trained, "--input", inp, "--output", out)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    models = json.loads((trained / "router.json").read_text())["models"]
+    assert [r["id"] for r in rows] == [1, "b"]
+    for r in rows:
+        assert sorted(r["quality"]) == sorted(models)
+        assert all(0 <= v <= 1 for v in r["quality"].values())
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"id": 1, "prompt": ""}\n', "prompt must be a non-empty string"),
+        (b"\xff\xfe\n", "not UTF-8"),
+        (b"not json\n", "not a JSON object"),
+        (b'{"id": 1}\n', "expected"),
+    ],
+)
+def test_score_bad_input(trained, tmp_path, content, message):
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(content)
+    p = thrifty("router", "score", "--router", trained, "--input", inp, "--output", tmp_path / "o")
+    assert p.returncode == 2
+    assert message in p.stderr and "Traceback" not in p.stderr
+
+
+def test_train_on_garbage_column_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,modelA,modelB\nhi,True,banana\n")
+    p = thrifty("router", "train", "--data", bad, "--out", tmp_path / "r")
+    assert p.returncode == 2 and "banana" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_eval_writes_report_and_plots(fixtures, tmp_path):
+    p = thrifty("router", "eval", "--data", fixtures, "--out", tmp_path, "--folds", "3", "--bootstrap", "30")
+    assert p.returncode == 0, p.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["protocols"]) == {"mmlu-subjects", "mmlu-to-gsm8k", "routerbench-cv"}
+    for name in report["protocols"]:
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    assert "APGR" in p.stdout
