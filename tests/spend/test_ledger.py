@@ -1,0 +1,91 @@
+"""The ledger's journal and batcher: throughput-independent correctness, replay, alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+import time
+
+from thrifty.spend import store
+from thrifty.spend.control import DbSpendControl
+from thrifty.spend.db import Database
+from thrifty.spend.journal import Journal
+from thrifty.spend.ledger import journal_entry, replay_orphans, write_batch
+from thrifty.spend.schema import migrate
+
+from .conftest import MODEL, record
+
+
+def test_replay_is_idempotent_and_skips_a_torn_last_line(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'spend.db'}")
+    migrate(db)
+    journal = Journal(tmp_path / "journal")
+    for i in range(5):
+        journal.append(json.dumps(journal_entry(record(f"r{i}", cost=0.5), 500_000_000, [["bud", 0, 500_000_000]],
+                                                None)).encode() + b"\n")
+    journal.append(b'{"request_id": "torn", "ts"')  # the process died mid-write
+    # two records already reached the database before the "crash"
+    first = [json.loads(line) for line in journal.path.read_bytes().splitlines()[:2]]
+    write_batch(db, first, {}, release_reservations=False)
+    journal.close()  # releases the lock, as process death would
+    assert replay_orphans(db, tmp_path / "journal", release_reservations=False) == 5
+    assert db.one("SELECT COUNT(*), SUM(cost_nanos) FROM ledger") == (5, 2_500_000_000)
+    assert db.one("SELECT spent_nanos FROM budget_spend WHERE budget_id = 'bud'") == (2_500_000_000,)
+    assert not list((tmp_path / "journal").glob("*.journal"))
+    db.close()
+
+
+def test_a_live_journal_is_not_replayed_by_another_process(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'spend.db'}")
+    migrate(db)
+    live = Journal(tmp_path / "journal")
+    live.append(json.dumps(journal_entry(record("x"), 0, [], None)).encode() + b"\n")
+    assert replay_orphans(db, tmp_path / "journal", release_reservations=False) == 0
+    live.close()
+    db.close()
+
+
+def test_soft_threshold_fires_the_webhook_once(tmp_path):
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    spend = DbSpendControl(f"sqlite:///{tmp_path / 'spend.db'}", tmp_path / "journal", admin_key="sk-thr-admin-t")
+    try:
+        store.create_team(spend.db, "eng")
+        _rec, secret = store.create_key(spend.db, team_id="eng")
+        store.set_budget(spend.db, "team", "eng", amount_usd=1, period="monthly", soft_thresholds=[0.5, 0.8],
+                         webhook_url=f"http://127.0.0.1:{server.server_port}/hook")
+        spend.reload()
+
+        async def go():
+            p = await spend.authenticate(secret)
+            for i in range(4):  # 0.3, 0.6, 0.9, 1.2 -> the 4th is refused
+                try:
+                    res = await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.3)
+                except Exception:
+                    continue
+                await spend.settle(res, record(cost=0.3))
+                spend.flush()
+
+        asyncio.run(go())
+        deadline = time.time() + 5
+        while len(received) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert sorted(a["threshold"] for a in received) == [0.5, 0.8]
+        assert received[0]["scope_id"] == "eng" and received[0]["type"] == "budget.threshold"
+    finally:
+        asyncio.run(spend.close())
+        server.shutdown()

@@ -1,0 +1,78 @@
+"""Spend control on PostgreSQL: migrations, exact holds, and a dead process's holds released on replay."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from thrifty.spend import BudgetExceeded, store
+from thrifty.spend.control import DbSpendControl
+from thrifty.spend.db import Database
+from thrifty.spend.schema import migrate
+
+from .conftest import MODEL, ROOT, record
+
+
+def test_holds_are_exact_and_a_crashed_process_releases_on_replay(tmp_path, pg_url):
+    db = Database(pg_url)
+    assert migrate(db) == migrate(db)  # idempotent
+    store.create_team(db, "eng")
+    _rec, secret = store.create_key(db, team_id="eng")
+    store.set_budget(db, "team", "eng", amount_usd="0.10", period="daily")
+
+    # A process that holds $0.06 in flight and settles $0.03, then is killed with SIGKILL.
+    script = f"""
+import asyncio, sys, time, pathlib
+sys.path.insert(0, {str(ROOT)!r})
+from thrifty.spend.control import DbSpendControl
+from tests.spend.conftest import MODEL, record
+spend = DbSpendControl({pg_url!r}, pathlib.Path({str(tmp_path / 'a')!r}), admin_key="sk-thr-admin-pg")
+async def main():
+    p = await spend.authenticate({secret!r})
+    await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.06)
+    done = await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.04)
+    await spend.settle(done, record("settled-before-crash", cost=0.03))
+    print("ready", flush=True)
+    time.sleep(60)
+asyncio.run(main())
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout.readline().strip() == b"ready"
+    assert db.one("SELECT COUNT(*) FROM reservations")[0] >= 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+    survivor = DbSpendControl(pg_url, tmp_path / "a", admin_key="sk-thr-admin-pg")
+    try:
+        assert survivor.replayed >= 0
+        assert db.one("SELECT COUNT(*) FROM reservations")[0] == 0  # both holds of the dead process released
+        assert db.one("SELECT cost_nanos FROM ledger WHERE request_id = 'settled-before-crash'") == (30_000_000,)
+
+        async def storm():
+            p = await survivor.authenticate(secret)
+            ok = 0
+
+            async def one(i):
+                nonlocal ok
+                try:
+                    res = await survivor.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.002)
+                except BudgetExceeded:
+                    return
+                await asyncio.sleep(0.001 * (i % 7))
+                await survivor.settle(res, record(cost=0.002))
+                ok += 1
+
+            await asyncio.gather(*(one(i) for i in range(200)))
+            return ok
+
+        ok = asyncio.run(storm())
+        survivor.flush()
+        spent = db.one("SELECT spent_nanos FROM budget_spend")[0]
+        assert ok == 35 and spent == 100_000_000  # (0.10 - 0.03) / 0.002: exactly to the limit, not beyond
+    finally:
+        asyncio.run(survivor.close())
+        db.close()
