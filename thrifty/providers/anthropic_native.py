@@ -45,6 +45,7 @@ class AnthropicProvider(OpenAICompatProvider):
                     raise UpstreamError(resp.status, f"{self.name}: {_error_message(resp.status, raw)}",
                                         retryable=status_retryable(resp.status))
                 stopped = False
+                started = False
                 async for event, data in parse_sse(resp.content.__aiter__()):
                     try:
                         doc = orjson.loads(data)
@@ -55,6 +56,7 @@ class AnthropicProvider(OpenAICompatProvider):
                         raise UpstreamError(502, f"{self.name}: {err.get('message', 'stream error')}",
                                             retryable=False, type="stream_broken")
                     for chunk in conv.feed(doc):
+                        started = True
                         yield chunk
                     if doc.get("type") == "message_stop":
                         stopped = True
@@ -64,6 +66,9 @@ class AnthropicProvider(OpenAICompatProvider):
         except asyncio.TimeoutError:
             raise UpstreamError(504, f"{self.name}: upstream timed out", retryable=True, type="timeout") from None
         except aiohttp.ClientError as exc:
+            if started:  # the client has seen part of the answer: no retry can hide this
+                raise UpstreamError(502, f"{self.name}: connection lost mid-stream ({type(exc).__name__})",
+                                    retryable=False, type="stream_broken") from None
             raise UpstreamError(502, f"{self.name}: connection lost ({type(exc).__name__})", retryable=True,
                                 type="connection_error") from None
 

@@ -89,6 +89,7 @@ class OpenAICompatProvider:
                     raise UpstreamError(resp.status, f"{self.name}: {_error_message(resp.status, raw)}",
                                         retryable=status_retryable(resp.status))
                 done = False
+                started = False
                 async for line in resp.content:
                     if not line.startswith(b"data:"):
                         continue
@@ -103,6 +104,7 @@ class OpenAICompatProvider:
                     if "error" in chunk:
                         raise UpstreamError(502, f"{self.name}: {chunk['error'].get('message', 'stream error')}",
                                             retryable=False)
+                    started = True
                     yield chunk
                 if not done:
                     raise UpstreamError(502, f"{self.name}: stream ended before [DONE]", retryable=False,
@@ -110,6 +112,9 @@ class OpenAICompatProvider:
         except asyncio.TimeoutError:
             raise UpstreamError(504, f"{self.name}: upstream timed out", retryable=True, type="timeout") from None
         except aiohttp.ClientError as exc:
+            if started:  # the client has seen part of the answer: no retry can hide this
+                raise UpstreamError(502, f"{self.name}: connection lost mid-stream ({type(exc).__name__})",
+                                    retryable=False, type="stream_broken") from None
             raise UpstreamError(502, f"{self.name}: connection lost ({type(exc).__name__})",
                                 retryable=True, type="connection_error") from None
 

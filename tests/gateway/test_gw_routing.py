@@ -1,0 +1,103 @@
+"""``auto`` and named profiles route with the learned router, under spend policy, and say why."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from conftest import gateway_doc, serve_gateway
+from test_gw_spend import RecordingSpend
+from thrifty.providers.replay_records import ROUTERBENCH_MODELS, read_packaged
+
+
+def _router_dir() -> Path | None:
+    try:
+        from thrifty.router import default_router_path
+    except ImportError:
+        return None
+    path = Path(os.environ.get("THRIFTY_ROUTER") or default_router_path())
+    return path if (path / "router.json").is_file() else None
+
+
+ROUTER = _router_dir()
+needs_router = pytest.mark.skipif(ROUTER is None, reason="no trained router yet (thrifty.router default_router_path "
+                                  "has no router.json); routing-specific checks skipped")
+PROMPTS = list(dict.fromkeys(r.prompt for r in read_packaged()))[:30]
+
+
+@pytest.fixture(scope="module")
+def routed(upstreams, tmp_path_factory):
+    doc = gateway_doc(upstreams, tmp_path_factory.mktemp("route"))
+    doc["router_path"] = str(ROUTER) if ROUTER else str(tmp_path_factory.mktemp("no-router"))
+    doc["profiles"] = {"penny-pincher": {"cost_weight": 1e9}}
+    spend = RecordingSpend()
+    with serve_gateway(doc, spend=spend) as (url, app):
+        yield url, app, spend
+
+
+def ask(url: str, model: str, prompt: str):
+    client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+    return client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": prompt}])
+
+
+def test_auto_without_router_serves_cheapest_allowed(upstreams, tmp_path):
+    doc = gateway_doc(upstreams, tmp_path)
+    doc["router_path"] = str(tmp_path / "missing")
+    spend = RecordingSpend()
+    spend.deny = {"mistralai/mistral-7b-chat"}  # the cheapest RouterBench model
+    with serve_gateway(doc, spend=spend) as (url, app):
+        assert app.gw.router.router is None
+        raw = ask(url, "auto", PROMPTS[0])
+    assert raw.headers["x-thrifty-model"] == "WizardLM/WizardLM-13B-V1.2"  # next cheapest
+    assert "router unavailable" in raw.headers["x-thrifty-route-reason"]
+
+
+@needs_router
+def test_auto_routes_among_router_models_and_records_scores(routed):
+    url, app, spend = routed
+    served = set()
+    for prompt in PROMPTS[:10]:
+        raw = ask(url, "auto", prompt)
+        served.add(raw.headers["x-thrifty-model"])
+        assert raw.headers["x-thrifty-route-reason"].startswith("auto: ")
+        assert float(raw.headers["x-thrifty-cost-usd"]) > 0
+    assert served <= set(ROUTERBENCH_MODELS)
+    assert spend.settled[-1].scores and set(spend.settled[-1].scores) == set(app.gw.router.models)
+
+
+@needs_router
+def test_profiles_trade_cost_for_quality(routed):
+    url, _, _ = routed
+
+    def total(profile: str) -> float:
+        return sum(float(ask(url, profile, p).headers["x-thrifty-cost-usd"]) for p in PROMPTS)
+
+    cheap, best, pincher = total("auto-cheap"), total("auto-best"), total("penny-pincher")
+    assert pincher <= cheap <= best
+    assert pincher < best
+
+
+@needs_router
+def test_policy_limits_router_candidates(routed):
+    url, _, spend = routed
+    spend.deny = {"gpt-4-1106-preview", "claude-v1", "claude-v2"}
+    try:
+        for prompt in PROMPTS[:10]:
+            assert ask(url, "auto-best", prompt).headers["x-thrifty-model"] not in spend.deny
+    finally:
+        spend.deny = set()
+
+
+@needs_router
+def test_anthropic_client_can_route(routed):
+    url, _, _ = routed
+    rec = next(iter(read_packaged()))
+    client = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0)
+    raw = client.messages.with_raw_response.create(model="auto", max_tokens=100,
+                                                   messages=[{"role": "user", "content": rec.prompt}])
+    assert raw.headers["x-thrifty-model"] in ROUTERBENCH_MODELS
+    assert raw.parse().content[0].text
