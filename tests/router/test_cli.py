@@ -1,8 +1,16 @@
+from pathlib import Path
 import json
 import subprocess
 import sys
 
 import pytest
+
+FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "routing"
+
+
+@pytest.fixture(scope="module")
+def fixtures() -> Path:
+    return FIXTURE_DIR
 
 
 def thrifty(*args, cwd=None):

@@ -1,3 +1,4 @@
+from pathlib import Path
 import functools
 import http.server
 import threading
@@ -7,6 +8,13 @@ import pytest
 
 from thrifty.router import data
 from thrifty.router.data import DataError
+
+FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "routing"
+
+
+@pytest.fixture(scope="module")
+def fixtures() -> Path:
+    return FIXTURE_DIR
 
 
 def test_loads_both_formats_from_a_directory(fixtures):

@@ -1,9 +1,17 @@
+from pathlib import Path
 import numpy as np
 import pytest
 
 from thrifty.errors import UsageError
 from thrifty.router import Profile, Router, data
 from thrifty.router.evaluate import Evaluator
+
+FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "routing"
+
+
+@pytest.fixture(scope="module")
+def fixtures() -> Path:
+    return FIXTURE_DIR
 
 
 @pytest.fixture(scope="module")
