@@ -61,7 +61,7 @@ def gateway_doc(upstreams: dict[str, FakeUpstream], tmp: Path) -> dict[str, Any]
         "providers": providers,
         "models": models,
         "retry": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02},
-        "timeouts": {"connect": 1, "first_token": 0.5, "total": 3},
+        "timeouts": {"connect": 1, "first_token": 0.5, "total": 1},
         "circuit_breaker": {"failures": 1000, "cooldown": 30},
         "max_body_bytes": 200_000,
     }

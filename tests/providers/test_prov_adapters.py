@@ -12,7 +12,7 @@ from thrifty.providers.base import UpstreamError
 from thrifty.providers.fake_upstream import REPLY, FakeUpstream
 from thrifty.providers.openai_compat import OpenAICompatProvider
 
-FAST = Timeouts(connect=1, first_token=0.3, total=2)
+FAST = Timeouts(connect=1, first_token=0.3, total=0.5)
 BODY = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -69,7 +69,7 @@ def test_anthropic_adapter_speaks_messages_api():
     with FakeUpstream() as fake:
         prov = AnthropicProvider(ProviderConfig("a", "anthropic", base_url=f"http://127.0.0.1:{fake.port}",
                                                 api_key="sk-ant"))
-        assert prov.headers["x-api-key"] == "sk-ant" and "authorization" not in prov.headers
+        assert prov.headers["x-api-key"] == "sk-ant" and "Authorization" not in prov.headers
         full, chunks = asyncio.run(_run(prov, both))
         assert fake.state.last_body["stream"] is True and fake.state.last_body["max_tokens"] == 4096
     assert full["choices"][0]["message"]["content"] == REPLY and full["usage"]["completion_tokens"] == 9

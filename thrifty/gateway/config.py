@@ -110,6 +110,7 @@ class GatewayConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     spend: dict[str, Any] = field(default_factory=dict)
+    spend_enabled: bool = True  # false: no keys, budgets or ledger (benchmarks of the bare proxy only)
     log_prompts: bool = False
 
 
@@ -257,6 +258,7 @@ def build_config(
                           _float(r, "backoff_max", 4.0, "retry")),
         breaker=BreakerPolicy(int(b.get("failures", 5)), _float(b, "cooldown", 30.0, "circuit_breaker")),
         spend=dict(doc.get("spend") or {}),
+        spend_enabled=bool(doc.get("spend_enabled", True)),
         log_prompts=bool(doc.get("log_prompts", False)),
     )
     return cfg

@@ -20,6 +20,9 @@ def build_spend(config: GatewayConfig) -> tuple[SpendControl, dict[str, Any]]:
     """
     import thrifty.spend as spend_pkg
 
+    if not config.spend_enabled:
+        log.warning("spend_enabled = false: running without keys, budgets or ledger")
+        return OpenSpendControl(), {}
     from_config = getattr(spend_pkg, "from_config", None)
     if from_config is None:
         log.warning("thrifty.spend has no from_config: running without keys, budgets or ledger")

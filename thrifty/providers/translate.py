@@ -9,7 +9,7 @@ any upstream (the pipeline itself runs on OpenAI's format).
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, Iterator
 
 import orjson
 
@@ -385,21 +385,3 @@ class OpenAIStreamToAnthropic:
             "stop_reason": FINISH_TO_STOP.get(self.finish or "stop", "end_turn"), "stop_sequence": None},
             "usage": {k: v for k, v in usage.items() if k != "cache_creation_input_tokens"}})
         return out + sse_event("message_stop", {"type": "message_stop"})
-
-
-async def parse_sse(lines: AsyncIterator[bytes]) -> AsyncIterator[tuple[str | None, bytes]]:
-    """(event name, data) pairs from an SSE byte-line stream."""
-    event: str | None = None
-    data: list[bytes] = []
-    async for raw in lines:
-        line = raw.rstrip(b"\r\n")
-        if not line:
-            if data:
-                yield event, b"\n".join(data)
-            event, data = None, []
-        elif line.startswith(b"event:"):
-            event = line[6:].strip().decode()
-        elif line.startswith(b"data:"):
-            data.append(line[5:].strip())
-    if data:
-        yield event, b"\n".join(data)
