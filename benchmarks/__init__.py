@@ -1,0 +1,1 @@
+"""Benchmarks: one command each, run with ``python -m benchmarks``."""
