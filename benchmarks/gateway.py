@@ -342,14 +342,14 @@ def report(rows: list[tuple[str, int, Load]], notes: list[str], args: argparse.N
           "(the gateway is single-process, pinned to one core).")
 
 
-def profile_thrifty(tmp: Path, upstream: str, body: dict, args: argparse.Namespace) -> None:
+def profile_thrifty(tmp: Path, upstream: str, body: dict, args: argparse.Namespace, spend: bool = True) -> None:
     """Run the gateway in-process under cProfile while wrk drives it; print where the time goes."""
     port = free_port()
     out = tmp / "thrifty.prof"
     code = (
         "import cProfile, os, sys\n"
         "from thrifty.gateway.server import make_app, serve\n"
-        f"app = make_app({str(thrifty_config(tmp, upstream))!r})\n"
+        f"app = make_app({str(thrifty_config(tmp, upstream, spend=spend))!r})\n"
         "pr = cProfile.Profile()\n"
         "import signal\n"
         f"def stop(*a):\n    pr.disable(); pr.dump_stats({str(out)!r}); os._exit(0)\n"
@@ -361,7 +361,7 @@ def profile_thrifty(tmp: Path, upstream: str, body: dict, args: argparse.Namespa
     try:
         base = f"http://127.0.0.1:{port}"
         proc.wait_ready(base + "/healthz")
-        auth = {"Authorization": f"Bearer {thrifty_key(base)}"}
+        auth = {"Authorization": f"Bearer {thrifty_key(base)}"} if spend else {}
         wrk(base + "/v1/chat/completions", body, connections=args.connections, duration=args.duration,
             headers=auth, target_pid=None, tmp=tmp)
         proc.proc.send_signal(signal.SIGUSR1)

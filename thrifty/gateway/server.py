@@ -45,4 +45,5 @@ def serve(app: Any, host: str, port: int, *, log_level: str = "warning", workers
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-                access_log=False, log_level=log_level, server_header=False, date_header=False)
+                access_log=False, log_level=log_level, server_header=False, date_header=False,
+                proxy_headers=False)

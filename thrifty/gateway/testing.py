@@ -25,7 +25,7 @@ def running(app: Any, port: int = 0, *, log_level: str = "warning") -> Iterator[
 
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
-                            access_log=False, log_level=log_level)
+                            access_log=False, log_level=log_level, proxy_headers=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name="thrifty-test-server")
     thread.start()

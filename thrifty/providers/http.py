@@ -32,7 +32,7 @@ class HTTPTimeout(HTTPError):
 
 class _Conn(asyncio.Protocol):
     __slots__ = ("transport", "parser", "loop", "status", "body", "done", "headers_done", "closed", "got_bytes",
-                 "complete", "chunks", "waiter", "timer", "idle", "reused")
+                 "complete", "chunks", "waiter", "timer", "idle", "reused", "keep_alive")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -47,6 +47,7 @@ class _Conn(asyncio.Protocol):
         self.body: list[bytes] = []
         self.chunks: collections.deque[bytes] | None = None
         self.complete = False
+        self.keep_alive = False  # read at message end: httptools forgets it once the message is done
         self.got_bytes = False
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.headers_done: asyncio.Future[None] | None = None
@@ -89,6 +90,7 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
         if self.timer is not None:
             self.timer.cancel()
         if not self.done.done():
@@ -159,7 +161,7 @@ class HTTPPool:
     def _release(self, conn: _Conn) -> None:
         if conn.timer is not None:
             conn.timer.cancel()
-        if conn.complete and not conn.closed and conn.parser.should_keep_alive() and len(self.idle) < self.max_idle:
+        if conn.complete and not conn.closed and conn.keep_alive and len(self.idle) < self.max_idle:
             self.idle.append(conn)
         else:
             conn.close()
