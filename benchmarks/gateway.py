@@ -136,11 +136,18 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, body: dict, *, connections: int, duration: float, headers: dict[str, str],
-        target_pid: int | None, tmp: Path) -> Load:
+        target_pid: int | None, tmp: Path, vary: bool = False) -> Load:
+    """``vary``: every request gets a distinct prompt (so no cache of the router can help)."""
     script = tmp / "post.lua"
     lua_headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
-    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
-                      f'wrk.headers["Content-Type"] = "application/json"\n{lua_headers}')
+    lua = (f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+           f'wrk.headers["Content-Type"] = "application/json"\n{lua_headers}')
+    if vary:
+        head, tail = json.dumps(body).split(PROMPT)
+        lua += (f"local n = 0\nlocal head = {json.dumps(head + PROMPT)}\nlocal tail = {json.dumps(tail)}\n"
+                "request = function()\n  n = n + 1\n"
+                "  return wrk.format(nil, nil, nil, head .. ' (variant ' .. n .. ')' .. tail)\nend\n")
+    script.write_text(lua)
     before = cpu_seconds(target_pid) if target_pid else 0.0
     out = subprocess.run(pinned([ensure_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
                                  "-s", str(script), url], LOADGEN_CPU), capture_output=True, text=True,
@@ -235,12 +242,13 @@ def run(args: argparse.Namespace) -> int:
     notes: list[str] = []
     conns = (1, args.connections)
 
-    def measure(name: str, url: str, payload: dict, headers: dict[str, str], pid: int | None) -> None:
+    def measure(name: str, url: str, payload: dict, headers: dict[str, str], pid: int | None,
+                vary: bool = False) -> None:
         for c in conns:
             wrk(url, payload, connections=c, duration=min(2.0, args.duration), headers=headers,
-                target_pid=None, tmp=tmp)  # warm-up
+                target_pid=None, tmp=tmp, vary=vary)  # warm-up
             load = wrk(url, payload, connections=c, duration=args.duration, headers=headers, target_pid=pid,
-                       tmp=tmp)
+                       tmp=tmp, vary=vary)
             rows.append((name, c, load))
             print(f"  {name:<22} c={c:<3} {load.rps:>9.0f} req/s  p50 {load.p50_ms:7.3f} ms  "
                   f"p99 {load.p99_ms:7.3f} ms  errors {load.errors}", flush=True)
@@ -268,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
                                                            if k.startswith("x-thrifty")))
         gw_url = base + "/v1/chat/completions"
         measure("thrifty fixed model", gw_url, body, auth, gw.pid)
-        measure("thrifty auto", gw_url, {**body, "model": "auto"}, auth, gw.pid)
+        measure("thrifty auto", gw_url, {**body, "model": "auto"}, auth, gw.pid, vary=True)
         measure("thrifty streaming", gw_url, {**body, "stream": True}, auth, gw.pid)
         ready = httpx.get(base + "/readyz").json()
         if not ready.get("router"):

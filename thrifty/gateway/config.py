@@ -42,8 +42,8 @@ PROVIDER_TYPES = ("openai", "anthropic", "replay")
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     connect: float = 5.0
-    first_token: float = 60.0  # also bounds the idle gap between stream chunks
-    total: float = 600.0
+    first_token: float = 60.0  # streams: the wait for the first chunk and between chunks
+    total: float = 600.0  # the whole upstream response, streamed or not
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,6 @@ class GatewayConfig:
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     spend: dict[str, Any] = field(default_factory=dict)
     spend_enabled: bool = True  # false: no keys, budgets or ledger (benchmarks of the bare proxy only)
-    log_prompts: bool = False
 
 
 def default_data_dir() -> Path:
@@ -259,7 +258,6 @@ def build_config(
         breaker=BreakerPolicy(int(b.get("failures", 5)), _float(b, "cooldown", 30.0, "circuit_breaker")),
         spend=dict(doc.get("spend") or {}),
         spend_enabled=bool(doc.get("spend_enabled", True)),
-        log_prompts=bool(doc.get("log_prompts", False)),
     )
     return cfg
 

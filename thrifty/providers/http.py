@@ -32,7 +32,7 @@ class HTTPTimeout(HTTPError):
 
 class _Conn(asyncio.Protocol):
     __slots__ = ("transport", "parser", "loop", "status", "body", "done", "headers_done", "closed", "got_bytes",
-                 "complete", "chunks", "waiter", "timer", "idle", "reused", "keep_alive")
+                 "complete", "chunks", "waiter", "timer", "deadline", "idle", "reused", "keep_alive")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -53,6 +53,7 @@ class _Conn(asyncio.Protocol):
         self.headers_done: asyncio.Future[None] | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline: asyncio.TimerHandle | None = None  # streams: the total time limit
         self.idle = 0.0
 
     # protocol callbacks
@@ -93,6 +94,8 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = self.parser.should_keep_alive()
         if self.timer is not None:
             self.timer.cancel()
+        if self.deadline is not None:
+            self.deadline.cancel()
         if not self.done.done():
             self.done.set_result(None)
         self._wake()
@@ -117,6 +120,8 @@ class _Conn(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.transport is not None:
             self.transport.close()
 
@@ -171,7 +176,7 @@ class HTTPPool:
                 % (method.encode(), (self.prefix + path).encode(), self.head_tail, len(body))) + body
 
     async def _send(self, method: str, path: str, body: bytes, connect: float, idle: float,
-                    stream: bool) -> _Conn:
+                    stream: bool, total: float | None = None) -> _Conn:
         data = self._request_bytes(method, path, body)
         for _ in range(2):  # a pooled connection the server closed meanwhile: retry once, on a new one
             conn = self._acquire_idle() or await self._connect(connect)
@@ -180,6 +185,8 @@ class HTTPPool:
                 conn.chunks = collections.deque()
                 conn.headers_done = conn.loop.create_future()
             conn.timer = conn.loop.call_later(idle, conn.on_timeout)
+            if total is not None:
+                conn.deadline = conn.loop.call_later(total, conn.on_timeout)
             assert conn.transport is not None
             conn.transport.write(data)
             try:
@@ -201,10 +208,11 @@ class HTTPPool:
         self._release(conn)
         return status, data
 
-    async def stream(self, method: str, path: str, body: bytes, *, connect: float,
-                     idle: float) -> tuple[int, AsyncIterator[bytes]]:
-        """(status, body chunks); ``idle`` bounds the wait for headers and between chunks."""
-        conn = await self._send(method, path, body, connect, idle, stream=True)
+    async def stream(self, method: str, path: str, body: bytes, *, connect: float, idle: float,
+                     total: float) -> tuple[int, AsyncIterator[bytes]]:
+        """(status, body chunks); ``idle`` bounds the wait for headers and between chunks, ``total``
+        the whole response."""
+        conn = await self._send(method, path, body, connect, idle, stream=True, total=total)
 
         async def chunks() -> AsyncIterator[bytes]:
             queue = conn.chunks

@@ -70,7 +70,7 @@ class OpenAICompatProvider:
         assert self.pool is not None, "provider not started"
         try:
             status, chunks = await self.pool.stream("POST", path, orjson.dumps(body), connect=timeouts.connect,
-                                                    idle=timeouts.first_token)
+                                                    idle=timeouts.first_token, total=timeouts.total)
         except HTTPError as exc:
             raise self._transport_error(exc) from None
         if status >= 400:
