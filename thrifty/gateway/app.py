@@ -239,7 +239,8 @@ class GatewayApp:
             record = LedgerRecord(
                 request_id=ctx.request_id, ts=ctx.ts, key_id=p.key_id, user_id=p.user_id, team_id=p.team_id,
                 tags=p.tags, endpoint=ctx.endpoint, requested_model=ctx.plan.requested if ctx.plan else "",
-                served_model=served_name, provider=served.deployment.provider if served_name else None,
+                served_model=served_name,
+                provider=served.deployment.provider if served and served.deployment else None,
                 route_reason=ctx.plan.reason if ctx.plan else None,
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
@@ -269,9 +270,10 @@ class GatewayApp:
     def _route_headers(self, ctx: _Ctx, cost: float | None, frontier: float | None) -> list[tuple[bytes, bytes]]:
         served, plan = ctx.served, ctx.plan
         h = [(b"x-request-id", ctx.request_id.encode())]
-        if served is not None and served.model is not None:
-            h.append((b"x-thrifty-model", served.model.info.name.encode()))
-            h.append((b"x-thrifty-provider", served.deployment.provider.encode()))
+        if served is not None:
+            if served.model is not None and served.deployment is not None:
+                h.append((b"x-thrifty-model", served.model.info.name.encode()))
+                h.append((b"x-thrifty-provider", served.deployment.provider.encode()))
             h.append((b"x-thrifty-retries", str(served.retries).encode()))
             h.append((b"x-thrifty-fallbacks", str(served.fallbacks).encode()))
             if served.errors:
@@ -344,7 +346,7 @@ class GatewayApp:
         assert ctx.principal is not None
         plan = self.gw.plan_chat(ctx.principal, req)
         await self._admit(ctx, plan)
-        ctx.served = Served(plan.chain[0], plan.chain[0].deployments[0])
+        ctx.served = Served()
         if req.stream:
             ctx.stream = True
             await self._chat_stream(ctx, req, send)
@@ -430,7 +432,7 @@ class GatewayApp:
             assert ctx.principal is not None
             plan = self.gw.plan_embeddings(ctx.principal, req.model, req.prompt_tokens)
             await self._admit(ctx, plan)
-            ctx.served = Served(plan.chain[0], plan.chain[0].deployments[0])
+            ctx.served = Served()
             result = await self.gw.embeddings(plan, body, ctx.served)
             usage = _usage_of(result, req.prompt_tokens)
             cost, frontier = await self._settle(ctx, 200, usage, None)

@@ -40,8 +40,10 @@ class Plan:
 
 @dataclass(slots=True)
 class Served:
-    model: ModelConfig
-    deployment: Deployment
+    """Who answered (set once an upstream call succeeds) and what it took to get there."""
+
+    model: ModelConfig | None = None
+    deployment: Deployment | None = None
     retries: int = 0
     fallbacks: int = 0
     errors: list[str] = field(default_factory=list)

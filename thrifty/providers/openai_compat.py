@@ -33,7 +33,7 @@ class OpenAICompatProvider:
     def __init__(self, config: ProviderConfig) -> None:
         self.name = config.name
         self.base_url = (config.base_url or "").rstrip("/")
-        self.headers = {"Content-Type": "application/json", **config.headers}
+        self.headers = {"Content-Type": "application/json", "User-Agent": "thrifty/0.1", **config.headers}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
         self.pool: HTTPPool | None = None
