@@ -21,7 +21,7 @@ from thrifty.spend.db import Database
 from thrifty.spend.money import nanos_to_usd, usd_to_nanos
 from thrifty.spend.schema import migrate
 
-from .gateway_procs import PRICE, Gateway, write_config
+from thrifty.spend.loadtest import PRICE, Gateway, fire, write_config
 
 BODY = {"model": "m-ok", "max_tokens": 20, "messages": [{"role": "user", "content": "hello there"}]}
 
@@ -64,17 +64,11 @@ def _setup_key(db_url: str, budget_usd: str | None) -> str:
     return secret
 
 
-async def _fire(urls: list[str], secret: str, n: int) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        async def one(i: int) -> httpx.Response:
-            return await client.post(urls[i % len(urls)] + "/v1/chat/completions", json=BODY,
-                                     headers={"authorization": f"Bearer {secret}"})
-
-        return await asyncio.gather(*(one(i) for i in range(n)))
+async def _fire(urls: list[str], secret: str, n: int) -> list:
+    return await fire(urls, secret, n, BODY)
 
 
-def _check_budget_run(responses: list[httpx.Response], ledger_nanos: int, ledger_rows: int, budget: str) -> dict:
+def _check_budget_run(responses: list, ledger_nanos: int, ledger_rows: int, budget: str) -> dict:
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]
     assert ok and refused, (len(ok), len(refused))
@@ -117,7 +111,7 @@ def test_500_concurrent_requests_two_gateways_sharing_postgres(tmp_path, upstrea
     db.close()
     outcome = _check_budget_run(responses, int(nanos), int(rows), "0.006")
     assert int(spent) == int(nanos) and held == 0
-    served_by = {r.url.port for r in responses if r.status_code == 200}
+    served_by = {r.port for r in responses if r.status_code == 200}
     assert len(served_by) == 2  # both processes admitted requests against the shared budget
     print("postgres, two gateways:", outcome)
 

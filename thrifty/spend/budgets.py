@@ -7,8 +7,8 @@ Two engines with one rule (spent + held + this request <= limit, else refuse):
   Spent amounts start from the database's counters (after journal replay)
   and are then kept in memory.
 * :class:`PostgresBudgets` (several processes sharing PostgreSQL): holds are
-  rows in ``reservations``; a check locks the budget rows, then reads spent
-  and held in one snapshot. The ledger batcher turns a hold into spend in one
+  rows in ``reservations``; a check is one call of a server-side function
+  that locks the budget rows, then reads spent and held in one snapshot. The ledger batcher turns a hold into spend in one
   transaction (insert record, add to counter, delete hold), so a check never
   sees a request twice or not at all. Holds of a crashed process expire.
 """
@@ -129,41 +129,14 @@ class PostgresBudgets:
         conn = await self._connection()
         broken = False
         try:
-            ids = sorted({b.id for b, _ in hold.charges})
             now = time.time()
-            async with conn.transaction():
-                # Serialise holds per budget; the next statement's snapshot then
-                # sees every hold committed before ours.
-                await conn.execute("SELECT id FROM budgets WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
-                cur = await conn.execute(
-                    "SELECT q.bid, q.ps, b.limit_nanos, COALESCE(s.spent_nanos, 0),"
-                    " COALESCE((SELECT SUM(r.amount_nanos) FROM reservations r WHERE r.budget_id = q.bid"
-                    "  AND r.period_start = q.ps AND r.expires_at > %s), 0)"
-                    " FROM unnest(%s::text[], %s::bigint[]) AS q(bid, ps)"
-                    " JOIN budgets b ON b.id = q.bid"
-                    " LEFT JOIN budget_spend s ON s.budget_id = q.bid AND s.period_start = q.ps",
-                    (now, [b.id for b, _ in hold.charges], [s for _, s in hold.charges]),
-                )
-                rows = {(r[0], int(r[1])): r for r in await cur.fetchall()}
-                live = []
-                for budget, start in hold.charges:
-                    row = rows.get((budget.id, start))
-                    if row is None:
-                        continue  # deleted meanwhile
-                    limit, spent, held = int(row[2]), int(row[3]), int(row[4])
-                    if spent + held + hold.amount > limit:
-                        raise refuse(budget if budget.limit_nanos == limit else _with_limit(budget, limit),
-                                     spent, held, hold.amount, hold.ends.get(budget.id))
-                    live.append((budget, start))
-                if live:
-                    async with conn.cursor() as c:
-                        await c.executemany(
-                            "INSERT INTO reservations (id, budget_id, period_start, amount_nanos, owner, expires_at)"
-                            " VALUES (%s, %s, %s, %s, %s, %s)",
-                            [(hold.id, b.id, s, hold.amount, self._owner, now + self._ttl) for b, s in live],
-                        )
-        except BudgetExceeded:
-            raise
+            # One round trip, one implicit transaction: see schema.RESERVE_FUNCTION.
+            cur = await conn.execute(
+                "SELECT * FROM thrifty_reserve(%s, %s, %s, %s, %s, %s, %s)",
+                (hold.id, [b.id for b, _ in hold.charges], [s for _, s in hold.charges], hold.amount,
+                 self._owner, now, now + self._ttl),
+            )
+            row = await cur.fetchone()
         except BaseException:
             broken = True
             raise
@@ -173,6 +146,12 @@ class PostgresBudgets:
                 await conn.close()
             else:
                 self._pool.put_nowait(conn)  # type: ignore[union-attr]
+        if row is not None:
+            budget_id, limit, spent, held = row
+            budget = next(b for b, _ in hold.charges if b.id == budget_id)
+            if budget.limit_nanos != limit:
+                budget = _with_limit(budget, int(limit))
+            raise refuse(budget, int(spent), int(held), hold.amount, hold.ends.get(budget.id))
 
     def settle(self, hold: Hold, actual: int) -> None:
         """Nothing to do now: the ledger batch that records the request releases its hold."""

@@ -30,7 +30,7 @@ from thrifty.spend.periods import iso, period_bounds
 from thrifty.spend.policy import filter_models
 from thrifty.spend.ratelimit import RateLimiter
 from thrifty.spend.schema import config_version, migrate
-from thrifty.spend.snapshot import Snapshot, load_snapshot
+from thrifty.spend.snapshot import BudgetEntry, Snapshot, load_snapshot
 from thrifty.spend.store import ensure_admin_key
 
 log = logging.getLogger("thrifty.spend")
@@ -61,6 +61,7 @@ class DbSpendControl:
         self.replayed = replay_orphans(self.db, journal_dir, release_reservations=self.postgres)
         self._snapshot = load_snapshot(self.db)
         self.limiter = RateLimiter()
+        self._periods: dict[str, tuple[BudgetEntry, int, float | None]] = {}  # budget id -> current period
         self.writer = LedgerWriter(
             db_url, journal_dir, release_reservations=self.postgres, interval=flush_interval,
             on_flush=lambda db, added: check_thresholds(db, lambda: self._snapshot, added),
@@ -152,7 +153,12 @@ class DbSpendControl:
                     continue
                 if budget.window_end is not None and now >= budget.window_end:
                     raise window_ended(budget)
-            start, end = period_bounds(budget.period, now, budget.window_start, budget.window_end)
+            bounds = self._periods.get(budget.id)
+            if bounds is None or bounds[0] != budget or (bounds[2] is not None and now >= bounds[2]) or now < bounds[1]:
+                start, end = period_bounds(budget.period, now, budget.window_start, budget.window_end)
+                self._periods[budget.id] = (budget, start, end)
+            else:
+                start, end = bounds[1], bounds[2]
             hold.charges.append((budget, start))
             hold.ends[budget.id] = end
         await self.budgets.reserve(hold)

@@ -15,7 +15,7 @@ import pathlib
 import threading
 import time
 from collections import deque
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Callable, Iterable
 
 import orjson
@@ -39,15 +39,16 @@ _INSERT = (
     " ON CONFLICT (request_id) DO NOTHING"
 )
 
+_RECORD_FIELDS = tuple(f.name for f in fields(LedgerRecord) if f.name not in ("cost_usd", "frontier_cost_usd"))
+
 # (budget_id, period_start, nanos) triples: what a record adds to which counter.
 Charges = list[list]
 
 
 def journal_entry(record: LedgerRecord, cost_nanos: int, charges: Charges, reservation_id: str | None) -> dict:
     """The journal's form of a record: the ledger row plus what it charges to which budget."""
-    entry = asdict(record)
-    entry.pop("cost_usd")
-    entry.pop("frontier_cost_usd")
+    # Not dataclasses.asdict: it deep-copies recursively and costs ~30 us; this costs ~2.
+    entry = {name: getattr(record, name) for name in _RECORD_FIELDS}
     entry["cost_nanos"] = cost_nanos
     entry["frontier_cost_nanos"] = usd_to_nanos(record.frontier_cost_usd)
     entry["charges"] = charges
@@ -166,6 +167,7 @@ class LedgerWriter:
         self._submitted = 0
         self._written = 0
         self._stop = False
+        self._swept = time.monotonic()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="thrifty-ledger", daemon=True)
         self._thread.start()
@@ -242,6 +244,14 @@ class LedgerWriter:
                 except Exception:
                     pass
         self.error = None
+        if self._release and time.monotonic() - self._swept > 60:
+            # Holds of requests that never settled (a process that died and never
+            # restarted) stop counting at expiry; drop the rows too.
+            self._swept = time.monotonic()
+            try:
+                self._db.execute("DELETE FROM reservations WHERE expires_at < ?", (time.time() - 60,))
+            except Exception as exc:
+                log.warning("sweeping expired budget holds failed: %s", exc)
         with self._idle:
             self._written += len(batch)
             self._idle.notify_all()

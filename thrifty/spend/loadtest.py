@@ -1,4 +1,8 @@
-"""Real gateway processes (``thrifty serve``) over fake upstreams, for the end-to-end spend tests."""
+"""Real gateway processes (``thrifty serve``) and a concurrent client, for spend tests and benchmarks.
+
+Loopback only: the gateways listen on 127.0.0.1 and their upstreams are the
+local fake (:mod:`thrifty.providers.fake_upstream`).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from thrifty.gateway.testing import free_port
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the checkout, for ``python -m thrifty.cli``
 ADMIN_KEY = "sk-thr-admin-e2e-test-key"
 PRICE = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "context_window": 4000,
          "max_output_tokens": 1000}
@@ -54,11 +60,12 @@ class Gateway:
     def __init__(self, config: pathlib.Path, log: pathlib.Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "THRIFTY_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1"}
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "THRIFTY_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "thrifty.cli", "serve", "--config", str(config), "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while True:
@@ -94,3 +101,42 @@ class Gateway:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@dataclass
+class Reply:
+    """What a client saw: enough to check the budget error and the reported cost."""
+
+    status_code: int
+    headers: dict[str, str]
+    body: Any
+    port: int
+
+    def json(self) -> Any:
+        return self.body
+
+
+async def fire(urls: list[str], secret: str, n: int, body: dict[str, Any], concurrency: int | None = None) -> list[Reply]:
+    """``n`` chat requests spread over ``urls``, at most ``concurrency`` (default: all) at once.
+
+    aiohttp rather than httpx: httpx's connection pool slows down badly with
+    hundreds of concurrent connections and would measure itself.
+    """
+    import asyncio
+
+    import aiohttp
+
+    limit = concurrency or n
+    gate = asyncio.Semaphore(limit)
+    headers = {"authorization": f"Bearer {secret}"}
+    connector = aiohttp.TCPConnector(limit=limit)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def one(i: int) -> Reply:
+            url = urls[i % len(urls)]
+            async with gate:
+                async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+                    data = await r.json(content_type=None)
+                    return Reply(r.status, {k.lower(): v for k, v in r.headers.items()}, data,
+                                 int(url.rsplit(":", 1)[1]))
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
