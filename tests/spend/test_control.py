@@ -193,3 +193,28 @@ def test_settle_twice_counts_once_and_unauthenticated_records_are_kept(control):
     rows = control.db.all("SELECT request_id, cost_nanos, team_id FROM ledger ORDER BY request_id")
     assert rows == [("req-1", 250_000_000, "eng"), ("req-2", 0, None)]
     assert store.list_budgets(control.db)[0]["spent_usd"] == "0.250000000"
+
+
+def test_an_invalid_cost_still_reaches_the_ledger_charged_at_its_hold(control):
+    _rec, secret = _key(control)
+    store.set_budget(control.db, "team", "eng", amount_usd=1, period="daily")
+    control.reload()
+    p = asyncio.run(control.authenticate(secret))
+
+    async def scenario():
+        res = await control.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.2)
+        await control.settle(res, record("nan-cost", cost=float("nan")))
+
+    asyncio.run(scenario())
+    control.flush()
+    assert control.db.one("SELECT cost_nanos FROM ledger WHERE request_id = 'nan-cost'") == (200_000_000,)
+
+
+def test_from_config_errors_are_one_clear_line(tmp_path):
+    from thrifty.errors import UsageError
+    from thrifty.spend import from_config
+
+    with pytest.raises(UsageError, match="unknown \\[spend\\] setting"):
+        from_config({"databse_url": "x"}, tmp_path)
+    with pytest.raises(UsageError, match=r"could not start on postgresql://u:\*\*\*@127.0.0.1:1/x"):
+        from_config({"database_url": "postgresql://u:secret@127.0.0.1:1/x"}, tmp_path)

@@ -89,3 +89,25 @@ def test_soft_threshold_fires_the_webhook_once(tmp_path):
     finally:
         asyncio.run(spend.close())
         server.shutdown()
+
+
+def test_full_journals_rotate_and_are_deleted_once_committed(tmp_path):
+    from thrifty.spend.ledger import LedgerWriter
+
+    url = f"sqlite:///{tmp_path / 'spend.db'}"
+    db = Database(url)
+    migrate(db)
+    writer = LedgerWriter(url, tmp_path / "journal", release_reservations=False, journal_bytes=4000)
+    for i in range(200):
+        writer.submit(journal_entry(record(f"r{i}", cost=0.001), 1_000_000, [["b", 0, 1_000_000]], None))
+    writer.flush()
+    deadline = time.time() + 5
+    while len(list((tmp_path / "journal").glob("*.journal"))) > 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(list((tmp_path / "journal").glob("*.journal"))) == 1  # only the live one is left
+    assert db.one("SELECT COUNT(*), SUM(cost_nanos) FROM ledger") == (200, 200_000_000)
+    assert db.one("SELECT spent_nanos FROM budget_spend") == (200_000_000,)
+    writer.close()
+    assert not list((tmp_path / "journal").glob("*.journal"))
+    assert db.one("SELECT COUNT(*) FROM journal_marks") == (0,)
+    db.close()

@@ -84,8 +84,11 @@ def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path) -> "DbSp
             poll_interval=float(section.get("poll_interval_s", 1.0)),
             flush_interval=float(section.get("flush_interval_s", 0.02)),
         )
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"spend control: {exc}") from exc
+    except UsageError:
+        raise
+    except Exception as exc:  # bad URL, database down, unwritable directory: one clear line
+        url = _redact(database_url(section, data_dir))
+        raise UsageError(f"spend control could not start on {url}: {exc}") from exc
     if spend.generated_admin_key:
         print(
             "thrifty: generated the admin key; it is shown only this once, store it now:\n"
@@ -93,6 +96,13 @@ def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path) -> "DbSp
             file=sys.stderr,
         )
     return spend
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def admin_app(spend: "DbSpendControl") -> Any:

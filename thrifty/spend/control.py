@@ -193,8 +193,17 @@ class DbSpendControl:
             self.limiter.add(scope, amount, now)
 
     async def settle(self, reservation: Reservation | None, record: LedgerRecord) -> None:
-        cost = usd_to_nanos(record.cost_usd)
         hold = reservation.token if reservation is not None else None
+        try:
+            cost = usd_to_nanos(record.cost_usd)
+        except (ValueError, TypeError, ArithmeticError):
+            cost = -1
+        if cost < 0:
+            # Never drop the record: charge the most it could have cost.
+            log.error("request %s settled with an invalid cost %r; charging its hold instead",
+                      record.request_id, record.cost_usd)
+            cost = hold.amount if isinstance(hold, Hold) else 0
+            record.cost_usd = float(cost) / 1e9
         if reservation is not None:
             p = reservation.principal
             record.key_id = record.key_id or p.key_id

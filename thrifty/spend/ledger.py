@@ -50,7 +50,10 @@ def journal_entry(record: LedgerRecord, cost_nanos: int, charges: Charges, reser
     # Not dataclasses.asdict: it deep-copies recursively and costs ~30 us; this costs ~2.
     entry = {name: getattr(record, name) for name in _RECORD_FIELDS}
     entry["cost_nanos"] = cost_nanos
-    entry["frontier_cost_nanos"] = usd_to_nanos(record.frontier_cost_usd)
+    try:
+        entry["frontier_cost_nanos"] = usd_to_nanos(record.frontier_cost_usd)
+    except (ValueError, TypeError, ArithmeticError):
+        entry["frontier_cost_nanos"] = 0  # a counterfactual figure: never a reason to lose the record
     entry["charges"] = charges
     entry["reservation"] = reservation_id
     return entry
@@ -154,14 +157,19 @@ class LedgerWriter:
         on_flush: Callable[[Database, dict[tuple[str, int], int]], None] | None = None,
         interval: float = 0.02,
         max_batch: int = 5000,
+        journal_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        self._directory = directory
         self.journal = Journal(directory)
+        self._journal_bytes = journal_bytes
+        self._retired: list[Journal] = []  # full journals, deleted once all their records are in
+        self._marked: dict[str, int] = {}  # journal id -> offset committed to the database
         self._db_url = db_url
         self._release = release_reservations
         self._on_flush = on_flush
         self._interval = interval
         self._max_batch = max_batch
-        self._queue: deque[tuple[dict, int]] = deque()
+        self._queue: deque[tuple[dict, Journal, int]] = deque()
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._submitted = 0
@@ -174,9 +182,14 @@ class LedgerWriter:
 
     def submit(self, entry: dict) -> None:
         """Journal the entry (durable against a crash once this returns) and queue it."""
-        end = self.journal.append(orjson.dumps(entry) + b"\n")
-        self._queue.append((entry, end))
+        journal = self.journal
+        end = journal.append(orjson.dumps(entry) + b"\n")
+        self._queue.append((entry, journal, end))
         self._submitted += 1
+        if end >= self._journal_bytes:
+            # Rotate: the full journal is deleted once the batcher has committed it.
+            self.journal = Journal(self._directory)
+            self._retired.append(journal)
         if len(self._queue) >= self._max_batch:
             self._wake.set()
 
@@ -202,6 +215,8 @@ class LedgerWriter:
             self.journal.close(delete=True)  # everything is in the database
         else:
             self.journal.close()
+        for journal in self._retired:
+            journal.close()  # not fully committed: replayed on the next start
 
     def _run(self) -> None:
         self._db = Database(self._db_url)
@@ -212,23 +227,41 @@ class LedgerWriter:
                 stopping = self._stop
                 while self._queue:
                     self._write_some()
+                if self._retired:
+                    self._drop_retired()
                 if stopping:
+                    if not self._queue:  # clean stop: close() deletes the journal, so its mark goes
+                        self._db.execute("DELETE FROM journal_marks WHERE journal = ?", (self.journal.id,))
                     break
         finally:
             self._db.close()
 
+    def _drop_retired(self) -> None:
+        for journal in list(self._retired):
+            if self._marked.get(journal.id) == journal.offset:
+                journal.close(delete=True)
+                try:
+                    self._db.execute("DELETE FROM journal_marks WHERE journal = ?", (journal.id,))
+                except Exception as exc:  # a stale mark is harmless: replay skips missing files
+                    log.warning("could not delete the mark of journal %s: %s", journal.path.name, exc)
+                self._retired.remove(journal)
+                self._marked.pop(journal.id, None)
+
     def _write_some(self) -> None:
         batch: list[dict] = []
-        end = 0
+        marks: dict[str, int] = {}
+        journals: dict[str, Journal] = {}
         while self._queue and len(batch) < self._max_batch:
-            entry, end = self._queue[0]
+            entry, journal, end = self._queue.popleft()
             batch.append(entry)
-            self._queue.popleft()
-        self.journal.sync()
+            marks[journal.id] = end
+            journals[journal.id] = journal
+        for journal in journals.values():
+            journal.sync()  # power loss: the batch is on disk before the database says so
         attempt = 0
         while True:
             try:
-                added = write_batch(self._db, batch, {self.journal.id: end}, release_reservations=self._release)
+                added = write_batch(self._db, batch, marks, release_reservations=self._release)
                 break
             except Exception as exc:
                 # The database is down or locked. The batch is journaled, so we
@@ -244,6 +277,8 @@ class LedgerWriter:
                 except Exception:
                     pass
         self.error = None
+        self._marked.update(marks)
+        self._drop_retired()
         if self._release and time.monotonic() - self._swept > 60:
             # Holds of requests that never settled (a process that died and never
             # restarted) stop counting at expiry; drop the rows too.
