@@ -361,6 +361,8 @@ def profile_thrifty(tmp: Path, upstream: str, body: dict, args: argparse.Namespa
     """Run the gateway in-process under cProfile while wrk drives it; print where the time goes."""
     port = free_port()
     out = tmp / "thrifty.prof"
+    tmp = tmp / "profile"  # its own data dir (team, key, ledger)
+    tmp.mkdir(exist_ok=True)
     code = (
         "import cProfile, os, sys\n"
         "from thrifty.gateway.server import make_app, serve\n"
