@@ -76,3 +76,42 @@ asyncio.run(main())
     finally:
         asyncio.run(survivor.close())
         db.close()
+
+
+def test_rate_limits_are_shared_by_gateways_on_one_database(tmp_path, pg_url):
+    from thrifty.spend import RateLimited
+
+    db = Database(pg_url)
+    migrate(db)
+    store.create_team(db, "eng", tpm=100)
+    _rec, secret = store.create_key(db, team_id="eng", rpm=5)
+    _rec2, other = store.create_key(db, team_id="eng")
+    db.close()
+    a = DbSpendControl(pg_url, tmp_path / "a", admin_key="sk-thr-admin-pg")
+    b = DbSpendControl(pg_url, tmp_path / "b", admin_key="sk-thr-admin-pg")
+
+    async def scenario():
+        admitted, limited = 0, []
+        for i in range(8):  # 8 requests alternating over two "gateways": only 5 fit in a minute
+            spend = (a, b)[i % 2]
+            p = await spend.authenticate(secret)
+            try:
+                await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.001)
+                admitted += 1
+            except RateLimited as exc:
+                limited.append(exc)
+        assert admitted == 5 and len(limited) == 3
+        assert "requests per minute" in limited[0].message and int(limited[0].headers["retry-after"]) >= 1
+        # team tokens per minute: prompt tokens at admission, completion tokens after the ledger batch
+        q = await a.authenticate(other)
+        res = await a.admit(q, MODEL, prompt_tokens=40, max_cost_usd=0.001)  # team: 5 + 40 = 45
+        await a.settle(res, record(cost=0.0, completion_tokens=50))  # 95
+        a.flush()
+        with pytest.raises(RateLimited, match="team 'eng' tokens per minute"):
+            await b.admit(await b.authenticate(other), MODEL, prompt_tokens=10, max_cost_usd=0.001)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(a.close())
+        asyncio.run(b.close())

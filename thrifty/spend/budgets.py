@@ -15,13 +15,10 @@ Two engines with one rule (spent + held + this request <= limit, else refuse):
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
 from thrifty.spend.api import BudgetExceeded
-from thrifty.spend.db import Database
+from thrifty.spend.db import AsyncPgPool, Database
 from thrifty.spend.money import format_usd
 from thrifty.spend.periods import iso
 from thrifty.spend.snapshot import BudgetEntry
@@ -101,35 +98,16 @@ class MemoryBudgets:
 
 
 class PostgresBudgets:
-    def __init__(self, url: str, owner: str, *, hold_ttl: float = 3600.0, pool_size: int = 8) -> None:
-        self._url = url
+    def __init__(self, pool: AsyncPgPool, owner: str, *, hold_ttl: float = 3600.0) -> None:
+        self._pool = pool
         self._owner = owner
         self._ttl = hold_ttl
-        self._size = pool_size
-        self._pool: asyncio.Queue[Any] | None = None
-        self._made = 0
-
-    async def _connection(self) -> Any:
-        import psycopg
-
-        if self._pool is None:
-            self._pool = asyncio.Queue()
-        if self._pool.empty() and self._made < self._size:
-            self._made += 1
-            try:
-                return await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            except BaseException:
-                self._made -= 1
-                raise
-        return await self._pool.get()
 
     async def reserve(self, hold: Hold) -> None:
         if not hold.charges:
             return
-        conn = await self._connection()
-        broken = False
-        try:
-            now = time.time()
+        now = time.time()
+        async with self._pool.connection() as conn:
             # One round trip, one implicit transaction: see schema.RESERVE_FUNCTION.
             cur = await conn.execute(
                 "SELECT * FROM thrifty_reserve(%s, %s, %s, %s, %s, %s, %s)",
@@ -137,15 +115,6 @@ class PostgresBudgets:
                  self._owner, now, now + self._ttl),
             )
             row = await cur.fetchone()
-        except BaseException:
-            broken = True
-            raise
-        finally:
-            if broken or conn.closed:
-                self._made -= 1
-                await conn.close()
-            else:
-                self._pool.put_nowait(conn)  # type: ignore[union-attr]
         if row is not None:
             budget_id, limit, spent, held = row
             budget = next(b for b, _ in hold.charges if b.id == budget_id)
@@ -157,8 +126,7 @@ class PostgresBudgets:
         """Nothing to do now: the ledger batch that records the request releases its hold."""
 
     async def close(self) -> None:
-        while self._pool is not None and not self._pool.empty():
-            await self._pool.get_nowait().close()
+        return None
 
 
 def _with_limit(budget: BudgetEntry, limit: int) -> BudgetEntry:

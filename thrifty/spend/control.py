@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import math
 import os
 import pathlib
 import secrets
@@ -20,15 +19,15 @@ from typing import Sequence
 
 from thrifty.catalog.model import ModelInfo
 from thrifty.spend.alerts import check_thresholds
-from thrifty.spend.api import AuthError, LedgerRecord, PolicyDenied, Principal, RateLimited, Reservation
+from thrifty.spend.api import AuthError, LedgerRecord, PolicyDenied, Principal, Reservation
 from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, window_ended
-from thrifty.spend.db import Database
+from thrifty.spend.db import AsyncPgPool, Database
 from thrifty.spend.keys import bearer_token, hash_key, same_hash
 from thrifty.spend.ledger import LedgerWriter, journal_entry, replay_orphans
 from thrifty.spend.money import usd_to_nanos
 from thrifty.spend.periods import iso, period_bounds
 from thrifty.spend.policy import filter_models
-from thrifty.spend.ratelimit import RateLimiter
+from thrifty.spend.ratelimit import Check, MemoryRateLimiter, PostgresRateLimiter
 from thrifty.spend.schema import config_version, migrate
 from thrifty.spend.snapshot import BudgetEntry, Snapshot, load_snapshot
 from thrifty.spend.store import ensure_admin_key
@@ -60,7 +59,8 @@ class DbSpendControl:
         self.generated_admin_key = ensure_admin_key(self.db, admin_key)
         self.replayed = replay_orphans(self.db, journal_dir, release_reservations=self.postgres)
         self._snapshot = load_snapshot(self.db)
-        self.limiter = RateLimiter()
+        self.pool = AsyncPgPool(db_url) if self.postgres else None
+        self.limiter = PostgresRateLimiter(self.pool) if self.pool else MemoryRateLimiter()
         self._periods: dict[str, tuple[BudgetEntry, int, float | None]] = {}  # budget id -> current period
         self.writer = LedgerWriter(
             db_url, journal_dir, release_reservations=self.postgres, interval=flush_interval,
@@ -68,7 +68,7 @@ class DbSpendControl:
         )
         self.budgets: MemoryBudgets | PostgresBudgets
         if self.postgres:
-            self.budgets = PostgresBudgets(db_url, self.writer.journal.id, hold_ttl=hold_ttl)
+            self.budgets = PostgresBudgets(self.pool, self.writer.journal.id, hold_ttl=hold_ttl)
         else:
             self.budgets = MemoryBudgets(self.db)
         self._stop = threading.Event()
@@ -145,7 +145,9 @@ class DbSpendControl:
             raise ValueError(f"max_cost_usd must not be negative (got {max_cost_usd!r})")
         now = time.time()
         snap = self._snapshot
-        self._rate_limit(snap, principal, prompt_tokens, now)
+        checks = self._rate_checks(snap, principal, prompt_tokens)
+        if checks:
+            await self.limiter.take(checks, now)
         hold = Hold(secrets.token_hex(12), amount)
         for budget in snap.budgets_for(principal):
             if budget.period == "window":
@@ -164,33 +166,33 @@ class DbSpendControl:
         await self.budgets.reserve(hold)
         return Reservation(principal, model.name, max_cost_usd, token=hold)
 
-    def _rate_limit(self, snap: Snapshot, principal: Principal, prompt_tokens: int, now: float) -> None:
-        checks: list[tuple[str, int, int, str]] = []
+    def _rate_checks(self, snap: Snapshot, principal: Principal, prompt_tokens: int) -> list[Check]:
+        checks: list[Check] = []
         key = snap.keys_by_id.get(principal.key_id) if principal.key_id else None
         if key is not None:
             if key.rpm:
-                checks.append((f"key:{key.id}:rpm", key.rpm, 1, f"key {key.id} requests per minute"))
+                checks.append(Check(f"key:{key.id}:rpm", key.rpm, 1, f"key {key.id} requests per minute"))
             if key.tpm:
-                checks.append((f"key:{key.id}:tpm", key.tpm, prompt_tokens, f"key {key.id} tokens per minute"))
+                checks.append(Check(f"key:{key.id}:tpm", key.tpm, prompt_tokens, f"key {key.id} tokens per minute"))
         if principal.team_id is not None:
             rpm, tpm = snap.team_limits.get(principal.team_id, (None, None))
+            team = principal.team_id
             if rpm:
-                checks.append((f"team:{principal.team_id}:rpm", rpm, 1, f"team {principal.team_id!r} requests per minute"))
+                checks.append(Check(f"team:{team}:rpm", rpm, 1, f"team {team!r} requests per minute"))
             if tpm:
-                checks.append((f"team:{principal.team_id}:tpm", tpm, prompt_tokens,
-                               f"team {principal.team_id!r} tokens per minute"))
-        for scope, limit, amount, label in checks:
-            if amount > limit:
-                raise RateLimited(f"Rate limit: this request's {amount} prompt tokens exceed the {label} limit of {limit}.")
-            wait = self.limiter.retry_after(scope, limit, amount, now)
-            if wait is not None:
-                seconds = max(1, math.ceil(wait))
-                raise RateLimited(
-                    f"Rate limit exceeded: {label} limit is {limit}. Retry in {seconds} s.",
-                    headers={"retry-after": str(seconds)},
-                )
-        for scope, _limit, amount, _label in checks:
-            self.limiter.add(scope, amount, now)
+                checks.append(Check(f"team:{team}:tpm", tpm, prompt_tokens, f"team {team!r} tokens per minute"))
+        return checks
+
+    def _token_scopes(self, principal: Principal) -> list[str]:
+        """The tokens-per-minute scopes that completion tokens count against."""
+        snap = self._snapshot
+        scopes = []
+        key = snap.keys_by_id.get(principal.key_id) if principal.key_id else None
+        if key is not None and key.tpm:
+            scopes.append(f"key:{key.id}:tpm")
+        if principal.team_id is not None and snap.team_limits.get(principal.team_id, (None, None))[1]:
+            scopes.append(f"team:{principal.team_id}:tpm")
+        return scopes
 
     async def settle(self, reservation: Reservation | None, record: LedgerRecord) -> None:
         hold = reservation.token if reservation is not None else None
@@ -212,23 +214,22 @@ class DbSpendControl:
             record.tags = record.tags or p.tags
         fresh = isinstance(hold, Hold) and not hold.settled
         charges = [[b.id, s, cost] for b, s in hold.charges] if fresh else []
-        self.writer.submit(journal_entry(record, cost, charges, hold.id if isinstance(hold, Hold) else None))
+        entry = journal_entry(record, cost, charges, hold.id if isinstance(hold, Hold) else None)
+        scopes = self._token_scopes(reservation.principal) if record.completion_tokens and reservation else []
+        if scopes:
+            now = time.time()
+            if self.limiter.shared:  # counted in PostgreSQL by the ledger batch
+                entry["rate_tokens"] = [[scope, int(now // 60), record.completion_tokens] for scope in scopes]
+            else:
+                for scope in scopes:
+                    self.limiter.add(scope, record.completion_tokens, now)
+        self.writer.submit(entry)
         if fresh:
             hold.settled = True
             self.budgets.settle(hold, cost)
             if cost > hold.amount:
                 log.warning("request %s cost %d nano-USD, more than the %d held for it", record.request_id, cost,
                             hold.amount)
-        if record.completion_tokens and reservation is not None:
-            self._count_completion(reservation.principal, record.completion_tokens)
-
-    def _count_completion(self, principal: Principal, tokens: int) -> None:
-        snap, now = self._snapshot, time.time()
-        key = snap.keys_by_id.get(principal.key_id) if principal.key_id else None
-        if key is not None and key.tpm:
-            self.limiter.add(f"key:{key.id}:tpm", tokens, now)
-        if principal.team_id is not None and snap.team_limits.get(principal.team_id, (None, None))[1]:
-            self.limiter.add(f"team:{principal.team_id}:tpm", tokens, now)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every settled record is in the database (tests, reports, shutdown)."""
@@ -238,6 +239,8 @@ class DbSpendControl:
         self._stop.set()
         self.writer.close()
         await self.budgets.close()
+        if self.pool is not None:
+            await self.pool.close()
         self._watcher.join(timeout=5)
         self.db.close()
         if self._lock_fd >= 0:

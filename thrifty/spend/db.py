@@ -7,11 +7,12 @@ by one thread at a time (spend control gives each thread its own).
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import sqlite3
 import threading
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 
 def is_postgres(url: str) -> bool:
@@ -95,3 +96,45 @@ class Database:
             self._conn.close()
         except Exception:
             pass
+
+
+class AsyncPgPool:
+    """A few psycopg async connections (autocommit) for the request path; made on first use."""
+
+    def __init__(self, url: str, size: int = 8) -> None:
+        self._url = url
+        self._size = size
+        self._idle: asyncio.Queue[Any] | None = None
+        self._made = 0
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        import psycopg
+
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+        if self._idle.empty() and self._made < self._size:
+            self._made += 1
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            except BaseException:
+                self._made -= 1
+                raise
+        else:
+            conn = await self._idle.get()
+        try:
+            yield conn
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await conn.close()  # a broken connection: make a new one next time
+            raise
+        finally:
+            if conn.closed:
+                self._made -= 1
+            else:
+                self._idle.put_nowait(conn)
+
+    async def close(self) -> None:
+        while self._idle is not None and not self._idle.empty():
+            await self._idle.get_nowait().close()
+        self._made = 0

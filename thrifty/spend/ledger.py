@@ -95,9 +95,18 @@ def write_batch(
         else:
             conn = db._conn
             new = [e for e, row in zip(entries, rows) if conn.execute(_INSERT, row).rowcount == 1]
+        tokens: dict[tuple[str, int], int] = {}
         for e in new:
             for budget_id, period_start, nanos in e["charges"]:
                 added[(budget_id, period_start)] = added.get((budget_id, period_start), 0) + nanos
+            for scope, minute, count in e.get("rate_tokens") or ():
+                tokens[(scope, minute)] = tokens.get((scope, minute), 0) + count
+        if tokens:  # completion tokens against shared tokens-per-minute limits
+            db.executemany(
+                "INSERT INTO rate_windows (scope, minute, used) VALUES (?, ?, ?)"
+                " ON CONFLICT (scope, minute) DO UPDATE SET used = rate_windows.used + excluded.used",
+                [(s, m, n) for (s, m), n in sorted(tokens.items())],
+            )
         if added:
             db.executemany(
                 "INSERT INTO budget_spend (budget_id, period_start, spent_nanos) VALUES (?, ?, ?)"
@@ -285,6 +294,7 @@ class LedgerWriter:
             self._swept = time.monotonic()
             try:
                 self._db.execute("DELETE FROM reservations WHERE expires_at < ?", (time.time() - 60,))
+                self._db.execute("DELETE FROM rate_windows WHERE minute < ?", (int(time.time() // 60) - 2,))
             except Exception as exc:
                 log.warning("sweeping expired budget holds failed: %s", exc)
         with self._idle:

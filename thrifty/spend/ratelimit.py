@@ -1,13 +1,50 @@
-"""Requests and tokens per minute, per key and per team (in this process's memory).
+"""Requests and tokens per minute, per key and per team.
 
 A sliding window estimated from two fixed one-minute buckets (the previous
-minute weighted by how much of it still overlaps the window): O(1) memory and
-time per scope, no burst of 2x at a minute boundary.
+minute weighted by how much of it still overlaps the window): O(1) state per
+scope and no 2x burst at a minute boundary. Prompt tokens count when a
+request is admitted, completion tokens when it settles.
+
+:class:`MemoryRateLimiter` keeps the buckets in this process (SQLite, one
+gateway); :class:`PostgresRateLimiter` keeps them in PostgreSQL so that every
+gateway sharing the database enforces one limit, with one server-side call
+per admitted request (``thrifty_rate``, see :mod:`thrifty.spend.schema`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
+
+from thrifty.spend.api import RateLimited
+
+
+class Check(NamedTuple):
+    scope: str  # e.g. "key:key_ab12:rpm"
+    limit: int
+    amount: int  # 1 request, or the prompt's tokens
+    label: str  # for the error message
+
+
+def wait_seconds(previous: int, current: int, limit: int, amount: int, now: float) -> float | None:
+    """Seconds until ``amount`` more fits under ``limit``, or None when it fits now."""
+    elapsed = (now % 60) / 60
+    used = previous * (1 - elapsed) + current
+    if used + amount <= limit:
+        return None
+    if current + amount > limit:
+        return 60 - now % 60  # only the next minute frees enough
+    need = used + amount - limit  # the previous minute's weight decays linearly
+    return max(1.0, math.ceil(need / max(previous, 1) * 60))
+
+
+def too_many(check: Check, wait: float | None) -> RateLimited:
+    if wait is None:  # a single request larger than the limit can never pass
+        return RateLimited(f"Rate limit: this request's {check.amount} prompt tokens exceed the {check.label} "
+                           f"limit of {check.limit}.")
+    seconds = max(1, math.ceil(wait))
+    return RateLimited(f"Rate limit exceeded: {check.label} limit is {check.limit}. Retry in {seconds} s.",
+                       headers={"retry-after": str(seconds)})
 
 
 class _Window:
@@ -25,30 +62,59 @@ class _Window:
             self.minute = minute
 
 
-class RateLimiter:
+class MemoryRateLimiter:
+    shared = False
+
     def __init__(self) -> None:
-        self._windows: dict[tuple[str, str], _Window] = {}
+        self._windows: dict[str, _Window] = {}
 
     def _window(self, scope: str, now: float) -> _Window:
         minute = int(now // 60)
         window = self._windows.get(scope)
         if window is None:
-            window = self._windows[scope] = _Window(minute)  # type: ignore[index]
+            window = self._windows[scope] = _Window(minute)
         window.roll(minute)
         return window
 
-    def retry_after(self, scope: str, limit: int, amount: int, now: float) -> float | None:
-        """Seconds to wait if ``amount`` more would exceed ``limit`` in the last minute, else None."""
-        window = self._window(scope, now)
-        elapsed = (now % 60) / 60
-        used = window.previous * (1 - elapsed) + window.current
-        if used + amount <= limit:
-            return None
-        if window.current + amount > limit:
-            return 60 - now % 60  # not even the next minute's share frees enough before it starts
-        # The previous minute's weight decays linearly; wait until enough of it has.
-        need = used + amount - limit
-        return max(1.0, math.ceil(need / max(window.previous, 1) * 60))
+    async def take(self, checks: list[Check], now: float) -> None:
+        """Count the request against every check, or raise :class:`RateLimited` counting nothing."""
+        for check in checks:
+            if check.amount > check.limit:
+                raise too_many(check, None)
+            window = self._window(check.scope, now)
+            wait = wait_seconds(window.previous, window.current, check.limit, check.amount, now)
+            if wait is not None:
+                raise too_many(check, wait)
+        for check in checks:
+            self._window(check.scope, now).current += check.amount
 
     def add(self, scope: str, amount: int, now: float) -> None:
         self._window(scope, now).current += amount
+
+
+class PostgresRateLimiter:
+    shared = True
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    async def take(self, checks: list[Check], now: float) -> None:
+        for check in checks:
+            if check.amount > check.limit:
+                raise too_many(check, None)
+        if not checks:
+            return
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT * FROM thrifty_rate(%s, %s, %s, %s, %s)",
+                ([c.scope for c in checks], [c.limit for c in checks], [c.amount for c in checks],
+                 int(now // 60), (now % 60) / 60),
+            )
+            row = await cur.fetchone()
+        if row is not None:
+            scope, previous, current = row
+            check = next(c for c in checks if c.scope == scope)
+            raise too_many(check, wait_seconds(int(previous), int(current), check.limit, check.amount, now) or 1.0)
+
+    def add(self, scope: str, amount: int, now: float) -> None:
+        """Completion tokens reach PostgreSQL with the ledger batch (see ``rate_tokens``)."""

@@ -123,8 +123,46 @@ END
 $fn$
 """
 
-POSTGRES_MIGRATIONS: dict[int, str] = {2: RESERVE_FUNCTION}
+# PostgreSQL only: check and count requests/tokens per minute for several
+# scopes at once (key, team), shared by every gateway. Rows are locked in the
+# order given (always key, then team), so two calls cannot deadlock.
+RATE_FUNCTION = """
+CREATE OR REPLACE FUNCTION thrifty_rate(
+    p_scopes text[], p_limits bigint[], p_amounts bigint[], p_minute bigint, p_elapsed double precision)
+RETURNS TABLE (refused_scope text, previous_used bigint, current_used bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    i int;
+    cur bigint;
+    prev bigint;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_scopes, 1), 0) LOOP
+        INSERT INTO rate_windows (scope, minute, used) VALUES (p_scopes[i], p_minute, 0) ON CONFLICT DO NOTHING;
+        SELECT w.used INTO cur FROM rate_windows w WHERE w.scope = p_scopes[i] AND w.minute = p_minute FOR UPDATE;
+        SELECT w.used INTO prev FROM rate_windows w WHERE w.scope = p_scopes[i] AND w.minute = p_minute - 1;
+        prev := coalesce(prev, 0);
+        IF prev * (1 - p_elapsed) + cur + p_amounts[i] > p_limits[i] THEN
+            refused_scope := p_scopes[i]; previous_used := prev; current_used := cur;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. coalesce(array_length(p_scopes, 1), 0) LOOP
+        UPDATE rate_windows SET used = used + p_amounts[i] WHERE scope = p_scopes[i] AND minute = p_minute;
+    END LOOP;
+    RETURN;
+END
+$fn$
+"""
+
+# version -> statements run only on PostgreSQL (each one whole: function bodies hold semicolons)
+POSTGRES_MIGRATIONS: dict[int, list[str]] = {2: [RESERVE_FUNCTION], 3: [RATE_FUNCTION]}
 MIGRATIONS.append((2, ""))  # PostgreSQL: thrifty_reserve(); nothing on SQLite
+MIGRATIONS.append((3, """
+        CREATE TABLE rate_windows (
+            scope TEXT NOT NULL, minute BIGINT NOT NULL, used BIGINT NOT NULL, PRIMARY KEY (scope, minute)
+        )
+        """))
 
 
 def migrate(db: Database) -> int:
@@ -141,13 +179,12 @@ def migrate(db: Database) -> int:
         for version, sql in MIGRATIONS:
             if version in done:
                 continue
-            if version in POSTGRES_MIGRATIONS:
-                if db.postgres:
-                    db.execute(POSTGRES_MIGRATIONS[version])  # one statement with a body: not split
-            else:
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+            for statement in sql.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if db.postgres:
+                for statement in POSTGRES_MIGRATIONS.get(version, ()):
+                    db.execute(statement)
             db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time()))
     return MIGRATIONS[-1][0]
 
