@@ -5,6 +5,8 @@
 #   PostgreSQL: a dedicated cluster "thrifty" on 127.0.0.1:${THRIFTY_PG_PORT:-55432}
 #   (trust auth on loopback only), database "thrifty_test". The URL is written
 #   to .thrifty/test-services/postgres.url for the tests.
+#   Redis: a private redis-server on 127.0.0.1:${THRIFTY_REDIS_PORT:-56379}, no persistence;
+#   the URL is written to .thrifty/test-services/redis.url.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .thrifty/test-services
@@ -52,5 +54,28 @@ setup_postgres() {
     echo "postgresql://postgres@127.0.0.1:$pg_port/$pg_db" > .thrifty/test-services/postgres.url
 }
 
+# --- Redis ----------------------------------------------------------------------
+redis_port=${THRIFTY_REDIS_PORT:-56379}
+setup_redis() {
+    if ! command -v redis-server >/dev/null; then
+        apt_install redis-server
+    fi
+    if ! redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null | grep -q PONG; then
+        local dir
+        dir="$(pwd)/.thrifty/test-services/redis"
+        mkdir -p "$dir"
+        redis-server --bind 127.0.0.1 --port "$redis_port" --protected-mode yes --save "" \
+            --appendonly no --dir "$dir" --daemonize yes --logfile "$dir/redis.log" >/dev/null
+        local i
+        for i in $(seq 1 50); do
+            if redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null | grep -q PONG; then break; fi
+            sleep 0.1
+        done
+    fi
+    echo "redis://127.0.0.1:$redis_port/0" > .thrifty/test-services/redis.url
+}
+
 setup_postgres
+setup_redis
 echo "test services: postgresql on 127.0.0.1:$pg_port ($(cat .thrifty/test-services/postgres.url))"
+echo "test services: redis on 127.0.0.1:$redis_port ($(cat .thrifty/test-services/redis.url))"

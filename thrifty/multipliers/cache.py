@@ -1,0 +1,242 @@
+"""Exact response cache: the same request from the same tenant gets the stored answer.
+
+Three rules make it safe, and every lookup enforces them:
+
+* **Tenant scope.** Every key starts with the caller's scope (its team, else its API key;
+  :func:`scope_of`), so no tenant can ever read another's answer, even with an identical
+  request. The scope is also stored beside the entry and checked on read.
+* **Same model.** The key holds a *model namespace*: the requested model by default, so an
+  answer cached for ``gpt-4o`` is never served to a request for ``gpt-4o-mini``. A route may
+  name a shared namespace on purpose (``CachePolicy.namespace``); on top of that, a hit is
+  refused unless the model that actually produced it is among those the request accepts.
+* **Deterministic or asked for.** Only requests that opt in (route or header) or ask for
+  ``temperature: 0`` are cached; fields that cannot change the answer (``stream``, ``user``,
+  ``metadata``...) are dropped from the key, everything else is kept verbatim.
+
+Backends: :class:`SQLiteCacheStore` (default; one file, stdlib ``sqlite3``) and
+:class:`RedisCacheStore` (``redis.asyncio``, when configured). SQLite reads are a single
+primary-key lookup on the event loop (tens of microseconds, page-cached); writes go to one
+background thread so a slow fsync never stalls a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol
+
+import orjson
+
+__all__ = [
+    "CacheEntry", "CachePolicy", "CacheStore", "ExactCache", "RedisCacheStore", "SQLiteCacheStore",
+    "cache_key", "cache_mode", "normalize_request", "scope_of",
+]
+
+# Request fields that cannot change the answer: left out of the key.
+IGNORED_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier",
+                            "parallel_tool_calls_hint", "model"})
+MODES = ("exact", "semantic", "off")
+
+
+class CacheError(ValueError):
+    """A cache setting or header the gateway must refuse with a 400."""
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """A route's cache settings.
+
+    ``mode``: ``"exact"``, ``"semantic"`` or ``"off"`` (``None``: only deterministic requests,
+    ``temperature == 0``, use the exact cache). ``ttl``: seconds an entry lives.
+    ``namespace``: models sharing answers (default: each model its own).
+    """
+
+    mode: str | None = None
+    ttl: float = 3600.0
+    namespace: str | None = None
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    """A stored answer and what producing it cost (the saving of every later hit)."""
+
+    body: bytes  # the response JSON as the upstream returned it
+    model: str  # the model that produced it
+    provider: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    created: float
+    scope: str = ""
+
+    def dumps(self) -> bytes:
+        return orjson.dumps({"b": self.body.decode(), "m": self.model, "p": self.provider,
+                             "pt": self.prompt_tokens, "ct": self.completion_tokens,
+                             "c": self.cost_usd, "t": self.created, "s": self.scope})
+
+    @classmethod
+    def loads(cls, raw: bytes) -> "CacheEntry":
+        d = orjson.loads(raw)
+        return cls(d["b"].encode(), d["m"], d["p"], d["pt"], d["ct"], d["c"], d["t"], d["s"])
+
+
+def scope_of(team_id: str | None, key_id: str | None) -> str:
+    """The tenant a cached answer belongs to: the team, else the key. Callers without either
+    (spend control off) share one anonymous scope, which is the only tenant there is."""
+    if team_id:
+        return "team:" + team_id
+    if key_id:
+        return "key:" + key_id
+    return "anon"
+
+
+def cache_mode(header: str | None, policy: CachePolicy, body: Mapping[str, Any]) -> str:
+    """Which cache a request uses: the ``x-thrifty-cache`` header wins over the route; with
+    neither, deterministic requests (``temperature`` 0, one choice) use the exact cache."""
+    if header is not None:
+        mode = header.strip().lower()
+        if mode not in MODES:
+            raise CacheError(f"Invalid x-thrifty-cache header {header!r}: expected one of "
+                             f"{', '.join(MODES)}.")
+        return mode
+    if policy.mode is not None:
+        return policy.mode
+    if body.get("temperature") == 0 and body.get("n") in (None, 1):
+        return "exact"
+    return "off"
+
+
+def normalize_request(body: Mapping[str, Any]) -> bytes:
+    """The request as the key sees it: answer-relevant fields only, keys sorted."""
+    return orjson.dumps({k: v for k, v in body.items() if k not in IGNORED_FIELDS},
+                        option=orjson.OPT_SORT_KEYS)
+
+
+def cache_key(scope: str, namespace: str, body: Mapping[str, Any]) -> str:
+    h = hashlib.blake2b(normalize_request(body), digest_size=20).hexdigest()
+    return f"{scope}\x1f{namespace}\x1f{h}"
+
+
+class CacheStore(Protocol):
+    async def get(self, key: str) -> CacheEntry | None: ...
+    async def put(self, key: str, entry: CacheEntry, ttl: float) -> None: ...
+    async def close(self) -> None: ...
+
+
+class SQLiteCacheStore:
+    """One table, ``key -> (scope, expires, value)``; WAL so readers never wait on the writer."""
+
+    def __init__(self, path: str | Path, *, purge_every: int = 1000) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thrifty-cache")
+        self._wconn = self._writer.submit(self._connect).result()
+        self._rconn = self._connect()
+        self._puts = 0
+        self._purge_every = purge_every
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # a lost cache entry on power loss is harmless
+        conn.execute("CREATE TABLE IF NOT EXISTS response_cache (key TEXT PRIMARY KEY, scope TEXT NOT NULL, "
+                     "expires REAL NOT NULL, value BLOB NOT NULL) WITHOUT ROWID")
+        return conn
+
+    def get_sync(self, key: str) -> CacheEntry | None:
+        row = self._rconn.execute("SELECT scope, expires, value FROM response_cache WHERE key = ?",
+                                  (key,)).fetchone()
+        if row is None or row[1] < time.time():
+            return None
+        entry = CacheEntry.loads(row[2])
+        return entry if entry.scope == row[0] else None
+
+    async def get(self, key: str) -> CacheEntry | None:
+        return self.get_sync(key)
+
+    def _put(self, key: str, entry: CacheEntry, ttl: float) -> None:
+        now = time.time()
+        self._wconn.execute("INSERT OR REPLACE INTO response_cache VALUES (?, ?, ?, ?)",
+                            (key, entry.scope, now + ttl, entry.dumps()))
+        self._puts += 1
+        if self._puts % self._purge_every == 0:
+            self._wconn.execute("DELETE FROM response_cache WHERE expires < ?", (now,))
+
+    async def put(self, key: str, entry: CacheEntry, ttl: float) -> None:
+        await asyncio.wrap_future(self._writer.submit(self._put, key, entry, ttl))
+
+    def count(self) -> int:
+        return self._rconn.execute("SELECT count(*) FROM response_cache").fetchone()[0]
+
+    async def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._wconn.close()
+        self._rconn.close()
+
+
+class RedisCacheStore:
+    """``SET key value PX ttl`` on a Redis server (expiry is Redis's job)."""
+
+    def __init__(self, url: str, *, prefix: str = "thrifty:cache:") -> None:
+        import redis.asyncio as aioredis
+
+        self.client = aioredis.Redis.from_url(url)
+        self.prefix = prefix
+
+    async def get(self, key: str) -> CacheEntry | None:
+        raw = await self.client.get(self.prefix + key)
+        return CacheEntry.loads(raw) if raw is not None else None
+
+    async def put(self, key: str, entry: CacheEntry, ttl: float) -> None:
+        await self.client.set(self.prefix + key, entry.dumps(), px=max(1, int(ttl * 1000)))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class ExactCache:
+    """Lookup and store for one gateway: scope + model namespace + normalized request."""
+
+    def __init__(self, store: CacheStore) -> None:
+        self.store = store
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(scope: str, namespace: str, body: Mapping[str, Any]) -> str:
+        return cache_key(scope, namespace, body)
+
+    async def lookup(self, scope: str, namespace: str, body: Mapping[str, Any],
+                     accepted_models: Iterable[str]) -> CacheEntry | None:
+        """The stored answer, if one exists for this tenant and was produced by a model the
+        request accepts (``accepted_models``: the requested model, or the route's set)."""
+        entry = await self.store.get(cache_key(scope, namespace, body))
+        if entry is None or entry.scope != scope or entry.model not in set(accepted_models):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry
+
+    async def store_answer(self, scope: str, namespace: str, body: Mapping[str, Any],
+                           entry: CacheEntry, ttl: float) -> None:
+        entry.scope = scope
+        await self.store.put(cache_key(scope, namespace, body), entry, ttl)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def open_store(url: str | None, data_dir: str | Path) -> CacheStore:
+    """``redis://...`` -> Redis; a path or ``sqlite:///path`` -> SQLite; None -> SQLite in the data dir."""
+    if url and url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisCacheStore(url)
+    if url and url.startswith("sqlite:///"):
+        return SQLiteCacheStore(url[len("sqlite:///"):])
+    if url:
+        return SQLiteCacheStore(url)
+    return SQLiteCacheStore(Path(data_dir) / "response_cache.sqlite3")
