@@ -185,3 +185,30 @@ def test_restricted_team_never_reaches_a_forbidden_model_through_fallbacks(tmp_p
     served = {row[0] for row in conn.execute("SELECT served_model FROM ledger")}
     conn.close()
     assert "m-cn" not in served and "m-cn-fail" not in served
+
+
+def test_admin_api_mounted_by_the_gateway_and_keys_never_logged(tmp_path, upstreams):
+    from thrifty.spend.loadtest import ADMIN_KEY
+
+    db_url = f"sqlite:///{tmp_path / 'gw' / 'spend.db'}"
+    (tmp_path / "gw").mkdir()
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    with Gateway(_config(tmp_path, upstreams, db_url), tmp_path / "gw.log") as gw:
+        assert httpx.get(gw.url + "/admin/openapi.json").json()["info"]["title"] == "thrifty admin API"
+        assert httpx.post(gw.url + "/admin/teams", json={"id": "eng"}, headers=admin).status_code == 201
+        created = httpx.post(gw.url + "/admin/keys", json={"team_id": "eng"}, headers=admin).json()
+        budget = {"scope": "key", "scope_id": created["id"], "amount_usd": "0.0001", "period": "daily"}
+        assert httpx.post(gw.url + "/admin/budgets", json=budget, headers=admin).status_code == 201
+        auth = {"authorization": f"Bearer {created['key']}"}
+        codes = [httpx.post(gw.url + "/v1/chat/completions", json=BODY, headers=auth).status_code
+                 for _ in range(5)]
+        assert codes[0] == 200 and codes[-1] == 429  # $0.0001 covers some requests, then the budget refuses
+        spend = httpx.get(gw.url + f"/admin/spend?group_by=key&key_id={created['id']}", headers=admin).json()
+        assert Decimal(spend["total_cost_usd"]) <= Decimal("0.0001") and spend["requests"] == codes.count(200)
+        assert httpx.delete(gw.url + f"/admin/keys/{created['id']}", headers=admin).status_code == 200
+        r = httpx.post(gw.url + "/v1/chat/completions", json=BODY, headers=auth)
+        assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+        r = httpx.post(gw.url + "/v1/chat/completions", json=BODY, headers={"authorization": "Bearer sk-thr-guess"})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    log = (tmp_path / "gw.log").read_text()
+    assert created["key"] not in log and ADMIN_KEY not in log
