@@ -12,6 +12,8 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _MATH = re.compile(r"[=+\-*/^<>%$]|\\frac|sqrt|\\sum")
 _CODE = re.compile(r"```|\bdef |\bclass |\breturn\b|[{};]\s*$|\bimport ", re.M)
 _CHOICE = re.compile(r"^\s*\(?[A-D][.)]\s", re.M)
+_DIGIT = re.compile(r"\d")
+_UPPER = re.compile(r"[A-Z]")
 
 NAMES: tuple[str, ...] = (
     "log_chars", "log_words", "log_lines", "digit_share", "log_numbers",
@@ -21,8 +23,8 @@ NAMES: tuple[str, ...] = (
 
 def prompt_features(text: str) -> list[float]:
     n = len(text) or 1
-    digits = sum(c.isdigit() for c in text)
-    upper = sum(c.isupper() for c in text)
+    digits = len(_DIGIT.findall(text))
+    upper = len(_UPPER.findall(text))
     return [
         math.log1p(len(text)),
         math.log1p(len(text.split())),
