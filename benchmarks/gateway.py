@@ -149,7 +149,8 @@ def wrk(url: str, body: dict, *, connections: int, duration: float, headers: dic
                 "  return wrk.format(nil, nil, nil, head .. ' (variant ' .. n .. ')' .. tail)\nend\n")
     script.write_text(lua)
     before = cpu_seconds(target_pid) if target_pid else 0.0
-    out = subprocess.run(pinned([ensure_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+    out = subprocess.run(pinned([ensure_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
+                                 "--timeout", "30s", "--latency",
                                  "-s", str(script), url], LOADGEN_CPU), capture_output=True, text=True,
                          check=True).stdout
     cpu = cpu_seconds(target_pid) - before if target_pid else None
@@ -158,7 +159,9 @@ def wrk(url: str, body: dict, *, connections: int, duration: float, headers: dic
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return Load(rps, _ms(lat["50"]), _ms(lat["99"]), requests, errors,
+    nan = float("nan")
+    return Load(rps, _ms(lat["50"]) if "50" in lat else nan, _ms(lat["99"]) if "99" in lat else nan,
+                requests, errors,
                 cpu / requests * 1000 if cpu is not None and requests else None)
 
 
