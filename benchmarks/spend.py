@@ -3,12 +3,12 @@
     python -m benchmarks spend [--records 50000] [--requests 3000] [--concurrency 500]
     python benchmarks/spend.py ...          (the same, without the dispatcher)
 
-1. Ledger throughput: ``--records`` requests through ``DbSpendControl``
-   (authenticate, admit, settle; 64 concurrent) on SQLite, and on PostgreSQL when the test
-   cluster runs (scripts/test-services.sh). Prints the hot-path CPU time per
-   call (p50/p99 of ``settle``, which journals with one unbuffered write and
-   never waits on the database) and records/s from the first settle until
-   every record is committed.
+1. On SQLite, and on PostgreSQL when the test cluster runs
+   (scripts/test-services.sh): ``--records`` ledger records through
+   ``DbSpendControl.settle`` (one unbuffered journal write; it never waits on
+   the database), timed from the first settle to the last commit; then
+   ``--cycles`` full request cycles (authenticate, admit, settle; 64
+   concurrent, all against one team budget) with per-call p50/p99.
 2. Budget load: ``--requests`` requests, ``--concurrency`` at a time, through
    real gateway processes on loopback (fake upstreams) under a team budget
    that allows about a third of them: one gateway on SQLite, then two gateways
@@ -71,9 +71,20 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def ledger_throughput(db_url: str, work: pathlib.Path, records: int) -> dict:
+def _records(n: int) -> list:
+    from thrifty.spend import LedgerRecord
+
+    now = time.time()
+    return [LedgerRecord(request_id=uuid.uuid4().hex, ts=now, key_id="key_bench", user_id=None, team_id="bench",
+                         tags=(), endpoint="chat.completions", requested_model="auto", served_model="m",
+                         provider="openai", route_reason="bench", prompt_tokens=12, completion_tokens=9,
+                         cost_usd=0.00003) for _ in range(n)]
+
+
+def ledger_throughput(db_url: str, work: pathlib.Path, records: int, cycles: int) -> dict:
+    """Two measures: ledger writes alone (settle -> committed), then full request cycles on one budget."""
     from thrifty.catalog.model import ModelInfo
-    from thrifty.spend import LedgerRecord, store
+    from thrifty.spend import store
     from thrifty.spend.control import DbSpendControl
 
     spend = DbSpendControl(db_url, work / "journal", admin_key="sk-thr-admin-bench")
@@ -82,21 +93,31 @@ def ledger_throughput(db_url: str, work: pathlib.Path, records: int) -> dict:
     store.set_budget(spend.db, "team", "bench", amount_usd=10**6, period="monthly")
     spend.reload()
     model = ModelInfo("m", "openai", input_cost_per_token=1e-6, output_cost_per_token=2e-6)
-    now = time.time()
-    recs = [LedgerRecord(request_id=uuid.uuid4().hex, ts=now, key_id=None, user_id=None, team_id=None, tags=(),
-                         endpoint="chat.completions", requested_model="auto", served_model="m", provider="openai",
-                         route_reason="bench", prompt_tokens=12, completion_tokens=9, cost_usd=0.00003)
-            for _ in range(records)]
-    auth_t: list[float] = []
-    admit_t: list[float] = []
-    settle_t: list[float] = []
+    clock = time.perf_counter
+    out: dict = {"records": records, "cycles": cycles}
 
-    async def run(workers: int = 64) -> tuple[float, float]:
-        clock = time.perf_counter
-        todo = iter(recs)
+    async def writes() -> None:
+        recs = _records(records)
+        settle_t = []
+        start = clock()
+        for rec in recs:
+            t = clock()
+            await spend.settle(None, rec)
+            settle_t.append(clock() - t)
+        submitted = clock()
+        await asyncio.get_running_loop().run_in_executor(None, spend.flush, 300.0)
+        done = clock()
+        out.update(write_settle_us_p50=_pct(settle_t, 0.5) * 1e6, write_settle_us_p99=_pct(settle_t, 0.99) * 1e6,
+                   journaled_per_s=records / (submitted - start), committed_per_s=records / (done - start))
+
+    async def request_cycles(workers: int = 64) -> None:
+        recs = iter(_records(cycles))
+        auth_t: list[float] = []
+        admit_t: list[float] = []
+        settle_t: list[float] = []
 
         async def worker() -> None:
-            for rec in todo:
+            for rec in recs:
                 t = clock()
                 p = await spend.authenticate("Bearer " + secret)
                 auth_t.append(clock() - t)
@@ -109,20 +130,19 @@ def ledger_throughput(db_url: str, work: pathlib.Path, records: int) -> dict:
 
         start = clock()
         await asyncio.gather(*(worker() for _ in range(workers)))
-        submitted = clock()
-        await asyncio.get_running_loop().run_in_executor(None, spend.flush, 120.0)
-        return submitted - start, clock() - start
+        elapsed = clock() - start
+        out.update(auth_us_p50=_pct(auth_t, 0.5) * 1e6, admit_us_p50=_pct(admit_t, 0.5) * 1e6,
+                   admit_us_p99=_pct(admit_t, 0.99) * 1e6, settle_us_p50=_pct(settle_t, 0.5) * 1e6,
+                   settle_us_p99=_pct(settle_t, 0.99) * 1e6, cycles_per_s=cycles / elapsed)
 
-    submit_s, total_s = asyncio.run(run())
-    count = spend.db.one("SELECT COUNT(*) FROM ledger")[0]
+    asyncio.run(writes())
+    asyncio.run(request_cycles())
+    spend.flush()
+    out["in_ledger"] = int(spend.db.one("SELECT COUNT(*) FROM ledger")[0])
+    spent = spend.db.one("SELECT SUM(spent_nanos) FROM budget_spend")[0]
+    out["budget_counter_ok"] = int(spent) == cycles * 30_000
     asyncio.run(spend.close())
-    return {
-        "records": records, "in_ledger": int(count),
-        "auth_us_p50": _pct(auth_t, 0.5) * 1e6, "admit_us_p50": _pct(admit_t, 0.5) * 1e6,
-        "admit_us_p99": _pct(admit_t, 0.99) * 1e6, "settle_us_p50": _pct(settle_t, 0.5) * 1e6,
-        "settle_us_p99": _pct(settle_t, 0.99) * 1e6, "submit_per_s": records / submit_s,
-        "committed_per_s": records / total_s,
-    }
+    return out
 
 
 def budget_load(db_urls: list[str], work: pathlib.Path, requests: int, concurrency: int) -> dict:
@@ -178,6 +198,7 @@ def budget_load(db_urls: list[str], work: pathlib.Path, requests: int, concurren
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks spend", description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=50_000, help="ledger records per database (default 50000)")
+    ap.add_argument("--cycles", type=int, default=5_000, help="admit/settle cycles per database (default 5000)")
     ap.add_argument("--requests", type=int, default=3000, help="requests in the budget load (default 3000)")
     ap.add_argument("--concurrency", type=int, default=500)
     ap.add_argument("--no-gateway", action="store_true", help="skip the load through gateway processes")
@@ -186,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     pg = _pg_base_url()
     with tempfile.TemporaryDirectory(prefix="thrifty-bench-spend-") as tmp:
         work = pathlib.Path(tmp)
-        print(f"ledger write throughput ({args.records} records through authenticate/admit/settle):")
+        print(f"ledger writes ({args.records} settled records) and request cycles ({args.cycles} x authenticate, "
+              "admit, settle; 64 concurrent, all on one team budget):")
         targets = [("sqlite", f"sqlite:///{work / 'sqlite' / 'spend.db'}", None)]
         if pg:
             targets.append(("postgresql", *_fresh_pg_db(pg)))
@@ -196,16 +218,18 @@ def main(argv: list[str] | None = None) -> int:
             sub = work / f"ledger-{name}"
             sub.mkdir()
             try:
-                r = ledger_throughput(url, sub, args.records)
+                r = ledger_throughput(url, sub, args.records, args.cycles)
             finally:
                 if pg_name:
                     _drop_pg_db(pg, pg_name)
-            print(f"  {name:10s} {r['committed_per_s']:8.0f} records/s committed to the ledger, from the first request "
-                  f"to the last commit ({r['submit_per_s']:.0f} requests/s through the hot path, 64 concurrent); "
-                  f"{r['in_ledger']}/{r['records']} in the ledger")
-            print(f"  {'':10s} hot path per request: authenticate {r['auth_us_p50']:.1f} us, admit p50 "
-                  f"{r['admit_us_p50']:.1f} us / p99 {r['admit_us_p99']:.1f} us, settle p50 {r['settle_us_p50']:.1f} us"
-                  f" / p99 {r['settle_us_p99']:.1f} us")
+            print(f"  {name:10s} ledger: {r['committed_per_s']:8.0f} records/s committed (first settle to last "
+                  f"commit); settle returns in {r['write_settle_us_p50']:.1f} us p50 / "
+                  f"{r['write_settle_us_p99']:.1f} us p99 ({r['journaled_per_s']:.0f}/s journaled)")
+            print(f"  {'':10s} cycles: {r['cycles_per_s']:8.0f} requests/s; authenticate {r['auth_us_p50']:.1f} us, "
+                  f"admit p50 {r['admit_us_p50']:.1f} us / p99 {r['admit_us_p99']:.1f} us, settle p50 "
+                  f"{r['settle_us_p50']:.1f} us / p99 {r['settle_us_p99']:.1f} us; "
+                  f"{r['in_ledger']}/{r['records'] + r['cycles']} in the ledger, budget counter exact: "
+                  f"{r['budget_counter_ok']}")
         if args.no_gateway:
             return 0
         runs = [("one gateway, SQLite", [f"sqlite:///{work / 'load-sqlite' / 'spend.db'}"])]

@@ -11,6 +11,7 @@ import asyncio
 import pathlib
 import sqlite3
 import threading
+from collections import deque
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, AsyncIterator, Iterator, Sequence
 
@@ -99,42 +100,72 @@ class Database:
 
 
 class AsyncPgPool:
-    """A few psycopg async connections (autocommit) for the request path; made on first use."""
+    """A few psycopg async connections (autocommit) for the request path; made on first use.
+
+    Fair: a released connection goes to the longest waiter, so a busy task
+    cannot take it straight back and starve the others.
+    """
 
     def __init__(self, url: str, size: int = 8) -> None:
         self._url = url
         self._size = size
-        self._idle: asyncio.Queue[Any] | None = None
+        self._idle: list[Any] = []
+        self._waiters: deque[asyncio.Future] = deque()
         self._made = 0
+
+    async def _acquire(self) -> Any:
+        import psycopg
+
+        if self._idle and not self._waiters:
+            return self._idle.pop()
+        if self._made >= self._size:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                conn = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release(waiter.result())
+                raise
+            if conn is not None:
+                return conn
+        # Below the size (or handed a slot freed by a broken connection): open one.
+        self._made += 1
+        try:
+            return await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+        except BaseException:
+            self._release(None)
+            raise
+
+    def _release(self, conn: Any) -> None:
+        """Give a connection (None: a freed slot, which the waiter fills) to the first waiter, else keep it."""
+        if conn is None or conn.closed:
+            self._made -= 1
+            conn = None
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        if conn is not None:
+            self._idle.append(conn)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
-        import psycopg
-
-        if self._idle is None:
-            self._idle = asyncio.Queue()
-        if self._idle.empty() and self._made < self._size:
-            self._made += 1
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            except BaseException:
-                self._made -= 1
-                raise
-        else:
-            conn = await self._idle.get()
+        conn = await self._acquire()
         try:
             yield conn
         except BaseException:
+            import psycopg
+
             if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                await conn.close()  # a broken connection: make a new one next time
+                await conn.close()  # broken mid-transaction: open a fresh one next time
             raise
         finally:
-            if conn.closed:
-                self._made -= 1
-            else:
-                self._idle.put_nowait(conn)
+            self._release(conn)
 
     async def close(self) -> None:
-        while self._idle is not None and not self._idle.empty():
-            await self._idle.get_nowait().close()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
         self._made = 0
