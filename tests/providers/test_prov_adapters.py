@@ -51,8 +51,8 @@ def test_broken_stream_raises_after_first_chunks():
     async def collect(p):
         got = []
         with pytest.raises(UpstreamError) as info:
-            async for chunk in p.chat_stream(BODY, FAST):
-                got.append(chunk)
+            async for batch in p.chat_stream(BODY, FAST):
+                got.extend(batch)
         return got, info.value
 
     with FakeUpstream("break_stream") as fake:
@@ -63,7 +63,7 @@ def test_broken_stream_raises_after_first_chunks():
 def test_anthropic_adapter_speaks_messages_api():
     async def both(p):
         full = await p.chat({**BODY, "max_tokens": 20}, FAST)
-        chunks = [c async for c in p.chat_stream(BODY, FAST)]
+        chunks = [c async for batch in p.chat_stream(BODY, FAST) for c in batch]
         return full, chunks
 
     with FakeUpstream() as fake:

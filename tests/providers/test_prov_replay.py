@@ -60,7 +60,7 @@ def test_known_prompt_and_stream():
     assert out["usage"]["completion_tokens"] == rec.completion_tokens
 
     async def collect():
-        return [c async for c in p.chat_stream(body, Timeouts())]
+        return [c async for batch in p.chat_stream(body, Timeouts()) for c in batch]
 
     chunks = asyncio.run(collect())
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == rec.response

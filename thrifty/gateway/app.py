@@ -379,26 +379,30 @@ class GatewayApp:
                 return anth.feed(chunk)
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
-        chunk: dict[str, Any] | None = first
+        batch: list[dict[str, Any]] | None = first
         error: UpstreamError | None = None
-        while chunk is not None:
-            if chunk.get("usage"):
-                usage_body = chunk
-            choices = chunk.get("choices") or ()
-            for c in choices:
-                content = (c.get("delta") or {}).get("content")
-                if content:
-                    completion_chars += len(content)
-            if not choices or any(c.get("finish_reason") for c in choices):
-                held.append(chunk)
-            else:
-                await send({"type": "http.response.body", "body": encode(chunk), "more_body": True})
+        while batch is not None:
+            out = []
+            for chunk in batch:
+                if chunk.get("usage"):
+                    usage_body = chunk
+                choices = chunk.get("choices") or ()
+                for c in choices:
+                    content = (c.get("delta") or {}).get("content")
+                    if content:
+                        completion_chars += len(content)
+                if not choices or any(c.get("finish_reason") for c in choices):
+                    held.append(chunk)
+                else:
+                    out.append(encode(chunk))
+            if out:  # one write for what one upstream read brought
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
             try:
-                chunk = await rest.__anext__()
+                batch = await rest.__anext__()
             except StopAsyncIteration:
-                chunk = None
+                batch = None
             except UpstreamError as exc:
-                error, chunk = exc, None
+                error, batch = exc, None
         if error is not None:
             usage = Usage(ctx.plan.prompt_tokens, completion_chars // 4)
             await self._settle(ctx, 502, usage, "stream_broken")

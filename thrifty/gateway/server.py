@@ -30,7 +30,11 @@ def build_spend(config: GatewayConfig) -> tuple[SpendControl, dict[str, Any]]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     spend = from_config(config.spend, Path(config.data_dir))
     admin = getattr(spend_pkg, "admin_app", None)
-    return spend, ({"/admin": admin(spend)} if admin is not None else {})
+    mounts = {"/admin": admin(spend)} if admin is not None else {}
+    from thrifty.reports.web import mounts as report_mounts  # /ui dashboard, POST /v1/feedback
+
+    mounts.update(report_mounts(spend, config))
+    return spend, mounts
 
 
 def make_app(config_path: str | None = None) -> Any:

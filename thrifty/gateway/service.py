@@ -256,11 +256,11 @@ class Gateway:
 
     async def chat_stream(
         self, plan: Plan, req: ChatRequest, served: Served
-    ) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
-        """The first chunk and the rest of the stream; retries and fallbacks happen only until the
-        first chunk arrives (after that the client has seen bytes from this model)."""
+    ) -> tuple[list[dict[str, Any]], AsyncIterator[list[dict[str, Any]]]]:
+        """The first batch of chunks and the rest of the stream; retries and fallbacks happen only
+        until the first batch arrives (after that the client has seen bytes from this model)."""
 
-        async def start(provider: Provider, body: dict[str, Any]) -> tuple[dict[str, Any], AsyncIterator[Any]]:
+        async def start(provider: Provider, body: dict[str, Any]) -> tuple[list[dict[str, Any]], AsyncIterator[Any]]:
             it = provider.chat_stream(body, self.config.timeouts).__aiter__()
             try:
                 first = await it.__anext__()

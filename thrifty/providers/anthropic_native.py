@@ -30,26 +30,29 @@ class AnthropicProvider(OpenAICompatProvider):
         req.pop("stream", None)
         return anthropic_to_openai_response(await self._post("/v1/messages", req, timeouts))
 
-    async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[list[dict[str, Any]]]:
         req = openai_to_anthropic_request({**body, "stream": True})
         conv = AnthropicStreamToOpenAI()
         stopped = False
-        async for line in self._stream("/v1/messages", req, timeouts):
-            if not line.startswith(b"data:"):
-                continue  # "event:" lines repeat the type that the data carries
-            try:
-                doc = orjson.loads(line[5:].strip())
-            except orjson.JSONDecodeError:
-                raise UpstreamError(502, f"{self.name}: invalid stream event", retryable=False,
-                                    type="stream_broken") from None
-            if doc.get("type") == "error":
-                err = doc.get("error") or {}
-                raise UpstreamError(502, f"{self.name}: {err.get('message', 'stream error')}", retryable=False,
-                                    type="stream_broken")
-            for chunk in conv.feed(doc):
-                yield chunk
-            if doc.get("type") == "message_stop":
-                stopped = True
+        async for lines in self._stream("/v1/messages", req, timeouts):
+            batch = []
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # "event:" lines repeat the type that the data carries
+                try:
+                    doc = orjson.loads(line[5:].strip())
+                except orjson.JSONDecodeError:
+                    raise UpstreamError(502, f"{self.name}: invalid stream event", retryable=False,
+                                        type="stream_broken") from None
+                if doc.get("type") == "error":
+                    err = doc.get("error") or {}
+                    raise UpstreamError(502, f"{self.name}: {err.get('message', 'stream error')}",
+                                        retryable=False, type="stream_broken")
+                batch.extend(conv.feed(doc))
+                if doc.get("type") == "message_stop":
+                    stopped = True
+            if batch:
+                yield batch
         if not stopped:
             raise UpstreamError(502, f"{self.name}: stream ended before message_stop", retryable=False,
                                 type="stream_broken")

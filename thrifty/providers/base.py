@@ -60,8 +60,9 @@ class Provider(Protocol):
     async def chat(self, body: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
         """A non-streamed chat completion, as an OpenAI response body."""
 
-    def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
-        """OpenAI stream chunks; the last one carries ``usage`` when the upstream reports it."""
+    def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[list[dict[str, Any]]]:
+        """OpenAI stream chunks in batches (what one network read brought, never empty); the last
+        chunk carries ``usage`` when the upstream reports it."""
 
     async def embeddings(self, body: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
         """An OpenAI embeddings response body."""

@@ -239,15 +239,15 @@ class HTTPPool:
         self.idle.clear()
 
 
-async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Lines (without the newline) of a byte stream, across chunk boundaries."""
+async def line_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """The complete lines (without newlines) each network read brings, across read boundaries:
+    one batch per read, so the gateway can forward in one write whatever arrived in one read."""
     buf = b""
     async for chunk in chunks:
         buf += chunk
         if b"\n" not in buf:
             continue
         *lines, buf = buf.split(b"\n")
-        for line in lines:
-            yield line.rstrip(b"\r")
+        yield [line.rstrip(b"\r") for line in lines]
     if buf:
-        yield buf
+        yield [buf]

@@ -13,7 +13,7 @@ import orjson
 
 from thrifty.gateway.config import ProviderConfig, Timeouts
 from thrifty.providers.base import UpstreamError, status_retryable
-from thrifty.providers.http import HTTPError, HTTPPool, HTTPTimeout, sse_lines
+from thrifty.providers.http import HTTPError, HTTPPool, HTTPTimeout, line_batches
 
 
 def _error_message(status: int, body: bytes) -> str:
@@ -65,8 +65,9 @@ class OpenAICompatProvider:
         except orjson.JSONDecodeError:
             raise UpstreamError(502, f"{self.name}: upstream sent invalid JSON", retryable=True) from None
 
-    async def _stream(self, path: str, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[bytes]:
-        """Response lines of a streamed call (HTTP errors raised before the first line)."""
+    async def _stream(self, path: str, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[list[bytes]]:
+        """Batches of response lines of a streamed call, one per network read (HTTP errors are raised
+        before the first batch)."""
         assert self.pool is not None, "provider not started"
         try:
             status, chunks = await self.pool.stream("POST", path, orjson.dumps(body), connect=timeouts.connect,
@@ -79,9 +80,9 @@ class OpenAICompatProvider:
                                 retryable=status_retryable(status))
         started = False
         try:
-            async for line in sse_lines(chunks):
+            async for lines in line_batches(chunks):
                 started = True
-                yield line
+                yield lines
         except HTTPError as exc:
             raise self._transport_error(exc, started) from None
 
@@ -91,26 +92,32 @@ class OpenAICompatProvider:
     async def embeddings(self, body: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
         return await self._post("/embeddings", body, timeouts)
 
-    async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[list[dict[str, Any]]]:
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         done = False
-        async for line in self._stream("/chat/completions", body, timeouts):
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                done = True
+        async for lines in self._stream("/chat/completions", body, timeouts):
+            batch = []
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError(502, f"{self.name}: invalid stream chunk", retryable=False,
+                                        type="stream_broken") from None
+                if "error" in chunk:
+                    err = chunk["error"]
+                    message = err.get("message", "stream error") if isinstance(err, dict) else err
+                    raise UpstreamError(502, f"{self.name}: {message}", retryable=False, type="stream_broken")
+                batch.append(chunk)
+            if batch:
+                yield batch
+            if done:
                 break
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise UpstreamError(502, f"{self.name}: invalid stream chunk", retryable=False,
-                                    type="stream_broken") from None
-            if "error" in chunk:
-                err = chunk["error"]
-                raise UpstreamError(502, f"{self.name}: {err.get('message', 'stream error') if isinstance(err, dict) else err}",
-                                    retryable=False, type="stream_broken")
-            yield chunk
         if not done:
             raise UpstreamError(502, f"{self.name}: stream ended before [DONE]", retryable=False, type="stream_broken")
 

@@ -108,7 +108,8 @@ class ReplayProvider:
             "usage": self._usage(r),
         }
 
-    async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[list[dict[str, Any]]]:
+        """The recorded answer in small pieces, as one batch (it is all there at once)."""
         r = self.lookup(body)
         base = {"id": f"chatcmpl-replay-{os.urandom(8).hex()}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": r.model}
@@ -116,11 +117,11 @@ class ReplayProvider:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        yield chunk({"role": "assistant", "content": ""})
-        for i in range(0, len(r.response), STREAM_PIECE):
-            yield chunk({"content": r.response[i:i + STREAM_PIECE]})
-        yield chunk({}, "stop")
-        yield {**base, "choices": [], "usage": self._usage(r)}
+        batch = [chunk({"role": "assistant", "content": ""})]
+        batch += [chunk({"content": r.response[i:i + STREAM_PIECE]}) for i in range(0, len(r.response), STREAM_PIECE)]
+        batch.append(chunk({}, "stop"))
+        batch.append({**base, "choices": [], "usage": self._usage(r)})
+        yield batch
 
     async def embeddings(self, body: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
         raise UpstreamError(400, "The replay provider has no embeddings.", retryable=False)
