@@ -5,7 +5,6 @@ sees the end of the answer; spend errors come back in the API's own format."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Sequence
 
 import httpx

@@ -8,7 +8,9 @@ admin API) are mounted under path prefixes.
 
 Every response of a model call carries ``x-thrifty-*`` headers: the served model, why it
 was chosen, its cost in USD, what the default frontier model would have cost, the
-request id and the retries/fallbacks it took.
+request id and the retries/fallbacks it took. A stream's headers leave before its cost is
+known, so streamed responses carry the cost in an SSE comment line just before ``[DONE]``
+(``: thrifty cost_usd=... frontier_cost_usd=...``; clients ignore comments) and in the ledger.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -229,7 +228,8 @@ class Gateway:
                     try:
                         result = await call(provider, {**body, "model": dep.model})
                     except UpstreamError as exc:
-                        breaker.failure() if exc.retryable else None
+                        if exc.retryable:  # a 400 says nothing about the deployment's health
+                            breaker.failure()
                         self.metrics.upstream_errors[(dep.key, exc.type)] += 1
                         served.errors.append(f"{dep.key}: {exc.status}")
                         last = exc
@@ -275,7 +275,3 @@ class Gateway:
 
     def frontier_cost(self, usage: Usage) -> float:
         return price(self.frontier, usage) if self.frontier is not None else 0.0
-
-
-def now() -> float:
-    return time.time()
