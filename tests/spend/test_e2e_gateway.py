@@ -116,9 +116,10 @@ def test_500_concurrent_requests_two_gateways_sharing_postgres(tmp_path, upstrea
     print("postgres, two gateways:", outcome)
 
 
-def test_kill_9_under_load_loses_no_completed_request(tmp_path, upstreams):
-    db_url = f"sqlite:///{tmp_path / 'gw' / 'spend.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_kill_9_under_load_loses_no_completed_request(tmp_path, upstreams, backend, request):
     (tmp_path / "gw").mkdir()
+    db_url = f"sqlite:///{tmp_path / 'gw' / 'spend.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     secret = _setup_key(db_url, "1000")
     config = _config(tmp_path, upstreams, db_url)
     seen: dict[str, int] = {}
@@ -148,16 +149,18 @@ def test_kill_9_under_load_loses_no_completed_request(tmp_path, upstreams):
     assert len(seen) > 100
     with Gateway(config, tmp_path / "gw2.log") as gw2:  # restart: replays the dead journal
         assert httpx.get(gw2.url + "/healthz").status_code == 200
-        conn = sqlite3.connect(tmp_path / "gw" / "spend.db")
-        ids = dict(conn.execute("SELECT request_id, cost_nanos FROM ledger").fetchall())
-        spent = conn.execute("SELECT SUM(spent_nanos) FROM budget_spend").fetchone()[0]
-        total = conn.execute("SELECT SUM(cost_nanos) FROM ledger").fetchone()[0]
-        conn.close()
+        db = Database(db_url)
+        ids = {row[0]: int(row[1]) for row in db.all("SELECT request_id, cost_nanos FROM ledger")}
+        spent = int(db.one("SELECT SUM(spent_nanos) FROM budget_spend")[0])
+        total = int(db.one("SELECT SUM(cost_nanos) FROM ledger")[0])
+        held = int(db.one("SELECT COUNT(*) FROM reservations")[0])
+        db.close()
     missing = set(seen) - set(ids)
     assert not missing, f"{len(missing)} completed requests missing from the ledger"
     assert all(ids[k] == v for k, v in seen.items())
     assert spent == total  # nothing counted twice in the budget
-    print(f"kill -9: {len(seen)} completed before the kill, {len(ids)} in the ledger after restart")
+    assert held == 0  # holds of requests in flight at the kill were released on replay
+    print(f"kill -9 ({backend}): {len(seen)} completed before the kill, {len(ids)} in the ledger after restart")
 
 
 def test_restricted_team_never_reaches_a_forbidden_model_through_fallbacks(tmp_path, upstreams):

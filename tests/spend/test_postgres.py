@@ -115,3 +115,29 @@ def test_rate_limits_are_shared_by_gateways_on_one_database(tmp_path, pg_url):
     finally:
         asyncio.run(a.close())
         asyncio.run(b.close())
+
+
+def test_database_down_fails_closed_with_a_clear_error(tmp_path, pg_url):
+    from thrifty.spend import SpendUnavailable
+
+    db = Database(pg_url)
+    migrate(db)
+    store.create_team(db, "eng")
+    _rec, secret = store.create_key(db, team_id="eng")
+    store.set_budget(db, "team", "eng", amount_usd=1, period="daily")
+    db.close()
+    spend = DbSpendControl(pg_url, tmp_path / "a", admin_key="sk-thr-admin-pg")
+
+    async def scenario():
+        p = await spend.authenticate(secret)
+        await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.01)
+        await spend.pool.close()
+        spend.pool._url = "postgresql://postgres@127.0.0.1:1/unreachable"  # the database goes away
+        with pytest.raises(SpendUnavailable, match="cannot reach its database") as info:
+            await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.01)
+        assert info.value.status == 503 and info.value.headers["retry-after"]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(spend.close())

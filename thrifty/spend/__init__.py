@@ -24,6 +24,7 @@ from thrifty.spend.api import (
     Reservation,
     SpendControl,
     SpendError,
+    SpendUnavailable,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = [
     "Reservation",
     "SpendControl",
     "SpendError",
+    "SpendUnavailable",
     "admin_app",
     "database_url",
     "from_config",

@@ -68,6 +68,14 @@ class RateLimited(SpendError):
     code = "rate_limit_exceeded"
 
 
+class SpendUnavailable(SpendError):
+    """Spend control cannot reach its shared database, so it cannot hold budgets: fail closed."""
+
+    status = 503
+    error_type = "api_error"
+    code = "spend_unavailable"
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The caller behind an API key."""

@@ -19,7 +19,15 @@ from typing import Sequence
 
 from thrifty.catalog.model import ModelInfo
 from thrifty.spend.alerts import check_thresholds
-from thrifty.spend.api import AuthError, LedgerRecord, PolicyDenied, Principal, Reservation
+from thrifty.spend.api import (
+    AuthError,
+    LedgerRecord,
+    PolicyDenied,
+    Principal,
+    Reservation,
+    SpendError,
+    SpendUnavailable,
+)
 from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, window_ended
 from thrifty.spend.db import AsyncPgPool, Database
 from thrifty.spend.keys import bearer_token, hash_key, same_hash
@@ -146,8 +154,19 @@ class DbSpendControl:
         now = time.time()
         snap = self._snapshot
         checks = self._rate_checks(snap, principal, prompt_tokens)
-        if checks:
-            await self.limiter.take(checks, now)
+        try:
+            if checks:
+                await self.limiter.take(checks, now)
+            hold = await self._hold(snap, principal, amount, now)
+        except SpendError:
+            raise
+        except Exception as exc:  # the shared database is down: refuse rather than spend unchecked
+            log.error("spend control cannot reach its database: %s", exc)
+            raise SpendUnavailable("Spend control cannot reach its database, so the request was not sent. "
+                                   "Retry shortly.", headers={"retry-after": "5"}) from None
+        return Reservation(principal, model.name, max_cost_usd, token=hold)
+
+    async def _hold(self, snap: Snapshot, principal: Principal, amount: int, now: float) -> Hold:
         hold = Hold(secrets.token_hex(12), amount)
         for budget in snap.budgets_for(principal):
             if budget.period == "window":
@@ -164,7 +183,7 @@ class DbSpendControl:
             hold.charges.append((budget, start))
             hold.ends[budget.id] = end
         await self.budgets.reserve(hold)
-        return Reservation(principal, model.name, max_cost_usd, token=hold)
+        return hold
 
     def _rate_checks(self, snap: Snapshot, principal: Principal, prompt_tokens: int) -> list[Check]:
         checks: list[Check] = []

@@ -23,6 +23,7 @@ from thrifty.spend.policy import Policy
 from thrifty.spend.schema import bump_config
 
 SCOPES = ("key", "user", "team")
+MAX_NANOS = 10**18  # $1e9: far below the 64-bit columns' limit, with room for sums
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
 
 
@@ -43,8 +44,8 @@ def _id(kind: str, value: Any) -> str:
 def _opt_int(name: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise StoreError(f"{name} must be a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**15:
+        raise StoreError(f"{name} must be a positive integer (at most 10^15)")
     return value
 
 
@@ -261,6 +262,8 @@ def set_budget(
         raise StoreError(f"amount_usd must be a number of USD (got {amount_usd!r})") from None
     if limit < 0:
         raise StoreError("amount_usd must not be negative")
+    if limit > MAX_NANOS:
+        raise StoreError("amount_usd must be at most 1,000,000,000 USD")
     if not isinstance(soft_thresholds, (list, tuple)) or not all(
         isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in soft_thresholds
     ):
