@@ -64,8 +64,11 @@ def test_openai_streaming_chunks_validate(oai, gateway):
     with httpx.stream("POST", url + "/v1/chat/completions",
                       json={"model": "m-ok", "messages": MSG, "stream": True}) as r:
         assert r.headers["x-thrifty-model"] == "m-ok"
-        lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+        raw_lines = list(r.iter_lines())
+    lines = [ln for ln in raw_lines if ln.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
+    comment = next(ln for ln in raw_lines if ln.startswith(": thrifty cost_usd="))
+    assert float(comment.split("cost_usd=")[1].split()[0]) == pytest.approx(12 * 1e-6 + 9 * 2e-6, abs=1e-8)
     for ln in lines[:-1]:
         chunk = orjson.loads(ln[6:])
         validate(chunk, "CreateChatCompletionStreamResponse")
