@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "thrifty.gateway.commands",
     "thrifty.catalog.commands",
     "thrifty.spend.commands",
+    "thrifty.reports.commands",
 )
 
 

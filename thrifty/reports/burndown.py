@@ -1,0 +1,80 @@
+"""Budget burn-down: at the current rate, when does each budget run out?
+
+The rate is the budget's spend so far in its current period divided by the
+time elapsed in that period (a straight line from the period's start). A budget
+that runs out after its period resets is reported as lasting the period.
+Budgets, limits and spend come from spend control's own store (its public
+``list_budgets``), so the figures are the ones it enforces.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+from thrifty.spend.db import Database
+from thrifty.spend.money import usd_to_nanos
+from thrifty.spend.periods import iso, parse_time
+
+_SCOPE_COLUMN = {"key": "key_id", "user": "user_id", "team": "team_id"}
+
+
+def burndown(db: Database, *, now: float | None = None, team: str | None = None, user: str | None = None,
+             key: str | None = None) -> list[dict[str, Any]]:
+    """One entry per budget (optionally only those of a team, user or key) with its projection."""
+    from thrifty.spend import store
+
+    now = time.time() if now is None else now
+    out = []
+    for b in store.list_budgets(db):
+        wanted = {"team": team, "user": user, "key": key}[b["scope"]] if b["scope"] in ("team", "user", "key") else None
+        if (team or user or key) and wanted != b["scope_id"]:
+            continue
+        limit = usd_to_nanos(Decimal(b["amount_usd"]))
+        spent = usd_to_nanos(Decimal(b["spent_usd"]))
+        start = parse_time(b["period_start"])
+        end = parse_time(b["resets_at"]) if b.get("resets_at") else (
+            parse_time(b["window_end"]) if b.get("window_end") else None)
+        elapsed = max(now - start, 1.0)
+        rate = spent / elapsed  # nano-dollars per second
+        remaining = limit - spent
+        if remaining <= 0:
+            runs_out, status = now, "exhausted"
+        elif rate <= 0:
+            runs_out, status = None, "no spend yet"
+        else:
+            runs_out = now + remaining / rate
+            status = "runs out before reset" if end is None or runs_out < end else "lasts the period"
+        out.append({
+            "id": b["id"], "scope": b["scope"], "scope_id": b["scope_id"], "period": b["period"],
+            "limit_nanos": limit, "spent_nanos": spent, "remaining_nanos": remaining,
+            "used_pct": 100.0 * spent / limit if limit else None,
+            "period_start": start, "period_end": end, "usd_per_day": rate * DAY_SECONDS / 1e9,
+            "runs_out_at": runs_out, "runs_out": iso(runs_out) if runs_out is not None else None,
+            "status": status, "column": _SCOPE_COLUMN.get(b["scope"]),
+        })
+    return out
+
+
+DAY_SECONDS = 86_400
+
+
+def cumulative_spend(db: Database, budget: dict[str, Any], now: float | None = None,
+                     closed: int | None = None) -> list[tuple[float, int]]:
+    """(time, spend so far in nano-dollars) at the end of each hour of the budget's current period."""
+    from thrifty.reports.query import Filters, _union
+
+    now = time.time() if now is None else now
+    start = budget["period_start"]
+    if now <= start or budget["column"] is None:
+        return []
+    scope = {"team_id": "team", "user_id": "user", "key_id": "key"}[budget["column"]]
+    f = Filters(since=start, until=now, **{scope: budget["scope_id"]})
+    bucket = 3_600 if now - start <= 3 * DAY_SECONDS else DAY_SECONDS
+    source, params = _union(f, bucket, closed)
+    points, total = [(start, 0)], 0
+    for b, cost in db.all(f"SELECT bucket, SUM(cost_nanos) FROM ({source}) u GROUP BY bucket ORDER BY bucket", params):
+        total += int(cost or 0)
+        points.append((min(float(b) + bucket, now), total))
+    return points

@@ -1,0 +1,143 @@
+"""``POST /v1/feedback``: a user's rating of one answer, stored beside its ledger record.
+
+Body: ``{"request_id": "...", "score": 0..1}`` or ``{"request_id": "...", "thumbs": "up"|"down"}``,
+plus an optional ``"comment"`` (at most 2,000 characters; stored, never logged). The
+request id is the one the gateway returns (``x-request-id`` header / response ``id``).
+Any valid key may rate its own requests; the admin key may rate any. Rating again
+replaces the earlier rating. Errors use the gateway's error format.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from thrifty.reports.tables import ensure_tables
+from thrifty.spend.api import SpendError
+
+MAX_COMMENT = 2_000
+_THUMBS = {"up": 1.0, "down": 0.0, True: 1.0, False: 0.0}
+
+
+class FeedbackError(ValueError):
+    def __init__(self, message: str, status: int = 400, code: str = "invalid_value",
+                 error_type: str = "invalid_request_error", param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.error_type, self.param = status, code, error_type, param
+
+
+def error_response(status: int, message: str, error_type: str, code: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": error_type, "param": param, "code": code}},
+                        status, headers=headers)
+
+
+def parse(body: Any) -> tuple[str, float, str | None]:
+    """(request id, score in [0, 1], comment) from a feedback body, or a clear FeedbackError."""
+    if not isinstance(body, dict):
+        raise FeedbackError("The request body must be a JSON object.", code="invalid_type")
+    unknown = sorted(set(body) - {"request_id", "score", "thumbs", "comment"})
+    if unknown:
+        raise FeedbackError(f"Unknown field(s): {', '.join(unknown)}. Allowed: request_id, score, thumbs, comment.",
+                            code="unknown_parameter", param=unknown[0])
+    rid = body.get("request_id")
+    if not isinstance(rid, str) or not rid.strip() or len(rid) > 200:
+        raise FeedbackError("Missing or invalid 'request_id': the id of the request you rate (a string).",
+                            code="missing_required_parameter", param="request_id")
+    has_score, has_thumbs = body.get("score") is not None, body.get("thumbs") is not None
+    if has_score == has_thumbs:
+        raise FeedbackError("Send exactly one of 'score' (a number from 0 to 1) or 'thumbs' ('up' or 'down').",
+                            code="missing_required_parameter", param="score")
+    if has_score:
+        score = body["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+            raise FeedbackError("Invalid 'score': expected a number from 0 to 1.", param="score")
+        value = float(score)
+    else:
+        thumbs = body["thumbs"]
+        key = thumbs.lower() if isinstance(thumbs, str) else thumbs
+        if key not in _THUMBS:
+            raise FeedbackError("Invalid 'thumbs': expected 'up' or 'down'.", param="thumbs")
+        value = _THUMBS[key]
+    comment = body.get("comment")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT):
+        raise FeedbackError(f"Invalid 'comment': expected a string of at most {MAX_COMMENT} characters.",
+                            param="comment")
+    return rid.strip(), value, comment
+
+
+def record(db: Any, request_id: str, score: float, comment: str | None, *, key_id: str | None,
+           is_admin: bool) -> dict[str, Any]:
+    """Store the rating; the record must exist and (unless admin) belong to ``key_id``."""
+    row = db.one("SELECT key_id, served_model FROM ledger WHERE request_id = ?", (request_id,))
+    if row is None or (not is_admin and row[0] != key_id):
+        raise FeedbackError(f"No request '{request_id}' in the ledger for this key.", 404, "not_found",
+                            "not_found_error", "request_id")
+    db.execute(
+        "INSERT INTO feedback (request_id, ts, key_id, score, comment) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (request_id) DO UPDATE SET ts = excluded.ts, key_id = excluded.key_id,"
+        " score = excluded.score, comment = excluded.comment",
+        (request_id, time.time(), key_id, score, comment),
+    )
+    return {"object": "feedback", "request_id": request_id, "score": score, "model": row[1]}
+
+
+def feedback_app(spend: Any) -> Any:
+    """The ASGI app for ``/v1/feedback`` (the gateway mounts it by path prefix)."""
+    from thrifty.spend.db import Database
+
+    state: dict[str, Any] = {}
+
+    def db() -> Database:
+        # Its own connection: the spend control's handle belongs to its own callers.
+        if "db" not in state:
+            state["db"] = Database(spend.db_url)
+            ensure_tables(state["db"])
+        return state["db"]
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        if scope["path"] not in ("", "/"):  # mounted at /v1/feedback: the gateway strips the prefix
+            full = scope.get("root_path", "") + scope["path"]
+            response = error_response(404, f"Unknown path: {full}.", "invalid_request_error", "not_found")
+        elif request.method != "POST":
+            response = error_response(405, "Use POST /v1/feedback.", "invalid_request_error", "method_not_allowed")
+        else:
+            response = await _handle(request)
+        await response(scope, receive, send)
+
+    async def _handle(request: Request) -> JSONResponse:
+        try:
+            auth = request.headers.get("authorization") or request.headers.get("x-api-key")
+            principal = await spend.authenticate(auth)
+            raw = await request.body()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                raise FeedbackError("The request body is not valid JSON.", code="invalid_json") from None
+            rid, score, comment = parse(body)
+            is_admin = bool(getattr(principal, "is_admin", False))
+
+            def store() -> dict[str, Any]:
+                try:
+                    return record(db(), rid, score, comment, key_id=principal.key_id, is_admin=is_admin)
+                except FeedbackError as exc:
+                    if exc.status != 404:
+                        raise
+                    spend.flush()  # the ledger is written in batches: the record may be in flight
+                    return record(db(), rid, score, comment, key_id=principal.key_id, is_admin=is_admin)
+
+            return JSONResponse(await run_in_threadpool(store), 200)
+        except SpendError as exc:
+            return error_response(exc.status, exc.message, exc.error_type, exc.code, headers=exc.headers)
+        except FeedbackError as exc:
+            return error_response(exc.status, str(exc), exc.error_type, exc.code, exc.param)
+
+    return app

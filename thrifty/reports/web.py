@@ -1,0 +1,343 @@
+"""The admin dashboard at ``/ui``: server-rendered pages (Jinja2) with Chart.js charts.
+
+Every asset ships in the package (``static/``: Chart.js, vendored from npm with
+its license, plus a small script and a stylesheet); nothing loads from a CDN.
+Sign-in takes the admin key (checked by spend control, like the admin API) and
+sets a signed, HttpOnly session cookie; API clients may send the admin key as
+``Authorization: Bearer ...`` instead. The pages read the ledger through
+:mod:`thrifty.reports.query`, the same code as ``thrifty report``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, quote
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from thrifty.reports import session
+from thrifty.reports.feedback import error_response
+from thrifty.spend.api import SpendError
+
+HERE = Path(__file__).parent
+DAY = 86_400
+
+
+def _templates() -> Any:
+    import jinja2
+
+    from thrifty.reports.render import usd
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                             autoescape=jinja2.select_autoescape(["html"]))
+    env.filters["usd"] = usd
+    env.filters["pct"] = lambda v: "-" if v is None else f"{v:.1f}%"
+    env.filters["share"] = lambda v: f"{v:.1%}"
+    env.filters["num"] = lambda v: f"{v:,}"
+    env.filters["mtok"] = lambda v: "-" if v is None else f"${v:,.3f}"
+    env.filters["day"] = lambda ts: "-" if ts is None else time.strftime("%Y-%m-%d", time.gmtime(ts))
+    env.filters["when"] = lambda ts: "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+    return env
+
+
+class BadInput(ValueError):
+    pass
+
+
+def _date(value: str | None, name: str, default: float) -> float:
+    from thrifty.spend.periods import parse_time
+
+    if not value:
+        return default
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise BadInput(f"{name}: not a date ({value!r}); use YYYY-MM-DD") from None
+
+
+def parse_filters(params: Any, now: float) -> tuple[Any, str, dict[str, str]]:
+    """(Filters, group by, the form's values) from query parameters; BadInput on bad ones."""
+    from thrifty.reports.query import GROUPS, Filters
+
+    form = {k: (params.get(k) or "").strip() for k in ("since", "until", "team", "user", "key", "model", "tag", "by")}
+    until = _date(form["until"], "until", now)
+    if form["until"] and len(form["until"]) == 10:
+        until += DAY  # a date means "through the end of that day"
+    since = _date(form["since"], "since", until - 30 * DAY)
+    by = form["by"] or "team"
+    if by not in GROUPS:
+        raise BadInput(f"group by must be one of {', '.join(GROUPS)}")
+    try:
+        f = Filters(since=since, until=until, team=form["team"] or None, user=form["user"] or None,
+                    key=form["key"] or None, model=form["model"] or None, tag=form["tag"] or None)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    if not form["since"]:
+        form["since"] = time.strftime("%Y-%m-%d", time.gmtime(since))
+    return f, by, form
+
+
+def _js(obj: Any) -> str:
+    """JSON safe to embed in a <script> element."""
+    return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _chart_data(report: Any) -> dict[str, Any]:
+    fmt = "%m-%d %H:00" if report.bucket_seconds < DAY else "%Y-%m-%d"
+    buckets = sorted(report.series)
+    labels = [time.strftime(fmt, time.gmtime(b)) for b in buckets]
+    models = [g.name or "(none)" for g in report.models]
+    stacked = [{"label": m, "data": [round(report.series[b][m].cost_nanos / 1e9, 6) if m in report.series[b] else 0
+                                     for b in buckets]} for m in models]
+    price, frontier, paid_cum, frontier_cum = [], [], [], []
+    acc_c = acc_f = 0
+    for b in buckets:
+        per = report.series[b].values()
+        c, f, tok = (sum(t.cost_nanos for t in per), sum(t.frontier_cost_nanos for t in per),
+                     sum(t.tokens for t in per))
+        price.append(round(c / 1e3 / tok, 4) if tok else None)
+        frontier.append(round(f / 1e3 / tok, 4) if tok else None)
+        acc_c, acc_f = acc_c + c, acc_f + f
+        paid_cum.append(round(acc_c / 1e9, 6))
+        frontier_cum.append(round(acc_f / 1e9, 6))
+    return {"labels": labels, "stacked": stacked, "price": price, "frontier_price": frontier,
+            "paid_cum": paid_cum, "frontier_cum": frontier_cum,
+            "mix": {"labels": models, "data": [g.totals.requests for g in report.models]}}
+
+
+def create_ui_app(spend: Any, config: Any = None) -> Starlette:
+    """The dashboard as an ASGI app, to mount at ``/ui``."""
+    from thrifty.reports.tables import ensure_tables
+    from thrifty.spend.db import Database
+
+    env = _templates()
+    lock = threading.Lock()
+    state: dict[str, Any] = {}
+
+    def db() -> Database:
+        # Its own connection, used by one thread at a time (under ``lock``).
+        if "db" not in state:
+            state["db"] = Database(spend.db_url)
+            ensure_tables(state["db"])
+            state["secret"] = session.load_secret(state["db"])
+        return state["db"]
+
+    def locked(fn: Callable[[], Any]) -> Any:
+        with lock:
+            db()
+            return fn()
+
+    def base(request: Request) -> str:
+        return request.scope.get("root_path", "").rstrip("/")
+
+    def page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        html = env.get_template(name).render(base=base(request), page=name.split(".")[0], **ctx)
+        return HTMLResponse(html, status)
+
+    async def admin_ok(token: str | None) -> bool:
+        if not token:
+            return False
+        try:
+            principal = await spend.authenticate(f"Bearer {token}")
+        except SpendError:
+            return False
+        return bool(principal.is_admin)
+
+    async def signed_in(request: Request) -> bool:
+        auth = request.headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            return await admin_ok(auth[7:].strip())
+        await run_in_threadpool(locked, lambda: None)
+        return session.verify(state["secret"], request.cookies.get(session.COOKIE)) is not None
+
+    def guarded(handler: Callable, *, api: bool = False) -> Callable:
+        async def endpoint(request: Request) -> Response:
+            if not await signed_in(request):
+                if api:
+                    return error_response(401, "Sign in at /ui/login or send the admin key as a Bearer token.",
+                                          "authentication_error", "invalid_api_key")
+                target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="/")
+                return RedirectResponse(f"{base(request)}/login?next={target}", 303)
+            try:
+                return await handler(request)
+            except BadInput as exc:
+                if api:
+                    return error_response(400, str(exc), "invalid_request_error", "invalid_value")
+                return page(request, "error.html", 400, message=str(exc))
+        return endpoint
+
+    async def login_form(request: Request) -> Response:
+        return page(request, "login.html", next=request.query_params.get("next", ""), error=None)
+
+    async def login(request: Request) -> Response:
+        raw = (await request.body()).decode("utf-8", "replace")
+        form = {k: v[0] for k, v in parse_qs(raw).items()}
+        nxt = form.get("next") or ""
+        if not nxt.startswith(base(request) + "/") or nxt.startswith("//"):
+            nxt = base(request) + "/"
+        key = form.get("admin_key", "").strip()
+        if not await admin_ok(key):
+            return page(request, "login.html", 401, next=nxt, error="That is not a valid admin key.")
+        principal = await spend.authenticate(f"Bearer {key}")
+        token = await run_in_threadpool(locked, lambda: session.sign(state["secret"], principal.key_id))
+        response = RedirectResponse(nxt, 303)
+        response.set_cookie(session.COOKIE, token, max_age=session.SESSION_SECONDS, httponly=True, samesite="strict",
+                            path=base(request) or "/")
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse(f"{base(request)}/login", 303)
+        response.delete_cookie(session.COOKIE, path=base(request) or "/")
+        return response
+
+    def _report(params: Any) -> tuple[Any, dict[str, str], dict[str, Any]]:
+        from thrifty.reports.query import build_report
+
+        now = time.time()
+        f, by, form = parse_filters(params, now)
+        spend.flush()  # the ledger is written in batches: include what was just served
+
+        def run() -> tuple[Any, dict[str, Any]]:
+            report = build_report(db(), f, by, now=now)
+            options = {
+                "teams": [r[0] for r in db().all("SELECT id FROM teams ORDER BY id")],
+                "users": [r[0] for r in db().all("SELECT id FROM users ORDER BY id")],
+                "models": sorted({g.name for g in report.models if g.name}
+                                 | ({f.model} if f.model else set())),
+            }
+            return report, options
+
+        report, options = locked(run)
+        return report, form, options
+
+    async def overview(request: Request) -> Response:
+        report, form, options = await run_in_threadpool(_report, request.query_params)
+        return page(request, "overview.html", report=report, form=form, options=options,
+                    charts=_js(_chart_data(report)))
+
+    async def budgets(request: Request) -> Response:
+        from thrifty.reports.burndown import burndown, cumulative_spend
+        from thrifty.reports.rollup import closed_until
+
+        def run() -> list[dict[str, Any]]:
+            spend.flush()
+            now = time.time()
+
+            def inner() -> list[dict[str, Any]]:
+                rows = burndown(db(), now=now)
+                closed = closed_until(db())
+                for b in rows:
+                    points = cumulative_spend(db(), b, now, closed)
+                    b["chart"] = {"spent": [[int(t * 1000), v / 1e9] for t, v in points],
+                                  "limit": b["limit_nanos"] / 1e9,
+                                  "projection": [[int(now * 1000), b["spent_nanos"] / 1e9],
+                                                 [int(b["runs_out_at"] * 1000), b["limit_nanos"] / 1e9]]
+                                  if b["runs_out_at"] and b["remaining_nanos"] > 0 else [],
+                                  "end": int(b["period_end"] * 1000) if b["period_end"] else None}
+                return rows
+
+            return locked(inner)
+
+        rows = await run_in_threadpool(run)
+        return page(request, "budgets.html", budgets=rows,
+                    charts=_js({b["id"]: b["chart"] for b in rows}))
+
+    async def keys(request: Request) -> Response:
+        from thrifty.spend import store
+
+        params = dict(request.query_params)
+        params["by"] = "key"
+        report, form, options = await run_in_threadpool(_report, params)
+        spent = {g.name: g for g in report.groups}
+        rows = await run_in_threadpool(locked, lambda: store.list_keys(db(), include_revoked=True))
+        return page(request, "keys.html", keys=rows, spent=spent, report=report, form=form, options=options)
+
+    def _live(window: float = 900.0) -> dict[str, Any]:
+        spend.flush()
+
+        def run() -> dict[str, Any]:
+            now = time.time()
+            mix = db().all(
+                "SELECT served_model, COUNT(*), COALESCE(SUM(cost_nanos), 0), COALESCE(SUM(frontier_cost_nanos), 0)"
+                " FROM ledger WHERE ts >= ? AND status = 200 GROUP BY served_model ORDER BY 2 DESC", (now - window,))
+            recent = db().all(
+                "SELECT ts, key_id, team_id, requested_model, served_model, route_reason, cost_nanos, latency_ms,"
+                " status FROM ledger ORDER BY ts DESC LIMIT 25")
+            total = sum(int(r[1]) for r in mix)
+            return {
+                "window_seconds": window, "requests": total,
+                "mix": [{"model": r[0], "requests": int(r[1]), "share": int(r[1]) / total if total else 0.0,
+                         "cost_nanos": int(r[2]), "frontier_cost_nanos": int(r[3])} for r in mix],
+                "recent": [{"ts": r[0], "key_id": r[1], "team_id": r[2], "requested": r[3], "served": r[4],
+                            "reason": r[5], "cost_nanos": int(r[6] or 0), "latency_ms": r[7], "status": r[8]}
+                           for r in recent],
+            }
+
+        return locked(run)
+
+    async def live(request: Request) -> Response:
+        data = await run_in_threadpool(_live)
+        return page(request, "live.html", live=data, live_json=_js(data))
+
+    async def live_api(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(_live))
+
+    async def report_api(request: Request) -> Response:
+        from thrifty.reports.render import to_json
+
+        report, _form, _options = await run_in_threadpool(_report, request.query_params)
+        return Response(to_json(report), media_type="application/json")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        return error_response(status, f"No dashboard page {request.url.path}.", "invalid_request_error",
+                              "not_found" if status == 404 else "method_not_allowed")
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return error_response(500, "Internal error in the dashboard; it has been logged.", "api_error",
+                              "internal_error")
+
+    routes = [
+        Route("/", guarded(overview), methods=["GET"]),
+        Route("/budgets", guarded(budgets), methods=["GET"]),
+        Route("/keys", guarded(keys), methods=["GET"]),
+        Route("/live", guarded(live), methods=["GET"]),
+        Route("/api/live", guarded(live_api, api=True), methods=["GET"]),
+        Route("/api/report", guarded(report_api, api=True), methods=["GET"]),
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST", "GET"]),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error})
+
+
+def mounts(spend: Any, config: Any = None) -> dict[str, Any]:
+    """The gateway's mounts for reports: the dashboard and the feedback endpoint."""
+    if not hasattr(spend, "db_url"):
+        return {}  # no ledger (spend control off): nothing to show or rate
+    from thrifty.reports.feedback import feedback_app
+
+    return {"/ui": full_path(create_ui_app(spend, config)), "/v1/feedback": feedback_app(spend)}
+
+
+def full_path(app: Any) -> Any:
+    """Adapt to the gateway's mounting, which strips the prefix from ``path``: Starlette wants the
+    full path with ``root_path`` set (it strips it itself, also for nested mounts like /static)."""
+
+    async def wrapped(scope: dict, receive: Any, send: Any) -> None:
+        root = scope.get("root_path", "")
+        if root and scope.get("type") == "http" and not scope["path"].startswith(root + "/"):
+            scope = dict(scope, path=root + scope["path"])
+        await app(scope, receive, send)
+
+    return wrapped
