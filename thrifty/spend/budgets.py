@@ -89,10 +89,6 @@ class MemoryBudgets:
             self._held[key] -= hold.amount
             self._spent[key] = self._spent_of(key) + actual
 
-    def status(self, budget_id: str, start: int) -> tuple[int, int]:
-        key = (budget_id, start)
-        return self._spent_of(key), self._held.get(key, 0)
-
     async def close(self) -> None:
         return None
 

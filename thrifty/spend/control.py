@@ -1,8 +1,9 @@
 """The database-backed :class:`~thrifty.spend.api.SpendControl` the gateway uses.
 
 Hot path (authenticate, allowed, admit, settle) works on in-memory state: a
-snapshot of keys, budgets and policies, rate-limit windows, budget holds
-(memory on SQLite, one PostgreSQL transaction per admit when shared), and the
+snapshot of keys, budgets and policies, rate-limit windows and budget holds
+(in memory on SQLite; on PostgreSQL one server-side call per admit for the
+holds and one for rate limits, so that every gateway shares them), and the
 journal append. Everything else happens in background threads.
 """
 
