@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = {
     "gateway": "benchmarks.gateway",  # gateway overhead vs direct and LiteLLM
     "router": "benchmarks.router",  # router scoring speed
+    "multipliers": "benchmarks.multipliers",  # caches, prefix affinity, cascade: saving and risk
     "reports": "benchmarks.reports",  # monthly report on a 1,000,000-row ledger
     "spend": "benchmarks.spend",  # ledger write throughput, budgets under concurrent load
 }
