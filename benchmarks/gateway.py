@@ -169,6 +169,7 @@ def wrk(url: str, body: dict, *, connections: int, duration: float, headers: dic
 
 
 def thrifty_config(tmp: Path, upstream: str, spend: bool = True) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
     price = 'input_cost_per_token = 1e-6\noutput_cost_per_token = 2e-6\ncontext_window = 16000\n'
     lines = [f'data_dir = "{tmp / "data"}"', 'frontier_model = "gpt-4-1106-preview"',
              f"spend_enabled = {'true' if spend else 'false'}", "",
@@ -296,6 +297,18 @@ def run(args: argparse.Namespace) -> int:
         measure("thrifty fixed, no spend", base + "/v1/chat/completions", body, {}, bare.pid)
         bare.stop()
         procs.remove(bare)
+
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        uv = Proc([PY, "-m", "thrifty.cli", "serve", "--server", "uvicorn", "--config",
+                   str(thrifty_config(tmp / "uvicorn", upstream)), "--port", str(port)], TARGET_CPU,
+                  tmp / "thrifty-uvicorn.log", env={"THRIFTY_ADMIN_KEY": ADMIN_KEY})
+        procs.append(uv)
+        uv.wait_ready(base + "/healthz")
+        measure("thrifty fixed, uvicorn", base + "/v1/chat/completions", body,
+                {"Authorization": f"Bearer {thrifty_key(base)}"}, uv.pid)
+        uv.stop()
+        procs.remove(uv)
         notes.append(router_scoring_time())
 
         if args.profile:
@@ -356,8 +369,9 @@ def report(rows: list[tuple[str, int, Load]], notes: list[str], args: argparse.N
     print()
     for n in notes:
         print(n)
-    print("CPU/req: the target process's user+system CPU time during the run / requests served "
-          "(the gateway is single-process, pinned to one core).")
+    print("CPU/req: the target process's user+system CPU time (all its threads) during the run / requests "
+          "served; the gateway is one process (one event loop; granian's Rust I/O threads) pinned to one core. "
+          "thrifty rows use granian unless marked uvicorn.")
 
 
 def profile_thrifty(tmp: Path, upstream: str, body: dict, args: argparse.Namespace, spend: bool = True) -> None:

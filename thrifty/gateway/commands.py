@@ -13,6 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=4000)
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--server", default="auto", choices=["auto", "granian", "uvicorn"],
+                   help="HTTP server (default: granian if installed, else uvicorn)")
     p.set_defaults(func=_serve)
 
     d = subparsers.add_parser("demo", help="route a few hundred real benchmark prompts through 'auto' and report",
@@ -32,7 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = make_app(args.config)
     print(f"thrifty gateway on http://{args.host}:{args.port}/v1 "
           f"({len(app.gw.models)} models; router: {'on' if app.gw.router.router else 'off'})", flush=True)
-    serve(app, args.host, args.port, log_level=args.log_level)
+    serve(app, args.host, args.port, log_level=args.log_level, server=args.server)
     return 0
 
 
