@@ -266,7 +266,10 @@ class LedgerWriter:
             marks[journal.id] = end
             journals[journal.id] = journal
         for journal in journals.values():
-            journal.sync()  # power loss: the batch is on disk before the database says so
+            try:
+                journal.sync()  # power loss: the batch is on disk before the database says so
+            except (OSError, ValueError) as exc:  # still in the page cache: only power loss could lose it
+                log.warning("fsync of journal %s failed: %s", journal.path.name, exc)
         attempt = 0
         while True:
             try:
