@@ -75,6 +75,12 @@ setup_redis() {
     echo "redis://127.0.0.1:$redis_port/0" > .thrifty/test-services/redis.url
 }
 
+# --- Chromium (headless, for the dashboard's browser tests) --------------------------
+# Debian's package; Playwright drives it as the system browser (no browser download).
+if ! command -v chromium >/dev/null; then
+    apt_install chromium
+fi
+
 setup_postgres
 setup_redis
 echo "test services: postgresql on 127.0.0.1:$pg_port ($(cat .thrifty/test-services/postgres.url))"

@@ -1,9 +1,9 @@
 """PNG charts of a report (matplotlib, Agg backend: no display needed).
 
-Four pictures: spend per period stacked by model, the average price paid per
-million tokens over time, cumulative spend against the all-frontier
-counterfactual (the gap is what routing saved), and each budget's burn-down
-with its projected exhaustion date.
+Spend per period stacked by model, the average price paid per million tokens
+over time, cumulative spend against the all-frontier counterfactual (the gap
+is what routing saved), spend per model against the frontier counterfactual,
+and each budget's burn-down with its projected exhaustion date.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _usd(value: float) -> str:
+    """Dollars for chart text ($ escaped: matplotlib would start math mode)."""
+    return f"\\${value:,.2f}"
 
 
 def _dt(ts: float) -> datetime:
@@ -107,8 +112,35 @@ def savings(report: Report, path: Path) -> Path:
     ax.fill_between(xs, paid, frontier, color=PALETTE[2], alpha=0.25, label="saved")
     t = report.totals
     pct = f" ({t.savings_pct:.0f}%)" if t.savings_pct is not None else ""
-    _style(ax, f"Cumulative spend: saved ${t.savings_nanos / 1e9:,.2f}{pct}", "USD")
+    _style(ax, f"Cumulative spend: saved {_usd(t.savings_nanos / 1e9)}{pct}", "USD")
     ax.legend(frameon=False, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def savings_by_model(report: Report, path: Path) -> Path:
+    """What each model's traffic cost against what the same tokens would have cost on the frontier model."""
+    plt = _plt()
+    groups = [g for g in report.models if g.totals.requests][:12]
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.45 * max(len(groups), 1)), dpi=110)
+    names = [f"{(g.name or '(none)').split('/')[-1]} ({g.share:.0%})" for g in groups][::-1]
+    paid = [g.totals.cost_nanos / 1e9 for g in groups][::-1]
+    frontier = [g.totals.frontier_cost_nanos / 1e9 for g in groups][::-1]
+    ys = range(len(groups))
+    ax.barh([y + 0.2 for y in ys], frontier, height=0.4, color=PALETTE[3], alpha=0.55, label="all-frontier")
+    ax.barh([y - 0.2 for y in ys], paid, height=0.4, color=PALETTE[0], label="paid")
+    ax.set_yticks(list(ys), names, fontsize=8)
+    t = report.totals
+    pct = f" ({t.savings_pct:.0f}%)" if t.savings_pct is not None else ""
+    ax.set_title(f"Spend per model vs all-frontier: paid {_usd(t.cost_nanos / 1e9)}, "
+                 f"saved {_usd(t.savings_nanos / 1e9)}{pct}", loc="left", fontsize=11, fontweight="bold")
+    ax.set_xlabel("USD (model: share of requests)")
+    ax.grid(axis="x", alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(frameon=False, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -126,19 +158,25 @@ def burndown(db: Database, budget: dict[str, Any], path: Path, now: float | None
     points = cumulative_spend(db, budget, now, closed)
     fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
     limit = budget["limit_nanos"] / 1e9
+    spent = budget["spent_nanos"] / 1e9
     if points:
         ax.plot([_dt(t) for t, _ in points], [v / 1e9 for _, v in points], color=PALETTE[0], label="spent")
-    end = budget["period_end"] or (budget["runs_out_at"] or now + 86_400)
-    horizon = max(end, budget["runs_out_at"] or end)
-    if budget["runs_out_at"] and budget["spent_nanos"] < budget["limit_nanos"]:
-        ax.plot([_dt(now), _dt(budget["runs_out_at"])], [budget["spent_nanos"] / 1e9, limit], linestyle="--",
-                color=PALETTE[1], label=f"projection: runs out {budget['runs_out'][:10]}")
-        ax.axvline(_dt(budget["runs_out_at"]), color=PALETTE[1], alpha=0.4)
-    ax.axhline(limit, color=PALETTE[3], label=f"limit ${limit:,.2f}")
+    runs_out = budget["runs_out_at"]
+    horizon = budget["period_end"] or (runs_out if runs_out and runs_out > now else now + 7 * 86_400)
+    if runs_out and budget["remaining_nanos"] > 0:
+        rate = budget["usd_per_day"] / 86_400
+        stop = min(runs_out, horizon)
+        at_stop = spent + rate * (stop - now)
+        label = (f"projection: runs out {budget['runs_out'][:10]}" if runs_out <= horizon
+                 else f"projection: {_usd(at_stop)} at reset (lasts the period)")
+        ax.plot([_dt(now), _dt(stop)], [spent, at_stop], linestyle="--", color=PALETTE[1], label=label)
+        if runs_out <= horizon:
+            ax.axvline(_dt(runs_out), color=PALETTE[1], alpha=0.4)
+    ax.axhline(limit, color=PALETTE[3], label=f"limit {_usd(limit)}")
     if budget["period_end"]:
         ax.axvline(_dt(budget["period_end"]), color="#64748b", linestyle=":", label="period resets")
-    ax.set_xlim(_dt(budget["period_start"]), _dt(horizon))
-    ax.set_ylim(0, limit * 1.1 if limit else 1)
+    ax.set_xlim(_dt(budget["period_start"]), _dt(max(horizon, now)))
+    ax.set_ylim(0, max(limit, spent) * 1.1 or 1)
     _style(ax, f"Budget burn-down: {budget['scope']} {budget['scope_id']} ({budget['period']})", "USD")
     ax.legend(frameon=False, loc="upper left", fontsize=8)
     fig.tight_layout()
@@ -152,7 +190,8 @@ def write_all(db: Database, report: Report, directory: Path, now: float | None =
     directory.mkdir(parents=True, exist_ok=True)
     out = [spend_by_model(report, directory / "spend_by_model.png"),
            price_trend(report, directory / "price_per_mtok.png"),
-           savings(report, directory / "savings.png")]
+           savings(report, directory / "savings.png"),
+           savings_by_model(report, directory / "savings_by_model.png")]
     for b in report.budgets:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{b['scope']}_{b['scope_id']}_{b['period']}")
         out.append(burndown(db, b, directory / f"burndown_{safe}.png", now, report.closed_until))

@@ -12,13 +12,14 @@ import json
 from typing import Any
 
 from thrifty.reports.query import Group, Report, Totals
-from thrifty.spend.money import format_usd, nanos_to_usd
+from thrifty.spend.money import nanos_to_usd
 from thrifty.spend.periods import iso
 
 
 def usd(nanos: int) -> str:
-    """Dollars to the cent for tables (exact amounts are in JSON/CSV)."""
-    return f"${nanos / 1e9:,.2f}" if abs(nanos) >= 10_000_000 or nanos == 0 else format_usd(nanos)
+    """Dollars for people: to the cent, or to the micro-dollar below a cent (exact amounts are in JSON/CSV)."""
+    value = nanos / 1e9
+    return f"${value:,.2f}" if abs(nanos) >= 10_000_000 or nanos == 0 else f"${value:.6f}"
 
 
 def _pct(value: float | None) -> str:

@@ -93,15 +93,19 @@ def _js(obj: Any) -> str:
 
 def _chart_data(report: Any) -> dict[str, Any]:
     fmt = "%m-%d %H:00" if report.bucket_seconds < DAY else "%Y-%m-%d"
-    buckets = sorted(report.series)
+    step = report.bucket_seconds
+    first = int(report.filters.since // step) * step
+    # Every bucket of the range, traffic or not, so the time axis is continuous.
+    buckets = sorted(set(range(first, int(report.filters.until), step)) | set(report.series))
     labels = [time.strftime(fmt, time.gmtime(b)) for b in buckets]
     models = [g.name or "(none)" for g in report.models]
-    stacked = [{"label": m, "data": [round(report.series[b][m].cost_nanos / 1e9, 6) if m in report.series[b] else 0
-                                     for b in buckets]} for m in models]
+    empty: dict[str, Any] = {}
+    stacked = [{"label": m, "data": [round(report.series[b][m].cost_nanos / 1e9, 6)
+                                     if m in report.series.get(b, empty) else 0 for b in buckets]} for m in models]
     price, frontier, paid_cum, frontier_cum = [], [], [], []
     acc_c = acc_f = 0
     for b in buckets:
-        per = report.series[b].values()
+        per = report.series.get(b, empty).values()
         c, f, tok = (sum(t.cost_nanos for t in per), sum(t.frontier_cost_nanos for t in per),
                      sum(t.tokens for t in per))
         price.append(round(c / 1e3 / tok, 4) if tok else None)

@@ -1,0 +1,125 @@
+"""POST /v1/feedback and the dashboard's HTTP surface (auth, sessions, bad input), over real HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from reports.conftest import ADMIN_KEY
+
+
+@pytest.fixture
+def client(live):
+    with httpx.Client(base_url=live.url, timeout=30, follow_redirects=False) as c:
+        yield c
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def _stored(live, request_id: str):
+    db = live.db()
+    try:
+        return db.one("SELECT score, comment, key_id FROM feedback WHERE request_id = ?", (request_id,))
+    finally:
+        db.close()
+
+
+def test_feedback_is_stored_with_the_ledger_record(live, client):
+    mine = next(s for s in live.sent if s.key_name == "bob-key")
+    r = client.post("/v1/feedback", headers=_bearer(live.keys["bob-key"]),
+                    json={"request_id": mine.request_id, "score": 0.25, "comment": "too long"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"object": "feedback", "request_id": mine.request_id, "score": 0.25, "model": mine.served}
+    assert _stored(live, mine.request_id) == (0.25, "too long", live.key_ids["bob-key"])
+    # Rating again replaces the rating; thumbs map to 1/0.
+    r = client.post("/v1/feedback", headers=_bearer(live.keys["bob-key"]),
+                    json={"request_id": mine.request_id, "thumbs": "up"})
+    assert r.status_code == 200 and _stored(live, mine.request_id)[0] == 1.0
+    # The feedback joins the ledger by request id: quality per model.
+    db = live.db()
+    try:
+        row = db.one("SELECT l.served_model, f.score FROM ledger l JOIN feedback f ON f.request_id = l.request_id"
+                     " WHERE l.request_id = ?", (mine.request_id,))
+    finally:
+        db.close()
+    assert row == (mine.served, 1.0)
+
+
+def test_feedback_on_someone_elses_request_is_not_found(live, client):
+    theirs = next(s for s in live.sent if s.key_name == "ada-key")
+    r = client.post("/v1/feedback", headers=_bearer(live.keys["bob-key"]),
+                    json={"request_id": theirs.request_id, "thumbs": "down"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    # The admin key may rate any request.
+    r = client.post("/v1/feedback", headers=_bearer(ADMIN_KEY), json={"request_id": theirs.request_id, "score": 1})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("body,status,code", [
+    ({"score": 1}, 400, "missing_required_parameter"),
+    ({"request_id": "x"}, 400, "missing_required_parameter"),
+    ({"request_id": "x", "score": 1, "thumbs": "up"}, 400, "missing_required_parameter"),
+    ({"request_id": "x", "score": 1.5}, 400, "invalid_value"),
+    ({"request_id": "x", "score": True}, 400, "invalid_value"),
+    ({"request_id": "x", "thumbs": "sideways"}, 400, "invalid_value"),
+    ({"request_id": "x", "score": 1, "comment": "c" * 3000}, 400, "invalid_value"),
+    ({"request_id": "x", "score": 1, "extra": 1}, 400, "unknown_parameter"),
+    ({"request_id": "no-such-request", "score": 1}, 404, "not_found"),
+    ([1, 2], 400, "invalid_type"),
+])
+def test_feedback_bad_input_gets_the_api_error_format(live, client, body, status, code):
+    r = client.post("/v1/feedback", headers=_bearer(live.keys["ada-key"]), json=body)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"] and err["type"]
+
+
+def test_feedback_needs_a_key_and_post(live, client):
+    assert client.post("/v1/feedback", json={"request_id": "x", "score": 1}).status_code == 401
+    r = client.post("/v1/feedback", headers=_bearer(live.keys["ada-key"]), content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = client.get("/v1/feedback", headers=_bearer(live.keys["ada-key"]))
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_ui_needs_the_admin_key(live, client):
+    r = client.get("/ui/")
+    assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+    assert client.get("/ui/api/report").status_code == 401
+    assert client.get("/ui/api/report", headers=_bearer(live.keys["ada-key"])).status_code == 401
+    r = client.get("/ui/api/report", headers=_bearer(ADMIN_KEY))
+    assert r.status_code == 200 and r.json()["totals"]["requests"] == len(live.sent)
+    # A session cookie from the login form; a forged one is refused.
+    r = client.post("/ui/login", data={"admin_key": ADMIN_KEY, "next": "/ui/keys"})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/keys"
+    cookie = r.cookies["thrifty_ui"]
+    assert "httponly" in r.headers["set-cookie"].lower() and "samesite=strict" in r.headers["set-cookie"].lower()
+    payload, mac = cookie.split(".")
+    for value, status in ((cookie, 200), (payload + "." + mac[::-1], 303), ("garbage", 303)):
+        with httpx.Client(base_url=live.url, cookies={"thrifty_ui": value}, follow_redirects=False) as fresh:
+            assert fresh.get("/ui/keys").status_code == status
+    # An open redirect through ?next= is not possible.
+    r = client.post("/ui/login", data={"admin_key": ADMIN_KEY, "next": "https://example.com/"})
+    assert r.headers["location"] == "/ui/"
+
+
+@pytest.mark.parametrize("query,message", [
+    ("since=notadate", "not a date"),
+    ("by=colour", "group by"),
+    ("since=2026-11-10&until=2026-11-01", "empty"),
+])
+def test_ui_bad_filters_are_clear_errors(live, client, query, message):
+    r = client.get(f"/ui/?{query}", headers=_bearer(ADMIN_KEY))
+    assert r.status_code == 400 and message in r.text and "Traceback" not in r.text
+    r = client.get(f"/ui/api/report?{query}", headers=_bearer(ADMIN_KEY))
+    assert r.status_code == 400 and message in r.json()["error"]["message"]
+
+
+def test_ui_static_assets_ship_with_the_package(live, client):
+    for name in ("chart.umd.min.js", "app.js", "style.css", "LICENSE-chart.js.md"):
+        r = client.get(f"/ui/static/{name}")
+        assert r.status_code == 200 and len(r.content) > 100
+    assert client.get("/ui/static/../web.py").status_code == 404
+    assert client.get("/ui/nope", headers=_bearer(ADMIN_KEY)).status_code == 404
