@@ -188,11 +188,12 @@ def create_admin_app(spend: "DbSpendControl") -> Starlette:
         return JSONResponse(schema())
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 404)
-        if status == 405:
-            return _error(405, f"Method {request.method} is not allowed on {request.url.path}.",
+        raw = request.scope.get("raw_path")  # the path as the client sent it, mount prefix included
+        path = raw.decode("latin-1").split("?", 1)[0] if raw else request.url.path
+        if getattr(exc, "status_code", 404) == 405:
+            return _error(405, f"Method {request.method} is not allowed on {path}.",
                           "invalid_request_error", "method_not_allowed")
-        return _error(404, f"No admin route {request.url.path}; see /admin/openapi.json.", "not_found_error", "not_found")
+        return _error(404, f"No admin route {path}; see /admin/openapi.json.", "not_found_error", "not_found")
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return _error(500, "Internal error in the admin API; it has been logged.", "api_error", "internal_error")
