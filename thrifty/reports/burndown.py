@@ -75,6 +75,8 @@ def cumulative_spend(db: Database, budget: dict[str, Any], now: float | None = N
     source, params = _union(f, bucket, closed)
     points, total = [(start, 0)], 0
     for b, cost in db.all(f"SELECT bucket, SUM(cost_nanos) FROM ({source}) u GROUP BY bucket ORDER BY bucket", params):
+        points.append((max(float(b), start), total))  # flat until this bucket, then its spend
         total += int(cost or 0)
         points.append((min(float(b) + bucket, now), total))
+    points.append((now, total))
     return points

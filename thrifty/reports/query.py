@@ -185,8 +185,9 @@ def build_report(db: Database, f: Filters, group_by: str = "team", *, use_rollup
     rows = db.all(f"SELECT * FROM ({source}) u", params) if source else []
     col = {name: i for i, name in enumerate(("bucket", *DIMENSIONS))}
     n_dims = len(col)
-    g_col, lb_by = col[GROUPS[group_by]], "user" if group_by != "user" else "key"
-    lb_col, m_col = col[GROUPS[lb_by]], col["served_model"]
+    # The leaderboard ranks users; by keys when grouping by user or when no key names a user.
+    lb_by = "user" if group_by != "user" and any(r[col["user_id"]] for r in rows) else "key"
+    g_col, lb_col, m_col = col[GROUPS[group_by]], col[GROUPS[lb_by]], col["served_model"]
     total: list = [0] * len(_MEASURE_NAMES)
     by_group: dict[Any, list] = {}
     by_model: dict[Any, list] = {}

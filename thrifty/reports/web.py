@@ -118,6 +118,15 @@ def _chart_data(report: Any) -> dict[str, Any]:
             "mix": {"labels": models, "data": [g.totals.requests for g in report.models]}}
 
 
+def _projection(b: dict[str, Any], now: float) -> list[list[float]]:
+    """The burn-down's straight line from now to exhaustion, or to the reset if that comes first."""
+    if not b["runs_out_at"] or b["remaining_nanos"] <= 0:
+        return []
+    stop = min(b["runs_out_at"], b["period_end"] or b["runs_out_at"])
+    at_stop = b["spent_nanos"] / 1e9 + b["usd_per_day"] * (stop - now) / DAY
+    return [[int(now * 1000), b["spent_nanos"] / 1e9], [int(stop * 1000), round(at_stop, 6)]]
+
+
 def create_ui_app(spend: Any, config: Any = None) -> Starlette:
     """The dashboard as an ASGI app, to mount at ``/ui``."""
     from thrifty.reports.tables import ensure_tables
@@ -243,9 +252,7 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
                     points = cumulative_spend(db(), b, now, closed)
                     b["chart"] = {"spent": [[int(t * 1000), v / 1e9] for t, v in points],
                                   "limit": b["limit_nanos"] / 1e9,
-                                  "projection": [[int(now * 1000), b["spent_nanos"] / 1e9],
-                                                 [int(b["runs_out_at"] * 1000), b["limit_nanos"] / 1e9]]
-                                  if b["runs_out_at"] and b["remaining_nanos"] > 0 else [],
+                                  "projection": _projection(b, now),
                                   "end": int(b["period_end"] * 1000) if b["period_end"] else None}
                 return rows
 

@@ -85,7 +85,7 @@
       l.recent.forEach(function (r) {
         var tr = recent.insertRow();
         [new Date(r.ts * 1000).toISOString().slice(11, 19), r.key_id || "", r.team_id || "", r.requested || "", r.served || "-",
-         (r.reason || "").slice(0, 60), usd(r.cost_nanos / 1e9), r.latency_ms ? r.latency_ms.toFixed(0) + " ms" : "-", r.status]
+         ((r.reason || "").split(": ")[1] || r.reason || ""), usd(r.cost_nanos / 1e9), r.latency_ms ? r.latency_ms.toFixed(0) + " ms" : "-", r.status]
           .forEach(function (v) { tr.insertCell().textContent = v; });
       });
       var labels = l.mix.map(function (m) { return m.model; }), values = l.mix.map(function (m) { return m.requests; });
