@@ -333,6 +333,163 @@ def bench_affinity(requests: int) -> None:
                   f"{r['max_share']:>13.2f} {r['prefill_p50']:>8.3f}/{r['prefill_p95']:.3f}")
 
 
+# -- cascade ---------------------------------------------------------------------------------
+
+
+def _cross_fitted_scores(d, seed: int = 5) -> np.ndarray:
+    """P(good answer) per prompt and model from routers that never saw the prompt (2 folds,
+    each trained with ``Router.train`` on the other half)."""
+    from thrifty.router import Router
+
+    rng = np.random.default_rng(seed)
+    fold = rng.integers(0, 2, len(d))
+    scores = np.zeros((len(d), len(d.models)))
+    for k in (0, 1):
+        train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        router = Router.train(d.subset(train), show_progress=False)
+        cols = [router.models.index(m) for m in d.models]
+        scores[test] = router.score_many([d.prompts[i] for i in test])[:, cols]
+    return scores
+
+
+def _response(raw: str | None) -> str:
+    """RouterBench stores a response as a Python list literal; its last element is the answer
+    (as thrifty.providers.replay_records reads it)."""
+    if not raw:
+        return ""
+    if raw.startswith("["):
+        import ast
+
+        try:
+            parts = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return raw
+        return str(parts[-1]) if isinstance(parts, list) and parts else str(parts)
+    return raw
+
+
+def _row(name: str, quality: float, cost: float, frontier_cost: float, n: int, note: str = "") -> str:
+    return (f"  {name:<52} {quality:>7.1%} ${cost / n * 1000:>8.3f} {cost / frontier_cost:>8.1%}  {note}")
+
+
+def _matched_router(p_cheap: np.ndarray, ok_cheap: np.ndarray, ok_top: np.ndarray, c_cheap: np.ndarray,
+                    c_top: np.ndarray, escalate_share: float) -> tuple[float, float]:
+    """Routing alone between the same two models, sending the same share of prompts to the
+    frontier model: those with the lowest predicted cheap-model quality."""
+    k = int(round(escalate_share * len(p_cheap)))
+    top = np.zeros(len(p_cheap), dtype=bool)
+    top[np.argsort(p_cheap)[:k]] = True
+    quality = np.where(top, ok_top, ok_cheap).mean()
+    cost = np.where(top, c_top, c_cheap).sum()
+    return float(quality), float(cost)
+
+
+def bench_cascade(root: Path) -> None:
+    from thrifty.multipliers.cascade import agree, check_answer, task_of
+    from thrifty.providers.replay_records import REPLAY_PRICES, estimate_tokens
+    from thrifty.router import data as rdata
+
+    header = f"  {'policy':<52} {'quality':>7} {'$/1k req':>9} {'vs frontier':>8}"
+
+    # GSM8K: Mixtral then gpt-4-1106-preview, one recorded response each.
+    g = rdata.load([root / "routellm" / "gsm8k"])
+    cheap, top = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
+    jc, jt = g.models.index(cheap), g.models.index(top)
+    keep = np.flatnonzero(~np.isnan(g.labels[:, jc]) & ~np.isnan(g.labels[:, jt]))
+    n = len(keep)
+
+    def cost_of(model: str, i: int) -> float:
+        inp, out = REPLAY_PRICES[model]
+        return estimate_tokens(g.prompts[i]) * inp + estimate_tokens(g.responses[model][i] or "") * out
+
+    ok_c = g.labels[keep, jc] == 1
+    ok_t = g.labels[keep, jt] == 1
+    c_c = np.array([cost_of(cheap, i) for i in keep])
+    c_t = np.array([cost_of(top, i) for i in keep])
+    passed = np.array([check_answer(g.prompts[i], g.responses[cheap][i] or "", "math") for i in keep])
+    t0 = time.perf_counter()
+    scores = _cross_fitted_scores(g)[keep]
+    fit_s = time.perf_counter() - t0
+    frontier = c_t.sum()
+    print(f"\n== cascade on GSM8K ({n} prompts, recorded responses of {cheap} and {top}; cost = chars/4 "
+          "tokens at the replay prices)")
+    print(header)
+    print(_row(f"always {top}", ok_t.mean(), frontier, frontier, n))
+    print(_row(f"always {cheap}", ok_c.mean(), c_c.sum(), frontier, n))
+    esc = ~passed
+    q = np.where(passed, ok_c, ok_t).mean()
+    cost = c_c.sum() + c_t[esc].sum()
+    print(_row("cascade, math check (final number + arithmetic)", q, cost, frontier, n,
+               f"escalates {esc.mean():.1%}; check accepts {(~ok_c & passed).sum()} wrong, "
+               f"rejects {(ok_c & ~passed).sum()} right"))
+    rq, rc = _matched_router(scores[:, jc], ok_c, ok_t, c_c, c_t, esc.mean())
+    print(_row("routing alone, same share to the frontier", rq, rc, frontier, n,
+               f"2-fold cross-fitted router ({fit_s:.0f} s to train)"))
+    for share in (0.25, 0.5):
+        rq, rc = _matched_router(scores[:, jc], ok_c, ok_t, c_c, c_t, share)
+        print(_row(f"routing alone, {share:.0%} to the frontier", rq, rc, frontier, n))
+    direct = scores[:, jc] < np.quantile(scores[:, jc], 0.25)  # router: straight to the frontier
+    accept = ~direct & passed
+    cost = c_c[~direct].sum() + c_t[~accept].sum()
+    print(_row("router first (lowest 25% -> frontier), then cascade", np.where(accept, ok_c, ok_t).mean(), cost,
+               frontier, n, f"frontier for {(~accept).mean():.1%}"))
+    ideal = np.where(ok_c, ok_c, ok_t).mean()
+    print(_row("cascade with a perfect check (ceiling)", ideal, c_c.sum() + c_t[~ok_c].sum(), frontier, n))
+
+    # RouterBench: two cheap models must agree, else gpt-4-1106-preview; real recorded costs.
+    d = rdata.load([root / "routerbench"])
+    c1, c2 = "mistralai/mixtral-8x7b-chat", "zero-one-ai/Yi-34B-Chat"
+    j1, j2, jt = d.models.index(c1), d.models.index(c2), d.models.index(top)
+    complete = np.flatnonzero(~np.isnan(d.labels).any(axis=1) & ~np.isnan(d.costs).any(axis=1))
+    t0 = time.perf_counter()
+    scores = _cross_fitted_scores(d)[complete]
+    fit_s = time.perf_counter() - t0
+    L, C = d.labels[complete] == 1, d.costs[complete]
+    n = len(complete)
+    frontier = C[:, jt].sum()
+    r1 = [_response(d.responses[c1][i]) for i in complete]
+    r2 = [_response(d.responses[c2][i]) for i in complete]
+    prompts = [d.prompts[i] for i in complete]
+    print(f"\n== cascade on RouterBench ({n} prompts with all 11 models recorded; ARC, MBPP, Winogrande; "
+          "recorded cost per call)")
+    print(header)
+    print(_row(f"always {top}", L[:, jt].mean(), frontier, frontier, n))
+    print(_row(f"always {c1}", L[:, j1].mean(), C[:, j1].sum(), frontier, n))
+    fmt = np.array([check_answer(p, r) for p, r in zip(prompts, r1)])
+    print(_row(f"cascade {c1.split('/')[-1]} -> gpt-4, format check", np.where(fmt, L[:, j1], L[:, jt]).mean(),
+               C[:, j1].sum() + C[~fmt, jt].sum(), frontier, n,
+               f"escalates {(~fmt).mean():.1%}; accepts {(~L[:, j1] & fmt).sum()} wrong"))
+    ag = np.array([agree(p, a, b) for p, a, b in zip(prompts, r1, r2)])
+    print(_row(f"cascade {c1.split('/')[-1]} + {c2.split('/')[-1]} agree -> else gpt-4", np.where(ag, L[:, j1],
+               L[:, jt]).mean(), C[:, j1].sum() + C[:, j2].sum() + C[~ag, jt].sum(), frontier, n,
+               f"escalates {(~ag).mean():.1%} (MBPP always: code is not compared); accepts "
+               f"{(~L[:, j1] & ag).sum()} wrong"))
+    code = np.array([t == "code" for t in map(task_of, prompts)])
+    mix = np.where(code, fmt, ag)
+    print(_row("  same, but MBPP accepted on the code check", np.where(mix, L[:, j1], L[:, jt]).mean(),
+               C[:, j1].sum() + C[~code, j2].sum() + C[~mix, jt].sum(), frontier, n,
+               f"escalates {(~mix).mean():.1%}; accepts {(~L[:, j1] & mix).sum()} wrong"))
+    rq, rc = _matched_router(scores[:, j1], L[:, j1], L[:, jt], C[:, j1], C[:, jt], (~ag).mean())
+    print(_row("routing alone mixtral/gpt-4, same share to gpt-4", rq, rc, frontier, n))
+    from thrifty.router.router import reference_costs
+
+    ref = reference_costs(d)
+    unit = np.array([ref[m] for m in d.models]) / max(ref.values())
+    agree_cost = C[:, j1].sum() + C[:, j2].sum() + C[~ag, jt].sum()
+    sweep = []
+    for weight in np.concatenate([[0.0], np.geomspace(0.005, 1.0, 40)]):
+        pick = np.argmax(scores - weight * unit[None, :], axis=1)
+        sweep.append((weight, L[np.arange(n), pick].mean(), C[np.arange(n), pick].sum()))
+    for label, target in (("quality-first", None), ("at the agreement cascade's cost", agree_cost),
+                          ("at 25% of frontier cost", 0.25 * frontier), ("at 10% of frontier cost", 0.1 * frontier)):
+        w, q, c = sweep[0] if target is None else min(sweep, key=lambda r: abs(r[2] - target))
+        print(_row(f"routing alone over 11 models, {label}", q, c, frontier, n,
+                   f"cost weight {w:.3g}; cross-fitted ({fit_s:.0f} s to train)" if target is None
+                   else f"cost weight {w:.3g}"))
+    best = np.where(L.any(axis=1), np.where(L, C, np.inf).min(axis=1), C.min(axis=1))
+    print(_row("oracle (cheapest correct model)", L.any(axis=1).mean(), best.sum(), frontier, n))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks multipliers")
     ap.add_argument("--data", default=str(DATA))
@@ -357,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_semantic(d, args.sample)
     if "affinity" in only:
         bench_affinity(args.affinity_requests)
+    if "cascade" in only:
+        bench_cascade(root)
     return 0
 
 
