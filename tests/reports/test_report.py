@@ -201,3 +201,57 @@ def pg_url():
     yield url.rsplit("/", 1)[0] + "/" + name
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_burndown_projects_from_the_trailing_rate(tmp_path):
+    from thrifty.reports.burndown import burndown
+    from thrifty.spend import store
+
+    db = _ledger(f"sqlite:///{tmp_path / 'spend.db'}")
+    try:
+        now = time.time()
+        store.create_team(db, "a")
+        store.create_team(db, "b")
+        # $0.30 spent by team a over the last two days (and some by team b, which must not count).
+        _insert(db, [_row(now - 2 * 86_400 + i * 3600, "a", "m1", 6_250_000) for i in range(48)])
+        _insert(db, [_row(now - 3600, "b", "m1", 9_000_000)])
+        store.set_budget(db, "team", "a", amount_usd=1, period="window", window_start=now - 3 * 86_400)
+        store.set_budget(db, "team", "b", amount_usd="0.005", period="window", window_start=now - 86_400)
+        by = {b["scope_id"]: b for b in burndown(db, now=now)}
+        a = by["a"]
+        assert a["spent_nanos"] == 300_000_000 and a["remaining_nanos"] == 700_000_000
+        # Three days into the window: $0.30 / 3 days = $0.10 a day, so $0.70 lasts 7 more days.
+        assert a["usd_per_day"] == pytest.approx(0.10, rel=1e-4)
+        assert a["runs_out_at"] == pytest.approx(now + 7 * 86_400, abs=120)
+        assert a["status"] == "runs out before reset"  # an open-ended window never resets
+        assert by["b"]["status"] == "exhausted" and by["b"]["used_pct"] > 100
+        assert [b["scope_id"] for b in burndown(db, now=now, team="b")] == ["b"]
+    finally:
+        db.close()
+
+
+def test_feedback_and_ledger_simulation_on_postgres(pg_url):
+    from thrifty.reports import feedback
+    from thrifty.reports import simulate as sim
+    from thrifty.reports.tables import ensure_tables
+
+    db = _ledger(pg_url)
+    try:
+        ensure_tables(db)
+        ensure_tables(db)  # idempotent
+        now = time.time()
+        rows = [_row(now - 60 * i, "a", "m1", 1000 + i) for i in range(4)]
+        rows = [r[:-1] + (json.dumps({"m1": 0.9, "m2": 0.4}),) for r in rows]
+        _insert(db, rows)
+        rid = rows[0][0]
+        out = feedback.record(db, rid, 0.0, "no", key_id="key-a", is_admin=False)
+        assert out["model"] == "m1"
+        feedback.record(db, rid, 1.0, None, key_id="key-a", is_admin=False)  # replaces
+        with pytest.raises(feedback.FeedbackError):
+            feedback.record(db, rid, 1.0, None, key_id="key-other", is_admin=False)
+        items = sim.items_from_ledger(db, Filters(now - 86_400, now + 1))
+        assert len(items) == 4 and sum(1 for i in items if i.labels) == 1
+        assert [i.labels for i in items if i.labels] == [{"m1": 1.0}]
+        assert sum(i.served_cost_nanos for i in items) == sum(r[18] for r in rows)
+    finally:
+        db.close()

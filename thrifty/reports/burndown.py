@@ -1,7 +1,8 @@
 """Budget burn-down: at the current rate, when does each budget run out?
 
-The rate is the budget's spend so far in its current period divided by the
-time elapsed in that period (a straight line from the period's start). A budget
+The rate is the scope's ledger spend over the trailing week (or since the
+period started, if that is shorter; at least an hour), so the projection
+follows changes such as routing taking hold. A budget
 that runs out after its period resets is reported as lasting the period.
 Budgets, limits and spend come from spend control's own store (its public
 ``list_budgets``), so the figures are the ones it enforces.
@@ -21,7 +22,7 @@ _SCOPE_COLUMN = {"key": "key_id", "user": "user_id", "team": "team_id"}
 
 
 def burndown(db: Database, *, now: float | None = None, team: str | None = None, user: str | None = None,
-             key: str | None = None) -> list[dict[str, Any]]:
+             key: str | None = None, closed: int | None = None) -> list[dict[str, Any]]:
     """One entry per budget (optionally only those of a team, user or key) with its projection."""
     from thrifty.spend import store
 
@@ -36,8 +37,12 @@ def burndown(db: Database, *, now: float | None = None, team: str | None = None,
         start = parse_time(b["period_start"])
         end = parse_time(b["resets_at"]) if b.get("resets_at") else (
             parse_time(b["window_end"]) if b.get("window_end") else None)
-        elapsed = max(now - start, 1.0)
-        rate = spent / elapsed  # nano-dollars per second
+        column = _SCOPE_COLUMN.get(b["scope"])
+        window = max(min(RATE_WINDOW, now - start), 3600.0)
+        if column is None:
+            rate = spent / window
+        else:  # the scope's ledger spend over the trailing window (at most a week, within the period)
+            rate = _spent(db, column, b["scope_id"], max(start, now - window), now, closed) / window
         remaining = limit - spent
         if remaining <= 0:
             runs_out, status = now, "exhausted"
@@ -52,12 +57,21 @@ def burndown(db: Database, *, now: float | None = None, team: str | None = None,
             "used_pct": 100.0 * spent / limit if limit else None,
             "period_start": start, "period_end": end, "usd_per_day": rate * DAY_SECONDS / 1e9,
             "runs_out_at": runs_out, "runs_out": iso(runs_out) if runs_out is not None else None,
-            "status": status, "column": _SCOPE_COLUMN.get(b["scope"]),
+            "status": status, "column": column,
         })
     return out
 
 
 DAY_SECONDS = 86_400
+RATE_WINDOW = 7 * DAY_SECONDS
+
+
+def _spent(db: Database, column: str, scope_id: str, since: float, until: float, closed: int | None) -> int:
+    from thrifty.reports.query import Filters, _union
+
+    scope = {"team_id": "team", "user_id": "user", "key_id": "key"}[column]
+    source, params = _union(Filters(since=since, until=until, **{scope: scope_id}), DAY_SECONDS, closed)
+    return int(db.one(f"SELECT COALESCE(SUM(cost_nanos), 0) FROM ({source}) u", params)[0])
 
 
 def cumulative_spend(db: Database, budget: dict[str, Any], now: float | None = None,

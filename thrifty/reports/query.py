@@ -214,7 +214,7 @@ def build_report(db: Database, f: Filters, group_by: str = "team", *, use_rollup
     if with_budgets:
         from thrifty.reports.burndown import burndown
 
-        report.budgets = burndown(db, now=now, team=f.team, user=f.user, key=f.key)
+        report.budgets = burndown(db, now=now, team=f.team, user=f.user, key=f.key, closed=closed)
     report.closed_until = closed
     return report
 

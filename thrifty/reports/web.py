@@ -246,8 +246,8 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
             now = time.time()
 
             def inner() -> list[dict[str, Any]]:
-                rows = burndown(db(), now=now)
                 closed = closed_until(db())
+                rows = burndown(db(), now=now, closed=closed)
                 for b in rows:
                     points = cumulative_spend(db(), b, now, closed)
                     b["chart"] = {"spent": [[int(t * 1000), v / 1e9] for t, v in points],
