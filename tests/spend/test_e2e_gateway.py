@@ -111,8 +111,9 @@ def test_500_concurrent_requests_two_gateways_sharing_postgres(tmp_path, upstrea
     db.close()
     outcome = _check_budget_run(responses, int(nanos), int(rows), "0.006")
     assert int(spent) == int(nanos) and held == 0
-    served_by = {r.port for r in responses if r.status_code == 200}
-    assert len(served_by) == 2  # both processes admitted requests against the shared budget
+    # Each gateway got 250 requests, $0.0075 at most, more than the whole $0.006: only a budget held
+    # jointly in PostgreSQL keeps the total within it (which one admits first is down to timing).
+    assert {r.port for r in responses} == {a.port, b.port}
     print("postgres, two gateways:", outcome)
 
 

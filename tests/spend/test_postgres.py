@@ -141,3 +141,33 @@ def test_database_down_fails_closed_with_a_clear_error(tmp_path, pg_url):
         asyncio.run(scenario())
     finally:
         asyncio.run(spend.close())
+
+
+def test_cancelled_admits_give_their_holds_back(tmp_path, pg_url):
+    db = Database(pg_url)
+    migrate(db)
+    store.create_team(db, "eng")
+    _rec, secret = store.create_key(db, team_id="eng")
+    store.set_budget(db, "team", "eng", amount_usd=1, period="daily")
+    spend = DbSpendControl(pg_url, tmp_path / "a", admin_key="sk-thr-admin-pg")
+
+    async def scenario():
+        p = await spend.authenticate(secret)
+        tasks = [asyncio.create_task(spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.01)) for _ in range(30)]
+        await asyncio.sleep(0)  # the first call is on its way to PostgreSQL
+        for task in tasks:
+            task.cancel()  # clients gone
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(100):  # the call in flight completes, then the holds it took are given back
+            await asyncio.sleep(0.05)
+            if not spend.budgets._busy and db.one("SELECT COUNT(*) FROM reservations")[0] == 0:
+                break
+        # every cancelled hold was released: the whole budget is available again
+        res = await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=1.0)
+        assert res.token is not None
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(spend.close())
+        db.close()

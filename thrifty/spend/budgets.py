@@ -8,13 +8,16 @@ Two engines with one rule (spent + held + this request <= limit, else refuse):
   and are then kept in memory.
 * :class:`PostgresBudgets` (several processes sharing PostgreSQL): holds are
   rows in ``reservations``; a check is one call of a server-side function
-  that locks the budget rows, then reads spent and held in one snapshot. The ledger batcher turns a hold into spend in one
+  that locks the budget rows, then reads spent and held in one snapshot
+  (admits for the same budgets that arrive meanwhile go in the next call). The ledger batcher turns a hold into spend in one
   transaction (insert record, add to counter, delete hold), so a check never
   sees a request twice or not at all. Holds of a crashed process expire.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from thrifty.spend.api import BudgetExceeded
@@ -22,6 +25,8 @@ from thrifty.spend.db import AsyncPgPool, Database
 from thrifty.spend.money import format_usd
 from thrifty.spend.periods import iso
 from thrifty.spend.snapshot import BudgetEntry
+
+log = logging.getLogger("thrifty.spend")
 
 
 @dataclass(slots=True)
@@ -94,29 +99,83 @@ class MemoryBudgets:
 
 
 class PostgresBudgets:
+    """Holds in PostgreSQL, with the admits for the same budgets coalesced into one call.
+
+    While a call for a set of budgets is in flight, later admits for the same
+    set queue up and go together in the next call (``thrifty_reserve_many``),
+    which checks them one by one under the budget locks: as exact as one call
+    per request, but a hot budget is locked once per batch.
+    """
+
     def __init__(self, pool: AsyncPgPool, owner: str, *, hold_ttl: float = 3600.0) -> None:
         self._pool = pool
         self._owner = owner
         self._ttl = hold_ttl
+        self._waiting: dict[tuple, list[tuple[Hold, asyncio.Future]]] = {}
+        self._busy: set[tuple] = set()
 
     async def reserve(self, hold: Hold) -> None:
         if not hold.charges:
             return
+        group = tuple((b.id, start) for b, start in hold.charges)
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(group, []).append((hold, done))
+        if group not in self._busy:
+            self._busy.add(group)
+            asyncio.ensure_future(self._drain(group))
+        refusal = await done
+        if refusal is not None:
+            raise refusal
+
+    async def _drain(self, group: tuple) -> None:
+        try:
+            while self._waiting.get(group):
+                batch = self._waiting.pop(group)
+                try:
+                    refused = await self._call(batch)
+                except Exception as exc:
+                    for _hold, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                for hold, done in batch:
+                    if hold.id in refused:
+                        if not done.done():
+                            done.set_result(refused[hold.id])
+                    elif done.done():
+                        # The admit was cancelled (client gone) but its hold was taken: give it back.
+                        asyncio.ensure_future(self._release(hold.id))
+                    else:
+                        done.set_result(None)
+        finally:
+            self._busy.discard(group)
+
+    async def _call(self, batch: list[tuple[Hold, asyncio.Future]]) -> dict[str, BudgetExceeded]:
+        charges = batch[0][0].charges
         now = time.time()
         async with self._pool.connection() as conn:
-            # One round trip, one implicit transaction: see schema.RESERVE_FUNCTION.
             cur = await conn.execute(
-                "SELECT * FROM thrifty_reserve(%s, %s, %s, %s, %s, %s, %s)",
-                (hold.id, [b.id for b, _ in hold.charges], [s for _, s in hold.charges], hold.amount,
-                 self._owner, now, now + self._ttl),
+                "SELECT * FROM thrifty_reserve_many(%s, %s, %s, %s, %s, %s, %s)",
+                ([h.id for h, _ in batch], [h.amount for h, _ in batch], [b.id for b, _ in charges],
+                 [s for _, s in charges], self._owner, now, now + self._ttl),
             )
-            row = await cur.fetchone()
-        if row is not None:
-            budget_id, limit, spent, held = row
+            rows = await cur.fetchall()
+        holds = {h.id: h for h, _ in batch}
+        refused: dict[str, BudgetExceeded] = {}
+        for hold_id, budget_id, limit, spent, held in rows:
+            hold = holds[hold_id]
             budget = next(b for b, _ in hold.charges if b.id == budget_id)
             if budget.limit_nanos != limit:
                 budget = _with_limit(budget, int(limit))
-            raise refuse(budget, int(spent), int(held), hold.amount, hold.ends.get(budget.id))
+            refused[hold_id] = refuse(budget, int(spent), int(held), hold.amount, hold.ends.get(budget.id))
+        return refused
+
+    async def _release(self, hold_id: str) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute("DELETE FROM reservations WHERE id = %s", (hold_id,))
+        except Exception as exc:  # it expires anyway
+            log.warning("could not release the hold of a cancelled request: %s", exc)
 
     def settle(self, hold: Hold, actual: int) -> None:
         """Nothing to do now: the ledger batch that records the request releases its hold."""
