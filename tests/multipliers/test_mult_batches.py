@@ -1,0 +1,163 @@
+"""Batch deferral: /v1/files and /v1/batches on a real gateway over a fake upstream, driven by
+the official openai SDK; restart survival and single billing against the real SQLite ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from thrifty.gateway.app import create_app
+from thrifty.gateway.config import build_config
+from thrifty.gateway.testing import running
+from thrifty.multipliers.batch_api import batch_mounts
+from thrifty.multipliers.batch_exec import GatewayExecutor
+from thrifty.multipliers.batches import BatchRunner, BatchStore, line_request_id
+from thrifty.providers.fake_upstream import FakeUpstream
+from thrifty.spend.api import AuthError, OpenSpendControl, Principal
+
+PRICE = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "context_window": 2000,
+         "max_output_tokens": 100}
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    fake = FakeUpstream("ok")
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+def config(upstream: FakeUpstream, tmp: Path):
+    return build_config({
+        "data_dir": str(tmp), "frontier_model": "m-ok",
+        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+        "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
+        "retry": {"attempts": 1, "backoff_base": 0.01, "backoff_max": 0.02},
+    }, env={})
+
+
+class TeamKeys(OpenSpendControl):
+    """Two tenants by bearer token (the real DbSpendControl is used for billing below)."""
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        teams = {"sk-a": "team-a", "sk-b": "team-b"}
+        if token not in teams:
+            raise AuthError("Incorrect API key provided.")
+        return Principal(key_id=token, team_id=teams[token])
+
+
+def jsonl(n: int, model: str = "m-ok") -> bytes:
+    return b"".join(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"model": model, "messages": [{"role": "user", "content": f"q{i}"}],
+                                         "max_tokens": 5}}).encode() + b"\n" for i in range(n))
+
+
+def test_batch_through_sdk_with_tenant_isolation(upstream, tmp_path):
+    spend = TeamKeys()
+    store = BatchStore(tmp_path / "batches.sqlite3")
+    holder: dict[str, Any] = {}
+    runner = BatchRunner(store, GatewayExecutor(lambda: holder["app"].gw), poll=0.05)
+    app = create_app(config(upstream, tmp_path), spend=spend, mounts=batch_mounts(store, runner, spend.authenticate))
+    holder["app"] = app
+    with running(app) as url:
+        a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
+        b = openai.OpenAI(base_url=url + "/v1", api_key="sk-b", max_retries=0)
+        f = a.files.create(file=("in.jsonl", jsonl(5)), purpose="batch")
+        batch = a.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert batch.status == "in_progress" and batch.request_counts.total == 5
+        deadline = time.monotonic() + 20
+        while batch.status != "completed":
+            assert time.monotonic() < deadline, batch
+            time.sleep(0.05)
+            batch = a.batches.retrieve(batch.id)
+        assert batch.request_counts.completed == 5 and batch.request_counts.failed == 0
+        lines = [json.loads(x) for x in a.files.content(batch.output_file_id).text.splitlines()]
+        assert sorted(x["custom_id"] for x in lines) == [f"req-{i}" for i in range(5)]
+        assert all(x["response"]["status_code"] == 200 and x["response"]["body"]["choices"] for x in lines)
+        assert [x.id for x in a.batches.list().data] == [batch.id]
+
+        # Another tenant sees none of it.
+        with pytest.raises(openai.NotFoundError):
+            b.batches.retrieve(batch.id)
+        with pytest.raises(openai.NotFoundError):
+            b.files.content(batch.output_file_id)
+        with pytest.raises(openai.NotFoundError):
+            b.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert b.batches.list().data == [] and b.files.list().data == []
+
+        # Bad input: clear errors in OpenAI's format, never a 500.
+        with pytest.raises(openai.BadRequestError, match="endpoint"):
+            a.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
+        bad = a.files.create(file=("bad.jsonl", b'{"custom_id": "x", "body": {}}\nnot json\n'), purpose="batch")
+        with pytest.raises(openai.BadRequestError, match="Line 2"):
+            a.batches.create(input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h")
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).batches.list()
+        with pytest.raises(openai.ConflictError):
+            a.batches.cancel(batch.id)
+    asyncio.run(store.close())
+
+
+def test_batch_survives_restart_and_is_billed_once(upstream, tmp_path):
+    from thrifty.spend.control import DbSpendControl
+
+    n = 6
+    calls: dict[str, int] = {}
+
+    async def process(crash_after: int | None) -> None:
+        """One gateway process: runs the batch until ``crash_after`` lines were executed, then
+        dies (cancelled) before the last one is marked done."""
+        spend = DbSpendControl(f"sqlite:///{tmp_path / 'spend.db'}", tmp_path / "journal")
+        store = BatchStore(tmp_path / "batches.sqlite3")
+        app = create_app(config(upstream, tmp_path), spend=spend)
+        await app.startup()
+        real = GatewayExecutor(lambda: app.gw)
+        crashed = asyncio.Event()
+
+        async def executor(fields, endpoint, body, request_id):
+            calls[request_id] = calls.get(request_id, 0) + 1
+            result = await real(fields, endpoint, body, request_id)  # billed in the ledger
+            if crash_after is not None and sum(calls.values()) >= crash_after:
+                crashed.set()
+                await asyncio.sleep(3600)  # killed before the line is marked done
+            return result
+
+        if not await store.unfinished():
+            await store.create_batch("anon", {}, (await store.create_file("anon", "batch", "in.jsonl",
+                                                                          jsonl(n)))["id"],
+                                     "/v1/chat/completions", "24h")
+        runner = BatchRunner(store, executor, concurrency=1, poll=0.05)
+        runner.start()
+        if crash_after is not None:
+            await asyncio.wait_for(crashed.wait(), 20)
+        else:
+            deadline = time.monotonic() + 20
+            while await store.unfinished():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        await runner.close()
+        await app.shutdown()  # closes spend control: the ledger is flushed
+        await store.close()
+
+    asyncio.run(process(crash_after=3))
+    asyncio.run(process(crash_after=None))
+
+    store_db = sqlite3.connect(tmp_path / "batches.sqlite3")
+    (batch_id, status), = store_db.execute("SELECT id, status FROM batches").fetchall()
+    assert status == "completed"
+    # Lines finished before the crash ran once; the one in flight ran again with the same id.
+    assert calls[line_request_id(batch_id, 0)] == calls[line_request_id(batch_id, 1)] == 1
+    assert calls[line_request_id(batch_id, 2)] == 2
+    assert sum(calls.values()) == n + 1
+    ledger = sqlite3.connect(tmp_path / "spend.db")
+    rows = ledger.execute("SELECT request_id, cost_nanos, batch FROM ledger").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(line_request_id(batch_id, i) for i in range(n))  # billed once
+    assert all(r[1] > 0 and r[2] == 1 for r in rows)
