@@ -1,0 +1,229 @@
+"""The caches in front of a real gateway (loopback HTTP, fake upstream), through the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from thrifty.errors import UsageError
+from thrifty.gateway.app import create_app
+from thrifty.gateway.config import build_config
+from thrifty.gateway.testing import running
+from thrifty.multipliers.settings import CacheSettings, RouteCache, parse_settings
+from thrifty.multipliers.wiring import MultiplierApp
+from thrifty.providers.fake_upstream import FakeUpstream
+from thrifty.spend.api import AuthError, LedgerRecord, OpenSpendControl, Principal, PolicyDenied
+
+PRICE = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "context_window": 2000,
+         "max_output_tokens": 100}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Tenants(OpenSpendControl):
+    """Bearer sk-a / sk-b -> two teams, sk-c -> a key without a team; records every settle."""
+
+    def __init__(self) -> None:
+        self.records: list[LedgerRecord] = []
+        self.forbid: set[str] = set()
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if token not in ("sk-a", "sk-b", "sk-c"):
+            raise AuthError("Incorrect API key provided.")
+        return Principal(key_id=token, team_id={"sk-a": "team-a", "sk-b": "team-b"}.get(token))
+
+    def allowed(self, principal, candidates):
+        ok = [c for c in candidates if c.name not in self.forbid]
+        if not ok:
+            raise PolicyDenied("Policy does not allow these models.")
+        return ok
+
+    async def settle(self, reservation, record: LedgerRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    fake = FakeUpstream("ok")
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+def redis_url() -> str | None:
+    path = ROOT / ".thrifty" / "test-services" / "redis.url"
+    url = os.environ.get("THRIFTY_TEST_REDIS_URL") or (path.read_text().strip() if path.exists() else None)
+    try:
+        import redis
+
+        redis.Redis.from_url(url or "redis://127.0.0.1:56379/0", socket_connect_timeout=2).ping()
+    except Exception:
+        return None
+    return url or "redis://127.0.0.1:56379/0"
+
+
+def serve(upstream: FakeUpstream, tmp: Path, settings: CacheSettings):
+    config = build_config({
+        "data_dir": str(tmp), "frontier_model": "m-ok",
+        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+        "models": {"m-ok": {"provider": "ok", "route": False, **PRICE},
+                   "m-ok2": {"provider": "ok", "route": False, **PRICE},
+                   "m-sem": {"provider": "ok", "route": False, **PRICE}},
+        "retry": {"attempts": 1, "backoff_base": 0.01, "backoff_max": 0.02},
+    }, env={})
+    spend = Tenants()
+    app = MultiplierApp(create_app(config, spend=spend), cache=settings, batches=None)
+    APPS.append(app)
+    return spend, app
+
+
+APPS: list[MultiplierApp] = []
+
+
+def ask(client: openai.OpenAI, model: str = "m-ok", text: str = "What is 2+2?", **kw: Any):
+    """One call, then wait until its answer is in the cache (stored after the response is sent)."""
+    out = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], **kw)
+    deadline = time.monotonic() + 5
+    while APPS and APPS[-1].pending_stores and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_exact_cache_hits_per_tenant_and_model_and_is_billed_as_a_hit(upstream, tmp_path, backend):
+    if backend == "redis":
+        url = redis_url()
+        if url is None:
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail("Redis is not reachable; scripts/test-services.sh should have started it")
+            pytest.skip("Redis not available")
+        backend = url.rsplit("/", 1)[0] + "/" + str(1 + uuid.uuid4().int % 14)  # a fresh-ish db
+        import redis
+
+        redis.Redis.from_url(backend).flushdb()
+    else:
+        backend = str(tmp_path / "cache.sqlite3")
+    spend, app = serve(upstream, tmp_path, CacheSettings(
+        backend=backend, routes={"m-ok2": RouteCache(share_with=("m-ok",)), "m-sem": RouteCache(mode="semantic")}))
+    with running(app) as url:
+        a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
+        b = openai.OpenAI(base_url=url + "/v1", api_key="sk-b", max_retries=0)
+        c = openai.OpenAI(base_url=url + "/v1", api_key="sk-c", max_retries=0)
+        first = ask(a, temperature=0)
+        assert first.headers["x-thrifty-cache"] == "miss"
+        before = upstream.hits
+        second = ask(a, temperature=0)
+        assert second.headers["x-thrifty-cache"] == "hit-exact" and upstream.hits == before
+        assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+        assert float(second.headers["x-thrifty-saved-usd"]) > 0
+
+        # Other tenants (another team, a key without a team) never see team-a's answer.
+        assert ask(b, temperature=0).headers["x-thrifty-cache"] == "miss"
+        assert ask(c, temperature=0).headers["x-thrifty-cache"] == "miss"
+        # Other models miss, unless the route shares: m-ok2 accepts m-ok's answers... but only in
+        # its own namespace, so it fills once and then hits.
+        assert ask(a, "m-ok2", temperature=0).headers["x-thrifty-cache"] == "miss"
+        assert ask(a, "m-ok2", temperature=0).headers["x-thrifty-cache"] == "hit-exact"
+        # Not deterministic and no opt-in: not cached; opt-in by header: cached.
+        assert "x-thrifty-cache" not in ask(a, temperature=0.7).headers
+        assert ask(a, text="hi", temperature=0.7, extra_headers={"x-thrifty-cache": "exact"}).headers[
+            "x-thrifty-cache"] == "miss"
+        assert ask(a, text="hi", temperature=0.7, extra_headers={"x-thrifty-cache": "exact"}).headers[
+            "x-thrifty-cache"] == "hit-exact"
+        assert "x-thrifty-cache" not in ask(a, temperature=0, extra_headers={"x-thrifty-cache": "off"}).headers
+
+        # Streamed request served from the cache.
+        stream = a.chat.completions.create(model="m-ok", messages=[{"role": "user", "content": "What is 2+2?"}],
+                                           temperature=0, stream=True)
+        text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+        assert text == first.parse().choices[0].message.content
+
+        # Semantic route: a whitespace/case variant hits, a different question does not.
+        assert ask(a, "m-sem", "What is the capital of France?").headers["x-thrifty-cache"] == "miss"
+        hit = ask(a, "m-sem", "what is the  capital of France?")
+        assert hit.headers["x-thrifty-cache"] == "hit-semantic"
+        assert ask(a, "m-sem", "What is the capital of Spain?").headers["x-thrifty-cache"] == "miss"
+        assert ask(b, "m-sem", "What is the capital of France?").headers["x-thrifty-cache"] == "miss"
+
+        # A policy that now forbids the model also forbids its cached answers.
+        spend.forbid.add("m-ok")
+        with pytest.raises(openai.PermissionDeniedError):
+            ask(a, temperature=0)
+        spend.forbid.clear()
+
+        # Bad header: a clear 400 in OpenAI's format.
+        with pytest.raises(openai.BadRequestError, match="x-thrifty-cache"):
+            ask(a, extra_headers={"x-thrifty-cache": "sometimes"})
+        # Bad bodies still get the gateway's own errors.
+        r = httpx.post(url + "/v1/chat/completions", content=b"{nope", headers={"authorization": "Bearer sk-a"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+    hits = [r for r in spend.records if r.cache_hit]
+    assert len(hits) == 5  # exact, m-ok2, header opt-in, stream, semantic
+    assert all(r.cost_usd == 0 and r.prompt_tokens > 0 and r.provider == "cache" for r in hits)
+    assert all(r.team_id == "team-a" for r in hits)
+    assert all("saved $" in (r.route_reason or "") for r in hits)
+
+
+def test_settings_validation():
+    cache, batches = parse_settings({"cache": {"ttl": 60, "routes": {"m": {"mode": "semantic"}}},
+                                     "batches": {"concurrency": 2}})
+    assert cache is not None and cache.ttl == 60 and cache.routes["m"].mode == "semantic"
+    assert batches.concurrency == 2 and batches.enabled
+    assert parse_settings({})[0] is None
+    for bad in ({"cache": {"ttl": -1}}, {"cache": {"routes": {"m": {"mode": "fuzzy"}}}},
+                {"cache": {"semantic_threshold": 2}}, {"cache": {"routes": {"m": {"share_with": "x"}}}}):
+        with pytest.raises(UsageError):
+            parse_settings(bad)
+    _ = asyncio
+
+
+def test_batches_resume_at_startup_and_are_served_by_the_wrapper(upstream, tmp_path):
+    from thrifty.multipliers.batches import BatchStore
+    from thrifty.multipliers.settings import BatchSettings
+
+    async def submit() -> str:
+        store = BatchStore(tmp_path / "batches.sqlite3")
+        line = (b'{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": '
+                b'{"model": "m-ok", "messages": [{"role": "user", "content": "hi"}]}}\n')
+        f = await store.create_file("key:sk-a", "batch", "in.jsonl", line)
+        batch = await store.create_batch("key:sk-a", {"key_id": "sk-a"}, f["id"], "/v1/chat/completions", "24h")
+        await store.close()
+        return batch["id"]
+
+    batch_id = asyncio.run(submit())  # left unfinished, as by a gateway that stopped
+    config = build_config({
+        "data_dir": str(tmp_path), "frontier_model": "m-ok",
+        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+        "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
+    }, env={})
+
+    class KeyOnly(Tenants):
+        async def authenticate(self, authorization):
+            return Principal(key_id=(authorization or "").removeprefix("Bearer ").strip() or None)
+
+    spend = KeyOnly()
+    app = MultiplierApp(create_app(config, spend=spend), cache=None, batches=BatchSettings())
+    with running(app) as url:
+        deadline = time.monotonic() + 10
+        while not any(r.batch for r in spend.records):  # resumed at startup, before any request
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
+        batch = client.batches.retrieve(batch_id)
+        while batch.status != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+            batch = client.batches.retrieve(batch_id)
+        assert batch.request_counts.completed == 1
+        assert client.chat.completions.create(model="m-ok", messages=[{"role": "user", "content": "x"}]).choices
+    assert [r.request_id for r in spend.records if r.batch] == [f"{batch_id}_0"]

@@ -1,0 +1,348 @@
+"""The multipliers in front of a gateway app: response caches on chat completions, and
+``/v1/files`` + ``/v1/batches``.
+
+:class:`MultiplierApp` wraps the gateway's ASGI app (``create_app(...)``) instead of living
+inside it, so the gateway's hot path is untouched for requests that use no cache:
+
+* ``POST /v1/chat/completions`` with a cache mode (header ``x-thrifty-cache``, the route's
+  setting, or ``temperature: 0``): authenticate with the gateway's spend control, look up
+  (exact, then semantic when asked), and on a hit answer from the cache and write a ledger
+  record with ``cache_hit = true``, zero cost and the original call's tokens and prices (the
+  saving). On a miss the request goes to the gateway untouched; a 200 answer is stored.
+* ``/v1/files``, ``/v1/batches``: the batch API, run by a :class:`BatchRunner` started at
+  lifespan startup (which resumes unfinished batches).
+
+Streamed requests are served from the cache on a hit (as one content chunk) but not stored
+on a miss; Anthropic ``/v1/messages`` is not cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from thrifty.multipliers.batch_api import batch_mounts
+from thrifty.multipliers.batch_exec import GatewayExecutor
+from thrifty.multipliers.batches import BatchRunner, BatchStore
+from thrifty.multipliers.cache import CacheEntry, CacheError, CachePolicy, ExactCache, cache_mode, open_store, \
+    scope_of
+from thrifty.multipliers.settings import BatchSettings, CacheSettings, load_settings
+from thrifty.spend.api import LedgerRecord, SpendError
+
+log = logging.getLogger("thrifty.multipliers")
+
+__all__ = ["MultiplierApp", "with_multipliers"]
+
+CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+_IDS = itertools.count(1)
+_PREFIX = "req_cache_" + os.urandom(4).hex()
+
+
+def _error(status: int, message: str, code: str, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                   "code": code}})
+
+
+class MultiplierApp:
+    def __init__(self, inner: Any, *, cache: CacheSettings | None, batches: BatchSettings | None) -> None:
+        self.inner = inner
+        self.gw = inner.gw
+        self.settings = cache
+        self.exact: ExactCache | None = None
+        self.semantic: Any = None
+        if cache is not None:
+            self.exact = ExactCache(open_store(cache.backend, self.gw.config.data_dir))
+            if any(r.mode == "semantic" for r in cache.routes.values()):
+                self._semantic()  # load the embedder now, not on a request
+        self.batch_store: BatchStore | None = None
+        self.runner: BatchRunner | None = None
+        self.mounts: list[tuple[str, Any]] = []
+        if batches is not None and batches.enabled:
+            self.batch_store = BatchStore(Path(self.gw.config.data_dir) / "batches.sqlite3")
+            self.runner = BatchRunner(self.batch_store, GatewayExecutor(lambda: self.gw),
+                                      concurrency=batches.concurrency)
+            self.mounts = list(batch_mounts(self.batch_store, self.runner, self.gw.spend.authenticate).items())
+        self._tasks: set[asyncio.Task] = set()
+        self._pending = 0  # misses whose answer may still be stored
+
+    @property
+    def pending_stores(self) -> int:
+        """Answers still being written to the cache (they are stored after the response is sent)."""
+        return self._pending
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if self.exact is not None and scope["method"] == "POST" and path in CHAT_PATHS:
+                await self._chat(scope, receive, send)
+                return
+            for prefix, app in self.mounts:
+                if path == prefix or path.startswith(prefix + "/"):
+                    sub = dict(scope)
+                    sub["path"] = path[len(prefix):] or "/"
+                    sub["root_path"] = scope.get("root_path", "") + prefix
+                    await app(sub, receive, send)
+                    return
+        elif scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        await self.inner(scope, receive, send)
+
+    async def _lifespan(self, scope: dict, receive: Callable, send: Callable) -> None:
+        async def send_(message: dict) -> None:
+            if message["type"] == "lifespan.startup.complete" and self.runner is not None:
+                self.runner.start()  # resumes unfinished batches
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.close()
+            await send(message)
+
+        await self.inner(scope, receive, send_)
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.close()
+        if self.batch_store is not None:
+            await self.batch_store.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.exact is not None:
+            await self.exact.close()
+
+    # -- cache -----------------------------------------------------------------------------
+
+    def _route(self, model: str) -> tuple[CachePolicy, str, set[str] | None]:
+        """(policy, namespace, accepted models or None for any) for a requested model."""
+        assert self.settings is not None
+        route = self.settings.routes.get(model)
+        mode = route.mode if route else None
+        if mode is None and not self.settings.deterministic:
+            mode = "off"
+        policy = CachePolicy(mode=mode, ttl=(route.ttl if route and route.ttl else self.settings.ttl))
+        if self.gw.router.is_profile(model):
+            return policy, "profile:" + model, None  # the route itself may pick any model
+        share = route.share_with if route else ()
+        namespace = "|".join(sorted({model, *share}))
+        return policy, namespace, {model, *share}
+
+    def _semantic(self) -> Any:
+        if self.semantic is None:
+            from thrifty.multipliers.semantic import DEFAULT_THRESHOLD, SemanticCache
+
+            assert self.exact is not None and self.settings is not None
+            self.semantic = SemanticCache(self.exact.store,
+                                          threshold=self.settings.semantic_threshold or DEFAULT_THRESHOLD)
+        return self.semantic
+
+    async def _chat(self, scope: dict, receive: Callable, send: Callable) -> None:
+        chunks, more = [], True
+        size, limit = 0, self.gw.config.max_body_bytes
+        while more:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+            if size > limit:  # let the gateway refuse it in its own words
+                break
+        raw = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": raw, "more_body": more}
+            return await receive()
+
+        header = auth = None
+        for name, value in scope["headers"]:
+            if name == b"x-thrifty-cache":
+                header = value.decode("latin-1")
+            elif name == b"authorization" or (name == b"x-api-key" and auth is None):
+                auth = value.decode("latin-1")
+        try:
+            body = orjson.loads(raw) if not more else None
+        except orjson.JSONDecodeError:
+            body = None
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not isinstance(body.get("messages"), list):
+            await self.inner(scope, replay, send)  # the gateway explains what is wrong
+            return
+        policy, namespace, accepted = self._route(model)
+        try:
+            mode = cache_mode(header, policy, body)
+        except CacheError as exc:
+            await _respond(send, 400, _error(400, str(exc), "invalid_header", "x-thrifty-cache"), [])
+            return
+        if mode == "off":
+            await self.inner(scope, replay, send)
+            return
+        try:
+            principal = await self.gw.spend.authenticate(auth)
+        except SpendError:
+            await self.inner(scope, replay, send)  # the gateway renders the auth error
+            return
+        t0, ts = time.perf_counter(), time.time()
+        cache_scope = scope_of(principal.team_id, principal.key_id)
+        allowed = self._allowed_models(principal, accepted)
+        entry, kind = None, ""
+        if allowed:
+            entry = await self.exact.lookup(cache_scope, namespace, body, allowed)  # type: ignore[union-attr]
+            kind = "exact"
+            if entry is None and mode == "semantic":
+                hit = await self._semantic().lookup(cache_scope, namespace, body, allowed)
+                entry, kind = (hit.entry, "semantic") if hit else (None, "")
+        if entry is not None:
+            await self._serve_hit(send, entry, kind, body, principal, model, ts, t0)
+            return
+        if body.get("stream"):
+            await self.inner(scope, replay, send)
+            return
+        await self._miss(scope, replay, send, body, mode, cache_scope, namespace, policy.ttl)
+
+    def _allowed_models(self, principal: Any, accepted: set[str] | None) -> set[str]:
+        """Models whose cached answers this caller may get: the route's, minus what policy forbids
+        (a hit must not bypass a policy that forbids the model that produced it)."""
+        names = accepted if accepted is not None else set(self.gw.models)
+        infos = [self.gw.models[n].info for n in names if n in self.gw.models]
+        if not infos:
+            return set()
+        try:
+            return {i.name for i in self.gw.spend.allowed(principal, infos)}
+        except SpendError:
+            return set()
+
+    async def _serve_hit(self, send: Callable, entry: CacheEntry, kind: str, body: dict, principal: Any,
+                         requested: str, ts: float, t0: float) -> None:
+        request_id = f"{_PREFIX}{next(_IDS):08x}"
+        mc = self.gw.models.get(entry.model)
+        info = mc.info if mc else None
+        saved = entry.cost_usd
+        from thrifty.providers.base import Usage
+
+        frontier = self.gw.frontier_cost(Usage(entry.prompt_tokens, entry.completion_tokens))
+        record = LedgerRecord(
+            request_id=request_id, ts=ts, key_id=principal.key_id, user_id=principal.user_id,
+            team_id=principal.team_id, tags=principal.tags, endpoint="chat.completions", requested_model=requested,
+            served_model=entry.model, provider="cache", route_reason=f"{kind} cache hit; saved ${saved:.8f}",
+            prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens,
+            input_price=(info.input_cost_per_token or 0.0) if info else 0.0,
+            output_price=(info.output_cost_per_token or 0.0) if info else 0.0,
+            cost_usd=0.0, frontier_cost_usd=frontier, latency_ms=(time.perf_counter() - t0) * 1000,
+            stream=bool(body.get("stream")), cache_hit=True)
+        try:
+            await self.gw.spend.settle(None, record)
+        except Exception:
+            log.exception("recording cache hit %s failed", request_id)
+        headers = [(b"x-request-id", request_id.encode()), (b"x-thrifty-cache", f"hit-{kind}".encode()),
+                   (b"x-thrifty-model", entry.model.encode()), (b"x-thrifty-provider", b"cache"),
+                   (b"x-thrifty-cost-usd", b"0.00000000"), (b"x-thrifty-saved-usd", f"{saved:.8f}".encode()),
+                   (b"x-thrifty-frontier-cost-usd", f"{frontier:.8f}".encode())]
+        if body.get("stream"):
+            await _respond(send, 200, _as_stream(entry.body, bool((body.get("stream_options") or {})
+                                                                   .get("include_usage"))),
+                           headers + [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")])
+            return
+        await _respond(send, 200, entry.body, headers + [(b"content-type", b"application/json")])
+
+    async def _miss(self, scope: dict, receive: Callable, send: Callable, body: dict, mode: str,
+                    cache_scope: str, namespace: str, ttl: float) -> None:
+        self._pending += 1
+        try:
+            task = await self._forward(scope, receive, send, body, mode, cache_scope, namespace, ttl)
+        except BaseException:
+            self._pending -= 1
+            raise
+        if task is None:
+            self._pending -= 1
+        else:
+            task.add_done_callback(self._stored)
+
+    def _stored(self, task: asyncio.Task) -> None:
+        self._pending -= 1
+        self._tasks.discard(task)
+
+    async def _forward(self, scope: dict, receive: Callable, send: Callable, body: dict, mode: str,
+                       cache_scope: str, namespace: str, ttl: float) -> asyncio.Task | None:
+        """Send the request to the gateway, passing its response through; the task storing a
+        200 answer, if any."""
+        status, headers, parts = 0, {}, []
+
+        async def capture(message: dict) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = {k.lower(): v for k, v in message.get("headers", [])}
+                message = dict(message)
+                message["headers"] = list(message.get("headers", [])) + [(b"x-thrifty-cache", b"miss")]
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+            await send(message)
+
+        await self.inner(scope, receive, capture)
+        served = headers.get(b"x-thrifty-model")
+        if status != 200 or served is None:
+            return None
+        out = b"".join(parts)
+        try:
+            usage = orjson.loads(out).get("usage") or {}
+            cost = float(headers.get(b"x-thrifty-cost-usd", b"0") or 0)
+        except (orjson.JSONDecodeError, AttributeError, ValueError):
+            return None
+        entry = CacheEntry(out, served.decode(), (headers.get(b"x-thrifty-provider") or b"").decode() or None,
+                           int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                           cost, time.time())
+        task = asyncio.get_running_loop().create_task(self._store(mode, cache_scope, namespace, body, entry, ttl))
+        self._tasks.add(task)
+        return task
+
+    async def _store(self, mode: str, cache_scope: str, namespace: str, body: dict, entry: CacheEntry,
+                     ttl: float) -> None:
+        try:
+            await self.exact.store_answer(cache_scope, namespace, body, entry, ttl)  # type: ignore[union-attr]
+            if mode == "semantic":
+                await self._semantic().store_answer(cache_scope, namespace, body, entry, ttl)
+        except Exception:
+            log.exception("storing a cached answer failed")
+
+
+def _as_stream(body: bytes, include_usage: bool) -> bytes:
+    """A cached completion as an OpenAI stream: one chunk per choice, finish, usage, [DONE]."""
+    doc = orjson.loads(body)
+    base = {"id": doc.get("id"), "object": "chat.completion.chunk", "created": doc.get("created"),
+            "model": doc.get("model")}
+    out = b""
+    for c in doc.get("choices") or ():
+        msg = c.get("message") or {}
+        delta = {"role": msg.get("role", "assistant"), "content": msg.get("content")}
+        if msg.get("tool_calls"):
+            delta["tool_calls"] = [{**t, "index": i} for i, t in enumerate(msg["tool_calls"])]
+        out += b"data: " + orjson.dumps({**base, "choices": [{"index": c.get("index", 0), "delta": delta,
+                                                                "finish_reason": None}]}) + b"\n\n"
+        out += b"data: " + orjson.dumps({**base, "choices": [{"index": c.get("index", 0), "delta": {},
+                                                                "finish_reason": c.get("finish_reason")}]}) + b"\n\n"
+    if include_usage and doc.get("usage"):
+        out += b"data: " + orjson.dumps({**base, "choices": [], "usage": doc["usage"]}) + b"\n\n"
+    return out + b"data: [DONE]\n\n"
+
+
+async def _respond(send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    if not any(k == b"content-type" for k, _ in headers):
+        headers = headers + [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def with_multipliers(app: Any, config_path: str | Path | None = None) -> Any:
+    """Wrap a gateway app with the multipliers its config file asks for."""
+    cache, batches = load_settings(config_path)
+    return MultiplierApp(app, cache=cache, batches=batches)
