@@ -110,7 +110,7 @@ def test_dashboard_in_chromium(live, browser, artifacts):
 
     # Keys: every virtual key with its spend.
     page.click("text=Keys")
-    for name, key_id in live.key_ids.items():
+    for key_id in live.key_ids.values():
         row = page.locator(f"tr[data-key='{key_id}']")
         _, kcost, _ = _sums(live, "key_id = ?", (key_id,))
         assert int(row.get_attribute("data-cost-nanos")) == kcost

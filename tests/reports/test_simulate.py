@@ -61,7 +61,7 @@ def test_simulation_on_replay_data_matches_the_live_gateway_to_the_cent(live, se
     ledger = _ledger_costs(live, [sent[p].request_id for p in order])
     live_total = sum(ledger.values())
     # Per request within a nano-dollar (float vs Decimal pricing), in total to the cent.
-    for p, simulated in zip(order, outcome.costs):
+    for p, simulated in zip(order, outcome.costs, strict=True):
         assert abs(ledger[sent[p].request_id] - simulated) <= 1
     assert round(Decimal(outcome.cost_nanos) / 10**9, 2) == round(Decimal(live_total) / 10**9, 2)
     assert abs(outcome.cost_nanos - live_total) <= len(order)
@@ -87,7 +87,8 @@ def test_profiles_trade_cost_for_quality_with_confidence_intervals(setup):
 def test_price_list_and_policy_change_the_choice(setup):
     config, router, _pool, records = setup
     items = sim.items_from_replay(router, records, config.expected_output_tokens, limit=60)
-    base = sim.run(router, sim.Pool(config.models, router.models), items, [sim.Scenario("a", router.profiles["auto"])])[0]
+    auto = [sim.Scenario("a", router.profiles["auto"])]
+    base = sim.run(router, sim.Pool(config.models, router.models), items, auto)[0]
     top = max(base.shares, key=base.shares.get)
     denied = sim.run(router, sim.Pool(config.models, router.models, policy={"deny_models": [top]}), items,
                      [sim.Scenario("a", router.profiles["auto"])])[0]

@@ -58,7 +58,7 @@ def spend_by_model(report: Report, path: Path) -> Path:
         ys = [report.series[b].get(m).cost_nanos / 1e9 if m in report.series[b] else 0.0 for b in buckets]
         if any(ys):
             ax.bar(xs, ys, width=width, bottom=bottom, label=m, color=PALETTE[i % len(PALETTE)])
-            bottom = [a + b for a, b in zip(bottom, ys)]
+            bottom = [a + b for a, b in zip(bottom, ys, strict=True)]
     _style(ax, f"Spend per {'hour' if report.bucket_seconds < 86_400 else 'day'} by model", "USD")
     if models:
         ax.legend(fontsize=7, frameon=False, loc="upper left", ncol=2)
@@ -193,7 +193,8 @@ def write_all(db: Database, report: Report, directory: Path, now: float | None =
            savings(report, directory / "savings.png"),
            savings_by_model(report, directory / "savings_by_model.png")]
     for b in report.budgets:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{b['scope']}_{b['scope_id']}_{b['period']}")
+        name = f"{b['scope']}_{b['scope_id']}_{b['period']}"
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         out.append(burndown(db, b, directory / f"burndown_{safe}.png", now, report.closed_until))
     return out
 

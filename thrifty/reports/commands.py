@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _range_args(s)
     src = s.add_mutually_exclusive_group()
     src.add_argument("--prompts", metavar="JSONL", help="lines of {\"prompt\": ...} or {\"messages\": [...]}, "
-                     "optionally with \"labels\" {model: 0..1} and \"usage\" {model: {prompt_tokens, completion_tokens}}")
+                     "optionally with \"labels\" {model: 0..1} and \"usage\" "
+                     "{model: {prompt_tokens, completion_tokens}}")
     src.add_argument("--replay", metavar="SOURCE", help="benchmark replay data: 'packaged' (the demo's prompts), "
                      "'shared' (all RouterBench prompts in ../shared/data) or a records .jsonl(.gz) file")
     s.add_argument("--limit", type=int, help="only the first N prompts of --replay/--prompts")
@@ -166,7 +167,6 @@ def _simulate(args: argparse.Namespace) -> int:
     import csv
     import io
     import json
-    import os
     from pathlib import Path
 
     from thrifty.errors import UsageError
@@ -176,7 +176,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit <= 0:
         raise UsageError("--limit must be positive")
-    config = load_config(args.config, env={k: v for k, v in os.environ.items() if k.startswith("THRIFTY_")})
+    config = load_config(args.config)
     router = Router.load(args.router or config.router_path or default_router_path())
     pool = sim.Pool(config.models, router.models, prices=_json_arg(args.prices, "prices"),
                     policy=_json_arg(args.policy, "policy"), expected_output_tokens=config.expected_output_tokens)

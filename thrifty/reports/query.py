@@ -137,7 +137,8 @@ def _union(f: Filters, bucket: int, closed: int | None) -> tuple[str, list[Any]]
     bucket_sql = f"CAST(FLOOR(ts / {bucket}) AS BIGINT) * {bucket}"
     for lo, hi in ranges:
         if lo < hi:
-            parts.append(f"SELECT {bucket_sql} AS bucket, {dims}, {', '.join(f'{e} AS {m}' for m, e in MEASURES)} FROM ledger"
+            measures = ", ".join(f"{e} AS {m}" for m, e in MEASURES)
+            parts.append(f"SELECT {bucket_sql} AS bucket, {dims}, {measures} FROM ledger"
                          f" WHERE ts >= ? AND ts < ?{extra} GROUP BY {bucket_sql}, {dims}")
             params += [lo, hi, *fparams]
     return " UNION ALL ".join(parts), params

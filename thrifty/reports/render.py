@@ -33,7 +33,8 @@ def _per_mtok(value: float | None) -> str:
 def group_row(g: Group) -> dict[str, Any]:
     t = g.totals
     return {"name": g.name, "share": g.share, **t.as_dict(),
-            "cost_usd": f"{nanos_to_usd(t.cost_nanos):f}", "frontier_cost_usd": f"{nanos_to_usd(t.frontier_cost_nanos):f}",
+            "cost_usd": f"{nanos_to_usd(t.cost_nanos):f}",
+            "frontier_cost_usd": f"{nanos_to_usd(t.frontier_cost_nanos):f}",
             "savings_usd": f"{nanos_to_usd(t.savings_nanos):f}"}
 
 

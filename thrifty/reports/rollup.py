@@ -94,7 +94,8 @@ def refresh(db: Database, now: float | None = None) -> dict[str, float]:
             for day in recount:
                 db.execute("DELETE FROM report_daily WHERE day = ?", (day,))
         if rows:
-            db.executemany(f"INSERT INTO report_daily ({columns}) VALUES ({', '.join('?' * (1 + len(DIMENSIONS) + len(MEASURES)))})",
+            marks = ", ".join("?" * (1 + len(DIMENSIONS) + len(MEASURES)))
+            db.executemany(f"INSERT INTO report_daily ({columns}) VALUES ({marks})",
                            [tuple(int(v) if isinstance(v, Decimal) else v for v in r) for r in rows])
         if mark is None or mark < today:
             set_state(db, WATERMARK, str(today))

@@ -140,7 +140,8 @@ def _reprice(info: ModelInfo, p: Mapping[str, float]) -> ModelInfo:
                "cache_creation_input_token_cost"}
     bad = sorted(set(p) - allowed)
     if bad:
-        raise UsageError(f"price list for {info.name!r}: unknown field(s) {', '.join(bad)}; allowed: {', '.join(sorted(allowed))}")
+        raise UsageError(f"price list for {info.name!r}: unknown field(s) {', '.join(bad)}; "
+                         f"allowed: {', '.join(sorted(allowed))}")
     for k, v in p.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise UsageError(f"price list for {info.name!r}: {k} must be a non-negative number of USD per token")
@@ -195,7 +196,8 @@ def bootstrap_ci(values: np.ndarray, stat: str = "sum", n: int = 1000, seed: int
     return float(lo), float(hi)
 
 
-def run(router: Any, pool: Pool, items: Sequence[Item], scenarios: Iterable[Scenario], *, seed: int = 0) -> list[Outcome]:
+def run(router: Any, pool: Pool, items: Sequence[Item], scenarios: Iterable[Scenario], *,
+        seed: int = 0) -> list[Outcome]:
     """Every scenario over every item; bootstrap CIs resample the same requests for each."""
     results = []
     for sc in scenarios:
@@ -338,7 +340,7 @@ def items_from_replay(router: Any, records: Iterable[Any], expected_output_token
     for r in records:
         by_prompt.setdefault(r.prompt.strip(), []).append(r)
     items = []
-    for prompt_text, recs in by_prompt.items():
+    for recs in by_prompt.values():
         if limit is not None and len(items) >= limit:
             break
         prompt, est, _ = _estimate({"messages": [{"role": "user", "content": recs[0].prompt}]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ def database_url(url: str | None = None, config_path: str | None = None, data_di
     if config_path or ddir is None:
         from thrifty.gateway.config import load_config
 
-        config = load_config(config_path, env={k: v for k, v in os.environ.items() if k.startswith("THRIFTY_")})
+        config = load_config(config_path)
         section = dict(config.spend or {})
         ddir = ddir or Path(config.data_dir)
     return spend_pkg.database_url(section, ddir)
