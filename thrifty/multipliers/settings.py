@@ -15,6 +15,9 @@
     enabled = true                  # /v1/files and /v1/batches
     concurrency = 4                 # lines in flight per batch
 
+    [cascade]                       # the "auto-cascade" profile
+    models = ["mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"]   # cheapest first
+
 Without a ``[cache]`` section there is no response cache at all (headers included).
 """
 
@@ -28,7 +31,9 @@ from typing import Any, Mapping
 from thrifty.errors import UsageError
 from thrifty.multipliers.cache import MODES
 
-__all__ = ["BatchSettings", "CacheSettings", "RouteCache", "load_settings"]
+__all__ = ["BatchSettings", "CacheSettings", "CascadeSettings", "RouteCache", "load_settings"]
+
+CASCADE_PROFILE = "auto-cascade"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,11 @@ class BatchSettings:
     concurrency: int = 4
 
 
+@dataclass(frozen=True, slots=True)
+class CascadeSettings:
+    models: tuple[str, ...] = ()  # empty: the gateway's default (see wiring.default_cascade)
+
+
 def _number(section: Mapping[str, Any], key: str, where: str, default: float | None) -> float | None:
     value = section.get(key, default)
     if value is None:
@@ -60,6 +70,14 @@ def _number(section: Mapping[str, Any], key: str, where: str, default: float | N
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise UsageError(f"{where}.{key} must be a positive number, not {value!r}")
     return float(value)
+
+
+def parse_cascade(doc: Mapping[str, Any]) -> CascadeSettings:
+    section = doc.get("cascade") or {}
+    models = section.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models) or len(models) == 1:
+        raise UsageError("cascade.models must be a list of at least two model names, cheapest first")
+    return CascadeSettings(tuple(models))
 
 
 def parse_settings(doc: Mapping[str, Any]) -> tuple[CacheSettings | None, BatchSettings]:
@@ -88,13 +106,14 @@ def parse_settings(doc: Mapping[str, Any]) -> tuple[CacheSettings | None, BatchS
     return cache, BatchSettings(enabled=bool(b.get("enabled", True)), concurrency=concurrency)
 
 
-def load_settings(config_path: str | Path | None) -> tuple[CacheSettings | None, BatchSettings]:
+def load_settings(config_path: str | Path | None) -> tuple[CacheSettings | None, BatchSettings, CascadeSettings]:
     """The multiplier sections of a gateway config file (defaults without a file)."""
     if config_path is None:
-        return parse_settings({})
+        return (*parse_settings({}), CascadeSettings())
     try:
         with open(config_path, "rb") as f:
-            return parse_settings(tomllib.load(f))
+            doc = tomllib.load(f)
+        return (*parse_settings(doc), parse_cascade(doc))
     except FileNotFoundError:
         raise UsageError(f"config file not found: {config_path}") from None
     except tomllib.TOMLDecodeError as exc:

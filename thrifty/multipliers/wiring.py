@@ -11,6 +11,9 @@ inside it, so the gateway's hot path is untouched for requests that use no cache
   saving). On a miss the request goes to the gateway untouched; a 200 answer is stored.
 * ``/v1/files``, ``/v1/batches``: the batch API, run by a :class:`BatchRunner` started at
   lifespan startup (which resumes unfinished batches).
+* ``model: "auto-cascade"``: the cascade's models in turn through the gateway (each call
+  routed, admitted and billed as usual), keeping the first answer that passes
+  :func:`~thrifty.multipliers.cascade.check_answer`.
 
 Streamed requests are served from the cache on a hit (as one content chunk) but not stored
 on a miss; Anthropic ``/v1/messages`` is not cached.
@@ -33,7 +36,10 @@ from thrifty.multipliers.batch_exec import GatewayExecutor
 from thrifty.multipliers.batches import BatchRunner, BatchStore
 from thrifty.multipliers.cache import CacheEntry, CacheError, CachePolicy, ExactCache, cache_mode, open_store, \
     scope_of
-from thrifty.multipliers.settings import BatchSettings, CacheSettings, load_settings
+from thrifty.multipliers.cascade import check_answer
+from thrifty.multipliers.semantic import split_request
+from thrifty.multipliers.settings import CASCADE_PROFILE, BatchSettings, CacheSettings, CascadeSettings, \
+    load_settings
 from thrifty.spend.api import LedgerRecord, SpendError
 
 log = logging.getLogger("thrifty.multipliers")
@@ -51,9 +57,16 @@ def _error(status: int, message: str, code: str, param: str | None = None) -> by
 
 
 class MultiplierApp:
-    def __init__(self, inner: Any, *, cache: CacheSettings | None, batches: BatchSettings | None) -> None:
+    def __init__(self, inner: Any, *, cache: CacheSettings | None, batches: BatchSettings | None,
+                 cascade: CascadeSettings | None = None) -> None:
         self.inner = inner
         self.gw = inner.gw
+        self.cascade = list(cascade.models) if cascade and cascade.models else default_cascade(self.gw)
+        unknown = [m for m in self.cascade if m not in self.gw.models]
+        if unknown:
+            from thrifty.errors import UsageError
+
+            raise UsageError(f"cascade.models: {', '.join(unknown)} not configured models")
         self.settings = cache
         self.exact: ExactCache | None = None
         self.semantic: Any = None
@@ -82,7 +95,7 @@ class MultiplierApp:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if self.exact is not None and scope["method"] == "POST" and path in CHAT_PATHS:
+            if scope["method"] == "POST" and path in CHAT_PATHS:
                 await self._chat(scope, receive, send)
                 return
             for prefix, app in self.mounts:
@@ -177,6 +190,9 @@ class MultiplierApp:
         if not isinstance(model, str) or not isinstance(body.get("messages"), list):
             await self.inner(scope, replay, send)  # the gateway explains what is wrong
             return
+        if self.exact is None:
+            await self._downstream(scope, replay, send, body)
+            return
         policy, namespace, accepted = self._route(model)
         try:
             mode = cache_mode(header, policy, body)
@@ -184,7 +200,7 @@ class MultiplierApp:
             await _respond(send, 400, _error(400, str(exc), "invalid_header", "x-thrifty-cache"), [])
             return
         if mode == "off":
-            await self.inner(scope, replay, send)
+            await self._downstream(scope, replay, send, body)
             return
         try:
             principal = await self.gw.spend.authenticate(auth)
@@ -205,7 +221,7 @@ class MultiplierApp:
             await self._serve_hit(send, entry, kind, body, principal, model, ts, t0)
             return
         if body.get("stream"):
-            await self.inner(scope, replay, send)
+            await self._downstream(scope, replay, send, body)
             return
         await self._miss(scope, replay, send, body, mode, cache_scope, namespace, policy.ttl)
 
@@ -288,7 +304,7 @@ class MultiplierApp:
                 parts.append(message.get("body", b""))
             await send(message)
 
-        await self.inner(scope, receive, capture)
+        await self._downstream(scope, receive, capture, body)
         served = headers.get(b"x-thrifty-model")
         if status != 200 or served is None:
             return None
@@ -313,6 +329,87 @@ class MultiplierApp:
                 await self._semantic().store_answer(cache_scope, namespace, body, entry, ttl)
         except Exception:
             log.exception("storing a cached answer failed")
+
+    # -- cascade ---------------------------------------------------------------------------
+
+    async def _downstream(self, scope: dict, receive: Callable, send: Callable, body: dict) -> None:
+        if body.get("model") == CASCADE_PROFILE and self.cascade:
+            await self._cascade(scope, send, body)
+        else:
+            await self.inner(scope, receive, send)
+
+    async def _call(self, scope: dict, body: dict) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One request through the gateway, its response collected."""
+        raw = orjson.dumps(body)
+        sub = dict(scope)
+        sub["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + \
+            [(b"content-length", str(len(raw)).encode())]
+        sent = False
+
+        async def receive() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return {"type": "http.disconnect"}
+
+        status, headers, parts = 0, [], []
+
+        async def collect(message: dict) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status, headers = message["status"], list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+
+        await self.inner(sub, receive, collect)
+        return status, headers, b"".join(parts)
+
+    async def _cascade(self, scope: dict, send: Callable, body: dict) -> None:
+        """Each model in turn until an answer passes the check; every call is billed. The
+        response carries the kept model's headers plus ``x-thrifty-cascade``."""
+        _, prompt = split_request(body)
+        stream = bool(body.get("stream"))
+        base = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        trail: list[str] = []
+        for i, model in enumerate(self.cascade):
+            status, headers, out = await self._call(scope, {**base, "model": model})
+            last = i == len(self.cascade) - 1
+            if status == 200:
+                try:
+                    content = orjson.loads(out)["choices"][0]["message"].get("content") or ""
+                except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+                    content = ""
+                passed = check_answer(prompt, content)
+                trail.append(f"{model}:{'pass' if passed else 'fail'}")
+                if not (passed or last):
+                    continue
+            elif status in (401, 403, 429) or (400 <= status < 500 and status != 404) or last:
+                trail.append(f"{model}:{status}")
+                # The caller's own problem (auth, budget, bad request) or the end of the line.
+            else:
+                trail.append(f"{model}:{status}")
+                continue
+            headers = [(k, v) for k, v in headers if k not in (b"content-length", b"content-type")]
+            headers.append((b"x-thrifty-cascade", " > ".join(trail).encode()))
+            if stream and status == 200:
+                await _respond(send, 200, _as_stream(out, bool((body.get("stream_options") or {})
+                                                               .get("include_usage"))),
+                               headers + [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")])
+            else:
+                await _respond(send, status, out, headers + [(b"content-type", b"application/json")])
+            return
+
+
+def default_cascade(gw: Any) -> list[str]:
+    """Without ``[cascade] models``: the cheapest routable chat model, then the frontier model."""
+    chat = [(mc.info.input_cost_per_token + mc.info.output_cost_per_token, name)
+            for name, mc in gw.models.items() if mc.mode == "chat" and mc.route and mc.info.priced]
+    if not chat:
+        return []
+    cheap = min(chat)[1]
+    strong = gw.config.frontier_model if gw.config.frontier_model in gw.models else max(chat)[1]
+    return [cheap, strong] if cheap != strong else []
 
 
 def _as_stream(body: bytes, include_usage: bool) -> bytes:
@@ -344,5 +441,5 @@ async def _respond(send: Callable, status: int, body: bytes, headers: list[tuple
 
 def with_multipliers(app: Any, config_path: str | Path | None = None) -> Any:
     """Wrap a gateway app with the multipliers its config file asks for."""
-    cache, batches = load_settings(config_path)
-    return MultiplierApp(app, cache=cache, batches=batches)
+    cache, batches, cascade = load_settings(config_path)
+    return MultiplierApp(app, cache=cache, batches=batches, cascade=cascade)

@@ -1,0 +1,73 @@
+"""The auto-cascade profile through a real gateway replaying recorded GSM8K answers."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from thrifty.gateway.app import create_app
+from thrifty.gateway.config import _replay_models, build_config
+from thrifty.gateway.testing import running
+from thrifty.multipliers.cascade import check_answer
+from thrifty.multipliers.settings import CascadeSettings
+from thrifty.multipliers.wiring import MultiplierApp
+from thrifty.providers.replay_records import DEFAULT_SHARED, gsm8k_records
+from thrifty.spend.api import LedgerRecord, OpenSpendControl
+
+CHEAP, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
+
+
+class Ledger(OpenSpendControl):
+    def __init__(self) -> None:
+        self.records: list[LedgerRecord] = []
+
+    async def settle(self, reservation, record: LedgerRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    if not (DEFAULT_SHARED / "routellm" / "gsm8k").is_dir():
+        pytest.skip("GSM8K data not available")
+    cheap = [r for r in gsm8k_records() if r.model == CHEAP]
+    passing = next(r.prompt for r in cheap if check_answer(r.prompt, r.response, "math"))
+    failing = next(r.prompt for r in cheap if not check_answer(r.prompt, r.response, "math"))
+    return passing, failing
+
+
+def test_cascade_accepts_or_escalates_and_bills_every_call(prompts, tmp_path):
+    passing, failing = prompts
+    models = {k: v for k, v in _replay_models().items() if k in (CHEAP, STRONG)}
+    config = build_config({"data_dir": str(tmp_path), "providers": {"replay": {"type": "replay", "source": "shared"}},
+                           "models": models}, env={})
+    spend = Ledger()
+    app = MultiplierApp(create_app(config, spend=spend), cache=None, batches=None,
+                        cascade=CascadeSettings((CHEAP, STRONG)))
+    with running(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        ok = client.chat.completions.with_raw_response.create(
+            model="auto-cascade", messages=[{"role": "user", "content": passing}])
+        assert ok.headers["x-thrifty-model"] == CHEAP
+        assert ok.headers["x-thrifty-cascade"] == f"{CHEAP}:pass"
+        up = client.chat.completions.with_raw_response.create(
+            model="auto-cascade", messages=[{"role": "user", "content": failing}])
+        assert up.headers["x-thrifty-model"] == STRONG
+        assert up.headers["x-thrifty-cascade"] == f"{CHEAP}:fail > {STRONG}:pass"
+        stream = client.chat.completions.create(model="auto-cascade", stream=True,
+                                                messages=[{"role": "user", "content": failing}])
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == \
+            up.parse().choices[0].message.content
+    served = [r.served_model for r in spend.records]
+    assert served == [CHEAP, CHEAP, STRONG, CHEAP, STRONG]  # the cheap call is billed even when escalated
+    assert all(r.cost_usd > 0 for r in spend.records)
+
+
+def test_cascade_settings():
+    from thrifty.errors import UsageError
+    from thrifty.multipliers.settings import parse_cascade
+
+    assert parse_cascade({"cascade": {"models": ["a", "b"]}}).models == ("a", "b")
+    assert parse_cascade({}).models == ()
+    for bad in (["a"], "a,b", [1, 2]):
+        with pytest.raises(UsageError):
+            parse_cascade({"cascade": {"models": bad}})
