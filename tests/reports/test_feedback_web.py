@@ -123,3 +123,26 @@ def test_ui_static_assets_ship_with_the_package(live, client):
         assert r.status_code == 200 and len(r.content) > 100
     assert client.get("/ui/static/../web.py").status_code == 404
     assert client.get("/ui/nope", headers=_bearer(ADMIN_KEY)).status_code == 404
+
+
+def test_quality_per_model_from_feedback_in_the_report(live, client, capsys):
+    import json
+
+    from thrifty.cli import main
+
+    for s in [s for s in live.sent if s.key_name == "bob-key"][:6]:
+        r = client.post("/v1/feedback", headers=_bearer(live.keys["bob-key"]),
+                        json={"request_id": s.request_id, "score": 0.75})
+        assert r.status_code == 200
+    assert main(["report", "--database-url", live.db_url, "--format", "json"]) == 0
+    per_model = {q["model"]: q for q in json.loads(capsys.readouterr().out)["feedback"]}
+    db = live.db()
+    try:
+        expected = db.all("SELECT l.served_model, COUNT(*), AVG(f.score) FROM feedback f"
+                          " JOIN ledger l ON l.request_id = f.request_id GROUP BY l.served_model")
+    finally:
+        db.close()
+    assert len(expected) >= 1 and sum(int(n) for _m, n, _a in expected) >= 6
+    assert set(per_model) == {m for m, _n, _a in expected}
+    for m, n, a in expected:
+        assert per_model[m]["rated"] == int(n) and per_model[m]["mean_score"] == pytest.approx(float(a))

@@ -2,7 +2,7 @@
 
 Body: ``{"request_id": "...", "score": 0..1}`` or ``{"request_id": "...", "thumbs": "up"|"down"}``,
 plus an optional ``"comment"`` (at most 2,000 characters; stored, never logged). The
-request id is the one the gateway returns (``x-request-id`` header / response ``id``).
+request id is the one the gateway returns in the ``x-request-id`` header.
 Any valid key may rate its own requests; the admin key may rate any. Rating again
 replaces the earlier rating. Errors use the gateway's error format.
 """

@@ -39,15 +39,16 @@ class Filters:
         if not self.until > self.since:
             raise ValueError("the time range is empty: 'until' must be after 'since'")
 
-    def conditions(self) -> tuple[list[str], list[Any]]:
+    def conditions(self, prefix: str = "") -> tuple[list[str], list[Any]]:
+        """SQL conditions (``prefix`` qualifies the ledger's columns in a join) and their parameters."""
         conds, params = [], []
         for column, value in (("team_id", self.team), ("user_id", self.user), ("key_id", self.key),
                               ("served_model", self.model), ("provider", self.provider)):
             if value:
-                conds.append(f"{column} = ?")
+                conds.append(f"{prefix}{column} = ?")
                 params.append(value)
         if self.tag:
-            conds.append("tags LIKE ?")
+            conds.append(f"{prefix}tags LIKE ?")
             params.append("%" + json.dumps(self.tag) + "%")
         return conds, params
 
@@ -115,6 +116,7 @@ class Report:
     series: dict[int, dict[str, Totals]]  # bucket start -> served model -> totals
     budgets: list[dict[str, Any]] = field(default_factory=list)
     closed_until: int | None = None  # the rollup's first open day (for burn-down series)
+    feedback: list[dict[str, Any]] = field(default_factory=list)  # per served model: rated, mean score
     generated_at: float = field(default_factory=time.time)
 
 
@@ -217,7 +219,22 @@ def build_report(db: Database, f: Filters, group_by: str = "team", *, use_rollup
 
         report.budgets = burndown(db, now=now, team=f.team, user=f.user, key=f.key, closed=closed)
     report.closed_until = closed
+    report.feedback = feedback_by_model(db, f)
     return report
+
+
+def feedback_by_model(db: Database, f: Filters) -> list[dict[str, Any]]:
+    """User feedback on the range's requests, per served model: how many were rated, the mean score."""
+    from thrifty.reports.tables import ensure_tables
+
+    ensure_tables(db)
+    conds, params = f.conditions("l.")
+    extra = "".join(f" AND {c}" for c in conds)
+    rows = db.all("SELECT l.served_model, COUNT(*), AVG(fb.score), SUM(CASE WHEN fb.score >= 0.5 THEN 1 ELSE 0 END)"
+                  " FROM feedback fb JOIN ledger l ON l.request_id = fb.request_id"
+                  f" WHERE l.ts >= ? AND l.ts < ?{extra} GROUP BY l.served_model ORDER BY 2 DESC",
+                  [f.since, f.until, *params])
+    return [{"model": r[0], "rated": int(r[1]), "mean_score": float(r[2]), "positive": int(r[3] or 0)} for r in rows]
 
 
 def month_range(month: str) -> tuple[float, float]:

@@ -55,6 +55,7 @@ def to_json(report: Report) -> str:
                        for b, per in sorted(report.series.items()) for m, t in sorted(per.items())],
         },
         "budgets": report.budgets,
+        "feedback": report.feedback,
         "generated_at": iso(report.generated_at),
     }
     return json.dumps(doc, indent=2, default=str) + "\n"
@@ -125,6 +126,14 @@ def print_report(report: Report, console: Any = None) -> None:
         trend.add_row(_time.strftime(fmt, _time.gmtime(b)), f"{agg.requests:,}", usd(agg.cost_nanos),
                       usd(agg.savings_nanos), _per_mtok(agg.usd_per_mtok))
     console.print(trend)
+    if report.feedback:
+        ft = Table(title="User feedback per model (POST /v1/feedback)", title_justify="left")
+        for col in ("model", "rated", "mean score", "thumbs up"):
+            ft.add_column(col, justify="left" if col == "model" else "right")
+        for q in report.feedback:
+            ft.add_row(q["model"] or "(none)", f"{q['rated']:,}", f"{q['mean_score']:.2f}",
+                       f"{q['positive'] / q['rated']:.0%}")
+        console.print(ft)
     if report.budgets:
         bt = Table(title="Budgets: burn-down at the current rate", title_justify="left")
         for col in ("budget", "period", "spent", "limit", "used", "$/day", "runs out", "status"):

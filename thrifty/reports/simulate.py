@@ -254,8 +254,8 @@ def items_from_ledger(db: Any, filters: Any, expected_output_tokens: int = 256) 
     from thrifty.reports.tables import ensure_tables
 
     ensure_tables(db)
-    conds, params = filters.conditions()
-    extra = "".join(f" AND l.{c}" for c in conds)
+    conds, params = filters.conditions("l.")
+    extra = "".join(f" AND {c}" for c in conds)
     rows = db.all(
         "SELECT l.scores, l.served_model, l.prompt_tokens, l.completion_tokens, l.cached_tokens, l.cost_nanos,"
         " f.score FROM ledger l LEFT JOIN feedback f ON f.request_id = l.request_id"
