@@ -161,3 +161,63 @@ def test_batch_survives_restart_and_is_billed_once(upstream, tmp_path):
     rows = ledger.execute("SELECT request_id, cost_nanos, batch FROM ledger").fetchall()
     assert sorted(r[0] for r in rows) == sorted(line_request_id(batch_id, i) for i in range(n))  # billed once
     assert all(r[1] > 0 and r[2] == 1 for r in rows)
+
+
+class Ledger(OpenSpendControl):
+    def __init__(self) -> None:
+        self.records: list = []
+
+    async def settle(self, reservation, record) -> None:
+        self.records.append(record)
+
+
+def test_lines_go_to_the_providers_batch_api_at_batch_prices(upstream, tmp_path):
+    """The 'provider' is a second thrifty gateway (its /v1/files + /v1/batches are OpenAI's API)."""
+    from thrifty.multipliers.settings import BatchSettings
+    from thrifty.multipliers.wiring import MultiplierApp
+
+    provider_cfg = build_config({
+        "data_dir": str(tmp_path / "provider"), "frontier_model": "m-up",
+        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+        "models": {"m-up": {"provider": "ok", "route": False, **PRICE}},
+    }, env={})
+    provider_spend = Ledger()
+    provider = MultiplierApp(create_app(provider_cfg, spend=provider_spend), cache=None,
+                             batches=BatchSettings(poll=0.05))
+    with running(provider) as provider_url:
+        front_cfg = build_config({
+            "data_dir": str(tmp_path / "front"), "frontier_model": "m-batch",
+            "providers": {"bp": {"type": "openai", "base_url": provider_url + "/v1", "batch_api": True},
+                          "ok": {"type": "openai", "base_url": upstream.base_url}},
+            "models": {"m-batch": {"provider": "bp", "upstream_model": "m-up", "route": False, **PRICE,
+                                   "input_cost_per_token_batches": 0.5e-6, "output_cost_per_token_batches": 1e-6},
+                       "m-ok": {"provider": "ok", "route": False, **PRICE}},
+        }, env={})
+        spend = Ledger()
+        front = MultiplierApp(create_app(front_cfg, spend=spend), cache=None, batches=BatchSettings(poll=0.05))
+        with running(front) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+            content = jsonl(3, "m-batch") + jsonl(2, "m-ok").replace(b"req-", b"sync-")
+            f = client.files.create(file=("in.jsonl", content), purpose="batch")
+            batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            deadline = time.monotonic() + 20
+            while batch.status != "completed":
+                assert time.monotonic() < deadline, batch
+                time.sleep(0.05)
+                batch = client.batches.retrieve(batch.id)
+            lines = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
+            assert sorted(x["custom_id"] for x in lines) == ["req-0", "req-1", "req-2", "sync-0", "sync-1"]
+            assert all(x["response"]["status_code"] == 200 for x in lines)
+    by_model = {r.request_id: r for r in spend.records}
+    assert len(by_model) == 5 and all(r.batch for r in spend.records)
+    up = [r for r in spend.records if r.served_model == "m-batch"]
+    sync = [r for r in spend.records if r.served_model == "m-ok"]
+    assert len(up) == 3 and len(sync) == 2
+    for r in up:  # billed at the batch prices: half
+        assert r.cost_usd == pytest.approx(r.prompt_tokens * 0.5e-6 + r.completion_tokens * 1e-6)
+        assert "provider batch API" in r.route_reason
+    for r in sync:  # ran synchronously: normal prices
+        assert r.cost_usd == pytest.approx(r.prompt_tokens * 1e-6 + r.completion_tokens * 2e-6)
+    # The provider saw one batch of the three lines.
+    assert len([r for r in provider_spend.records if r.batch]) == 3

@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS batches (
     output_file_id TEXT, error_file_id TEXT, total INTEGER NOT NULL, metadata TEXT);
 CREATE TABLE IF NOT EXISTS batch_lines (
     batch_id TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT NOT NULL,
-    status_code INTEGER, response TEXT, PRIMARY KEY (batch_id, line)) WITHOUT ROWID;
+    status_code INTEGER, response TEXT, upstream TEXT, PRIMARY KEY (batch_id, line)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS batch_lines_pending ON batch_lines (batch_id) WHERE status_code IS NULL;
 """
 
@@ -247,10 +247,30 @@ class BatchStore:
         return row[0], row[1], orjson.loads(row[2])
 
     async def pending(self, batch_id: str, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """Unfinished lines not handed to a provider's batch API."""
         rows = await self._run(lambda: self._conn.execute(
-            "SELECT line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL ORDER BY line LIMIT ?",
-            (batch_id, limit)).fetchall())
+            "SELECT line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL AND upstream IS NULL"
+            " ORDER BY line LIMIT ?", (batch_id, limit)).fetchall())
         return [(line, orjson.loads(body)) for line, body in rows]
+
+    async def assign_upstream(self, batch_id: str, lines: list[int], tag: str) -> None:
+        """Record that ``lines`` went to a provider's batch ``tag`` (so a restart polls it again)."""
+        await self._run(lambda: self._conn.executemany(
+            "UPDATE batch_lines SET upstream = ? WHERE batch_id = ? AND line = ?",
+            [(tag, batch_id, line) for line in lines]))
+
+    async def upstream_pending(self, batch_id: str) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+        rows = await self._run(lambda: self._conn.execute(
+            "SELECT upstream, line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL"
+            " AND upstream IS NOT NULL ORDER BY line", (batch_id,)).fetchall())
+        out: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for tag, line, body in rows:
+            out.setdefault(tag, []).append((line, orjson.loads(body)))
+        return out
+
+    async def unfinished_count(self, batch_id: str) -> int:
+        return await self._run(lambda: self._conn.execute(
+            "SELECT count(*) FROM batch_lines WHERE batch_id = ? AND status_code IS NULL", (batch_id,)).fetchone()[0])
 
     async def finish_line(self, batch_id: str, line: int, status: int, response: dict[str, Any]) -> None:
         await self._run(lambda: self._conn.execute(
@@ -366,14 +386,27 @@ class BatchRunner:
                 pass
 
     async def run_batch(self, batch_id: str) -> None:
+        """One pass: hand lines to provider batch APIs, run the rest, collect finished provider
+        batches; finalize once no line is left (provider batches may take several passes)."""
         status, endpoint, principal = await self.store.batch_job(batch_id)
+        upstream = getattr(self.executor, "upstream", None)
+        if status == "in_progress" and upstream is not None:
+            lines = await self.store.pending(batch_id, 1 << 30)
+            for tag, items in (await upstream.submit(batch_id, endpoint, principal, lines)).items():
+                await self.store.assign_upstream(batch_id, [line for line, _ in items], tag)
         while status == "in_progress":
             lines = await self.store.pending(batch_id, self.concurrency)
             if not lines:
                 break
             await asyncio.gather(*(self._one(batch_id, endpoint, principal, line, body) for line, body in lines))
             status = (await self.store.batch_job(batch_id))[0]
-        await self.store.finalize(batch_id)
+        if upstream is not None:
+            for tag, items in (await self.store.upstream_pending(batch_id)).items():
+                results = await upstream.collect(tag, batch_id, endpoint, principal, items)
+                for line, (code, response) in (results or {}).items():
+                    await self.store.finish_line(batch_id, line, code, response)
+        if status != "in_progress" or await self.store.unfinished_count(batch_id) == 0:
+            await self.store.finalize(batch_id)
 
     async def _one(self, batch_id: str, endpoint: str, principal: dict[str, Any], line: int,
                    body: dict[str, Any]) -> None:

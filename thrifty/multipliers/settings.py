@@ -14,6 +14,10 @@
     [batches]
     enabled = true                  # /v1/files and /v1/batches
     concurrency = 4                 # lines in flight per batch
+    poll = 5                        # seconds between polls of provider batch APIs
+
+    [providers.openai]
+    batch_api = true                # send batch lines for this provider to its own batch API
 
     [cascade]                       # the "auto-cascade" profile
     models = ["mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"]   # cheapest first
@@ -56,6 +60,7 @@ class CacheSettings:
 class BatchSettings:
     enabled: bool = True
     concurrency: int = 4
+    poll: float = 5.0  # seconds between passes (provider batch APIs are polled this often)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +108,8 @@ def parse_settings(doc: Mapping[str, Any]) -> tuple[CacheSettings | None, BatchS
                               semantic_threshold=threshold, routes=routes)
     b = doc.get("batches") or {}
     concurrency = int(_number(b, "concurrency", "batches", 4) or 4)
-    return cache, BatchSettings(enabled=bool(b.get("enabled", True)), concurrency=concurrency)
+    return cache, BatchSettings(enabled=bool(b.get("enabled", True)), concurrency=concurrency,
+                                poll=_number(b, "poll", "batches", 5.0) or 5.0)
 
 
 def load_settings(config_path: str | Path | None) -> tuple[CacheSettings | None, BatchSettings, CascadeSettings]:

@@ -80,7 +80,7 @@ class MultiplierApp:
         if batches is not None and batches.enabled:
             self.batch_store = BatchStore(Path(self.gw.config.data_dir) / "batches.sqlite3")
             self.runner = BatchRunner(self.batch_store, GatewayExecutor(lambda: self.gw),
-                                      concurrency=batches.concurrency)
+                                      concurrency=batches.concurrency, poll=batches.poll)
             self.mounts = list(batch_mounts(self.batch_store, self.runner, self.gw.spend.authenticate).items())
         self._tasks: set[asyncio.Task] = set()
         self._pending = 0  # misses whose answer may still be stored
