@@ -146,3 +146,41 @@ def test_quality_per_model_from_feedback_in_the_report(live, client, capsys):
     assert set(per_model) == {m for m, _n, _a in expected}
     for m, n, a in expected:
         assert per_model[m]["rated"] == int(n) and per_model[m]["mean_score"] == pytest.approx(float(a))
+
+
+def test_dashboard_and_feedback_on_a_postgres_gateway(pg_url, tmp_path):
+    """The same HTTP surface with the spend database on PostgreSQL (the dialect the web app, the
+    rollup and the feedback table also support)."""
+    import asyncio
+
+    from reports.conftest import _send, demo_prompts
+    from thrifty.gateway.app import create_app
+    from thrifty.gateway.config import build_config, default_document
+    from thrifty.gateway.server import build_spend
+    from thrifty.gateway.testing import running
+    from thrifty.spend.db import Database
+
+    doc = default_document(env={})
+    doc["providers"]["replay"]["source"] = "packaged"
+    doc["data_dir"] = str(tmp_path)
+    doc["spend"] = {"admin_key": ADMIN_KEY, "database_url": pg_url}
+    config = build_config(doc, data_dir=tmp_path, env={})
+    spend, mounts = build_spend(config)
+    with running(create_app(config, spend=spend, mounts=mounts)) as url:
+        with httpx.Client(base_url=url, headers=_bearer(ADMIN_KEY), timeout=30) as admin:
+            admin.post("/admin/teams", json={"id": "t1"}).raise_for_status()
+            key = admin.post("/admin/keys", json={"name": "k", "team_id": "t1"}).json()["key"]
+            admin.post("/admin/budgets", json={"scope": "team", "scope_id": "t1", "amount_usd": 50}).raise_for_status()
+            sent = asyncio.run(_send(url, key, "auto", demo_prompts()[:15]))
+            r = httpx.post(url + "/v1/feedback", headers=_bearer(key), json={"request_id": sent[0][0], "thumbs": "up"})
+            assert r.status_code == 200, r.text
+            for page in ("/ui/", "/ui/budgets", "/ui/keys", "/ui/live", "/ui/api/live"):
+                assert admin.get(page).status_code == 200, page
+            doc = admin.get("/ui/api/report", params={"team": "t1", "by": "model"}).json()
+    db = Database(pg_url)
+    try:
+        n, cost = db.one("SELECT COUNT(*), SUM(cost_nanos) FROM ledger WHERE team_id = 't1'")
+    finally:
+        db.close()
+    assert (doc["totals"]["requests"], doc["totals"]["cost_nanos"]) == (15, int(cost)) and n == 15
+    assert doc["feedback"][0]["rated"] == 1 and doc["budgets"][0]["spent_nanos"] == int(cost)
