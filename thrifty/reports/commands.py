@@ -278,9 +278,9 @@ def _print_table(outcomes: list, source: str, n: int) -> None:
     for o in outcomes:
         mix.add_row(o.scenario, ", ".join(f"{m} {s:.0%}" for m, s in list(o.shares.items())[:4]))
     console.print(mix)
-    estimated = [o.scenario for o in outcomes if o.exact_cost_share < 1]
+    estimated = [o for o in outcomes if o.exact_cost_share < 1]
     if estimated:
-        console.print("[dim]Costs of requests routed to a model other than the one that served them price the "
-                      "served call's token counts at that model's prices (an estimate): "
-                      + ", ".join(f"{o.scenario} {o.exact_cost_share:.0%} exact" for o in outcomes
-                                  if o.exact_cost_share < 1) + ".[/]")
+        console.print("[dim]Estimated costs: where the chosen model's real token counts are unknown (it did not "
+                      "serve the request, or the data has no record of it), the request's known token counts "
+                      "are priced at the chosen model's prices. Exact share: "
+                      + ", ".join(f"{o.scenario} {o.exact_cost_share:.1%}" for o in estimated) + ".[/]")
