@@ -221,3 +221,31 @@ def test_lines_go_to_the_providers_batch_api_at_batch_prices(upstream, tmp_path)
         assert r.cost_usd == pytest.approx(r.prompt_tokens * 1e-6 + r.completion_tokens * 2e-6)
     # The provider saw one batch of the three lines.
     assert len([r for r in provider_spend.records if r.batch]) == 3
+
+
+def test_deferrable_call_header(upstream, tmp_path):
+    import httpx
+
+    from thrifty.multipliers.settings import BatchSettings
+    from thrifty.multipliers.wiring import MultiplierApp
+
+    spend = Ledger()
+    app = MultiplierApp(create_app(config(upstream, tmp_path), spend=spend), cache=None,
+                        batches=BatchSettings(poll=0.05))
+    with running(app) as url:
+        body = {"model": "m-ok", "messages": [{"role": "user", "content": "later is fine"}]}
+        r = httpx.post(url + "/v1/chat/completions", json=body, headers={"x-thrifty-defer": "batch"})
+        assert r.status_code == 202 and r.json()["object"] == "batch"
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        batch, deadline = client.batches.retrieve(r.json()["id"]), time.monotonic() + 10
+        while batch.status != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+            batch = client.batches.retrieve(batch.id)
+        out = json.loads(client.files.content(batch.output_file_id).text)
+        assert out["response"]["status_code"] == 200 and out["response"]["body"]["choices"]
+        bad = httpx.post(url + "/v1/chat/completions", json=body, headers={"x-thrifty-defer": "someday"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-thrifty-defer"
+        # Without the header the call is answered at once, as always.
+        assert httpx.post(url + "/v1/chat/completions", json=body).json()["choices"]
+    assert [r.batch for r in spend.records] == [True, False]

@@ -47,6 +47,7 @@ log = logging.getLogger("thrifty.multipliers")
 __all__ = ["MultiplierApp", "with_multipliers"]
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+_CASCADE_BYTES = CASCADE_PROFILE.encode()
 _IDS = itertools.count(1)
 _PREFIX = "req_cache_" + os.urandom(4).hex()
 
@@ -176,12 +177,17 @@ class MultiplierApp:
                 return {"type": "http.request", "body": raw, "more_body": more}
             return await receive()
 
-        header = auth = None
+        header = auth = defer = None
         for name, value in scope["headers"]:
             if name == b"x-thrifty-cache":
                 header = value.decode("latin-1")
+            elif name == b"x-thrifty-defer":
+                defer = value.decode("latin-1").strip().lower()
             elif name == b"authorization" or (name == b"x-api-key" and auth is None):
                 auth = value.decode("latin-1")
+        if self.exact is None and defer is None and _CASCADE_BYTES not in raw:
+            await self.inner(scope, replay, send)  # nothing for the multipliers to do: no second parse
+            return
         try:
             body = orjson.loads(raw) if not more else None
         except orjson.JSONDecodeError:
@@ -189,6 +195,9 @@ class MultiplierApp:
         model = body.get("model") if isinstance(body, dict) else None
         if not isinstance(model, str) or not isinstance(body.get("messages"), list):
             await self.inner(scope, replay, send)  # the gateway explains what is wrong
+            return
+        if defer is not None and defer not in ("0", "false", "no"):
+            await self._defer(send, auth, body, defer)
             return
         if self.exact is None:
             await self._downstream(scope, replay, send, body)
@@ -329,6 +338,38 @@ class MultiplierApp:
                 await self._semantic().store_answer(cache_scope, namespace, body, entry, ttl)
         except Exception:
             log.exception("storing a cached answer failed")
+
+    # -- deferral --------------------------------------------------------------------------
+
+    async def _defer(self, send: Callable, auth: str | None, body: dict, value: str) -> None:
+        """``x-thrifty-defer: batch``: the call becomes a one-request batch; the answer is the
+        batch object (202), to poll at ``/v1/batches/{id}`` like any other."""
+        if value not in ("batch", "1", "true", "yes"):
+            await _respond(send, 400, _error(400, f"Invalid x-thrifty-defer header {value!r}: expected 'batch'.",
+                                             "invalid_header", "x-thrifty-defer"), [])
+            return
+        if self.batch_store is None or self.runner is None:
+            await _respond(send, 400, _error(400, "Deferred calls need batches, which are disabled on this "
+                                                  "gateway ([batches] enabled = false).", "batches_disabled"), [])
+            return
+        try:
+            principal = await self.gw.spend.authenticate(auth)
+        except SpendError as exc:
+            await _respond(send, exc.status, orjson.dumps({"error": {
+                "message": exc.message, "type": exc.error_type, "param": None, "code": exc.code}}), [])
+            return
+        owner = scope_of(principal.team_id, principal.key_id)
+        line = orjson.dumps({"custom_id": "deferred", "method": "POST", "url": "/v1/chat/completions",
+                             "body": {k: v for k, v in body.items() if k not in ("stream", "stream_options")}})
+        f = await self.batch_store.create_file(owner, "batch", "deferred.jsonl", line)
+        fields = {"key_id": principal.key_id, "user_id": principal.user_id, "team_id": principal.team_id,
+                  "tags": list(principal.tags), "routing_profile": principal.routing_profile}
+        batch = await self.batch_store.create_batch(owner, fields, f["id"], "/v1/chat/completions", "24h",
+                                                    {"thrifty": "deferred call"})
+        self.runner.start()
+        self.runner.wake()
+        await _respond(send, 202, orjson.dumps(batch), [(b"x-thrifty-defer", b"batch"),
+                                                         (b"location", f"/v1/batches/{batch['id']}".encode())])
 
     # -- cascade ---------------------------------------------------------------------------
 
