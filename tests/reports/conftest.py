@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import pathlib
 import uuid
 from dataclasses import dataclass, field
@@ -107,8 +108,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
             r = admin.post("/admin/keys", json={"name": name, "user_id": user, "tags": [f"app-{user}"]})
             r.raise_for_status()
             keys[name], key_ids[name] = r.json()["key"], r.json()["id"]
+        # A fixed window (not monthly), so a test running across midnight at a month's end still holds.
         admin.post("/admin/budgets", json={"scope": "team", "scope_id": "research", "amount_usd": 2,
-                                           "period": "monthly"}).raise_for_status()
+                                           "period": "window", "window_start": time.time() - 3600}).raise_for_status()
         gw = LiveGateway(url, spend.db_url, tmp, spend, keys, key_ids)
         for key_name, profile, chunk in (("ada-key", "auto", prompts[:N_AUTO]),
                                          ("bob-key", "auto-cheap", prompts[N_AUTO:N_AUTO + N_CHEAP])):

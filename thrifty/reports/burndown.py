@@ -50,7 +50,7 @@ def burndown(db: Database, *, now: float | None = None, team: str | None = None,
             runs_out, status = None, "no spend yet"
         else:
             runs_out = now + remaining / rate
-            status = "runs out before reset" if end is None or runs_out < end else "lasts the period"
+            status = "runs out" if end is None else "runs out before reset" if runs_out < end else "lasts the period"
         out.append({
             "id": b["id"], "scope": b["scope"], "scope_id": b["scope_id"], "period": b["period"],
             "limit_nanos": limit, "spent_nanos": spent, "remaining_nanos": remaining,

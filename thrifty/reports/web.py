@@ -259,7 +259,7 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
             return locked(inner)
 
         rows = await run_in_threadpool(run)
-        return page(request, "budgets.html", budgets=rows,
+        return page(request, "budgets.html", budgets=rows, now=time.time(),
                     charts=_js({b["id"]: b["chart"] for b in rows}))
 
     async def keys(request: Request) -> Response:

@@ -64,10 +64,13 @@
       var xs = b.spent.map(function (p) { return p[0]; }).concat(b.projection.map(function (p) { return p[0]; }));
       if (b.end) xs.push(b.end);
       var lo = Math.min.apply(null, xs), hi = Math.max.apply(null, xs);
+      var short = hi - lo < 3 * 86400000;  // under three days: show the time of day too
       sets.push({ label: "limit", data: [{ x: lo, y: b.limit }, { x: hi, y: b.limit }], borderColor: palette[3], pointRadius: 0 });
       new Chart(el, { type: "line", data: { datasets: sets },
         options: { parsing: false, scales: {
-          x: { type: "linear", ticks: { callback: function (v) { return new Date(v).toISOString().slice(0, 10); } } },
+          x: { type: "linear", min: lo, max: hi, ticks: { callback: function (v) {
+            var iso = new Date(v).toISOString();
+            return short ? iso.slice(5, 10) + " " + iso.slice(11, 16) : iso.slice(0, 10); } } },
           y: { beginAtZero: true, title: { display: true, text: "USD" } } } } });
     });
   }
