@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import orjson
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SECTIONS = ("cache", "semantic", "affinity", "cascade")
@@ -138,7 +139,78 @@ def bench_cache(data, requests: int) -> None:
         hits, look, put = asyncio.run(replay(make))
         print(f"  {name}: {hits} hits (simulation: {iso_hits}); lookup p50 {_pct(look, .5) * 1e6:.0f} us, "
               f"p99 {_pct(look, .99) * 1e6:.0f} us; store (awaited) p50 {_pct(put, .5) * 1e6:.0f} us")
+    wrapper_overhead(Path(tmp.name))
     tmp.cleanup()
+
+
+def wrapper_overhead(tmp: Path, n: int = 3000) -> None:
+    """CPU the MultiplierApp adds per chat request in front of the gateway, in process: the
+    gateway is replaced by an ASGI app that answers at once, so only the wrapper is timed."""
+    from thrifty.gateway.app import create_app
+    from thrifty.gateway.config import build_config
+    from thrifty.multipliers.settings import CacheSettings
+    from thrifty.multipliers.wiring import MultiplierApp
+    from thrifty.spend.api import OpenSpendControl
+
+    cfg = build_config({"data_dir": str(tmp), "frontier_model": "m",
+                        "providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:9"}},
+                        "models": {"m": {"provider": "p", "input_cost_per_token": 1e-6,
+                                         "output_cost_per_token": 2e-6}}}, env={})
+    answer = (b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant",'
+              b'"content":"4"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1}}')
+
+    async def upstream(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"x-thrifty-model", b"m"), (b"x-thrifty-cost-usd", b"0.00001")]})
+        await send({"type": "http.response.body", "body": answer})
+
+    def body(i: int, temperature: float) -> bytes:
+        return orjson.dumps({"model": "m", "temperature": temperature,
+                             "messages": [{"role": "user", "content": f"question {i} " + "x" * 200}]})
+
+    async def call(app, raw: bytes) -> None:
+        done = False
+
+        async def receive():
+            nonlocal done
+            done = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        async def send(message):
+            return None
+
+        await app({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}, receive, send)
+
+    async def timed(app, bodies: list[bytes]) -> list[float]:
+        out = []
+        for raw in bodies:
+            t0 = time.perf_counter()
+            await call(app, raw)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    async def run() -> dict[str, list[float]]:
+        plain = MultiplierApp(create_app(cfg, spend=OpenSpendControl()), cache=None, batches=None)
+        plain.inner = upstream
+        cached = MultiplierApp(create_app(cfg, spend=OpenSpendControl()),
+                               cache=CacheSettings(backend=str(tmp / "overhead.sqlite3")), batches=None)
+        cached.inner = upstream
+        res = {"bare app (no wrapper)": await timed(upstream, [body(i, 0.7) for i in range(n)]),
+               "wrapper, no cache configured": await timed(plain, [body(i, 0) for i in range(n)]),
+               "wrapper, cache on, request not cacheable": await timed(cached, [body(i, 0.7) for i in range(n)]),
+               "wrapper, cache miss (lookup + store)": await timed(cached, [body(i, 0) for i in range(n)])}
+        while cached.pending_stores:
+            await asyncio.sleep(0.01)
+        before = cached.exact.hits
+        res["wrapper, cache hit (answer + ledger record)"] = await timed(cached, [body(i, 0) for i in range(n)])
+        assert cached.exact.hits - before == n, "every request of the hit run must hit"
+        await cached.close()
+        return res
+
+    print("  per-request time of the wrapper in front of the gateway (in process; 200-char prompt):")
+    for name, times in asyncio.run(run()).items():
+        print(f"    {name:<46} p50 {_pct(times, .5) * 1e6:6.0f} us   p99 {_pct(times, .99) * 1e6:6.0f} us")
 
 
 # -- semantic cache --------------------------------------------------------------------------

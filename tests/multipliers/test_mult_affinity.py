@@ -55,3 +55,21 @@ def test_round_robin_and_prefix_text_and_validation():
         PrefixAffinity([])
     with pytest.raises(ValueError):
         PrefixAffinity(DEPS, load_factor=0.5)
+
+
+def test_deployment_affinity_orders_a_models_deployments():
+    from thrifty.gateway.config import Deployment
+    from thrifty.multipliers.affinity import DeploymentAffinity
+
+    deps = [Deployment(f"vllm{i}", "llama") for i in range(3)]
+    da = DeploymentAffinity({"llama": deps})
+    assert "llama" in da and "other" not in da
+    body = {"messages": [{"role": "system", "content": "tenant 7 policies " * 50},
+                         {"role": "user", "content": "q1"}]}
+    first = da.order("llama", body)
+    assert sorted(d.key for d in first) == sorted(d.key for d in deps)
+    other = {"messages": [body["messages"][0], {"role": "user", "content": "q2"}]}
+    assert da.order("llama", other)[0] == first[0]  # same long prefix, same deployment
+    da.acquire("llama", first[0])
+    da.release("llama", first[0])
+    assert da.order("llama", body) == first

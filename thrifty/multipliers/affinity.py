@@ -114,3 +114,31 @@ class RoundRobin:
 
     def release(self, name: str) -> None:
         self.in_flight[name] = max(0, self.in_flight[name] - 1)
+
+
+class DeploymentAffinity:
+    """Prefix affinity for the gateway: for each model named in ``[affinity] models``, the
+    order to try its deployments for a request (``order``), with in-flight counts kept by
+    ``acquire``/``release`` around each upstream call."""
+
+    def __init__(self, models: Mapping[str, Sequence[Any]], *, load_factor: float = 1.25,
+                 key_chars: int = 512) -> None:
+        self.by_model: dict[str, tuple[PrefixAffinity, dict[str, Any]]] = {}
+        for name, deployments in models.items():
+            keyed = {d.key: d for d in deployments}
+            self.by_model[name] = (PrefixAffinity(list(keyed), load_factor=load_factor, key_chars=key_chars), keyed)
+
+    def __contains__(self, model: str) -> bool:
+        return model in self.by_model
+
+    def order(self, model: str, body: Mapping[str, Any]) -> list[Any]:
+        balancer, keyed = self.by_model[model]
+        messages = body.get("messages")
+        text = prefix_text(messages if isinstance(messages, list) else (), balancer.key_chars)
+        return [keyed[k] for k in balancer.order(balancer.key(text))]
+
+    def acquire(self, model: str, deployment: Any) -> None:
+        self.by_model[model][0].acquire(deployment.key)
+
+    def release(self, model: str, deployment: Any) -> None:
+        self.by_model[model][0].release(deployment.key)

@@ -19,6 +19,11 @@
     [providers.openai]
     batch_api = true                # send batch lines for this provider to its own batch API
 
+    [affinity]                      # prefix affinity across a model's deployments (vLLM/SGLang pools)
+    models = ["llama-3.3-70b"]      # instead of weighted random; see docs/multipliers.md
+    load_factor = 1.25              # no deployment gets more than 1.25x the mean in-flight load
+    key_chars = 512                 # the prompt prefix that is hashed
+
     [cascade]                       # the "auto-cascade" profile
     models = ["mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"]   # cheapest first
 
@@ -35,7 +40,7 @@ from typing import Any, Mapping
 from thrifty.errors import UsageError
 from thrifty.multipliers.cache import MODES
 
-__all__ = ["BatchSettings", "CacheSettings", "CascadeSettings", "RouteCache", "load_settings"]
+__all__ = ["AffinitySettings", "BatchSettings", "CacheSettings", "CascadeSettings", "RouteCache", "load_settings"]
 
 CASCADE_PROFILE = "auto-cascade"
 
@@ -66,6 +71,24 @@ class BatchSettings:
 @dataclass(frozen=True, slots=True)
 class CascadeSettings:
     models: tuple[str, ...] = ()  # empty: the gateway's default (see wiring.default_cascade)
+
+
+@dataclass(frozen=True, slots=True)
+class AffinitySettings:
+    models: tuple[str, ...] = ()
+    load_factor: float = 1.25
+    key_chars: int = 512
+
+
+def parse_affinity(doc: Mapping[str, Any]) -> AffinitySettings:
+    section = doc.get("affinity") or {}
+    models = section.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise UsageError("affinity.models must be a list of model names")
+    load_factor = _number(section, "load_factor", "affinity", 1.25) or 1.25
+    if load_factor < 1:
+        raise UsageError("affinity.load_factor must be at least 1")
+    return AffinitySettings(tuple(models), load_factor, int(_number(section, "key_chars", "affinity", 512) or 512))
 
 
 def _number(section: Mapping[str, Any], key: str, where: str, default: float | None) -> float | None:
@@ -112,14 +135,15 @@ def parse_settings(doc: Mapping[str, Any]) -> tuple[CacheSettings | None, BatchS
                                 poll=_number(b, "poll", "batches", 5.0) or 5.0)
 
 
-def load_settings(config_path: str | Path | None) -> tuple[CacheSettings | None, BatchSettings, CascadeSettings]:
+def load_settings(config_path: str | Path | None) -> tuple[CacheSettings | None, BatchSettings, CascadeSettings,
+                                                           AffinitySettings]:
     """The multiplier sections of a gateway config file (defaults without a file)."""
     if config_path is None:
-        return (*parse_settings({}), CascadeSettings())
+        return (*parse_settings({}), CascadeSettings(), AffinitySettings())
     try:
         with open(config_path, "rb") as f:
             doc = tomllib.load(f)
-        return (*parse_settings(doc), parse_cascade(doc))
+        return (*parse_settings(doc), parse_cascade(doc), parse_affinity(doc))
     except FileNotFoundError:
         raise UsageError(f"config file not found: {config_path}") from None
     except tomllib.TOMLDecodeError as exc:

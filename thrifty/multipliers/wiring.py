@@ -38,8 +38,8 @@ from thrifty.multipliers.cache import CacheEntry, CacheError, CachePolicy, Exact
     scope_of
 from thrifty.multipliers.cascade import check_answer
 from thrifty.multipliers.semantic import split_request
-from thrifty.multipliers.settings import CASCADE_PROFILE, BatchSettings, CacheSettings, CascadeSettings, \
-    load_settings
+from thrifty.multipliers.settings import CASCADE_PROFILE, AffinitySettings, BatchSettings, CacheSettings, \
+    CascadeSettings, load_settings
 from thrifty.spend.api import LedgerRecord, SpendError
 
 log = logging.getLogger("thrifty.multipliers")
@@ -59,9 +59,11 @@ def _error(status: int, message: str, code: str, param: str | None = None) -> by
 
 class MultiplierApp:
     def __init__(self, inner: Any, *, cache: CacheSettings | None, batches: BatchSettings | None,
-                 cascade: CascadeSettings | None = None) -> None:
+                 cascade: CascadeSettings | None = None, affinity: AffinitySettings | None = None) -> None:
         self.inner = inner
         self.gw = inner.gw
+        if affinity is not None and affinity.models:
+            self.gw.affinity = build_affinity(self.gw, affinity)
         self.cascade = list(cascade.models) if cascade and cascade.models else default_cascade(self.gw)
         unknown = [m for m in self.cascade if m not in self.gw.models]
         if unknown:
@@ -442,6 +444,18 @@ class MultiplierApp:
             return
 
 
+def build_affinity(gw: Any, settings: AffinitySettings) -> Any:
+    """The gateway's prefix-affinity balancer (read by ``Gateway._attempts``)."""
+    from thrifty.errors import UsageError
+    from thrifty.multipliers.affinity import DeploymentAffinity
+
+    bad = [m for m in settings.models if m not in gw.models or len(gw.models[m].deployments) < 2]
+    if bad:
+        raise UsageError(f"affinity.models: {', '.join(bad)} must be configured models with two or more deployments")
+    return DeploymentAffinity({m: gw.models[m].deployments for m in settings.models},
+                              load_factor=settings.load_factor, key_chars=settings.key_chars)
+
+
 def default_cascade(gw: Any) -> list[str]:
     """Without ``[cascade] models``: the cheapest routable chat model, then the frontier model."""
     chat = [(mc.info.input_cost_per_token + mc.info.output_cost_per_token, name)
@@ -482,5 +496,5 @@ async def _respond(send: Callable, status: int, body: bytes, headers: list[tuple
 
 def with_multipliers(app: Any, config_path: str | Path | None = None) -> Any:
     """Wrap a gateway app with the multipliers its config file asks for."""
-    cache, batches, cascade = load_settings(config_path)
-    return MultiplierApp(app, cache=cache, batches=batches, cascade=cascade)
+    cache, batches, cascade, affinity = load_settings(config_path)
+    return MultiplierApp(app, cache=cache, batches=batches, cascade=cascade, affinity=affinity)
