@@ -1,6 +1,6 @@
 """Compute multipliers: what each saves and what it risks, on the same data.
 
-    python -m benchmarks multipliers [--data ../shared/data] [--only cache,semantic,affinity,cascade]
+    python -m benchmarks multipliers [--data ../shared/data] [--only cache,semantic,affinity,cascade,batch]
 
 * ``cache``: the exact cache through the real stores (SQLite file, and Redis when
   scripts/test-services.sh runs it) on a multi-tenant trace of RouterBench prompts with
@@ -12,6 +12,7 @@
   over a pool of deployments with an LRU prefix cache each.
 * ``cascade``: cheap model first with an answer check vs routing alone vs always-frontier
   on recorded responses (GSM8K, RouterBench).
+* ``batch``: normal vs batch prices on the same calls, and the job store's own overhead.
 
 Every figure printed is measured in this run; the workload definitions are in
 docs/multipliers.md.
@@ -33,7 +34,7 @@ import numpy as np
 import orjson
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SECTIONS = ("cache", "semantic", "affinity", "cascade")
+SECTIONS = ("cache", "semantic", "affinity", "cascade", "batch")
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -562,6 +563,56 @@ def bench_cascade(root: Path) -> None:
     print(_row("oracle (cheapest correct model)", L.any(axis=1).mean(), best.sum(), frontier, n))
 
 
+# -- batch deferral --------------------------------------------------------------------------
+
+
+def bench_batch(lines: int) -> None:
+    from thrifty.catalog.loader import Catalog
+    from thrifty.multipliers.batches import BatchRunner, BatchStore
+    from thrifty.providers.replay_records import routerbench_records
+    from thrifty.spend.pricing import cost_usd
+
+    recs = [r for r in routerbench_records() if r.model == "gpt-4-1106-preview"]
+    catalog = Catalog.load(None)
+    print(f"\n== batch deferral: {len(recs)} RouterBench calls (gpt-4-1106-preview's recorded prompt and answer "
+          "token counts) priced with thrifty.spend.pricing, normal vs batch prices")
+    for name, provider in (("gpt-4o", "openai"), ("gpt-4.1-mini", "openai"), ("claude-sonnet-4-5", "anthropic"),
+                           ("gemini-2.5-flash", "gemini")):
+        info = catalog.model(name, provider)
+        sync = sum(float(cost_usd(info, r.prompt_tokens, r.completion_tokens)) for r in recs)
+        batch = sum(float(cost_usd(info, r.prompt_tokens, r.completion_tokens, batch=True)) for r in recs)
+        print(f"  {name:<20} normal ${sync:8.3f}   batch ${batch:8.3f}   saving {1 - batch / sync:.1%}")
+    print("  the saving applies only to lines sent to a provider's batch API (batch_api = true); lines run "
+          "synchronously are billed at normal prices")
+
+    async def run() -> tuple[float, float]:
+        tmp = tempfile.TemporaryDirectory()
+        store = BatchStore(Path(tmp.name) / "b.sqlite3")
+
+        async def instant(fields, endpoint, body, request_id):
+            return 200, {"choices": [{"message": {"content": "ok"}}]}
+
+        content = b"".join(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                         "body": {"model": "m", "messages": [{"role": "user", "content": "q"}]}})
+                           + b"\n" for i in range(lines))
+        f = await store.create_file("anon", "batch", "in.jsonl", content)
+        t0 = time.perf_counter()
+        batch = await store.create_batch("anon", {}, f["id"], "/v1/chat/completions", "24h")
+        create = time.perf_counter() - t0
+        runner = BatchRunner(store, instant, concurrency=16, poll=0.01)
+        t0 = time.perf_counter()
+        await runner.run_batch(batch["id"])
+        run_s = time.perf_counter() - t0
+        await store.close()
+        tmp.cleanup()
+        return create, run_s
+
+    create, run_s = asyncio.run(run())
+    print(f"  thrifty's own overhead: validating and storing {lines} lines {create * 1e3:.0f} ms; running them "
+          f"with an instant executor {run_s:.2f} s ({lines / run_s:,.0f} lines/s, one durable SQLite write per "
+          "line); risk: the provider's completion window is up to 24 h (not measurable offline)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks multipliers")
     ap.add_argument("--data", default=str(DATA))
@@ -569,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=20000, help="exact cache trace length")
     ap.add_argument("--sample", type=int, default=1000, help="semantic: questions to vary")
     ap.add_argument("--affinity-requests", type=int, default=20000)
+    ap.add_argument("--batch-lines", type=int, default=2000)
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
@@ -588,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_affinity(args.affinity_requests)
     if "cascade" in only:
         bench_cascade(root)
+    if "batch" in only:
+        bench_batch(args.batch_lines)
     return 0
 
 
