@@ -154,7 +154,9 @@ def wrk(url: str, body: dict, *, connections: int, duration: float, headers: dic
                                  "-s", str(script), url], LOADGEN_CPU), capture_output=True, text=True,
                          check=True).stdout
     cpu = cpu_seconds(target_pid) - before if target_pid else None
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    runs = sorted(tmp.glob("wrk-*.txt"))
+    (tmp / f"wrk-{len(runs):03d}.txt").write_text(f"{url} c={connections}\n{out}")  # raw output, for the record
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
