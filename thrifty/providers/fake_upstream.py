@@ -51,6 +51,7 @@ class FakeState:
         self.behaviour = behaviour
         self.hits = 0
         self.cache: dict[tuple[str, str], bytes] = {}
+        self.transports: set[asyncio.Transport] = set()
         self.last_body: dict[str, Any] | None = None
 
     def chat_body(self, model: str) -> bytes:
@@ -114,6 +115,10 @@ class FakeProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.state.transports.add(self.transport)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.transports.discard(self.transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -236,8 +241,14 @@ class FakeUpstream:
         return self
 
     def stop(self) -> None:
+        """Like a server process exiting: every open connection is closed, then the port."""
         if self.loop is not None and self.thread is not None:
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            def close_all() -> None:
+                for t in list(self.state.transports):
+                    t.close()
+                self.loop.call_soon(self.loop.stop)  # type: ignore[union-attr]
+
+            self.loop.call_soon_threadsafe(close_all)
             self.thread.join(10)
 
     def __enter__(self) -> "FakeUpstream":
