@@ -237,7 +237,7 @@ def _variants(text: str, rng: random.Random) -> dict[str, str]:
 
 
 def bench_semantic(data, sample: int) -> None:
-    from thrifty.multipliers.semantic import DEFAULT_THRESHOLD, best_match, fingerprint
+    from thrifty.multipliers.semantic import DEFAULT_THRESHOLD, best_match, fingerprint, similarities
     from thrifty.router.embed import default_embedder
 
     prompts = list(dict.fromkeys(p for p in data.prompts if p.strip()))
@@ -299,7 +299,7 @@ def bench_semantic(data, sample: int) -> None:
         times = []
         for i in rng.sample(range(size, n), 500):
             t0 = time.perf_counter()
-            best_match(bucket @ emb.embed_one(prompts[i]), bp, prompts[i], DEFAULT_THRESHOLD)
+            best_match(similarities(bucket, emb.embed_one(prompts[i])), bp, prompts[i], DEFAULT_THRESHOLD)
             times.append(time.perf_counter() - t0)
         print(f"  lookup in a bucket of {size}: p50 {_pct(times, .5) * 1e3:.2f} ms, p99 {_pct(times, .99) * 1e3:.2f} ms")
 

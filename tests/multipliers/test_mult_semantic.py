@@ -94,3 +94,13 @@ def test_lexical_similarity_and_split():
 def test_invalid_threshold(embed, tmp_path):
     with pytest.raises(ValueError, match="threshold"):
         SemanticCache(None, embed, threshold=1.5)  # type: ignore[arg-type]
+
+
+def test_chunked_similarities_equal_the_direct_product():
+    import numpy as np
+
+    from thrifty.multipliers.semantic import similarities
+
+    rng = np.random.default_rng(0)
+    m, v = rng.random((2500, 16), dtype=np.float32), rng.random(16, dtype=np.float32)
+    assert np.allclose(similarities(m, v), m @ v) and similarities(m[:10], v).shape == (10,)
