@@ -227,3 +227,39 @@ def test_batches_resume_at_startup_and_are_served_by_the_wrapper(upstream, tmp_p
         assert batch.request_counts.completed == 1
         assert client.chat.completions.create(model="m-ok", messages=[{"role": "user", "content": "x"}]).choices
     assert [r.request_id for r in spend.records if r.batch] == [f"{batch_id}_0"]
+
+
+def test_hits_are_ledger_rows_with_zero_cost_in_the_real_ledger(upstream, tmp_path):
+    import sqlite3
+
+    from thrifty.spend import store
+    from thrifty.spend.control import DbSpendControl
+
+    spend = DbSpendControl(f"sqlite:///{tmp_path / 'spend.db'}", tmp_path / "journal", admin_key="sk-thr-admin-x")
+    secrets = {}
+    for team in ("alpha", "beta"):
+        store.create_team(spend.db, team)
+        secrets[team] = store.create_key(spend.db, team_id=team)[1]
+    spend.reload()
+    config = build_config({
+        "data_dir": str(tmp_path), "frontier_model": "m-ok",
+        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+        "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
+    }, env={})
+    app = MultiplierApp(create_app(config, spend=spend), cache=CacheSettings(), batches=None)
+    APPS.append(app)
+    with running(app) as url:
+        alpha = openai.OpenAI(base_url=url + "/v1", api_key=secrets["alpha"], max_retries=0)
+        beta = openai.OpenAI(base_url=url + "/v1", api_key=secrets["beta"], max_retries=0)
+        assert ask(alpha, temperature=0).headers["x-thrifty-cache"] == "miss"
+        assert ask(alpha, temperature=0).headers["x-thrifty-cache"] == "hit-exact"
+        assert ask(beta, temperature=0).headers["x-thrifty-cache"] == "miss"
+        with pytest.raises(openai.AuthenticationError):
+            ask(openai.OpenAI(base_url=url + "/v1", api_key="sk-wrong", max_retries=0), temperature=0)
+    spend.flush()
+    rows = sqlite3.connect(tmp_path / "spend.db").execute(
+        "SELECT team_id, cache_hit, cost_nanos, prompt_tokens, input_price FROM ledger ORDER BY ts").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("alpha", 0), ("alpha", 1), ("beta", 0)]
+    hit = rows[1]
+    assert hit[2] == 0 and hit[3] > 0 and hit[4] > 0  # zero cost; tokens and prices give the saving
+    assert rows[0][2] > 0
