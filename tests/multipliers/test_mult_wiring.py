@@ -147,6 +147,17 @@ def test_exact_cache_hits_per_tenant_and_model_and_is_billed_as_a_hit(upstream, 
         text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
         assert text == first.parse().choices[0].message.content
 
+        # A streamed miss is stored too, and served to a non-streamed request.
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in a.chat.completions.create(
+            model="m-ok", messages=[{"role": "user", "content": "stream me"}], temperature=0, stream=True)
+            if ch.choices)
+        deadline = time.monotonic() + 5
+        while app.pending_stores and time.monotonic() < deadline:
+            time.sleep(0.002)
+        again = ask(a, text="stream me", temperature=0)
+        assert again.headers["x-thrifty-cache"] == "hit-exact"
+        assert again.parse().choices[0].message.content == streamed
+
         # Semantic route: a whitespace/case variant hits, a different question does not.
         assert ask(a, "m-sem", "What is the capital of France?").headers["x-thrifty-cache"] == "miss"
         hit = ask(a, "m-sem", "what is the  capital of France?")
@@ -168,7 +179,7 @@ def test_exact_cache_hits_per_tenant_and_model_and_is_billed_as_a_hit(upstream, 
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
 
     hits = [r for r in spend.records if r.cache_hit]
-    assert len(hits) == 5  # exact, m-ok2, header opt-in, stream, semantic
+    assert len(hits) == 6  # exact, m-ok2, header opt-in, stream, stored stream, semantic
     assert all(r.cost_usd == 0 and r.prompt_tokens > 0 and r.provider == "cache" for r in hits)
     assert all(r.team_id == "team-a" for r in hits)
     assert all("saved $" in (r.route_reason or "") for r in hits)

@@ -15,8 +15,9 @@ inside it, so the gateway's hot path is untouched for requests that use no cache
   routed, admitted and billed as usual), keeping the first answer that passes
   :func:`~thrifty.multipliers.cascade.check_answer`.
 
-Streamed requests are served from the cache on a hit (as one content chunk) but not stored
-on a miss; Anthropic ``/v1/messages`` is not cached.
+Streamed requests are served from the cache on a hit (as one content chunk) and stored on a
+miss (reassembled; not when the answer has tool calls); Anthropic ``/v1/messages`` is not
+cached.
 """
 
 from __future__ import annotations
@@ -231,9 +232,6 @@ class MultiplierApp:
         if entry is not None:
             await self._serve_hit(send, entry, kind, body, principal, model, ts, t0)
             return
-        if body.get("stream"):
-            await self._downstream(scope, replay, send, body)
-            return
         await self._miss(scope, replay, send, body, mode, cache_scope, namespace, policy.ttl)
 
     def _allowed_models(self, principal: Any, accepted: set[str] | None) -> set[str]:
@@ -321,9 +319,14 @@ class MultiplierApp:
             return None
         out = b"".join(parts)
         try:
+            if body.get("stream"):
+                from thrifty.gateway.schemas import ChatRequest
+
+                out, cost = _from_stream(out, ChatRequest(dict(body)).prompt_tokens)
+            else:
+                cost = float(headers.get(b"x-thrifty-cost-usd", b"0") or 0)
             usage = orjson.loads(out).get("usage") or {}
-            cost = float(headers.get(b"x-thrifty-cost-usd", b"0") or 0)
-        except (orjson.JSONDecodeError, AttributeError, ValueError):
+        except (orjson.JSONDecodeError, AttributeError, ValueError, TypeError, KeyError):
             return None
         entry = CacheEntry(out, served.decode(), (headers.get(b"x-thrifty-provider") or b"").decode() or None,
                            int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
@@ -465,6 +468,45 @@ def default_cascade(gw: Any) -> list[str]:
     cheap = min(chat)[1]
     strong = gw.config.frontier_model if gw.config.frontier_model in gw.models else max(chat)[1]
     return [cheap, strong] if cheap != strong else []
+
+
+def _from_stream(sse: bytes, prompt_estimate: int) -> tuple[bytes, float]:
+    """A streamed answer (as the gateway sent it) reassembled into a chat completion, and its
+    cost from the gateway's closing comment. Raises ValueError for what is not stored: tool
+    calls, broken streams. Without a usage chunk, tokens are the gateway's estimates."""
+    doc: dict[str, Any] = {}
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, Any] = {}
+    usage = None
+    cost = 0.0
+    for line in sse.split(b"\n"):
+        if line.startswith(b": thrifty cost_usd="):
+            cost = float(line.split(b"=", 1)[1].split(b" ", 1)[0])
+        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            continue
+        chunk = orjson.loads(line[6:])
+        if "error" in chunk:
+            raise ValueError("broken stream")
+        doc = doc or chunk
+        usage = chunk.get("usage") or usage
+        for c in chunk.get("choices") or ():
+            delta = c.get("delta") or {}
+            if delta.get("tool_calls") or delta.get("function_call"):
+                raise ValueError("tool calls are not stored from streams")
+            texts.setdefault(c.get("index", 0), []).append(delta.get("content") or "")
+            if c.get("finish_reason"):
+                finish[c.get("index", 0)] = c["finish_reason"]
+    if not texts:
+        raise ValueError("empty stream")
+    choices = [{"index": i, "message": {"role": "assistant", "content": "".join(t)},
+                "finish_reason": finish.get(i, "stop")} for i, t in sorted(texts.items())]
+    if usage is None:
+        completion = sum(len("".join(t)) for t in texts.values()) // 4 + 1
+        usage = {"prompt_tokens": prompt_estimate, "completion_tokens": completion,
+                 "total_tokens": prompt_estimate + completion}
+    out = {"id": doc.get("id"), "object": "chat.completion", "created": doc.get("created"),
+           "model": doc.get("model"), "choices": choices, "usage": usage}
+    return orjson.dumps(out), cost
 
 
 def _as_stream(body: bytes, include_usage: bool) -> bytes:
