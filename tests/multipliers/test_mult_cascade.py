@@ -76,3 +76,11 @@ def test_on_recorded_gsm8k_responses():
     wrong_rejected = sum(not r.correct for r in rejected) / len(rejected)
     wrong_passed = sum(not r.correct for r in passed) / len(passed)
     assert wrong_rejected > wrong_passed
+
+
+def test_open_ended_answers_escalate_only_when_empty_or_refused():
+    prompt = "Tell me about the history of Rome."
+    assert task_of(prompt) == "other"
+    assert check_answer(prompt, "Rome was founded, by legend, in 753 BC...")
+    assert not check_answer(prompt, "I'm sorry, but I can't help with that.")
+    assert not check_answer(prompt, "   ")

@@ -12,7 +12,9 @@ cheap, deterministic and honest about what they see (the response text, nothing 
 * ``code`` (the prompt asks for a function): the first code block is valid Python that
   defines a function;
 * ``agreement``: two cheap answers (two samples, or two cheap models) give the same
-  extracted answer (:func:`agree`).
+  extracted answer (:func:`agree`);
+* anything else (open-ended chat): only an empty answer or a refusal escalates, so for such
+  prompts the cascade is close to "always the cheap model".
 
 ``python -m benchmarks multipliers --only cascade`` measures each check's quality and cost
 on recorded responses against routing alone and always-frontier.
@@ -34,6 +36,7 @@ _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 _FINAL = re.compile(r"(?:####|answer is|answer:|=)\s*\**\s*(-?\$?\d[\d,]*(?:\.\d+)?)", re.I)
 _CALC = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 _STEP = re.compile(r"(-?\d[\d,]*(?:\.\d+)?(?:\s*[-+*/x×÷]\s*-?\d[\d,]*(?:\.\d+)?)+)\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
+_REFUSAL = re.compile(r"^\s*(i'?m sorry|i am sorry|i cannot|i can'?t|i'?m not able|i am not able|as an ai)", re.I)
 _CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 
 
@@ -139,7 +142,7 @@ def check_answer(prompt: str, response: str, task: str | None = None) -> bool:
         except SyntaxError:
             return False
         return any(isinstance(n, ast.FunctionDef) for n in ast.walk(tree))
-    return bool(answer.strip())
+    return bool(answer.strip()) and not _REFUSAL.match(answer)
 
 
 def agree(prompt: str, a: str, b: str, task: str | None = None) -> bool:
