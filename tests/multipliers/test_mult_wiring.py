@@ -274,3 +274,15 @@ def test_hits_are_ledger_rows_with_zero_cost_in_the_real_ledger(upstream, tmp_pa
     hit = rows[1]
     assert hit[2] == 0 and hit[3] > 0 and hit[4] > 0  # zero cost; tokens and prices give the saving
     assert rows[0][2] > 0
+
+
+def test_a_cache_that_is_down_is_a_miss_not_an_error(upstream, tmp_path):
+    from thrifty.gateway.testing import free_port
+
+    spend, app = serve(upstream, tmp_path, CacheSettings(backend=f"redis://127.0.0.1:{free_port()}/0"))
+    with running(app) as url:
+        a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
+        for _ in range(2):
+            r = ask(a, temperature=0)
+            assert r.status_code == 200 and r.headers["x-thrifty-cache"] == "miss"
+    assert not any(r.cache_hit for r in spend.records)

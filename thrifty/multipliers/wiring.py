@@ -224,11 +224,15 @@ class MultiplierApp:
         allowed = self._allowed_models(principal, accepted)
         entry, kind = None, ""
         if allowed:
-            entry = await self.exact.lookup(cache_scope, namespace, body, allowed)  # type: ignore[union-attr]
-            kind = "exact"
-            if entry is None and mode == "semantic":
-                hit = await self._semantic().lookup(cache_scope, namespace, body, allowed)
-                entry, kind = (hit.entry, "semantic") if hit else (None, "")
+            try:
+                entry = await self.exact.lookup(cache_scope, namespace, body, allowed)  # type: ignore[union-attr]
+                kind = "exact"
+                if entry is None and mode == "semantic":
+                    hit = await self._semantic().lookup(cache_scope, namespace, body, allowed)
+                    entry, kind = (hit.entry, "semantic") if hit else (None, "")
+            except Exception as exc:  # a cache that is down is a miss, never a failed request
+                log.warning("response cache lookup failed (%s); serving without the cache", type(exc).__name__)
+                entry = None
         if entry is not None:
             await self._serve_hit(send, entry, kind, body, principal, model, ts, t0)
             return
@@ -341,8 +345,8 @@ class MultiplierApp:
             await self.exact.store_answer(cache_scope, namespace, body, entry, ttl)  # type: ignore[union-attr]
             if mode == "semantic":
                 await self._semantic().store_answer(cache_scope, namespace, body, entry, ttl)
-        except Exception:
-            log.exception("storing a cached answer failed")
+        except Exception as exc:  # never log the request or the answer
+            log.warning("storing a cached answer failed (%s)", type(exc).__name__)
 
     # -- deferral --------------------------------------------------------------------------
 
