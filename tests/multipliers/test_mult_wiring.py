@@ -286,3 +286,35 @@ def test_a_cache_that_is_down_is_a_miss_not_an_error(upstream, tmp_path):
             r = ask(a, temperature=0)
             assert r.status_code == 200 and r.headers["x-thrifty-cache"] == "miss"
     assert not any(r.cache_hit for r in spend.records)
+
+
+def test_anthropic_messages_are_cached_in_their_own_namespace(upstream, tmp_path):
+    import anthropic
+
+    spend, app = serve(upstream, tmp_path, CacheSettings())
+    with running(app) as url:
+        client = anthropic.Anthropic(base_url=url, api_key="sk-a", max_retries=0)
+
+        def call(mode: str = "exact"):
+            out = client.messages.with_raw_response.create(
+                model="m-ok", max_tokens=20, messages=[{"role": "user", "content": "2+2?"}],
+                extra_headers={"x-thrifty-cache": mode})
+            deadline = time.monotonic() + 5
+            while app.pending_stores and time.monotonic() < deadline:
+                time.sleep(0.002)
+            return out
+
+        first = call()
+        assert first.headers["x-thrifty-cache"] == "miss"
+        second = call()
+        assert second.headers["x-thrifty-cache"] == "hit-exact"
+        assert second.parse().content[0].text == first.parse().content[0].text
+        # The same body on the OpenAI endpoint is another API: it never gets the Messages answer.
+        same = httpx.post(url + "/v1/chat/completions", headers={"authorization": "Bearer sk-a",
+                                                                  "x-thrifty-cache": "exact"},
+                          json={"model": "m-ok", "max_tokens": 20, "messages": [{"role": "user", "content": "2+2?"}]})
+        assert same.headers["x-thrifty-cache"] == "miss" and same.json()["object"] == "chat.completion"
+        with pytest.raises(anthropic.BadRequestError):
+            call("maybe")
+    hits = [r for r in spend.records if r.cache_hit]
+    assert [r.endpoint for r in hits] == ["messages"]

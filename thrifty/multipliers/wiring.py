@@ -16,8 +16,8 @@ inside it, so the gateway's hot path is untouched for requests that use no cache
   :func:`~thrifty.multipliers.cascade.check_answer`.
 
 Streamed requests are served from the cache on a hit (as one content chunk) and stored on a
-miss (reassembled; not when the answer has tool calls); Anthropic ``/v1/messages`` is not
-cached.
+miss (reassembled; not when the answer has tool calls). Anthropic ``/v1/messages`` calls use
+the cache too (in their own namespace, so never another API's answer), except streamed ones.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ log = logging.getLogger("thrifty.multipliers")
 __all__ = ["MultiplierApp", "with_multipliers"]
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+MESSAGES_PATH = "/v1/messages"  # Anthropic: cached too (not streamed requests, not deferral or cascade)
 _CASCADE_BYTES = CASCADE_PROFILE.encode()
 _IDS = itertools.count(1)
 _PREFIX = "req_cache_" + os.urandom(4).hex()
@@ -99,8 +100,8 @@ class MultiplierApp:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if scope["method"] == "POST" and path in CHAT_PATHS:
-                await self._chat(scope, receive, send)
+            if scope["method"] == "POST" and (path in CHAT_PATHS or path == MESSAGES_PATH):
+                await self._chat(scope, receive, send, path == MESSAGES_PATH)
                 return
             for prefix, app in self.mounts:
                 if path == prefix or path.startswith(prefix + "/"):
@@ -159,7 +160,7 @@ class MultiplierApp:
                                           threshold=self.settings.semantic_threshold or DEFAULT_THRESHOLD)
         return self.semantic
 
-    async def _chat(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _chat(self, scope: dict, receive: Callable, send: Callable, anthropic: bool = False) -> None:
         chunks, more = [], True
         size, limit = 0, self.gw.config.max_body_bytes
         while more:
@@ -188,6 +189,9 @@ class MultiplierApp:
                 defer = value.decode("latin-1").strip().lower()
             elif name == b"authorization" or (name == b"x-api-key" and auth is None):
                 auth = value.decode("latin-1")
+        if anthropic and (self.exact is None or defer is not None or b'"stream":true' in raw.replace(b" ", b"")):
+            await self.inner(scope, replay, send)  # only non-streamed Messages calls use the cache
+            return
         if self.exact is None and defer is None and _CASCADE_BYTES not in raw:
             await self.inner(scope, replay, send)  # nothing for the multipliers to do: no second parse
             return
@@ -206,13 +210,17 @@ class MultiplierApp:
             await self._downstream(scope, replay, send, body)
             return
         policy, namespace, accepted = self._route(model)
+        if anthropic:
+            namespace = "anthropic:" + namespace  # same body, other API: never the other format's answer
         try:
             mode = cache_mode(header, policy, body)
         except CacheError as exc:
-            await _respond(send, 400, _error(400, str(exc), "invalid_header", "x-thrifty-cache"), [])
+            error = (orjson.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": str(exc)}})
+                     if anthropic else _error(400, str(exc), "invalid_header", "x-thrifty-cache"))
+            await _respond(send, 400, error, [])
             return
         if mode == "off":
-            await self._downstream(scope, replay, send, body)
+            await self._downstream(scope, replay, send, body, anthropic)
             return
         try:
             principal = await self.gw.spend.authenticate(auth)
@@ -234,9 +242,9 @@ class MultiplierApp:
                 log.warning("response cache lookup failed (%s); serving without the cache", type(exc).__name__)
                 entry = None
         if entry is not None:
-            await self._serve_hit(send, entry, kind, body, principal, model, ts, t0)
+            await self._serve_hit(send, entry, kind, body, principal, model, ts, t0, anthropic)
             return
-        await self._miss(scope, replay, send, body, mode, cache_scope, namespace, policy.ttl)
+        await self._miss(scope, replay, send, body, mode, cache_scope, namespace, policy.ttl, anthropic)
 
     def _allowed_models(self, principal: Any, accepted: set[str] | None) -> set[str]:
         """Models whose cached answers this caller may get: the route's, minus what policy forbids
@@ -251,7 +259,7 @@ class MultiplierApp:
             return set()
 
     async def _serve_hit(self, send: Callable, entry: CacheEntry, kind: str, body: dict, principal: Any,
-                         requested: str, ts: float, t0: float) -> None:
+                         requested: str, ts: float, t0: float, anthropic: bool = False) -> None:
         request_id = f"{_PREFIX}{next(_IDS):08x}"
         mc = self.gw.models.get(entry.model)
         info = mc.info if mc else None
@@ -261,7 +269,8 @@ class MultiplierApp:
         frontier = self.gw.frontier_cost(Usage(entry.prompt_tokens, entry.completion_tokens))
         record = LedgerRecord(
             request_id=request_id, ts=ts, key_id=principal.key_id, user_id=principal.user_id,
-            team_id=principal.team_id, tags=principal.tags, endpoint="chat.completions", requested_model=requested,
+            team_id=principal.team_id, tags=principal.tags, endpoint="messages" if anthropic else "chat.completions",
+            requested_model=requested,
             served_model=entry.model, provider="cache", route_reason=f"{kind} cache hit; saved ${saved:.8f}",
             prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens,
             input_price=(info.input_cost_per_token or 0.0) if info else 0.0,
@@ -284,10 +293,10 @@ class MultiplierApp:
         await _respond(send, 200, entry.body, headers + [(b"content-type", b"application/json")])
 
     async def _miss(self, scope: dict, receive: Callable, send: Callable, body: dict, mode: str,
-                    cache_scope: str, namespace: str, ttl: float) -> None:
+                    cache_scope: str, namespace: str, ttl: float, anthropic: bool = False) -> None:
         self._pending += 1
         try:
-            task = await self._forward(scope, receive, send, body, mode, cache_scope, namespace, ttl)
+            task = await self._forward(scope, receive, send, body, mode, cache_scope, namespace, ttl, anthropic)
         except BaseException:
             self._pending -= 1
             raise
@@ -301,7 +310,7 @@ class MultiplierApp:
         self._tasks.discard(task)
 
     async def _forward(self, scope: dict, receive: Callable, send: Callable, body: dict, mode: str,
-                       cache_scope: str, namespace: str, ttl: float) -> asyncio.Task | None:
+                       cache_scope: str, namespace: str, ttl: float, anthropic: bool = False) -> asyncio.Task | None:
         """Send the request to the gateway, passing its response through; the task storing a
         200 answer, if any."""
         status, headers, parts = 0, {}, []
@@ -317,7 +326,7 @@ class MultiplierApp:
                 parts.append(message.get("body", b""))
             await send(message)
 
-        await self._downstream(scope, receive, capture, body)
+        await self._downstream(scope, receive, capture, body, anthropic)
         served = headers.get(b"x-thrifty-model")
         if status != 200 or served is None:
             return None
@@ -332,9 +341,10 @@ class MultiplierApp:
             usage = orjson.loads(out).get("usage") or {}
         except (orjson.JSONDecodeError, AttributeError, ValueError, TypeError, KeyError):
             return None
+        prompt_tokens = usage.get("input_tokens" if anthropic else "prompt_tokens") or 0
+        completion_tokens = usage.get("output_tokens" if anthropic else "completion_tokens") or 0
         entry = CacheEntry(out, served.decode(), (headers.get(b"x-thrifty-provider") or b"").decode() or None,
-                           int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                           cost, time.time())
+                           int(prompt_tokens), int(completion_tokens), cost, time.time())
         task = asyncio.get_running_loop().create_task(self._store(mode, cache_scope, namespace, body, entry, ttl))
         self._tasks.add(task)
         return task
@@ -382,8 +392,9 @@ class MultiplierApp:
 
     # -- cascade ---------------------------------------------------------------------------
 
-    async def _downstream(self, scope: dict, receive: Callable, send: Callable, body: dict) -> None:
-        if body.get("model") == CASCADE_PROFILE and self.cascade:
+    async def _downstream(self, scope: dict, receive: Callable, send: Callable, body: dict,
+                          anthropic: bool = False) -> None:
+        if body.get("model") == CASCADE_PROFILE and self.cascade and not anthropic:
             await self._cascade(scope, send, body)
         else:
             await self.inner(scope, receive, send)
