@@ -45,6 +45,8 @@ def test_cascade_accepts_or_escalates_and_bills_every_call(prompts, tmp_path):
                         cascade=CascadeSettings((CHEAP, STRONG)))
     with running(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        listed = [m.id for m in client.models.list().data]
+        assert "auto-cascade" in listed and CHEAP in listed
         ok = client.chat.completions.with_raw_response.create(
             model="auto-cascade", messages=[{"role": "user", "content": passing}])
         assert ok.headers["x-thrifty-model"] == CHEAP

@@ -103,6 +103,9 @@ class MultiplierApp:
             if scope["method"] == "POST" and (path in CHAT_PATHS or path == MESSAGES_PATH):
                 await self._chat(scope, receive, send, path == MESSAGES_PATH)
                 return
+            if scope["method"] == "GET" and path in ("/v1/models", "/models") and self.cascade:
+                await self._models(scope, receive, send)
+                return
             for prefix, app in self.mounts:
                 if path == prefix or path.startswith(prefix + "/"):
                     sub = dict(scope)
@@ -389,6 +392,31 @@ class MultiplierApp:
         self.runner.wake()
         await _respond(send, 202, orjson.dumps(batch), [(b"x-thrifty-defer", b"batch"),
                                                          (b"location", f"/v1/batches/{batch['id']}".encode())])
+
+    async def _models(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """The gateway's model list, plus the ``auto-cascade`` profile."""
+        start: dict = {}
+        parts: list[bytes] = []
+
+        async def collect(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+
+        await self.inner(scope, receive, collect)
+        body = b"".join(parts)
+        if start.get("status") == 200:
+            try:
+                doc = orjson.loads(body)
+                if not any(m.get("id") == CASCADE_PROFILE for m in doc["data"]):
+                    doc["data"].append({"id": CASCADE_PROFILE, "object": "model", "created": 1700000000,
+                                        "owned_by": "thrifty-cascade"})
+                body = orjson.dumps(doc)
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                pass
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await _respond(send, start.get("status", 500), body, headers)
 
     # -- cascade ---------------------------------------------------------------------------
 
