@@ -9,7 +9,7 @@ from thrifty.gateway.app import create_app
 from thrifty.gateway.config import _replay_models, build_config
 from thrifty.gateway.testing import running
 from thrifty.multipliers.cascade import check_answer
-from thrifty.multipliers.settings import CascadeSettings
+from thrifty.multipliers.settings import CacheSettings, CascadeSettings
 from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.providers.replay_records import DEFAULT_SHARED, gsm8k_records
 from thrifty.spend.api import LedgerRecord, OpenSpendControl
@@ -41,7 +41,7 @@ def test_cascade_accepts_or_escalates_and_bills_every_call(prompts, tmp_path):
     config = build_config({"data_dir": str(tmp_path), "providers": {"replay": {"type": "replay", "source": "shared"}},
                            "models": models}, env={})
     spend = Ledger()
-    app = MultiplierApp(create_app(config, spend=spend), cache=None, batches=None,
+    app = MultiplierApp(create_app(config, spend=spend), cache=CacheSettings(), batches=None,
                         cascade=CascadeSettings((CHEAP, STRONG)))
     with running(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
@@ -59,9 +59,24 @@ def test_cascade_accepts_or_escalates_and_bills_every_call(prompts, tmp_path):
                                                 messages=[{"role": "user", "content": failing}])
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == \
             up.parse().choices[0].message.content
-    served = [r.served_model for r in spend.records]
-    assert served == [CHEAP, CHEAP, STRONG, CHEAP, STRONG]  # the cheap call is billed even when escalated
-    assert all(r.cost_usd > 0 for r in spend.records)
+        # A cascaded answer is cached like any other (deterministic request): no model is called again.
+        first = client.chat.completions.with_raw_response.create(
+            model="auto-cascade", temperature=0, messages=[{"role": "user", "content": failing}])
+        import time
+
+        deadline = time.monotonic() + 5
+        while app.pending_stores and time.monotonic() < deadline:
+            time.sleep(0.01)
+        again = client.chat.completions.with_raw_response.create(
+            model="auto-cascade", temperature=0, messages=[{"role": "user", "content": failing}])
+        assert (first.headers["x-thrifty-cache"], again.headers["x-thrifty-cache"]) == ("miss", "hit-exact")
+        assert again.headers["x-thrifty-model"] == STRONG
+    calls = [r for r in spend.records if not r.cache_hit]
+    served = [r.served_model for r in calls]
+    # The cheap call is billed even when escalated.
+    assert served == [CHEAP, CHEAP, STRONG, CHEAP, STRONG, CHEAP, STRONG]
+    assert all(r.cost_usd > 0 for r in calls)
+    assert [r.served_model for r in spend.records if r.cache_hit] == [STRONG]
 
 
 def test_cascade_settings():

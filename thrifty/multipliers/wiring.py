@@ -148,6 +148,8 @@ class MultiplierApp:
         if mode is None and not self.settings.deterministic:
             mode = "off"
         policy = CachePolicy(mode=mode, ttl=(route.ttl if route and route.ttl else self.settings.ttl))
+        if model == CASCADE_PROFILE and self.cascade:
+            return policy, "profile:" + model, set(self.cascade)
         if self.gw.router.is_profile(model):
             return policy, "profile:" + model, None  # the route itself may pick any model
         share = route.share_with if route else ()
