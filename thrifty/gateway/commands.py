@@ -13,8 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=4000)
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--server", default="auto", choices=["auto", "granian", "uvicorn"],
-                   help="HTTP server (default: granian if installed, else uvicorn)")
+    p.add_argument("--server", default="uvicorn", choices=["uvicorn", "granian"],
+                   help="HTTP server (default: uvicorn; granian if installed)")
     p.set_defaults(func=_serve)
 
     d = subparsers.add_parser("demo", help="route a few hundred real benchmark prompts through 'auto' and report",

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from thrifty.errors import UsageError
 from thrifty.gateway.config import GatewayConfig, load_config
 from thrifty.spend.api import OpenSpendControl, SpendControl
 
@@ -45,24 +46,22 @@ def make_app(config_path: str | None = None) -> Any:
     return create_app(config, spend=spend, mounts=mounts)
 
 
-SERVERS = ("auto", "granian", "uvicorn")
+SERVERS = ("uvicorn", "granian")
 
 
-def serve(app: Any, host: str, port: int, *, log_level: str = "warning", server: str = "auto") -> None:
+def serve(app: Any, host: str, port: int, *, log_level: str = "warning", server: str = "uvicorn") -> None:
     """Serve ``app`` in this process (one event loop, one core).
 
-    ``granian`` (Rust HTTP, in-process "embedded" mode) serves about twice the requests per core of
-    ``uvicorn`` (httptools + uvloop) in ``benchmarks/gateway.py``, at a slightly higher latency with a
-    single connection; ``auto`` picks granian when it is installed.
+    ``uvicorn`` (httptools + uvloop) is the default: in ``benchmarks/gateway.py`` (A/B, alternating,
+    spend on) it used ~0.29 ms CPU per request at one connection against granian's ~0.40 ms, and
+    about the same at 64 connections (0.19 vs 0.15-0.20 ms). ``granian`` (Rust HTTP, in-process
+    "embedded" mode, which granian marks experimental) can be chosen when installed.
     """
-    if server == "auto":
+    if server == "granian":
         try:
             import granian  # noqa: F401
-
-            server = "granian"
         except ImportError:
-            server = "uvicorn"
-    if server == "granian":
+            raise UsageError("--server granian needs granian: pip install 'granian>=2.5,<3'") from None
         _serve_granian(app, host, port, log_level)
         return
     import uvicorn
