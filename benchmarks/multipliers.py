@@ -466,6 +466,43 @@ def _matched_router(p_cheap: np.ndarray, ok_cheap: np.ndarray, ok_top: np.ndarra
     return float(quality), float(cost)
 
 
+def _verifier_scores(prompts: list[str], answers: list[str], router_p: np.ndarray, passed: np.ndarray,
+                     correct: np.ndarray, seed: int = 5) -> np.ndarray:
+    """P(cheap answer correct) from a learned verifier that sees the prompt *and* the answer:
+    L2-regularised logistic regression on [prompt embedding, answer embedding, their product,
+    router score, check passed, log answer length], cross-fitted in the same 2 folds as the
+    router (each prompt scored by a verifier trained on the other half)."""
+    from thrifty.router.embed import default_embedder
+
+    emb = default_embedder(show_progress=False)
+    P, A = emb.embed(prompts), emb.embed([a or " " for a in answers])
+    X = np.hstack([P, A, P * A, router_p[:, None], passed[:, None].astype(float),
+                   np.log1p([len(a) for a in answers])[:, None]]).astype(np.float64)
+    X = (X - X.mean(0)) / (X.std(0) + 1e-9)
+    X = np.hstack([X, np.ones((len(X), 1))])
+    y = correct.astype(float)
+    fold = np.random.default_rng(seed).integers(0, 2, len(X))
+    out = np.zeros(len(X))
+    for k in (0, 1):
+        tr, te = fold != k, fold == k
+        w = np.zeros(X.shape[1])
+        for _ in range(300):  # gradient descent; small and convex
+            p = 1 / (1 + np.exp(-X[tr] @ w))
+            w -= 0.5 * (X[tr].T @ (p - y[tr]) / tr.sum() + 1e-2 * w)
+        out[te] = 1 / (1 + np.exp(-X[te] @ w))
+    return out
+
+
+def _matched_verifier(v: np.ndarray, ok_cheap: np.ndarray, ok_top: np.ndarray, c_cheap: np.ndarray,
+                      c_top: np.ndarray, escalate_share: float) -> tuple[float, float]:
+    """Cascade with the learned verifier: escalate the given share with the lowest verifier score
+    (the cheap answer is always paid for)."""
+    k = int(round(escalate_share * len(v)))
+    esc = np.zeros(len(v), dtype=bool)
+    esc[np.argsort(v)[:k]] = True
+    return float(np.where(esc, ok_top, ok_cheap).mean()), float(c_cheap.sum() + c_top[esc].sum())
+
+
 def bench_cascade(root: Path) -> None:
     from thrifty.multipliers.cascade import agree, check_answer, task_of
     from thrifty.providers.replay_records import REPLAY_PRICES, estimate_tokens
@@ -515,6 +552,12 @@ def bench_cascade(root: Path) -> None:
     cost = c_c[~direct].sum() + c_t[~accept].sum()
     print(_row("router first (lowest 25% -> frontier), then cascade", np.where(accept, ok_c, ok_t).mean(), cost,
                frontier, n, f"frontier for {(~accept).mean():.1%}"))
+    v = _verifier_scores([g.prompts[i] for i in keep], [g.responses[cheap][i] or "" for i in keep],
+                         scores[:, jc], passed, ok_c)
+    for share in (esc.mean(), 0.25, 0.5):
+        vq, vc = _matched_verifier(v, ok_c, ok_t, c_c, c_t, share)
+        print(_row(f"cascade, learned verifier, {share:.0%} escalated", vq, vc, frontier, n,
+                   "cross-fitted logistic regression on prompt+answer" if share == esc.mean() else ""))
     ideal = np.where(ok_c, ok_c, ok_t).mean()
     print(_row("cascade with a perfect check (ceiling)", ideal, c_c.sum() + c_t[~ok_c].sum(), frontier, n))
 
@@ -553,6 +596,12 @@ def bench_cascade(root: Path) -> None:
                f"escalates {(~mix).mean():.1%}; accepts {(~L[:, j1] & mix).sum()} wrong"))
     rq, rc = _matched_router(scores[:, j1], L[:, j1], L[:, jt], C[:, j1], C[:, jt], (~ag).mean())
     print(_row("routing alone mixtral/gpt-4, same share to gpt-4", rq, rc, frontier, n))
+    v = _verifier_scores(prompts, r1, scores[:, j1], fmt, L[:, j1])
+    for share in ((~ag).mean(), 0.15):
+        vq, vc = _matched_verifier(v, L[:, j1], L[:, jt], C[:, j1], C[:, jt], share)
+        rq, rc = _matched_router(scores[:, j1], L[:, j1], L[:, jt], C[:, j1], C[:, jt], share)
+        print(_row(f"cascade mixtral -> gpt-4, learned verifier, {share:.0%} escalated", vq, vc, frontier, n,
+                   f"routing alone at the same share: {rq:.1%}"))
     from thrifty.router.router import reference_costs
 
     ref = reference_costs(d)
