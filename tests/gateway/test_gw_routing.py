@@ -101,3 +101,20 @@ def test_anthropic_client_can_route(routed):
                                                    messages=[{"role": "user", "content": rec.prompt}])
     assert raw.headers["x-thrifty-model"] in ROUTERBENCH_MODELS
     assert raw.parse().content[0].text
+
+
+@needs_router
+def test_policy_routing_profile_replaces_auto(upstreams, tmp_path):
+    from thrifty.spend.api import Principal
+
+    class CheapTeam(RecordingSpend):
+        async def authenticate(self, authorization):
+            return Principal(key_id="k", team_id="cheap", routing_profile="penny-pincher")
+
+    doc = gateway_doc(upstreams, tmp_path)
+    doc["router_path"] = str(ROUTER)
+    doc["profiles"] = {"penny-pincher": {"cost_weight": 1e9}}
+    with serve_gateway(doc, spend=CheapTeam()) as (url, _):
+        raw = ask(url, "auto", PROMPTS[0])
+    assert raw.headers["x-thrifty-route-reason"].startswith("penny-pincher: ")
+    assert raw.headers["x-thrifty-model"] == "mistralai/mistral-7b-chat"  # the cheapest

@@ -114,10 +114,10 @@ class Gateway:
         name = req.model
         prompt_tokens = req.prompt_tokens
         profile = None
-        if self.router.is_profile(name):
+        if name in ("auto", "default") and principal.routing_profile:
+            profile = principal.routing_profile  # the caller's policy picks what "auto" means for them
+        elif self.router.is_profile(name):
             profile = name
-        elif name == "default" and principal.routing_profile:
-            profile = principal.routing_profile
         if profile is not None:
             return self._plan_auto(principal, req, profile, prompt_tokens)
 
