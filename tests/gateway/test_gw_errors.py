@@ -126,3 +126,44 @@ def test_anthropic_sdk_sees_typed_errors(gateway):
         client.messages.create(model="m-ok", max_tokens=5, messages=[{"role": "user", "content": 3}])
     r = post(url, "/v1/messages", b"{oops")
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+class _Buggy:
+    """An adapter with a bug (raises a plain exception), to check nothing leaks to the client."""
+
+    name = "ok"
+
+    async def start(self):
+        pass
+
+    async def close(self):
+        pass
+
+    async def chat(self, body, timeouts):
+        raise RuntimeError("secret internal detail")
+
+    async def chat_stream(self, body, timeouts):
+        yield [{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}]
+        raise RuntimeError("secret internal detail")
+
+
+def test_internal_errors_never_leak_a_traceback(upstreams, tmp_path):
+    from conftest import gateway_doc
+    from thrifty.gateway.app import create_app
+    from thrifty.gateway.config import build_config
+    from thrifty.gateway.testing import running
+    from thrifty.spend.api import OpenSpendControl
+
+    app = create_app(build_config(gateway_doc(upstreams, tmp_path), env={}), spend=OpenSpendControl(),
+                     providers={"ok": _Buggy()})
+    with running(app) as url:
+        err = openai_error(post(url, "/v1/chat/completions", json={"model": "m-ok", "messages": MSG}),
+                           500, "internal_error")
+        assert "secret" not in err["message"] and "req_" in err["message"]
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        got = []
+        with pytest.raises(openai.APIError) as info:
+            for chunk in client.chat.completions.create(model="m-ok", messages=MSG, stream=True):
+                got.append(chunk)
+        assert got and "secret" not in str(info.value)

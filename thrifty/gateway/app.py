@@ -70,7 +70,7 @@ class _Ctx:
     """Per-request state the handlers share: who, what was decided, what must be settled."""
 
     __slots__ = ("request_id", "ts", "t0", "principal", "endpoint", "plan", "served", "reservation", "settled",
-                 "stream", "fmt")
+                 "stream", "fmt", "started")
 
     def __init__(self, endpoint: str, fmt: str) -> None:
         self.request_id = _new_request_id()
@@ -84,6 +84,7 @@ class _Ctx:
         self.settled = False
         self.stream = False
         self.fmt = fmt
+        self.started = False  # response headers sent: errors must end the stream instead
 
 
 class GatewayApp:
@@ -201,6 +202,10 @@ class GatewayApp:
         await send({"type": "http.response.body", "body": body})
 
     async def _error(self, send: Send, fmt: str, exc: GatewayError | SpendError, ctx: _Ctx | None) -> None:
+        if ctx is not None and ctx.started:  # mid-stream: the status is gone, end with an error event
+            await send({"type": "http.response.body", "body": _stream_error(fmt, exc.message, "api_error"),
+                        "more_body": False})
+            return
         if isinstance(exc, SpendError):
             status, type_, code, param = exc.status, exc.error_type, exc.code, None
         else:
@@ -372,6 +377,7 @@ class GatewayApp:
             if ctx.fmt == ANTHROPIC else None
         await send({"type": "http.response.start", "status": 200,
                     "headers": SSE_HEADERS + self._route_headers(ctx, None, None)})
+        ctx.started = True
         held: list[dict[str, Any]] = []
         usage_body: dict[str, Any] | None = None
         completion_chars = 0
@@ -409,12 +415,8 @@ class GatewayApp:
             usage = Usage(ctx.plan.prompt_tokens, completion_chars // 4)
             await self._settle(ctx, 502, usage, "stream_broken")
             message = f"The upstream stream broke mid-answer: {error.message}"
-            if anth is not None:
-                data = sse_event("error", {"type": "error", "error": {"type": "api_error", "message": message}})
-            else:
-                data = b"data: " + orjson.dumps({"error": {"message": message, "type": "upstream_error",
-                                                           "param": None, "code": "stream_broken"}}) + b"\n\n"
-            await send({"type": "http.response.body", "body": data, "more_body": False})
+            await send({"type": "http.response.body", "body": _stream_error(ctx.fmt, message, "stream_broken"),
+                        "more_body": False})
             return
         usage = _usage_of(usage_body, ctx.plan.prompt_tokens)
         if usage_body is None:
@@ -467,6 +469,14 @@ class GatewayApp:
 
     async def metrics_endpoint(self, scope: dict, receive: Callable, send: Send) -> None:
         await self._send(send, 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")])
+
+
+def _stream_error(fmt: str, message: str, code: str) -> bytes:
+    """The last event of a stream that cannot finish: the SDKs raise it as an API error."""
+    if fmt == ANTHROPIC:
+        return sse_event("error", {"type": "error", "error": {"type": "api_error", "message": message}})
+    return b"data: " + orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None,
+                                               "code": code}}) + b"\n\n"
 
 
 def _upstream_to_gateway(exc: UpstreamError) -> GatewayError:
