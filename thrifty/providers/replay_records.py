@@ -7,11 +7,13 @@ provider serves these; the demo uses the correctness flags to measure quality ke
 Token counts. Neither data set ships token counts, so they are derived, the same way for
 every record, and documented here:
 
-* prompt tokens: ``ceil(len(prompt) / 4)`` (OpenAI's rule of thumb of ~4 characters a token);
+* prompt tokens: ``ceil(len(prompt) / 4)`` (OpenAI's rule of thumb of ~4 characters a token),
+  capped for RouterBench so that no model's recorded cost of that prompt would leave less than
+  one completion token: ``min over models of (total_cost - output_price) / input_price``. One
+  prompt count per prompt, shared by all models;
 * RouterBench completion tokens: from the recorded real cost of the call and the model's
-  catalog price: ``(total_cost - prompt_tokens * input_price) / output_price``, rounded, at
-  least 1. When that residual is not positive (the prompt estimate overshoots), the completion
-  falls back to ``ceil(len(response) / 4)``;
+  price: ``(total_cost - prompt_tokens * input_price) / output_price``, rounded, at least 1
+  (a cost of 0 or a missing cost falls back to ``ceil(len(response) / 4)``);
 * GSM8K (no costs recorded): completion tokens are ``ceil(len(response) / 4)``.
 
 The recorded ``cost_usd`` of RouterBench rows is kept as is; GSM8K costs are priced from
@@ -131,17 +133,17 @@ def routerbench_records(shared: Path = DEFAULT_SHARED, only: set[str] | None = N
             if only is not None and row["sample_id"] not in only:
                 continue
             prompt = join_prompt(ast.literal_eval(row["prompt"]))
-            p_tokens = estimate_tokens(prompt)
-            for model in ROUTERBENCH_MODELS:
-                raw = row.get(f"{model}|model_response", "")
-                if not raw or row.get(model, "") == "":
-                    continue
-                parts = ast.literal_eval(raw)
+            models = [m for m in ROUTERBENCH_MODELS if row.get(f"{m}|model_response") and row.get(m, "") != ""]
+            costs = {m: float(row.get(f"{m}|total_cost") or 0.0) for m in models}
+            caps = [int((c - REPLAY_PRICES[m][1]) / REPLAY_PRICES[m][0]) for m, c in costs.items() if c > 0]
+            p_tokens = max(1, min([estimate_tokens(prompt), *caps]))
+            for model in models:
+                parts = ast.literal_eval(row[f"{model}|model_response"])
                 response = parts[-1] if isinstance(parts, list) and parts else str(parts)
-                cost = float(row.get(f"{model}|total_cost") or 0.0)
+                cost = costs[model]
                 in_price, out_price = REPLAY_PRICES[model]
                 residual = cost - p_tokens * in_price
-                c_tokens = round(residual / out_price) if residual > 0 else estimate_tokens(response)
+                c_tokens = round(residual / out_price) if cost > 0 else estimate_tokens(response)
                 yield Record(row["sample_id"], row["eval_name"], model, prompt, response,
                              float(row[model]) >= 0.5, p_tokens, max(1, c_tokens), cost)
 
