@@ -153,3 +153,18 @@ def test_key_scopes_and_open_store(tmp_path):
     store = open_store(None, tmp_path)
     assert isinstance(store, SQLiteCacheStore) and store.path.endswith("response_cache.sqlite3")
     asyncio.run(store.close())
+
+
+def test_sqlite_store_is_bounded(tmp_path):
+    async def go():
+        store = SQLiteCacheStore(tmp_path / "b.sqlite3", purge_every=10, max_entries=25)
+        cache = ExactCache(store)
+        for i in range(60):
+            await cache.store_answer("anon", "m", {**REQ, "seed": i}, entry("m"), ttl=60 + i)
+        assert store.count() <= 25 + 10
+        # The newest (latest to expire) survive.
+        assert await cache.lookup("anon", "m", {**REQ, "seed": 59}, {"m"}) is not None
+        assert await cache.lookup("anon", "m", {**REQ, "seed": 0}, {"m"}) is None
+        await store.close()
+
+    asyncio.run(go())

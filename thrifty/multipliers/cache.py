@@ -129,9 +129,11 @@ class CacheStore(Protocol):
 
 
 class SQLiteCacheStore:
-    """One table, ``key -> (scope, expires, value)``; WAL so readers never wait on the writer."""
+    """One table, ``key -> (scope, expires, value)``; WAL so readers never wait on the writer.
+    Every ``purge_every`` writes, expired entries are deleted, then the soonest to expire
+    beyond ``max_entries`` (the disk bound; Redis bounds itself with ``maxmemory``)."""
 
-    def __init__(self, path: str | Path, *, purge_every: int = 1000) -> None:
+    def __init__(self, path: str | Path, *, purge_every: int = 1000, max_entries: int = 1_000_000) -> None:
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thrifty-cache")
@@ -139,6 +141,7 @@ class SQLiteCacheStore:
         self._rconn = self._connect()
         self._puts = 0
         self._purge_every = purge_every
+        self.max_entries = max_entries
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
@@ -146,6 +149,7 @@ class SQLiteCacheStore:
         conn.execute("PRAGMA synchronous=NORMAL")  # a lost cache entry on power loss is harmless
         conn.execute("CREATE TABLE IF NOT EXISTS response_cache (key TEXT PRIMARY KEY, scope TEXT NOT NULL, "
                      "expires REAL NOT NULL, value BLOB NOT NULL) WITHOUT ROWID")
+        conn.execute("CREATE INDEX IF NOT EXISTS response_cache_expires ON response_cache (expires)")
         return conn
 
     def get_sync(self, key: str) -> CacheEntry | None:
@@ -166,6 +170,10 @@ class SQLiteCacheStore:
         self._puts += 1
         if self._puts % self._purge_every == 0:
             self._wconn.execute("DELETE FROM response_cache WHERE expires < ?", (now,))
+            over = self._wconn.execute("SELECT count(*) FROM response_cache").fetchone()[0] - self.max_entries
+            if over > 0:
+                self._wconn.execute("DELETE FROM response_cache WHERE key IN (SELECT key FROM response_cache"
+                                    " ORDER BY expires LIMIT ?)", (over,))
 
     async def put(self, key: str, entry: CacheEntry, ttl: float) -> None:
         await asyncio.wrap_future(self._writer.submit(self._put, key, entry, ttl))
