@@ -249,3 +249,47 @@ def test_deferrable_call_header(upstream, tmp_path):
         # Without the header the call is answered at once, as always.
         assert httpx.post(url + "/v1/chat/completions", json=body).json()["choices"]
     assert [r.batch for r in spend.records] == [True, False]
+
+
+def test_provider_batch_api_down_then_up_holds_once_and_completes(upstream, tmp_path):
+    from thrifty.gateway.testing import free_port
+    from thrifty.multipliers.settings import BatchSettings
+    from thrifty.multipliers.wiring import MultiplierApp
+
+    class Counting(Ledger):
+        admits = 0
+
+        async def admit(self, principal, model, *, prompt_tokens, max_cost_usd):
+            Counting.admits += 1
+            return await super().admit(principal, model, prompt_tokens=prompt_tokens, max_cost_usd=max_cost_usd)
+
+    port = free_port()
+    front_cfg = build_config({
+        "data_dir": str(tmp_path / "front"), "frontier_model": "m-batch",
+        "providers": {"bp": {"type": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "batch_api": True}},
+        "models": {"m-batch": {"provider": "bp", "upstream_model": "m-up", "route": False, **PRICE,
+                               "input_cost_per_token_batches": 0.5e-6, "output_cost_per_token_batches": 1e-6}},
+    }, env={})
+    spend = Counting()
+    front = MultiplierApp(create_app(front_cfg, spend=spend), cache=None, batches=BatchSettings(poll=0.05))
+    provider_cfg = build_config({
+        "data_dir": str(tmp_path / "provider"), "frontier_model": "m-up",
+        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+        "models": {"m-up": {"provider": "ok", "route": False, **PRICE}},
+    }, env={})
+    provider = MultiplierApp(create_app(provider_cfg, spend=Ledger()), cache=None, batches=BatchSettings(poll=0.05))
+    with running(front) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        f = client.files.create(file=("in.jsonl", jsonl(3, "m-batch")), purpose="batch")
+        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        time.sleep(0.5)  # several passes fail to reach the provider's batch API
+        assert client.batches.retrieve(batch.id).status == "in_progress"
+        with running(provider, port=port):
+            deadline = time.monotonic() + 20
+            while batch.status != "completed":
+                assert time.monotonic() < deadline, batch
+                time.sleep(0.05)
+                batch = client.batches.retrieve(batch.id)
+        assert batch.request_counts.completed == 3
+    assert Counting.admits == 3  # one hold per line, however many submissions failed
+    assert sorted(r.request_id for r in spend.records) == [f"{batch.id}_{i}" for i in range(3)]

@@ -160,12 +160,14 @@ class ProviderBatches:
             admitted = []
             for line, body, plan, dep in items:
                 rid = line_request_id(batch_id, line)
-                try:
-                    reservation = await gw.spend.admit(principal, plan.chain[0].info, prompt_tokens=plan.prompt_tokens,
-                                                       max_cost_usd=plan.max_cost_usd)
-                except SpendError:
-                    continue  # refused now: the synchronous path will refuse it with the reason
-                self.held[rid] = (reservation, plan, Served(plan.chain[0], dep))
+                if rid not in self.held:  # a retried submission keeps its first hold: one per line
+                    try:
+                        reservation = await gw.spend.admit(principal, plan.chain[0].info,
+                                                           prompt_tokens=plan.prompt_tokens,
+                                                           max_cost_usd=plan.max_cost_usd)
+                    except SpendError:
+                        continue  # refused now: the synchronous path will refuse it with the reason
+                    self.held[rid] = (reservation, plan, Served(plan.chain[0], dep))
                 admitted.append((line, body))
             if not admitted:
                 continue
