@@ -16,7 +16,9 @@ BENCHMARKS = {
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
-        print("usage: python -m benchmarks {" + ",".join(BENCHMARKS) + "} [args]  (default: gateway)")
+        print(
+            "usage: python -m benchmarks {" + ",".join(BENCHMARKS) + "} [args]  (default: gateway)"
+        )
         if argv and argv[0] not in ("-h", "--help"):
             return 2
         if argv:

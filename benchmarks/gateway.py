@@ -33,11 +33,23 @@ PY = sys.executable
 ADMIN_KEY = "sk-thr-admin-bench-key"
 LITELLM_VERSION = "1.106.2"
 LITELLM_VENV = Path(tempfile.gettempdir()) / f"thrifty-bench-litellm-{LITELLM_VERSION}"
-PROMPT = ("Which skin surface will produce the most heat when rubbed quickly? A) dry palms B) wet palms "
-          "C) palms covered with oil D) palms covered with lotion. Answer with one letter.")
-ROUTER_MODELS = ("gpt-4-1106-preview", "gpt-3.5-turbo-1106", "claude-v1", "claude-v2", "claude-instant-v1",
-                 "meta/llama-2-70b-chat", "meta/code-llama-instruct-34b-chat", "mistralai/mixtral-8x7b-chat",
-                 "mistralai/mistral-7b-chat", "zero-one-ai/Yi-34B-Chat", "WizardLM/WizardLM-13B-V1.2")
+PROMPT = (
+    "Which skin surface will produce the most heat when rubbed quickly? A) dry palms B) wet palms "
+    "C) palms covered with oil D) palms covered with lotion. Answer with one letter."
+)
+ROUTER_MODELS = (
+    "gpt-4-1106-preview",
+    "gpt-3.5-turbo-1106",
+    "claude-v1",
+    "claude-v2",
+    "claude-instant-v1",
+    "meta/llama-2-70b-chat",
+    "meta/code-llama-instruct-34b-chat",
+    "mistralai/mixtral-8x7b-chat",
+    "mistralai/mistral-7b-chat",
+    "zero-one-ai/Yi-34B-Chat",
+    "WizardLM/WizardLM-13B-V1.2",
+)
 CORES = os.cpu_count() or 1
 LOADGEN_CPU, TARGET_CPU = "0", ("1" if CORES > 1 else "0")
 
@@ -65,27 +77,46 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, cmd: list[str], cpu: str, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, cmd: list[str], cpu: str, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.log = open(log, "wb")
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(pinned(cmd, cpu), stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        self.proc = subprocess.Popen(
+            pinned(cmd, cpu),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         self.logpath = log
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def wait_ready(self, url: str, *, post: dict | None = None, headers: dict | None = None,
-                   timeout: float = 120) -> float:
+    def wait_ready(
+        self,
+        url: str,
+        *,
+        post: dict | None = None,
+        headers: dict | None = None,
+        timeout: float = 120,
+    ) -> float:
         """Seconds from spawn until ``url`` answers 200 (a POST if ``post``: the first served request)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.logpath.name} exited: {self.logpath.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"{self.logpath.name} exited: {self.logpath.read_text()[-2000:]}"
+                )
             try:
-                r = (httpx.post(url, json=post, headers=headers, timeout=5) if post is not None
-                     else httpx.get(url, timeout=2))
+                r = (
+                    httpx.post(url, json=post, headers=headers, timeout=5)
+                    if post is not None
+                    else httpx.get(url, timeout=2)
+                )
                 if r.status_code == 200:
                     return time.perf_counter() - self.t0
             except httpx.HTTPError:
@@ -135,36 +166,72 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def wrk(url: str, body: dict, *, connections: int, duration: float, headers: dict[str, str],
-        target_pid: int | None, tmp: Path, vary: bool = False) -> Load:
+def wrk(
+    url: str,
+    body: dict,
+    *,
+    connections: int,
+    duration: float,
+    headers: dict[str, str],
+    target_pid: int | None,
+    tmp: Path,
+    vary: bool = False,
+) -> Load:
     """``vary``: every request gets a distinct prompt (so no cache of the router can help)."""
     script = tmp / "post.lua"
     lua_headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
-    lua = (f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
-           f'wrk.headers["Content-Type"] = "application/json"\n{lua_headers}')
+    lua = (
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+        f'wrk.headers["Content-Type"] = "application/json"\n{lua_headers}'
+    )
     if vary:
         head, tail = json.dumps(body).split(PROMPT)
-        lua += (f"local n = 0\nlocal head = {json.dumps(head + PROMPT)}\nlocal tail = {json.dumps(tail)}\n"
-                "request = function()\n  n = n + 1\n"
-                "  return wrk.format(nil, nil, nil, head .. ' (variant ' .. n .. ')' .. tail)\nend\n")
+        lua += (
+            f"local n = 0\nlocal head = {json.dumps(head + PROMPT)}\nlocal tail = {json.dumps(tail)}\n"
+            "request = function()\n  n = n + 1\n"
+            "  return wrk.format(nil, nil, nil, head .. ' (variant ' .. n .. ')' .. tail)\nend\n"
+        )
     script.write_text(lua)
     before = cpu_seconds(target_pid) if target_pid else 0.0
-    out = subprocess.run(pinned([ensure_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
-                                 "--timeout", "30s", "--latency",
-                                 "-s", str(script), url], LOADGEN_CPU), capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        pinned(
+            [
+                ensure_wrk(),
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(duration))}s",
+                "--timeout",
+                "30s",
+                "--latency",
+                "-s",
+                str(script),
+                url,
+            ],
+            LOADGEN_CPU,
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     cpu = cpu_seconds(target_pid) - before if target_pid else None
     runs = sorted(tmp.glob("wrk-*.txt"))
-    (tmp / f"wrk-{len(runs):03d}.txt").write_text(f"{url} c={connections}\n{out}")  # raw output, for the record
+    (tmp / f"wrk-{len(runs):03d}.txt").write_text(
+        f"{url} c={connections}\n{out}"
+    )  # raw output, for the record
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     nan = float("nan")
-    return Load(rps, _ms(lat["50"]) if "50" in lat else nan, _ms(lat["99"]) if "99" in lat else nan,
-                requests, errors,
-                cpu / requests * 1000 if cpu is not None and requests else None)
+    return Load(
+        rps,
+        _ms(lat["50"]) if "50" in lat else nan,
+        _ms(lat["99"]) if "99" in lat else nan,
+        requests,
+        errors,
+        cpu / requests * 1000 if cpu is not None and requests else None,
+    )
 
 
 # -- targets -------------------------------------------------------------------------------
@@ -172,11 +239,21 @@ def wrk(url: str, body: dict, *, connections: int, duration: float, headers: dic
 
 def thrifty_config(tmp: Path, upstream: str, spend: bool = True) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
-    price = 'input_cost_per_token = 1e-6\noutput_cost_per_token = 2e-6\ncontext_window = 16000\n'
-    lines = [f'data_dir = "{tmp / "data"}"', 'frontier_model = "gpt-4-1106-preview"',
-             f"spend_enabled = {'true' if spend else 'false'}", "",
-             "[providers.fake]", 'type = "openai"', f'base_url = "{upstream}"', "",
-             '[models."bench-model"]', 'provider = "fake"', "route = false", price]
+    price = "input_cost_per_token = 1e-6\noutput_cost_per_token = 2e-6\ncontext_window = 16000\n"
+    lines = [
+        f'data_dir = "{tmp / "data"}"',
+        'frontier_model = "gpt-4-1106-preview"',
+        f"spend_enabled = {'true' if spend else 'false'}",
+        "",
+        "[providers.fake]",
+        'type = "openai"',
+        f'base_url = "{upstream}"',
+        "",
+        '[models."bench-model"]',
+        'provider = "fake"',
+        "route = false",
+        price,
+    ]
     for m in ROUTER_MODELS:
         lines += [f'[models."{m}"]', 'provider = "fake"', price]
     path = tmp / ("thrifty.toml" if spend else "thrifty-nospend.toml")
@@ -186,10 +263,18 @@ def thrifty_config(tmp: Path, upstream: str, spend: bool = True) -> Path:
 
 def thrifty_key(base: str) -> str:
     admin = {"authorization": f"Bearer {ADMIN_KEY}"}
-    httpx.post(base + "/admin/teams", json={"id": "bench"}, headers=admin, timeout=10).raise_for_status()
-    httpx.post(base + "/admin/budgets", json={"scope": "team", "scope_id": "bench", "amount_usd": 1e9},
-               headers=admin, timeout=10).raise_for_status()
-    r = httpx.post(base + "/admin/keys", json={"name": "bench", "team_id": "bench"}, headers=admin, timeout=10)
+    httpx.post(
+        base + "/admin/teams", json={"id": "bench"}, headers=admin, timeout=10
+    ).raise_for_status()
+    httpx.post(
+        base + "/admin/budgets",
+        json={"scope": "team", "scope_id": "bench", "amount_usd": 1e9},
+        headers=admin,
+        timeout=10,
+    ).raise_for_status()
+    r = httpx.post(
+        base + "/admin/keys", json={"name": "bench", "team_id": "bench"}, headers=admin, timeout=10
+    )
     r.raise_for_status()
     return r.json()["key"]
 
@@ -198,12 +283,28 @@ def ensure_litellm(log: Path) -> Path | None:
     exe = LITELLM_VENV / "bin" / "litellm"
     if exe.exists():
         return exe
-    print(f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} (one-off, a few minutes) ...",
-          flush=True)
+    print(
+        f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} (one-off, a few minutes) ...",
+        flush=True,
+    )
     with open(log, "wb") as f:
-        ok = subprocess.run([PY, "-m", "venv", str(LITELLM_VENV)], stdout=f, stderr=f).returncode == 0 and \
-            subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                            f"litellm[proxy]=={LITELLM_VERSION}"], stdout=f, stderr=f, timeout=900).returncode == 0
+        ok = (
+            subprocess.run([PY, "-m", "venv", str(LITELLM_VENV)], stdout=f, stderr=f).returncode
+            == 0
+            and subprocess.run(
+                [
+                    str(LITELLM_VENV / "bin" / "pip"),
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    f"litellm[proxy]=={LITELLM_VERSION}",
+                ],
+                stdout=f,
+                stderr=f,
+                timeout=900,
+            ).returncode
+            == 0
+        )
     return exe if ok and exe.exists() else None
 
 
@@ -237,27 +338,63 @@ def import_seconds(cmd: list[str]) -> float:
 def run(args: argparse.Namespace) -> int:
     ensure_wrk()
     tmp = Path(tempfile.mkdtemp(prefix="thrifty-bench-"))
-    print(f"machine: {CORES} cores; wrk on cpu {LOADGEN_CPU}, target on cpu {TARGET_CPU}; "
-          f"{args.duration:g}s per run; logs in {tmp}", flush=True)
+    print(
+        f"machine: {CORES} cores; wrk on cpu {LOADGEN_CPU}, target on cpu {TARGET_CPU}; "
+        f"{args.duration:g}s per run; logs in {tmp}",
+        flush=True,
+    )
     up_port = free_port()
-    fake = Proc([PY, "-m", "thrifty.providers.fake_upstream", "--port", str(up_port)], TARGET_CPU, tmp / "fake.log")
+    fake = Proc(
+        [PY, "-m", "thrifty.providers.fake_upstream", "--port", str(up_port)],
+        TARGET_CPU,
+        tmp / "fake.log",
+    )
     upstream = f"http://127.0.0.1:{up_port}/v1"
     fake.wait_ready(upstream + "/models")
-    body = {"model": "bench-model", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
+    body = {
+        "model": "bench-model",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": 64,
+    }
     rows: list[tuple[str, int, Load]] = []
     notes: list[str] = []
     conns = (1, args.connections)
 
-    def measure(name: str, url: str, payload: dict, headers: dict[str, str], pid: int | None,
-                vary: bool = False) -> None:
+    def measure(
+        name: str,
+        url: str,
+        payload: dict,
+        headers: dict[str, str],
+        pid: int | None,
+        vary: bool = False,
+    ) -> None:
         for c in conns:
-            wrk(url, payload, connections=c, duration=min(2.0, args.duration), headers=headers,
-                target_pid=None, tmp=tmp, vary=vary)  # warm-up
-            load = wrk(url, payload, connections=c, duration=args.duration, headers=headers, target_pid=pid,
-                       tmp=tmp, vary=vary)
+            wrk(
+                url,
+                payload,
+                connections=c,
+                duration=min(2.0, args.duration),
+                headers=headers,
+                target_pid=None,
+                tmp=tmp,
+                vary=vary,
+            )  # warm-up
+            load = wrk(
+                url,
+                payload,
+                connections=c,
+                duration=args.duration,
+                headers=headers,
+                target_pid=pid,
+                tmp=tmp,
+                vary=vary,
+            )
             rows.append((name, c, load))
-            print(f"  {name:<22} c={c:<3} {load.rps:>9.0f} req/s  p50 {load.p50_ms:7.3f} ms  "
-                  f"p99 {load.p99_ms:7.3f} ms  errors {load.errors}", flush=True)
+            print(
+                f"  {name:<22} c={c:<3} {load.rps:>9.0f} req/s  p50 {load.p50_ms:7.3f} ms  "
+                f"p99 {load.p99_ms:7.3f} ms  errors {load.errors}",
+                flush=True,
+            )
 
     procs: list[Proc] = [fake]
     try:
@@ -267,8 +404,21 @@ def run(args: argparse.Namespace) -> int:
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        gw = Proc([PY, "-m", "thrifty.cli", "serve", "--config", str(thrifty_config(tmp, upstream)), "--port",
-                   str(port)], TARGET_CPU, tmp / "thrifty.log", env={"THRIFTY_ADMIN_KEY": ADMIN_KEY})
+        gw = Proc(
+            [
+                PY,
+                "-m",
+                "thrifty.cli",
+                "serve",
+                "--config",
+                str(thrifty_config(tmp, upstream)),
+                "--port",
+                str(port),
+            ],
+            TARGET_CPU,
+            tmp / "thrifty.log",
+            env={"THRIFTY_ADMIN_KEY": ADMIN_KEY},
+        )
         procs.append(gw)
         gw.wait_ready(base + "/healthz")
         key = thrifty_key(base)
@@ -276,10 +426,14 @@ def run(args: argparse.Namespace) -> int:
         check = httpx.post(base + "/v1/chat/completions", json=body, headers=auth, timeout=10)
         check.raise_for_status()
         up = time.perf_counter() - gw.t0
-        notes.append(f"thrifty start-up: {up:.2f} s from spawn to the first served chat completion "
-                     "(includes creating its API key through /admin)")
-        notes.append("thrifty route headers: " + ", ".join(f"{k}={v}" for k, v in check.headers.items()
-                                                           if k.startswith("x-thrifty")))
+        notes.append(
+            f"thrifty start-up: {up:.2f} s from spawn to the first served chat completion "
+            "(includes creating its API key through /admin)"
+        )
+        notes.append(
+            "thrifty route headers: "
+            + ", ".join(f"{k}={v}" for k, v in check.headers.items() if k.startswith("x-thrifty"))
+        )
         gw_url = base + "/v1/chat/completions"
         measure("thrifty fixed model", gw_url, body, auth, gw.pid)
         measure("thrifty auto", gw_url, {**body, "model": "auto"}, auth, gw.pid, vary=True)
@@ -292,8 +446,20 @@ def run(args: argparse.Namespace) -> int:
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        bare = Proc([PY, "-m", "thrifty.cli", "serve", "--config", str(thrifty_config(tmp, upstream, spend=False)),
-                     "--port", str(port)], TARGET_CPU, tmp / "thrifty-nospend.log")
+        bare = Proc(
+            [
+                PY,
+                "-m",
+                "thrifty.cli",
+                "serve",
+                "--config",
+                str(thrifty_config(tmp, upstream, spend=False)),
+                "--port",
+                str(port),
+            ],
+            TARGET_CPU,
+            tmp / "thrifty-nospend.log",
+        )
         procs.append(bare)
         bare.wait_ready(base + "/v1/chat/completions", post=body)
         measure("thrifty fixed, no spend", base + "/v1/chat/completions", body, {}, bare.pid)
@@ -305,15 +471,36 @@ def run(args: argparse.Namespace) -> int:
         try:
             import granian  # noqa: F401
         except ImportError:
-            notes.append("granian not installed: the 'thrifty fixed, granian' comparison was skipped")
+            notes.append(
+                "granian not installed: the 'thrifty fixed, granian' comparison was skipped"
+            )
         else:
-            gr = Proc([PY, "-m", "thrifty.cli", "serve", "--server", "granian", "--config",
-                       str(thrifty_config(tmp / "granian", upstream)), "--port", str(port)], TARGET_CPU,
-                      tmp / "thrifty-granian.log", env={"THRIFTY_ADMIN_KEY": ADMIN_KEY})
+            gr = Proc(
+                [
+                    PY,
+                    "-m",
+                    "thrifty.cli",
+                    "serve",
+                    "--server",
+                    "granian",
+                    "--config",
+                    str(thrifty_config(tmp / "granian", upstream)),
+                    "--port",
+                    str(port),
+                ],
+                TARGET_CPU,
+                tmp / "thrifty-granian.log",
+                env={"THRIFTY_ADMIN_KEY": ADMIN_KEY},
+            )
             procs.append(gr)
             gr.wait_ready(base + "/healthz")
-            measure("thrifty fixed, granian", base + "/v1/chat/completions", body,
-                    {"Authorization": f"Bearer {thrifty_key(base)}"}, gr.pid)
+            measure(
+                "thrifty fixed, granian",
+                base + "/v1/chat/completions",
+                body,
+                {"Authorization": f"Bearer {thrifty_key(base)}"},
+                gr.pid,
+            )
             gr.stop()
             procs.remove(gr)
         notes.append(router_scoring_time())
@@ -326,8 +513,13 @@ def run(args: argparse.Namespace) -> int:
                 run_litellm(tmp, upstream, body, procs, notes, measure)
             except Exception as exc:  # report what was measured, and why LiteLLM is missing
                 notes.append(f"LiteLLM: not measured ({str(exc).strip().splitlines()[-1][:300]})")
-        notes.append("thrifty import (gateway app + spend + router): {:.2f} s".format(import_seconds(
-            [PY, "-c", "import thrifty.gateway.app, thrifty.spend.control, thrifty.router"])))
+        notes.append(
+            "thrifty import (gateway app + spend + router): {:.2f} s".format(
+                import_seconds(
+                    [PY, "-c", "import thrifty.gateway.app, thrifty.spend.control, thrifty.router"]
+                )
+            )
+        )
     finally:
         for p in procs:
             p.stop()
@@ -336,52 +528,82 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_litellm(tmp: Path, upstream: str, body: dict, procs: list[Proc], notes: list[str], measure) -> None:  # type: ignore[no-untyped-def]
+def run_litellm(
+    tmp: Path, upstream: str, body: dict, procs: list[Proc], notes: list[str], measure
+) -> None:  # type: ignore[no-untyped-def]
     exe = ensure_litellm(tmp / "litellm-install.log")
     if exe is None:
         raise RuntimeError(f"install failed, see {tmp / 'litellm-install.log'}")
     lport = free_port()
     cfg = tmp / "litellm.yaml"
-    cfg.write_text("model_list:\n  - model_name: bench-model\n    litellm_params:\n"
-                   f"      model: openai/bench-model\n      api_base: {upstream}\n      api_key: sk-fake\n")
+    cfg.write_text(
+        "model_list:\n  - model_name: bench-model\n    litellm_params:\n"
+        f"      model: openai/bench-model\n      api_base: {upstream}\n      api_key: sk-fake\n"
+    )
     master = "sk-" + os.urandom(32).hex()  # it refuses to start without one; requests then carry it
-    lproc = Proc([str(exe), "--config", str(cfg), "--port", str(lport), "--num_workers", "1"], TARGET_CPU,
-                 tmp / "litellm.log", env={"LITELLM_MASTER_KEY": master})
+    lproc = Proc(
+        [str(exe), "--config", str(cfg), "--port", str(lport), "--num_workers", "1"],
+        TARGET_CPU,
+        tmp / "litellm.log",
+        env={"LITELLM_MASTER_KEY": master},
+    )
     procs.append(lproc)
     lurl = f"http://127.0.0.1:{lport}"
     auth = {"Authorization": f"Bearer {master}"}
     up = lproc.wait_ready(lurl + "/v1/chat/completions", post=body, headers=auth, timeout=180)
-    notes.append(f"LiteLLM start-up: {up:.2f} s from spawn to the first served request "
-                 "(master-key auth only: its budgets and ledger need Postgres)")
+    notes.append(
+        f"LiteLLM start-up: {up:.2f} s from spawn to the first served request "
+        "(master-key auth only: its budgets and ledger need Postgres)"
+    )
     measure("litellm proxy", lurl + "/v1/chat/completions", body, auth, lproc.pid)
-    notes.append("LiteLLM import: {:.2f} s".format(import_seconds(
-        [str(LITELLM_VENV / "bin" / "python"), "-c", "import litellm.proxy.proxy_server"])))
+    notes.append(
+        "LiteLLM import: {:.2f} s".format(
+            import_seconds(
+                [str(LITELLM_VENV / "bin" / "python"), "-c", "import litellm.proxy.proxy_server"]
+            )
+        )
+    )
 
 
 def report(rows: list[tuple[str, int, Load]], notes: list[str], args: argparse.Namespace) -> None:
     direct = {c: load for name, c, load in rows if name.startswith("direct")}
     litellm = {c: load for name, c, load in rows if name.startswith("litellm")}
     print()
-    head = (f"{'target':<24}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}"
-            f"{'CPU/req':>10}{'vs LiteLLM':>12}{'errors':>8}")
+    head = (
+        f"{'target':<24}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}"
+        f"{'CPU/req':>10}{'vs LiteLLM':>12}{'errors':>8}"
+    )
     print(head)
     print("-" * len(head))
     for name, c, load in rows:
-        added = f"{load.p50_ms - direct[c].p50_ms:+.3f}" if c in direct and not name.startswith("direct") else "-"
-        cpu = f"{load.cpu_ms_per_req:.3f}ms" if load.cpu_ms_per_req is not None else "-"
-        ratio = f"{load.rps / litellm[c].rps:.0f}x" if c in litellm and not name.startswith(("litellm", "direct")) \
+        added = (
+            f"{load.p50_ms - direct[c].p50_ms:+.3f}"
+            if c in direct and not name.startswith("direct")
             else "-"
-        print(f"{name:<24}{c:>6}{load.rps:>10.0f}{load.p50_ms:>9.3f}{load.p99_ms:>9.3f}{added:>11}{cpu:>10}"
-              f"{ratio:>12}{load.errors:>8}")
+        )
+        cpu = f"{load.cpu_ms_per_req:.3f}ms" if load.cpu_ms_per_req is not None else "-"
+        ratio = (
+            f"{load.rps / litellm[c].rps:.0f}x"
+            if c in litellm and not name.startswith(("litellm", "direct"))
+            else "-"
+        )
+        print(
+            f"{name:<24}{c:>6}{load.rps:>10.0f}{load.p50_ms:>9.3f}{load.p99_ms:>9.3f}{added:>11}{cpu:>10}"
+            f"{ratio:>12}{load.errors:>8}"
+        )
     print()
     for n in notes:
         print(n)
-    print("CPU/req: the target process's user+system CPU time (all its threads) during the run / requests "
-          "served; the gateway is one process (one event loop) pinned to one core. "
-          "thrifty rows use uvicorn (httptools, uvloop) unless marked granian.")
+    print(
+        "CPU/req: the target process's user+system CPU time (all its threads) during the run / requests "
+        "served; the gateway is one process (one event loop) pinned to one core. "
+        "thrifty rows use uvicorn (httptools, uvloop) unless marked granian."
+    )
 
 
-def profile_thrifty(tmp: Path, upstream: str, body: dict, args: argparse.Namespace, spend: bool = True) -> None:
+def profile_thrifty(
+    tmp: Path, upstream: str, body: dict, args: argparse.Namespace, spend: bool = True
+) -> None:
     """Run the gateway (uvicorn) under cProfile while wrk drives it; print where the time goes."""
     port = free_port()
     out = tmp / "thrifty.prof"
@@ -398,30 +620,51 @@ def profile_thrifty(tmp: Path, upstream: str, body: dict, args: argparse.Namespa
         "pr.enable()\n"
         f"serve(app, '127.0.0.1', {port}, server='uvicorn')\n"
     )
-    proc = Proc([PY, "-c", code], TARGET_CPU, tmp / "profile.log", env={"THRIFTY_ADMIN_KEY": ADMIN_KEY})
+    proc = Proc(
+        [PY, "-c", code], TARGET_CPU, tmp / "profile.log", env={"THRIFTY_ADMIN_KEY": ADMIN_KEY}
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         proc.wait_ready(base + "/healthz")
         auth = {"Authorization": f"Bearer {thrifty_key(base)}"} if spend else {}
-        wrk(base + "/v1/chat/completions", body, connections=args.connections, duration=args.duration,
-            headers=auth, target_pid=None, tmp=tmp)
+        wrk(
+            base + "/v1/chat/completions",
+            body,
+            connections=args.connections,
+            duration=args.duration,
+            headers=auth,
+            target_pid=None,
+            tmp=tmp,
+        )
         proc.proc.send_signal(signal.SIGUSR1)
         proc.proc.wait(30)
     finally:
         proc.stop()
     import pstats
 
-    print("\nprofile of thrifty (fixed model, cProfile adds overhead; shares matter, not absolute times):")
+    print(
+        "\nprofile of thrifty (fixed model, cProfile adds overhead; shares matter, not absolute times):"
+    )
     stats = pstats.Stats(str(out))
     stats.sort_stats("tottime").print_stats(25)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks gateway", description=__doc__.splitlines()[0])
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per measured run (default 8)")
-    p.add_argument("--connections", type=int, default=64, help="connections for the throughput runs")
-    p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (its install takes minutes)")
-    p.add_argument("--profile", action="store_true", help="also profile thrifty under load with cProfile")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks gateway", description=__doc__.splitlines()[0]
+    )
+    p.add_argument(
+        "--duration", type=float, default=8.0, help="seconds per measured run (default 8)"
+    )
+    p.add_argument(
+        "--connections", type=int, default=64, help="connections for the throughput runs"
+    )
+    p.add_argument(
+        "--no-litellm", action="store_true", help="skip LiteLLM (its install takes minutes)"
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="also profile thrifty under load with cProfile"
+    )
     return run(p.parse_args(argv))
 
 

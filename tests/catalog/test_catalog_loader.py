@@ -26,8 +26,16 @@ def test_packaged_snapshot_prices_known_models():
 def test_unknown_model_is_unpriced_until_config_sets_a_price():
     cat = Catalog.load(None)
     assert not cat.model("my-local-llm", "ollama").priced
-    info = cat.model("my-local-llm", "ollama", overrides={"input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
-                                                          "regions": ["eu"], "origin_country": "FR"})
+    info = cat.model(
+        "my-local-llm",
+        "ollama",
+        overrides={
+            "input_cost_per_token": 0.0,
+            "output_cost_per_token": 0.0,
+            "regions": ["eu"],
+            "origin_country": "FR",
+        },
+    )
     assert info.priced and info.regions == ("eu",) and info.origin_country == "FR"
     with pytest.raises(UsageError, match="unknown catalog field"):
         cat.model("x", "openai", overrides={"input_price": 1})
@@ -38,21 +46,35 @@ def test_provider_prefixed_lookup():
     assert cat.model("g", "gemini", upstream_model="gemini-2.5-flash").priced
 
 
-@pytest.mark.parametrize("model, country", [
-    ("gpt-4-1106-preview", "US"), ("claude-v1", "US"), ("mistralai/mixtral-8x7b-chat", "FR"),
-    ("zero-one-ai/Yi-34B-Chat", "CN"), ("moonshotai/kimi-k2", "CN"), ("z-ai/glm-4.6", "CN"),
-    ("qwen/qwen3-235b", "CN"), ("meta/llama-2-70b-chat", "US"), ("o3-mini", "US"), ("unknown-thing", None),
-])
+@pytest.mark.parametrize(
+    "model, country",
+    [
+        ("gpt-4-1106-preview", "US"),
+        ("claude-v1", "US"),
+        ("mistralai/mixtral-8x7b-chat", "FR"),
+        ("zero-one-ai/Yi-34B-Chat", "CN"),
+        ("moonshotai/kimi-k2", "CN"),
+        ("z-ai/glm-4.6", "CN"),
+        ("qwen/qwen3-235b", "CN"),
+        ("meta/llama-2-70b-chat", "US"),
+        ("o3-mini", "US"),
+        ("unknown-thing", None),
+    ],
+)
 def test_origins(model, country):
     assert origin_of(model) == country
 
 
 def test_refreshed_snapshot_in_data_dir_wins(tmp_path):
-    small = {f"m{i}": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6} for i in range(150)}
+    small = {
+        f"m{i}": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6} for i in range(150)
+    }
     src = tmp_path / "src.json"
     src.write_text(json.dumps(small))
     data = tmp_path / "data"
-    path, n = fetch_update(data, src.as_uri())  # file:// stands in for the public URL (no network in tests)
+    path, n = fetch_update(
+        data, src.as_uri()
+    )  # file:// stands in for the public URL (no network in tests)
     assert n == 150 and path.parent == data
     assert Catalog.load(data).model("m3", "x").priced
     assert Catalog.load(tmp_path / "empty").source == str(PACKAGED_SNAPSHOT)

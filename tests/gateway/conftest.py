@@ -14,8 +14,12 @@ from thrifty.gateway.testing import running
 from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend.api import OpenSpendControl
 
-PRICE = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "context_window": 2000,
-         "max_output_tokens": 1000}
+PRICE = {
+    "input_cost_per_token": 1e-6,
+    "output_cost_per_token": 2e-6,
+    "context_window": 2000,
+    "max_output_tokens": 1000,
+}
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +40,11 @@ def upstreams() -> Iterator[dict[str, FakeUpstream]]:
 
 def gateway_doc(upstreams: dict[str, FakeUpstream], tmp: Path) -> dict[str, Any]:
     providers = {name: {"type": "openai", "base_url": f.base_url} for name, f in upstreams.items()}
-    providers["anth"] = {"type": "anthropic", "base_url": f"http://127.0.0.1:{upstreams['ok'].port}",
-                         "api_key": "sk-ant-test"}
+    providers["anth"] = {
+        "type": "anthropic",
+        "base_url": f"http://127.0.0.1:{upstreams['ok'].port}",
+        "api_key": "sk-ant-test",
+    }
     providers["replay"] = {"type": "replay", "source": "packaged"}
     from thrifty.gateway.config import _replay_models
 
@@ -48,13 +55,30 @@ def gateway_doc(upstreams: dict[str, FakeUpstream], tmp: Path) -> dict[str, Any]
         "m-hang": {"provider": "hang", **PRICE, "fallbacks": ["m-ok"]},
         "m-break": {"provider": "break_stream", **PRICE, "fallbacks": ["m-ok"]},
         "m-anth": {"provider": "anth", **PRICE},
-        "m-lb": {"deployments": [{"provider": "ok", "model": "lb"}, {"provider": "ok2", "model": "lb"}], **PRICE},
+        "m-lb": {
+            "deployments": [{"provider": "ok", "model": "lb"}, {"provider": "ok2", "model": "lb"}],
+            **PRICE,
+        },
         "m-unpriced": {"provider": "ok"},
-        "emb": {"provider": "ok", "mode": "embedding", "input_cost_per_token": 1e-7,
-                "output_cost_per_token": 0.0, "route": False},
+        "emb": {
+            "provider": "ok",
+            "mode": "embedding",
+            "input_cost_per_token": 1e-7,
+            "output_cost_per_token": 0.0,
+            "route": False,
+        },
         **_replay_models(),
     }
-    for name in ("m-ok", "m-500", "m-500-alone", "m-hang", "m-break", "m-anth", "m-lb", "m-unpriced"):
+    for name in (
+        "m-ok",
+        "m-500",
+        "m-500-alone",
+        "m-hang",
+        "m-break",
+        "m-anth",
+        "m-lb",
+        "m-unpriced",
+    ):
         models[name]["route"] = False
     return {
         "data_dir": str(tmp),
@@ -68,8 +92,13 @@ def gateway_doc(upstreams: dict[str, FakeUpstream], tmp: Path) -> dict[str, Any]
 
 
 @contextlib.contextmanager
-def serve_gateway(doc: dict[str, Any], *, spend: Any = None, router: Any = None,
-                  mounts: dict[str, Any] | None = None) -> Iterator[tuple[str, Any]]:
+def serve_gateway(
+    doc: dict[str, Any],
+    *,
+    spend: Any = None,
+    router: Any = None,
+    mounts: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, Any]]:
     config = build_config(doc, env={})
     app = create_app(config, spend=spend or OpenSpendControl(), router=router, mounts=mounts)
     with running(app) as url:
@@ -77,7 +106,9 @@ def serve_gateway(doc: dict[str, Any], *, spend: Any = None, router: Any = None,
 
 
 @pytest.fixture(scope="module")
-def gateway(upstreams: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+def gateway(
+    upstreams: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Any]]:
     """A gateway over the fake upstreams and the packaged replay records (no router, no spend)."""
     with serve_gateway(gateway_doc(upstreams, tmp_path_factory.mktemp("gw"))) as served:
         yield served

@@ -29,7 +29,7 @@ def _nullable(node: Any) -> Any:
     return node
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _components() -> dict[str, Any]:
     if not SPEC.is_file():
         pytest.skip(f"OpenAI schemas not found at {SPEC}")

@@ -11,16 +11,26 @@ from thrifty.errors import UsageError
 def test_embedded_default_is_offline_and_keys_switch_providers_on(tmp_path):
     offline = build_config(default_document(env={}), data_dir=tmp_path, env={})
     assert set(offline.providers) == {"replay"}
-    assert "gpt-4-1106-preview" in offline.models and all(m.info.priced for m in offline.models.values())
-    online = build_config(default_document(env={"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-a"}),
-                          data_dir=tmp_path, env={"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-a"})
-    assert online.providers["openai"].api_key == "sk-x" and online.providers["anthropic"].type == "anthropic"
-    assert online.models["gpt-4o-mini"].info.priced and online.models["claude-haiku-4-5"].info.priced
+    assert "gpt-4-1106-preview" in offline.models and all(
+        m.info.priced for m in offline.models.values()
+    )
+    online = build_config(
+        default_document(env={"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-a"}),
+        data_dir=tmp_path,
+        env={"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-a"},
+    )
+    assert (
+        online.providers["openai"].api_key == "sk-x"
+        and online.providers["anthropic"].type == "anthropic"
+    )
+    assert (
+        online.models["gpt-4o-mini"].info.priced and online.models["claude-haiku-4-5"].info.priced
+    )
 
 
 def test_toml_file(tmp_path):
     path = tmp_path / "thrifty.toml"
-    path.write_text('''
+    path.write_text("""
 frontier_model = "big"
 data_dir = "state"
 [providers.local]
@@ -40,23 +50,32 @@ output_cost_per_token = 3e-5
 cost_weight = 0.9
 [retry]
 attempts = 3
-''')
+""")
     cfg = load_config(path, env={"LOCAL_KEY": "secret"})
     assert cfg.data_dir == tmp_path / "state"
     assert cfg.providers["local"].api_key == "secret"
     assert cfg.models["small"].fallbacks == ("big",)
-    assert cfg.models["big"].deployments[0].model == "big-v2" and cfg.models["big"].deployments[0].weight == 2
+    assert (
+        cfg.models["big"].deployments[0].model == "big-v2"
+        and cfg.models["big"].deployments[0].weight == 2
+    )
     assert cfg.profiles["thrifty"].cost_weight == 0.9 and cfg.retry.attempts == 3
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("[providers.x\n", "not valid TOML"),
-    ('[providers.x]\ntype = "grpc"\n', "must be one of"),
-    ('[providers.x]\ntype = "openai"\n', "base_url is required"),
-    ('[models.m]\nprovider = "nope"\n', "unknown provider"),
-    ('[providers.p]\ntype="replay"\n[models.m]\nprovider = "p"\nfallbacks = ["ghost"]\n', "fallback 'ghost'"),
-    ('[timeouts]\ntotal = "long"\n', "timeouts.total must be a number"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("[providers.x\n", "not valid TOML"),
+        ('[providers.x]\ntype = "grpc"\n', "must be one of"),
+        ('[providers.x]\ntype = "openai"\n', "base_url is required"),
+        ('[models.m]\nprovider = "nope"\n', "unknown provider"),
+        (
+            '[providers.p]\ntype="replay"\n[models.m]\nprovider = "p"\nfallbacks = ["ghost"]\n',
+            "fallback 'ghost'",
+        ),
+        ('[timeouts]\ntotal = "long"\n', "timeouts.total must be a number"),
+    ],
+)
 def test_bad_config_is_one_clear_line(tmp_path, text, fragment):
     path = tmp_path / "bad.toml"
     path.write_text(text)

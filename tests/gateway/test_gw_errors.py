@@ -12,11 +12,15 @@ from gw_openai_schema import validate
 MSG = [{"role": "user", "content": "hi"}]
 
 
-def post(url: str, path: str, content: bytes | None = None, json: object = None, **kw) -> httpx.Response:
+def post(
+    url: str, path: str, content: bytes | None = None, json: object = None, **kw
+) -> httpx.Response:
     return httpx.post(url + path, content=content, json=json, timeout=10, **kw)
 
 
-def openai_error(r: httpx.Response, status: int, code: str | None, param: str | None = None) -> dict:
+def openai_error(
+    r: httpx.Response, status: int, code: str | None, param: str | None = None
+) -> dict:
     assert r.status_code == status, r.text
     body = r.json()
     validate(body, "ErrorResponse")
@@ -27,31 +31,45 @@ def openai_error(r: httpx.Response, status: int, code: str | None, param: str | 
     return err
 
 
-@pytest.mark.parametrize("content, code, fragment", [
-    (b"{not json", "invalid_json", "not valid JSON"),
-    (b"", "invalid_json", "empty"),
-    (b"[1, 2]", "invalid_json", "JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, code, fragment",
+    [
+        (b"{not json", "invalid_json", "not valid JSON"),
+        (b"", "invalid_json", "empty"),
+        (b"[1, 2]", "invalid_json", "JSON object"),
+    ],
+)
 def test_malformed_json(gateway, content, code, fragment):
     url, _ = gateway
     err = openai_error(post(url, "/v1/chat/completions", content), 400, code)
     assert fragment in err["message"]
 
 
-@pytest.mark.parametrize("body, param, code", [
-    ({"messages": MSG}, "model", "missing_required_parameter"),
-    ({"model": 5, "messages": MSG}, "model", "invalid_type"),
-    ({"model": "m-ok"}, "messages", "missing_required_parameter"),
-    ({"model": "m-ok", "messages": "hi"}, "messages", "invalid_type"),
-    ({"model": "m-ok", "messages": []}, "messages", "empty_array"),
-    ({"model": "m-ok", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "invalid_value"),
-    ({"model": "m-ok", "messages": [{"role": "user", "content": 3}]}, "messages[0].content", "invalid_type"),
-    ({"model": "m-ok", "messages": MSG, "stream": "yes"}, "stream", "invalid_type"),
-    ({"model": "m-ok", "messages": MSG, "max_tokens": "10"}, "max_tokens", "invalid_type"),
-    ({"model": "m-ok", "messages": MSG, "max_tokens": 0}, "max_tokens", "invalid_value"),
-    ({"model": "m-ok", "messages": MSG, "temperature": 7}, "temperature", "invalid_value"),
-    ({"model": "m-ok", "messages": MSG, "tools": {}}, "tools", "invalid_type"),
-])
+@pytest.mark.parametrize(
+    "body, param, code",
+    [
+        ({"messages": MSG}, "model", "missing_required_parameter"),
+        ({"model": 5, "messages": MSG}, "model", "invalid_type"),
+        ({"model": "m-ok"}, "messages", "missing_required_parameter"),
+        ({"model": "m-ok", "messages": "hi"}, "messages", "invalid_type"),
+        ({"model": "m-ok", "messages": []}, "messages", "empty_array"),
+        (
+            {"model": "m-ok", "messages": [{"role": "robot", "content": "x"}]},
+            "messages[0].role",
+            "invalid_value",
+        ),
+        (
+            {"model": "m-ok", "messages": [{"role": "user", "content": 3}]},
+            "messages[0].content",
+            "invalid_type",
+        ),
+        ({"model": "m-ok", "messages": MSG, "stream": "yes"}, "stream", "invalid_type"),
+        ({"model": "m-ok", "messages": MSG, "max_tokens": "10"}, "max_tokens", "invalid_type"),
+        ({"model": "m-ok", "messages": MSG, "max_tokens": 0}, "max_tokens", "invalid_value"),
+        ({"model": "m-ok", "messages": MSG, "temperature": 7}, "temperature", "invalid_value"),
+        ({"model": "m-ok", "messages": MSG, "tools": {}}, "tools", "invalid_type"),
+    ],
+)
 def test_wrong_fields(gateway, body, param, code):
     url, _ = gateway
     openai_error(post(url, "/v1/chat/completions", json=body), 400, code, param)
@@ -76,22 +94,34 @@ def test_body_too_large(gateway):
 
 def test_prompt_longer_than_context_window(gateway):
     url, _ = gateway
-    body = {"model": "m-ok", "messages": [{"role": "user", "content": "word " * 3000}]}  # window is 2000
-    err = openai_error(post(url, "/v1/chat/completions", json=body), 400, "context_length_exceeded", "messages")
+    body = {
+        "model": "m-ok",
+        "messages": [{"role": "user", "content": "word " * 3000}],
+    }  # window is 2000
+    err = openai_error(
+        post(url, "/v1/chat/completions", json=body), 400, "context_length_exceeded", "messages"
+    )
     assert "2000 tokens" in err["message"]
 
 
 def test_unpriced_model_is_refused(gateway):
     url, _ = gateway
-    err = openai_error(post(url, "/v1/chat/completions", json={"model": "m-unpriced", "messages": MSG}),
-                       400, "model_not_priced", "model")
+    err = openai_error(
+        post(url, "/v1/chat/completions", json={"model": "m-unpriced", "messages": MSG}),
+        400,
+        "model_not_priced",
+        "model",
+    )
     assert "input_cost_per_token" in err["message"]
 
 
 def test_replay_unknown_prompt_is_clear(gateway):
     url, _ = gateway
-    err = openai_error(post(url, "/v1/chat/completions", json={"model": "claude-v1", "messages": MSG}),
-                       400, "replay_unknown_prompt")
+    err = openai_error(
+        post(url, "/v1/chat/completions", json={"model": "claude-v1", "messages": MSG}),
+        400,
+        "replay_unknown_prompt",
+    )
     assert "recorded" in err["message"]
 
 
@@ -101,12 +131,18 @@ def test_unknown_path_and_method(gateway):
     openai_error(httpx.get(url + "/v1/chat/completions"), 405, "method_not_allowed")
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ({"model": "m-ok", "messages": MSG}, "max_tokens"),
-    ({"max_tokens": 10, "messages": MSG}, "model"),
-    ({"model": "m-ok", "max_tokens": 10, "messages": "hi"}, "messages"),
-    ({"model": "m-ok", "max_tokens": 10, "messages": [{"role": "system", "content": "x"}]}, "role"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ({"model": "m-ok", "messages": MSG}, "max_tokens"),
+        ({"max_tokens": 10, "messages": MSG}, "model"),
+        ({"model": "m-ok", "max_tokens": 10, "messages": "hi"}, "messages"),
+        (
+            {"model": "m-ok", "max_tokens": 10, "messages": [{"role": "system", "content": "x"}]},
+            "role",
+        ),
+    ],
+)
 def test_anthropic_format_errors(gateway, body, fragment):
     url, _ = gateway
     r = post(url, "/v1/messages", json=body)
@@ -123,7 +159,9 @@ def test_anthropic_sdk_sees_typed_errors(gateway):
         client.messages.create(model="no-such-model", max_tokens=5, messages=MSG)
     assert info.value.body["error"]["type"] == "not_found_error"
     with pytest.raises(anthropic.BadRequestError):
-        client.messages.create(model="m-ok", max_tokens=5, messages=[{"role": "user", "content": 3}])
+        client.messages.create(
+            model="m-ok", max_tokens=5, messages=[{"role": "user", "content": 3}]
+        )
     r = post(url, "/v1/messages", b"{oops")
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
@@ -143,8 +181,15 @@ class _Buggy:
         raise RuntimeError("secret internal detail")
 
     async def chat_stream(self, body, timeouts):
-        yield [{"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}]
+        yield [
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}],
+            }
+        ]
         raise RuntimeError("secret internal detail")
 
 
@@ -155,11 +200,17 @@ def test_internal_errors_never_leak_a_traceback(upstreams, tmp_path):
     from thrifty.gateway.testing import running
     from thrifty.spend.api import OpenSpendControl
 
-    app = create_app(build_config(gateway_doc(upstreams, tmp_path), env={}), spend=OpenSpendControl(),
-                     providers={"ok": _Buggy()})
+    app = create_app(
+        build_config(gateway_doc(upstreams, tmp_path), env={}),
+        spend=OpenSpendControl(),
+        providers={"ok": _Buggy()},
+    )
     with running(app) as url:
-        err = openai_error(post(url, "/v1/chat/completions", json={"model": "m-ok", "messages": MSG}),
-                           500, "internal_error")
+        err = openai_error(
+            post(url, "/v1/chat/completions", json={"model": "m-ok", "messages": MSG}),
+            500,
+            "internal_error",
+        )
         assert "secret" not in err["message"] and "req_" in err["message"]
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         got = []

@@ -47,8 +47,12 @@ def test_timeout_falls_back(oai, upstreams):
 
 
 def test_stream_fallback_before_first_chunk(gateway):
-    with httpx.stream("POST", gateway[0] + "/v1/chat/completions", timeout=10,
-                      json={"model": "m-500", "messages": MSG, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        gateway[0] + "/v1/chat/completions",
+        timeout=10,
+        json={"model": "m-500", "messages": MSG, "stream": True},
+    ) as r:
         assert r.status_code == 200
         assert r.headers["x-thrifty-model"] == "m-ok" and r.headers["x-thrifty-fallbacks"] == "1"
         assert list(r.iter_lines())[-2] == "data: [DONE]"
@@ -62,8 +66,12 @@ def test_stream_broken_mid_answer_ends_with_error_event(oai, gateway):
             seen.append(chunk)
     assert seen, "the answer had started"
     assert "broke mid-answer" in str(info.value)
-    with httpx.stream("POST", gateway[0] + "/v1/chat/completions", timeout=10,
-                      json={"model": "m-break", "messages": MSG, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        gateway[0] + "/v1/chat/completions",
+        timeout=10,
+        json={"model": "m-break", "messages": MSG, "stream": True},
+    ) as r:
         lines = [ln for ln in r.iter_lines() if ln]
     assert '"code":"stream_broken"' in lines[-1] and "[DONE]" not in "".join(lines)
 
@@ -108,12 +116,24 @@ def test_open_circuit_skips_deployment(upstreams, tmp_path):
 
     bad = FakeUpstream("error500").start()
     try:
-        doc = {"data_dir": str(tmp_path), "circuit_breaker": {"failures": 2, "cooldown": 60},
-               "retry": {"attempts": 1, "backoff_base": 0.0},
-               "providers": {"bad": {"type": "openai", "base_url": bad.base_url},
-                             "ok": {"type": "openai", "base_url": upstreams["ok"].base_url}},
-               "models": {"a": {"deployments": [{"provider": "bad", "model": "a", "weight": 1000},
-                                                {"provider": "ok", "model": "a", "weight": 0.001}], **PRICE}}}
+        doc = {
+            "data_dir": str(tmp_path),
+            "circuit_breaker": {"failures": 2, "cooldown": 60},
+            "retry": {"attempts": 1, "backoff_base": 0.0},
+            "providers": {
+                "bad": {"type": "openai", "base_url": bad.base_url},
+                "ok": {"type": "openai", "base_url": upstreams["ok"].base_url},
+            },
+            "models": {
+                "a": {
+                    "deployments": [
+                        {"provider": "bad", "model": "a", "weight": 1000},
+                        {"provider": "ok", "model": "a", "weight": 0.001},
+                    ],
+                    **PRICE,
+                }
+            },
+        }
         with serve_gateway(doc) as (url, _):
             client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
             for _ in range(6):

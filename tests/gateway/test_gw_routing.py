@@ -24,8 +24,11 @@ def _router_dir() -> Path | None:
 
 
 ROUTER = _router_dir()
-needs_router = pytest.mark.skipif(ROUTER is None, reason="no trained router yet (thrifty.router default_router_path "
-                                  "has no router.json); routing-specific checks skipped")
+needs_router = pytest.mark.skipif(
+    ROUTER is None,
+    reason="no trained router yet (thrifty.router default_router_path "
+    "has no router.json); routing-specific checks skipped",
+)
 PROMPTS = list(dict.fromkeys(r.prompt for r in read_packaged()))[:30]
 
 
@@ -41,7 +44,9 @@ def routed(upstreams, tmp_path_factory):
 
 def ask(url: str, model: str, prompt: str):
     client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
-    return client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": prompt}])
+    return client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": prompt}]
+    )
 
 
 def test_auto_without_router_serves_cheapest_allowed(upstreams, tmp_path):
@@ -97,8 +102,9 @@ def test_anthropic_client_can_route(routed):
     url, _, _ = routed
     rec = next(iter(read_packaged()))
     client = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0)
-    raw = client.messages.with_raw_response.create(model="auto", max_tokens=100,
-                                                   messages=[{"role": "user", "content": rec.prompt}])
+    raw = client.messages.with_raw_response.create(
+        model="auto", max_tokens=100, messages=[{"role": "user", "content": rec.prompt}]
+    )
     assert raw.headers["x-thrifty-model"] in ROUTERBENCH_MODELS
     assert raw.parse().content[0].text
 

@@ -45,30 +45,46 @@ def test_openai_non_streamed_with_route_headers(oai):
 
 
 def test_upstream_gets_provider_model_name_and_passthrough_fields(oai, upstreams):
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
-    oai.chat.completions.create(model="m-ok", messages=MSG, tools=tools, seed=7,
-                                response_format={"type": "json_object"})
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "f", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
+    oai.chat.completions.create(
+        model="m-ok", messages=MSG, tools=tools, seed=7, response_format={"type": "json_object"}
+    )
     sent = upstreams["ok"].state.last_body
     assert sent["model"] == "up-ok"
-    assert sent["tools"] == tools and sent["seed"] == 7 and sent["response_format"] == {"type": "json_object"}
+    assert (
+        sent["tools"] == tools
+        and sent["seed"] == 7
+        and sent["response_format"] == {"type": "json_object"}
+    )
 
 
 def test_openai_streaming_chunks_validate(oai, gateway):
-    stream = oai.chat.completions.create(model="m-ok", messages=MSG, stream=True,
-                                         stream_options={"include_usage": True})
+    stream = oai.chat.completions.create(
+        model="m-ok", messages=MSG, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == REPLY
     assert chunks[-1].usage.completion_tokens == 9
     url, _ = gateway
-    with httpx.stream("POST", url + "/v1/chat/completions",
-                      json={"model": "m-ok", "messages": MSG, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        url + "/v1/chat/completions",
+        json={"model": "m-ok", "messages": MSG, "stream": True},
+    ) as r:
         assert r.headers["x-thrifty-model"] == "m-ok"
         raw_lines = list(r.iter_lines())
     lines = [ln for ln in raw_lines if ln.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     comment = next(ln for ln in raw_lines if ln.startswith(": thrifty cost_usd="))
-    assert float(comment.split("cost_usd=")[1].split()[0]) == pytest.approx(12 * 1e-6 + 9 * 2e-6, abs=1e-8)
+    assert float(comment.split("cost_usd=")[1].split()[0]) == pytest.approx(
+        12 * 1e-6 + 9 * 2e-6, abs=1e-8
+    )
     for ln in lines[:-1]:
         chunk = orjson.loads(ln[6:])
         validate(chunk, "CreateChatCompletionStreamResponse")
@@ -88,24 +104,37 @@ def test_anthropic_sdk_via_openai_upstream(anth):
 
 
 def test_openai_sdk_via_anthropic_native_upstream(oai, upstreams):
-    resp = oai.chat.completions.create(model="m-anth", messages=[{"role": "system", "content": "S"}, *MSG])
+    resp = oai.chat.completions.create(
+        model="m-anth", messages=[{"role": "system", "content": "S"}, *MSG]
+    )
     assert resp.choices[0].message.content == REPLY
     assert resp.usage.prompt_tokens == 12 and resp.usage.completion_tokens == 9
     sent = upstreams["ok"].state.last_body
-    assert sent["system"] == "S" and sent["messages"] == [{"role": "user", "content": [{"type": "text",
-                                                                                         "text": "Say hello."}]}]
-    chunks = list(oai.chat.completions.create(model="m-anth", messages=MSG, stream=True,
-                                              stream_options={"include_usage": True}))
+    assert sent["system"] == "S" and sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Say hello."}]}
+    ]
+    chunks = list(
+        oai.chat.completions.create(
+            model="m-anth", messages=MSG, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() == REPLY
     assert chunks[-1].usage.completion_tokens == 9
 
 
 def test_replay_answers_recorded_prompt_with_recorded_tokens(oai, anth):
     rec = next(r for r in read_packaged() if r.model == "claude-v1")
-    resp = oai.chat.completions.create(model="claude-v1", messages=[{"role": "user", "content": rec.prompt}])
+    resp = oai.chat.completions.create(
+        model="claude-v1", messages=[{"role": "user", "content": rec.prompt}]
+    )
     assert resp.choices[0].message.content == rec.response
-    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (rec.prompt_tokens, rec.completion_tokens)
-    msg = anth.messages.create(model="claude-v1", max_tokens=100, messages=[{"role": "user", "content": rec.prompt}])
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (
+        rec.prompt_tokens,
+        rec.completion_tokens,
+    )
+    msg = anth.messages.create(
+        model="claude-v1", max_tokens=100, messages=[{"role": "user", "content": rec.prompt}]
+    )
     assert msg.content[0].text == rec.response
 
 

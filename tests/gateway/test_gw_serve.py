@@ -23,8 +23,13 @@ def served(tmp_path):
     env.update(THRIFTY_DATA_DIR=str(tmp_path / "data"), THRIFTY_ADMIN_KEY="sk-thr-admin-serve-test")
     log = open(tmp_path / "serve.log", "wb")
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "thrifty.cli", "serve", "--port", str(port)], cwd=tmp_path,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thrifty.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -49,9 +54,18 @@ def test_embedded_default(served):
     ready = httpx.get(url + "/readyz").json()
     assert ready["router"] is True, ready
     ids = {m["id"] for m in httpx.get(url + "/v1/models").json()["data"]}
-    assert {"gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat", "auto", "auto-cheap", "auto-best"} <= ids
+    assert {
+        "gpt-4-1106-preview",
+        "mistralai/mixtral-8x7b-chat",
+        "auto",
+        "auto-cheap",
+        "auto-best",
+    } <= ids
     assert not any(i.startswith("gpt-4o") for i in ids)  # no keys in the environment: offline only
-    r = httpx.post(url + "/v1/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]})
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
 
@@ -60,10 +74,16 @@ def test_key_from_admin_api_then_routed_replay(served):
 
     url, _ = served
     admin = {"authorization": "Bearer sk-thr-admin-serve-test"}
-    key = httpx.post(url + "/admin/keys", json={"name": "t"}, headers=admin, timeout=10).json()["key"]
+    key = httpx.post(url + "/admin/keys", json={"name": "t"}, headers=admin, timeout=10).json()[
+        "key"
+    ]
     rec = next(iter(read_packaged()))
-    r = httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, timeout=10,
-                   json={"model": "auto", "messages": [{"role": "user", "content": rec.prompt}]})
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+        json={"model": "auto", "messages": [{"role": "user", "content": rec.prompt}]},
+    )
     assert r.status_code == 200, r.text
     assert r.headers["x-thrifty-route-reason"].startswith("auto: ")
     assert r.json()["choices"][0]["message"]["content"]

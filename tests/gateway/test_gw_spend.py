@@ -13,7 +13,14 @@ import pytest
 
 from conftest import gateway_doc, serve_gateway
 from thrifty.catalog.model import ModelInfo
-from thrifty.spend.api import AuthError, BudgetExceeded, LedgerRecord, PolicyDenied, Principal, Reservation
+from thrifty.spend.api import (
+    AuthError,
+    BudgetExceeded,
+    LedgerRecord,
+    PolicyDenied,
+    Principal,
+    Reservation,
+)
 
 MSG = [{"role": "user", "content": "Say hello."}]
 
@@ -43,7 +50,9 @@ class RecordingSpend:
 
     async def admit(self, principal, model, *, prompt_tokens, max_cost_usd) -> Reservation:
         if self.budget_left is not None and max_cost_usd > self.budget_left:
-            raise BudgetExceeded(f"Team budget exceeded: ${self.budget_left} left.", headers={"retry-after": "3600"})
+            raise BudgetExceeded(
+                f"Team budget exceeded: ${self.budget_left} left.", headers={"retry-after": "3600"}
+            )
         self.admitted.append((model.name, prompt_tokens, max_cost_usd))
         return Reservation(principal, model.name, max_cost_usd)
 
@@ -59,7 +68,10 @@ class RecordingSpend:
 @pytest.fixture(scope="module")
 def spend_gw(upstreams, tmp_path_factory):
     spend = RecordingSpend()
-    with serve_gateway(gateway_doc(upstreams, tmp_path_factory.mktemp("spend")), spend=spend) as (url, _):
+    with serve_gateway(gateway_doc(upstreams, tmp_path_factory.mktemp("spend")), spend=spend) as (
+        url,
+        _,
+    ):
         yield url, spend
 
 
@@ -77,7 +89,9 @@ def client(url: str, key: str = "sk-good") -> openai.OpenAI:
 
 def test_settled_once_before_client_sees_the_answer(spend_gw, spend):
     spend.settle_delay = 0.2
-    raw = client(spend_gw[0]).chat.completions.with_raw_response.create(model="m-ok", messages=MSG, max_tokens=100)
+    raw = client(spend_gw[0]).chat.completions.with_raw_response.create(
+        model="m-ok", messages=MSG, max_tokens=100
+    )
     assert len(spend.settled) == 1, "settled before the response was sent"
     rec = spend.settled[0]
     assert spend.auth == ["Bearer sk-good"]
@@ -91,7 +105,9 @@ def test_settled_once_before_client_sees_the_answer(spend_gw, spend):
 
 def test_stream_settled_before_done(spend_gw, spend):
     spend.settle_delay = 0.2
-    chunks = list(client(spend_gw[0]).chat.completions.create(model="m-ok", messages=MSG, stream=True))
+    chunks = list(
+        client(spend_gw[0]).chat.completions.create(model="m-ok", messages=MSG, stream=True)
+    )
     assert chunks and len(spend.settled) == 1
     assert spend.settled[0].stream and spend.settled[0].completion_tokens == 9
 
@@ -100,7 +116,9 @@ def test_failures_are_settled_once(spend_gw, spend):
     with pytest.raises(openai.APIStatusError):
         client(spend_gw[0]).chat.completions.create(model="m-500-alone", messages=MSG)
     with pytest.raises(openai.APIError):
-        list(client(spend_gw[0]).chat.completions.create(model="m-break", messages=MSG, stream=True))
+        list(
+            client(spend_gw[0]).chat.completions.create(model="m-break", messages=MSG, stream=True)
+        )
     assert [r.status for r in spend.settled] == [502, 502]
     assert spend.settled[1].error_type == "stream_broken"
     assert len(spend.admitted) == 2
@@ -108,15 +126,21 @@ def test_failures_are_settled_once(spend_gw, spend):
 
 def test_x_api_key_and_auth_errors(spend_gw, spend):
     url = spend_gw[0]
-    r = httpx.post(url + "/v1/chat/completions", json={"model": "m-ok", "messages": MSG},
-                   headers={"x-api-key": "sk-other"})
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        json={"model": "m-ok", "messages": MSG},
+        headers={"x-api-key": "sk-other"},
+    )
     assert r.status_code == 200 and spend.auth[-1] == "sk-other"
     with pytest.raises(openai.AuthenticationError) as info:
         client(url, "bad").chat.completions.create(model="m-ok", messages=MSG)
     assert info.value.code == "invalid_api_key"
     assert info.value.response.headers["www-authenticate"] == "Bearer"
-    r = httpx.post(url + "/v1/messages", json={"model": "m-ok", "max_tokens": 5, "messages": MSG},
-                   headers={"x-api-key": "bad"})
+    r = httpx.post(
+        url + "/v1/messages",
+        json={"model": "m-ok", "max_tokens": 5, "messages": MSG},
+        headers={"x-api-key": "bad"},
+    )
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
     assert len(spend.settled) == 1  # only the admitted first request
 

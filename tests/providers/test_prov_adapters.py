@@ -25,13 +25,18 @@ async def _run(provider, coro_fn):
 
 
 def _openai(fake: FakeUpstream) -> OpenAICompatProvider:
-    return OpenAICompatProvider(ProviderConfig("p", "openai", base_url=fake.base_url, api_key="sk-1"))
+    return OpenAICompatProvider(
+        ProviderConfig("p", "openai", base_url=fake.base_url, api_key="sk-1")
+    )
 
 
-@pytest.mark.parametrize("mode, status, retryable, kind", [
-    ("error500", 500, True, "upstream_error"),
-    ("hang", 504, True, "timeout"),
-])
+@pytest.mark.parametrize(
+    "mode, status, retryable, kind",
+    [
+        ("error500", 500, True, "upstream_error"),
+        ("hang", 504, True, "timeout"),
+    ],
+)
 def test_failures_are_classified(mode, status, retryable, kind):
     with FakeUpstream(mode) as fake:
         with pytest.raises(UpstreamError) as info:
@@ -67,10 +72,21 @@ def test_anthropic_adapter_speaks_messages_api():
         return full, chunks
 
     with FakeUpstream() as fake:
-        prov = AnthropicProvider(ProviderConfig("a", "anthropic", base_url=f"http://127.0.0.1:{fake.port}",
-                                                api_key="sk-ant"))
+        prov = AnthropicProvider(
+            ProviderConfig(
+                "a", "anthropic", base_url=f"http://127.0.0.1:{fake.port}", api_key="sk-ant"
+            )
+        )
         assert prov.headers["x-api-key"] == "sk-ant" and "Authorization" not in prov.headers
         full, chunks = asyncio.run(_run(prov, both))
         assert fake.state.last_body["stream"] is True and fake.state.last_body["max_tokens"] == 4096
-    assert full["choices"][0]["message"]["content"] == REPLY and full["usage"]["completion_tokens"] == 9
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]).strip() == REPLY
+    assert (
+        full["choices"][0]["message"]["content"] == REPLY
+        and full["usage"]["completion_tokens"] == 9
+    )
+    assert (
+        "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        ).strip()
+        == REPLY
+    )

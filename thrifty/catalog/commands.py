@@ -8,11 +8,16 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("catalog", help="model prices, context windows and origins")
     sub = p.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
-    u = sub.add_parser("update", help="refresh the price catalog from LiteLLM's public price map",
-                       description="Download LiteLLM's public model price map into the data directory; the "
-                       "gateway prefers it over the snapshot packaged with thrifty.")
+    u = sub.add_parser(
+        "update",
+        help="refresh the price catalog from LiteLLM's public price map",
+        description="Download LiteLLM's public model price map into the data directory; the "
+        "gateway prefers it over the snapshot packaged with thrifty.",
+    )
     u.add_argument("--data-dir", help="default: $THRIFTY_DATA_DIR or ./.thrifty")
-    u.add_argument("--url", default=None, help="where to fetch from (default: LiteLLM's GitHub raw URL)")
+    u.add_argument(
+        "--url", default=None, help="where to fetch from (default: LiteLLM's GitHub raw URL)"
+    )
     u.set_defaults(func=_update)
     s = sub.add_parser("show", help="what the catalog knows about models")
     s.add_argument("models", nargs="+", metavar="MODEL")
@@ -53,10 +58,12 @@ def _show(args: argparse.Namespace) -> int:
             missing.append(name)
             continue
         info = catalog.model(name, args.provider or "openai")
-        per_m = (lambda v: "unknown" if v is None else f"${v * 1e6:.4g}/M")  # noqa: E731
-        print(f"{name}: input {per_m(info.input_cost_per_token)}, output {per_m(info.output_cost_per_token)}, "
-              f"cached input {per_m(info.cache_read_input_token_cost)}, context {info.context_window}, "
-              f"max output {info.max_output_tokens}, origin {info.origin_country or 'unknown'}")
+        per_m = lambda v: "unknown" if v is None else f"${v * 1e6:.4g}/M"  # noqa: E731
+        print(
+            f"{name}: input {per_m(info.input_cost_per_token)}, output {per_m(info.output_cost_per_token)}, "
+            f"cached input {per_m(info.cache_read_input_token_cost)}, context {info.context_window}, "
+            f"max output {info.max_output_tokens}, origin {info.origin_country or 'unknown'}"
+        )
     print(f"(source: {catalog.source})")
     if missing:
         raise UsageError(f"not in the catalog: {', '.join(missing)}")

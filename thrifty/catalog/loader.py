@@ -36,7 +36,7 @@ class Catalog:
         self.source = source
 
     @classmethod
-    def load(cls, data_dir: Path | None = None) -> "Catalog":
+    def load(cls, data_dir: Path | None = None) -> Catalog:
         """The refreshed snapshot in ``data_dir`` if ``catalog update`` wrote one, else the packaged one."""
         path = PACKAGED_SNAPSHOT
         if data_dir is not None and (data_dir / SNAPSHOT_NAME).is_file():

@@ -33,13 +33,19 @@ from thrifty.gateway.schemas import ChatRequest, EmbeddingsRequest, parse_json
 from thrifty.gateway.service import Gateway, Plan, Served, price
 from thrifty.providers import build_providers
 from thrifty.providers.base import UpstreamError, Usage
-from thrifty.providers.translate import OpenAIStreamToAnthropic, anthropic_to_openai_request, \
-    openai_to_anthropic_response, sse_event
+from thrifty.providers.translate import (
+    OpenAIStreamToAnthropic,
+    anthropic_to_openai_request,
+    openai_to_anthropic_response,
+    sse_event,
+)
 from thrifty.spend.api import LedgerRecord, Principal, Reservation, SpendControl, SpendError
 
 log = logging.getLogger("thrifty.gateway")
 
-ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]
+]
 Send = Callable[[dict], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -69,8 +75,20 @@ def _usage_of(body: dict[str, Any] | None, fallback_prompt: int) -> Usage:
 class _Ctx:
     """Per-request state the handlers share: who, what was decided, what must be settled."""
 
-    __slots__ = ("request_id", "ts", "t0", "principal", "endpoint", "plan", "served", "reservation", "settled",
-                 "stream", "fmt", "started")
+    __slots__ = (
+        "request_id",
+        "ts",
+        "t0",
+        "principal",
+        "endpoint",
+        "plan",
+        "served",
+        "reservation",
+        "settled",
+        "stream",
+        "fmt",
+        "started",
+    )
 
     def __init__(self, endpoint: str, fmt: str) -> None:
         self.request_id = _new_request_id()
@@ -123,16 +141,26 @@ class GatewayApp:
             for prefix, app in self.mounts:
                 if path == prefix or path.startswith(prefix + "/"):
                     sub = dict(scope)
-                    sub["path"] = path[len(prefix):] or "/"
+                    sub["path"] = path[len(prefix) :] or "/"
                     sub["root_path"] = scope.get("root_path", "") + prefix
                     await app(sub, receive, send)
                     return
             fmt = ANTHROPIC if path.startswith("/v1/messages") else OPENAI
             known = any(p == path for (_, p) in self.routes)
             status = 405 if known else 404
-            msg = f"Method {scope['method']} not allowed on {path}." if known else f"Unknown path: {path}."
-            await self._error(send, fmt, GatewayError(status, msg, code="not_found" if status == 404 else
-                                                      "method_not_allowed"), None)
+            msg = (
+                f"Method {scope['method']} not allowed on {path}."
+                if known
+                else f"Unknown path: {path}."
+            )
+            await self._error(
+                send,
+                fmt,
+                GatewayError(
+                    status, msg, code="not_found" if status == 404 else "method_not_allowed"
+                ),
+                None,
+            )
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -197,21 +225,35 @@ class GatewayApp:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @staticmethod
-    async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    async def _send(
+        send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _error(self, send: Send, fmt: str, exc: GatewayError | SpendError, ctx: _Ctx | None) -> None:
-        if ctx is not None and ctx.started:  # mid-stream: the status is gone, end with an error event
-            await send({"type": "http.response.body", "body": _stream_error(fmt, exc.message, "api_error"),
-                        "more_body": False})
+    async def _error(
+        self, send: Send, fmt: str, exc: GatewayError | SpendError, ctx: _Ctx | None
+    ) -> None:
+        if (
+            ctx is not None and ctx.started
+        ):  # mid-stream: the status is gone, end with an error event
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": _stream_error(fmt, exc.message, "api_error"),
+                    "more_body": False,
+                }
+            )
             return
         if isinstance(exc, SpendError):
             status, type_, code, param = exc.status, exc.error_type, exc.code, None
         else:
             status, type_, code, param = exc.status, exc.type, exc.code, exc.param
-        body = (anthropic_body(status, exc.message, type_) if fmt == ANTHROPIC
-                else openai_body(status, exc.message, type_, code, param))
+        body = (
+            anthropic_body(status, exc.message, type_)
+            if fmt == ANTHROPIC
+            else openai_body(status, exc.message, type_, code, param)
+        )
         headers = list(JSON_HEADERS)
         for k, v in exc.headers.items():
             headers.append((k.lower().encode(), str(v).encode()))
@@ -228,7 +270,9 @@ class GatewayApp:
                 auth = value.decode("latin-1")
         return await self.gw.spend.authenticate(auth)
 
-    async def _settle(self, ctx: _Ctx, status: int, usage: Usage | None, error_type: str | None) -> tuple[float, float]:
+    async def _settle(
+        self, ctx: _Ctx, status: int, usage: Usage | None, error_type: str | None
+    ) -> tuple[float, float]:
         """Write the ledger record (once) and update metrics; returns (cost, frontier cost)."""
         cost = frontier = 0.0
         served = ctx.served
@@ -244,8 +288,14 @@ class GatewayApp:
         if ctx.reservation is not None or ctx.plan is not None:
             p = ctx.principal or Principal()
             record = LedgerRecord(
-                request_id=ctx.request_id, ts=ctx.ts, key_id=p.key_id, user_id=p.user_id, team_id=p.team_id,
-                tags=p.tags, endpoint=ctx.endpoint, requested_model=ctx.plan.requested if ctx.plan else "",
+                request_id=ctx.request_id,
+                ts=ctx.ts,
+                key_id=p.key_id,
+                user_id=p.user_id,
+                team_id=p.team_id,
+                tags=p.tags,
+                endpoint=ctx.endpoint,
+                requested_model=ctx.plan.requested if ctx.plan else "",
                 served_model=served_name,
                 provider=served.deployment.provider if served and served.deployment else None,
                 route_reason=ctx.plan.reason if ctx.plan else None,
@@ -256,8 +306,13 @@ class GatewayApp:
                 input_price=(model_info.input_cost_per_token or 0.0) if model_info else 0.0,
                 output_price=(model_info.output_cost_per_token or 0.0) if model_info else 0.0,
                 cached_price=(model_info.cache_read_input_token_cost or 0.0) if model_info else 0.0,
-                cost_usd=cost, frontier_cost_usd=frontier, latency_ms=latency * 1000, status=status,
-                error_type=error_type, retries=served.retries if served else 0, stream=ctx.stream,
+                cost_usd=cost,
+                frontier_cost_usd=frontier,
+                latency_ms=latency * 1000,
+                status=status,
+                error_type=error_type,
+                retries=served.retries if served else 0,
+                stream=ctx.stream,
                 scores=ctx.plan.scores if ctx.plan else None,
             )
             if ctx.reservation is not None:
@@ -274,7 +329,9 @@ class GatewayApp:
             m.tokens[(served_name, "completion")] += usage.completion_tokens
         return cost, frontier
 
-    def _route_headers(self, ctx: _Ctx, cost: float | None, frontier: float | None) -> list[tuple[bytes, bytes]]:
+    def _route_headers(
+        self, ctx: _Ctx, cost: float | None, frontier: float | None
+    ) -> list[tuple[bytes, bytes]]:
         served, plan = ctx.served, ctx.plan
         h = [(b"x-request-id", ctx.request_id.encode())]
         if served is not None:
@@ -292,8 +349,15 @@ class GatewayApp:
             h.append((b"x-thrifty-frontier-cost-usd", f"{frontier:.8f}".encode()))
         return h
 
-    async def _model_call(self, scope: dict, receive: Callable, send: Send, endpoint: str, fmt: str,
-                          run: Callable[[_Ctx, dict[str, Any]], Awaitable[None]]) -> None:
+    async def _model_call(
+        self,
+        scope: dict,
+        receive: Callable,
+        send: Send,
+        endpoint: str,
+        fmt: str,
+        run: Callable[[_Ctx, dict[str, Any]], Awaitable[None]],
+    ) -> None:
         """Shared by every model endpoint: read, authenticate, run, and turn every failure into
         an API-format error (settling the request if it was admitted)."""
         ctx = _Ctx(endpoint, fmt)
@@ -301,9 +365,13 @@ class GatewayApp:
             try:
                 raw = await self._read_body(scope, receive, self.config.max_body_bytes)
             except ClientError:
-                raise GatewayError(413, f"Request body is larger than the gateway's limit of "
-                                   f"{self.config.max_body_bytes} bytes.", code="request_too_large",
-                                   type="request_too_large" if fmt == ANTHROPIC else "invalid_request_error") from None
+                raise GatewayError(
+                    413,
+                    f"Request body is larger than the gateway's limit of "
+                    f"{self.config.max_body_bytes} bytes.",
+                    code="request_too_large",
+                    type="request_too_large" if fmt == ANTHROPIC else "invalid_request_error",
+                ) from None
             ctx.principal = await self._authenticate(scope)
             body = parse_json(raw)
             await run(ctx, body)
@@ -318,20 +386,35 @@ class GatewayApp:
             err = _upstream_to_gateway(exc)
             if not ctx.settled:
                 await self._settle(ctx, err.status, None, exc.type)
-            err.headers.update({k.decode(): v.decode() for k, v in self._route_headers(ctx, None, None)})
+            err.headers.update(
+                {k.decode(): v.decode() for k, v in self._route_headers(ctx, None, None)}
+            )
             await self._error(send, fmt, err, ctx)
         except Exception:
             log.exception("internal error in request %s", ctx.request_id)
             if not ctx.settled:
                 await self._settle(ctx, 500, None, "internal_error")
-            await self._error(send, fmt, GatewayError(500, f"Internal gateway error (request {ctx.request_id}).",
-                                                      type="api_error", code="internal_error"), ctx)
+            await self._error(
+                send,
+                fmt,
+                GatewayError(
+                    500,
+                    f"Internal gateway error (request {ctx.request_id}).",
+                    type="api_error",
+                    code="internal_error",
+                ),
+                ctx,
+            )
 
     async def _admit(self, ctx: _Ctx, plan: Plan) -> None:
         ctx.plan = plan
         assert ctx.principal is not None
         ctx.reservation = await self.gw.spend.admit(
-            ctx.principal, plan.chain[0].info, prompt_tokens=plan.prompt_tokens, max_cost_usd=plan.max_cost_usd)
+            ctx.principal,
+            plan.chain[0].info,
+            prompt_tokens=plan.prompt_tokens,
+            max_cost_usd=plan.max_cost_usd,
+        )
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -373,10 +456,18 @@ class GatewayApp:
         break mid-way ends the stream with an error event, never a silent truncated 200."""
         assert ctx.plan is not None and ctx.served is not None
         first, rest = await self.gw.chat_stream(ctx.plan, req, ctx.served)
-        anth = OpenAIStreamToAnthropic(ctx.served.model.info.name, ctx.plan.prompt_tokens) \
-            if ctx.fmt == ANTHROPIC else None
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": SSE_HEADERS + self._route_headers(ctx, None, None)})
+        anth = (
+            OpenAIStreamToAnthropic(ctx.served.model.info.name, ctx.plan.prompt_tokens)
+            if ctx.fmt == ANTHROPIC
+            else None
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": SSE_HEADERS + self._route_headers(ctx, None, None),
+            }
+        )
         ctx.started = True
         held: list[dict[str, Any]] = []
         usage_body: dict[str, Any] | None = None
@@ -415,8 +506,13 @@ class GatewayApp:
             usage = Usage(ctx.plan.prompt_tokens, completion_chars // 4)
             await self._settle(ctx, 502, usage, "stream_broken")
             message = f"The upstream stream broke mid-answer: {error.message}"
-            await send({"type": "http.response.body", "body": _stream_error(ctx.fmt, message, "stream_broken"),
-                        "more_body": False})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": _stream_error(ctx.fmt, message, "stream_broken"),
+                    "more_body": False,
+                }
+            )
             return
         usage = _usage_of(usage_body, ctx.plan.prompt_tokens)
         if usage_body is None:
@@ -424,7 +520,12 @@ class GatewayApp:
         cost, frontier = await self._settle(ctx, 200, usage, None)
         tail = b""
         for chunk in held:
-            if anth is None and not req.include_usage and chunk.get("usage") and not chunk.get("choices"):
+            if (
+                anth is None
+                and not req.include_usage
+                and chunk.get("usage")
+                and not chunk.get("choices")
+            ):
                 continue  # the usage chunk thrifty asked the upstream for, not the client
             tail += encode(chunk)
         if anth is not None:
@@ -444,16 +545,25 @@ class GatewayApp:
             result = await self.gw.embeddings(plan, body, ctx.served)
             usage = _usage_of(result, req.prompt_tokens)
             cost, frontier = await self._settle(ctx, 200, usage, None)
-            await self._send(send, 200, orjson.dumps(result), JSON_HEADERS + self._route_headers(ctx, cost, frontier))
+            await self._send(
+                send,
+                200,
+                orjson.dumps(result),
+                JSON_HEADERS + self._route_headers(ctx, cost, frontier),
+            )
 
         await self._model_call(scope, receive, send, "embeddings", OPENAI, run)
 
     async def list_models(self, scope: dict, receive: Callable, send: Send) -> None:
         created = 1700000000
-        data = [{"id": name, "object": "model", "created": created, "owned_by": mc.info.provider}
-                for name, mc in self.gw.models.items()]
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": mc.info.provider}
+            for name, mc in self.gw.models.items()
+        ]
         for profile in sorted({"auto", *self.gw.router.profiles, *self.config.profiles}):
-            data.append({"id": profile, "object": "model", "created": created, "owned_by": "thrifty-router"})
+            data.append(
+                {"id": profile, "object": "model", "created": created, "owned_by": "thrifty-router"}
+            )
         await self._send(send, 200, orjson.dumps({"object": "list", "data": data}), JSON_HEADERS)
 
     async def healthz(self, scope: dict, receive: Callable, send: Send) -> None:
@@ -461,22 +571,34 @@ class GatewayApp:
 
     async def readyz(self, scope: dict, receive: Callable, send: Send) -> None:
         ready = self.started
-        body = {"status": "ready" if ready else "starting", "models": len(self.gw.models),
-                "router": self.gw.router.router is not None}
+        body = {
+            "status": "ready" if ready else "starting",
+            "models": len(self.gw.models),
+            "router": self.gw.router.router is not None,
+        }
         if self.gw.router.error:
             body["router_error"] = self.gw.router.error
         await self._send(send, 200 if ready else 503, orjson.dumps(body), JSON_HEADERS)
 
     async def metrics_endpoint(self, scope: dict, receive: Callable, send: Send) -> None:
-        await self._send(send, 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")])
+        await self._send(
+            send, 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")]
+        )
 
 
 def _stream_error(fmt: str, message: str, code: str) -> bytes:
     """The last event of a stream that cannot finish: the SDKs raise it as an API error."""
     if fmt == ANTHROPIC:
-        return sse_event("error", {"type": "error", "error": {"type": "api_error", "message": message}})
-    return b"data: " + orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None,
-                                               "code": code}}) + b"\n\n"
+        return sse_event(
+            "error", {"type": "error", "error": {"type": "api_error", "message": message}}
+        )
+    return (
+        b"data: "
+        + orjson.dumps(
+            {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+        )
+        + b"\n\n"
+    )
 
 
 def _upstream_to_gateway(exc: UpstreamError) -> GatewayError:
@@ -484,10 +606,16 @@ def _upstream_to_gateway(exc: UpstreamError) -> GatewayError:
     if exc.type == "replay_unknown_prompt":
         return GatewayError(exc.status, exc.message, code=exc.code or exc.type)
     if 400 <= exc.status < 500 and exc.status not in (408, 429):
-        return GatewayError(exc.status, f"Upstream rejected the request: {exc.message}", code="upstream_error")
+        return GatewayError(
+            exc.status, f"Upstream rejected the request: {exc.message}", code="upstream_error"
+        )
     status = 504 if exc.type == "timeout" else 503 if exc.status in (429, 503) else 502
-    return GatewayError(status, f"Upstream failed after retries and fallbacks: {exc.message}",
-                        type="api_error", code=exc.type)
+    return GatewayError(
+        status,
+        f"Upstream failed after retries and fallbacks: {exc.message}",
+        type="api_error",
+        code=exc.type,
+    )
 
 
 def create_app(
@@ -507,7 +635,11 @@ def create_app(
     provs = dict(build_providers(config))
     provs.update(providers or {})
     auto = AutoRouter(config, router)
-    frontier = config.models[config.frontier_model].info if config.frontier_model in config.models else None
+    frontier = (
+        config.models[config.frontier_model].info
+        if config.frontier_model in config.models
+        else None
+    )
     if frontier is None:
         frontier = Catalog.load(config.data_dir).model(config.frontier_model, "openai")
     gateway = Gateway(config, spend, provs, auto, frontier, Metrics())

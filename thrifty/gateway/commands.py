@@ -6,25 +6,39 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="run the gateway (OpenAI- and Anthropic-compatible)",
-                              description="Run the gateway. With no --config it runs the embedded default: "
-                              "offline replay models, plus real providers whose API keys are in the environment.")
+    p = subparsers.add_parser(
+        "serve",
+        help="run the gateway (OpenAI- and Anthropic-compatible)",
+        description="Run the gateway. With no --config it runs the embedded default: "
+        "offline replay models, plus real providers whose API keys are in the environment.",
+    )
     p.add_argument("--config", help="TOML config file (default: the embedded default)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=4000)
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--server", default="uvicorn", choices=["uvicorn", "granian"],
-                   help="HTTP server (default: uvicorn; granian if installed)")
+    p.add_argument(
+        "--server",
+        default="uvicorn",
+        choices=["uvicorn", "granian"],
+        help="HTTP server (default: uvicorn; granian if installed)",
+    )
     p.set_defaults(func=_serve)
 
-    d = subparsers.add_parser("demo", help="route a few hundred real benchmark prompts through 'auto' and report",
-                              description="Start the gateway on the embedded default, send the packaged "
-                              "benchmark prompts through model 'auto' with the openai client, and print the "
-                              "share of requests per model, cost against all-frontier and quality kept.")
+    d = subparsers.add_parser(
+        "demo",
+        help="route a few hundred real benchmark prompts through 'auto' and report",
+        description="Start the gateway on the embedded default, send the packaged "
+        "benchmark prompts through model 'auto' with the openai client, and print the "
+        "share of requests per model, cost against all-frontier and quality kept.",
+    )
     d.add_argument("--limit", type=int, default=None, help="send only the first N prompts")
-    d.add_argument("--profile", default="auto", help="routing profile to use as the model (default: auto)")
+    d.add_argument(
+        "--profile", default="auto", help="routing profile to use as the model (default: auto)"
+    )
     d.add_argument("--concurrency", type=int, default=8)
-    d.add_argument("--port", type=int, default=0, help="port for the demo gateway (default: a free one)")
+    d.add_argument(
+        "--port", type=int, default=0, help="port for the demo gateway (default: a free one)"
+    )
     d.set_defaults(func=_demo)
 
 
@@ -32,8 +46,11 @@ def _serve(args: argparse.Namespace) -> int:
     from thrifty.gateway.server import make_app, serve
 
     app = make_app(args.config)
-    print(f"thrifty gateway on http://{args.host}:{args.port}/v1 "
-          f"({len(app.gw.models)} models; router: {'on' if app.gw.router.router else 'off'})", flush=True)
+    print(
+        f"thrifty gateway on http://{args.host}:{args.port}/v1 "
+        f"({len(app.gw.models)} models; router: {'on' if app.gw.router.router else 'off'})",
+        flush=True,
+    )
     serve(app, args.host, args.port, log_level=args.log_level, server=args.server)
     return 0
 
@@ -41,4 +58,6 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from thrifty.gateway.demo import run_demo
 
-    return run_demo(limit=args.limit, profile=args.profile, concurrency=args.concurrency, port=args.port)
+    return run_demo(
+        limit=args.limit, profile=args.profile, concurrency=args.concurrency, port=args.port
+    )

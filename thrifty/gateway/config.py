@@ -110,7 +110,9 @@ class GatewayConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     spend: dict[str, Any] = field(default_factory=dict)
-    spend_enabled: bool = True  # false: no keys, budgets or ledger (benchmarks of the bare proxy only)
+    spend_enabled: bool = (
+        True  # false: no keys, budgets or ledger (benchmarks of the bare proxy only)
+    )
 
 
 def default_data_dir() -> Path:
@@ -119,27 +121,59 @@ def default_data_dir() -> Path:
 
 # Real providers switched on by their API key in the environment, with the models they add.
 ENV_PROVIDERS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
-    ("openai", "OPENAI_API_KEY", "openai", "https://api.openai.com/v1",
-     ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "text-embedding-3-small")),
-    ("anthropic", "ANTHROPIC_API_KEY", "anthropic", "https://api.anthropic.com",
-     ("claude-haiku-4-5", "claude-sonnet-4-5")),
-    ("openrouter", "OPENROUTER_API_KEY", "openai", "https://openrouter.ai/api/v1",
-     ("deepseek/deepseek-chat", "openai/gpt-4o-mini", "anthropic/claude-haiku-4-5")),
-    ("gemini", "GEMINI_API_KEY", "openai", "https://generativelanguage.googleapis.com/v1beta/openai",
-     ("gemini-2.5-flash", "gemini-2.5-flash-lite")),
+    (
+        "openai",
+        "OPENAI_API_KEY",
+        "openai",
+        "https://api.openai.com/v1",
+        ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1", "text-embedding-3-small"),
+    ),
+    (
+        "anthropic",
+        "ANTHROPIC_API_KEY",
+        "anthropic",
+        "https://api.anthropic.com",
+        ("claude-haiku-4-5", "claude-sonnet-4-5"),
+    ),
+    (
+        "openrouter",
+        "OPENROUTER_API_KEY",
+        "openai",
+        "https://openrouter.ai/api/v1",
+        ("deepseek/deepseek-chat", "openai/gpt-4o-mini", "anthropic/claude-haiku-4-5"),
+    ),
+    (
+        "gemini",
+        "GEMINI_API_KEY",
+        "openai",
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+        ("gemini-2.5-flash", "gemini-2.5-flash-lite"),
+    ),
     ("deepseek", "DEEPSEEK_API_KEY", "openai", "https://api.deepseek.com/v1", ("deepseek-chat",)),
-    ("together_ai", "TOGETHER_API_KEY", "openai", "https://api.together.xyz/v1",
-     ("meta-llama/Llama-3.3-70B-Instruct-Turbo",)),
+    (
+        "together_ai",
+        "TOGETHER_API_KEY",
+        "openai",
+        "https://api.together.xyz/v1",
+        ("meta-llama/Llama-3.3-70B-Instruct-Turbo",),
+    ),
 )
 
 
 def _replay_models() -> dict[str, dict[str, Any]]:
     from thrifty.providers.replay_records import GSM8K_MODELS, REPLAY_PRICES, ROUTERBENCH_MODELS
 
-    windows = {"gpt-4-1106-preview": 128000, "gpt-3.5-turbo-1106": 16385, "claude-v2": 100000,
-               "claude-v1": 100000, "claude-instant-v1": 100000, "mistralai/mixtral-8x7b-chat": 32768,
-               "mistralai/Mixtral-8x7B-Instruct-v0.1": 32768, "zero-one-ai/Yi-34B-Chat": 4096,
-               "meta/code-llama-instruct-34b-chat": 16384}
+    windows = {
+        "gpt-4-1106-preview": 128000,
+        "gpt-3.5-turbo-1106": 16385,
+        "claude-v2": 100000,
+        "claude-v1": 100000,
+        "claude-instant-v1": 100000,
+        "mistralai/mixtral-8x7b-chat": 32768,
+        "mistralai/Mixtral-8x7B-Instruct-v0.1": 32768,
+        "zero-one-ai/Yi-34B-Chat": 4096,
+        "meta/code-llama-instruct-34b-chat": 16384,
+    }
     out: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(ROUTERBENCH_MODELS + GSM8K_MODELS):
         inp, outp = REPLAY_PRICES[name]
@@ -166,10 +200,13 @@ def default_document(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         doc["providers"][name] = {"type": ptype, "base_url": base_url, "api_key_env": key_env}
         for model in models:
             exposed = model if name in ("openai", "anthropic", "gemini") else f"{name}/{model}"
-            doc["models"].setdefault(exposed, {
-                "deployments": [{"provider": name, "model": model}],
-                "mode": "embedding" if "embedding" in model else "chat",
-            })
+            doc["models"].setdefault(
+                exposed,
+                {
+                    "deployments": [{"provider": name, "model": model}],
+                    "mode": "embedding" if "embedding" in model else "chat",
+                },
+            )
     return doc
 
 
@@ -192,12 +229,18 @@ def build_config(
     for name, p in (doc.get("providers") or {}).items():
         ptype = p.get("type", "openai")
         if ptype not in PROVIDER_TYPES:
-            raise UsageError(f"providers.{name}.type must be one of {', '.join(PROVIDER_TYPES)}, not {ptype!r}")
+            raise UsageError(
+                f"providers.{name}.type must be one of {', '.join(PROVIDER_TYPES)}, not {ptype!r}"
+            )
         key = p.get("api_key") or (env.get(p["api_key_env"]) if p.get("api_key_env") else None)
         known = {"type", "base_url", "api_key", "api_key_env", "headers"}
         providers[name] = ProviderConfig(
-            name=name, type=ptype, base_url=p.get("base_url"), api_key=key,
-            headers=dict(p.get("headers") or {}), options={k: v for k, v in p.items() if k not in known},
+            name=name,
+            type=ptype,
+            base_url=p.get("base_url"),
+            api_key=key,
+            headers=dict(p.get("headers") or {}),
+            options={k: v for k, v in p.items() if k not in known},
         )
         if ptype != "replay" and not providers[name].base_url:
             raise UsageError(f"providers.{name}.base_url is required for type {ptype!r}")
@@ -216,15 +259,23 @@ def build_config(
         for d in deps_doc:
             if d.get("provider") not in providers:
                 raise UsageError(f"models.{name!r}: unknown provider {d.get('provider')!r}")
-            deployments.append(Deployment(d["provider"], d.get("model", name), float(d.get("weight", 1.0))))
+            deployments.append(
+                Deployment(d["provider"], d.get("model", name), float(d.get("weight", 1.0)))
+            )
         if not deployments:
             raise UsageError(f"models.{name!r} has no deployments")
         fallbacks = tuple(m.pop("fallbacks", ()))
         route = bool(m.pop("route", True))
         mode = m.pop("mode", "chat")
         first = deployments[0]
-        info = catalog.model(name, providers[first.provider].type if providers[first.provider].type != "openai"
-                             else first.provider, first.model if first.model != name else None, overrides=m)
+        info = catalog.model(
+            name,
+            providers[first.provider].type
+            if providers[first.provider].type != "openai"
+            else first.provider,
+            first.model if first.model != name else None,
+            overrides=m,
+        )
         models[name] = ModelConfig(info, tuple(deployments), fallbacks, route, mode)
     for name, mc in models.items():
         for fb in mc.fallbacks:
@@ -253,16 +304,23 @@ def build_config(
             _float(t, "first_token", d.first_token, "timeouts"),
             _float(t, "total", d.total, "timeouts"),
         ),
-        retry=RetryPolicy(int(r.get("attempts", 2)), _float(r, "backoff_base", 0.2, "retry"),
-                          _float(r, "backoff_max", 4.0, "retry")),
-        breaker=BreakerPolicy(int(b.get("failures", 5)), _float(b, "cooldown", 30.0, "circuit_breaker")),
+        retry=RetryPolicy(
+            int(r.get("attempts", 2)),
+            _float(r, "backoff_base", 0.2, "retry"),
+            _float(r, "backoff_max", 4.0, "retry"),
+        ),
+        breaker=BreakerPolicy(
+            int(b.get("failures", 5)), _float(b, "cooldown", 30.0, "circuit_breaker")
+        ),
         spend=dict(doc.get("spend") or {}),
         spend_enabled=bool(doc.get("spend_enabled", True)),
     )
     return cfg
 
 
-def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_config(
+    path: str | Path | None = None, *, env: Mapping[str, str] | None = None
+) -> GatewayConfig:
     """Read a TOML config file, or build the embedded default when ``path`` is None."""
     if path is None:
         return build_config(default_document(env), env=env)

@@ -30,8 +30,13 @@ class Outcome:
     latency: float
 
 
-async def _send_all(base_url: str, model: str, records: dict[str, dict[str, Record]], prompts: list[str],
-                    concurrency: int) -> list[Outcome]:
+async def _send_all(
+    base_url: str,
+    model: str,
+    records: dict[str, dict[str, Record]],
+    prompts: list[str],
+    concurrency: int,
+) -> list[Outcome]:
     import openai
 
     client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="sk-demo", max_retries=2)
@@ -41,15 +46,22 @@ async def _send_all(base_url: str, model: str, records: dict[str, dict[str, Reco
         async with sem:
             t0 = time.perf_counter()
             raw = await client.chat.completions.with_raw_response.create(
-                model=model, messages=[{"role": "user", "content": prompt}])
+                model=model, messages=[{"role": "user", "content": prompt}]
+            )
             latency = time.perf_counter() - t0
             served = raw.headers["x-thrifty-model"]
             rec = records[prompt_key(prompt)][served]
             answer = raw.parse().choices[0].message.content
             if answer != rec.response:
                 raise RuntimeError(f"replay mismatch for {rec.sample_id}")
-            return Outcome(rec.sample_id, rec.task, served, float(raw.headers["x-thrifty-cost-usd"]),
-                           bool(rec.correct), latency)
+            return Outcome(
+                rec.sample_id,
+                rec.task,
+                served,
+                float(raw.headers["x-thrifty-cost-usd"]),
+                bool(rec.correct),
+                latency,
+            )
 
     try:
         return list(await asyncio.gather(*(one(p) for p in prompts)))
@@ -61,7 +73,9 @@ def _summary(outcomes: list[Outcome]) -> tuple[float, float]:
     return sum(o.cost for o in outcomes), sum(o.correct for o in outcomes) / max(1, len(outcomes))
 
 
-def run_demo(limit: int | None = None, profile: str = "auto", concurrency: int = 8, port: int = 0) -> int:
+def run_demo(
+    limit: int | None = None, profile: str = "auto", concurrency: int = 8, port: int = 0
+) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -89,11 +103,15 @@ def run_demo(limit: int | None = None, profile: str = "auto", concurrency: int =
         app = create_app(config, spend=OpenSpendControl())
         router = app.gw.router
         if router.router is None:
-            console.print(f"[yellow]note:[/] {router.error}; 'auto' falls back to the cheapest model.")
+            console.print(
+                f"[yellow]note:[/] {router.error}; 'auto' falls back to the cheapest model."
+            )
         frontier = config.frontier_model
-        console.print(f"thrifty demo: {len(prompts)} real RouterBench prompts (ARC-Challenge, MBPP, Winogrande), "
-                      f"{len(config.models)} replayed models, routed by [bold]{profile}[/]; "
-                      f"baseline: everything on [bold]{frontier}[/].")
+        console.print(
+            f"thrifty demo: {len(prompts)} real RouterBench prompts (ARC-Challenge, MBPP, Winogrande), "
+            f"{len(config.models)} replayed models, routed by [bold]{profile}[/]; "
+            f"baseline: everything on [bold]{frontier}[/]."
+        )
         with running(app, port) as url:
             t0 = time.perf_counter()
             routed = asyncio.run(_send_all(url, profile, by_prompt, prompts, concurrency))
@@ -104,25 +122,47 @@ def run_demo(limit: int | None = None, profile: str = "auto", concurrency: int =
     f_cost, f_acc = _summary(base)
     shares = Counter(o.model for o in routed)
     table = Table(title=f"Requests routed by '{profile}'")
-    for col, just in (("model", "left"), ("requests", "right"), ("share", "right"), ("correct", "right"),
-                      ("cost USD", "right")):
+    for col, just in (
+        ("model", "left"),
+        ("requests", "right"),
+        ("share", "right"),
+        ("correct", "right"),
+        ("cost USD", "right"),
+    ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for model, n in shares.most_common():
         mine = [o for o in routed if o.model == model]
-        table.add_row(model, str(n), f"{n / len(routed):.0%}", f"{sum(o.correct for o in mine) / n:.0%}",
-                      f"{sum(o.cost for o in mine):.4f}")
+        table.add_row(
+            model,
+            str(n),
+            f"{n / len(routed):.0%}",
+            f"{sum(o.correct for o in mine) / n:.0%}",
+            f"{sum(o.cost for o in mine):.4f}",
+        )
     console.print(table)
 
     tasks = Table(title="By task")
-    for col in ("task", "prompts", "routed correct", "frontier correct", "routed cost", "frontier cost"):
+    for col in (
+        "task",
+        "prompts",
+        "routed correct",
+        "frontier correct",
+        "routed cost",
+        "frontier cost",
+    ):
         tasks.add_column(col, justify="left" if col == "task" else "right")
     base_by = {o.sample_id: o for o in base}
     for task in sorted({o.task for o in routed}):
         mine = [o for o in routed if o.task == task]
         theirs = [base_by[o.sample_id] for o in mine]
-        tasks.add_row(task, str(len(mine)), f"{sum(o.correct for o in mine) / len(mine):.0%}",
-                      f"{sum(o.correct for o in theirs) / len(theirs):.0%}", f"${sum(o.cost for o in mine):.4f}",
-                      f"${sum(o.cost for o in theirs):.4f}")
+        tasks.add_row(
+            task,
+            str(len(mine)),
+            f"{sum(o.correct for o in mine) / len(mine):.0%}",
+            f"{sum(o.correct for o in theirs) / len(theirs):.0%}",
+            f"${sum(o.cost for o in mine):.4f}",
+            f"${sum(o.cost for o in theirs):.4f}",
+        )
     console.print(tasks)
 
     lat = sorted(o.latency for o in routed)

@@ -32,7 +32,9 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
 
-def bad_request(message: str, *, param: str | None = None, code: str | None = "invalid_value") -> GatewayError:
+def bad_request(
+    message: str, *, param: str | None = None, code: str | None = "invalid_value"
+) -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
 
 

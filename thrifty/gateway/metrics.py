@@ -41,22 +41,37 @@ class Metrics:
         def family(name: str, kind: str, help: str) -> None:
             out.append(f"# HELP {name} {help}\n# TYPE {name} {kind}")
 
-        family("thrifty_requests_total", "counter", "Requests by endpoint, served model and status.")
+        family(
+            "thrifty_requests_total", "counter", "Requests by endpoint, served model and status."
+        )
         for key, n in self.requests.items():
-            out.append(f"thrifty_requests_total{{{_labels(('endpoint', 'model', 'status'), key)}}} {n}")
+            out.append(
+                f"thrifty_requests_total{{{_labels(('endpoint', 'model', 'status'), key)}}} {n}"
+            )
         family("thrifty_cost_usd_total", "counter", "Cost of served requests in USD.")
         for model, v in self.cost.items():
             out.append(f"thrifty_cost_usd_total{{{_labels(('model',), (model,))}}} {v:.10g}")
-        family("thrifty_frontier_cost_usd_total", "counter",
-               "What the same requests would have cost on the default frontier model.")
+        family(
+            "thrifty_frontier_cost_usd_total",
+            "counter",
+            "What the same requests would have cost on the default frontier model.",
+        )
         for model, v in self.frontier_cost.items():
-            out.append(f"thrifty_frontier_cost_usd_total{{{_labels(('model',), (model,))}}} {v:.10g}")
+            out.append(
+                f"thrifty_frontier_cost_usd_total{{{_labels(('model',), (model,))}}} {v:.10g}"
+            )
         family("thrifty_tokens_total", "counter", "Tokens by model and kind (prompt, completion).")
         for key, n in self.tokens.items():
             out.append(f"thrifty_tokens_total{{{_labels(('model', 'kind'), key)}}} {n}")
-        family("thrifty_upstream_errors_total", "counter", "Failed upstream calls by deployment and type.")
+        family(
+            "thrifty_upstream_errors_total",
+            "counter",
+            "Failed upstream calls by deployment and type.",
+        )
         for key, n in self.upstream_errors.items():
-            out.append(f"thrifty_upstream_errors_total{{{_labels(('deployment', 'type'), key)}}} {n}")
+            out.append(
+                f"thrifty_upstream_errors_total{{{_labels(('deployment', 'type'), key)}}} {n}"
+            )
         family("thrifty_retries_total", "counter", "Upstream retries.")
         out.append(f"thrifty_retries_total {self.retries}")
         family("thrifty_fallbacks_total", "counter", "Requests served by a fallback model.")

@@ -56,7 +56,9 @@ def backoff_delay(retry: int, policy: RetryPolicy, rng: random.Random = random._
     return rng.uniform(0, min(policy.backoff_max, policy.backoff_base * (2**retry)))
 
 
-def order_deployments(deployments: tuple[Deployment, ...], rng: random.Random = random._inst) -> list[Deployment]:  # type: ignore[attr-defined]
+def order_deployments(
+    deployments: tuple[Deployment, ...], rng: random.Random = random._inst
+) -> list[Deployment]:  # type: ignore[attr-defined]
     """Weighted random order (load balancing): the first is picked in proportion to its weight,
     the rest follow as the retry order."""
     if len(deployments) == 1:

@@ -23,15 +23,24 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise GatewayError(400, f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
+        raise GatewayError(
+            400, f"Request body is not valid JSON: {exc}.", code="invalid_json"
+        ) from None
     if not isinstance(doc, dict):
         raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
     return doc
 
 
 def _type_name(v: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object", type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
 def _check(body: dict[str, Any], key: str, kinds: tuple[type, ...], desc: str) -> Any:
@@ -39,8 +48,11 @@ def _check(body: dict[str, Any], key: str, kinds: tuple[type, ...], desc: str) -
     if value is None:
         return None
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise bad_request(f"Invalid type for '{key}': expected {desc}, but got {_type_name(value)}.",
-                          param=key, code="invalid_type")
+        raise bad_request(
+            f"Invalid type for '{key}': expected {desc}, but got {_type_name(value)}.",
+            param=key,
+            code="invalid_type",
+        )
     return value
 
 
@@ -54,16 +66,23 @@ def _positive_int(body: dict[str, Any], key: str) -> int | None:
 def _number_range(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
     value = _check(body, key, (int, float), "a number")
     if value is not None and not (lo <= value <= hi and math.isfinite(value)):
-        raise bad_request(f"Invalid '{key}': must be between {lo} and {hi}, got {value}.", param=key)
+        raise bad_request(
+            f"Invalid '{key}': must be between {lo} and {hi}, got {value}.", param=key
+        )
 
 
 def require_model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
-        raise bad_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+        raise bad_request(
+            "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+        )
     if not isinstance(model, str) or not model:
-        raise bad_request(f"Invalid type for 'model': expected a non-empty string, but got {_type_name(model)}.",
-                          param="model", code="invalid_type")
+        raise bad_request(
+            f"Invalid type for 'model': expected a non-empty string, but got {_type_name(model)}.",
+            param="model",
+            code="invalid_type",
+        )
     return model
 
 
@@ -74,49 +93,82 @@ def _content_text(content: Any, where: str) -> str:
         parts = []
         for i, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise bad_request(f"Invalid '{where}[{i}]': expected an object with a 'type'.",
-                                  param=f"{where}[{i}]", code="invalid_type")
+                raise bad_request(
+                    f"Invalid '{where}[{i}]': expected an object with a 'type'.",
+                    param=f"{where}[{i}]",
+                    code="invalid_type",
+                )
             if part["type"] == "text":
                 text = part.get("text")
                 if not isinstance(text, str):
-                    raise bad_request(f"Invalid '{where}[{i}].text': expected a string.",
-                                      param=f"{where}[{i}].text", code="invalid_type")
+                    raise bad_request(
+                        f"Invalid '{where}[{i}].text': expected a string.",
+                        param=f"{where}[{i}].text",
+                        code="invalid_type",
+                    )
                 parts.append(text)
         return "\n".join(parts)
-    raise bad_request(f"Invalid type for '{where}': expected a string or an array of content parts, "
-                      f"but got {_type_name(content)}.", param=where, code="invalid_type")
+    raise bad_request(
+        f"Invalid type for '{where}': expected a string or an array of content parts, "
+        f"but got {_type_name(content)}.",
+        param=where,
+        code="invalid_type",
+    )
 
 
 class ChatRequest:
     """The fields of a chat completion request the gateway acts on; ``body`` is forwarded."""
 
-    __slots__ = ("body", "model", "stream", "max_tokens", "prompt", "prompt_chars", "include_usage",
-                 "n_messages")
+    __slots__ = (
+        "body",
+        "model",
+        "stream",
+        "max_tokens",
+        "prompt",
+        "prompt_chars",
+        "include_usage",
+        "n_messages",
+    )
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
         self.model = require_model(body)
         messages = body.get("messages")
         if messages is None:
-            raise bad_request("Missing required parameter: 'messages'.", param="messages",
-                              code="missing_required_parameter")
+            raise bad_request(
+                "Missing required parameter: 'messages'.",
+                param="messages",
+                code="missing_required_parameter",
+            )
         if not isinstance(messages, list):
-            raise bad_request(f"Invalid type for 'messages': expected an array, but got {_type_name(messages)}.",
-                              param="messages", code="invalid_type")
+            raise bad_request(
+                f"Invalid type for 'messages': expected an array, but got {_type_name(messages)}.",
+                param="messages",
+                code="invalid_type",
+            )
         if not messages:
-            raise bad_request("Invalid 'messages': empty array. Expected an array with minimum length 1.",
-                              param="messages", code="empty_array")
+            raise bad_request(
+                "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+                param="messages",
+                code="empty_array",
+            )
         texts: list[str] = []
         chars = 0
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict):
-                raise bad_request(f"Invalid type for 'messages[{i}]': expected an object, but got "
-                                  f"{_type_name(msg)}.", param=f"messages[{i}]", code="invalid_type")
+                raise bad_request(
+                    f"Invalid type for 'messages[{i}]': expected an object, but got "
+                    f"{_type_name(msg)}.",
+                    param=f"messages[{i}]",
+                    code="invalid_type",
+                )
             role = msg.get("role")
             if role not in ROLES:
-                raise bad_request(f"Invalid value for 'messages[{i}].role': {role!r}. Supported values are: "
-                                  "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
-                                  param=f"messages[{i}].role")
+                raise bad_request(
+                    f"Invalid value for 'messages[{i}].role': {role!r}. Supported values are: "
+                    "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
+                    param=f"messages[{i}].role",
+                )
             text = _content_text(msg.get("content"), f"messages[{i}].content")
             chars += len(text)
             if role == "user" or (role != "assistant" and not texts):
@@ -155,13 +207,19 @@ class EmbeddingsRequest:
         self.model = require_model(body)
         value = body.get("input")
         if value is None:
-            raise bad_request("Missing required parameter: 'input'.", param="input",
-                              code="missing_required_parameter")
+            raise bad_request(
+                "Missing required parameter: 'input'.",
+                param="input",
+                code="missing_required_parameter",
+            )
         if isinstance(value, str):
             chars = len(value)
         elif isinstance(value, list) and value:
             chars = sum(len(v) if isinstance(v, str) else 1 for v in value)
         else:
-            raise bad_request("Invalid 'input': expected a string or a non-empty array.", param="input",
-                              code="invalid_type")
+            raise bad_request(
+                "Invalid 'input': expected a string or a non-empty array.",
+                param="input",
+                code="invalid_type",
+            )
         self.prompt_tokens = chars // 4 + 1

@@ -49,7 +49,9 @@ def make_app(config_path: str | None = None) -> Any:
 SERVERS = ("uvicorn", "granian")
 
 
-def serve(app: Any, host: str, port: int, *, log_level: str = "warning", server: str = "uvicorn") -> None:
+def serve(
+    app: Any, host: str, port: int, *, log_level: str = "warning", server: str = "uvicorn"
+) -> None:
     """Serve ``app`` in this process (one event loop, one core).
 
     ``uvicorn`` (httptools + uvloop) is the default: in ``benchmarks/gateway.py`` (A/B, alternating,
@@ -61,14 +63,26 @@ def serve(app: Any, host: str, port: int, *, log_level: str = "warning", server:
         try:
             import granian  # noqa: F401
         except ImportError:
-            raise UsageError("--server granian needs granian: pip install 'granian>=2.5,<3'") from None
+            raise UsageError(
+                "--server granian needs granian: pip install 'granian>=2.5,<3'"
+            ) from None
         _serve_granian(app, host, port, log_level)
         return
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-                access_log=False, log_level=log_level, server_header=False, date_header=False,
-                proxy_headers=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,
+    )
 
 
 def _serve_granian(app: Any, host: str, port: int, log_level: str) -> None:
@@ -80,11 +94,20 @@ def _serve_granian(app: Any, host: str, port: int, log_level: str) -> None:
     from granian.server.embed import Server
 
     async def main() -> None:
-        server = Server(app, address=host, port=port, interface=Interfaces.ASGI, websockets=False,
-                        log_enabled=log_level in ("debug", "info"), backlog=2048)
+        server = Server(
+            app,
+            address=host,
+            port=port,
+            interface=Interfaces.ASGI,
+            websockets=False,
+            log_enabled=log_level in ("debug", "info"),
+            backlog=2048,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, server.stop)  # graceful: lifespan shutdown flushes the ledger
+            loop.add_signal_handler(
+                sig, server.stop
+            )  # graceful: lifespan shutdown flushes the ledger
         await server.serve()
 
     uvloop.run(main())

@@ -53,10 +53,20 @@ def price(info: ModelInfo, usage: Usage) -> float:
     inp = info.input_cost_per_token or 0.0
     out = info.output_cost_per_token or 0.0
     cached = min(usage.cached_tokens, usage.prompt_tokens)
-    cache_price = info.cache_read_input_token_cost if info.cache_read_input_token_cost is not None else inp
-    write_price = info.cache_creation_input_token_cost if info.cache_creation_input_token_cost is not None else inp
-    return ((usage.prompt_tokens - cached) * inp + cached * cache_price + usage.completion_tokens * out
-            + usage.cache_write_tokens * write_price)
+    cache_price = (
+        info.cache_read_input_token_cost if info.cache_read_input_token_cost is not None else inp
+    )
+    write_price = (
+        info.cache_creation_input_token_cost
+        if info.cache_creation_input_token_cost is not None
+        else inp
+    )
+    return (
+        (usage.prompt_tokens - cached) * inp
+        + cached * cache_price
+        + usage.completion_tokens * out
+        + usage.cache_write_tokens * write_price
+    )
 
 
 def _max_output(info: ModelInfo, requested: int | None, prompt_tokens: int) -> int:
@@ -87,7 +97,9 @@ class Gateway:
         self.metrics = metrics or Metrics()
         self.models = config.models
         self.breakers = {
-            d.key: CircuitBreaker(config.breaker) for m in config.models.values() for d in m.deployments
+            d.key: CircuitBreaker(config.breaker)
+            for m in config.models.values()
+            for d in m.deployments
         }
 
     # -- planning --------------------------------------------------------------------------
@@ -101,11 +113,17 @@ class Gateway:
             return []
         return [m for m in models if m.info.name in ok]
 
-    def _fallbacks(self, principal: Principal, first: ModelConfig, prompt_tokens: int) -> list[ModelConfig]:
+    def _fallbacks(
+        self, principal: Principal, first: ModelConfig, prompt_tokens: int
+    ) -> list[ModelConfig]:
         chain, seen = [], {first.info.name}
         for name in first.fallbacks:
             mc = self.models[name]
-            if name not in seen and mc.info.priced and (mc.info.context_window or 1 << 62) >= prompt_tokens:
+            if (
+                name not in seen
+                and mc.info.priced
+                and (mc.info.context_window or 1 << 62) >= prompt_tokens
+            ):
                 chain.append(mc)
                 seen.add(name)
         return self._allowed(principal, chain)
@@ -115,7 +133,9 @@ class Gateway:
         prompt_tokens = req.prompt_tokens
         profile = None
         if name in ("auto", "default") and principal.routing_profile:
-            profile = principal.routing_profile  # the caller's policy picks what "auto" means for them
+            profile = (
+                principal.routing_profile
+            )  # the caller's policy picks what "auto" means for them
         elif self.router.is_profile(name):
             profile = name
         if profile is not None:
@@ -123,9 +143,13 @@ class Gateway:
 
         mc = self.models.get(name)
         if mc is None or mc.mode != "chat":
-            raise GatewayError(404, f"The model '{name}' does not exist or you do not have access to it. "
-                               "GET /v1/models lists the models this gateway serves.",
-                               code="model_not_found", param="model")
+            raise GatewayError(
+                404,
+                f"The model '{name}' does not exist or you do not have access to it. "
+                "GET /v1/models lists the models this gateway serves.",
+                code="model_not_found",
+                param="model",
+            )
         self._check_servable(mc.info, prompt_tokens)
         allowed = self.spend.allowed(principal, [mc.info])  # raises PolicyDenied when refused
         if not allowed:
@@ -135,35 +159,61 @@ class Gateway:
 
     def _check_servable(self, info: ModelInfo, prompt_tokens: int) -> None:
         if not info.priced:
-            raise GatewayError(400, f"The model '{info.name}' has no known price, so thrifty will not route "
-                               "to it. Set input_cost_per_token and output_cost_per_token for it in the "
-                               "config.", code="model_not_priced", param="model")
+            raise GatewayError(
+                400,
+                f"The model '{info.name}' has no known price, so thrifty will not route "
+                "to it. Set input_cost_per_token and output_cost_per_token for it in the "
+                "config.",
+                code="model_not_priced",
+                param="model",
+            )
         if info.context_window and prompt_tokens > info.context_window:
-            raise GatewayError(400, f"This model's maximum context length is {info.context_window} tokens. "
-                               f"However, your messages resulted in about {prompt_tokens} tokens. Please "
-                               "reduce the length of the messages.", code="context_length_exceeded",
-                               param="messages")
+            raise GatewayError(
+                400,
+                f"This model's maximum context length is {info.context_window} tokens. "
+                f"However, your messages resulted in about {prompt_tokens} tokens. Please "
+                "reduce the length of the messages.",
+                code="context_length_exceeded",
+                param="messages",
+            )
 
-    def _plan_auto(self, principal: Principal, req: ChatRequest, profile: str, prompt_tokens: int) -> Plan:
+    def _plan_auto(
+        self, principal: Principal, req: ChatRequest, profile: str, prompt_tokens: int
+    ) -> Plan:
         known = self.router.models
-        pool = [m for m in self.models.values()
-                if m.route and m.mode == "chat" and m.info.priced and (not known or m.info.name in known)]
+        pool = [
+            m
+            for m in self.models.values()
+            if m.route
+            and m.mode == "chat"
+            and m.info.priced
+            and (not known or m.info.name in known)
+        ]
         fitting = [m for m in pool if (m.info.context_window or 1 << 62) >= prompt_tokens]
         if pool and not fitting:
             biggest = max(m.info.context_window or 0 for m in pool)
-            raise GatewayError(400, f"The largest context window among routable models is {biggest} tokens. "
-                               f"However, your messages resulted in about {prompt_tokens} tokens.",
-                               code="context_length_exceeded", param="messages")
+            raise GatewayError(
+                400,
+                f"The largest context window among routable models is {biggest} tokens. "
+                f"However, your messages resulted in about {prompt_tokens} tokens.",
+                code="context_length_exceeded",
+                param="messages",
+            )
         allowed_infos = self.spend.allowed(principal, [m.info for m in fitting]) if fitting else []
         if not allowed_infos:
             raise PolicyDenied("No model is left for routing once policy is applied.")
         ok = {i.name for i in allowed_infos}
         allowed = [m for m in fitting if m.info.name in ok]
         exp_out = req.max_tokens or self.config.expected_output_tokens
-        costs = {m.info.name: prompt_tokens * m.info.input_cost_per_token  # type: ignore[operator]
-                 + exp_out * m.info.output_cost_per_token for m in allowed}  # type: ignore[operator]
+        costs = {
+            m.info.name: prompt_tokens * m.info.input_cost_per_token  # type: ignore[operator]
+            + exp_out * m.info.output_cost_per_token
+            for m in allowed
+        }  # type: ignore[operator]
         try:
-            chosen, reason, scores = self.router.choose(req.prompt, [m.info for m in allowed], costs, profile)
+            chosen, reason, scores = self.router.choose(
+                req.prompt, [m.info for m in allowed], costs, profile
+            )
         except RoutingUnavailable as exc:
             # Without a router, "auto" still serves: the cheapest allowed model, and says so.
             chosen = min(costs, key=costs.__getitem__)
@@ -172,14 +222,19 @@ class Gateway:
         rest = self._fallbacks(principal, first, prompt_tokens)
         if not rest and scores:
             # No configured fallbacks: the next best models by predicted quality.
-            by_score = sorted((m for m in allowed if m is not first), key=lambda m: -scores.get(m.info.name, 0))
+            by_score = sorted(
+                (m for m in allowed if m is not first), key=lambda m: -scores.get(m.info.name, 0)
+            )
             rest = by_score[:2]
-        plan = self._finish_plan(profile, [first] + rest, f"{profile}: {reason}", req, prompt_tokens)
+        plan = self._finish_plan(
+            profile, [first] + rest, f"{profile}: {reason}", req, prompt_tokens
+        )
         plan.scores = scores
         return plan
 
-    def _finish_plan(self, requested: str, chain: list[ModelConfig], reason: str, req: Any,
-                     prompt_tokens: int) -> Plan:
+    def _finish_plan(
+        self, requested: str, chain: list[ModelConfig], reason: str, req: Any, prompt_tokens: int
+    ) -> Plan:
         max_cost, max_out = 0.0, 0
         for mc in chain:
             out = _max_output(mc.info, req.max_tokens, prompt_tokens)
@@ -191,18 +246,31 @@ class Gateway:
     def plan_embeddings(self, principal: Principal, model: str, prompt_tokens: int) -> Plan:
         mc = self.models.get(model)
         if mc is None or mc.mode != "embedding":
-            raise GatewayError(404, f"The embedding model '{model}' does not exist or you do not have access "
-                               "to it.", code="model_not_found", param="model")
+            raise GatewayError(
+                404,
+                f"The embedding model '{model}' does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
         self._check_servable(mc.info, prompt_tokens)
         if not self.spend.allowed(principal, [mc.info]):
             raise PolicyDenied(f"Policy does not allow model '{model}'.")
-        return Plan(model, [mc], "explicit model", prompt_tokens, 0,
-                    prompt_tokens * (mc.info.input_cost_per_token or 0.0))
+        return Plan(
+            model,
+            [mc],
+            "explicit model",
+            prompt_tokens,
+            0,
+            prompt_tokens * (mc.info.input_cost_per_token or 0.0),
+        )
 
     # -- execution -------------------------------------------------------------------------
 
     async def _attempts(
-        self, plan: Plan, served: Served, call: Callable[[Provider, dict[str, Any]], Awaitable[Any]],
+        self,
+        plan: Plan,
+        served: Served,
+        call: Callable[[Provider, dict[str, Any]], Awaitable[Any]],
         body: dict[str, Any],
     ) -> Any:
         """Run ``call`` over the chain: each model's deployments in load-balanced order, each
@@ -244,15 +312,22 @@ class Gateway:
                         self.metrics.fallbacks += 1
                     return result
         if last is None:
-            raise UpstreamError(503, "Every deployment of the requested model is unavailable (circuit open); "
-                                "try again shortly.", retryable=True, type="unavailable")
+            raise UpstreamError(
+                503,
+                "Every deployment of the requested model is unavailable (circuit open); "
+                "try again shortly.",
+                retryable=True,
+                type="unavailable",
+            )
         raise last
 
     async def chat(self, plan: Plan, req: ChatRequest, served: Served) -> dict[str, Any]:
         body = req.body
         if req.stream:
             body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-        return await self._attempts(plan, served, lambda p, b: p.chat(b, self.config.timeouts), body)
+        return await self._attempts(
+            plan, served, lambda p, b: p.chat(b, self.config.timeouts), body
+        )
 
     async def chat_stream(
         self, plan: Plan, req: ChatRequest, served: Served
@@ -260,7 +335,9 @@ class Gateway:
         """The first batch of chunks and the rest of the stream; retries and fallbacks happen only
         until the first batch arrives (after that the client has seen bytes from this model)."""
 
-        async def start(provider: Provider, body: dict[str, Any]) -> tuple[list[dict[str, Any]], AsyncIterator[Any]]:
+        async def start(
+            provider: Provider, body: dict[str, Any]
+        ) -> tuple[list[dict[str, Any]], AsyncIterator[Any]]:
             it = provider.chat_stream(body, self.config.timeouts).__aiter__()
             try:
                 first = await it.__anext__()
@@ -271,7 +348,9 @@ class Gateway:
         return await self._attempts(plan, served, start, req.body)
 
     async def embeddings(self, plan: Plan, body: dict[str, Any], served: Served) -> dict[str, Any]:
-        return await self._attempts(plan, served, lambda p, b: p.embeddings(b, self.config.timeouts), body)
+        return await self._attempts(
+            plan, served, lambda p, b: p.embeddings(b, self.config.timeouts), body
+        )
 
     def frontier_cost(self, usage: Usage) -> float:
         return price(self.frontier, usage) if self.frontier is not None else 0.0

@@ -1,7 +1,7 @@
 """Run an ASGI app on a real loopback HTTP server in a background thread (tests, demo).
 
-    with running(app) as base_url:        # "http://127.0.0.1:<port>"
-        openai.OpenAI(base_url=base_url + "/v1", api_key="x").chat.completions.create(...)
+with running(app) as base_url:        # "http://127.0.0.1:<port>"
+    openai.OpenAI(base_url=base_url + "/v1", api_key="x").chat.completions.create(...)
 """
 
 from __future__ import annotations
@@ -24,8 +24,17 @@ def running(app: Any, port: int = 0, *, log_level: str = "warning") -> Iterator[
     import uvicorn
 
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
-                            access_log=False, log_level=log_level, proxy_headers=False)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        proxy_headers=False,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name="thrifty-test-server")
     thread.start()

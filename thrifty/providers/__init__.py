@@ -13,11 +13,15 @@ if TYPE_CHECKING:
     from thrifty.providers.base import Provider
 
 
-def build_providers(config: "GatewayConfig") -> dict[str, "Provider"]:
+def build_providers(config: GatewayConfig) -> dict[str, Provider]:
     """One adapter per configured provider (not started: ``start()`` runs inside the event loop)."""
     from thrifty.providers.anthropic_native import AnthropicProvider
     from thrifty.providers.openai_compat import OpenAICompatProvider
     from thrifty.providers.replay import ReplayProvider
 
-    kinds = {"openai": OpenAICompatProvider, "anthropic": AnthropicProvider, "replay": ReplayProvider}
+    kinds = {
+        "openai": OpenAICompatProvider,
+        "anthropic": AnthropicProvider,
+        "replay": ReplayProvider,
+    }
     return {name: kinds[p.type](p) for name, p in config.providers.items()}

@@ -10,8 +10,11 @@ import orjson
 from thrifty.gateway.config import ProviderConfig, Timeouts
 from thrifty.providers.base import UpstreamError
 from thrifty.providers.openai_compat import OpenAICompatProvider
-from thrifty.providers.translate import AnthropicStreamToOpenAI, anthropic_to_openai_response, \
-    openai_to_anthropic_request
+from thrifty.providers.translate import (
+    AnthropicStreamToOpenAI,
+    anthropic_to_openai_response,
+    openai_to_anthropic_request,
+)
 
 API_VERSION = "2023-06-01"
 
@@ -30,7 +33,9 @@ class AnthropicProvider(OpenAICompatProvider):
         req.pop("stream", None)
         return anthropic_to_openai_response(await self._post("/v1/messages", req, timeouts))
 
-    async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[list[dict[str, Any]]]:
+    async def chat_stream(
+        self, body: dict[str, Any], timeouts: Timeouts
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         req = openai_to_anthropic_request({**body, "stream": True})
         conv = AnthropicStreamToOpenAI()
         stopped = False
@@ -42,20 +47,32 @@ class AnthropicProvider(OpenAICompatProvider):
                 try:
                     doc = orjson.loads(line[5:].strip())
                 except orjson.JSONDecodeError:
-                    raise UpstreamError(502, f"{self.name}: invalid stream event", retryable=False,
-                                        type="stream_broken") from None
+                    raise UpstreamError(
+                        502,
+                        f"{self.name}: invalid stream event",
+                        retryable=False,
+                        type="stream_broken",
+                    ) from None
                 if doc.get("type") == "error":
                     err = doc.get("error") or {}
-                    raise UpstreamError(502, f"{self.name}: {err.get('message', 'stream error')}",
-                                        retryable=False, type="stream_broken")
+                    raise UpstreamError(
+                        502,
+                        f"{self.name}: {err.get('message', 'stream error')}",
+                        retryable=False,
+                        type="stream_broken",
+                    )
                 batch.extend(conv.feed(doc))
                 if doc.get("type") == "message_stop":
                     stopped = True
             if batch:
                 yield batch
         if not stopped:
-            raise UpstreamError(502, f"{self.name}: stream ended before message_stop", retryable=False,
-                                type="stream_broken")
+            raise UpstreamError(
+                502,
+                f"{self.name}: stream ended before message_stop",
+                retryable=False,
+                type="stream_broken",
+            )
 
     async def embeddings(self, body: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
         raise UpstreamError(400, f"{self.name}: Anthropic has no embeddings API", retryable=False)

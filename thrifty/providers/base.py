@@ -17,7 +17,12 @@ class UpstreamError(Exception):
     """An upstream call that failed; ``retryable`` says whether another try may succeed."""
 
     def __init__(
-        self, status: int, message: str, *, retryable: bool, type: str = "upstream_error",
+        self,
+        status: int,
+        message: str,
+        *,
+        retryable: bool,
+        type: str = "upstream_error",
         code: str | None = None,
     ) -> None:
         super().__init__(message)
@@ -40,7 +45,7 @@ class Usage:
     cache_write_tokens: int = 0
 
     @classmethod
-    def from_openai(cls, usage: dict[str, Any] | None) -> "Usage | None":
+    def from_openai(cls, usage: dict[str, Any] | None) -> Usage | None:
         if not usage:
             return None
         details = usage.get("prompt_tokens_details") or {}
@@ -60,7 +65,9 @@ class Provider(Protocol):
     async def chat(self, body: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
         """A non-streamed chat completion, as an OpenAI response body."""
 
-    def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[list[dict[str, Any]]]:
+    def chat_stream(
+        self, body: dict[str, Any], timeouts: Timeouts
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         """OpenAI stream chunks in batches (what one network read brought, never empty); the last
         chunk carries ``usage`` when the upstream reports it."""
 

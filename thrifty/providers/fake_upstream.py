@@ -38,8 +38,11 @@ class Behaviour:
 
 def _response(status: int, body: bytes, ctype: bytes = b"application/json") -> bytes:
     reason = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error"}.get(status, b"Error")
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
-            % (status, reason, ctype, len(body)) + body)
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
+        % (status, reason, ctype, len(body))
+        + body
+    )
 
 
 def _chunk(data: bytes) -> bytes:
@@ -57,51 +60,123 @@ class FakeState:
     def chat_body(self, model: str) -> bytes:
         key = ("chat", model)
         if key not in self.cache:
-            self.cache[key] = _response(200, orjson.dumps({
-                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.behaviour.reply,
-                                                     "refusal": None},
-                             "logprobs": None, "finish_reason": "stop"}],
-                "usage": USAGE}))
+            self.cache[key] = _response(
+                200,
+                orjson.dumps(
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {
+                                    "role": "assistant",
+                                    "content": self.behaviour.reply,
+                                    "refusal": None,
+                                },
+                                "logprobs": None,
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": USAGE,
+                    }
+                ),
+            )
         return self.cache[key]
 
     def messages_body(self, model: str) -> bytes:
         key = ("messages", model)
         if key not in self.cache:
-            self.cache[key] = _response(200, orjson.dumps({
-                "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": self.behaviour.reply}], "stop_reason": "end_turn",
-                "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 9}}))
+            self.cache[key] = _response(
+                200,
+                orjson.dumps(
+                    {
+                        "id": "msg_fake",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [{"type": "text", "text": self.behaviour.reply}],
+                        "stop_reason": "end_turn",
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 12, "output_tokens": 9},
+                    }
+                ),
+            )
         return self.cache[key]
 
     def chat_stream(self, model: str, include_usage: bool) -> list[bytes]:
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": model}
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
         words = self.behaviour.reply.split(" ")
         pieces = [{"role": "assistant", "content": ""}] + [
-            {"content": w + (" " if i < len(words) - 1 else "")} for i, w in enumerate(words)]
-        events = [{**base, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
-                  for d in pieces]
-        events.append({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+            {"content": w + (" " if i < len(words) - 1 else "")} for i, w in enumerate(words)
+        ]
+        events = [
+            {**base, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
+            for d in pieces
+        ]
+        events.append(
+            {
+                **base,
+                "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+            }
+        )
         if include_usage:
             events.append({**base, "choices": [], "usage": USAGE})
         return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
 
     def messages_stream(self, model: str) -> list[bytes]:
         def ev(kind: str, data: dict[str, Any]) -> bytes:
-            return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+            return (
+                b"event: "
+                + kind.encode()
+                + b"\ndata: "
+                + orjson.dumps({"type": kind, **data})
+                + b"\n\n"
+            )
 
-        out = [ev("message_start", {"message": {"id": "msg_fake", "type": "message", "role": "assistant",
-                                                "model": model, "content": [], "stop_reason": None,
-                                                "stop_sequence": None,
-                                                "usage": {"input_tokens": 12, "output_tokens": 1}}}),
-               ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})]
+        out = [
+            ev(
+                "message_start",
+                {
+                    "message": {
+                        "id": "msg_fake",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 12, "output_tokens": 1},
+                    }
+                },
+            ),
+            ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ]
         for w in self.behaviour.reply.split(" "):
-            out.append(ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": w + " "}}))
-        out += [ev("content_block_stop", {"index": 0}),
-                ev("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                     "usage": {"output_tokens": 9}}),
-                ev("message_stop", {})]
+            out.append(
+                ev(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "text_delta", "text": w + " "}},
+                )
+            )
+        out += [
+            ev("content_block_stop", {"index": 0}),
+            ev(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 9},
+                },
+            ),
+            ev("message_stop", {}),
+        ]
         return out
 
 
@@ -139,8 +214,9 @@ class FakeProtocol(asyncio.Protocol):
         self.body = []
         url, self.url = self.url, b""
         method = self.parser.get_method()
-        asyncio.get_running_loop().call_soon(self.respond, method, url, raw) \
-            if self.state.behaviour.mode in ("slow", "hang") else self.respond(method, url, raw)
+        asyncio.get_running_loop().call_soon(
+            self.respond, method, url, raw
+        ) if self.state.behaviour.mode in ("slow", "hang") else self.respond(method, url, raw)
 
     def respond(self, method: bytes, url: bytes, raw: bytes) -> None:
         t = self.transport
@@ -150,8 +226,13 @@ class FakeProtocol(asyncio.Protocol):
         b = st.behaviour
         path = url.split(b"?", 1)[0]
         if method == b"GET" and path.endswith(b"/models"):
-            t.write(_response(200, b'{"object":"list","data":[{"id":"fake-model","object":"model",'
-                                   b'"created":1700000000,"owned_by":"fake"}]}'))
+            t.write(
+                _response(
+                    200,
+                    b'{"object":"list","data":[{"id":"fake-model","object":"model",'
+                    b'"created":1700000000,"owned_by":"fake"}]}',
+                )
+            )
             return
         if method != b"POST":
             t.write(_response(404, b'{"error":{"message":"not found"}}'))
@@ -160,7 +241,11 @@ class FakeProtocol(asyncio.Protocol):
         if b.mode == "hang":
             return
         if b.mode == "error500" or (b.mode == "flaky" and st.hits <= b.fail_first):
-            t.write(_response(500, b'{"error":{"message":"fake upstream failure","type":"server_error"}}'))
+            t.write(
+                _response(
+                    500, b'{"error":{"message":"fake upstream failure","type":"server_error"}}'
+                )
+            )
             return
         if b.mode == "slow" and b.delay:
             asyncio.get_running_loop().call_later(b.delay, self._answer, t, path, raw)
@@ -180,18 +265,35 @@ class FakeProtocol(asyncio.Protocol):
         model = str(doc.get("model", "fake-model"))
         if path.endswith(b"/embeddings"):
             n = len(doc["input"]) if isinstance(doc.get("input"), list) else 1
-            t.write(_response(200, orjson.dumps({
-                "object": "list", "model": model,
-                "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(n)],
-                "usage": {"prompt_tokens": 5 * n, "total_tokens": 5 * n}})))
+            t.write(
+                _response(
+                    200,
+                    orjson.dumps(
+                        {
+                            "object": "list",
+                            "model": model,
+                            "data": [
+                                {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                                for i in range(n)
+                            ],
+                            "usage": {"prompt_tokens": 5 * n, "total_tokens": 5 * n},
+                        }
+                    ),
+                )
+            )
             return
         anthropic = path.endswith(b"/messages")
         if not doc.get("stream"):
             t.write(st.messages_body(model) if anthropic else st.chat_body(model))
             return
-        events = st.messages_stream(model) if anthropic else st.chat_stream(
-            model, bool((doc.get("stream_options") or {}).get("include_usage")))
-        t.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        events = (
+            st.messages_stream(model)
+            if anthropic
+            else st.chat_stream(model, bool((doc.get("stream_options") or {}).get("include_usage")))
+        )
+        t.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
         if st.behaviour.mode == "break_stream":
             for e in events[:3]:
                 t.write(_chunk(e))
@@ -203,8 +305,15 @@ class FakeProtocol(asyncio.Protocol):
 class FakeUpstream:
     """A fake upstream on 127.0.0.1 in a background thread (for tests): ``with FakeUpstream() as f:``."""
 
-    def __init__(self, mode: str = "ok", *, port: int = 0, fail_first: int = 0, delay: float = 0.0,
-                 reply: str = REPLY) -> None:
+    def __init__(
+        self,
+        mode: str = "ok",
+        *,
+        port: int = 0,
+        fail_first: int = 0,
+        delay: float = 0.0,
+        reply: str = REPLY,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.state = FakeState(Behaviour(mode, fail_first, delay, reply))
@@ -221,13 +330,14 @@ class FakeUpstream:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         ready = threading.Event()
 
         def run() -> None:
             self.loop = asyncio.new_event_loop()
-            self.server = self.loop.run_until_complete(self.loop.create_server(
-                lambda: FakeProtocol(self.state), "127.0.0.1", self.port))
+            self.server = self.loop.run_until_complete(
+                self.loop.create_server(lambda: FakeProtocol(self.state), "127.0.0.1", self.port)
+            )
             self.port = self.server.sockets[0].getsockname()[1]
             ready.set()
             self.loop.run_forever()
@@ -243,6 +353,7 @@ class FakeUpstream:
     def stop(self) -> None:
         """Like a server process exiting: every open connection is closed, then the port."""
         if self.loop is not None and self.thread is not None:
+
             def close_all() -> None:
                 for t in list(self.state.transports):
                     t.close()
@@ -251,7 +362,7 @@ class FakeUpstream:
             self.loop.call_soon_threadsafe(close_all)
             self.thread.join(10)
 
-    def __enter__(self) -> "FakeUpstream":
+    def __enter__(self) -> FakeUpstream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -260,13 +371,17 @@ class FakeUpstream:
 
 async def serve_forever(host: str, port: int, behaviour: Behaviour) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: FakeProtocol(FakeState(behaviour)), host, port, backlog=4096)
+    server = await loop.create_server(
+        lambda: FakeProtocol(FakeState(behaviour)), host, port, backlog=4096
+    )
     async with server:
         await server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Fake OpenAI-compatible upstream for tests and benchmarks.")
+    p = argparse.ArgumentParser(
+        description="Fake OpenAI-compatible upstream for tests and benchmarks."
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9100)
     p.add_argument("--mode", default="ok", choices=MODES)
@@ -279,7 +394,9 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve_forever(args.host, args.port, Behaviour(args.mode, args.fail_first, args.delay)))
+    asyncio.run(
+        serve_forever(args.host, args.port, Behaviour(args.mode, args.fail_first, args.delay))
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,25 @@ class HTTPTimeout(HTTPError):
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("transport", "parser", "loop", "status", "body", "done", "headers_done", "closed", "got_bytes",
-                 "complete", "chunks", "waiter", "timer", "deadline", "idle", "reused", "keep_alive")
+    __slots__ = (
+        "transport",
+        "parser",
+        "loop",
+        "status",
+        "body",
+        "done",
+        "headers_done",
+        "closed",
+        "got_bytes",
+        "complete",
+        "chunks",
+        "waiter",
+        "timer",
+        "deadline",
+        "idle",
+        "reused",
+        "keep_alive",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -47,7 +64,9 @@ class _Conn(asyncio.Protocol):
         self.body: list[bytes] = []
         self.chunks: collections.deque[bytes] | None = None
         self.complete = False
-        self.keep_alive = False  # read at message end: httptools forgets it once the message is done
+        self.keep_alive = (
+            False  # read at message end: httptools forgets it once the message is done
+        )
         self.got_bytes = False
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.headers_done: asyncio.Future[None] | None = None
@@ -67,14 +86,21 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(HTTPError(f"invalid HTTP response: {exc}"))
             self.close()
-        if self.chunks is not None and self.timer is not None and not self.complete:  # streams: idle timer
+        if (
+            self.chunks is not None and self.timer is not None and not self.complete
+        ):  # streams: idle timer
             self.timer.cancel()
             self.timer = self.loop.call_later(self.idle, self.on_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if not self.complete:
-            self._fail(HTTPError(f"connection lost ({exc or 'closed by peer'})", reused=self.reused and not self.got_bytes))
+            self._fail(
+                HTTPError(
+                    f"connection lost ({exc or 'closed by peer'})",
+                    reused=self.reused and not self.got_bytes,
+                )
+            )
 
     # parser callbacks
     def on_headers_complete(self) -> None:
@@ -145,13 +171,22 @@ class HTTPPool:
     async def _connect(self, timeout: float) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(
-                lambda: _Conn(loop), self.host, self.port, ssl=self.ssl_context,
-                server_hostname=self.host if self.tls else None), timeout)
-        except asyncio.TimeoutError:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Conn(loop),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl_context,
+                    server_hostname=self.host if self.tls else None,
+                ),
+                timeout,
+            )
+        except TimeoutError:
             raise HTTPTimeout(f"connect to {self.host}:{self.port} timed out") from None
         except OSError as exc:
-            raise HTTPError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from None
+            raise HTTPError(
+                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
         return conn
 
     def _acquire_idle(self) -> _Conn | None:
@@ -172,13 +207,25 @@ class HTTPPool:
             conn.close()
 
     def _request_bytes(self, method: str, path: str, body: bytes) -> bytes:
-        return (b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n"
-                % (method.encode(), (self.prefix + path).encode(), self.head_tail, len(body))) + body
+        return (
+            b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n"
+            % (method.encode(), (self.prefix + path).encode(), self.head_tail, len(body))
+        ) + body
 
-    async def _send(self, method: str, path: str, body: bytes, connect: float, idle: float,
-                    stream: bool, total: float | None = None) -> _Conn:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        connect: float,
+        idle: float,
+        stream: bool,
+        total: float | None = None,
+    ) -> _Conn:
         data = self._request_bytes(method, path, body)
-        for _ in range(2):  # a pooled connection the server closed meanwhile: retry once, on a new one
+        for _ in range(
+            2
+        ):  # a pooled connection the server closed meanwhile: retry once, on a new one
             conn = self._acquire_idle() or await self._connect(connect)
             conn.idle = idle
             if stream:
@@ -201,15 +248,18 @@ class HTTPPool:
                     raise
         raise HTTPError("connection lost")
 
-    async def request(self, method: str, path: str, body: bytes, *, connect: float, timeout: float) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes, *, connect: float, timeout: float
+    ) -> tuple[int, bytes]:
         """(status, body); ``timeout`` bounds the wait for the whole response."""
         conn = await self._send(method, path, body, connect, timeout, stream=False)
         status, data = conn.status, b"".join(conn.body)
         self._release(conn)
         return status, data
 
-    async def stream(self, method: str, path: str, body: bytes, *, connect: float, idle: float,
-                     total: float) -> tuple[int, AsyncIterator[bytes]]:
+    async def stream(
+        self, method: str, path: str, body: bytes, *, connect: float, idle: float, total: float
+    ) -> tuple[int, AsyncIterator[bytes]]:
         """(status, body chunks); ``idle`` bounds the wait for headers and between chunks, ``total``
         the whole response."""
         conn = await self._send(method, path, body, connect, idle, stream=True, total=total)

@@ -33,7 +33,11 @@ class OpenAICompatProvider:
     def __init__(self, config: ProviderConfig) -> None:
         self.name = config.name
         self.base_url = (config.base_url or "").rstrip("/")
-        self.headers = {"Content-Type": "application/json", "User-Agent": "thrifty/0.1", **config.headers}
+        self.headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "thrifty/0.1",
+            **config.headers,
+        }
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
         self.pool: HTTPPool | None = None
@@ -44,8 +48,12 @@ class OpenAICompatProvider:
 
     def _transport_error(self, exc: HTTPError, started: bool = False) -> UpstreamError:
         if started:  # the client has seen part of the answer: no retry can hide this
-            return UpstreamError(502, f"{self.name}: stream broke mid-answer ({exc})", retryable=False,
-                                 type="stream_broken")
+            return UpstreamError(
+                502,
+                f"{self.name}: stream broke mid-answer ({exc})",
+                retryable=False,
+                type="stream_broken",
+            )
         if isinstance(exc, HTTPTimeout):
             return UpstreamError(504, f"{self.name}: {exc}", retryable=True, type="timeout")
         return UpstreamError(502, f"{self.name}: {exc}", retryable=True, type="connection_error")
@@ -53,31 +61,48 @@ class OpenAICompatProvider:
     async def _post(self, path: str, body: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
         assert self.pool is not None, "provider not started"
         try:
-            status, raw = await self.pool.request("POST", path, orjson.dumps(body), connect=timeouts.connect,
-                                                  timeout=timeouts.total)
+            status, raw = await self.pool.request(
+                "POST", path, orjson.dumps(body), connect=timeouts.connect, timeout=timeouts.total
+            )
         except HTTPError as exc:
             raise self._transport_error(exc) from None
         if status >= 400:
-            raise UpstreamError(status, f"{self.name}: {_error_message(status, raw)}",
-                                retryable=status_retryable(status))
+            raise UpstreamError(
+                status,
+                f"{self.name}: {_error_message(status, raw)}",
+                retryable=status_retryable(status),
+            )
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise UpstreamError(502, f"{self.name}: upstream sent invalid JSON", retryable=True) from None
+            raise UpstreamError(
+                502, f"{self.name}: upstream sent invalid JSON", retryable=True
+            ) from None
 
-    async def _stream(self, path: str, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[list[bytes]]:
+    async def _stream(
+        self, path: str, body: dict[str, Any], timeouts: Timeouts
+    ) -> AsyncIterator[list[bytes]]:
         """Batches of response lines of a streamed call, one per network read (HTTP errors are raised
         before the first batch)."""
         assert self.pool is not None, "provider not started"
         try:
-            status, chunks = await self.pool.stream("POST", path, orjson.dumps(body), connect=timeouts.connect,
-                                                    idle=timeouts.first_token, total=timeouts.total)
+            status, chunks = await self.pool.stream(
+                "POST",
+                path,
+                orjson.dumps(body),
+                connect=timeouts.connect,
+                idle=timeouts.first_token,
+                total=timeouts.total,
+            )
         except HTTPError as exc:
             raise self._transport_error(exc) from None
         if status >= 400:
             raw = b"".join([c async for c in chunks])
-            raise UpstreamError(status, f"{self.name}: {_error_message(status, raw)}",
-                                retryable=status_retryable(status))
+            raise UpstreamError(
+                status,
+                f"{self.name}: {_error_message(status, raw)}",
+                retryable=status_retryable(status),
+            )
         started = False
         try:
             async for lines in line_batches(chunks):
@@ -92,7 +117,9 @@ class OpenAICompatProvider:
     async def embeddings(self, body: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
         return await self._post("/embeddings", body, timeouts)
 
-    async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[list[dict[str, Any]]]:
+    async def chat_stream(
+        self, body: dict[str, Any], timeouts: Timeouts
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         done = False
         async for lines in self._stream("/chat/completions", body, timeouts):
@@ -107,19 +134,30 @@ class OpenAICompatProvider:
                 try:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError:
-                    raise UpstreamError(502, f"{self.name}: invalid stream chunk", retryable=False,
-                                        type="stream_broken") from None
+                    raise UpstreamError(
+                        502,
+                        f"{self.name}: invalid stream chunk",
+                        retryable=False,
+                        type="stream_broken",
+                    ) from None
                 if "error" in chunk:
                     err = chunk["error"]
                     message = err.get("message", "stream error") if isinstance(err, dict) else err
-                    raise UpstreamError(502, f"{self.name}: {message}", retryable=False, type="stream_broken")
+                    raise UpstreamError(
+                        502, f"{self.name}: {message}", retryable=False, type="stream_broken"
+                    )
                 batch.append(chunk)
             if batch:
                 yield batch
             if done:
                 break
         if not done:
-            raise UpstreamError(502, f"{self.name}: stream ended before [DONE]", retryable=False, type="stream_broken")
+            raise UpstreamError(
+                502,
+                f"{self.name}: stream ended before [DONE]",
+                retryable=False,
+                type="stream_broken",
+            )
 
     async def close(self) -> None:
         if self.pool is not None:

@@ -19,8 +19,14 @@ from typing import Any, AsyncIterator
 
 from thrifty.gateway.config import ProviderConfig, Timeouts
 from thrifty.providers.base import UpstreamError
-from thrifty.providers.replay_records import DEFAULT_SHARED, Record, gsm8k_records, prompt_key, \
-    read_packaged, routerbench_records
+from thrifty.providers.replay_records import (
+    DEFAULT_SHARED,
+    Record,
+    gsm8k_records,
+    prompt_key,
+    read_packaged,
+    routerbench_records,
+)
 
 log = logging.getLogger("thrifty.providers.replay")
 
@@ -33,8 +39,11 @@ class ReplayProvider:
     def __init__(self, config: ProviderConfig) -> None:
         self.name = config.name
         self.source = str(config.options.get("source", "auto"))
-        self.shared = Path(config.options.get("shared_dir") or os.environ.get("THRIFTY_SHARED_DATA")
-                           or DEFAULT_SHARED)
+        self.shared = Path(
+            config.options.get("shared_dir")
+            or os.environ.get("THRIFTY_SHARED_DATA")
+            or DEFAULT_SHARED
+        )
         self.records: dict[tuple[str, str], Record] = {}
         self.loader: asyncio.Task[None] | None = None
 
@@ -61,6 +70,7 @@ class ReplayProvider:
         if self.source == "shared":
             self.add(await asyncio.to_thread(self._load_shared))
         elif self.source == "auto":
+
             async def load() -> None:
                 try:
                     n = self.add(await asyncio.to_thread(self._load_shared))
@@ -76,25 +86,43 @@ class ReplayProvider:
         for msg in reversed(body.get("messages") or ()):
             if msg.get("role") == "user":
                 content = msg.get("content")
-                prompt = content if isinstance(content, str) else "\n".join(
-                    p.get("text", "") for p in content or () if isinstance(p, dict) and p.get("type") == "text")
+                prompt = (
+                    content
+                    if isinstance(content, str)
+                    else "\n".join(
+                        p.get("text", "")
+                        for p in content or ()
+                        if isinstance(p, dict) and p.get("type") == "text"
+                    )
+                )
                 break
         model = body.get("model", "")
         record = self.records.get((prompt_key(prompt), model))
         if record is None:
             known = any(m == model for (_, m) in self.records) or not self.records
-            detail = ("it has no recorded answer of this model to this prompt" if known
-                      else f"it has no recordings of model '{model}'")
-            raise UpstreamError(400, f"The replay provider only answers benchmark prompts it has recorded, and "
-                                f"{detail}. Send one of the recorded prompts (see thrifty demo) or configure "
-                                "a real provider.", retryable=False, type="replay_unknown_prompt",
-                                code="replay_unknown_prompt")
+            detail = (
+                "it has no recorded answer of this model to this prompt"
+                if known
+                else f"it has no recordings of model '{model}'"
+            )
+            raise UpstreamError(
+                400,
+                f"The replay provider only answers benchmark prompts it has recorded, and "
+                f"{detail}. Send one of the recorded prompts (see thrifty demo) or configure "
+                "a real provider.",
+                retryable=False,
+                type="replay_unknown_prompt",
+                code="replay_unknown_prompt",
+            )
         return record
 
     @staticmethod
     def _usage(r: Record) -> dict[str, Any]:
-        return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                "total_tokens": r.prompt_tokens + r.completion_tokens}
+        return {
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "total_tokens": r.prompt_tokens + r.completion_tokens,
+        }
 
     async def chat(self, body: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
         r = self.lookup(body)
@@ -103,22 +131,42 @@ class ReplayProvider:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": r.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": r.response, "refusal": None},
-                         "logprobs": None, "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": r.response, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": self._usage(r),
         }
 
-    async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[list[dict[str, Any]]]:
+    async def chat_stream(
+        self, body: dict[str, Any], timeouts: Timeouts
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         """The recorded answer in small pieces, as one batch (it is all there at once)."""
         r = self.lookup(body)
-        base = {"id": f"chatcmpl-replay-{os.urandom(8).hex()}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": r.model}
+        base = {
+            "id": f"chatcmpl-replay-{os.urandom(8).hex()}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": r.model,
+        }
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
 
         batch = [chunk({"role": "assistant", "content": ""})]
-        batch += [chunk({"content": r.response[i:i + STREAM_PIECE]}) for i in range(0, len(r.response), STREAM_PIECE)]
+        batch += [
+            chunk({"content": r.response[i : i + STREAM_PIECE]})
+            for i in range(0, len(r.response), STREAM_PIECE)
+        ]
         batch.append(chunk({}, "stop"))
         batch.append({**base, "choices": [], "usage": self._usage(r)})
         yield batch

@@ -109,7 +109,10 @@ def _routerbench_rows(shared: Path, task: str) -> list[dict[str, str]]:
 
 
 def _complete(row: dict[str, str]) -> bool:
-    return all(row.get(m, "") != "" and row.get(f"{m}|model_response", "") != "" for m in ROUTERBENCH_MODELS)
+    return all(
+        row.get(m, "") != "" and row.get(f"{m}|model_response", "") != ""
+        for m in ROUTERBENCH_MODELS
+    )
 
 
 def demo_sample_ids(shared: Path = DEFAULT_SHARED) -> list[str]:
@@ -124,18 +127,32 @@ def demo_sample_ids(shared: Path = DEFAULT_SHARED) -> list[str]:
 
 def load_demo_ids(path: Path = DEMO_IDS) -> set[str]:
     """The sample_ids the demo uses; router training must hold these out."""
-    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    return {
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
 
 
-def routerbench_records(shared: Path = DEFAULT_SHARED, only: set[str] | None = None) -> Iterator[Record]:
+def routerbench_records(
+    shared: Path = DEFAULT_SHARED, only: set[str] | None = None
+) -> Iterator[Record]:
     for task in ROUTERBENCH_TASKS:
         for row in _routerbench_rows(shared, task):
             if only is not None and row["sample_id"] not in only:
                 continue
             prompt = join_prompt(ast.literal_eval(row["prompt"]))
-            models = [m for m in ROUTERBENCH_MODELS if row.get(f"{m}|model_response") and row.get(m, "") != ""]
+            models = [
+                m
+                for m in ROUTERBENCH_MODELS
+                if row.get(f"{m}|model_response") and row.get(m, "") != ""
+            ]
             costs = {m: float(row.get(f"{m}|total_cost") or 0.0) for m in models}
-            caps = [int((c - REPLAY_PRICES[m][1]) / REPLAY_PRICES[m][0]) for m, c in costs.items() if c > 0]
+            caps = [
+                int((c - REPLAY_PRICES[m][1]) / REPLAY_PRICES[m][0])
+                for m, c in costs.items()
+                if c > 0
+            ]
             p_tokens = max(1, min([estimate_tokens(prompt), *caps]))
             for model in models:
                 parts = ast.literal_eval(row[f"{model}|model_response"])
@@ -144,8 +161,17 @@ def routerbench_records(shared: Path = DEFAULT_SHARED, only: set[str] | None = N
                 in_price, out_price = REPLAY_PRICES[model]
                 residual = cost - p_tokens * in_price
                 c_tokens = round(residual / out_price) if cost > 0 else estimate_tokens(response)
-                yield Record(row["sample_id"], row["eval_name"], model, prompt, response,
-                             float(row[model]) >= 0.5, p_tokens, max(1, c_tokens), cost)
+                yield Record(
+                    row["sample_id"],
+                    row["eval_name"],
+                    model,
+                    prompt,
+                    response,
+                    float(row[model]) >= 0.5,
+                    p_tokens,
+                    max(1, c_tokens),
+                    cost,
+                )
 
 
 def gsm8k_records(shared: Path = DEFAULT_SHARED) -> Iterator[Record]:
@@ -160,8 +186,17 @@ def gsm8k_records(shared: Path = DEFAULT_SHARED) -> Iterator[Record]:
                     continue
                 c_tokens = estimate_tokens(response)
                 in_price, out_price = REPLAY_PRICES[model]
-                yield Record(f"gsm8k.{i}", "gsm8k", model, prompt, response, row[model] == "True",
-                             p_tokens, c_tokens, p_tokens * in_price + c_tokens * out_price)
+                yield Record(
+                    f"gsm8k.{i}",
+                    "gsm8k",
+                    model,
+                    prompt,
+                    response,
+                    row[model] == "True",
+                    p_tokens,
+                    c_tokens,
+                    p_tokens * in_price + c_tokens * out_price,
+                )
 
 
 def read_packaged(path: Path = DEMO_RECORDS) -> Iterator[Record]:

@@ -15,10 +15,21 @@ import orjson
 
 from thrifty.gateway.errors import bad_request
 
-FINISH_TO_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
-                  "function_call": "tool_use", "content_filter": "refusal"}
-STOP_TO_FINISH = {"end_turn": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-                  "stop_sequence": "stop", "pause_turn": "stop", "refusal": "content_filter"}
+FINISH_TO_STOP = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+STOP_TO_FINISH = {
+    "end_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+}
 
 
 def _text_of(content: Any) -> str:
@@ -26,7 +37,9 @@ def _text_of(content: Any) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "".join(
+        p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+    )
 
 
 # -- OpenAI request -> Anthropic request -----------------------------------------------------
@@ -46,13 +59,20 @@ def _anthropic_blocks(content: Any) -> list[dict[str, Any]]:
             url = (part.get("image_url") or {}).get("url", "")
             if url.startswith("data:") and ";base64," in url:
                 media, data = url[5:].split(";base64,", 1)
-                blocks.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
+                blocks.append(
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": media, "data": data},
+                    }
+                )
             else:
                 blocks.append({"type": "image", "source": {"type": "url", "url": url}})
     return blocks
 
 
-def openai_to_anthropic_request(body: dict[str, Any], default_max_tokens: int = 4096) -> dict[str, Any]:
+def openai_to_anthropic_request(
+    body: dict[str, Any], default_max_tokens: int = 4096
+) -> dict[str, Any]:
     system: list[str] = []
     messages: list[dict[str, Any]] = []
 
@@ -76,15 +96,32 @@ def openai_to_anthropic_request(body: dict[str, Any], default_max_tokens: int = 
                     args = orjson.loads(fn.get("arguments") or "{}")
                 except orjson.JSONDecodeError:
                     args = {}
-                blocks.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args})
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.get("id"),
+                        "name": fn.get("name"),
+                        "input": args,
+                    }
+                )
             push("assistant", blocks)
         elif role in ("tool", "function"):
-            push("user", [{"type": "tool_result", "tool_use_id": msg.get("tool_call_id") or msg.get("name"),
-                           "content": _text_of(msg.get("content"))}])
+            push(
+                "user",
+                [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": msg.get("tool_call_id") or msg.get("name"),
+                        "content": _text_of(msg.get("content")),
+                    }
+                ],
+            )
     out: dict[str, Any] = {
         "model": body["model"],
         "messages": messages,
-        "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or default_max_tokens,
+        "max_tokens": body.get("max_tokens")
+        or body.get("max_completion_tokens")
+        or default_max_tokens,
     }
     if system:
         out["system"] = "\n\n".join(system)
@@ -97,9 +134,14 @@ def openai_to_anthropic_request(body: dict[str, Any], default_max_tokens: int = 
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
     if body.get("tools"):
         out["tools"] = [
-            {"name": t["function"]["name"], "description": t["function"].get("description", ""),
-             "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}}}
-            for t in body["tools"] if t.get("type") == "function"
+            {
+                "name": t["function"]["name"],
+                "description": t["function"].get("description", ""),
+                "input_schema": t["function"].get("parameters")
+                or {"type": "object", "properties": {}},
+            }
+            for t in body["tools"]
+            if t.get("type") == "function"
         ]
     choice = body.get("tool_choice")
     if choice == "required":
@@ -123,8 +165,12 @@ def anthropic_usage_to_openai(usage: dict[str, Any]) -> dict[str, Any]:
     written = int(usage.get("cache_creation_input_tokens") or 0)
     prompt = int(usage.get("input_tokens") or 0) + cached + written
     completion = int(usage.get("output_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def anthropic_to_openai_response(msg: dict[str, Any]) -> dict[str, Any]:
@@ -133,11 +179,21 @@ def anthropic_to_openai_response(msg: dict[str, Any]) -> dict[str, Any]:
         if block.get("type") == "text":
             text.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
-            calls.append({"id": block.get("id"), "type": "function",
-                          "function": {"name": block.get("name"),
-                                       "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not calls else None,
-                               "refusal": None}
+            calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name"),
+                        "arguments": orjson.dumps(block.get("input") or {}).decode(),
+                    },
+                }
+            )
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(text) if text or not calls else None,
+        "refusal": None,
+    }
     if calls:
         message["tool_calls"] = calls
     return {
@@ -145,8 +201,14 @@ def anthropic_to_openai_response(msg: dict[str, Any]) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": msg.get("model", ""),
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": STOP_TO_FINISH.get(msg.get("stop_reason") or "end_turn", "stop")}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": STOP_TO_FINISH.get(msg.get("stop_reason") or "end_turn", "stop"),
+            }
+        ],
         "usage": anthropic_usage_to_openai(msg.get("usage") or {}),
     }
 
@@ -162,8 +224,13 @@ class AnthropicStreamToOpenAI:
         self.tool_index: dict[int, int] = {}
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
 
     def feed(self, event: dict[str, Any]) -> Iterator[dict[str, Any]]:
         kind = event.get("type")
@@ -177,17 +244,35 @@ class AnthropicStreamToOpenAI:
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
                 i = self.tool_index.setdefault(event.get("index", 0), len(self.tool_index))
-                yield self._chunk({"tool_calls": [{"index": i, "id": block.get("id"), "type": "function",
-                                                   "function": {"name": block.get("name"), "arguments": ""}}]})
+                yield self._chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": i,
+                                "id": block.get("id"),
+                                "type": "function",
+                                "function": {"name": block.get("name"), "arguments": ""},
+                            }
+                        ]
+                    }
+                )
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
                 yield self._chunk({"content": delta.get("text", "")})
             elif delta.get("type") == "input_json_delta":
                 i = self.tool_index.get(event.get("index", 0), 0)
-                yield self._chunk({"tool_calls": [{"index": i, "function": {"arguments": delta.get("partial_json", "")}}]})
+                yield self._chunk(
+                    {
+                        "tool_calls": [
+                            {"index": i, "function": {"arguments": delta.get("partial_json", "")}}
+                        ]
+                    }
+                )
         elif kind == "message_delta":
-            self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+            self.usage.update(
+                {k: v for k, v in (event.get("usage") or {}).items() if v is not None}
+            )
             stop = (event.get("delta") or {}).get("stop_reason")
             yield self._chunk({}, STOP_TO_FINISH.get(stop or "end_turn", "stop"))
         elif kind == "message_stop":
@@ -202,7 +287,9 @@ class AnthropicStreamToOpenAI:
 
 def _check_list(value: Any, param: str) -> list[Any]:
     if not isinstance(value, list):
-        raise bad_request(f"{param}: Input should be a valid list", param=param, code="invalid_type")
+        raise bad_request(
+            f"{param}: Input should be a valid list", param=param, code="invalid_type"
+        )
     return value
 
 
@@ -210,24 +297,38 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
     """Validates the Messages-API fields it translates; errors name the field like Anthropic's do."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise bad_request("model: Field required" if model is None else "model: Input should be a valid string",
-                          param="model", code="invalid_type")
+        raise bad_request(
+            "model: Field required" if model is None else "model: Input should be a valid string",
+            param="model",
+            code="invalid_type",
+        )
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
-        raise bad_request("max_tokens: Field required", param="max_tokens", code="missing_required_parameter")
+        raise bad_request(
+            "max_tokens: Field required", param="max_tokens", code="missing_required_parameter"
+        )
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise bad_request("max_tokens: Input should be a positive integer", param="max_tokens",
-                          code="invalid_type")
+        raise bad_request(
+            "max_tokens: Input should be a positive integer",
+            param="max_tokens",
+            code="invalid_type",
+        )
     if "messages" not in body:
-        raise bad_request("messages: Field required", param="messages", code="missing_required_parameter")
+        raise bad_request(
+            "messages: Field required", param="messages", code="missing_required_parameter"
+        )
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system:
-        messages.append({"role": "system", "content": system if isinstance(system, str) else _text_of(system)})
+        messages.append(
+            {"role": "system", "content": system if isinstance(system, str) else _text_of(system)}
+        )
     for i, msg in enumerate(_check_list(body["messages"], "messages")):
         if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
-            raise bad_request(f"messages.{i}.role: Input should be 'user' or 'assistant'",
-                              param=f"messages.{i}.role")
+            raise bad_request(
+                f"messages.{i}.role: Input should be 'user' or 'assistant'",
+                param=f"messages.{i}.role",
+            )
         content = msg.get("content")
         if isinstance(content, str):
             messages.append({"role": msg["role"], "content": content})
@@ -244,15 +345,30 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
                 url = src.get("url") or f"data:{src.get('media_type')};base64,{src.get('data', '')}"
                 parts.append({"type": "image_url", "image_url": {"url": url}})
             elif kind == "tool_use":
-                calls.append({"id": block.get("id"), "type": "function",
-                              "function": {"name": block.get("name"),
-                                           "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+                calls.append(
+                    {
+                        "id": block.get("id"),
+                        "type": "function",
+                        "function": {
+                            "name": block.get("name"),
+                            "arguments": orjson.dumps(block.get("input") or {}).decode(),
+                        },
+                    }
+                )
             elif kind == "tool_result":
                 result = block.get("content")
-                messages.append({"role": "tool", "tool_call_id": block.get("tool_use_id"),
-                                 "content": result if isinstance(result, str) else _text_of(result)})
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": block.get("tool_use_id"),
+                        "content": result if isinstance(result, str) else _text_of(result),
+                    }
+                )
             elif kind is None:
-                raise bad_request(f"messages.{i}.content: each block needs a 'type'", param=f"messages.{i}.content")
+                raise bad_request(
+                    f"messages.{i}.content: each block needs a 'type'",
+                    param=f"messages.{i}.content",
+                )
         if parts or calls:
             out: dict[str, Any] = {"role": msg["role"], "content": parts or None}
             if calls:
@@ -265,9 +381,17 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("stop_sequences"):
         body_out["stop"] = body["stop_sequences"]
     if body.get("tools"):
-        body_out["tools"] = [{"type": "function", "function": {"name": t.get("name"),
-                              "description": t.get("description", ""), "parameters": t.get("input_schema")}}
-                             for t in _check_list(body["tools"], "tools")]
+        body_out["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.get("name"),
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema"),
+                },
+            }
+            for t in _check_list(body["tools"], "tools")
+        ]
     choice = body.get("tool_choice") or {}
     kind = choice.get("type") if isinstance(choice, dict) else None
     if kind in ("auto", "none"):
@@ -285,9 +409,12 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
 def openai_usage_to_anthropic(usage: dict[str, Any] | None) -> dict[str, Any]:
     usage = usage or {}
     cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return {"input_tokens": int(usage.get("prompt_tokens") or 0) - cached,
-            "output_tokens": int(usage.get("completion_tokens") or 0),
-            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+    return {
+        "input_tokens": int(usage.get("prompt_tokens") or 0) - cached,
+        "output_tokens": int(usage.get("completion_tokens") or 0),
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": 0,
+    }
 
 
 def openai_to_anthropic_response(resp: dict[str, Any], model: str) -> dict[str, Any]:
@@ -302,7 +429,9 @@ def openai_to_anthropic_response(resp: dict[str, Any], model: str) -> dict[str, 
             args = orjson.loads(fn.get("arguments") or "{}")
         except orjson.JSONDecodeError:
             args = {}
-        content.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args})
+        content.append(
+            {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args}
+        )
     return {
         "id": "msg_" + str(resp.get("id", "")).removeprefix("chatcmpl-"),
         "type": "message",
@@ -336,8 +465,10 @@ class OpenAIStreamToAnthropic:
         out = self._close()
         self.block += 1
         self.block_kind = kind
-        return out + sse_event("content_block_start", {"type": "content_block_start", "index": self.block,
-                                                       "content_block": block})
+        return out + sse_event(
+            "content_block_start",
+            {"type": "content_block_start", "index": self.block, "content_block": block},
+        )
 
     def _close(self) -> bytes:
         if self.block_kind is None:
@@ -350,10 +481,22 @@ class OpenAIStreamToAnthropic:
         if not self.started:
             self.started = True
             msg_id = "msg_" + str(chunk.get("id", "")).removeprefix("chatcmpl-")
-            out += sse_event("message_start", {"type": "message_start", "message": {
-                "id": msg_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-                "stop_reason": None, "stop_sequence": None,
-                "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}})
+            out += sse_event(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": msg_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": self.model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
+                    },
+                },
+            )
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
@@ -362,18 +505,36 @@ class OpenAIStreamToAnthropic:
             if text:
                 if self.block_kind != "text":
                     out += self._open("text", {"type": "text", "text": ""})
-                out += sse_event("content_block_delta", {"type": "content_block_delta", "index": self.block,
-                                                         "delta": {"type": "text_delta", "text": text}})
+                out += sse_event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": self.block,
+                        "delta": {"type": "text_delta", "text": text},
+                    },
+                )
             for call in delta.get("tool_calls") or []:
                 fn = call.get("function") or {}
                 if call.get("id") or call.get("index", 0) not in self.tool_blocks:
-                    out += self._open("tool_use", {"type": "tool_use", "id": call.get("id"),
-                                                   "name": fn.get("name"), "input": {}})
+                    out += self._open(
+                        "tool_use",
+                        {
+                            "type": "tool_use",
+                            "id": call.get("id"),
+                            "name": fn.get("name"),
+                            "input": {},
+                        },
+                    )
                     self.tool_blocks[call.get("index", 0)] = self.block
                 if fn.get("arguments"):
-                    out += sse_event("content_block_delta", {
-                        "type": "content_block_delta", "index": self.block,
-                        "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]}})
+                    out += sse_event(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": self.block,
+                            "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]},
+                        },
+                    )
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return out
@@ -381,7 +542,15 @@ class OpenAIStreamToAnthropic:
     def end(self) -> bytes:
         out = self._close()
         usage = openai_usage_to_anthropic(self.usage) if self.usage else {"output_tokens": 0}
-        out += sse_event("message_delta", {"type": "message_delta", "delta": {
-            "stop_reason": FINISH_TO_STOP.get(self.finish or "stop", "end_turn"), "stop_sequence": None},
-            "usage": {k: v for k, v in usage.items() if k != "cache_creation_input_tokens"}})
+        out += sse_event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": FINISH_TO_STOP.get(self.finish or "stop", "end_turn"),
+                    "stop_sequence": None,
+                },
+                "usage": {k: v for k, v in usage.items() if k != "cache_creation_input_tokens"},
+            },
+        )
         return out + sse_event("message_stop", {"type": "message_stop"})
