@@ -104,3 +104,38 @@ def test_chunked_similarities_equal_the_direct_product():
     rng = np.random.default_rng(0)
     m, v = rng.random((2500, 16), dtype=np.float32), rng.random(16, dtype=np.float32)
     assert np.allclose(similarities(m, v), m @ v) and similarities(m[:10], v).shape == (10,)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_index_is_rebuilt_from_the_store_after_a_restart(embed, tmp_path, backend):
+    import uuid
+
+    from thrifty.multipliers.cache import RedisCacheStore
+
+    if backend == "redis":
+        from test_mult_cache import redis_url
+
+        url = redis_url()
+        if url is None:
+            pytest.skip("Redis not available")
+        prefix = f"thrifty:test:{uuid.uuid4().hex[:8]}:"
+        make = lambda: RedisCacheStore(url, prefix=prefix)  # noqa: E731
+    else:
+        make = lambda: SQLiteCacheStore(tmp_path / "s.sqlite3")  # noqa: E731
+
+    async def before():
+        cache = SemanticCache(make(), embed)
+        await cache.store_answer("team:a", "m", req(Q, "m"), entry("m"), ttl=60)
+        await cache.store.close()
+
+    async def after():
+        cache = SemanticCache(make(), embed)
+        assert await cache.lookup("team:a", "m", req(Q.lower(), "m"), {"m"}) is None  # index empty
+        assert await cache.rebuild() == 1
+        hit = await cache.lookup("team:a", "m", req(Q.lower(), "m"), {"m"})
+        assert hit is not None and hit.entry.model == "m"
+        assert await cache.lookup("team:b", "m", req(Q.lower(), "m"), {"m"}) is None
+        await cache.store.close()
+
+    asyncio.run(before())
+    asyncio.run(after())

@@ -318,3 +318,18 @@ def test_anthropic_messages_are_cached_in_their_own_namespace(upstream, tmp_path
             call("maybe")
     hits = [r for r in spend.records if r.cache_hit]
     assert [r.endpoint for r in hits] == ["messages"]
+
+
+def test_semantic_hits_survive_a_gateway_restart(upstream, tmp_path):
+    settings = CacheSettings(backend=str(tmp_path / "cache.sqlite3"), routes={"m-sem": RouteCache(mode="semantic")})
+    _, app = serve(upstream, tmp_path, settings)
+    with running(app) as url:
+        a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
+        assert ask(a, "m-sem", "Name the largest planet.").headers["x-thrifty-cache"] == "miss"
+    spend, app = serve(upstream, tmp_path, settings)  # a new process: empty index, same store
+    with running(app) as url:
+        a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
+        deadline = time.monotonic() + 5
+        while (app.pending_stores or app._tasks) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ask(a, "m-sem", "name the largest planet.").headers["x-thrifty-cache"] == "hit-semantic"

@@ -73,16 +73,19 @@ class CacheEntry:
     cost_usd: float
     created: float
     scope: str = ""
+    query: str | None = None  # semantic entries: the matched text, so the index can be rebuilt
 
     def dumps(self) -> bytes:
-        return orjson.dumps({"b": self.body.decode(), "m": self.model, "p": self.provider,
-                             "pt": self.prompt_tokens, "ct": self.completion_tokens,
-                             "c": self.cost_usd, "t": self.created, "s": self.scope})
+        d = {"b": self.body.decode(), "m": self.model, "p": self.provider, "pt": self.prompt_tokens,
+             "ct": self.completion_tokens, "c": self.cost_usd, "t": self.created, "s": self.scope}
+        if self.query is not None:
+            d["q"] = self.query
+        return orjson.dumps(d)
 
     @classmethod
     def loads(cls, raw: bytes) -> "CacheEntry":
         d = orjson.loads(raw)
-        return cls(d["b"].encode(), d["m"], d["p"], d["pt"], d["ct"], d["c"], d["t"], d["s"])
+        return cls(d["b"].encode(), d["m"], d["p"], d["pt"], d["ct"], d["c"], d["t"], d["s"], d.get("q"))
 
 
 def scope_of(team_id: str | None, key_id: str | None) -> str:
@@ -125,6 +128,7 @@ def cache_key(scope: str, namespace: str, body: Mapping[str, Any]) -> str:
 class CacheStore(Protocol):
     async def get(self, key: str) -> CacheEntry | None: ...
     async def put(self, key: str, entry: CacheEntry, ttl: float) -> None: ...
+    async def scan(self, prefix: str) -> list[tuple[str, CacheEntry]]: ...
     async def close(self) -> None: ...
 
 
@@ -181,6 +185,16 @@ class SQLiteCacheStore:
     def count(self) -> int:
         return self._rconn.execute("SELECT count(*) FROM response_cache").fetchone()[0]
 
+    def _scan(self, prefix: str) -> list[tuple[str, CacheEntry]]:
+        rows = self._wconn.execute(
+            "SELECT key, value FROM response_cache WHERE key >= ? AND key < ? AND expires >= ?",
+            (prefix, prefix + "\U0010ffff", time.time())).fetchall()
+        return [(k, CacheEntry.loads(v)) for k, v in rows]
+
+    async def scan(self, prefix: str) -> list[tuple[str, CacheEntry]]:
+        """Live entries whose key starts with ``prefix`` (start-up only: off the event loop)."""
+        return await asyncio.wrap_future(self._writer.submit(self._scan, prefix))
+
     async def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._wconn.close()
@@ -203,8 +217,20 @@ class RedisCacheStore:
     async def put(self, key: str, entry: CacheEntry, ttl: float) -> None:
         await self.client.set(self.prefix + key, entry.dumps(), px=max(1, int(ttl * 1000)))
 
+    async def scan(self, prefix: str) -> list[tuple[str, CacheEntry]]:
+        out = []
+        async for raw_key in self.client.scan_iter(match=_glob_escape(self.prefix + prefix) + "*", count=1000):
+            raw = await self.client.get(raw_key)
+            if raw is not None:
+                out.append((raw_key.decode()[len(self.prefix):], CacheEntry.loads(raw)))
+        return out
+
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class ExactCache:

@@ -15,13 +15,14 @@ The threshold is the whole risk: a hit on a different question serves a wrong an
 ``DEFAULT_THRESHOLD`` was chosen on the distinct questions of the evaluation data, where
 every hit is a false hit (``python -m benchmarks multipliers``; curve in docs/multipliers.md).
 
-The index is in memory (a matrix per bucket, FIFO-bounded), the answers live in the exact
-cache's store under their own exact keys, so both backends serve both caches. The index is
-rebuilt as traffic comes in after a restart; until then the semantic cache only misses.
+The index is in memory (a matrix per bucket, FIFO-bounded); the answers live in the exact
+cache's store (SQLite or Redis) with the text they answer, so :meth:`SemanticCache.rebuild`
+restores the index from the store at start-up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections import OrderedDict
@@ -38,6 +39,7 @@ __all__ = ["DEFAULT_THRESHOLD", "SemanticCache", "SemanticHit", "split_request"]
 # Chosen on the evaluation data's 15,465 distinct questions: see docs/multipliers.md.
 DEFAULT_THRESHOLD = 0.99
 CANDIDATES = 4  # nearest neighbours by cosine that get the lexical check
+SEM_PREFIX = "sem\x1f"  # store keys of semantic entries
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -206,9 +208,13 @@ class SemanticCache:
         if not text.strip():
             return
         bid = self._bucket_id(scope, namespace, shape)
-        key = "sem\x1f" + bid + "\x1f" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        key = SEM_PREFIX + bid + "\x1f" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
         entry.scope = scope
+        entry.query = text
         await self.store.put(key, entry, ttl)
+        self._index(bid, key, text)
+
+    def _index(self, bid: str, key: str, text: str) -> None:
         bucket = self.buckets.get(bid)
         if bucket is None:
             if len(self.buckets) >= self.max_buckets:
@@ -219,3 +225,15 @@ class SemanticCache:
             self.buckets.move_to_end(bid)
             vector = self.embed(text)
         bucket.add(vector, key, fingerprint(text), self.max_per_bucket)
+
+    async def rebuild(self) -> int:
+        """Index every live semantic entry of the store (oldest first); returns how many."""
+        entries = sorted(await self.store.scan(SEM_PREFIX), key=lambda kv: kv[1].created)
+        n = 0
+        for key, entry in entries:
+            if entry.query:
+                self._index(key[len(SEM_PREFIX):].rsplit("\x1f", 1)[0], key, entry.query)
+                n += 1
+                if n % 200 == 0:
+                    await asyncio.sleep(0)  # ~50 ms of embedding at a time: requests go on meanwhile
+        return n

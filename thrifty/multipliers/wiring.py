@@ -64,6 +64,9 @@ class MultiplierApp:
                  cascade: CascadeSettings | None = None, affinity: AffinitySettings | None = None) -> None:
         self.inner = inner
         self.gw = inner.gw
+        self._tasks: set[asyncio.Task] = set()
+        self._pending = 0  # misses whose answer may still be stored
+        self._rebuilt = False
         if affinity is not None and affinity.models:
             self.gw.affinity = build_affinity(self.gw, affinity)
         self.cascade = list(cascade.models) if cascade and cascade.models else default_cascade(self.gw)
@@ -87,8 +90,6 @@ class MultiplierApp:
             self.runner = BatchRunner(self.batch_store, GatewayExecutor(lambda: self.gw),
                                       concurrency=batches.concurrency, poll=batches.poll)
             self.mounts = list(batch_mounts(self.batch_store, self.runner, self.gw.spend.authenticate).items())
-        self._tasks: set[asyncio.Task] = set()
-        self._pending = 0  # misses whose answer may still be stored
 
     @property
     def pending_stores(self) -> int:
@@ -120,8 +121,11 @@ class MultiplierApp:
 
     async def _lifespan(self, scope: dict, receive: Callable, send: Callable) -> None:
         async def send_(message: dict) -> None:
-            if message["type"] == "lifespan.startup.complete" and self.runner is not None:
-                self.runner.start()  # resumes unfinished batches
+            if message["type"] == "lifespan.startup.complete":
+                if self.runner is not None:
+                    self.runner.start()  # resumes unfinished batches
+                if self.semantic is not None:
+                    self._semantic()  # re-indexes the semantic cache from the store
             if message["type"] == "lifespan.shutdown.complete":
                 await self.close()
             await send(message)
@@ -163,7 +167,26 @@ class MultiplierApp:
             assert self.exact is not None and self.settings is not None
             self.semantic = SemanticCache(self.exact.store,
                                           threshold=self.settings.semantic_threshold or DEFAULT_THRESHOLD)
+            self._rebuilt = False
+        if not self._rebuilt:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return self.semantic  # at construction: rebuilt at lifespan startup or first use
+            self._rebuilt = True
+            task = loop.create_task(self._rebuild())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return self.semantic
+
+    async def _rebuild(self) -> None:
+        """Restore the semantic index from the cache store (after a restart)."""
+        try:
+            n = await self.semantic.rebuild()
+            if n:
+                log.info("semantic cache: %d entries re-indexed from the store", n)
+        except Exception as exc:
+            log.warning("semantic cache index not rebuilt (%s); it refills from new traffic", type(exc).__name__)
 
     async def _chat(self, scope: dict, receive: Callable, send: Callable, anthropic: bool = False) -> None:
         chunks, more = [], True
