@@ -150,3 +150,54 @@ def test_order_deployments_respects_weights():
     rng = random.Random(1)
     firsts = [order_deployments(deps, rng)[0].provider for _ in range(2000)]
     assert 0.7 < firsts.count("p") / 2000 < 0.8
+
+
+def test_deployment_order_hook_is_used(upstreams, tmp_path):
+    """An affinity hook (e.g. prefix affinity for self-hosted pools) decides the deployment order."""
+    from conftest import PRICE, serve_gateway
+
+    class AlwaysSecond:
+        def __init__(self, deps):
+            self.deps, self.calls = deps, []
+
+        def __contains__(self, model):
+            return model == "pool"
+
+        def order(self, model, body):
+            return [self.deps[1], self.deps[0]]
+
+        def acquire(self, model, dep):
+            self.calls.append(("acquire", dep.provider))
+
+        def release(self, model, dep):
+            self.calls.append(("release", dep.provider))
+
+    doc = {
+        "data_dir": str(tmp_path),
+        "providers": {
+            n: {"type": "openai", "base_url": upstreams[n].base_url} for n in ("ok", "ok2")
+        },
+        "models": {
+            "pool": {
+                "deployments": [
+                    {"provider": "ok", "model": "p"},
+                    {"provider": "ok2", "model": "p"},
+                ],
+                **PRICE,
+            }
+        },
+    }
+    with serve_gateway(doc) as (url, app):
+        hook = AlwaysSecond(app.gw.models["pool"].deployments)
+        app.gw.affinity = hook
+        before = upstreams["ok2"].hits
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        for _ in range(3):
+            assert (
+                client.chat.completions.with_raw_response.create(
+                    model="pool", messages=MSG
+                ).headers["x-thrifty-provider"]
+                == "ok2"
+            )
+    assert upstreams["ok2"].hits - before == 3
+    assert hook.calls == [("acquire", "ok2"), ("release", "ok2")] * 3

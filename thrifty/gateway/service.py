@@ -96,6 +96,9 @@ class Gateway:
         self.frontier = frontier
         self.metrics = metrics or Metrics()
         self.models = config.models
+        # Optional deployment chooser (e.g. prefix affinity for self-hosted pools): an object with
+        # ``model in it``, ``order(model, body) -> [Deployment]``, ``acquire``/``release(model, dep)``.
+        self.affinity: Any | None = None
         self.breakers = {
             d.key: CircuitBreaker(config.breaker)
             for m in config.models.values()
@@ -279,8 +282,14 @@ class Gateway:
         policy = self.config.retry
         last: UpstreamError | None = None
         tries = 0
+        affinity = self.affinity
         for index, mc in enumerate(plan.chain):
-            for dep in order_deployments(mc.deployments):
+            name = mc.info.name
+            pinned = affinity is not None and name in affinity
+            deployments = (
+                affinity.order(name, body) if pinned else order_deployments(mc.deployments)
+            )
+            for dep in deployments:
                 breaker = self.breakers[dep.key]
                 if not breaker.allow():
                     served.errors.append(f"{dep.key}: circuit open")
@@ -293,6 +302,8 @@ class Gateway:
                         if attempt:
                             await asyncio.sleep(backoff_delay(attempt - 1, policy))
                     tries += 1
+                    if pinned:
+                        affinity.acquire(name, dep)
                     try:
                         result = await call(provider, {**body, "model": dep.model})
                     except UpstreamError as exc:
@@ -306,6 +317,9 @@ class Gateway:
                         if not breaker.allow():
                             break
                         continue
+                    finally:  # streams: released once the first chunk is in
+                        if pinned:
+                            affinity.release(name, dep)
                     breaker.success()
                     served.model, served.deployment, served.fallbacks = mc, dep, index
                     if index:
