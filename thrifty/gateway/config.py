@@ -105,7 +105,7 @@ class GatewayConfig:
     default_profile: str = "auto"
     router_path: str | None = None  # None: the router shipped in the package
     expected_output_tokens: int = 256  # for the router's expected-cost estimate
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = 32 * 1024 * 1024  # room for base64 images
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
@@ -298,7 +298,7 @@ def build_config(
         default_profile=doc.get("default_profile", "auto"),
         router_path=doc.get("router_path") or env.get("THRIFTY_ROUTER"),
         expected_output_tokens=int(doc.get("expected_output_tokens", 256)),
-        max_body_bytes=int(doc.get("max_body_bytes", 4 * 1024 * 1024)),
+        max_body_bytes=int(doc.get("max_body_bytes", 32 * 1024 * 1024)),
         timeouts=Timeouts(
             _float(t, "connect", d.connect, "timeouts"),
             _float(t, "first_token", d.first_token, "timeouts"),
