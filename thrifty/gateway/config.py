@@ -4,7 +4,26 @@ A config names *providers* (an upstream protocol, a base URL and a key) and *mod
 (the names clients use, each served by one or more deployments on providers, with
 optional fallbacks and catalog overrides)::
 
-    frontier_model = "gpt-4o"
+    frontier_model = "gpt-4o"             # the counterfactual in x-thrifty-frontier-cost-usd
+    data_dir = ".thrifty"                 # default: $THRIFTY_DATA_DIR or ./.thrifty
+    router_path = "path/to/router"        # default: $THRIFTY_ROUTER or the packaged router
+    max_body_bytes = 33554432
+    spend_enabled = true                  # false only to benchmark the bare proxy
+
+    [timeouts]                            # seconds
+    connect = 5
+    first_token = 60                      # streams: first chunk, and between chunks
+    total = 600
+
+    [retry]
+    attempts = 2                          # per deployment, jittered exponential backoff
+    backoff_base = 0.2
+
+    [circuit_breaker]
+    failures = 5                          # consecutive, per deployment
+    cooldown = 30
+
+    [spend]                               # passed to thrifty.spend.from_config
 
     [providers.openai]
     type = "openai"                       # openai | anthropic | replay
@@ -19,7 +38,7 @@ optional fallbacks and catalog overrides)::
     [profiles.auto-thrifty]
     cost_weight = 0.8                     # or target_quality = 0.7
 
-With no file, :func:`default_config` builds the embedded default: replay providers for
+With no file, :func:`default_document` describes the embedded default: replay providers for
 the recorded benchmark models, plus real providers whose API keys are in the
 environment.
 """
