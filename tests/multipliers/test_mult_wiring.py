@@ -333,3 +333,39 @@ def test_semantic_hits_survive_a_gateway_restart(upstream, tmp_path):
         while (app.pending_stores or app._tasks) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert ask(a, "m-sem", "name the largest planet.").headers["x-thrifty-cache"] == "hit-semantic"
+
+
+def test_prefix_affinity_keeps_a_tenants_prefix_on_one_deployment(upstream, tmp_path):
+    from collections import Counter
+
+    from thrifty.multipliers.settings import AffinitySettings
+
+    second = FakeUpstream("ok")
+    second.start()
+    try:
+        config = build_config({
+            "data_dir": str(tmp_path), "frontier_model": "pool",
+            "providers": {"vllm-a": {"type": "openai", "base_url": upstream.base_url},
+                          "vllm-b": {"type": "openai", "base_url": second.base_url}},
+            "models": {"pool": {"deployments": [{"provider": "vllm-a", "model": "llama"},
+                                                {"provider": "vllm-b", "model": "llama"}],
+                                "route": False, **PRICE}},
+        }, env={})
+        app = MultiplierApp(create_app(config, spend=Tenants()), cache=None, batches=None,
+                            affinity=AffinitySettings(models=("pool",)))
+        with running(app) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
+
+            def provider(system: str, question: str) -> str:
+                return client.chat.completions.with_raw_response.create(
+                    model="pool", messages=[{"role": "system", "content": system},
+                                            {"role": "user", "content": question}]).headers["x-thrifty-provider"]
+
+            tenant = "You are ACME's support assistant. Policies: " + "refunds within 30 days. " * 40
+            assert len(Counter(provider(tenant, f"question {i}") for i in range(12))) == 1
+            assert set(provider(f"tenant {i} " + "x" * 600, "hi") for i in range(30)) == {"vllm-a", "vllm-b"}
+    finally:
+        second.stop()
+    with pytest.raises(UsageError, match="two or more deployments"):
+        MultiplierApp(create_app(config, spend=Tenants()), cache=None, batches=None,
+                      affinity=AffinitySettings(models=("nope",)))
