@@ -99,6 +99,8 @@ def test_batch_through_sdk_with_tenant_isolation(upstream, tmp_path):
         bad = a.files.create(file=("bad.jsonl", b'{"custom_id": "x", "body": {}}\nnot json\n'), purpose="batch")
         with pytest.raises(openai.BadRequestError, match="Line 2"):
             a.batches.create(input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h")
+        with pytest.raises(openai.BadRequestError, match="purpose"):
+            a.files.create(file=("x.jsonl", jsonl(1)), purpose="fine-tune")
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).batches.list()
         with pytest.raises(openai.ConflictError):

@@ -110,7 +110,7 @@ class BatchStore:
                 "purpose": purpose, "status": "processed", "status_details": None}
 
     async def create_file(self, owner: str, purpose: str, filename: str, content: bytes) -> dict[str, Any]:
-        if purpose not in ("batch", "batch_output"):
+        if purpose != "batch":  # batch_output files are written by the runner, not uploaded
             raise BatchError(400, f"Invalid purpose {purpose!r}: this gateway stores files for 'batch' only.",
                              param="purpose")
         if len(content) > MAX_FILE_BYTES:
