@@ -88,3 +88,11 @@ def test_cascade_settings():
     for bad in (["a"], "a,b", [1, 2]):
         with pytest.raises(UsageError):
             parse_cascade({"cascade": {"models": bad}})
+
+
+def test_default_cascade_on_the_embedded_config():
+    from thrifty.gateway.config import load_config
+
+    app = MultiplierApp(create_app(load_config(None, env={}), spend=OpenSpendControl()), cache=None, batches=None)
+    # The cheapest model within 80% of the frontier's accuracy in the router's data, then the frontier.
+    assert app.cascade == ["mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"]

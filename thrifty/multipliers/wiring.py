@@ -528,13 +528,20 @@ def build_affinity(gw: Any, settings: AffinitySettings) -> Any:
 
 
 def default_cascade(gw: Any) -> list[str]:
-    """Without ``[cascade] models``: the cheapest routable chat model, then the frontier model."""
-    chat = [(mc.info.input_cost_per_token + mc.info.output_cost_per_token, name)
-            for name, mc in gw.models.items() if mc.mode == "chat" and mc.route and mc.info.priced]
+    """Without ``[cascade] models``: the frontier model last; first, the cheapest routable chat
+    model whose accuracy in the router's training data is at least 80% of the frontier's (on
+    the packaged router: mixtral-8x7b-chat, the cascade measured in docs/multipliers.md), else
+    the cheapest routable chat model."""
+    chat = {name: mc.info.input_cost_per_token + mc.info.output_cost_per_token
+            for name, mc in gw.models.items() if mc.mode == "chat" and mc.route and mc.info.priced}
     if not chat:
         return []
-    cheap = min(chat)[1]
-    strong = gw.config.frontier_model if gw.config.frontier_model in gw.models else max(chat)[1]
+    strong = gw.config.frontier_model if gw.config.frontier_model in gw.models else max(chat, key=chat.get)
+    meta = getattr(getattr(gw.router, "router", None), "meta", None) or {}
+    accuracy = meta.get("accuracy_per_model") or {}
+    floor = 0.8 * accuracy.get(strong, 2.0)  # no accuracy for the frontier: no model qualifies
+    good = [n for n in chat if n != strong and accuracy.get(n, 0.0) >= floor]
+    cheap = min(good or [n for n in chat if n != strong] or [strong], key=chat.get)
     return [cheap, strong] if cheap != strong else []
 
 
