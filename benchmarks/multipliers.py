@@ -24,11 +24,10 @@ import argparse
 import asyncio
 import os
 import random
-import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import orjson
@@ -44,7 +43,9 @@ def _pct(xs: list[float], q: float) -> float:
 
 def _redis_url() -> str | None:
     path = Path(__file__).resolve().parents[1] / ".thrifty" / "test-services" / "redis.url"
-    url = os.environ.get("THRIFTY_REDIS_URL") or (path.read_text().strip() if path.exists() else None)
+    url = os.environ.get("THRIFTY_REDIS_URL") or (
+        path.read_text().strip() if path.exists() else None
+    )
     if not url:
         return None
     try:
@@ -59,7 +60,9 @@ def _redis_url() -> str | None:
 # -- exact cache -----------------------------------------------------------------------------
 
 
-def zipf_trace(n_items: int, n_requests: int, tenants: int, s: float, seed: int) -> list[tuple[int, int]]:
+def zipf_trace(
+    n_items: int, n_requests: int, tenants: int, s: float, seed: int
+) -> list[tuple[int, int]]:
     """(tenant, item) pairs: each tenant draws from its own random permutation of the items
     with Zipf(s) popularity, so tenants overlap in what they ask but not in how often."""
     rng = np.random.default_rng(seed)
@@ -72,7 +75,13 @@ def zipf_trace(n_items: int, n_requests: int, tenants: int, s: float, seed: int)
 
 
 def bench_cache(data, requests: int) -> None:
-    from thrifty.multipliers.cache import CacheEntry, ExactCache, RedisCacheStore, SQLiteCacheStore, scope_of
+    from thrifty.multipliers.cache import (
+        CacheEntry,
+        ExactCache,
+        RedisCacheStore,
+        SQLiteCacheStore,
+        scope_of,
+    )
 
     rb = [i for i, g in enumerate(data.groups) if g.startswith("routerbench")]
     j = data.models.index("gpt-4-1106-preview")
@@ -81,8 +90,10 @@ def bench_cache(data, requests: int) -> None:
     tenants = 8
     trace = zipf_trace(len(items), requests, tenants, 1.0, seed=1)
     total = sum(cost[k] for _, k in trace)
-    print(f"\n== exact cache: {requests} requests, {tenants} tenants, Zipf(1.0) over {len(items)} RouterBench "
-          f"prompts, gpt-4-1106-preview recorded cost ${total:.2f} without cache")
+    print(
+        f"\n== exact cache: {requests} requests, {tenants} tenants, Zipf(1.0) over {len(items)} RouterBench "
+        f"prompts, gpt-4-1106-preview recorded cost ${total:.2f} without cache"
+    )
 
     def simulate(shared: bool) -> tuple[int, float]:
         seen: set = set()
@@ -98,10 +109,14 @@ def bench_cache(data, requests: int) -> None:
 
     iso_hits, iso_saved = simulate(False)
     sh_hits, sh_saved = simulate(True)
-    print(f"  per-tenant cache (shipped): hit rate {iso_hits / requests:.1%}, saving ${iso_saved:.2f} "
-          f"({iso_saved / total:.1%} of spend)")
-    print(f"  one shared cache (unsafe, for comparison): hit rate {sh_hits / requests:.1%}, saving "
-          f"${sh_saved:.2f}; isolation costs {(sh_hits - iso_hits) / requests:.1%} of requests in hits")
+    print(
+        f"  per-tenant cache (shipped): hit rate {iso_hits / requests:.1%}, saving ${iso_saved:.2f} "
+        f"({iso_saved / total:.1%} of spend)"
+    )
+    print(
+        f"  one shared cache (unsafe, for comparison): hit rate {sh_hits / requests:.1%}, saving "
+        f"${sh_saved:.2f}; isolation costs {(sh_hits - iso_hits) / requests:.1%} of requests in hits"
+    )
     sweep = []
     for exponent in (0.6, 0.8, 1.0, 1.2):
         t = zipf_trace(len(items), requests, tenants, exponent, seed=1)
@@ -111,15 +126,19 @@ def bench_cache(data, requests: int) -> None:
             seen.add(key)
         sweep.append(f"Zipf({exponent}) {hits / requests:.1%}")
     print("  per-tenant hit rate by how repetitive the traffic is: " + ", ".join(sweep))
-    print("  false hits: 0 by construction (the key is the whole normalized request); risk: staleness "
-          "within the TTL, and answers to non-deterministic requests frozen when a route opts in")
+    print(
+        "  false hits: 0 by construction (the key is the whole normalized request); risk: staleness "
+        "within the TTL, and answers to non-deterministic requests frozen when a route opts in"
+    )
 
     stores: list[tuple[str, Callable[[], object]]] = []
     tmp = tempfile.TemporaryDirectory()
     stores.append(("sqlite", lambda: SQLiteCacheStore(Path(tmp.name) / "cache.sqlite3")))
     url = _redis_url()
     if url:
-        stores.append(("redis", lambda: RedisCacheStore(url, prefix=f"thrifty:bench:{os.getpid()}:")))
+        stores.append(
+            ("redis", lambda: RedisCacheStore(url, prefix=f"thrifty:bench:{os.getpid()}:"))
+        )
     else:
         print("  redis: not running (scripts/test-services.sh starts it); skipped")
 
@@ -129,8 +148,11 @@ def bench_cache(data, requests: int) -> None:
         hits = 0
         for t, k in trace:
             scope = scope_of(f"team-{t}", None)
-            body = {"model": "gpt-4-1106-preview", "temperature": 0,
-                    "messages": [{"role": "user", "content": data.prompts[items[k]]}]}
+            body = {
+                "model": "gpt-4-1106-preview",
+                "temperature": 0,
+                "messages": [{"role": "user", "content": data.prompts[items[k]]}],
+            }
             t0 = time.perf_counter()
             hit = await cache.lookup(scope, "gpt-4-1106-preview", body, ("gpt-4-1106-preview",))
             look.append(time.perf_counter() - t0)
@@ -138,17 +160,31 @@ def bench_cache(data, requests: int) -> None:
                 hits += 1
                 continue
             t0 = time.perf_counter()
-            await cache.store_answer(scope, "gpt-4-1106-preview", body, CacheEntry(
-                b'{"choices":[{"message":{"role":"assistant","content":"A"}}]}', "gpt-4-1106-preview",
-                "openai", 100, 1, cost[k], time.time()), ttl=3600)
+            await cache.store_answer(
+                scope,
+                "gpt-4-1106-preview",
+                body,
+                CacheEntry(
+                    b'{"choices":[{"message":{"role":"assistant","content":"A"}}]}',
+                    "gpt-4-1106-preview",
+                    "openai",
+                    100,
+                    1,
+                    cost[k],
+                    time.time(),
+                ),
+                ttl=3600,
+            )
             put.append(time.perf_counter() - t0)
         await cache.close()
         return hits, look, put
 
     for name, make in stores:
         hits, look, put = asyncio.run(replay(make))
-        print(f"  {name}: {hits} hits (simulation: {iso_hits}); lookup p50 {_pct(look, .5) * 1e6:.0f} us, "
-              f"p99 {_pct(look, .99) * 1e6:.0f} us; store (awaited) p50 {_pct(put, .5) * 1e6:.0f} us")
+        print(
+            f"  {name}: {hits} hits (simulation: {iso_hits}); lookup p50 {_pct(look, 0.5) * 1e6:.0f} us, "
+            f"p99 {_pct(look, 0.99) * 1e6:.0f} us; store (awaited) p50 {_pct(put, 0.5) * 1e6:.0f} us"
+        )
     wrapper_overhead(Path(tmp.name))
     tmp.cleanup()
 
@@ -162,22 +198,45 @@ def wrapper_overhead(tmp: Path, n: int = 3000) -> None:
     from thrifty.multipliers.wiring import MultiplierApp
     from thrifty.spend.api import OpenSpendControl
 
-    cfg = build_config({"data_dir": str(tmp), "frontier_model": "m",
-                        "providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:9"}},
-                        "models": {"m": {"provider": "p", "input_cost_per_token": 1e-6,
-                                         "output_cost_per_token": 2e-6}}}, env={})
-    answer = (b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant",'
-              b'"content":"4"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1}}')
+    cfg = build_config(
+        {
+            "data_dir": str(tmp),
+            "frontier_model": "m",
+            "providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:9"}},
+            "models": {
+                "m": {"provider": "p", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
+            },
+        },
+        env={},
+    )
+    answer = (
+        b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant",'
+        b'"content":"4"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1}}'
+    )
 
     async def upstream(scope, receive, send):
         await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/json"), (b"x-thrifty-model", b"m"), (b"x-thrifty-cost-usd", b"0.00001")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"x-thrifty-model", b"m"),
+                    (b"x-thrifty-cost-usd", b"0.00001"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": answer})
 
     def body(i: int, temperature: float) -> bytes:
-        return orjson.dumps({"model": "m", "temperature": temperature,
-                             "messages": [{"role": "user", "content": f"question {i} " + "x" * 200}]})
+        return orjson.dumps(
+            {
+                "model": "m",
+                "temperature": temperature,
+                "messages": [{"role": "user", "content": f"question {i} " + "x" * 200}],
+            }
+        )
 
     async def call(app, raw: bytes) -> None:
         done = False
@@ -190,7 +249,11 @@ def wrapper_overhead(tmp: Path, n: int = 3000) -> None:
         async def send(message):
             return None
 
-        await app({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}, receive, send)
+        await app(
+            {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []},
+            receive,
+            send,
+        )
 
     async def timed(app, bodies: list[bytes]) -> list[float]:
         out = []
@@ -203,24 +266,39 @@ def wrapper_overhead(tmp: Path, n: int = 3000) -> None:
     async def run() -> dict[str, list[float]]:
         plain = MultiplierApp(create_app(cfg, spend=OpenSpendControl()), cache=None, batches=None)
         plain.inner = upstream
-        cached = MultiplierApp(create_app(cfg, spend=OpenSpendControl()),
-                               cache=CacheSettings(backend=str(tmp / "overhead.sqlite3")), batches=None)
+        cached = MultiplierApp(
+            create_app(cfg, spend=OpenSpendControl()),
+            cache=CacheSettings(backend=str(tmp / "overhead.sqlite3")),
+            batches=None,
+        )
         cached.inner = upstream
-        res = {"bare app (no wrapper)": await timed(upstream, [body(i, 0.7) for i in range(n)]),
-               "wrapper, no cache configured": await timed(plain, [body(i, 0) for i in range(n)]),
-               "wrapper, cache on, request not cacheable": await timed(cached, [body(i, 0.7) for i in range(n)]),
-               "wrapper, cache miss (lookup + store)": await timed(cached, [body(i, 0) for i in range(n)])}
+        res = {
+            "bare app (no wrapper)": await timed(upstream, [body(i, 0.7) for i in range(n)]),
+            "wrapper, no cache configured": await timed(plain, [body(i, 0) for i in range(n)]),
+            "wrapper, cache on, request not cacheable": await timed(
+                cached, [body(i, 0.7) for i in range(n)]
+            ),
+            "wrapper, cache miss (lookup + store)": await timed(
+                cached, [body(i, 0) for i in range(n)]
+            ),
+        }
         while cached.pending_stores:
             await asyncio.sleep(0.01)
         before = cached.exact.hits
-        res["wrapper, cache hit (answer + ledger record)"] = await timed(cached, [body(i, 0) for i in range(n)])
+        res["wrapper, cache hit (answer + ledger record)"] = await timed(
+            cached, [body(i, 0) for i in range(n)]
+        )
         assert cached.exact.hits - before == n, "every request of the hit run must hit"
         await cached.close()
         return res
 
-    print("  per-request time of the wrapper in front of the gateway (in process; 200-char prompt):")
+    print(
+        "  per-request time of the wrapper in front of the gateway (in process; 200-char prompt):"
+    )
     for name, times in asyncio.run(run()).items():
-        print(f"    {name:<46} p50 {_pct(times, .5) * 1e6:6.0f} us   p99 {_pct(times, .99) * 1e6:6.0f} us")
+        print(
+            f"    {name:<46} p50 {_pct(times, 0.5) * 1e6:6.0f} us   p99 {_pct(times, 0.99) * 1e6:6.0f} us"
+        )
 
 
 # -- semantic cache --------------------------------------------------------------------------
@@ -235,18 +313,23 @@ def _variants(text: str, rng: random.Random) -> dict[str, str]:
     typo = words[w]
     if len(typo) > 3:
         i = rng.randrange(len(typo) - 1)
-        typo = typo[:i] + typo[i + 1] + typo[i] + typo[i + 2:]
+        typo = typo[:i] + typo[i + 1] + typo[i] + typo[i + 2 :]
     return {
         "lowercase": text.lower(),
         "extra whitespace": "  " + text.replace(" ", "  ", 3) + "\n",
         "trailing punctuation": text.rstrip(" ?.:") if text.rstrip()[-1:] in "?.:" else text + "?",
         "'Please answer: ' prefix": "Please answer: " + text,
-        "one typo": " ".join(words[:w] + [typo] + words[w + 1:]),
+        "one typo": " ".join(words[:w] + [typo] + words[w + 1 :]),
     }
 
 
 def bench_semantic(data, sample: int) -> None:
-    from thrifty.multipliers.semantic import DEFAULT_THRESHOLD, best_match, fingerprint, similarities
+    from thrifty.multipliers.semantic import (
+        DEFAULT_THRESHOLD,
+        best_match,
+        fingerprint,
+        similarities,
+    )
     from thrifty.router.embed import default_embedder
 
     prompts = list(dict.fromkeys(p for p in data.prompts if p.strip()))
@@ -270,11 +353,17 @@ def bench_semantic(data, sample: int) -> None:
         block[pos[None, :] >= pos[rows][:, None]] = -2.0
         for r, i in enumerate(rows):
             seq[i] = best_match(block[r], prints, prints[i], 0.5)[1]
-    print(f"\n== semantic cache: false hits on the {n} distinct questions of the data (every hit is false); "
-          f"embed+fingerprint {prep:.1f} s")
-    print("  similarity = min(cosine of static MiniLM embeddings, n-gram Jaccard), numbers must match")
-    print("  warm: every other question cached (worst case); arrival: questions arrive in random order, "
-          "each looked up against those before it (one tenant holding the whole data set)")
+    print(
+        f"\n== semantic cache: false hits on the {n} distinct questions of the data (every hit is false); "
+        f"embed+fingerprint {prep:.1f} s"
+    )
+    print(
+        "  similarity = min(cosine of static MiniLM embeddings, n-gram Jaccard), numbers must match"
+    )
+    print(
+        "  warm: every other question cached (worst case); arrival: questions arrive in random order, "
+        "each looked up against those before it (one tenant holding the whole data set)"
+    )
     print(f"  {'threshold':>9}  {'warm false hits':>16}  {'arrival false hits':>18}")
     for th in THRESHOLDS:
         w, s = int((warm >= th).sum()), int((seq >= th).sum())
@@ -294,12 +383,18 @@ def bench_semantic(data, sample: int) -> None:
             j, score = best_match(sims, prints, fingerprint(text), 0.5)
             kinds.setdefault(kind, []).append(score if j == i else 0.0)
             wrong.setdefault(kind, []).append(score if j not in (i, -1) else 0.0)
-    print(f"  saving: hit rate on surface variants of {len(picks)} cached questions (hits on the wrong "
-          "question in brackets)")
+    print(
+        f"  saving: hit rate on surface variants of {len(picks)} cached questions (hits on the wrong "
+        "question in brackets)"
+    )
     print("  " + f"{'variant':>26}" + "".join(f"{t:>10}" for t in (0.95, 0.97, 0.98, 0.99, 0.995)))
     for kind, scores in kinds.items():
-        cells = "".join(f"{np.mean(np.array(scores) >= t):>5.0%} ({np.mean(np.array(wrong[kind]) >= t):.0%})"
-                        .rjust(10) for t in (0.95, 0.97, 0.98, 0.99, 0.995))
+        cells = "".join(
+            f"{np.mean(np.array(scores) >= t):>5.0%} ({np.mean(np.array(wrong[kind]) >= t):.0%})".rjust(
+                10
+            )
+            for t in (0.95, 0.97, 0.98, 0.99, 0.995)
+        )
         print(f"  {kind:>26}{cells}")
 
     # Latency of one lookup (embed + verify) in a bucket of 1,000 and 10,000 entries.
@@ -308,9 +403,13 @@ def bench_semantic(data, sample: int) -> None:
         times = []
         for i in rng.sample(range(size, n), 500):
             t0 = time.perf_counter()
-            best_match(similarities(bucket, emb.embed_one(prompts[i])), bp, prompts[i], DEFAULT_THRESHOLD)
+            best_match(
+                similarities(bucket, emb.embed_one(prompts[i])), bp, prompts[i], DEFAULT_THRESHOLD
+            )
             times.append(time.perf_counter() - t0)
-        print(f"  lookup in a bucket of {size}: p50 {_pct(times, .5) * 1e3:.2f} ms, p99 {_pct(times, .99) * 1e3:.2f} ms")
+        print(
+            f"  lookup in a bucket of {size}: p50 {_pct(times, 0.5) * 1e3:.2f} ms, p99 {_pct(times, 0.99) * 1e3:.2f} ms"
+        )
 
 
 # -- prefix affinity -------------------------------------------------------------------------
@@ -325,7 +424,7 @@ class LRUPrefixCache:
     def __init__(self, capacity_tokens: int) -> None:
         from collections import OrderedDict
 
-        self.blocks: "OrderedDict[tuple, None]" = OrderedDict()
+        self.blocks: OrderedDict[tuple, None] = OrderedDict()
         self.capacity = max(1, capacity_tokens // BLOCK)
 
     def serve(self, blocks: list[tuple]) -> int:
@@ -346,7 +445,9 @@ class LRUPrefixCache:
         return hit * BLOCK
 
 
-def affinity_workload(tenants: int, requests: int, seed: int) -> list[tuple[int, str, list[tuple], int, float]]:
+def affinity_workload(
+    tenants: int, requests: int, seed: int
+) -> list[tuple[int, str, list[tuple], int, float]]:
     """(tenant, key text, prompt blocks, prompt tokens, arrival s). Each tenant has a shared
     prefix (system prompt + documents) of 1,000-8,000 tokens; each request adds a unique
     question of 50-400 tokens; tenants are picked with Zipf(0.8) popularity; Poisson arrivals."""
@@ -359,7 +460,9 @@ def affinity_workload(tenants: int, requests: int, seed: int) -> list[tuple[int,
     for r in range(requests):
         k = int(rng.choice(tenants, p=popularity))
         suffix = int(rng.integers(50 // BLOCK + 1, 400 // BLOCK + 1))
-        blocks = [("t", k, b) for b in range(int(prefix_len[k]))] + [("r", r, b) for b in range(suffix)]
+        blocks = [("t", k, b) for b in range(int(prefix_len[k]))] + [
+            ("r", r, b) for b in range(suffix)
+        ]
         t += float(rng.exponential(1.0 / 20.0))  # 20 requests/s
         out.append((k, f"tenant {k} system prompt and documents", blocks, len(blocks) * BLOCK, t))
     return out
@@ -388,9 +491,14 @@ def simulate_affinity(policy, workload, caches: dict[str, LRUPrefixCache]) -> di
         policy.acquire(name)
         heapq.heappush(done, (t + fill + 2.0, name))
     loads = list(per.values())
-    return {"hit": cached / prompt, "uncached": prompt - cached, "prompt": prompt,
-            "max_share": max(loads) / (sum(loads) / len(loads)), "prefill_p50": _pct(prefill_s, .5),
-            "prefill_p95": _pct(prefill_s, .95)}
+    return {
+        "hit": cached / prompt,
+        "uncached": prompt - cached,
+        "prompt": prompt,
+        "max_share": max(loads) / (sum(loads) / len(loads)),
+        "prefill_p50": _pct(prefill_s, 0.5),
+        "prefill_p95": _pct(prefill_s, 0.95),
+    }
 
 
 def bench_affinity(requests: int) -> None:
@@ -399,20 +507,33 @@ def bench_affinity(requests: int) -> None:
     deployments = [f"vllm-{i}" for i in range(4)]
     tenants = 40
     workload = affinity_workload(tenants, requests, seed=4)
-    price_in, price_cached = 0.50e-6, 0.05e-6  # USD/token, a hosted open model with a 90% cache discount
-    print(f"\n== prefix affinity: {requests} requests from {tenants} tenants (shared prefixes of 1k-8k tokens, "
-          f"Zipf(0.8) popularity, 20 req/s) over {len(deployments)} deployments with an LRU prefix cache each")
-    print(f"  {'cache/deployment':>16}  {'policy':<30} {'hit rate':>8} {'prefill tokens':>14} {'cost':>8} "
-          f"{'max/mean load':>13} {'prefill p50/p95 s':>18}")
+    price_in, price_cached = (
+        0.50e-6,
+        0.05e-6,
+    )  # USD/token, a hosted open model with a 90% cache discount
+    print(
+        f"\n== prefix affinity: {requests} requests from {tenants} tenants (shared prefixes of 1k-8k tokens, "
+        f"Zipf(0.8) popularity, 20 req/s) over {len(deployments)} deployments with an LRU prefix cache each"
+    )
+    print(
+        f"  {'cache/deployment':>16}  {'policy':<30} {'hit rate':>8} {'prefill tokens':>14} {'cost':>8} "
+        f"{'max/mean load':>13} {'prefill p50/p95 s':>18}"
+    )
     for capacity in (32_000, 64_000, 128_000, 512_000):
-        policies = [("round robin", RoundRobin(deployments)),
-                    ("consistent hash, unbounded", PrefixAffinity(deployments, load_factor=1e9)),
-                    ("prefix affinity (bounded 1.25)", PrefixAffinity(deployments))]
+        policies = [
+            ("round robin", RoundRobin(deployments)),
+            ("consistent hash, unbounded", PrefixAffinity(deployments, load_factor=1e9)),
+            ("prefix affinity (bounded 1.25)", PrefixAffinity(deployments)),
+        ]
         for name, policy in policies:
-            r = simulate_affinity(policy, workload, {d: LRUPrefixCache(capacity) for d in deployments})
+            r = simulate_affinity(
+                policy, workload, {d: LRUPrefixCache(capacity) for d in deployments}
+            )
             cost = r["uncached"] * price_in + (r["prompt"] - r["uncached"]) * price_cached
-            print(f"  {capacity:>16,}  {name:<30} {r['hit']:>8.1%} {r['uncached']:>14,} ${cost:>7.2f} "
-                  f"{r['max_share']:>13.2f} {r['prefill_p50']:>8.3f}/{r['prefill_p95']:.3f}")
+            print(
+                f"  {capacity:>16,}  {name:<30} {r['hit']:>8.1%} {r['uncached']:>14,} ${cost:>7.2f} "
+                f"{r['max_share']:>13.2f} {r['prefill_p50']:>8.3f}/{r['prefill_p95']:.3f}"
+            )
 
 
 # -- cascade ---------------------------------------------------------------------------------
@@ -450,15 +571,23 @@ def _response(raw: str | None) -> str:
     return raw
 
 
-def _row(name: str, quality: float, cost: float, frontier_cost: float, n: int, note: str = "") -> str:
-    return (f"  {name:<52} {quality:>7.1%} ${cost / n * 1000:>8.3f} {cost / frontier_cost:>8.1%}  {note}")
+def _row(
+    name: str, quality: float, cost: float, frontier_cost: float, n: int, note: str = ""
+) -> str:
+    return f"  {name:<52} {quality:>7.1%} ${cost / n * 1000:>8.3f} {cost / frontier_cost:>8.1%}  {note}"
 
 
-def _matched_router(p_cheap: np.ndarray, ok_cheap: np.ndarray, ok_top: np.ndarray, c_cheap: np.ndarray,
-                    c_top: np.ndarray, escalate_share: float) -> tuple[float, float]:
+def _matched_router(
+    p_cheap: np.ndarray,
+    ok_cheap: np.ndarray,
+    ok_top: np.ndarray,
+    c_cheap: np.ndarray,
+    c_top: np.ndarray,
+    escalate_share: float,
+) -> tuple[float, float]:
     """Routing alone between the same two models, sending the same share of prompts to the
     frontier model: those with the lowest predicted cheap-model quality."""
-    k = int(round(escalate_share * len(p_cheap)))
+    k = round(escalate_share * len(p_cheap))
     top = np.zeros(len(p_cheap), dtype=bool)
     top[np.argsort(p_cheap)[:k]] = True
     quality = np.where(top, ok_top, ok_cheap).mean()
@@ -466,8 +595,14 @@ def _matched_router(p_cheap: np.ndarray, ok_cheap: np.ndarray, ok_top: np.ndarra
     return float(quality), float(cost)
 
 
-def _verifier_scores(prompts: list[str], answers: list[str], router_p: np.ndarray, passed: np.ndarray,
-                     correct: np.ndarray, seed: int = 5) -> np.ndarray:
+def _verifier_scores(
+    prompts: list[str],
+    answers: list[str],
+    router_p: np.ndarray,
+    passed: np.ndarray,
+    correct: np.ndarray,
+    seed: int = 5,
+) -> np.ndarray:
     """P(cheap answer correct) from a learned verifier that sees the prompt *and* the answer:
     L2-regularised logistic regression on [prompt embedding, answer embedding, their product,
     router score, check passed, log answer length], cross-fitted in the same 2 folds as the
@@ -476,8 +611,16 @@ def _verifier_scores(prompts: list[str], answers: list[str], router_p: np.ndarra
 
     emb = default_embedder(show_progress=False)
     P, A = emb.embed(prompts), emb.embed([a or " " for a in answers])
-    X = np.hstack([P, A, P * A, router_p[:, None], passed[:, None].astype(float),
-                   np.log1p([len(a) for a in answers])[:, None]]).astype(np.float64)
+    X = np.hstack(
+        [
+            P,
+            A,
+            P * A,
+            router_p[:, None],
+            passed[:, None].astype(float),
+            np.log1p([len(a) for a in answers])[:, None],
+        ]
+    ).astype(np.float64)
     X = (X - X.mean(0)) / (X.std(0) + 1e-9)
     X = np.hstack([X, np.ones((len(X), 1))])
     y = correct.astype(float)
@@ -493,11 +636,17 @@ def _verifier_scores(prompts: list[str], answers: list[str], router_p: np.ndarra
     return out
 
 
-def _matched_verifier(v: np.ndarray, ok_cheap: np.ndarray, ok_top: np.ndarray, c_cheap: np.ndarray,
-                      c_top: np.ndarray, escalate_share: float) -> tuple[float, float]:
+def _matched_verifier(
+    v: np.ndarray,
+    ok_cheap: np.ndarray,
+    ok_top: np.ndarray,
+    c_cheap: np.ndarray,
+    c_top: np.ndarray,
+    escalate_share: float,
+) -> tuple[float, float]:
     """Cascade with the learned verifier: escalate the given share with the lowest verifier score
     (the cheap answer is always paid for)."""
-    k = int(round(escalate_share * len(v)))
+    k = round(escalate_share * len(v))
     esc = np.zeros(len(v), dtype=bool)
     esc[np.argsort(v)[:k]] = True
     return float(np.where(esc, ok_top, ok_cheap).mean()), float(c_cheap.sum() + c_top[esc].sum())
@@ -519,47 +668,98 @@ def bench_cascade(root: Path) -> None:
 
     def cost_of(model: str, i: int) -> float:
         inp, out = REPLAY_PRICES[model]
-        return estimate_tokens(g.prompts[i]) * inp + estimate_tokens(g.responses[model][i] or "") * out
+        return (
+            estimate_tokens(g.prompts[i]) * inp + estimate_tokens(g.responses[model][i] or "") * out
+        )
 
     ok_c = g.labels[keep, jc] == 1
     ok_t = g.labels[keep, jt] == 1
     c_c = np.array([cost_of(cheap, i) for i in keep])
     c_t = np.array([cost_of(top, i) for i in keep])
-    passed = np.array([check_answer(g.prompts[i], g.responses[cheap][i] or "", "math") for i in keep])
+    passed = np.array(
+        [check_answer(g.prompts[i], g.responses[cheap][i] or "", "math") for i in keep]
+    )
     t0 = time.perf_counter()
     scores = _cross_fitted_scores(g)[keep]
     fit_s = time.perf_counter() - t0
     frontier = c_t.sum()
-    print(f"\n== cascade on GSM8K ({n} prompts, recorded responses of {cheap} and {top}; cost = chars/4 "
-          "tokens at the replay prices)")
+    print(
+        f"\n== cascade on GSM8K ({n} prompts, recorded responses of {cheap} and {top}; cost = chars/4 "
+        "tokens at the replay prices)"
+    )
     print(header)
     print(_row(f"always {top}", ok_t.mean(), frontier, frontier, n))
     print(_row(f"always {cheap}", ok_c.mean(), c_c.sum(), frontier, n))
     esc = ~passed
     q = np.where(passed, ok_c, ok_t).mean()
     cost = c_c.sum() + c_t[esc].sum()
-    print(_row("cascade, math check (final number + arithmetic)", q, cost, frontier, n,
-               f"escalates {esc.mean():.1%}; check accepts {(~ok_c & passed).sum()} wrong, "
-               f"rejects {(ok_c & ~passed).sum()} right"))
+    print(
+        _row(
+            "cascade, math check (final number + arithmetic)",
+            q,
+            cost,
+            frontier,
+            n,
+            f"escalates {esc.mean():.1%}; check accepts {(~ok_c & passed).sum()} wrong, "
+            f"rejects {(ok_c & ~passed).sum()} right",
+        )
+    )
     rq, rc = _matched_router(scores[:, jc], ok_c, ok_t, c_c, c_t, esc.mean())
-    print(_row("routing alone, same share to the frontier", rq, rc, frontier, n,
-               f"2-fold cross-fitted router ({fit_s:.0f} s to train)"))
+    print(
+        _row(
+            "routing alone, same share to the frontier",
+            rq,
+            rc,
+            frontier,
+            n,
+            f"2-fold cross-fitted router ({fit_s:.0f} s to train)",
+        )
+    )
     for share in (0.25, 0.5):
         rq, rc = _matched_router(scores[:, jc], ok_c, ok_t, c_c, c_t, share)
         print(_row(f"routing alone, {share:.0%} to the frontier", rq, rc, frontier, n))
     direct = scores[:, jc] < np.quantile(scores[:, jc], 0.25)  # router: straight to the frontier
     accept = ~direct & passed
     cost = c_c[~direct].sum() + c_t[~accept].sum()
-    print(_row("router first (lowest 25% -> frontier), then cascade", np.where(accept, ok_c, ok_t).mean(), cost,
-               frontier, n, f"frontier for {(~accept).mean():.1%}"))
-    v = _verifier_scores([g.prompts[i] for i in keep], [g.responses[cheap][i] or "" for i in keep],
-                         scores[:, jc], passed, ok_c)
+    print(
+        _row(
+            "router first (lowest 25% -> frontier), then cascade",
+            np.where(accept, ok_c, ok_t).mean(),
+            cost,
+            frontier,
+            n,
+            f"frontier for {(~accept).mean():.1%}",
+        )
+    )
+    v = _verifier_scores(
+        [g.prompts[i] for i in keep],
+        [g.responses[cheap][i] or "" for i in keep],
+        scores[:, jc],
+        passed,
+        ok_c,
+    )
     for share in (esc.mean(), 0.25, 0.5):
         vq, vc = _matched_verifier(v, ok_c, ok_t, c_c, c_t, share)
-        print(_row(f"cascade, learned verifier, {share:.0%} escalated", vq, vc, frontier, n,
-                   "cross-fitted logistic regression on prompt+answer" if share == esc.mean() else ""))
+        print(
+            _row(
+                f"cascade, learned verifier, {share:.0%} escalated",
+                vq,
+                vc,
+                frontier,
+                n,
+                "cross-fitted logistic regression on prompt+answer" if share == esc.mean() else "",
+            )
+        )
     ideal = np.where(ok_c, ok_c, ok_t).mean()
-    print(_row("cascade with a perfect check (ceiling)", ideal, c_c.sum() + c_t[~ok_c].sum(), frontier, n))
+    print(
+        _row(
+            "cascade with a perfect check (ceiling)",
+            ideal,
+            c_c.sum() + c_t[~ok_c].sum(),
+            frontier,
+            n,
+        )
+    )
 
     # RouterBench: two cheap models must agree, else gpt-4-1106-preview; real recorded costs.
     d = rdata.load([root / "routerbench"])
@@ -575,33 +775,64 @@ def bench_cascade(root: Path) -> None:
     r1 = [_response(d.responses[c1][i]) for i in complete]
     r2 = [_response(d.responses[c2][i]) for i in complete]
     prompts = [d.prompts[i] for i in complete]
-    print(f"\n== cascade on RouterBench ({n} prompts with all 11 models recorded; ARC, MBPP, Winogrande; "
-          "recorded cost per call)")
+    print(
+        f"\n== cascade on RouterBench ({n} prompts with all 11 models recorded; ARC, MBPP, Winogrande; "
+        "recorded cost per call)"
+    )
     print(header)
     print(_row(f"always {top}", L[:, jt].mean(), frontier, frontier, n))
     print(_row(f"always {c1}", L[:, j1].mean(), C[:, j1].sum(), frontier, n))
     fmt = np.array([check_answer(p, r) for p, r in zip(prompts, r1)])
-    print(_row(f"cascade {c1.split('/')[-1]} -> gpt-4, format check", np.where(fmt, L[:, j1], L[:, jt]).mean(),
-               C[:, j1].sum() + C[~fmt, jt].sum(), frontier, n,
-               f"escalates {(~fmt).mean():.1%}; accepts {(~L[:, j1] & fmt).sum()} wrong"))
+    print(
+        _row(
+            f"cascade {c1.split('/')[-1]} -> gpt-4, format check",
+            np.where(fmt, L[:, j1], L[:, jt]).mean(),
+            C[:, j1].sum() + C[~fmt, jt].sum(),
+            frontier,
+            n,
+            f"escalates {(~fmt).mean():.1%}; accepts {(~L[:, j1] & fmt).sum()} wrong",
+        )
+    )
     ag = np.array([agree(p, a, b) for p, a, b in zip(prompts, r1, r2)])
-    print(_row(f"cascade {c1.split('/')[-1]} + {c2.split('/')[-1]} agree -> else gpt-4", np.where(ag, L[:, j1],
-               L[:, jt]).mean(), C[:, j1].sum() + C[:, j2].sum() + C[~ag, jt].sum(), frontier, n,
-               f"escalates {(~ag).mean():.1%} (MBPP always: code is not compared); accepts "
-               f"{(~L[:, j1] & ag).sum()} wrong"))
+    print(
+        _row(
+            f"cascade {c1.split('/')[-1]} + {c2.split('/')[-1]} agree -> else gpt-4",
+            np.where(ag, L[:, j1], L[:, jt]).mean(),
+            C[:, j1].sum() + C[:, j2].sum() + C[~ag, jt].sum(),
+            frontier,
+            n,
+            f"escalates {(~ag).mean():.1%} (MBPP always: code is not compared); accepts "
+            f"{(~L[:, j1] & ag).sum()} wrong",
+        )
+    )
     code = np.array([t == "code" for t in map(task_of, prompts)])
     mix = np.where(code, fmt, ag)
-    print(_row("  same, but MBPP accepted on the code check", np.where(mix, L[:, j1], L[:, jt]).mean(),
-               C[:, j1].sum() + C[~code, j2].sum() + C[~mix, jt].sum(), frontier, n,
-               f"escalates {(~mix).mean():.1%}; accepts {(~L[:, j1] & mix).sum()} wrong"))
+    print(
+        _row(
+            "  same, but MBPP accepted on the code check",
+            np.where(mix, L[:, j1], L[:, jt]).mean(),
+            C[:, j1].sum() + C[~code, j2].sum() + C[~mix, jt].sum(),
+            frontier,
+            n,
+            f"escalates {(~mix).mean():.1%}; accepts {(~L[:, j1] & mix).sum()} wrong",
+        )
+    )
     rq, rc = _matched_router(scores[:, j1], L[:, j1], L[:, jt], C[:, j1], C[:, jt], (~ag).mean())
     print(_row("routing alone mixtral/gpt-4, same share to gpt-4", rq, rc, frontier, n))
     v = _verifier_scores(prompts, r1, scores[:, j1], fmt, L[:, j1])
     for share in ((~ag).mean(), 0.15):
         vq, vc = _matched_verifier(v, L[:, j1], L[:, jt], C[:, j1], C[:, jt], share)
         rq, rc = _matched_router(scores[:, j1], L[:, j1], L[:, jt], C[:, j1], C[:, jt], share)
-        print(_row(f"cascade mixtral -> gpt-4, learned verifier, {share:.0%} escalated", vq, vc, frontier, n,
-                   f"routing alone at the same share: {rq:.1%}"))
+        print(
+            _row(
+                f"cascade mixtral -> gpt-4, learned verifier, {share:.0%} escalated",
+                vq,
+                vc,
+                frontier,
+                n,
+                f"routing alone at the same share: {rq:.1%}",
+            )
+        )
     from thrifty.router.router import reference_costs
 
     ref = reference_costs(d)
@@ -611,12 +842,25 @@ def bench_cascade(root: Path) -> None:
     for weight in np.concatenate([[0.0], np.geomspace(0.005, 1.0, 40)]):
         pick = np.argmax(scores - weight * unit[None, :], axis=1)
         sweep.append((weight, L[np.arange(n), pick].mean(), C[np.arange(n), pick].sum()))
-    for label, target in (("quality-first", None), ("at the agreement cascade's cost", agree_cost),
-                          ("at 25% of frontier cost", 0.25 * frontier), ("at 10% of frontier cost", 0.1 * frontier)):
+    for label, target in (
+        ("quality-first", None),
+        ("at the agreement cascade's cost", agree_cost),
+        ("at 25% of frontier cost", 0.25 * frontier),
+        ("at 10% of frontier cost", 0.1 * frontier),
+    ):
         w, q, c = sweep[0] if target is None else min(sweep, key=lambda r: abs(r[2] - target))
-        print(_row(f"routing alone over 11 models, {label}", q, c, frontier, n,
-                   f"cost weight {w:.3g}; cross-fitted ({fit_s:.0f} s to train)" if target is None
-                   else f"cost weight {w:.3g}"))
+        print(
+            _row(
+                f"routing alone over 11 models, {label}",
+                q,
+                c,
+                frontier,
+                n,
+                f"cost weight {w:.3g}; cross-fitted ({fit_s:.0f} s to train)"
+                if target is None
+                else f"cost weight {w:.3g}",
+            )
+        )
     best = np.where(L.any(axis=1), np.where(L, C, np.inf).min(axis=1), C.min(axis=1))
     print(_row("oracle (cheapest correct model)", L.any(axis=1).mean(), best.sum(), frontier, n))
 
@@ -632,16 +876,28 @@ def bench_batch(lines: int) -> None:
 
     recs = [r for r in routerbench_records() if r.model == "gpt-4-1106-preview"]
     catalog = Catalog.load(None)
-    print(f"\n== batch deferral: {len(recs)} RouterBench calls (gpt-4-1106-preview's recorded prompt and answer "
-          "token counts) priced with thrifty.spend.pricing, normal vs batch prices")
-    for name, provider in (("gpt-4o", "openai"), ("gpt-4.1-mini", "openai"), ("claude-sonnet-4-5", "anthropic"),
-                           ("gemini-2.5-flash", "gemini")):
+    print(
+        f"\n== batch deferral: {len(recs)} RouterBench calls (gpt-4-1106-preview's recorded prompt and answer "
+        "token counts) priced with thrifty.spend.pricing, normal vs batch prices"
+    )
+    for name, provider in (
+        ("gpt-4o", "openai"),
+        ("gpt-4.1-mini", "openai"),
+        ("claude-sonnet-4-5", "anthropic"),
+        ("gemini-2.5-flash", "gemini"),
+    ):
         info = catalog.model(name, provider)
         sync = sum(float(cost_usd(info, r.prompt_tokens, r.completion_tokens)) for r in recs)
-        batch = sum(float(cost_usd(info, r.prompt_tokens, r.completion_tokens, batch=True)) for r in recs)
-        print(f"  {name:<20} normal ${sync:8.3f}   batch ${batch:8.3f}   saving {1 - batch / sync:.1%}")
-    print("  the saving applies only to lines sent to a provider's batch API (batch_api = true); lines run "
-          "synchronously are billed at normal prices")
+        batch = sum(
+            float(cost_usd(info, r.prompt_tokens, r.completion_tokens, batch=True)) for r in recs
+        )
+        print(
+            f"  {name:<20} normal ${sync:8.3f}   batch ${batch:8.3f}   saving {1 - batch / sync:.1%}"
+        )
+    print(
+        "  the saving applies only to lines sent to a provider's batch API (batch_api = true); lines run "
+        "synchronously are billed at normal prices"
+    )
 
     async def run() -> tuple[float, float]:
         tmp = tempfile.TemporaryDirectory()
@@ -650,9 +906,18 @@ def bench_batch(lines: int) -> None:
         async def instant(fields, endpoint, body, request_id):
             return 200, {"choices": [{"message": {"content": "ok"}}]}
 
-        content = b"".join(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                         "body": {"model": "m", "messages": [{"role": "user", "content": "q"}]}})
-                           + b"\n" for i in range(lines))
+        content = b"".join(
+            orjson.dumps(
+                {
+                    "custom_id": f"r{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": "m", "messages": [{"role": "user", "content": "q"}]},
+                }
+            )
+            + b"\n"
+            for i in range(lines)
+        )
         f = await store.create_file("anon", "batch", "in.jsonl", content)
         t0 = time.perf_counter()
         batch = await store.create_batch("anon", {}, f["id"], "/v1/chat/completions", "24h")
@@ -666,15 +931,19 @@ def bench_batch(lines: int) -> None:
         return create, run_s
 
     create, run_s = asyncio.run(run())
-    print(f"  thrifty's own overhead: validating and storing {lines} lines {create * 1e3:.0f} ms; running them "
-          f"with an instant executor {run_s:.2f} s ({lines / run_s:,.0f} lines/s, one durable SQLite write per "
-          "line); risk: the provider's completion window is up to 24 h (not measurable offline)")
+    print(
+        f"  thrifty's own overhead: validating and storing {lines} lines {create * 1e3:.0f} ms; running them "
+        f"with an instant executor {run_s:.2f} s ({lines / run_s:,.0f} lines/s, one durable SQLite write per "
+        "line); risk: the provider's completion window is up to 24 h (not measurable offline)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks multipliers")
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated: " + ",".join(SECTIONS))
+    ap.add_argument(
+        "--only", default=",".join(SECTIONS), help="comma-separated: " + ",".join(SECTIONS)
+    )
     ap.add_argument("--requests", type=int, default=20000, help="exact cache trace length")
     ap.add_argument("--sample", type=int, default=1000, help="semantic: questions to vary")
     ap.add_argument("--affinity-requests", type=int, default=20000)

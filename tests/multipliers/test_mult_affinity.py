@@ -48,8 +48,13 @@ def test_removing_a_deployment_moves_only_its_keys():
 def test_round_robin_and_prefix_text_and_validation():
     rr = RoundRobin(DEPS)
     assert [rr.order(0)[0] for _ in range(5)] == DEPS + DEPS[:1]
-    text = prefix_text([{"role": "system", "content": "abc"},
-                        {"role": "user", "content": [{"type": "text", "text": "def"}]}], 12)
+    text = prefix_text(
+        [
+            {"role": "system", "content": "abc"},
+            {"role": "user", "content": [{"type": "text", "text": "def"}]},
+        ],
+        12,
+    )
     assert text == "system:abc\nu"
     with pytest.raises(ValueError):
         PrefixAffinity([])
@@ -64,8 +69,12 @@ def test_deployment_affinity_orders_a_models_deployments():
     deps = [Deployment(f"vllm{i}", "llama") for i in range(3)]
     da = DeploymentAffinity({"llama": deps})
     assert "llama" in da and "other" not in da
-    body = {"messages": [{"role": "system", "content": "tenant 7 policies " * 50},
-                         {"role": "user", "content": "q1"}]}
+    body = {
+        "messages": [
+            {"role": "system", "content": "tenant 7 policies " * 50},
+            {"role": "user", "content": "q1"},
+        ]
+    }
     first = da.order("llama", body)
     assert sorted(d.key for d in first) == sorted(d.key for d in deps)
     other = {"messages": [body["messages"][0], {"role": "user", "content": "q2"}]}

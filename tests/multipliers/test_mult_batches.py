@@ -22,8 +22,12 @@ from thrifty.multipliers.batches import BatchRunner, BatchStore, line_request_id
 from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend.api import AuthError, OpenSpendControl, Principal
 
-PRICE = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "context_window": 2000,
-         "max_output_tokens": 100}
+PRICE = {
+    "input_cost_per_token": 1e-6,
+    "output_cost_per_token": 2e-6,
+    "context_window": 2000,
+    "max_output_tokens": 100,
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +39,16 @@ def upstream():
 
 
 def config(upstream: FakeUpstream, tmp: Path):
-    return build_config({
-        "data_dir": str(tmp), "frontier_model": "m-ok",
-        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
-        "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
-        "retry": {"attempts": 1, "backoff_base": 0.01, "backoff_max": 0.02},
-    }, env={})
+    return build_config(
+        {
+            "data_dir": str(tmp),
+            "frontier_model": "m-ok",
+            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+            "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
+            "retry": {"attempts": 1, "backoff_base": 0.01, "backoff_max": 0.02},
+        },
+        env={},
+    )
 
 
 class TeamKeys(OpenSpendControl):
@@ -55,9 +63,22 @@ class TeamKeys(OpenSpendControl):
 
 
 def jsonl(n: int, model: str = "m-ok") -> bytes:
-    return b"".join(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-                                "body": {"model": model, "messages": [{"role": "user", "content": f"q{i}"}],
-                                         "max_tokens": 5}}).encode() + b"\n" for i in range(n))
+    return b"".join(
+        json.dumps(
+            {
+                "custom_id": f"req-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": model,
+                    "messages": [{"role": "user", "content": f"q{i}"}],
+                    "max_tokens": 5,
+                },
+            }
+        ).encode()
+        + b"\n"
+        for i in range(n)
+    )
 
 
 def test_batch_through_sdk_with_tenant_isolation(upstream, tmp_path):
@@ -65,13 +86,19 @@ def test_batch_through_sdk_with_tenant_isolation(upstream, tmp_path):
     store = BatchStore(tmp_path / "batches.sqlite3")
     holder: dict[str, Any] = {}
     runner = BatchRunner(store, GatewayExecutor(lambda: holder["app"].gw), poll=0.05)
-    app = create_app(config(upstream, tmp_path), spend=spend, mounts=batch_mounts(store, runner, spend.authenticate))
+    app = create_app(
+        config(upstream, tmp_path),
+        spend=spend,
+        mounts=batch_mounts(store, runner, spend.authenticate),
+    )
     holder["app"] = app
     with running(app) as url:
         a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
         b = openai.OpenAI(base_url=url + "/v1", api_key="sk-b", max_retries=0)
         f = a.files.create(file=("in.jsonl", jsonl(5)), purpose="batch")
-        batch = a.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        batch = a.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
         assert batch.status == "in_progress" and batch.request_counts.total == 5
         deadline = time.monotonic() + 20
         while batch.status != "completed":
@@ -81,7 +108,9 @@ def test_batch_through_sdk_with_tenant_isolation(upstream, tmp_path):
         assert batch.request_counts.completed == 5 and batch.request_counts.failed == 0
         lines = [json.loads(x) for x in a.files.content(batch.output_file_id).text.splitlines()]
         assert sorted(x["custom_id"] for x in lines) == [f"req-{i}" for i in range(5)]
-        assert all(x["response"]["status_code"] == 200 and x["response"]["body"]["choices"] for x in lines)
+        assert all(
+            x["response"]["status_code"] == 200 and x["response"]["body"]["choices"] for x in lines
+        )
         assert [x.id for x in a.batches.list().data] == [batch.id]
 
         # Another tenant sees none of it.
@@ -90,15 +119,23 @@ def test_batch_through_sdk_with_tenant_isolation(upstream, tmp_path):
         with pytest.raises(openai.NotFoundError):
             b.files.content(batch.output_file_id)
         with pytest.raises(openai.NotFoundError):
-            b.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+            b.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
         assert b.batches.list().data == [] and b.files.list().data == []
 
         # Bad input: clear errors in OpenAI's format, never a 500.
         with pytest.raises(openai.BadRequestError, match="endpoint"):
-            a.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
-        bad = a.files.create(file=("bad.jsonl", b'{"custom_id": "x", "body": {}}\nnot json\n'), purpose="batch")
+            a.batches.create(
+                input_file_id=f.id, endpoint="/v1/completions", completion_window="24h"
+            )
+        bad = a.files.create(
+            file=("bad.jsonl", b'{"custom_id": "x", "body": {}}\nnot json\n'), purpose="batch"
+        )
         with pytest.raises(openai.BadRequestError, match="Line 2"):
-            a.batches.create(input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h")
+            a.batches.create(
+                input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
         with pytest.raises(openai.BadRequestError, match="purpose"):
             a.files.create(file=("x.jsonl", jsonl(1)), purpose="fine-tune")
         with pytest.raises(openai.AuthenticationError):
@@ -133,9 +170,13 @@ def test_batch_survives_restart_and_is_billed_once(upstream, tmp_path):
             return result
 
         if not await store.unfinished():
-            await store.create_batch("anon", {}, (await store.create_file("anon", "batch", "in.jsonl",
-                                                                          jsonl(n)))["id"],
-                                     "/v1/chat/completions", "24h")
+            await store.create_batch(
+                "anon",
+                {},
+                (await store.create_file("anon", "batch", "in.jsonl", jsonl(n)))["id"],
+                "/v1/chat/completions",
+                "24h",
+            )
         runner = BatchRunner(store, executor, concurrency=1, poll=0.05)
         runner.start()
         if crash_after is not None:
@@ -153,7 +194,7 @@ def test_batch_survives_restart_and_is_billed_once(upstream, tmp_path):
     asyncio.run(process(crash_after=None))
 
     store_db = sqlite3.connect(tmp_path / "batches.sqlite3")
-    (batch_id, status), = store_db.execute("SELECT id, status FROM batches").fetchall()
+    ((batch_id, status),) = store_db.execute("SELECT id, status FROM batches").fetchall()
     assert status == "completed"
     # Lines finished before the crash ran once; the one in flight ran again with the same id.
     assert calls[line_request_id(batch_id, 0)] == calls[line_request_id(batch_id, 1)] == 1
@@ -161,7 +202,9 @@ def test_batch_survives_restart_and_is_billed_once(upstream, tmp_path):
     assert sum(calls.values()) == n + 1
     ledger = sqlite3.connect(tmp_path / "spend.db")
     rows = ledger.execute("SELECT request_id, cost_nanos, batch FROM ledger").fetchall()
-    assert sorted(r[0] for r in rows) == sorted(line_request_id(batch_id, i) for i in range(n))  # billed once
+    assert sorted(r[0] for r in rows) == sorted(
+        line_request_id(batch_id, i) for i in range(n)
+    )  # billed once
     assert all(r[1] > 0 and r[2] == 1 for r in rows)
 
 
@@ -178,38 +221,68 @@ def test_lines_go_to_the_providers_batch_api_at_batch_prices(upstream, tmp_path)
     from thrifty.multipliers.settings import BatchSettings
     from thrifty.multipliers.wiring import MultiplierApp
 
-    provider_cfg = build_config({
-        "data_dir": str(tmp_path / "provider"), "frontier_model": "m-up",
-        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
-        "models": {"m-up": {"provider": "ok", "route": False, **PRICE}},
-    }, env={})
+    provider_cfg = build_config(
+        {
+            "data_dir": str(tmp_path / "provider"),
+            "frontier_model": "m-up",
+            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+            "models": {"m-up": {"provider": "ok", "route": False, **PRICE}},
+        },
+        env={},
+    )
     provider_spend = Ledger()
-    provider = MultiplierApp(create_app(provider_cfg, spend=provider_spend), cache=None,
-                             batches=BatchSettings(poll=0.05))
+    provider = MultiplierApp(
+        create_app(provider_cfg, spend=provider_spend), cache=None, batches=BatchSettings(poll=0.05)
+    )
     with running(provider) as provider_url:
-        front_cfg = build_config({
-            "data_dir": str(tmp_path / "front"), "frontier_model": "m-batch",
-            "providers": {"bp": {"type": "openai", "base_url": provider_url + "/v1", "batch_api": True},
-                          "ok": {"type": "openai", "base_url": upstream.base_url}},
-            "models": {"m-batch": {"provider": "bp", "upstream_model": "m-up", "route": False, **PRICE,
-                                   "input_cost_per_token_batches": 0.5e-6, "output_cost_per_token_batches": 1e-6},
-                       "m-ok": {"provider": "ok", "route": False, **PRICE}},
-        }, env={})
+        front_cfg = build_config(
+            {
+                "data_dir": str(tmp_path / "front"),
+                "frontier_model": "m-batch",
+                "providers": {
+                    "bp": {"type": "openai", "base_url": provider_url + "/v1", "batch_api": True},
+                    "ok": {"type": "openai", "base_url": upstream.base_url},
+                },
+                "models": {
+                    "m-batch": {
+                        "provider": "bp",
+                        "upstream_model": "m-up",
+                        "route": False,
+                        **PRICE,
+                        "input_cost_per_token_batches": 0.5e-6,
+                        "output_cost_per_token_batches": 1e-6,
+                    },
+                    "m-ok": {"provider": "ok", "route": False, **PRICE},
+                },
+            },
+            env={},
+        )
         spend = Ledger()
-        front = MultiplierApp(create_app(front_cfg, spend=spend), cache=None, batches=BatchSettings(poll=0.05))
+        front = MultiplierApp(
+            create_app(front_cfg, spend=spend), cache=None, batches=BatchSettings(poll=0.05)
+        )
         with running(front) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
             content = jsonl(3, "m-batch") + jsonl(2, "m-ok").replace(b"req-", b"sync-")
             f = client.files.create(file=("in.jsonl", content), purpose="batch")
-            batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                          completion_window="24h")
+            batch = client.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
             deadline = time.monotonic() + 20
             while batch.status != "completed":
                 assert time.monotonic() < deadline, batch
                 time.sleep(0.05)
                 batch = client.batches.retrieve(batch.id)
-            lines = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
-            assert sorted(x["custom_id"] for x in lines) == ["req-0", "req-1", "req-2", "sync-0", "sync-1"]
+            lines = [
+                json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()
+            ]
+            assert sorted(x["custom_id"] for x in lines) == [
+                "req-0",
+                "req-1",
+                "req-2",
+                "sync-0",
+                "sync-1",
+            ]
             assert all(x["response"]["status_code"] == 200 for x in lines)
     by_model = {r.request_id: r for r in spend.records}
     assert len(by_model) == 5 and all(r.batch for r in spend.records)
@@ -232,11 +305,16 @@ def test_deferrable_call_header(upstream, tmp_path):
     from thrifty.multipliers.wiring import MultiplierApp
 
     spend = Ledger()
-    app = MultiplierApp(create_app(config(upstream, tmp_path), spend=spend), cache=None,
-                        batches=BatchSettings(poll=0.05))
+    app = MultiplierApp(
+        create_app(config(upstream, tmp_path), spend=spend),
+        cache=None,
+        batches=BatchSettings(poll=0.05),
+    )
     with running(app) as url:
         body = {"model": "m-ok", "messages": [{"role": "user", "content": "later is fine"}]}
-        r = httpx.post(url + "/v1/chat/completions", json=body, headers={"x-thrifty-defer": "batch"})
+        r = httpx.post(
+            url + "/v1/chat/completions", json=body, headers={"x-thrifty-defer": "batch"}
+        )
         assert r.status_code == 202 and r.json()["object"] == "batch"
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         batch, deadline = client.batches.retrieve(r.json()["id"]), time.monotonic() + 10
@@ -246,7 +324,9 @@ def test_deferrable_call_header(upstream, tmp_path):
             batch = client.batches.retrieve(batch.id)
         out = json.loads(client.files.content(batch.output_file_id).text)
         assert out["response"]["status_code"] == 200 and out["response"]["body"]["choices"]
-        bad = httpx.post(url + "/v1/chat/completions", json=body, headers={"x-thrifty-defer": "someday"})
+        bad = httpx.post(
+            url + "/v1/chat/completions", json=body, headers={"x-thrifty-defer": "someday"}
+        )
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-thrifty-defer"
         # Without the header the call is answered at once, as always.
         assert httpx.post(url + "/v1/chat/completions", json=body).json()["choices"]
@@ -263,27 +343,57 @@ def test_provider_batch_api_down_then_up_holds_once_and_completes(upstream, tmp_
 
         async def admit(self, principal, model, *, prompt_tokens, max_cost_usd):
             Counting.admits += 1
-            return await super().admit(principal, model, prompt_tokens=prompt_tokens, max_cost_usd=max_cost_usd)
+            return await super().admit(
+                principal, model, prompt_tokens=prompt_tokens, max_cost_usd=max_cost_usd
+            )
 
     port = free_port()
-    front_cfg = build_config({
-        "data_dir": str(tmp_path / "front"), "frontier_model": "m-batch",
-        "providers": {"bp": {"type": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "batch_api": True}},
-        "models": {"m-batch": {"provider": "bp", "upstream_model": "m-up", "route": False, **PRICE,
-                               "input_cost_per_token_batches": 0.5e-6, "output_cost_per_token_batches": 1e-6}},
-    }, env={})
+    front_cfg = build_config(
+        {
+            "data_dir": str(tmp_path / "front"),
+            "frontier_model": "m-batch",
+            "providers": {
+                "bp": {
+                    "type": "openai",
+                    "base_url": f"http://127.0.0.1:{port}/v1",
+                    "batch_api": True,
+                }
+            },
+            "models": {
+                "m-batch": {
+                    "provider": "bp",
+                    "upstream_model": "m-up",
+                    "route": False,
+                    **PRICE,
+                    "input_cost_per_token_batches": 0.5e-6,
+                    "output_cost_per_token_batches": 1e-6,
+                }
+            },
+        },
+        env={},
+    )
     spend = Counting()
-    front = MultiplierApp(create_app(front_cfg, spend=spend), cache=None, batches=BatchSettings(poll=0.05))
-    provider_cfg = build_config({
-        "data_dir": str(tmp_path / "provider"), "frontier_model": "m-up",
-        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
-        "models": {"m-up": {"provider": "ok", "route": False, **PRICE}},
-    }, env={})
-    provider = MultiplierApp(create_app(provider_cfg, spend=Ledger()), cache=None, batches=BatchSettings(poll=0.05))
+    front = MultiplierApp(
+        create_app(front_cfg, spend=spend), cache=None, batches=BatchSettings(poll=0.05)
+    )
+    provider_cfg = build_config(
+        {
+            "data_dir": str(tmp_path / "provider"),
+            "frontier_model": "m-up",
+            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+            "models": {"m-up": {"provider": "ok", "route": False, **PRICE}},
+        },
+        env={},
+    )
+    provider = MultiplierApp(
+        create_app(provider_cfg, spend=Ledger()), cache=None, batches=BatchSettings(poll=0.05)
+    )
     with running(front) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         f = client.files.create(file=("in.jsonl", jsonl(3, "m-batch")), purpose="batch")
-        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        batch = client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
         time.sleep(0.5)  # several passes fail to reach the provider's batch API
         assert client.batches.retrieve(batch.id).status == "in_progress"
         with running(provider, port=port):

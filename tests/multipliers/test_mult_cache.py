@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from thrifty.multipliers.cache import (CacheEntry, CacheError, CachePolicy, ExactCache, RedisCacheStore,
-                                       SQLiteCacheStore, cache_key, cache_mode, open_store, scope_of)
+from thrifty.multipliers.cache import (
+    CacheEntry,
+    CacheError,
+    CachePolicy,
+    ExactCache,
+    RedisCacheStore,
+    SQLiteCacheStore,
+    cache_key,
+    cache_mode,
+    open_store,
+    scope_of,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +87,9 @@ def test_no_tenant_sees_another_tenants_answer(store_factory):
         assert await cache.lookup(scope_of("team-b", "key-2"), "gpt-4o", REQ, {"gpt-4o"}) is None
         assert await cache.lookup(scope_of(None, "key-1"), "gpt-4o", REQ, {"gpt-4o"}) is None
         assert await cache.lookup(scope_of(None, None), "gpt-4o", REQ, {"gpt-4o"}) is None
-        assert await cache.lookup(scope_of("team-a", "key-9"), "gpt-4o", REQ, {"gpt-4o"}) is not None
+        assert (
+            await cache.lookup(scope_of("team-a", "key-9"), "gpt-4o", REQ, {"gpt-4o"}) is not None
+        )
         await cache.close()
 
     asyncio.run(go())
@@ -115,8 +127,11 @@ def test_different_request_parameters_miss(store_factory):
     async def go():
         cache = ExactCache(store_factory())
         await cache.store_answer("anon", "gpt-4o", REQ, entry(), ttl=60)
-        for change in ({"max_tokens": 5}, {"messages": [{"role": "user", "content": "2+3?"}]},
-                       {"tools": [{"type": "function", "function": {"name": "f"}}]}):
+        for change in (
+            {"max_tokens": 5},
+            {"messages": [{"role": "user", "content": "2+3?"}]},
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        ):
             assert await cache.lookup("anon", "gpt-4o", {**REQ, **change}, {"gpt-4o"}) is None
         await cache.close()
 

@@ -38,38 +38,58 @@ def prompts():
 def test_cascade_accepts_or_escalates_and_bills_every_call(prompts, tmp_path):
     passing, failing = prompts
     models = {k: v for k, v in _replay_models().items() if k in (CHEAP, STRONG)}
-    config = build_config({"data_dir": str(tmp_path), "providers": {"replay": {"type": "replay", "source": "shared"}},
-                           "models": models}, env={})
+    config = build_config(
+        {
+            "data_dir": str(tmp_path),
+            "providers": {"replay": {"type": "replay", "source": "shared"}},
+            "models": models,
+        },
+        env={},
+    )
     spend = Ledger()
-    app = MultiplierApp(create_app(config, spend=spend), cache=CacheSettings(), batches=None,
-                        cascade=CascadeSettings((CHEAP, STRONG)))
+    app = MultiplierApp(
+        create_app(config, spend=spend),
+        cache=CacheSettings(),
+        batches=None,
+        cascade=CascadeSettings((CHEAP, STRONG)),
+    )
     with running(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         listed = [m.id for m in client.models.list().data]
         assert "auto-cascade" in listed and CHEAP in listed
         ok = client.chat.completions.with_raw_response.create(
-            model="auto-cascade", messages=[{"role": "user", "content": passing}])
+            model="auto-cascade", messages=[{"role": "user", "content": passing}]
+        )
         assert ok.headers["x-thrifty-model"] == CHEAP
         assert ok.headers["x-thrifty-cascade"] == f"{CHEAP}:pass"
         up = client.chat.completions.with_raw_response.create(
-            model="auto-cascade", messages=[{"role": "user", "content": failing}])
+            model="auto-cascade", messages=[{"role": "user", "content": failing}]
+        )
         assert up.headers["x-thrifty-model"] == STRONG
         assert up.headers["x-thrifty-cascade"] == f"{CHEAP}:fail > {STRONG}:pass"
-        stream = client.chat.completions.create(model="auto-cascade", stream=True,
-                                                messages=[{"role": "user", "content": failing}])
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == \
-            up.parse().choices[0].message.content
+        stream = client.chat.completions.create(
+            model="auto-cascade", stream=True, messages=[{"role": "user", "content": failing}]
+        )
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            == up.parse().choices[0].message.content
+        )
         # A cascaded answer is cached like any other (deterministic request): no model is called again.
         first = client.chat.completions.with_raw_response.create(
-            model="auto-cascade", temperature=0, messages=[{"role": "user", "content": failing}])
+            model="auto-cascade", temperature=0, messages=[{"role": "user", "content": failing}]
+        )
         import time
 
         deadline = time.monotonic() + 5
         while app.pending_stores and time.monotonic() < deadline:
             time.sleep(0.01)
         again = client.chat.completions.with_raw_response.create(
-            model="auto-cascade", temperature=0, messages=[{"role": "user", "content": failing}])
-        assert (first.headers["x-thrifty-cache"], again.headers["x-thrifty-cache"]) == ("miss", "hit-exact")
+            model="auto-cascade", temperature=0, messages=[{"role": "user", "content": failing}]
+        )
+        assert (first.headers["x-thrifty-cache"], again.headers["x-thrifty-cache"]) == (
+            "miss",
+            "hit-exact",
+        )
         assert again.headers["x-thrifty-model"] == STRONG
     calls = [r for r in spend.records if not r.cache_hit]
     served = [r.served_model for r in calls]
@@ -93,6 +113,8 @@ def test_cascade_settings():
 def test_default_cascade_on_the_embedded_config():
     from thrifty.gateway.config import load_config
 
-    app = MultiplierApp(create_app(load_config(None, env={}), spend=OpenSpendControl()), cache=None, batches=None)
+    app = MultiplierApp(
+        create_app(load_config(None, env={}), spend=OpenSpendControl()), cache=None, batches=None
+    )
     # The cheapest model within 80% of the frontier's accuracy in the router's data, then the frontier.
     assert app.cascade == ["mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"]

@@ -8,14 +8,23 @@ import time
 import pytest
 
 from thrifty.multipliers.cache import CacheEntry, SQLiteCacheStore, scope_of
-from thrifty.multipliers.semantic import DEFAULT_THRESHOLD, SemanticCache, fingerprint, lexical_similarity, \
-    split_request
+from thrifty.multipliers.semantic import (
+    DEFAULT_THRESHOLD,
+    SemanticCache,
+    fingerprint,
+    lexical_similarity,
+    split_request,
+)
 from thrifty.router.embed import default_embedder
 
-Q = ("Megan bought olive oil for Felicia because _ hated to cook but loved to eat.\n"
-     "A) Megan\nB) Felicia\nAnswer:")
-TWIN = ("Megan bought olive oil for Felicia because _ loved to cook but hated to eat.\n"
-        "A) Megan\nB) Felicia\nAnswer:")
+Q = (
+    "Megan bought olive oil for Felicia because _ hated to cook but loved to eat.\n"
+    "A) Megan\nB) Felicia\nAnswer:"
+)
+TWIN = (
+    "Megan bought olive oil for Felicia because _ loved to cook but hated to eat.\n"
+    "A) Megan\nB) Felicia\nAnswer:"
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +68,20 @@ def test_surface_variant_hits_same_tenant_only(embed, tmp_path):
 def test_never_across_models_or_request_shapes(embed, tmp_path):
     async def body(cache):
         await cache.store_answer("team:a", "gpt-4o", req(Q), entry(), ttl=60)
-        assert await cache.lookup("team:a", "gpt-4o-mini", req(Q, "gpt-4o-mini"), {"gpt-4o-mini"}) is None
+        assert (
+            await cache.lookup("team:a", "gpt-4o-mini", req(Q, "gpt-4o-mini"), {"gpt-4o-mini"})
+            is None
+        )
         # A route sharing a namespace still needs the producing model to be accepted.
         await cache.store_answer("team:a", "shared", req(Q), entry("gpt-4o"), ttl=60)
-        assert await cache.lookup("team:a", "shared", req(Q, "gpt-4o-mini"), {"gpt-4o-mini"}) is None
+        assert (
+            await cache.lookup("team:a", "shared", req(Q, "gpt-4o-mini"), {"gpt-4o-mini"}) is None
+        )
         # A different system prompt is a different request, however close the question.
-        assert await cache.lookup("team:a", "gpt-4o", req(Q, system="Answer in French."), {"gpt-4o"}) is None
+        assert (
+            await cache.lookup("team:a", "gpt-4o", req(Q, system="Answer in French."), {"gpt-4o"})
+            is None
+        )
 
     run(embed, tmp_path, body)
 
@@ -119,9 +136,9 @@ def test_index_is_rebuilt_from_the_store_after_a_restart(embed, tmp_path, backen
         if url is None:
             pytest.skip("Redis not available")
         prefix = f"thrifty:test:{uuid.uuid4().hex[:8]}:"
-        make = lambda: RedisCacheStore(url, prefix=prefix)  # noqa: E731
+        make = lambda: RedisCacheStore(url, prefix=prefix)
     else:
-        make = lambda: SQLiteCacheStore(tmp_path / "s.sqlite3")  # noqa: E731
+        make = lambda: SQLiteCacheStore(tmp_path / "s.sqlite3")
 
     async def before():
         cache = SemanticCache(make(), embed)

@@ -20,10 +20,14 @@ from thrifty.gateway.testing import running
 from thrifty.multipliers.settings import CacheSettings, RouteCache, parse_settings
 from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.providers.fake_upstream import FakeUpstream
-from thrifty.spend.api import AuthError, LedgerRecord, OpenSpendControl, Principal, PolicyDenied
+from thrifty.spend.api import AuthError, LedgerRecord, OpenSpendControl, PolicyDenied, Principal
 
-PRICE = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "context_window": 2000,
-         "max_output_tokens": 100}
+PRICE = {
+    "input_cost_per_token": 1e-6,
+    "output_cost_per_token": 2e-6,
+    "context_window": 2000,
+    "max_output_tokens": 100,
+}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -60,7 +64,9 @@ def upstream():
 
 def redis_url() -> str | None:
     path = ROOT / ".thrifty" / "test-services" / "redis.url"
-    url = os.environ.get("THRIFTY_TEST_REDIS_URL") or (path.read_text().strip() if path.exists() else None)
+    url = os.environ.get("THRIFTY_TEST_REDIS_URL") or (
+        path.read_text().strip() if path.exists() else None
+    )
     try:
         import redis
 
@@ -71,14 +77,20 @@ def redis_url() -> str | None:
 
 
 def serve(upstream: FakeUpstream, tmp: Path, settings: CacheSettings):
-    config = build_config({
-        "data_dir": str(tmp), "frontier_model": "m-ok",
-        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
-        "models": {"m-ok": {"provider": "ok", "route": False, **PRICE},
-                   "m-ok2": {"provider": "ok", "route": False, **PRICE},
-                   "m-sem": {"provider": "ok", "route": False, **PRICE}},
-        "retry": {"attempts": 1, "backoff_base": 0.01, "backoff_max": 0.02},
-    }, env={})
+    config = build_config(
+        {
+            "data_dir": str(tmp),
+            "frontier_model": "m-ok",
+            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+            "models": {
+                "m-ok": {"provider": "ok", "route": False, **PRICE},
+                "m-ok2": {"provider": "ok", "route": False, **PRICE},
+                "m-sem": {"provider": "ok", "route": False, **PRICE},
+            },
+            "retry": {"attempts": 1, "backoff_base": 0.01, "backoff_max": 0.02},
+        },
+        env={},
+    )
     spend = Tenants()
     app = MultiplierApp(create_app(config, spend=spend), cache=settings, batches=None)
     APPS.append(app)
@@ -91,7 +103,8 @@ APPS: list[MultiplierApp] = []
 def ask(client: openai.OpenAI, model: str = "m-ok", text: str = "What is 2+2?", **kw: Any):
     """One call, then wait until its answer is in the cache (stored after the response is sent)."""
     out = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": text}], **kw)
+        model=model, messages=[{"role": "user", "content": text}], **kw
+    )
     deadline = time.monotonic() + 5
     while APPS and APPS[-1].pending_stores and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -104,7 +117,9 @@ def test_exact_cache_hits_per_tenant_and_model_and_is_billed_as_a_hit(upstream, 
         url = redis_url()
         if url is None:
             if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-                pytest.fail("Redis is not reachable; scripts/test-services.sh should have started it")
+                pytest.fail(
+                    "Redis is not reachable; scripts/test-services.sh should have started it"
+                )
             pytest.skip("Redis not available")
         backend = url.rsplit("/", 1)[0] + "/" + str(1 + uuid.uuid4().int % 14)  # a fresh-ish db
         import redis
@@ -112,8 +127,17 @@ def test_exact_cache_hits_per_tenant_and_model_and_is_billed_as_a_hit(upstream, 
         redis.Redis.from_url(backend).flushdb()
     else:
         backend = str(tmp_path / "cache.sqlite3")
-    spend, app = serve(upstream, tmp_path, CacheSettings(
-        backend=backend, routes={"m-ok2": RouteCache(share_with=("m-ok",)), "m-sem": RouteCache(mode="semantic")}))
+    spend, app = serve(
+        upstream,
+        tmp_path,
+        CacheSettings(
+            backend=backend,
+            routes={
+                "m-ok2": RouteCache(share_with=("m-ok",)),
+                "m-sem": RouteCache(mode="semantic"),
+            },
+        ),
+    )
     with running(app) as url:
         a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
         b = openai.OpenAI(base_url=url + "/v1", api_key="sk-b", max_retries=0)
@@ -135,22 +159,44 @@ def test_exact_cache_hits_per_tenant_and_model_and_is_billed_as_a_hit(upstream, 
         assert ask(a, "m-ok2", temperature=0).headers["x-thrifty-cache"] == "hit-exact"
         # Not deterministic and no opt-in: not cached; opt-in by header: cached.
         assert "x-thrifty-cache" not in ask(a, temperature=0.7).headers
-        assert ask(a, text="hi", temperature=0.7, extra_headers={"x-thrifty-cache": "exact"}).headers[
-            "x-thrifty-cache"] == "miss"
-        assert ask(a, text="hi", temperature=0.7, extra_headers={"x-thrifty-cache": "exact"}).headers[
-            "x-thrifty-cache"] == "hit-exact"
-        assert "x-thrifty-cache" not in ask(a, temperature=0, extra_headers={"x-thrifty-cache": "off"}).headers
+        assert (
+            ask(a, text="hi", temperature=0.7, extra_headers={"x-thrifty-cache": "exact"}).headers[
+                "x-thrifty-cache"
+            ]
+            == "miss"
+        )
+        assert (
+            ask(a, text="hi", temperature=0.7, extra_headers={"x-thrifty-cache": "exact"}).headers[
+                "x-thrifty-cache"
+            ]
+            == "hit-exact"
+        )
+        assert (
+            "x-thrifty-cache"
+            not in ask(a, temperature=0, extra_headers={"x-thrifty-cache": "off"}).headers
+        )
 
         # Streamed request served from the cache.
-        stream = a.chat.completions.create(model="m-ok", messages=[{"role": "user", "content": "What is 2+2?"}],
-                                           temperature=0, stream=True)
+        stream = a.chat.completions.create(
+            model="m-ok",
+            messages=[{"role": "user", "content": "What is 2+2?"}],
+            temperature=0,
+            stream=True,
+        )
         text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
         assert text == first.parse().choices[0].message.content
 
         # A streamed miss is stored too, and served to a non-streamed request.
-        streamed = "".join(ch.choices[0].delta.content or "" for ch in a.chat.completions.create(
-            model="m-ok", messages=[{"role": "user", "content": "stream me"}], temperature=0, stream=True)
-            if ch.choices)
+        streamed = "".join(
+            ch.choices[0].delta.content or ""
+            for ch in a.chat.completions.create(
+                model="m-ok",
+                messages=[{"role": "user", "content": "stream me"}],
+                temperature=0,
+                stream=True,
+            )
+            if ch.choices
+        )
         deadline = time.monotonic() + 5
         while app.pending_stores and time.monotonic() < deadline:
             time.sleep(0.002)
@@ -159,11 +205,15 @@ def test_exact_cache_hits_per_tenant_and_model_and_is_billed_as_a_hit(upstream, 
         assert again.parse().choices[0].message.content == streamed
 
         # Semantic route: a whitespace/case variant hits, a different question does not.
-        assert ask(a, "m-sem", "What is the capital of France?").headers["x-thrifty-cache"] == "miss"
+        assert (
+            ask(a, "m-sem", "What is the capital of France?").headers["x-thrifty-cache"] == "miss"
+        )
         hit = ask(a, "m-sem", "what is the  capital of France?")
         assert hit.headers["x-thrifty-cache"] == "hit-semantic"
         assert ask(a, "m-sem", "What is the capital of Spain?").headers["x-thrifty-cache"] == "miss"
-        assert ask(b, "m-sem", "What is the capital of France?").headers["x-thrifty-cache"] == "miss"
+        assert (
+            ask(b, "m-sem", "What is the capital of France?").headers["x-thrifty-cache"] == "miss"
+        )
 
         # A policy that now forbids the model also forbids its cached answers.
         spend.forbid.add("m-ok")
@@ -175,7 +225,9 @@ def test_exact_cache_hits_per_tenant_and_model_and_is_billed_as_a_hit(upstream, 
         with pytest.raises(openai.BadRequestError, match="x-thrifty-cache"):
             ask(a, extra_headers={"x-thrifty-cache": "sometimes"})
         # Bad bodies still get the gateway's own errors.
-        r = httpx.post(url + "/v1/chat/completions", content=b"{nope", headers={"authorization": "Bearer sk-a"})
+        r = httpx.post(
+            url + "/v1/chat/completions", content=b"{nope", headers={"authorization": "Bearer sk-a"}
+        )
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
 
     hits = [r for r in spend.records if r.cache_hit]
@@ -186,13 +238,18 @@ def test_exact_cache_hits_per_tenant_and_model_and_is_billed_as_a_hit(upstream, 
 
 
 def test_settings_validation():
-    cache, batches = parse_settings({"cache": {"ttl": 60, "routes": {"m": {"mode": "semantic"}}},
-                                     "batches": {"concurrency": 2}})
+    cache, batches = parse_settings(
+        {"cache": {"ttl": 60, "routes": {"m": {"mode": "semantic"}}}, "batches": {"concurrency": 2}}
+    )
     assert cache is not None and cache.ttl == 60 and cache.routes["m"].mode == "semantic"
     assert batches.concurrency == 2 and batches.enabled
     assert parse_settings({})[0] is None
-    for bad in ({"cache": {"ttl": -1}}, {"cache": {"routes": {"m": {"mode": "fuzzy"}}}},
-                {"cache": {"semantic_threshold": 2}}, {"cache": {"routes": {"m": {"share_with": "x"}}}}):
+    for bad in (
+        {"cache": {"ttl": -1}},
+        {"cache": {"routes": {"m": {"mode": "fuzzy"}}}},
+        {"cache": {"semantic_threshold": 2}},
+        {"cache": {"routes": {"m": {"share_with": "x"}}}},
+    ):
         with pytest.raises(UsageError):
             parse_settings(bad)
     _ = asyncio
@@ -204,19 +261,27 @@ def test_batches_resume_at_startup_and_are_served_by_the_wrapper(upstream, tmp_p
 
     async def submit() -> str:
         store = BatchStore(tmp_path / "batches.sqlite3")
-        line = (b'{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": '
-                b'{"model": "m-ok", "messages": [{"role": "user", "content": "hi"}]}}\n')
+        line = (
+            b'{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": '
+            b'{"model": "m-ok", "messages": [{"role": "user", "content": "hi"}]}}\n'
+        )
         f = await store.create_file("key:sk-a", "batch", "in.jsonl", line)
-        batch = await store.create_batch("key:sk-a", {"key_id": "sk-a"}, f["id"], "/v1/chat/completions", "24h")
+        batch = await store.create_batch(
+            "key:sk-a", {"key_id": "sk-a"}, f["id"], "/v1/chat/completions", "24h"
+        )
         await store.close()
         return batch["id"]
 
     batch_id = asyncio.run(submit())  # left unfinished, as by a gateway that stopped
-    config = build_config({
-        "data_dir": str(tmp_path), "frontier_model": "m-ok",
-        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
-        "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
-    }, env={})
+    config = build_config(
+        {
+            "data_dir": str(tmp_path),
+            "frontier_model": "m-ok",
+            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+            "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
+        },
+        env={},
+    )
 
     class KeyOnly(Tenants):
         async def authenticate(self, authorization):
@@ -236,7 +301,9 @@ def test_batches_resume_at_startup_and_are_served_by_the_wrapper(upstream, tmp_p
             time.sleep(0.02)
             batch = client.batches.retrieve(batch_id)
         assert batch.request_counts.completed == 1
-        assert client.chat.completions.create(model="m-ok", messages=[{"role": "user", "content": "x"}]).choices
+        assert client.chat.completions.create(
+            model="m-ok", messages=[{"role": "user", "content": "x"}]
+        ).choices
     assert [r.request_id for r in spend.records if r.batch] == [f"{batch_id}_0"]
 
 
@@ -246,17 +313,23 @@ def test_hits_are_ledger_rows_with_zero_cost_in_the_real_ledger(upstream, tmp_pa
     from thrifty.spend import store
     from thrifty.spend.control import DbSpendControl
 
-    spend = DbSpendControl(f"sqlite:///{tmp_path / 'spend.db'}", tmp_path / "journal", admin_key="sk-thr-admin-x")
+    spend = DbSpendControl(
+        f"sqlite:///{tmp_path / 'spend.db'}", tmp_path / "journal", admin_key="sk-thr-admin-x"
+    )
     secrets = {}
     for team in ("alpha", "beta"):
         store.create_team(spend.db, team)
         secrets[team] = store.create_key(spend.db, team_id=team)[1]
     spend.reload()
-    config = build_config({
-        "data_dir": str(tmp_path), "frontier_model": "m-ok",
-        "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
-        "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
-    }, env={})
+    config = build_config(
+        {
+            "data_dir": str(tmp_path),
+            "frontier_model": "m-ok",
+            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+            "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
+        },
+        env={},
+    )
     app = MultiplierApp(create_app(config, spend=spend), cache=CacheSettings(), batches=None)
     APPS.append(app)
     with running(app) as url:
@@ -266,10 +339,18 @@ def test_hits_are_ledger_rows_with_zero_cost_in_the_real_ledger(upstream, tmp_pa
         assert ask(alpha, temperature=0).headers["x-thrifty-cache"] == "hit-exact"
         assert ask(beta, temperature=0).headers["x-thrifty-cache"] == "miss"
         with pytest.raises(openai.AuthenticationError):
-            ask(openai.OpenAI(base_url=url + "/v1", api_key="sk-wrong", max_retries=0), temperature=0)
+            ask(
+                openai.OpenAI(base_url=url + "/v1", api_key="sk-wrong", max_retries=0),
+                temperature=0,
+            )
     spend.flush()
-    rows = sqlite3.connect(tmp_path / "spend.db").execute(
-        "SELECT team_id, cache_hit, cost_nanos, prompt_tokens, input_price FROM ledger ORDER BY ts").fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "spend.db")
+        .execute(
+            "SELECT team_id, cache_hit, cost_nanos, prompt_tokens, input_price FROM ledger ORDER BY ts"
+        )
+        .fetchall()
+    )
     assert [(r[0], r[1]) for r in rows] == [("alpha", 0), ("alpha", 1), ("beta", 0)]
     hit = rows[1]
     assert hit[2] == 0 and hit[3] > 0 and hit[4] > 0  # zero cost; tokens and prices give the saving
@@ -279,7 +360,9 @@ def test_hits_are_ledger_rows_with_zero_cost_in_the_real_ledger(upstream, tmp_pa
 def test_a_cache_that_is_down_is_a_miss_not_an_error(upstream, tmp_path):
     from thrifty.gateway.testing import free_port
 
-    spend, app = serve(upstream, tmp_path, CacheSettings(backend=f"redis://127.0.0.1:{free_port()}/0"))
+    spend, app = serve(
+        upstream, tmp_path, CacheSettings(backend=f"redis://127.0.0.1:{free_port()}/0")
+    )
     with running(app) as url:
         a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
         for _ in range(2):
@@ -297,8 +380,11 @@ def test_anthropic_messages_are_cached_in_their_own_namespace(upstream, tmp_path
 
         def call(mode: str = "exact"):
             out = client.messages.with_raw_response.create(
-                model="m-ok", max_tokens=20, messages=[{"role": "user", "content": "2+2?"}],
-                extra_headers={"x-thrifty-cache": mode})
+                model="m-ok",
+                max_tokens=20,
+                messages=[{"role": "user", "content": "2+2?"}],
+                extra_headers={"x-thrifty-cache": mode},
+            )
             deadline = time.monotonic() + 5
             while app.pending_stores and time.monotonic() < deadline:
                 time.sleep(0.002)
@@ -310,10 +396,18 @@ def test_anthropic_messages_are_cached_in_their_own_namespace(upstream, tmp_path
         assert second.headers["x-thrifty-cache"] == "hit-exact"
         assert second.parse().content[0].text == first.parse().content[0].text
         # The same body on the OpenAI endpoint is another API: it never gets the Messages answer.
-        same = httpx.post(url + "/v1/chat/completions", headers={"authorization": "Bearer sk-a",
-                                                                  "x-thrifty-cache": "exact"},
-                          json={"model": "m-ok", "max_tokens": 20, "messages": [{"role": "user", "content": "2+2?"}]})
-        assert same.headers["x-thrifty-cache"] == "miss" and same.json()["object"] == "chat.completion"
+        same = httpx.post(
+            url + "/v1/chat/completions",
+            headers={"authorization": "Bearer sk-a", "x-thrifty-cache": "exact"},
+            json={
+                "model": "m-ok",
+                "max_tokens": 20,
+                "messages": [{"role": "user", "content": "2+2?"}],
+            },
+        )
+        assert (
+            same.headers["x-thrifty-cache"] == "miss" and same.json()["object"] == "chat.completion"
+        )
         with pytest.raises(anthropic.BadRequestError):
             call("maybe")
     hits = [r for r in spend.records if r.cache_hit]
@@ -321,18 +415,22 @@ def test_anthropic_messages_are_cached_in_their_own_namespace(upstream, tmp_path
 
 
 def test_semantic_hits_survive_a_gateway_restart(upstream, tmp_path):
-    settings = CacheSettings(backend=str(tmp_path / "cache.sqlite3"), routes={"m-sem": RouteCache(mode="semantic")})
+    settings = CacheSettings(
+        backend=str(tmp_path / "cache.sqlite3"), routes={"m-sem": RouteCache(mode="semantic")}
+    )
     _, app = serve(upstream, tmp_path, settings)
     with running(app) as url:
         a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
         assert ask(a, "m-sem", "Name the largest planet.").headers["x-thrifty-cache"] == "miss"
-    spend, app = serve(upstream, tmp_path, settings)  # a new process: empty index, same store
+    _, app = serve(upstream, tmp_path, settings)  # a new process: empty index, same store
     with running(app) as url:
         a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
         deadline = time.monotonic() + 5
         while (app.pending_stores or app._tasks) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert ask(a, "m-sem", "name the largest planet.").headers["x-thrifty-cache"] == "hit-semantic"
+        assert (
+            ask(a, "m-sem", "name the largest planet.").headers["x-thrifty-cache"] == "hit-semantic"
+        )
 
 
 def test_prefix_affinity_keeps_a_tenants_prefix_on_one_deployment(upstream, tmp_path):
@@ -343,29 +441,59 @@ def test_prefix_affinity_keeps_a_tenants_prefix_on_one_deployment(upstream, tmp_
     second = FakeUpstream("ok")
     second.start()
     try:
-        config = build_config({
-            "data_dir": str(tmp_path), "frontier_model": "pool",
-            "providers": {"vllm-a": {"type": "openai", "base_url": upstream.base_url},
-                          "vllm-b": {"type": "openai", "base_url": second.base_url}},
-            "models": {"pool": {"deployments": [{"provider": "vllm-a", "model": "llama"},
-                                                {"provider": "vllm-b", "model": "llama"}],
-                                "route": False, **PRICE}},
-        }, env={})
-        app = MultiplierApp(create_app(config, spend=Tenants()), cache=None, batches=None,
-                            affinity=AffinitySettings(models=("pool",)))
+        config = build_config(
+            {
+                "data_dir": str(tmp_path),
+                "frontier_model": "pool",
+                "providers": {
+                    "vllm-a": {"type": "openai", "base_url": upstream.base_url},
+                    "vllm-b": {"type": "openai", "base_url": second.base_url},
+                },
+                "models": {
+                    "pool": {
+                        "deployments": [
+                            {"provider": "vllm-a", "model": "llama"},
+                            {"provider": "vllm-b", "model": "llama"},
+                        ],
+                        "route": False,
+                        **PRICE,
+                    }
+                },
+            },
+            env={},
+        )
+        app = MultiplierApp(
+            create_app(config, spend=Tenants()),
+            cache=None,
+            batches=None,
+            affinity=AffinitySettings(models=("pool",)),
+        )
         with running(app) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
 
             def provider(system: str, question: str) -> str:
                 return client.chat.completions.with_raw_response.create(
-                    model="pool", messages=[{"role": "system", "content": system},
-                                            {"role": "user", "content": question}]).headers["x-thrifty-provider"]
+                    model="pool",
+                    messages=[
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": question},
+                    ],
+                ).headers["x-thrifty-provider"]
 
-            tenant = "You are ACME's support assistant. Policies: " + "refunds within 30 days. " * 40
+            tenant = (
+                "You are ACME's support assistant. Policies: " + "refunds within 30 days. " * 40
+            )
             assert len(Counter(provider(tenant, f"question {i}") for i in range(12))) == 1
-            assert set(provider(f"tenant {i} " + "x" * 600, "hi") for i in range(30)) == {"vllm-a", "vllm-b"}
+            assert {provider(f"tenant {i} " + "x" * 600, "hi") for i in range(30)} == {
+                "vllm-a",
+                "vllm-b",
+            }
     finally:
         second.stop()
     with pytest.raises(UsageError, match="two or more deployments"):
-        MultiplierApp(create_app(config, spend=Tenants()), cache=None, batches=None,
-                      affinity=AffinitySettings(models=("nope",)))
+        MultiplierApp(
+            create_app(config, spend=Tenants()),
+            cache=None,
+            batches=None,
+            affinity=AffinitySettings(models=("nope",)),
+        )

@@ -19,7 +19,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["PrefixAffinity", "RoundRobin", "prefix_text"]
 
@@ -48,8 +49,14 @@ def prefix_text(messages: Iterable[Mapping[str, Any]], limit: int) -> str:
 class PrefixAffinity:
     """Consistent hashing over prompt prefixes with bounded load, across named deployments."""
 
-    def __init__(self, deployments: Sequence[str], *, load_factor: float = 1.25, vnodes: int = 64,
-                 key_chars: int = 512) -> None:
+    def __init__(
+        self,
+        deployments: Sequence[str],
+        *,
+        load_factor: float = 1.25,
+        vnodes: int = 64,
+        key_chars: int = 512,
+    ) -> None:
         if not deployments:
             raise ValueError("prefix affinity needs at least one deployment")
         if load_factor < 1.0:
@@ -57,7 +64,11 @@ class PrefixAffinity:
         self.deployments = list(dict.fromkeys(deployments))
         self.load_factor = load_factor
         self.key_chars = key_chars
-        ring = sorted((_hash(f"{name}#{v}".encode()), name) for name in self.deployments for v in range(vnodes))
+        ring = sorted(
+            (_hash(f"{name}#{v}".encode()), name)
+            for name in self.deployments
+            for v in range(vnodes)
+        )
         self._points = [p for p, _ in ring]
         self._owners = [n for _, n in ring]
         self.in_flight: dict[str, int] = {name: 0 for name in self.deployments}
@@ -121,12 +132,20 @@ class DeploymentAffinity:
     order to try its deployments for a request (``order``), with in-flight counts kept by
     ``acquire``/``release`` around each upstream call."""
 
-    def __init__(self, models: Mapping[str, Sequence[Any]], *, load_factor: float = 1.25,
-                 key_chars: int = 512) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, Sequence[Any]],
+        *,
+        load_factor: float = 1.25,
+        key_chars: int = 512,
+    ) -> None:
         self.by_model: dict[str, tuple[PrefixAffinity, dict[str, Any]]] = {}
         for name, deployments in models.items():
             keyed = {d.key: d for d in deployments}
-            self.by_model[name] = (PrefixAffinity(list(keyed), load_factor=load_factor, key_chars=key_chars), keyed)
+            self.by_model[name] = (
+                PrefixAffinity(list(keyed), load_factor=load_factor, key_chars=key_chars),
+                keyed,
+            )
 
     def __contains__(self, model: str) -> bool:
         return model in self.by_model

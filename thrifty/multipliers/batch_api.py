@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -19,16 +20,27 @@ __all__ = ["batch_mounts"]
 Authenticate = Callable[[str | None], Awaitable[Any]]  # SpendControl.authenticate
 
 
-def _error(status: int, message: str, type_: str, code: str | None, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status)
+def _error(
+    status: int, message: str, type_: str, code: str | None, param: str | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status
+    )
 
 
 def _principal_fields(p: Any) -> dict[str, Any]:
-    return {"key_id": p.key_id, "user_id": p.user_id, "team_id": p.team_id, "tags": list(p.tags),
-            "routing_profile": p.routing_profile}
+    return {
+        "key_id": p.key_id,
+        "user_id": p.user_id,
+        "team_id": p.team_id,
+        "tags": list(p.tags),
+        "routing_profile": p.routing_profile,
+    }
 
 
-def batch_mounts(store: BatchStore, runner: BatchRunner, authenticate: Authenticate) -> dict[str, Any]:
+def batch_mounts(
+    store: BatchStore, runner: BatchRunner, authenticate: Authenticate
+) -> dict[str, Any]:
     """``{"/v1/files": app, "/v1/batches": app}`` for ``create_app(..., mounts=...)``."""
 
     def handler(fn: Callable[[Request, str, dict[str, Any]], Awaitable[Response]]):
@@ -61,8 +73,11 @@ def batch_mounts(store: BatchStore, runner: BatchRunner, authenticate: Authentic
     # -- files --
     async def upload(request: Request, owner: str, _: dict[str, Any]) -> Response:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise BatchError(400, "Upload the file as multipart/form-data with fields 'file' and 'purpose'.",
-                             param="file")
+            raise BatchError(
+                400,
+                "Upload the file as multipart/form-data with fields 'file' and 'purpose'.",
+                param="file",
+            )
         form = await request.form()
         upload_ = form.get("file")
         purpose = form.get("purpose")
@@ -71,10 +86,14 @@ def batch_mounts(store: BatchStore, runner: BatchRunner, authenticate: Authentic
         if not isinstance(purpose, str):
             raise BatchError(400, "Missing required parameter: 'purpose'.", param="purpose")
         content = await upload_.read()
-        return JSONResponse(await store.create_file(owner, purpose, upload_.filename or "upload.jsonl", content))
+        return JSONResponse(
+            await store.create_file(owner, purpose, upload_.filename or "upload.jsonl", content)
+        )
 
     async def list_files(request: Request, owner: str, _: dict[str, Any]) -> Response:
-        return JSONResponse({"object": "list", "data": await store.list_files(owner), "has_more": False})
+        return JSONResponse(
+            {"object": "list", "data": await store.list_files(owner), "has_more": False}
+        )
 
     async def get_file(request: Request, owner: str, _: dict[str, Any]) -> Response:
         return JSONResponse(await store.get_file(owner, request.path_params["id"]))
@@ -89,8 +108,14 @@ def batch_mounts(store: BatchStore, runner: BatchRunner, authenticate: Authentic
     # -- batches --
     async def create_batch(request: Request, owner: str, principal: dict[str, Any]) -> Response:
         body = await json_body(request)
-        batch = await store.create_batch(owner, principal, body.get("input_file_id"), body.get("endpoint"),
-                                         body.get("completion_window"), body.get("metadata"))
+        batch = await store.create_batch(
+            owner,
+            principal,
+            body.get("input_file_id"),
+            body.get("endpoint"),
+            body.get("completion_window"),
+            body.get("metadata"),
+        )
         runner.wake()
         return JSONResponse(batch)
 
@@ -100,9 +125,15 @@ def batch_mounts(store: BatchStore, runner: BatchRunner, authenticate: Authentic
         except ValueError:
             raise BatchError(400, "Invalid 'limit': expected an integer.", param="limit") from None
         data = await store.list_batches(owner, limit)
-        return JSONResponse({"object": "list", "data": data, "has_more": False,
-                             "first_id": data[0]["id"] if data else None,
-                             "last_id": data[-1]["id"] if data else None})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
 
     async def get_batch(request: Request, owner: str, _: dict[str, Any]) -> Response:
         return JSONResponse(await store.get_batch(owner, request.path_params["id"]))
@@ -113,27 +144,39 @@ def batch_mounts(store: BatchStore, runner: BatchRunner, authenticate: Authentic
         return JSONResponse(batch)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _error(404, f"Unknown path: {request.url.path}.", "invalid_request_error", "not_found")
+        return _error(
+            404, f"Unknown path: {request.url.path}.", "invalid_request_error", "not_found"
+        )
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return _error(405, f"Method {request.method} not allowed on {request.url.path}.", "invalid_request_error",
-                      "method_not_allowed")
+        return _error(
+            405,
+            f"Method {request.method} not allowed on {request.url.path}.",
+            "invalid_request_error",
+            "method_not_allowed",
+        )
 
     async def internal(request: Request, exc: Exception) -> Response:
         return _error(500, "Internal gateway error.", "api_error", "internal_error")
 
     errors = {404: not_found, 405: not_allowed, 500: internal}
-    files = Starlette(routes=[
-        Route("/", handler(upload), methods=["POST"]),
-        Route("/", handler(list_files), methods=["GET"]),
-        Route("/{id}", handler(get_file), methods=["GET"]),
-        Route("/{id}", handler(delete_file), methods=["DELETE"]),
-        Route("/{id}/content", handler(file_content), methods=["GET"]),
-    ], exception_handlers=errors)
-    batches = Starlette(routes=[
-        Route("/", handler(create_batch), methods=["POST"]),
-        Route("/", handler(list_batches), methods=["GET"]),
-        Route("/{id}", handler(get_batch), methods=["GET"]),
-        Route("/{id}/cancel", handler(cancel_batch), methods=["POST"]),
-    ], exception_handlers=errors)
+    files = Starlette(
+        routes=[
+            Route("/", handler(upload), methods=["POST"]),
+            Route("/", handler(list_files), methods=["GET"]),
+            Route("/{id}", handler(get_file), methods=["GET"]),
+            Route("/{id}", handler(delete_file), methods=["DELETE"]),
+            Route("/{id}/content", handler(file_content), methods=["GET"]),
+        ],
+        exception_handlers=errors,
+    )
+    batches = Starlette(
+        routes=[
+            Route("/", handler(create_batch), methods=["POST"]),
+            Route("/", handler(list_batches), methods=["GET"]),
+            Route("/{id}", handler(get_batch), methods=["GET"]),
+            Route("/{id}/cancel", handler(cancel_batch), methods=["POST"]),
+        ],
+        exception_handlers=errors,
+    )
     return {"/v1/files": files, "/v1/batches": batches}

@@ -23,9 +23,10 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -40,16 +41,30 @@ MAX_LINES = 50_000
 DONE = ("completed", "failed", "expired", "cancelled")
 
 # (principal fields, endpoint, request body, request id) -> (HTTP status, response body)
-Executor = Callable[[dict[str, Any], str, dict[str, Any], str], Awaitable[tuple[int, dict[str, Any]]]]
+Executor = Callable[
+    [dict[str, Any], str, dict[str, Any], str], Awaitable[tuple[int, dict[str, Any]]]
+]
 
 
 class BatchError(Exception):
     """A refused files/batches request, rendered in OpenAI's error format."""
 
-    def __init__(self, status: int, message: str, code: str = "invalid_request", param: str | None = None,
-                 type: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str = "invalid_request",
+        param: str | None = None,
+        type: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.code, self.param, self.type = status, message, code, param, type
+        self.status, self.message, self.code, self.param, self.type = (
+            status,
+            message,
+            code,
+            param,
+            type,
+        )
 
 
 def line_request_id(batch_id: str, line: int) -> str:
@@ -88,9 +103,13 @@ class BatchStore:
         self._conn = self._pool.submit(self._connect).result()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # a finished line must survive power loss: it was billed
+        conn.execute(
+            "PRAGMA synchronous=FULL"
+        )  # a finished line must survive power loss: it was billed
         conn.executescript(SCHEMA)
         return conn
 
@@ -106,66 +125,115 @@ class BatchStore:
     @staticmethod
     def _file_obj(row: tuple) -> dict[str, Any]:
         fid, purpose, filename, size, created = row
-        return {"id": fid, "object": "file", "bytes": size, "created_at": created, "filename": filename,
-                "purpose": purpose, "status": "processed", "status_details": None}
+        return {
+            "id": fid,
+            "object": "file",
+            "bytes": size,
+            "created_at": created,
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "status_details": None,
+        }
 
-    async def create_file(self, owner: str, purpose: str, filename: str, content: bytes) -> dict[str, Any]:
+    async def create_file(
+        self, owner: str, purpose: str, filename: str, content: bytes
+    ) -> dict[str, Any]:
         if purpose != "batch":  # batch_output files are written by the runner, not uploaded
-            raise BatchError(400, f"Invalid purpose {purpose!r}: this gateway stores files for 'batch' only.",
-                             param="purpose")
+            raise BatchError(
+                400,
+                f"Invalid purpose {purpose!r}: this gateway stores files for 'batch' only.",
+                param="purpose",
+            )
         if len(content) > MAX_FILE_BYTES:
             raise BatchError(413, f"File is larger than {MAX_FILE_BYTES} bytes.", param="file")
         fid, now = _new_id("file-"), int(time.time())
 
         def put() -> None:
-            self._conn.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (fid, owner, purpose, filename, len(content), now, content))
+            self._conn.execute(
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (fid, owner, purpose, filename, len(content), now, content),
+            )
 
         await self._run(put)
         return self._file_obj((fid, purpose, filename, len(content), now))
 
     async def get_file(self, owner: str, file_id: str) -> dict[str, Any]:
-        row = await self._run(lambda: self._conn.execute(
-            "SELECT id, purpose, filename, bytes, created_at FROM files WHERE id = ? AND owner = ?",
-            (file_id, owner)).fetchone())
+        row = await self._run(
+            lambda: self._conn.execute(
+                "SELECT id, purpose, filename, bytes, created_at FROM files WHERE id = ? AND owner = ?",
+                (file_id, owner),
+            ).fetchone()
+        )
         if row is None:
-            raise BatchError(404, f"No such File object: {file_id}", code="not_found", param="file_id",
-                             type="invalid_request_error")
+            raise BatchError(
+                404,
+                f"No such File object: {file_id}",
+                code="not_found",
+                param="file_id",
+                type="invalid_request_error",
+            )
         return self._file_obj(row)
 
     async def file_content(self, owner: str, file_id: str) -> bytes:
-        row = await self._run(lambda: self._conn.execute(
-            "SELECT content FROM files WHERE id = ? AND owner = ?", (file_id, owner)).fetchone())
+        row = await self._run(
+            lambda: self._conn.execute(
+                "SELECT content FROM files WHERE id = ? AND owner = ?", (file_id, owner)
+            ).fetchone()
+        )
         if row is None:
-            raise BatchError(404, f"No such File object: {file_id}", code="not_found", param="file_id")
+            raise BatchError(
+                404, f"No such File object: {file_id}", code="not_found", param="file_id"
+            )
         return bytes(row[0])
 
     async def list_files(self, owner: str) -> list[dict[str, Any]]:
-        rows = await self._run(lambda: self._conn.execute(
-            "SELECT id, purpose, filename, bytes, created_at FROM files WHERE owner = ? ORDER BY created_at DESC",
-            (owner,)).fetchall())
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT id, purpose, filename, bytes, created_at FROM files WHERE owner = ? ORDER BY created_at DESC",
+                (owner,),
+            ).fetchall()
+        )
         return [self._file_obj(r) for r in rows]
 
     async def delete_file(self, owner: str, file_id: str) -> dict[str, Any]:
         await self.get_file(owner, file_id)
-        await self._run(lambda: self._conn.execute("DELETE FROM files WHERE id = ? AND owner = ?",
-                                                   (file_id, owner)))
+        await self._run(
+            lambda: self._conn.execute(
+                "DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner)
+            )
+        )
         return {"id": file_id, "object": "file", "deleted": True}
 
     # -- batches -------------------------------------------------------------------------
 
-    async def create_batch(self, owner: str, principal: dict[str, Any], input_file_id: Any, endpoint: Any,
-                           completion_window: Any, metadata: Any = None) -> dict[str, Any]:
+    async def create_batch(
+        self,
+        owner: str,
+        principal: dict[str, Any],
+        input_file_id: Any,
+        endpoint: Any,
+        completion_window: Any,
+        metadata: Any = None,
+    ) -> dict[str, Any]:
         if endpoint not in ENDPOINTS:
-            raise BatchError(400, f"Invalid endpoint {endpoint!r}: supported are {', '.join(ENDPOINTS)}.",
-                             param="endpoint")
+            raise BatchError(
+                400,
+                f"Invalid endpoint {endpoint!r}: supported are {', '.join(ENDPOINTS)}.",
+                param="endpoint",
+            )
         if completion_window not in WINDOWS:
-            raise BatchError(400, f"Invalid completion_window {completion_window!r}: supported is '24h'.",
-                             param="completion_window")
+            raise BatchError(
+                400,
+                f"Invalid completion_window {completion_window!r}: supported is '24h'.",
+                param="completion_window",
+            )
         if metadata is not None and not isinstance(metadata, dict):
             raise BatchError(400, "Invalid metadata: expected an object.", param="metadata")
         if not isinstance(input_file_id, str):
-            raise BatchError(400, "Missing required parameter: 'input_file_id'.", param="input_file_id")
+            raise BatchError(
+                400, "Missing required parameter: 'input_file_id'.", param="input_file_id"
+            )
         lines = _parse_lines(await self.file_content(owner, input_file_id), endpoint)
         bid, now = _new_id("batch_"), int(time.time())
 
@@ -176,19 +244,37 @@ class BatchStore:
                     "INSERT INTO batches (id, owner, principal, endpoint, input_file_id, completion_window, status,"
                     " created_at, in_progress_at, expires_at, total, metadata)"
                     " VALUES (?, ?, ?, ?, ?, ?, 'in_progress', ?, ?, ?, ?, ?)",
-                    (bid, owner, orjson.dumps(principal).decode(), endpoint, input_file_id, completion_window,
-                     now, now, now + 24 * 3600, len(lines), orjson.dumps(metadata).decode()))
+                    (
+                        bid,
+                        owner,
+                        orjson.dumps(principal).decode(),
+                        endpoint,
+                        input_file_id,
+                        completion_window,
+                        now,
+                        now,
+                        now + 24 * 3600,
+                        len(lines),
+                        orjson.dumps(metadata).decode(),
+                    ),
+                )
                 self._conn.executemany(
                     "INSERT INTO batch_lines (batch_id, line, custom_id, body) VALUES (?, ?, ?, ?)",
-                    [(bid, i, cid, orjson.dumps(body).decode()) for i, (cid, body) in enumerate(lines)])
+                    [
+                        (bid, i, cid, orjson.dumps(body).decode())
+                        for i, (cid, body) in enumerate(lines)
+                    ],
+                )
 
         await self._run(put)
         return await self.get_batch(owner, bid)
 
     def _batch_row(self, batch_id: str, owner: str | None) -> tuple | None:
-        sql = ("SELECT id, endpoint, input_file_id, completion_window, status, created_at, in_progress_at,"
-               " finalizing_at, completed_at, cancelling_at, cancelled_at, expires_at, output_file_id,"
-               " error_file_id, total, metadata FROM batches WHERE id = ?")
+        sql = (
+            "SELECT id, endpoint, input_file_id, completion_window, status, created_at, in_progress_at,"
+            " finalizing_at, completed_at, cancelling_at, cancelled_at, expires_at, output_file_id,"
+            " error_file_id, total, metadata FROM batches WHERE id = ?"
+        )
         args: tuple = (batch_id,)
         if owner is not None:
             sql += " AND owner = ?"
@@ -198,99 +284,182 @@ class BatchStore:
             return None
         counts = self._conn.execute(
             "SELECT count(status_code), sum(status_code >= 400) FROM batch_lines WHERE batch_id = ?",
-            (batch_id,)).fetchone()
+            (batch_id,),
+        ).fetchone()
         return row + (counts[0] or 0, counts[1] or 0)
 
     @staticmethod
     def _batch_obj(row: tuple) -> dict[str, Any]:
-        (bid, endpoint, input_file_id, window, status, created, in_progress, finalizing, completed, cancelling,
-         cancelled, expires, output, error, total, metadata, done, failed) = row
-        return {"id": bid, "object": "batch", "endpoint": endpoint, "errors": None,
-                "input_file_id": input_file_id, "completion_window": window, "status": status,
-                "output_file_id": output, "error_file_id": error, "created_at": created,
-                "in_progress_at": in_progress, "expires_at": expires, "finalizing_at": finalizing,
-                "completed_at": completed, "failed_at": None, "expired_at": None, "cancelling_at": cancelling,
-                "cancelled_at": cancelled,
-                "request_counts": {"total": total, "completed": done - failed, "failed": failed},
-                "metadata": orjson.loads(metadata) if metadata else None}
+        (
+            bid,
+            endpoint,
+            input_file_id,
+            window,
+            status,
+            created,
+            in_progress,
+            finalizing,
+            completed,
+            cancelling,
+            cancelled,
+            expires,
+            output,
+            error,
+            total,
+            metadata,
+            done,
+            failed,
+        ) = row
+        return {
+            "id": bid,
+            "object": "batch",
+            "endpoint": endpoint,
+            "errors": None,
+            "input_file_id": input_file_id,
+            "completion_window": window,
+            "status": status,
+            "output_file_id": output,
+            "error_file_id": error,
+            "created_at": created,
+            "in_progress_at": in_progress,
+            "expires_at": expires,
+            "finalizing_at": finalizing,
+            "completed_at": completed,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": cancelling,
+            "cancelled_at": cancelled,
+            "request_counts": {"total": total, "completed": done - failed, "failed": failed},
+            "metadata": orjson.loads(metadata) if metadata else None,
+        }
 
     async def get_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         row = await self._run(self._batch_row, batch_id, owner)
         if row is None:
-            raise BatchError(404, f"No batch found with id '{batch_id}'.", code="not_found", param="batch_id")
+            raise BatchError(
+                404, f"No batch found with id '{batch_id}'.", code="not_found", param="batch_id"
+            )
         return self._batch_obj(row)
 
     async def list_batches(self, owner: str, limit: int = 20) -> list[dict[str, Any]]:
-        ids = await self._run(lambda: [r[0] for r in self._conn.execute(
-            "SELECT id FROM batches WHERE owner = ? ORDER BY created_at DESC, id LIMIT ?", (owner, limit))])
+        ids = await self._run(
+            lambda: [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT id FROM batches WHERE owner = ? ORDER BY created_at DESC, id LIMIT ?",
+                    (owner, limit),
+                )
+            ]
+        )
         return [await self.get_batch(owner, i) for i in ids]
 
     async def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         batch = await self.get_batch(owner, batch_id)
         if batch["status"] in DONE:
-            raise BatchError(409, f"Cannot cancel a batch with status '{batch['status']}'.", code="conflict")
-        await self._run(lambda: self._conn.execute(
-            "UPDATE batches SET status = 'cancelling', cancelling_at = ? WHERE id = ? AND status = 'in_progress'",
-            (int(time.time()), batch_id)))
+            raise BatchError(
+                409, f"Cannot cancel a batch with status '{batch['status']}'.", code="conflict"
+            )
+        await self._run(
+            lambda: self._conn.execute(
+                "UPDATE batches SET status = 'cancelling', cancelling_at = ? WHERE id = ? AND status = 'in_progress'",
+                (int(time.time()), batch_id),
+            )
+        )
         return await self.get_batch(owner, batch_id)
 
     # -- the runner's side -----------------------------------------------------------------
 
     async def unfinished(self) -> list[str]:
-        return await self._run(lambda: [r[0] for r in self._conn.execute(
-            "SELECT id FROM batches WHERE status IN ('in_progress', 'finalizing', 'cancelling') ORDER BY created_at")])
+        return await self._run(
+            lambda: [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT id FROM batches WHERE status IN ('in_progress', 'finalizing', 'cancelling') ORDER BY created_at"
+                )
+            ]
+        )
 
     async def batch_job(self, batch_id: str) -> tuple[str, str, dict[str, Any]]:
         """(status, endpoint, principal) for the runner."""
-        row = await self._run(lambda: self._conn.execute(
-            "SELECT status, endpoint, principal FROM batches WHERE id = ?", (batch_id,)).fetchone())
+        row = await self._run(
+            lambda: self._conn.execute(
+                "SELECT status, endpoint, principal FROM batches WHERE id = ?", (batch_id,)
+            ).fetchone()
+        )
         return row[0], row[1], orjson.loads(row[2])
 
     async def pending(self, batch_id: str, limit: int) -> list[tuple[int, dict[str, Any]]]:
         """Unfinished lines not handed to a provider's batch API."""
-        rows = await self._run(lambda: self._conn.execute(
-            "SELECT line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL AND upstream IS NULL"
-            " ORDER BY line LIMIT ?", (batch_id, limit)).fetchall())
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL AND upstream IS NULL"
+                " ORDER BY line LIMIT ?",
+                (batch_id, limit),
+            ).fetchall()
+        )
         return [(line, orjson.loads(body)) for line, body in rows]
 
     async def assign_upstream(self, batch_id: str, lines: list[int], tag: str) -> None:
         """Record that ``lines`` went to a provider's batch ``tag`` (so a restart polls it again)."""
-        await self._run(lambda: self._conn.executemany(
-            "UPDATE batch_lines SET upstream = ? WHERE batch_id = ? AND line = ?",
-            [(tag, batch_id, line) for line in lines]))
+        await self._run(
+            lambda: self._conn.executemany(
+                "UPDATE batch_lines SET upstream = ? WHERE batch_id = ? AND line = ?",
+                [(tag, batch_id, line) for line in lines],
+            )
+        )
 
     async def upstream_pending(self, batch_id: str) -> dict[str, list[tuple[int, dict[str, Any]]]]:
-        rows = await self._run(lambda: self._conn.execute(
-            "SELECT upstream, line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL"
-            " AND upstream IS NOT NULL ORDER BY line", (batch_id,)).fetchall())
+        rows = await self._run(
+            lambda: self._conn.execute(
+                "SELECT upstream, line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL"
+                " AND upstream IS NOT NULL ORDER BY line",
+                (batch_id,),
+            ).fetchall()
+        )
         out: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for tag, line, body in rows:
             out.setdefault(tag, []).append((line, orjson.loads(body)))
         return out
 
     async def unfinished_count(self, batch_id: str) -> int:
-        return await self._run(lambda: self._conn.execute(
-            "SELECT count(*) FROM batch_lines WHERE batch_id = ? AND status_code IS NULL", (batch_id,)).fetchone()[0])
+        return await self._run(
+            lambda: self._conn.execute(
+                "SELECT count(*) FROM batch_lines WHERE batch_id = ? AND status_code IS NULL",
+                (batch_id,),
+            ).fetchone()[0]
+        )
 
-    async def finish_line(self, batch_id: str, line: int, status: int, response: dict[str, Any]) -> None:
-        await self._run(lambda: self._conn.execute(
-            "UPDATE batch_lines SET status_code = ?, response = ? WHERE batch_id = ? AND line = ?",
-            (status, orjson.dumps(response).decode(), batch_id, line)))
+    async def finish_line(
+        self, batch_id: str, line: int, status: int, response: dict[str, Any]
+    ) -> None:
+        await self._run(
+            lambda: self._conn.execute(
+                "UPDATE batch_lines SET status_code = ?, response = ? WHERE batch_id = ? AND line = ?",
+                (status, orjson.dumps(response).decode(), batch_id, line),
+            )
+        )
 
     async def finalize(self, batch_id: str) -> None:
         """Write the output and error files and close the batch (cancelled if it was cancelling)."""
 
         def work() -> None:
-            owner, status = self._conn.execute("SELECT owner, status FROM batches WHERE id = ?",
-                                               (batch_id,)).fetchone()
+            owner, status = self._conn.execute(
+                "SELECT owner, status FROM batches WHERE id = ?", (batch_id,)
+            ).fetchone()
             out, err = [], []
             for line, cid, code, resp in self._conn.execute(
-                    "SELECT line, custom_id, status_code, response FROM batch_lines WHERE batch_id = ?"
-                    " AND status_code IS NOT NULL ORDER BY line", (batch_id,)):
+                "SELECT line, custom_id, status_code, response FROM batch_lines WHERE batch_id = ?"
+                " AND status_code IS NOT NULL ORDER BY line",
+                (batch_id,),
+            ):
                 body = orjson.loads(resp)
                 rid = line_request_id(batch_id, line)
-                record = {"id": f"batch_req_{rid}", "custom_id": cid,
-                          "response": {"status_code": code, "request_id": rid, "body": body}, "error": None}
+                record = {
+                    "id": f"batch_req_{rid}",
+                    "custom_id": cid,
+                    "response": {"status_code": code, "request_id": rid, "body": body},
+                    "error": None,
+                }
                 (out if code < 400 else err).append(orjson.dumps(record))
             now = int(time.time())
             ids = []
@@ -302,14 +471,17 @@ class BatchStore:
                         continue
                     fid = _new_id("file-")
                     content = b"\n".join(rows) + b"\n"
-                    self._conn.execute("INSERT INTO files VALUES (?, ?, 'batch_output', ?, ?, ?, ?)",
-                                       (fid, owner, f"{batch_id}_{name}.jsonl", len(content), now, content))
+                    self._conn.execute(
+                        "INSERT INTO files VALUES (?, ?, 'batch_output', ?, ?, ?, ?)",
+                        (fid, owner, f"{batch_id}_{name}.jsonl", len(content), now, content),
+                    )
                     ids.append(fid)
                 final = "cancelled" if status == "cancelling" else "completed"
                 self._conn.execute(
                     f"UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, finalizing_at = ?,"
                     f" {'cancelled_at' if final == 'cancelled' else 'completed_at'} = ? WHERE id = ?",
-                    (final, ids[0], ids[1], now, now, batch_id))
+                    (final, ids[0], ids[1], now, now, batch_id),
+                )
 
         await self._run(work)
 
@@ -324,20 +496,35 @@ def _parse_lines(content: bytes, endpoint: str) -> list[tuple[str, dict[str, Any
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise BatchError(400, f"Line {n} of the input file is not valid JSON.", param="input_file_id") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("custom_id"), str) \
-                or not isinstance(doc.get("body"), dict):
-            raise BatchError(400, f"Line {n} of the input file needs a string 'custom_id' and an object 'body'.",
-                             param="input_file_id")
+            raise BatchError(
+                400, f"Line {n} of the input file is not valid JSON.", param="input_file_id"
+            ) from None
+        if (
+            not isinstance(doc, dict)
+            or not isinstance(doc.get("custom_id"), str)
+            or not isinstance(doc.get("body"), dict)
+        ):
+            raise BatchError(
+                400,
+                f"Line {n} of the input file needs a string 'custom_id' and an object 'body'.",
+                param="input_file_id",
+            )
         if doc.get("method", "POST") != "POST" or doc.get("url", endpoint) != endpoint:
-            raise BatchError(400, f"Line {n} of the input file must be a POST to {endpoint} (the batch's "
-                             "endpoint).", param="input_file_id")
+            raise BatchError(
+                400,
+                f"Line {n} of the input file must be a POST to {endpoint} (the batch's endpoint).",
+                param="input_file_id",
+            )
         if doc["custom_id"] in seen:
-            raise BatchError(400, f"Line {n}: duplicate custom_id {doc['custom_id']!r}.", param="input_file_id")
+            raise BatchError(
+                400, f"Line {n}: duplicate custom_id {doc['custom_id']!r}.", param="input_file_id"
+            )
         seen.add(doc["custom_id"])
         out.append((doc["custom_id"], doc["body"]))
         if len(out) > MAX_LINES:
-            raise BatchError(400, f"The input file has more than {MAX_LINES} requests.", param="input_file_id")
+            raise BatchError(
+                400, f"The input file has more than {MAX_LINES} requests.", param="input_file_id"
+            )
     if not out:
         raise BatchError(400, "The input file has no requests.", param="input_file_id")
     return out
@@ -346,7 +533,9 @@ def _parse_lines(content: bytes, endpoint: str) -> list[tuple[str, dict[str, Any
 class BatchRunner:
     """Works through unfinished batches in the background, ``concurrency`` lines at a time."""
 
-    def __init__(self, store: BatchStore, executor: Executor, *, concurrency: int = 4, poll: float = 1.0) -> None:
+    def __init__(
+        self, store: BatchStore, executor: Executor, *, concurrency: int = 4, poll: float = 1.0
+    ) -> None:
         self.store = store
         self.executor = executor
         self.concurrency = concurrency
@@ -356,7 +545,9 @@ class BatchRunner:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="thrifty-batch-runner")
+            self._task = asyncio.get_running_loop().create_task(
+                self._loop(), name="thrifty-batch-runner"
+            )
 
     def wake(self) -> None:
         self._wake.set()
@@ -382,7 +573,7 @@ class BatchRunner:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def run_batch(self, batch_id: str) -> None:
@@ -398,7 +589,9 @@ class BatchRunner:
             lines = await self.store.pending(batch_id, self.concurrency)
             if not lines:
                 break
-            await asyncio.gather(*(self._one(batch_id, endpoint, principal, line, body) for line, body in lines))
+            await asyncio.gather(
+                *(self._one(batch_id, endpoint, principal, line, body) for line, body in lines)
+            )
             status = (await self.store.batch_job(batch_id))[0]
         if upstream is not None:
             for tag, items in (await self.store.upstream_pending(batch_id)).items():
@@ -408,12 +601,28 @@ class BatchRunner:
         if status != "in_progress" or await self.store.unfinished_count(batch_id) == 0:
             await self.store.finalize(batch_id)
 
-    async def _one(self, batch_id: str, endpoint: str, principal: dict[str, Any], line: int,
-                   body: dict[str, Any]) -> None:
+    async def _one(
+        self,
+        batch_id: str,
+        endpoint: str,
+        principal: dict[str, Any],
+        line: int,
+        body: dict[str, Any],
+    ) -> None:
         try:
-            code, response = await self.executor(principal, endpoint, body, line_request_id(batch_id, line))
+            code, response = await self.executor(
+                principal, endpoint, body, line_request_id(batch_id, line)
+            )
         except Exception as exc:  # the line fails, the batch goes on
             log.warning("batch %s line %d failed: %s", batch_id, line, type(exc).__name__)
-            code, response = 500, {"error": {"message": "internal error executing this request",
-                                             "type": "api_error", "code": "internal_error"}}
+            code, response = (
+                500,
+                {
+                    "error": {
+                        "message": "internal error executing this request",
+                        "type": "api_error",
+                        "code": "internal_error",
+                    }
+                },
+            )
         await self.store.finish_line(batch_id, line, code, response)

@@ -25,21 +25,40 @@ import asyncio
 import hashlib
 import sqlite3
 import time
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
 import orjson
 
 __all__ = [
-    "CacheEntry", "CachePolicy", "CacheStore", "ExactCache", "RedisCacheStore", "SQLiteCacheStore",
-    "cache_key", "cache_mode", "normalize_request", "scope_of",
+    "CacheEntry",
+    "CachePolicy",
+    "CacheStore",
+    "ExactCache",
+    "RedisCacheStore",
+    "SQLiteCacheStore",
+    "cache_key",
+    "cache_mode",
+    "normalize_request",
+    "scope_of",
 ]
 
 # Request fields that cannot change the answer: left out of the key.
-IGNORED_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier",
-                            "parallel_tool_calls_hint", "model"})
+IGNORED_FIELDS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "parallel_tool_calls_hint",
+        "model",
+    }
+)
 MODES = ("exact", "semantic", "off")
 
 
@@ -76,16 +95,26 @@ class CacheEntry:
     query: str | None = None  # semantic entries: the matched text, so the index can be rebuilt
 
     def dumps(self) -> bytes:
-        d = {"b": self.body.decode(), "m": self.model, "p": self.provider, "pt": self.prompt_tokens,
-             "ct": self.completion_tokens, "c": self.cost_usd, "t": self.created, "s": self.scope}
+        d = {
+            "b": self.body.decode(),
+            "m": self.model,
+            "p": self.provider,
+            "pt": self.prompt_tokens,
+            "ct": self.completion_tokens,
+            "c": self.cost_usd,
+            "t": self.created,
+            "s": self.scope,
+        }
         if self.query is not None:
             d["q"] = self.query
         return orjson.dumps(d)
 
     @classmethod
-    def loads(cls, raw: bytes) -> "CacheEntry":
+    def loads(cls, raw: bytes) -> CacheEntry:
         d = orjson.loads(raw)
-        return cls(d["b"].encode(), d["m"], d["p"], d["pt"], d["ct"], d["c"], d["t"], d["s"], d.get("q"))
+        return cls(
+            d["b"].encode(), d["m"], d["p"], d["pt"], d["ct"], d["c"], d["t"], d["s"], d.get("q")
+        )
 
 
 def scope_of(team_id: str | None, key_id: str | None) -> str:
@@ -104,8 +133,9 @@ def cache_mode(header: str | None, policy: CachePolicy, body: Mapping[str, Any])
     if header is not None:
         mode = header.strip().lower()
         if mode not in MODES:
-            raise CacheError(f"Invalid x-thrifty-cache header {header!r}: expected one of "
-                             f"{', '.join(MODES)}.")
+            raise CacheError(
+                f"Invalid x-thrifty-cache header {header!r}: expected one of {', '.join(MODES)}."
+            )
         return mode
     if policy.mode is not None:
         return policy.mode
@@ -116,8 +146,9 @@ def cache_mode(header: str | None, policy: CachePolicy, body: Mapping[str, Any])
 
 def normalize_request(body: Mapping[str, Any]) -> bytes:
     """The request as the key sees it: answer-relevant fields only, keys sorted."""
-    return orjson.dumps({k: v for k, v in body.items() if k not in IGNORED_FIELDS},
-                        option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(
+        {k: v for k, v in body.items() if k not in IGNORED_FIELDS}, option=orjson.OPT_SORT_KEYS
+    )
 
 
 def cache_key(scope: str, namespace: str, body: Mapping[str, Any]) -> str:
@@ -137,7 +168,9 @@ class SQLiteCacheStore:
     Every ``purge_every`` writes, expired entries are deleted, then the soonest to expire
     beyond ``max_entries`` (the disk bound; Redis bounds itself with ``maxmemory``)."""
 
-    def __init__(self, path: str | Path, *, purge_every: int = 1000, max_entries: int = 1_000_000) -> None:
+    def __init__(
+        self, path: str | Path, *, purge_every: int = 1000, max_entries: int = 1_000_000
+    ) -> None:
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thrifty-cache")
@@ -148,17 +181,24 @@ class SQLiteCacheStore:
         self.max_entries = max_entries
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+        conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=5.0
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # a lost cache entry on power loss is harmless
-        conn.execute("CREATE TABLE IF NOT EXISTS response_cache (key TEXT PRIMARY KEY, scope TEXT NOT NULL, "
-                     "expires REAL NOT NULL, value BLOB NOT NULL) WITHOUT ROWID")
-        conn.execute("CREATE INDEX IF NOT EXISTS response_cache_expires ON response_cache (expires)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS response_cache (key TEXT PRIMARY KEY, scope TEXT NOT NULL, "
+            "expires REAL NOT NULL, value BLOB NOT NULL) WITHOUT ROWID"
+        )
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS response_cache_expires ON response_cache (expires)"
+        )
         return conn
 
     def get_sync(self, key: str) -> CacheEntry | None:
-        row = self._rconn.execute("SELECT scope, expires, value FROM response_cache WHERE key = ?",
-                                  (key,)).fetchone()
+        row = self._rconn.execute(
+            "SELECT scope, expires, value FROM response_cache WHERE key = ?", (key,)
+        ).fetchone()
         if row is None or row[1] < time.time():
             return None
         entry = CacheEntry.loads(row[2])
@@ -169,15 +209,23 @@ class SQLiteCacheStore:
 
     def _put(self, key: str, entry: CacheEntry, ttl: float) -> None:
         now = time.time()
-        self._wconn.execute("INSERT OR REPLACE INTO response_cache VALUES (?, ?, ?, ?)",
-                            (key, entry.scope, now + ttl, entry.dumps()))
+        self._wconn.execute(
+            "INSERT OR REPLACE INTO response_cache VALUES (?, ?, ?, ?)",
+            (key, entry.scope, now + ttl, entry.dumps()),
+        )
         self._puts += 1
         if self._puts % self._purge_every == 0:
             self._wconn.execute("DELETE FROM response_cache WHERE expires < ?", (now,))
-            over = self._wconn.execute("SELECT count(*) FROM response_cache").fetchone()[0] - self.max_entries
+            over = (
+                self._wconn.execute("SELECT count(*) FROM response_cache").fetchone()[0]
+                - self.max_entries
+            )
             if over > 0:
-                self._wconn.execute("DELETE FROM response_cache WHERE key IN (SELECT key FROM response_cache"
-                                    " ORDER BY expires LIMIT ?)", (over,))
+                self._wconn.execute(
+                    "DELETE FROM response_cache WHERE key IN (SELECT key FROM response_cache"
+                    " ORDER BY expires LIMIT ?)",
+                    (over,),
+                )
 
     async def put(self, key: str, entry: CacheEntry, ttl: float) -> None:
         await asyncio.wrap_future(self._writer.submit(self._put, key, entry, ttl))
@@ -188,7 +236,8 @@ class SQLiteCacheStore:
     def _scan(self, prefix: str) -> list[tuple[str, CacheEntry]]:
         rows = self._wconn.execute(
             "SELECT key, value FROM response_cache WHERE key >= ? AND key < ? AND expires >= ?",
-            (prefix, prefix + "\U0010ffff", time.time())).fetchall()
+            (prefix, prefix + "\U0010ffff", time.time()),
+        ).fetchall()
         return [(k, CacheEntry.loads(v)) for k, v in rows]
 
     async def scan(self, prefix: str) -> list[tuple[str, CacheEntry]]:
@@ -219,10 +268,12 @@ class RedisCacheStore:
 
     async def scan(self, prefix: str) -> list[tuple[str, CacheEntry]]:
         out = []
-        async for raw_key in self.client.scan_iter(match=_glob_escape(self.prefix + prefix) + "*", count=1000):
+        async for raw_key in self.client.scan_iter(
+            match=_glob_escape(self.prefix + prefix) + "*", count=1000
+        ):
             raw = await self.client.get(raw_key)
             if raw is not None:
-                out.append((raw_key.decode()[len(self.prefix):], CacheEntry.loads(raw)))
+                out.append((raw_key.decode()[len(self.prefix) :], CacheEntry.loads(raw)))
         return out
 
     async def close(self) -> None:
@@ -245,8 +296,9 @@ class ExactCache:
     def key(scope: str, namespace: str, body: Mapping[str, Any]) -> str:
         return cache_key(scope, namespace, body)
 
-    async def lookup(self, scope: str, namespace: str, body: Mapping[str, Any],
-                     accepted_models: Iterable[str]) -> CacheEntry | None:
+    async def lookup(
+        self, scope: str, namespace: str, body: Mapping[str, Any], accepted_models: Iterable[str]
+    ) -> CacheEntry | None:
         """The stored answer, if one exists for this tenant and was produced by a model the
         request accepts (``accepted_models``: the requested model, or the route's set)."""
         entry = await self.store.get(cache_key(scope, namespace, body))
@@ -256,8 +308,9 @@ class ExactCache:
         self.hits += 1
         return entry
 
-    async def store_answer(self, scope: str, namespace: str, body: Mapping[str, Any],
-                           entry: CacheEntry, ttl: float) -> None:
+    async def store_answer(
+        self, scope: str, namespace: str, body: Mapping[str, Any], entry: CacheEntry, ttl: float
+    ) -> None:
         entry.scope = scope
         await self.store.put(cache_key(scope, namespace, body), entry, ttl)
 
@@ -270,7 +323,7 @@ def open_store(url: str | None, data_dir: str | Path) -> CacheStore:
     if url and url.startswith(("redis://", "rediss://", "unix://")):
         return RedisCacheStore(url)
     if url and url.startswith("sqlite:///"):
-        return SQLiteCacheStore(url[len("sqlite:///"):])
+        return SQLiteCacheStore(url[len("sqlite:///") :])
     if url:
         return SQLiteCacheStore(url)
     return SQLiteCacheStore(Path(data_dir) / "response_cache.sqlite3")

@@ -24,20 +24,27 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Awaitable, Callable, Sequence
 
 __all__ = ["Cascade", "CascadeResult", "agree", "check_answer", "extract_answer", "task_of"]
 
-_OPTION = re.compile(r"^\s*\(?([A-H])[.)]\s", re.M)
+_OPTION = re.compile(r"^\s*\(?([A-H])[.)]\s", re.MULTILINE)
 _LETTER = re.compile(r"\b([A-H])\b")
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_FINAL = re.compile(r"(?:####|answer is|answer:|=)\s*\**\s*(-?\$?\d[\d,]*(?:\.\d+)?)", re.I)
+_FINAL = re.compile(
+    r"(?:####|answer is|answer:|=)\s*\**\s*(-?\$?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE
+)
 _CALC = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
-_STEP = re.compile(r"(-?\d[\d,]*(?:\.\d+)?(?:\s*[-+*/x×÷]\s*-?\d[\d,]*(?:\.\d+)?)+)\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
-_REFUSAL = re.compile(r"^\s*(i'?m sorry|i am sorry|i cannot|i can'?t|i'?m not able|i am not able|as an ai)", re.I)
-_CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
+_STEP = re.compile(
+    r"(-?\d[\d,]*(?:\.\d+)?(?:\s*[-+*/x×÷]\s*-?\d[\d,]*(?:\.\d+)?)+)\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)"
+)
+_REFUSAL = re.compile(
+    r"^\s*(i'?m sorry|i am sorry|i cannot|i can'?t|i'?m not able|i am not able|as an ai)",
+    re.IGNORECASE,
+)
+_CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
 
 def task_of(prompt: str) -> str:
@@ -62,7 +69,9 @@ def _num(text: str) -> Fraction | None:
 
 def _eval(expr: str) -> Fraction | None:
     """Exact value of a small + - * / expression; None when it is not one."""
-    expr = expr.replace("x", "*").replace("×", "*").replace("÷", "/").replace(",", "").replace("$", "")
+    expr = (
+        expr.replace("x", "*").replace("×", "*").replace("÷", "/").replace(",", "").replace("$", "")
+    )
     try:
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError:
@@ -75,7 +84,9 @@ def _eval(expr: str) -> Fraction | None:
             return Fraction(str(node.value))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -ev(node.operand)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
+        if isinstance(node, ast.BinOp) and isinstance(
+            node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)
+        ):
             a, b = ev(node.left), ev(node.right)
             if isinstance(node.op, ast.Add):
                 return a + b
@@ -116,11 +127,19 @@ def extract_answer(task: str, response: str) -> str | None:
 def _arithmetic_ok(response: str) -> bool:
     for expr, value in _CALC.findall(response):
         got, want = _eval(expr), _num(value.strip())
-        if got is None or want is None or abs(float(got - want)) > 1e-6 * max(1.0, abs(float(want))):
+        if (
+            got is None
+            or want is None
+            or abs(float(got - want)) > 1e-6 * max(1.0, abs(float(want)))
+        ):
             return False
     for expr, value in _STEP.findall(response):
         got, want = _eval(expr), _num(value)
-        if got is not None and want is not None and abs(float(got - want)) > 0.01 * max(1.0, abs(float(want))):
+        if (
+            got is not None
+            and want is not None
+            and abs(float(got - want)) > 0.01 * max(1.0, abs(float(want)))
+        ):
             return False
     return True
 
@@ -165,7 +184,9 @@ class CascadeResult:
 class Cascade:
     """Models from cheapest to strongest; ``call(model) -> response text`` does the asking."""
 
-    def __init__(self, models: Sequence[str], check: Callable[[str, str], bool] = check_answer) -> None:
+    def __init__(
+        self, models: Sequence[str], check: Callable[[str, str], bool] = check_answer
+    ) -> None:
         if len(models) < 2:
             raise ValueError("a cascade needs at least two models")
         self.models = list(models)

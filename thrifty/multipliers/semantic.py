@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -51,7 +53,7 @@ Fingerprint = tuple[frozenset, tuple[str, ...]]
 def fingerprint(text: str) -> Fingerprint:
     """(unigrams and bigrams of lower-cased word/symbol tokens, the numbers in order)."""
     tokens = _TOKEN.findall(text.lower())
-    return frozenset(tokens).union(zip(tokens, tokens[1:])), tuple(_NUMBER.findall(text))
+    return frozenset(tokens).union(itertools.pairwise(tokens)), tuple(_NUMBER.findall(text))
 
 
 _CHUNK = 1024  # rows per matrix-vector product: below OpenBLAS's threading threshold
@@ -66,8 +68,9 @@ def similarities(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.concatenate([vectors[s : s + _CHUNK] @ query for s in range(0, len(vectors), _CHUNK)])
 
 
-def best_match(sims: np.ndarray, prints: Sequence[Fingerprint], query: Fingerprint | str,
-               threshold: float) -> tuple[int, float]:
+def best_match(
+    sims: np.ndarray, prints: Sequence[Fingerprint], query: Fingerprint | str, threshold: float
+) -> tuple[int, float]:
     """Verify the ``CANDIDATES`` nearest by cosine (``sims``): the best ``min(cosine, lexical)``
     at or above ``threshold`` as (index, similarity); index -1 when none passes. ``query`` may
     be the text: it is fingerprinted only if some candidate passes the cosine test (long
@@ -113,7 +116,11 @@ def split_request(body: Mapping[str, Any]) -> tuple[bytes, str]:
         if isinstance(content, str):
             text = content
         elif isinstance(content, list):
-            text = "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            text = "\n".join(
+                p.get("text", "")
+                for p in content
+                if isinstance(p, dict) and p.get("type") == "text"
+            )
         messages[last] = {**messages[last], "content": None}
     rest = {k: v for k, v in body.items() if k not in IGNORED_FIELDS and k != "messages"}
     rest["messages"] = messages
@@ -129,7 +136,7 @@ class SemanticHit:
 class _Bucket:
     """Unit vectors of one (tenant, model namespace, request shape), with the keys of their answers."""
 
-    __slots__ = ("vectors", "keys", "prints", "size")
+    __slots__ = ("keys", "prints", "size", "vectors")
 
     def __init__(self, dim: int) -> None:
         self.vectors = np.zeros((16, dim), dtype=np.float32)
@@ -147,7 +154,9 @@ class _Bucket:
             self.prints.pop(0)
             self.size -= 1
         if self.size == len(self.vectors):
-            grown = np.zeros((min(limit, 2 * len(self.vectors)), self.vectors.shape[1]), dtype=np.float32)
+            grown = np.zeros(
+                (min(limit, 2 * len(self.vectors)), self.vectors.shape[1]), dtype=np.float32
+            )
             grown[: self.size] = self.vectors[: self.size]
             self.vectors = grown
         self.vectors[self.size] = vector
@@ -156,15 +165,23 @@ class _Bucket:
         self.size += 1
 
     def best(self, vector: np.ndarray, text: str, threshold: float) -> tuple[int, float]:
-        return best_match(similarities(self.vectors[: self.size], vector), self.prints, text, threshold)
+        return best_match(
+            similarities(self.vectors[: self.size], vector), self.prints, text, threshold
+        )
 
 
 class SemanticCache:
     """In-memory nearest-neighbour index over a :class:`CacheStore` of answers."""
 
-    def __init__(self, store: CacheStore, embed: Callable[[str], np.ndarray] | None = None, *,
-                 threshold: float = DEFAULT_THRESHOLD, max_per_bucket: int = 2_000,
-                 max_buckets: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: CacheStore,
+        embed: Callable[[str], np.ndarray] | None = None,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        max_per_bucket: int = 2_000,
+        max_buckets: int = 10_000,
+    ) -> None:
         if embed is None:
             from thrifty.router.embed import default_embedder
 
@@ -184,8 +201,9 @@ class SemanticCache:
     def _bucket_id(scope: str, namespace: str, shape: bytes) -> str:
         return f"{scope}\x1f{namespace}\x1f{hashlib.blake2b(shape, digest_size=16).hexdigest()}"
 
-    async def lookup(self, scope: str, namespace: str, body: Mapping[str, Any],
-                     accepted_models: Iterable[str]) -> SemanticHit | None:
+    async def lookup(
+        self, scope: str, namespace: str, body: Mapping[str, Any], accepted_models: Iterable[str]
+    ) -> SemanticHit | None:
         shape, text = split_request(body)
         bucket = self.buckets.get(self._bucket_id(scope, namespace, shape))
         if bucket is None or bucket.size == 0 or not text.strip():
@@ -202,8 +220,9 @@ class SemanticCache:
         self.hits += 1
         return SemanticHit(entry, sim)
 
-    async def store_answer(self, scope: str, namespace: str, body: Mapping[str, Any],
-                           entry: CacheEntry, ttl: float) -> None:
+    async def store_answer(
+        self, scope: str, namespace: str, body: Mapping[str, Any], entry: CacheEntry, ttl: float
+    ) -> None:
         shape, text = split_request(body)
         if not text.strip():
             return
@@ -232,8 +251,10 @@ class SemanticCache:
         n = 0
         for key, entry in entries:
             if entry.query:
-                self._index(key[len(SEM_PREFIX):].rsplit("\x1f", 1)[0], key, entry.query)
+                self._index(key[len(SEM_PREFIX) :].rsplit("\x1f", 1)[0], key, entry.query)
                 n += 1
                 if n % 200 == 0:
-                    await asyncio.sleep(0)  # ~50 ms of embedding at a time: requests go on meanwhile
+                    await asyncio.sleep(
+                        0
+                    )  # ~50 ms of embedding at a time: requests go on meanwhile
         return n

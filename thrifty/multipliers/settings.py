@@ -33,14 +33,22 @@ Without a ``[cache]`` section there is no response cache at all (headers include
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from thrifty.errors import UsageError
 from thrifty.multipliers.cache import MODES
 
-__all__ = ["AffinitySettings", "BatchSettings", "CacheSettings", "CascadeSettings", "RouteCache", "load_settings"]
+__all__ = [
+    "AffinitySettings",
+    "BatchSettings",
+    "CacheSettings",
+    "CascadeSettings",
+    "RouteCache",
+    "load_settings",
+]
 
 CASCADE_PROFILE = "auto-cascade"
 
@@ -88,10 +96,14 @@ def parse_affinity(doc: Mapping[str, Any]) -> AffinitySettings:
     load_factor = _number(section, "load_factor", "affinity", 1.25) or 1.25
     if load_factor < 1:
         raise UsageError("affinity.load_factor must be at least 1")
-    return AffinitySettings(tuple(models), load_factor, int(_number(section, "key_chars", "affinity", 512) or 512))
+    return AffinitySettings(
+        tuple(models), load_factor, int(_number(section, "key_chars", "affinity", 512) or 512)
+    )
 
 
-def _number(section: Mapping[str, Any], key: str, where: str, default: float | None) -> float | None:
+def _number(
+    section: Mapping[str, Any], key: str, where: str, default: float | None
+) -> float | None:
     value = section.get(key, default)
     if value is None:
         return None
@@ -103,8 +115,14 @@ def _number(section: Mapping[str, Any], key: str, where: str, default: float | N
 def parse_cascade(doc: Mapping[str, Any]) -> CascadeSettings:
     section = doc.get("cascade") or {}
     models = section.get("models", [])
-    if not isinstance(models, list) or not all(isinstance(m, str) for m in models) or len(models) == 1:
-        raise UsageError("cascade.models must be a list of at least two model names, cheapest first")
+    if (
+        not isinstance(models, list)
+        or not all(isinstance(m, str) for m in models)
+        or len(models) == 1
+    ):
+        raise UsageError(
+            "cascade.models must be a list of at least two model names, cheapest first"
+        )
     return CascadeSettings(tuple(models))
 
 
@@ -118,25 +136,37 @@ def parse_settings(doc: Mapping[str, Any]) -> tuple[CacheSettings | None, BatchS
         for name, r in (section.get("routes") or {}).items():
             mode = r.get("mode")
             if mode is not None and mode not in MODES:
-                raise UsageError(f"cache.routes.{name!r}.mode must be one of {', '.join(MODES)}, not {mode!r}")
+                raise UsageError(
+                    f"cache.routes.{name!r}.mode must be one of {', '.join(MODES)}, not {mode!r}"
+                )
             share = r.get("share_with", ())
             if not isinstance(share, (list, tuple)) or not all(isinstance(s, str) for s in share):
                 raise UsageError(f"cache.routes.{name!r}.share_with must be a list of model names")
-            routes[name] = RouteCache(mode, _number(r, "ttl", f"cache.routes.{name!r}", None), tuple(share))
+            routes[name] = RouteCache(
+                mode, _number(r, "ttl", f"cache.routes.{name!r}", None), tuple(share)
+            )
         threshold = _number(section, "semantic_threshold", "cache", None)
         if threshold is not None and threshold > 1:
             raise UsageError("cache.semantic_threshold must be within (0, 1]")
-        cache = CacheSettings(backend=section.get("backend"), ttl=_number(section, "ttl", "cache", 3600.0) or 3600.0,
-                              deterministic=bool(section.get("deterministic", True)),
-                              semantic_threshold=threshold, routes=routes)
+        cache = CacheSettings(
+            backend=section.get("backend"),
+            ttl=_number(section, "ttl", "cache", 3600.0) or 3600.0,
+            deterministic=bool(section.get("deterministic", True)),
+            semantic_threshold=threshold,
+            routes=routes,
+        )
     b = doc.get("batches") or {}
     concurrency = int(_number(b, "concurrency", "batches", 4) or 4)
-    return cache, BatchSettings(enabled=bool(b.get("enabled", True)), concurrency=concurrency,
-                                poll=_number(b, "poll", "batches", 5.0) or 5.0)
+    return cache, BatchSettings(
+        enabled=bool(b.get("enabled", True)),
+        concurrency=concurrency,
+        poll=_number(b, "poll", "batches", 5.0) or 5.0,
+    )
 
 
-def load_settings(config_path: str | Path | None) -> tuple[CacheSettings | None, BatchSettings, CascadeSettings,
-                                                           AffinitySettings]:
+def load_settings(
+    config_path: str | Path | None,
+) -> tuple[CacheSettings | None, BatchSettings, CascadeSettings, AffinitySettings]:
     """The multiplier sections of a gateway config file (defaults without a file)."""
     if config_path is None:
         return (*parse_settings({}), CascadeSettings(), AffinitySettings())

@@ -23,15 +23,22 @@ class UpstreamBatchError(Exception):
 
 
 class UpstreamBatchClient:
-    def __init__(self, base_url: str, api_key: str | None = None, headers: dict[str, str] | None = None,
-                 timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers or {})
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def _json(self, session: aiohttp.ClientSession, method: str, path: str, **kw: Any) -> dict[str, Any]:
+    async def _json(
+        self, session: aiohttp.ClientSession, method: str, path: str, **kw: Any
+    ) -> dict[str, Any]:
         async with session.request(method, self.base_url + path, headers=self.headers, **kw) as r:
             raw = await r.read()
             if r.status >= 400:
@@ -40,15 +47,24 @@ class UpstreamBatchClient:
 
     async def submit(self, endpoint: str, lines: list[tuple[str, dict[str, Any]]]) -> str:
         """Upload ``(custom_id, body)`` lines and create a batch; the upstream batch id."""
-        content = b"".join(orjson.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": body}) + b"\n"
-                           for cid, body in lines)
+        content = b"".join(
+            orjson.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": body})
+            + b"\n"
+            for cid, body in lines
+        )
         async with aiohttp.ClientSession(timeout=self.timeout) as s:
             form = aiohttp.FormData()
             form.add_field("purpose", "batch")
-            form.add_field("file", content, filename="thrifty-batch.jsonl", content_type="application/jsonl")
+            form.add_field(
+                "file", content, filename="thrifty-batch.jsonl", content_type="application/jsonl"
+            )
             f = await self._json(s, "POST", "/files", data=form)
-            batch = await self._json(s, "POST", "/batches", json={
-                "input_file_id": f["id"], "endpoint": endpoint, "completion_window": "24h"})
+            batch = await self._json(
+                s,
+                "POST",
+                "/batches",
+                json={"input_file_id": f["id"], "endpoint": endpoint, "completion_window": "24h"},
+            )
         return str(batch["id"])
 
     async def poll(self, batch_id: str) -> dict[str, Any] | None:
@@ -75,7 +91,13 @@ class UpstreamBatchClient:
                     doc = orjson.loads(line)
                     resp = doc.get("response") or {}
                     if resp:
-                        out[doc["custom_id"]] = (int(resp.get("status_code", 500)), resp.get("body") or {})
+                        out[doc["custom_id"]] = (
+                            int(resp.get("status_code", 500)),
+                            resp.get("body") or {},
+                        )
                     else:
-                        out[doc["custom_id"]] = (500, {"error": doc.get("error") or {"message": "failed upstream"}})
+                        out[doc["custom_id"]] = (
+                            500,
+                            {"error": doc.get("error") or {"message": "failed upstream"}},
+                        )
         return out

@@ -27,20 +27,34 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
 from thrifty.multipliers.batch_api import batch_mounts
 from thrifty.multipliers.batch_exec import GatewayExecutor
 from thrifty.multipliers.batches import BatchRunner, BatchStore
-from thrifty.multipliers.cache import CacheEntry, CacheError, CachePolicy, ExactCache, cache_mode, open_store, \
-    scope_of
+from thrifty.multipliers.cache import (
+    CacheEntry,
+    CacheError,
+    CachePolicy,
+    ExactCache,
+    cache_mode,
+    open_store,
+    scope_of,
+)
 from thrifty.multipliers.cascade import check_answer
 from thrifty.multipliers.semantic import split_request
-from thrifty.multipliers.settings import CASCADE_PROFILE, AffinitySettings, BatchSettings, CacheSettings, \
-    CascadeSettings, load_settings
+from thrifty.multipliers.settings import (
+    CASCADE_PROFILE,
+    AffinitySettings,
+    BatchSettings,
+    CacheSettings,
+    CascadeSettings,
+    load_settings,
+)
 from thrifty.spend.api import LedgerRecord, SpendError
 
 log = logging.getLogger("thrifty.multipliers")
@@ -48,20 +62,37 @@ log = logging.getLogger("thrifty.multipliers")
 __all__ = ["MultiplierApp", "with_multipliers"]
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
-MESSAGES_PATH = "/v1/messages"  # Anthropic: cached too (not streamed requests, not deferral or cascade)
+MESSAGES_PATH = (
+    "/v1/messages"  # Anthropic: cached too (not streamed requests, not deferral or cascade)
+)
 _CASCADE_BYTES = CASCADE_PROFILE.encode()
 _IDS = itertools.count(1)
 _PREFIX = "req_cache_" + os.urandom(4).hex()
 
 
 def _error(status: int, message: str, code: str, param: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": param,
-                                   "code": code}})
+    return orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": param,
+                "code": code,
+            }
+        }
+    )
 
 
 class MultiplierApp:
-    def __init__(self, inner: Any, *, cache: CacheSettings | None, batches: BatchSettings | None,
-                 cascade: CascadeSettings | None = None, affinity: AffinitySettings | None = None) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        *,
+        cache: CacheSettings | None,
+        batches: BatchSettings | None,
+        cascade: CascadeSettings | None = None,
+        affinity: AffinitySettings | None = None,
+    ) -> None:
         self.inner = inner
         self.gw = inner.gw
         self._tasks: set[asyncio.Task] = set()
@@ -69,7 +100,9 @@ class MultiplierApp:
         self._rebuilt = False
         if affinity is not None and affinity.models:
             self.gw.affinity = build_affinity(self.gw, affinity)
-        self.cascade = list(cascade.models) if cascade and cascade.models else default_cascade(self.gw)
+        self.cascade = (
+            list(cascade.models) if cascade and cascade.models else default_cascade(self.gw)
+        )
         unknown = [m for m in self.cascade if m not in self.gw.models]
         if unknown:
             from thrifty.errors import UsageError
@@ -87,9 +120,15 @@ class MultiplierApp:
         self.mounts: list[tuple[str, Any]] = []
         if batches is not None and batches.enabled:
             self.batch_store = BatchStore(Path(self.gw.config.data_dir) / "batches.sqlite3")
-            self.runner = BatchRunner(self.batch_store, GatewayExecutor(lambda: self.gw),
-                                      concurrency=batches.concurrency, poll=batches.poll)
-            self.mounts = list(batch_mounts(self.batch_store, self.runner, self.gw.spend.authenticate).items())
+            self.runner = BatchRunner(
+                self.batch_store,
+                GatewayExecutor(lambda: self.gw),
+                concurrency=batches.concurrency,
+                poll=batches.poll,
+            )
+            self.mounts = list(
+                batch_mounts(self.batch_store, self.runner, self.gw.spend.authenticate).items()
+            )
 
     @property
     def pending_stores(self) -> int:
@@ -110,7 +149,7 @@ class MultiplierApp:
             for prefix, app in self.mounts:
                 if path == prefix or path.startswith(prefix + "/"):
                     sub = dict(scope)
-                    sub["path"] = path[len(prefix):] or "/"
+                    sub["path"] = path[len(prefix) :] or "/"
                     sub["root_path"] = scope.get("root_path", "") + prefix
                     await app(sub, receive, send)
                     return
@@ -151,7 +190,9 @@ class MultiplierApp:
         mode = route.mode if route else None
         if mode is None and not self.settings.deterministic:
             mode = "off"
-        policy = CachePolicy(mode=mode, ttl=(route.ttl if route and route.ttl else self.settings.ttl))
+        policy = CachePolicy(
+            mode=mode, ttl=(route.ttl if route and route.ttl else self.settings.ttl)
+        )
         if model == CASCADE_PROFILE and self.cascade:
             return policy, "profile:" + model, set(self.cascade)
         if self.gw.router.is_profile(model):
@@ -165,8 +206,9 @@ class MultiplierApp:
             from thrifty.multipliers.semantic import DEFAULT_THRESHOLD, SemanticCache
 
             assert self.exact is not None and self.settings is not None
-            self.semantic = SemanticCache(self.exact.store,
-                                          threshold=self.settings.semantic_threshold or DEFAULT_THRESHOLD)
+            self.semantic = SemanticCache(
+                self.exact.store, threshold=self.settings.semantic_threshold or DEFAULT_THRESHOLD
+            )
             self._rebuilt = False
         if not self._rebuilt:
             try:
@@ -186,9 +228,14 @@ class MultiplierApp:
             if n:
                 log.info("semantic cache: %d entries re-indexed from the store", n)
         except Exception as exc:
-            log.warning("semantic cache index not rebuilt (%s); it refills from new traffic", type(exc).__name__)
+            log.warning(
+                "semantic cache index not rebuilt (%s); it refills from new traffic",
+                type(exc).__name__,
+            )
 
-    async def _chat(self, scope: dict, receive: Callable, send: Callable, anthropic: bool = False) -> None:
+    async def _chat(
+        self, scope: dict, receive: Callable, send: Callable, anthropic: bool = False
+    ) -> None:
         chunks, more = [], True
         size, limit = 0, self.gw.config.max_body_bytes
         while more:
@@ -217,11 +264,15 @@ class MultiplierApp:
                 defer = value.decode("latin-1").strip().lower()
             elif name == b"authorization" or (name == b"x-api-key" and auth is None):
                 auth = value.decode("latin-1")
-        if anthropic and (self.exact is None or defer is not None or b'"stream":true' in raw.replace(b" ", b"")):
+        if anthropic and (
+            self.exact is None or defer is not None or b'"stream":true' in raw.replace(b" ", b"")
+        ):
             await self.inner(scope, replay, send)  # only non-streamed Messages calls use the cache
             return
         if self.exact is None and defer is None and _CASCADE_BYTES not in raw:
-            await self.inner(scope, replay, send)  # nothing for the multipliers to do: no second parse
+            await self.inner(
+                scope, replay, send
+            )  # nothing for the multipliers to do: no second parse
             return
         try:
             body = orjson.loads(raw) if not more else None
@@ -239,12 +290,22 @@ class MultiplierApp:
             return
         policy, namespace, accepted = self._route(model)
         if anthropic:
-            namespace = "anthropic:" + namespace  # same body, other API: never the other format's answer
+            namespace = (
+                "anthropic:" + namespace
+            )  # same body, other API: never the other format's answer
         try:
             mode = cache_mode(header, policy, body)
         except CacheError as exc:
-            error = (orjson.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": str(exc)}})
-                     if anthropic else _error(400, str(exc), "invalid_header", "x-thrifty-cache"))
+            error = (
+                orjson.dumps(
+                    {
+                        "type": "error",
+                        "error": {"type": "invalid_request_error", "message": str(exc)},
+                    }
+                )
+                if anthropic
+                else _error(400, str(exc), "invalid_header", "x-thrifty-cache")
+            )
             await _respond(send, 400, error, [])
             return
         if mode == "off":
@@ -267,12 +328,17 @@ class MultiplierApp:
                     hit = await self._semantic().lookup(cache_scope, namespace, body, allowed)
                     entry, kind = (hit.entry, "semantic") if hit else (None, "")
             except Exception as exc:  # a cache that is down is a miss, never a failed request
-                log.warning("response cache lookup failed (%s); serving without the cache", type(exc).__name__)
+                log.warning(
+                    "response cache lookup failed (%s); serving without the cache",
+                    type(exc).__name__,
+                )
                 entry = None
         if entry is not None:
             await self._serve_hit(send, entry, kind, body, principal, model, ts, t0, anthropic)
             return
-        await self._miss(scope, replay, send, body, mode, cache_scope, namespace, policy.ttl, anthropic)
+        await self._miss(
+            scope, replay, send, body, mode, cache_scope, namespace, policy.ttl, anthropic
+        )
 
     def _allowed_models(self, principal: Any, accepted: set[str] | None) -> set[str]:
         """Models whose cached answers this caller may get: the route's, minus what policy forbids
@@ -286,8 +352,18 @@ class MultiplierApp:
         except SpendError:
             return set()
 
-    async def _serve_hit(self, send: Callable, entry: CacheEntry, kind: str, body: dict, principal: Any,
-                         requested: str, ts: float, t0: float, anthropic: bool = False) -> None:
+    async def _serve_hit(
+        self,
+        send: Callable,
+        entry: CacheEntry,
+        kind: str,
+        body: dict,
+        principal: Any,
+        requested: str,
+        ts: float,
+        t0: float,
+        anthropic: bool = False,
+    ) -> None:
         request_id = f"{_PREFIX}{next(_IDS):08x}"
         mc = self.gw.models.get(entry.model)
         info = mc.info if mc else None
@@ -296,35 +372,70 @@ class MultiplierApp:
 
         frontier = self.gw.frontier_cost(Usage(entry.prompt_tokens, entry.completion_tokens))
         record = LedgerRecord(
-            request_id=request_id, ts=ts, key_id=principal.key_id, user_id=principal.user_id,
-            team_id=principal.team_id, tags=principal.tags, endpoint="messages" if anthropic else "chat.completions",
+            request_id=request_id,
+            ts=ts,
+            key_id=principal.key_id,
+            user_id=principal.user_id,
+            team_id=principal.team_id,
+            tags=principal.tags,
+            endpoint="messages" if anthropic else "chat.completions",
             requested_model=requested,
-            served_model=entry.model, provider="cache", route_reason=f"{kind} cache hit; saved ${saved:.8f}",
-            prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens,
+            served_model=entry.model,
+            provider="cache",
+            route_reason=f"{kind} cache hit; saved ${saved:.8f}",
+            prompt_tokens=entry.prompt_tokens,
+            completion_tokens=entry.completion_tokens,
             input_price=(info.input_cost_per_token or 0.0) if info else 0.0,
             output_price=(info.output_cost_per_token or 0.0) if info else 0.0,
-            cost_usd=0.0, frontier_cost_usd=frontier, latency_ms=(time.perf_counter() - t0) * 1000,
-            stream=bool(body.get("stream")), cache_hit=True)
+            cost_usd=0.0,
+            frontier_cost_usd=frontier,
+            latency_ms=(time.perf_counter() - t0) * 1000,
+            stream=bool(body.get("stream")),
+            cache_hit=True,
+        )
         try:
             await self.gw.spend.settle(None, record)
         except Exception:
             log.exception("recording cache hit %s failed", request_id)
-        headers = [(b"x-request-id", request_id.encode()), (b"x-thrifty-cache", f"hit-{kind}".encode()),
-                   (b"x-thrifty-model", entry.model.encode()), (b"x-thrifty-provider", b"cache"),
-                   (b"x-thrifty-cost-usd", b"0.00000000"), (b"x-thrifty-saved-usd", f"{saved:.8f}".encode()),
-                   (b"x-thrifty-frontier-cost-usd", f"{frontier:.8f}".encode())]
+        headers = [
+            (b"x-request-id", request_id.encode()),
+            (b"x-thrifty-cache", f"hit-{kind}".encode()),
+            (b"x-thrifty-model", entry.model.encode()),
+            (b"x-thrifty-provider", b"cache"),
+            (b"x-thrifty-cost-usd", b"0.00000000"),
+            (b"x-thrifty-saved-usd", f"{saved:.8f}".encode()),
+            (b"x-thrifty-frontier-cost-usd", f"{frontier:.8f}".encode()),
+        ]
         if body.get("stream"):
-            await _respond(send, 200, _as_stream(entry.body, bool((body.get("stream_options") or {})
-                                                                   .get("include_usage"))),
-                           headers + [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")])
+            await _respond(
+                send,
+                200,
+                _as_stream(
+                    entry.body, bool((body.get("stream_options") or {}).get("include_usage"))
+                ),
+                headers
+                + [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+            )
             return
         await _respond(send, 200, entry.body, headers + [(b"content-type", b"application/json")])
 
-    async def _miss(self, scope: dict, receive: Callable, send: Callable, body: dict, mode: str,
-                    cache_scope: str, namespace: str, ttl: float, anthropic: bool = False) -> None:
+    async def _miss(
+        self,
+        scope: dict,
+        receive: Callable,
+        send: Callable,
+        body: dict,
+        mode: str,
+        cache_scope: str,
+        namespace: str,
+        ttl: float,
+        anthropic: bool = False,
+    ) -> None:
         self._pending += 1
         try:
-            task = await self._forward(scope, receive, send, body, mode, cache_scope, namespace, ttl, anthropic)
+            task = await self._forward(
+                scope, receive, send, body, mode, cache_scope, namespace, ttl, anthropic
+            )
         except BaseException:
             self._pending -= 1
             raise
@@ -337,8 +448,18 @@ class MultiplierApp:
         self._pending -= 1
         self._tasks.discard(task)
 
-    async def _forward(self, scope: dict, receive: Callable, send: Callable, body: dict, mode: str,
-                       cache_scope: str, namespace: str, ttl: float, anthropic: bool = False) -> asyncio.Task | None:
+    async def _forward(
+        self,
+        scope: dict,
+        receive: Callable,
+        send: Callable,
+        body: dict,
+        mode: str,
+        cache_scope: str,
+        namespace: str,
+        ttl: float,
+        anthropic: bool = False,
+    ) -> asyncio.Task | None:
         """Send the request to the gateway, passing its response through; the task storing a
         200 answer, if any."""
         status, headers, parts = 0, {}, []
@@ -349,7 +470,9 @@ class MultiplierApp:
                 status = message["status"]
                 headers = {k.lower(): v for k, v in message.get("headers", [])}
                 message = dict(message)
-                message["headers"] = list(message.get("headers", [])) + [(b"x-thrifty-cache", b"miss")]
+                message["headers"] = list(message.get("headers", [])) + [
+                    (b"x-thrifty-cache", b"miss")
+                ]
             elif message["type"] == "http.response.body":
                 parts.append(message.get("body", b""))
             await send(message)
@@ -371,14 +494,24 @@ class MultiplierApp:
             return None
         prompt_tokens = usage.get("input_tokens" if anthropic else "prompt_tokens") or 0
         completion_tokens = usage.get("output_tokens" if anthropic else "completion_tokens") or 0
-        entry = CacheEntry(out, served.decode(), (headers.get(b"x-thrifty-provider") or b"").decode() or None,
-                           int(prompt_tokens), int(completion_tokens), cost, time.time())
-        task = asyncio.get_running_loop().create_task(self._store(mode, cache_scope, namespace, body, entry, ttl))
+        entry = CacheEntry(
+            out,
+            served.decode(),
+            (headers.get(b"x-thrifty-provider") or b"").decode() or None,
+            int(prompt_tokens),
+            int(completion_tokens),
+            cost,
+            time.time(),
+        )
+        task = asyncio.get_running_loop().create_task(
+            self._store(mode, cache_scope, namespace, body, entry, ttl)
+        )
         self._tasks.add(task)
         return task
 
-    async def _store(self, mode: str, cache_scope: str, namespace: str, body: dict, entry: CacheEntry,
-                     ttl: float) -> None:
+    async def _store(
+        self, mode: str, cache_scope: str, namespace: str, body: dict, entry: CacheEntry, ttl: float
+    ) -> None:
         try:
             await self.exact.store_answer(cache_scope, namespace, body, entry, ttl)  # type: ignore[union-attr]
             if mode == "semantic":
@@ -392,31 +525,78 @@ class MultiplierApp:
         """``x-thrifty-defer: batch``: the call becomes a one-request batch; the answer is the
         batch object (202), to poll at ``/v1/batches/{id}`` like any other."""
         if value not in ("batch", "1", "true", "yes"):
-            await _respond(send, 400, _error(400, f"Invalid x-thrifty-defer header {value!r}: expected 'batch'.",
-                                             "invalid_header", "x-thrifty-defer"), [])
+            await _respond(
+                send,
+                400,
+                _error(
+                    400,
+                    f"Invalid x-thrifty-defer header {value!r}: expected 'batch'.",
+                    "invalid_header",
+                    "x-thrifty-defer",
+                ),
+                [],
+            )
             return
         if self.batch_store is None or self.runner is None:
-            await _respond(send, 400, _error(400, "Deferred calls need batches, which are disabled on this "
-                                                  "gateway ([batches] enabled = false).", "batches_disabled"), [])
+            await _respond(
+                send,
+                400,
+                _error(
+                    400,
+                    "Deferred calls need batches, which are disabled on this "
+                    "gateway ([batches] enabled = false).",
+                    "batches_disabled",
+                ),
+                [],
+            )
             return
         try:
             principal = await self.gw.spend.authenticate(auth)
         except SpendError as exc:
-            await _respond(send, exc.status, orjson.dumps({"error": {
-                "message": exc.message, "type": exc.error_type, "param": None, "code": exc.code}}), [])
+            await _respond(
+                send,
+                exc.status,
+                orjson.dumps(
+                    {
+                        "error": {
+                            "message": exc.message,
+                            "type": exc.error_type,
+                            "param": None,
+                            "code": exc.code,
+                        }
+                    }
+                ),
+                [],
+            )
             return
         owner = scope_of(principal.team_id, principal.key_id)
-        line = orjson.dumps({"custom_id": "deferred", "method": "POST", "url": "/v1/chat/completions",
-                             "body": {k: v for k, v in body.items() if k not in ("stream", "stream_options")}})
+        line = orjson.dumps(
+            {
+                "custom_id": "deferred",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {k: v for k, v in body.items() if k not in ("stream", "stream_options")},
+            }
+        )
         f = await self.batch_store.create_file(owner, "batch", "deferred.jsonl", line)
-        fields = {"key_id": principal.key_id, "user_id": principal.user_id, "team_id": principal.team_id,
-                  "tags": list(principal.tags), "routing_profile": principal.routing_profile}
-        batch = await self.batch_store.create_batch(owner, fields, f["id"], "/v1/chat/completions", "24h",
-                                                    {"thrifty": "deferred call"})
+        fields = {
+            "key_id": principal.key_id,
+            "user_id": principal.user_id,
+            "team_id": principal.team_id,
+            "tags": list(principal.tags),
+            "routing_profile": principal.routing_profile,
+        }
+        batch = await self.batch_store.create_batch(
+            owner, fields, f["id"], "/v1/chat/completions", "24h", {"thrifty": "deferred call"}
+        )
         self.runner.start()
         self.runner.wake()
-        await _respond(send, 202, orjson.dumps(batch), [(b"x-thrifty-defer", b"batch"),
-                                                         (b"location", f"/v1/batches/{batch['id']}".encode())])
+        await _respond(
+            send,
+            202,
+            orjson.dumps(batch),
+            [(b"x-thrifty-defer", b"batch"), (b"location", f"/v1/batches/{batch['id']}".encode())],
+        )
 
     async def _models(self, scope: dict, receive: Callable, send: Callable) -> None:
         """The gateway's model list, plus the ``auto-cascade`` profile."""
@@ -435,8 +615,14 @@ class MultiplierApp:
             try:
                 doc = orjson.loads(body)
                 if not any(m.get("id") == CASCADE_PROFILE for m in doc["data"]):
-                    doc["data"].append({"id": CASCADE_PROFILE, "object": "model", "created": 1700000000,
-                                        "owned_by": "thrifty-cascade"})
+                    doc["data"].append(
+                        {
+                            "id": CASCADE_PROFILE,
+                            "object": "model",
+                            "created": 1700000000,
+                            "owned_by": "thrifty-cascade",
+                        }
+                    )
                 body = orjson.dumps(doc)
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 pass
@@ -445,8 +631,9 @@ class MultiplierApp:
 
     # -- cascade ---------------------------------------------------------------------------
 
-    async def _downstream(self, scope: dict, receive: Callable, send: Callable, body: dict,
-                          anthropic: bool = False) -> None:
+    async def _downstream(
+        self, scope: dict, receive: Callable, send: Callable, body: dict, anthropic: bool = False
+    ) -> None:
         if body.get("model") == CASCADE_PROFILE and self.cascade and not anthropic:
             await self._cascade(scope, send, body)
         else:
@@ -456,8 +643,9 @@ class MultiplierApp:
         """One request through the gateway, its response collected."""
         raw = orjson.dumps(body)
         sub = dict(scope)
-        sub["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + \
-            [(b"content-length", str(len(raw)).encode())]
+        sub["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + [
+            (b"content-length", str(len(raw)).encode())
+        ]
         sent = False
 
         async def receive() -> dict:
@@ -507,11 +695,17 @@ class MultiplierApp:
             headers = [(k, v) for k, v in headers if k not in (b"content-length", b"content-type")]
             headers.append((b"x-thrifty-cascade", " > ".join(trail).encode()))
             if stream and status == 200:
-                await _respond(send, 200, _as_stream(out, bool((body.get("stream_options") or {})
-                                                               .get("include_usage"))),
-                               headers + [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")])
+                await _respond(
+                    send,
+                    200,
+                    _as_stream(out, bool((body.get("stream_options") or {}).get("include_usage"))),
+                    headers
+                    + [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                )
             else:
-                await _respond(send, status, out, headers + [(b"content-type", b"application/json")])
+                await _respond(
+                    send, status, out, headers + [(b"content-type", b"application/json")]
+                )
             return
 
 
@@ -522,9 +716,14 @@ def build_affinity(gw: Any, settings: AffinitySettings) -> Any:
 
     bad = [m for m in settings.models if m not in gw.models or len(gw.models[m].deployments) < 2]
     if bad:
-        raise UsageError(f"affinity.models: {', '.join(bad)} must be configured models with two or more deployments")
-    return DeploymentAffinity({m: gw.models[m].deployments for m in settings.models},
-                              load_factor=settings.load_factor, key_chars=settings.key_chars)
+        raise UsageError(
+            f"affinity.models: {', '.join(bad)} must be configured models with two or more deployments"
+        )
+    return DeploymentAffinity(
+        {m: gw.models[m].deployments for m in settings.models},
+        load_factor=settings.load_factor,
+        key_chars=settings.key_chars,
+    )
 
 
 def default_cascade(gw: Any) -> list[str]:
@@ -532,11 +731,18 @@ def default_cascade(gw: Any) -> list[str]:
     model whose accuracy in the router's training data is at least 80% of the frontier's (on
     the packaged router: mixtral-8x7b-chat, the cascade measured in docs/multipliers.md), else
     the cheapest routable chat model."""
-    chat = {name: mc.info.input_cost_per_token + mc.info.output_cost_per_token
-            for name, mc in gw.models.items() if mc.mode == "chat" and mc.route and mc.info.priced}
+    chat = {
+        name: mc.info.input_cost_per_token + mc.info.output_cost_per_token
+        for name, mc in gw.models.items()
+        if mc.mode == "chat" and mc.route and mc.info.priced
+    }
     if not chat:
         return []
-    strong = gw.config.frontier_model if gw.config.frontier_model in gw.models else max(chat, key=chat.get)
+    strong = (
+        gw.config.frontier_model
+        if gw.config.frontier_model in gw.models
+        else max(chat, key=chat.get)
+    )
     meta = getattr(getattr(gw.router, "router", None), "meta", None) or {}
     accuracy = meta.get("accuracy_per_model") or {}
     floor = 0.8 * accuracy.get(strong, 2.0)  # no accuracy for the frontier: no model qualifies
@@ -573,38 +779,83 @@ def _from_stream(sse: bytes, prompt_estimate: int) -> tuple[bytes, float]:
                 finish[c.get("index", 0)] = c["finish_reason"]
     if not texts:
         raise ValueError("empty stream")
-    choices = [{"index": i, "message": {"role": "assistant", "content": "".join(t)},
-                "finish_reason": finish.get(i, "stop")} for i, t in sorted(texts.items())]
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": "".join(t)},
+            "finish_reason": finish.get(i, "stop"),
+        }
+        for i, t in sorted(texts.items())
+    ]
     if usage is None:
         completion = sum(len("".join(t)) for t in texts.values()) // 4 + 1
-        usage = {"prompt_tokens": prompt_estimate, "completion_tokens": completion,
-                 "total_tokens": prompt_estimate + completion}
-    out = {"id": doc.get("id"), "object": "chat.completion", "created": doc.get("created"),
-           "model": doc.get("model"), "choices": choices, "usage": usage}
+        usage = {
+            "prompt_tokens": prompt_estimate,
+            "completion_tokens": completion,
+            "total_tokens": prompt_estimate + completion,
+        }
+    out = {
+        "id": doc.get("id"),
+        "object": "chat.completion",
+        "created": doc.get("created"),
+        "model": doc.get("model"),
+        "choices": choices,
+        "usage": usage,
+    }
     return orjson.dumps(out), cost
 
 
 def _as_stream(body: bytes, include_usage: bool) -> bytes:
     """A cached completion as an OpenAI stream: one chunk per choice, finish, usage, [DONE]."""
     doc = orjson.loads(body)
-    base = {"id": doc.get("id"), "object": "chat.completion.chunk", "created": doc.get("created"),
-            "model": doc.get("model")}
+    base = {
+        "id": doc.get("id"),
+        "object": "chat.completion.chunk",
+        "created": doc.get("created"),
+        "model": doc.get("model"),
+    }
     out = b""
     for c in doc.get("choices") or ():
         msg = c.get("message") or {}
         delta = {"role": msg.get("role", "assistant"), "content": msg.get("content")}
         if msg.get("tool_calls"):
             delta["tool_calls"] = [{**t, "index": i} for i, t in enumerate(msg["tool_calls"])]
-        out += b"data: " + orjson.dumps({**base, "choices": [{"index": c.get("index", 0), "delta": delta,
-                                                                "finish_reason": None}]}) + b"\n\n"
-        out += b"data: " + orjson.dumps({**base, "choices": [{"index": c.get("index", 0), "delta": {},
-                                                                "finish_reason": c.get("finish_reason")}]}) + b"\n\n"
+        out += (
+            b"data: "
+            + orjson.dumps(
+                {
+                    **base,
+                    "choices": [
+                        {"index": c.get("index", 0), "delta": delta, "finish_reason": None}
+                    ],
+                }
+            )
+            + b"\n\n"
+        )
+        out += (
+            b"data: "
+            + orjson.dumps(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": c.get("index", 0),
+                            "delta": {},
+                            "finish_reason": c.get("finish_reason"),
+                        }
+                    ],
+                }
+            )
+            + b"\n\n"
+        )
     if include_usage and doc.get("usage"):
         out += b"data: " + orjson.dumps({**base, "choices": [], "usage": doc["usage"]}) + b"\n\n"
     return out + b"data: [DONE]\n\n"
 
 
-async def _respond(send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def _respond(
+    send: Callable, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
     if not any(k == b"content-type" for k, _ in headers):
         headers = headers + [(b"content-type", b"application/json")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
