@@ -35,6 +35,7 @@ class RecordingSpend:
         self.settle_delay = 0.0
         self.deny: set[str] = set()
         self.budget_left: float | None = None
+        self.settle_error: Exception | None = None
 
     async def authenticate(self, authorization: str | None) -> Principal:
         self.auth.append(authorization)
@@ -59,6 +60,8 @@ class RecordingSpend:
     async def settle(self, reservation, record: LedgerRecord) -> None:
         if self.settle_delay:
             await asyncio.sleep(self.settle_delay)
+        if self.settle_error is not None:
+            raise self.settle_error
         self.settled.append(record)
 
     async def close(self) -> None:
@@ -79,7 +82,7 @@ def spend_gw(upstreams, tmp_path_factory):
 def spend(spend_gw):
     s = spend_gw[1]
     s.admitted.clear(), s.settled.clear(), s.auth.clear()
-    s.deny, s.budget_left, s.settle_delay = set(), None, 0.0
+    s.deny, s.budget_left, s.settle_delay, s.settle_error = set(), None, 0.0, None
     return s
 
 
@@ -100,7 +103,10 @@ def test_settled_once_before_client_sees_the_answer(spend_gw, spend):
     assert rec.cost_usd == pytest.approx(float(raw.headers["x-thrifty-cost-usd"]))
     assert rec.request_id == raw.headers["x-request-id"]
     name, prompt_tokens, max_cost = spend.admitted[0]
-    assert name == "m-ok" and max_cost == pytest.approx(prompt_tokens * 1e-6 + 100 * 2e-6)
+    # The hold is a true maximum: every prompt UTF-8 byte a token, plus chat-template framing.
+    bound = sum(len(m["content"].encode()) for m in MSG) + 8 * len(MSG) + 64
+    assert bound > prompt_tokens
+    assert name == "m-ok" and max_cost == pytest.approx(bound * 1e-6 + 100 * 2e-6)
 
 
 def test_stream_settled_before_done(spend_gw, spend):
@@ -163,3 +169,17 @@ def test_policy_applies_to_model_and_fallbacks(spend_gw, spend):
         client(spend_gw[0]).chat.completions.create(model="m-500", messages=MSG)
     assert info.value.status_code == 502
     assert info.value.response.headers["x-thrifty-fallbacks"] == "0"
+
+
+def test_a_request_the_ledger_cannot_record_does_not_complete(spend_gw, spend):
+    spend.settle_error = OSError(28, "No space left on device")
+    with pytest.raises(openai.APIStatusError) as exc:
+        client(spend_gw[0]).chat.completions.create(model="m-ok", messages=MSG, max_tokens=10)
+    assert exc.value.status_code == 503
+    assert exc.value.body["type"] == "ledger_error" and "ledger" in exc.value.body["message"]
+    # A stream's final chunks are held until the ledger has the request: it ends with an error.
+    with pytest.raises(openai.APIError):
+        for _ in client(spend_gw[0]).chat.completions.create(
+            model="m-ok", messages=MSG, max_tokens=10, stream=True
+        ):
+            pass

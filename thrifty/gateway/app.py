@@ -67,6 +67,23 @@ def _new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
+def _usage_chunk(held: list[dict[str, Any]], ctx: "_Ctx", usage: Usage) -> dict[str, Any]:
+    """The final ``stream_options.include_usage`` chunk, shaped like the stream's own chunks."""
+    ref = held[-1] if held else {}
+    return {
+        "id": ref.get("id") or ctx.request_id,
+        "object": "chat.completion.chunk",
+        "created": ref.get("created") or int(ctx.ts),
+        "model": ref.get("model") or (ctx.served.model.info.name if ctx.served and ctx.served.model else ""),
+        "choices": [],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        },
+    }
+
+
 def _usage_of(body: dict[str, Any] | None, fallback_prompt: int) -> Usage:
     usage = Usage.from_openai((body or {}).get("usage"))
     return usage if usage is not None else Usage(fallback_prompt, 0)
@@ -320,6 +337,15 @@ class GatewayApp:
                     await self.gw.spend.settle(ctx.reservation, record)
                 except Exception:
                     log.exception("settling request %s failed", ctx.request_id)
+                    if status == 200:
+                        # A request the ledger could not record must not complete for the client.
+                        raise GatewayError(
+                            503,
+                            "The request could not be recorded in the ledger, so it was not "
+                            "completed. Please retry.",
+                            type="ledger_error",
+                            code="ledger_unavailable",
+                        ) from None
         m = self.metrics
         m.observe(ctx.endpoint, served_name or "-", status, latency)
         if served_name and usage is not None:
@@ -345,8 +371,8 @@ class GatewayApp:
         if plan is not None:
             h.append((b"x-thrifty-route-reason", plan.reason.encode("ascii", "replace")))
         if cost is not None:
-            h.append((b"x-thrifty-cost-usd", f"{cost:.8f}".encode()))
-            h.append((b"x-thrifty-frontier-cost-usd", f"{frontier:.8f}".encode()))
+            h.append((b"x-thrifty-cost-usd", f"{cost:.9f}".encode()))
+            h.append((b"x-thrifty-frontier-cost-usd", f"{frontier:.9f}".encode()))
         return h
 
     async def _model_call(
@@ -516,7 +542,11 @@ class GatewayApp:
             return
         usage = _usage_of(usage_body, ctx.plan.prompt_tokens)
         if usage_body is None:
+            # The upstream sent no usage (llama.cpp's server, some proxies): bill an estimate,
+            # and still give a client that asked for usage its final usage chunk.
             usage.completion_tokens = max(1, completion_chars // 4)
+            if req.include_usage and anth is None:
+                held.append(_usage_chunk(held, ctx, usage))
         cost, frontier = await self._settle(ctx, 200, usage, None)
         tail = b""
         for chunk in held:
@@ -531,7 +561,7 @@ class GatewayApp:
         if anth is not None:
             tail += anth.end()
         else:
-            tail += f": thrifty cost_usd={cost:.8f} frontier_cost_usd={frontier:.8f}\n\n".encode()
+            tail += f": thrifty cost_usd={cost:.9f} frontier_cost_usd={frontier:.9f}\n\n".encode()
             tail += b"data: [DONE]\n\n"
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 

@@ -128,6 +128,7 @@ class ChatRequest:
         "prompt_chars",
         "include_usage",
         "n_messages",
+        "prompt_bytes",
     )
 
     def __init__(self, body: dict[str, Any]) -> None:
@@ -153,7 +154,7 @@ class ChatRequest:
                 code="empty_array",
             )
         texts: list[str] = []
-        chars = 0
+        chars = nbytes = 0
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict):
                 raise bad_request(
@@ -171,10 +172,13 @@ class ChatRequest:
                 )
             text = _content_text(msg.get("content"), f"messages[{i}].content")
             chars += len(text)
+            nbytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
             if role == "user" or (role != "assistant" and not texts):
                 texts.append(text)
             if msg.get("tool_calls") is not None:
-                chars += len(orjson.dumps(msg["tool_calls"]))
+                dumped = len(orjson.dumps(msg["tool_calls"]))
+                chars += dumped
+                nbytes += dumped
         self.n_messages = len(messages)
         self.prompt = texts[-1] if texts else ""
         self.prompt_chars = chars
@@ -189,14 +193,23 @@ class ChatRequest:
         opts = _check(body, "stream_options", (dict,), "an object") or {}
         self.include_usage = bool(opts.get("include_usage"))
         if body.get("tools"):
-            chars += len(orjson.dumps(body["tools"]))
+            dumped = len(orjson.dumps(body["tools"]))
+            chars += dumped
+            nbytes += dumped
             self.prompt_chars = chars
+        self.prompt_bytes = nbytes
 
     @property
     def prompt_tokens(self) -> int:
         """An estimate (4 characters a token, 4 tokens of framing per message): cheap enough for
         every request; the upstream's own count is what gets billed."""
         return self.prompt_chars // 4 + 4 * self.n_messages + 1
+
+    @property
+    def prompt_tokens_max(self) -> int:
+        """An upper bound for budget holds: a byte-level BPE token covers at least one UTF-8
+        byte, plus generous chat-template framing (special tokens, default system prompts)."""
+        return self.prompt_bytes + 8 * self.n_messages + 64
 
 
 class EmbeddingsRequest:

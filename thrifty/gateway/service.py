@@ -22,6 +22,7 @@ from thrifty.gateway.routing import AutoRouter, RoutingUnavailable
 from thrifty.gateway.schemas import ChatRequest
 from thrifty.providers.base import Provider, UpstreamError, Usage
 from thrifty.spend.api import PolicyDenied, Principal, SpendControl
+from thrifty.spend.pricing import cost_usd, max_cost_usd
 
 log = logging.getLogger("thrifty.gateway")
 
@@ -49,24 +50,12 @@ class Served:
 
 
 def price(info: ModelInfo, usage: Usage) -> float:
-    """USD for ``usage`` at ``info``'s per-token prices (cached prompt tokens at the cache price)."""
-    inp = info.input_cost_per_token or 0.0
-    out = info.output_cost_per_token or 0.0
-    cached = min(usage.cached_tokens, usage.prompt_tokens)
-    cache_price = (
-        info.cache_read_input_token_cost if info.cache_read_input_token_cost is not None else inp
-    )
-    write_price = (
-        info.cache_creation_input_token_cost
-        if info.cache_creation_input_token_cost is not None
-        else inp
-    )
-    return (
-        (usage.prompt_tokens - cached) * inp
-        + cached * cache_price
-        + usage.completion_tokens * out
-        + usage.cache_write_tokens * write_price
-    )
+    """USD for ``usage`` by the provider's rules (cached reads, cache writes, long-context tiers),
+    exact to the nano-dollar: :func:`thrifty.spend.pricing.cost_usd`."""
+    prompt = max(usage.prompt_tokens, 0)
+    cached = min(max(usage.cached_tokens, 0), prompt)
+    written = min(max(usage.cache_write_tokens, 0), prompt - cached)
+    return float(cost_usd(info, prompt, max(usage.completion_tokens, 0), cached, written))
 
 
 def _max_output(info: ModelInfo, requested: int | None, prompt_tokens: int) -> int:
@@ -238,10 +227,12 @@ class Gateway:
     def _finish_plan(
         self, requested: str, chain: list[ModelConfig], reason: str, req: Any, prompt_tokens: int
     ) -> Plan:
+        # The budget hold must be a true maximum over the whole fallback chain.
+        bound = max(getattr(req, "prompt_tokens_max", prompt_tokens), prompt_tokens)
         max_cost, max_out = 0.0, 0
         for mc in chain:
             out = _max_output(mc.info, req.max_tokens, prompt_tokens)
-            cost = price(mc.info, Usage(prompt_tokens, out))
+            cost = float(max_cost_usd(mc.info, bound, out))
             if cost >= max_cost:
                 max_cost, max_out = cost, out
         return Plan(requested, chain, reason, prompt_tokens, max_out, max_cost)
