@@ -11,7 +11,8 @@ way: the same prompts sent to the frontier model through the gateway.
 from __future__ import annotations
 
 import asyncio
-import tempfile
+import secrets
+import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -36,10 +37,11 @@ async def _send_all(
     records: dict[str, dict[str, Record]],
     prompts: list[str],
     concurrency: int,
+    api_key: str,
 ) -> list[Outcome]:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="sk-demo", max_retries=2)
+    client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=2)
     sem = asyncio.Semaphore(concurrency)
 
     async def one(prompt: str) -> Outcome:
@@ -80,9 +82,10 @@ def run_demo(
     from rich.table import Table
 
     from thrifty.gateway.app import create_app
-    from thrifty.gateway.config import build_config, default_document
+    from thrifty.gateway.config import build_config, default_data_dir, default_document
+    from thrifty.gateway.server import build_spend
     from thrifty.gateway.testing import running
-    from thrifty.spend.api import OpenSpendControl
+    from thrifty.spend import store
 
     console = Console()
     t_start = time.perf_counter()
@@ -95,28 +98,37 @@ def run_demo(
         by_prompt[key][r.model] = r
     prompts = order[:limit] if limit else order
 
-    with tempfile.TemporaryDirectory(prefix="thrifty-demo-") as tmp:
-        doc = default_document(env={})  # offline: no real providers, even if keys are set
-        doc["providers"]["replay"]["source"] = "packaged"
-        doc["data_dir"] = tmp
-        config = build_config(doc, data_dir=Path(tmp), env={})
-        app = create_app(config, spend=OpenSpendControl())
-        router = app.gw.router
-        if router.router is None:
-            console.print(
-                f"[yellow]note:[/] {router.error}; 'auto' falls back to the cheapest model."
-            )
-        frontier = config.frontier_model
-        console.print(
-            f"thrifty demo: {len(prompts)} real RouterBench prompts (ARC-Challenge, MBPP, Winogrande), "
-            f"{len(config.models)} replayed models, routed by [bold]{profile}[/]; "
-            f"baseline: everything on [bold]{frontier}[/]."
-        )
-        with running(app, port) as url:
-            t0 = time.perf_counter()
-            routed = asyncio.run(_send_all(url, profile, by_prompt, prompts, concurrency))
-            t_routed = time.perf_counter() - t0
-            base = asyncio.run(_send_all(url, frontier, by_prompt, prompts, concurrency))
+    # The demo's ledger stays behind for `thrifty report` and `thrifty simulate`.
+    data_dir = default_data_dir() / "demo"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    doc = default_document(env={})  # offline: no real providers, even if keys are set
+    doc["providers"]["replay"]["source"] = "packaged"
+    doc["data_dir"] = str(data_dir)
+    doc["spend"] = {"admin_key": "sk-admin-demo-" + secrets.token_hex(16)}
+    config = build_config(doc, data_dir=data_dir, env={})
+    spend, mounts = build_spend(config)
+    keys = {}
+    for team in ("demo", "baseline"):  # routed traffic, and the all-frontier counterfactual
+        store.create_team(spend.db, team)
+        keys[team] = store.create_key(spend.db, team_id=team, name=f"{team} key")[1]
+    spend.reload()
+    app = create_app(config, spend=spend, mounts=mounts)
+    router = app.gw.router
+    if router.router is None:
+        console.print(f"[yellow]note:[/] {router.error}; 'auto' falls back to the cheapest model.")
+    frontier = config.frontier_model
+    console.print(
+        f"thrifty demo: {len(prompts)} real RouterBench prompts (ARC-Challenge, MBPP, Winogrande), "
+        f"{len(config.models)} replayed models, routed by [bold]{profile}[/]; "
+        f"baseline: everything on [bold]{frontier}[/]."
+    )
+    with running(app, port) as url:
+        t0 = time.perf_counter()
+        routed = asyncio.run(_send_all(url, profile, by_prompt, prompts, concurrency, keys["demo"]))
+        t_routed = time.perf_counter() - t0
+        base = asyncio.run(_send_all(url, frontier, by_prompt, prompts, concurrency, keys["baseline"]))
+        spend.flush()
 
     cost, acc = _summary(routed)
     f_cost, f_acc = _summary(base)
@@ -176,6 +188,9 @@ def run_demo(
         f"p50 {lat[len(lat) // 2] * 1000:.1f} ms per request at concurrency {concurrency} (client included); "
         f"demo total {time.perf_counter() - t_start:.1f} s.\n"
         "Data: RouterBench (Martian, MIT), real recorded answers replayed offline; "
-        "token counts derived as documented in thrifty/providers/replay_records.py."
+        "token counts derived as documented in thrifty/providers/replay_records.py.\n"
+        f"[bold]ledger[/]: {2 * len(prompts)} requests under teams 'demo' and 'baseline' in {data_dir}; try\n"
+        f"  thrifty report --data-dir {data_dir} --by team\n"
+        f"  thrifty simulate --data-dir {data_dir} --team demo --profile auto-cheap"
     )
     return 0

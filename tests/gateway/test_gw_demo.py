@@ -1,0 +1,40 @@
+"""`thrifty demo` as a newcomer runs it: offline, then `report` and `simulate` on the ledger it leaves."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def thrifty(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "THRIFTY_DATA_DIR"}
+    env["COLUMNS"] = "200"
+    return subprocess.run([sys.executable, "-m", "thrifty.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_demo_routes_real_prompts_and_leaves_a_ledger(tmp_path):
+    run = thrifty("demo", "--limit", "40", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    saved = re.search(r"\(([0-9]+)% saved", out)
+    assert saved and 0 < int(saved.group(1)) < 100, out
+    assert "of frontier quality kept" in out
+
+    data = tmp_path / ".thrifty" / "demo"
+    report = thrifty("report", "--data-dir", str(data), "--by", "team", "--format", "json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    doc = json.loads(report.stdout)
+    text = json.dumps(doc)
+    # both teams' 40 requests are in the ledger
+    assert '"demo"' in text and '"baseline"' in text
+    totals = json.dumps(doc).count('"requests": 40')
+    assert totals >= 2, text[:2000]
+
+    sim = thrifty("simulate", "--data-dir", str(data), "--team", "demo", "--profile", "auto-cheap", cwd=tmp_path)
+    assert sim.returncode == 0, sim.stderr
+    assert "auto-cheap" in sim.stdout
