@@ -315,7 +315,7 @@ def _budget_row(db: Database, row: Sequence[Any], now: float | None = None) -> d
     spent = db.one("SELECT spent_nanos FROM budget_spend WHERE budget_id = ? AND period_start = ?", (row[0], start))
     spent_nanos = int(spent[0]) if spent else 0
     return {
-        "id": row[0], "scope": row[1], "scope_id": row[2], "amount_usd": str(nanos_to_usd(row[3]).normalize()),
+        "id": row[0], "scope": row[1], "scope_id": row[2], "amount_usd": format(nanos_to_usd(row[3]).normalize(), "f"),
         "period": row[4], "window_start": iso(row[5]), "window_end": iso(row[6]),
         "soft_thresholds": json.loads(row[7]), "webhook_url": row[8],
         "period_start": iso(start), "resets_at": iso(end) if row[4] != "window" else None,
