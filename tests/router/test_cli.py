@@ -1,7 +1,7 @@
-from pathlib import Path
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +15,7 @@ def fixtures() -> Path:
 
 def thrifty(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "thrifty.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+                          text=True, cwd=cwd, timeout=600, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-from pathlib import Path
 import functools
 import http.server
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest

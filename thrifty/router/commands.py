@@ -89,15 +89,14 @@ def _score(args: argparse.Namespace) -> int:
     rows = _read_prompts(args.input)
     quality = router.score_many([p for _, p in rows]) if rows else []
     with open(args.output, "w", encoding="utf-8") as out:
-        for (ident, _), q in zip(rows, quality):
-            out.write(json.dumps({"id": ident, "quality": dict(zip(router.models, map(float, q)))}) + "\n")
+        out.writelines(json.dumps({"id": ident, "quality": dict(zip(router.models, map(float, q)))}) + "\n" for (ident, _), q in zip(rows, quality))
     print(f"scored {len(rows)} prompts -> {args.output}", file=sys.stderr)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from thrifty.router import data as routing_data
-    from thrifty.router.evaluate import PROTOCOLS, Evaluator, plot
+    from thrifty.router.evaluate import Evaluator, plot
     from thrifty.router.report import print_summary
 
     data = routing_data.load(args.data)

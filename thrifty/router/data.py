@@ -21,9 +21,9 @@ import io
 import json
 import math
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class RoutingData:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def subset(self, index: Sequence[int] | np.ndarray) -> "RoutingData":
+    def subset(self, index: Sequence[int] | np.ndarray) -> RoutingData:
         idx = np.asarray(index, dtype=int)
         return RoutingData(
             prompts=[self.prompts[i] for i in idx],
@@ -72,10 +72,10 @@ class RoutingData:
             responses={m: [r[i] for i in idx] for m, r in self.responses.items()},
         )
 
-    def where(self, keep: Iterable[bool]) -> "RoutingData":
+    def where(self, keep: Iterable[bool]) -> RoutingData:
         return self.subset(np.flatnonzero(np.fromiter(keep, dtype=bool)))
 
-    def with_models(self, models: Sequence[str]) -> "RoutingData":
+    def with_models(self, models: Sequence[str]) -> RoutingData:
         """The same prompts laid out on ``models`` (unknown ones become NaN columns)."""
         n = len(self.prompts)
         labels = np.full((n, len(models)), np.nan)
@@ -89,7 +89,7 @@ class RoutingData:
                            list(self.groups), list(self.ids), dict(self.responses))
 
     @staticmethod
-    def concat(parts: Sequence["RoutingData"]) -> "RoutingData":
+    def concat(parts: Sequence[RoutingData]) -> RoutingData:
         """Join datasets; the model list is the union, in first-seen order."""
         models: list[str] = []
         for p in parts:
@@ -138,7 +138,7 @@ def _expand(sources: Sequence[str | Path]) -> Iterable[tuple[str, str, set[str]]
 
 def _fetch(url: str) -> str:
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - user-given URL
+        with urllib.request.urlopen(url, timeout=60) as resp:
             raw = resp.read()
     except OSError as exc:
         raise DataError(f"{url}: could not download ({exc})") from None
@@ -227,8 +227,7 @@ def _group_of(name: str) -> str:
     for prefix in ("mmlu_",):
         if stem.startswith(prefix):
             return "mmlu/" + stem[len(prefix):]
-    if stem.endswith("_responses"):
-        stem = stem[: -len("_responses")]
+    stem = stem.removesuffix("_responses")
     return stem
 
 

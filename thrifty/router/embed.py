@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class StaticEmbedder:
         np.savez_compressed(path, table=self.table.astype(np.float16), ident=np.array(self.table_ident))
 
     @classmethod
-    def load(cls, path: Path) -> "StaticEmbedder":
+    def load(cls, path: Path) -> StaticEmbedder:
         with np.load(path) as z:
             return cls(z["table"].astype(np.float32), str(z["ident"]))
 

@@ -12,9 +12,9 @@ baselines, with bootstrap confidence intervals.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

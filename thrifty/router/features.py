@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _MATH = re.compile(r"[=+\-*/^<>%$]|\\frac|sqrt|\\sum")
-_CODE = re.compile(r"```|\bdef |\bclass |\breturn\b|[{};]\s*$|\bimport ", re.M)
-_CHOICE = re.compile(r"^\s*\(?[A-D][.)]\s", re.M)
+_CODE = re.compile(r"```|\bdef |\bclass |\breturn\b|[{};]\s*$|\bimport ", re.MULTILINE)
+_CHOICE = re.compile(r"^\s*\(?[A-D][.)]\s", re.MULTILINE)
 _DIGIT = re.compile(r"\d")
 _UPPER = re.compile(r"[A-Z]")
 

@@ -164,7 +164,7 @@ def n_model_report(curve: CostQualityCurve, models: list[str], *, rounds: int = 
                    for w, ci, qi in zip(curve.weights, c, q)],
         "max_quality": float(q.max()),
         "cost_to_match_best": match,
-        "cost_to_match_best_share": match / float(single_cost[best]) if match == match else float("nan"),
+        "cost_to_match_best_share": float("nan") if np.isnan(match) else match / float(single_cost[best]),
         "cost_to_match_best_share_ci": bootstrap(ratio, n, rounds=rounds),
         "cost_share_for_quality_share": {
             f"{r:g}": cost_to_match(c, q, r * float(single_quality[best])) / float(single_cost[best])

@@ -30,7 +30,7 @@ class Features:
     emb: np.ndarray  # n x D, L2-normalised
     cheap: np.ndarray  # n x F, raw (see features.NAMES; column 0 is log chars)
 
-    def subset(self, idx: np.ndarray) -> "Features":
+    def subset(self, idx: np.ndarray) -> Features:
         return Features(self.emb[idx], self.cheap[idx])
 
     def __len__(self) -> int:
@@ -48,7 +48,7 @@ def model_priors(labels: np.ndarray) -> np.ndarray:
 class Predictor:
     kind: ClassVar[str]
 
-    def fit(self, X: Features, Y: np.ndarray) -> "Predictor":
+    def fit(self, X: Features, Y: np.ndarray) -> Predictor:
         raise NotImplementedError
 
     def predict(self, X: Features) -> np.ndarray:
@@ -58,7 +58,7 @@ class Predictor:
         raise NotImplementedError
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "Predictor":
+    def from_state(cls, state: dict[str, np.ndarray]) -> Predictor:
         raise NotImplementedError
 
 
@@ -68,7 +68,7 @@ class KNNPredictor(Predictor):
     def __init__(self, k: int = 40, temperature: float = 0.05, shrink: float = 3.0) -> None:
         self.k, self.temperature, self.shrink = k, temperature, shrink
 
-    def fit(self, X: Features, Y: np.ndarray) -> "KNNPredictor":
+    def fit(self, X: Features, Y: np.ndarray) -> KNNPredictor:
         self.train_emb = np.ascontiguousarray(X.emb, dtype=np.float32)
         self.labels = Y.astype(np.float32)
         self.prior = model_priors(Y).astype(np.float32)
@@ -97,7 +97,7 @@ class KNNPredictor(Predictor):
                 "prior": self.prior, "params": np.array([self.k, self.temperature, self.shrink])}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "KNNPredictor":
+    def from_state(cls, state: dict[str, np.ndarray]) -> KNNPredictor:
         k, t, s = state["params"].tolist()
         p = cls(int(k), float(t), float(s))
         p.train_emb = state["train_emb"].astype(np.float32)
@@ -127,7 +127,7 @@ class FactorPredictor(Predictor):
         cheap = (X.cheap - self.mu) / self.sd
         return np.hstack([X.emb, cheap]).astype(np.float32)
 
-    def fit(self, X: Features, Y: np.ndarray) -> "FactorPredictor":
+    def fit(self, X: Features, Y: np.ndarray) -> FactorPredictor:
         rng = np.random.default_rng(self.seed)
         self.mu = X.cheap.mean(axis=0)
         self.sd = X.cheap.std(axis=0) + 1e-6
@@ -159,12 +159,12 @@ class FactorPredictor(Predictor):
             grads["W"] = A.T @ GH + self.l2 * W
             grads["c"] = GH.sum(axis=0)
             lr = self.lr * (0.5 * (1 + np.cos(np.pi * step / self.epochs)))  # cosine decay
-            for k in params:
+            for k, value in params.items():
                 mom[k] = 0.9 * mom[k] + 0.1 * grads[k]
                 vel[k] = 0.999 * vel[k] + 0.001 * grads[k] ** 2
                 mhat = mom[k] / (1 - 0.9**step)
                 vhat = vel[k] / (1 - 0.999**step)
-                params[k] = (params[k] - lr * mhat / (np.sqrt(vhat) + 1e-8)).astype(np.float32)
+                params[k] = (value - lr * mhat / (np.sqrt(vhat) + 1e-8)).astype(np.float32)
         self.params = params
         return self
 
@@ -177,7 +177,7 @@ class FactorPredictor(Predictor):
         return {**{f"p_{k}": v for k, v in self.params.items()}, "mu": self.mu, "sd": self.sd}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "FactorPredictor":
+    def from_state(cls, state: dict[str, np.ndarray]) -> FactorPredictor:
         p = cls(hidden=int(state["p_W"].shape[1]))
         p.params = {k[2:]: state[k].astype(np.float32) for k in state if k.startswith("p_")}
         p.mu, p.sd = state["mu"], state["sd"]
@@ -193,7 +193,7 @@ class EnsemblePredictor(Predictor):
         self.knn = KNNPredictor()
         self.factor = FactorPredictor()
 
-    def fit(self, X: Features, Y: np.ndarray) -> "EnsemblePredictor":
+    def fit(self, X: Features, Y: np.ndarray) -> EnsemblePredictor:
         self.knn.fit(X, Y)
         self.factor.fit(X, Y)
         return self
@@ -206,7 +206,7 @@ class EnsemblePredictor(Predictor):
                 **{f"factor.{k}": v for k, v in self.factor.state().items()}}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "EnsemblePredictor":
+    def from_state(cls, state: dict[str, np.ndarray]) -> EnsemblePredictor:
         p = cls()
         p.knn = KNNPredictor.from_state({k[4:]: v for k, v in state.items() if k.startswith("knn.")})
         p.factor = FactorPredictor.from_state({k[7:]: v for k, v in state.items() if k.startswith("factor.")})
@@ -221,7 +221,7 @@ class LengthPredictor(Predictor):
     def __init__(self, bins: int = 10) -> None:
         self.bins = bins
 
-    def fit(self, X: Features, Y: np.ndarray) -> "LengthPredictor":
+    def fit(self, X: Features, Y: np.ndarray) -> LengthPredictor:
         length = X.cheap[:, 0]
         self.edges = np.unique(np.quantile(length, np.linspace(0, 1, self.bins + 1)[1:-1]))
         which = np.searchsorted(self.edges, length)
@@ -241,7 +241,7 @@ class LengthPredictor(Predictor):
         return {"edges": self.edges, "table": self.table}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "LengthPredictor":
+    def from_state(cls, state: dict[str, np.ndarray]) -> LengthPredictor:
         p = cls()
         p.edges, p.table = state["edges"], state["table"]
         return p
@@ -255,7 +255,7 @@ class RandomPredictor(Predictor):
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def fit(self, X: Features, Y: np.ndarray) -> "RandomPredictor":
+    def fit(self, X: Features, Y: np.ndarray) -> RandomPredictor:
         self.n_models = Y.shape[1]
         return self
 
@@ -266,7 +266,7 @@ class RandomPredictor(Predictor):
         return {"n_models": np.array(self.n_models), "seed": np.array(self.seed)}
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "RandomPredictor":
+    def from_state(cls, state: dict[str, np.ndarray]) -> RandomPredictor:
         p = cls(int(state["seed"]))
         p.n_models = int(state["n_models"])
         return p

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.table import Table
 
 
 def _ci(pair) -> str:
     lo, hi = pair
-    return f"[{lo:.3f}, {hi:.3f}]" if lo == lo else "n/a"
+    return "n/a" if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]"
 
 
 def _pct(x: float) -> str:
-    return f"{x:.1%}" if x == x else "not reached"
+    return "not reached" if math.isnan(x) else f"{x:.1%}"
 
 
 def print_summary(report: dict, console: Console | None = None) -> None:

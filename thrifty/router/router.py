@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -51,13 +51,13 @@ class Profile:
     value: float
 
     @classmethod
-    def cost_weight(cls, weight: float) -> "Profile":
+    def cost_weight(cls, weight: float) -> Profile:
         if not weight >= 0:
             raise UsageError(f"cost weight must be >= 0, got {weight}")
         return cls("cost_weight", float(weight))
 
     @classmethod
-    def target_quality(cls, quality: float) -> "Profile":
+    def target_quality(cls, quality: float) -> Profile:
         if not 0.0 <= quality <= 1.0:
             raise UsageError(f"target quality must be within [0, 1], got {quality}")
         return cls("target_quality", float(quality))
@@ -134,7 +134,7 @@ class Router:
 
     @classmethod
     def train(cls, data: RoutingData, predictor: str = "ensemble", *, embedder: StaticEmbedder | None = None,
-              calibration_share: float = 0.1, seed: int = 0, show_progress: bool = True) -> "Router":
+              calibration_share: float = 0.1, seed: int = 0, show_progress: bool = True) -> Router:
         if predictor not in PREDICTORS:
             raise UsageError(f"unknown predictor {predictor!r}; choose one of {', '.join(PREDICTORS)}")
         if len(data) < 10:
@@ -195,7 +195,7 @@ class Router:
         return out
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Router":
+    def load(cls, directory: str | Path) -> Router:
         path = Path(directory)
         try:
             doc = json.loads((path / "router.json").read_text())
