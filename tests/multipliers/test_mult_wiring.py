@@ -497,3 +497,19 @@ def test_prefix_affinity_keeps_a_tenants_prefix_on_one_deployment(upstream, tmp_
             batches=None,
             affinity=AffinitySettings(models=("nope",)),
         )
+
+
+def test_a_hit_the_ledger_cannot_record_is_not_served(upstream, tmp_path):
+    spend, app = serve(upstream, tmp_path, CacheSettings())
+    with running(app) as url:
+        a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
+        assert ask(a, temperature=0).headers["x-thrifty-cache"] == "miss"
+
+        async def broken(reservation, record):
+            raise RuntimeError("ledger down")
+
+        spend.settle = broken
+        with pytest.raises(openai.APIStatusError) as err:
+            ask(a, temperature=0)
+        assert err.value.status_code == 503
+        assert err.value.body["code"] == "ledger_unavailable"

@@ -395,8 +395,27 @@ class MultiplierApp:
         )
         try:
             await self.gw.spend.settle(None, record)
-        except Exception:
-            log.exception("recording cache hit %s failed", request_id)
+        except Exception as exc:  # as the gateway does: what the ledger cannot record is not served
+            log.warning("recording cache hit %s failed (%s)", request_id, type(exc).__name__)
+            message = "The request could not be recorded in the ledger, so it was not completed. Please retry."
+            error = (
+                orjson.dumps(
+                    {"type": "error", "error": {"type": "ledger_error", "message": message}}
+                )
+                if anthropic
+                else orjson.dumps(
+                    {
+                        "error": {
+                            "message": message,
+                            "type": "ledger_error",
+                            "param": None,
+                            "code": "ledger_unavailable",
+                        }
+                    }
+                )
+            )
+            await _respond(send, 503, error, [(b"x-request-id", request_id.encode())])
+            return
         headers = [
             (b"x-request-id", request_id.encode()),
             (b"x-thrifty-cache", f"hit-{kind}".encode()),
