@@ -382,7 +382,7 @@ class MultiplierApp:
             requested_model=requested,
             served_model=entry.model,
             provider="cache",
-            route_reason=f"{kind} cache hit; saved ${saved:.8f}",
+            route_reason=f"{kind} cache hit; saved ${saved:.9f}",
             prompt_tokens=entry.prompt_tokens,
             completion_tokens=entry.completion_tokens,
             input_price=(info.input_cost_per_token or 0.0) if info else 0.0,
@@ -421,9 +421,9 @@ class MultiplierApp:
             (b"x-thrifty-cache", f"hit-{kind}".encode()),
             (b"x-thrifty-model", entry.model.encode()),
             (b"x-thrifty-provider", b"cache"),
-            (b"x-thrifty-cost-usd", b"0.00000000"),
-            (b"x-thrifty-saved-usd", f"{saved:.8f}".encode()),
-            (b"x-thrifty-frontier-cost-usd", f"{frontier:.8f}".encode()),
+            (b"x-thrifty-cost-usd", b"0.000000000"),
+            (b"x-thrifty-saved-usd", f"{saved:.9f}".encode()),
+            (b"x-thrifty-frontier-cost-usd", f"{frontier:.9f}".encode()),
         ]
         if body.get("stream"):
             await _respond(
