@@ -118,3 +118,38 @@ def test_default_cascade_on_the_embedded_config():
     )
     # The cheapest model within 80% of the frontier's accuracy in the router's data, then the frontier.
     assert app.cascade == ["mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"]
+
+
+def test_routed_auto_requests_hit_the_cache(prompts, tmp_path):
+    import time
+
+    passing, _ = prompts
+    models = {k: v for k, v in _replay_models().items() if k in (CHEAP, STRONG)}
+    config = build_config(
+        {
+            "data_dir": str(tmp_path),
+            "providers": {"replay": {"type": "replay", "source": "shared"}},
+            "models": models,
+        },
+        env={},
+    )
+    spend = Ledger()
+    app = MultiplierApp(create_app(config, spend=spend), cache=CacheSettings(), batches=None)
+    with running(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+
+        def ask():
+            return client.chat.completions.with_raw_response.create(
+                model="auto", temperature=0, messages=[{"role": "user", "content": passing}]
+            )
+
+        first = ask()
+        deadline = time.monotonic() + 5
+        while app.pending_stores and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = ask()
+        assert (first.headers["x-thrifty-cache"], second.headers["x-thrifty-cache"]) == (
+            "miss",
+            "hit-exact",
+        )
+        assert second.headers["x-thrifty-model"] == first.headers["x-thrifty-model"]

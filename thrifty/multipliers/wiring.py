@@ -195,7 +195,7 @@ class MultiplierApp:
         )
         if model == CASCADE_PROFILE and self.cascade:
             return policy, "profile:" + model, set(self.cascade)
-        if self.gw.router.is_profile(model):
+        if model == "default" or self.gw.router.is_profile(model):
             return policy, "profile:" + model, None  # the route itself may pick any model
         share = route.share_with if route else ()
         namespace = "|".join(sorted({model, *share}))
