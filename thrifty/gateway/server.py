@@ -40,10 +40,11 @@ def build_spend(config: GatewayConfig) -> tuple[SpendControl, dict[str, Any]]:
 
 def make_app(config_path: str | None = None) -> Any:
     from thrifty.gateway.app import create_app
+    from thrifty.multipliers.wiring import with_multipliers  # caches, cascade, batches, affinity
 
     config = load_config(config_path)
     spend, mounts = build_spend(config)
-    return create_app(config, spend=spend, mounts=mounts)
+    return with_multipliers(create_app(config, spend=spend, mounts=mounts), config_path)
 
 
 SERVERS = ("uvicorn", "granian")
