@@ -20,7 +20,7 @@ import itertools
 import logging
 import os
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import orjson
 
@@ -67,7 +67,7 @@ def _new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
-def _usage_chunk(held: list[dict[str, Any]], ctx: "_Ctx", usage: Usage) -> dict[str, Any]:
+def _usage_chunk(held: list[dict[str, Any]], ctx: _Ctx, usage: Usage) -> dict[str, Any]:
     """The final ``stream_options.include_usage`` chunk, shaped like the stream's own chunks."""
     ref = held[-1] if held else {}
     return {
@@ -87,6 +87,22 @@ def _usage_chunk(held: list[dict[str, Any]], ctx: "_Ctx", usage: Usage) -> dict[
 def _usage_of(body: dict[str, Any] | None, fallback_prompt: int) -> Usage:
     usage = Usage.from_openai((body or {}).get("usage"))
     return usage if usage is not None else Usage(fallback_prompt, 0)
+
+
+async def dispatch_to_mount(
+    mounts: Sequence[tuple[str, ASGIApp]], scope: dict, receive: Callable, send: Send
+) -> bool:
+    """Hand the request to the app of the first mount whose prefix matches the path (callers
+    order mounts longest prefix first); False when none matches."""
+    path = scope["path"]
+    for prefix, app in mounts:
+        if path == prefix or path.startswith(prefix + "/"):
+            sub = dict(scope)
+            sub["path"] = path[len(prefix) :] or "/"
+            sub["root_path"] = scope.get("root_path", "") + prefix
+            await app(sub, receive, send)
+            return True
+    return False
 
 
 class _Ctx:
@@ -155,13 +171,8 @@ class GatewayApp:
                     await self.startup()
                 await handler(scope, receive, send)
                 return
-            for prefix, app in self.mounts:
-                if path == prefix or path.startswith(prefix + "/"):
-                    sub = dict(scope)
-                    sub["path"] = path[len(prefix) :] or "/"
-                    sub["root_path"] = scope.get("root_path", "") + prefix
-                    await app(sub, receive, send)
-                    return
+            if await dispatch_to_mount(self.mounts, scope, receive, send):
+                return
             fmt = ANTHROPIC if path.startswith("/v1/messages") else OPENAI
             known = any(p == path for (_, p) in self.routes)
             status = 405 if known else 404

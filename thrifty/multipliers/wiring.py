@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from thrifty.gateway.app import dispatch_to_mount
 from thrifty.multipliers.batch_api import batch_mounts
 from thrifty.multipliers.batch_exec import GatewayExecutor
 from thrifty.multipliers.batches import BatchRunner, BatchStore
@@ -146,13 +147,8 @@ class MultiplierApp:
             if scope["method"] == "GET" and path in ("/v1/models", "/models") and self.cascade:
                 await self._models(scope, receive, send)
                 return
-            for prefix, app in self.mounts:
-                if path == prefix or path.startswith(prefix + "/"):
-                    sub = dict(scope)
-                    sub["path"] = path[len(prefix) :] or "/"
-                    sub["root_path"] = scope.get("root_path", "") + prefix
-                    await app(sub, receive, send)
-                    return
+            if await dispatch_to_mount(self.mounts, scope, receive, send):
+                return
         elif scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
             return
