@@ -90,20 +90,7 @@ def openai_to_anthropic_request(
             push("user", _anthropic_blocks(msg.get("content")))
         elif role == "assistant":
             blocks = _anthropic_blocks(msg.get("content"))
-            for call in msg.get("tool_calls") or []:
-                fn = call.get("function") or {}
-                try:
-                    args = orjson.loads(fn.get("arguments") or "{}")
-                except orjson.JSONDecodeError:
-                    args = {}
-                blocks.append(
-                    {
-                        "type": "tool_use",
-                        "id": call.get("id"),
-                        "name": fn.get("name"),
-                        "input": args,
-                    }
-                )
+            blocks += [_tool_use_block(call) for call in msg.get("tool_calls") or []]
             push("assistant", blocks)
         elif role in ("tool", "function"):
             push(
@@ -417,21 +404,23 @@ def openai_usage_to_anthropic(usage: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _tool_use_block(call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI tool call as an Anthropic ``tool_use`` block (unparsable arguments become {})."""
+    fn = call.get("function") or {}
+    try:
+        args = orjson.loads(fn.get("arguments") or "{}")
+    except orjson.JSONDecodeError:
+        args = {}
+    return {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args}
+
+
 def openai_to_anthropic_response(resp: dict[str, Any], model: str) -> dict[str, Any]:
     choice = (resp.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        try:
-            args = orjson.loads(fn.get("arguments") or "{}")
-        except orjson.JSONDecodeError:
-            args = {}
-        content.append(
-            {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args}
-        )
+    content += [_tool_use_block(call) for call in message.get("tool_calls") or []]
     return {
         "id": "msg_" + str(resp.get("id", "")).removeprefix("chatcmpl-"),
         "type": "message",
