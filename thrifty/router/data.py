@@ -233,8 +233,8 @@ def _group_of(name: str) -> str:
 
 def _routellm(name: str, header: list[str], rows: list[list[str]], contaminated: set[str]) -> RoutingData:
     p = header.index("prompt")
-    models = [h for h in header if h != "prompt" and not h.endswith("_response") and h.strip() and h != ""]
-    models = [m for m in models if not m.startswith("Unnamed")]
+    models = [h for h in header
+              if h.strip() and h != "prompt" and not h.endswith("_response") and not h.startswith("Unnamed")]
     if not models:
         raise DataError(f"{name}: no model label columns beside 'prompt'")
     cols = [header.index(m) for m in models]
