@@ -107,6 +107,15 @@ def _content_text(content: Any, where: str) -> str:
                         code="invalid_type",
                     )
                 parts.append(text)
+            elif part["type"] == "image_url":
+                image = part.get("image_url")
+                if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+                    raise bad_request(
+                        f"Invalid '{where}[{i}].image_url': expected an object with a string "
+                        "'url'.",
+                        param=f"{where}[{i}].image_url",
+                        code="invalid_type",
+                    )
         return "\n".join(parts)
     raise bad_request(
         f"Invalid type for '{where}': expected a string or an array of content parts, "
@@ -114,6 +123,79 @@ def _content_text(content: Any, where: str) -> str:
         param=where,
         code="invalid_type",
     )
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: its repr, cut short (never the whole of a large body)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _invalid(param: str, expected: str, value: Any) -> GatewayError:
+    return bad_request(
+        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)}.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _check_function(fn: Any, where: str, *, arguments: bool) -> None:
+    """``{"name": str, ...}`` of a tool definition or a tool call (whose ``arguments`` is a JSON
+    string), checked because the Anthropic translation reads them."""
+    if not isinstance(fn, dict):
+        raise _invalid(where, "an object", fn)
+    if not isinstance(fn.get("name"), str):
+        raise _invalid(f"{where}.name", "a string", fn.get("name"))
+    if arguments and fn.get("arguments") is not None and not isinstance(fn["arguments"], str):
+        raise _invalid(f"{where}.arguments", "a JSON string", fn["arguments"])
+    if (
+        not arguments
+        and fn.get("parameters") is not None
+        and not isinstance(fn["parameters"], dict)
+    ):
+        raise _invalid(f"{where}.parameters", "a JSON Schema object", fn["parameters"])
+
+
+def _check_tools(body: dict[str, Any]) -> None:
+    tools = _check(body, "tools", (list,), "an array")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise _invalid(f"tools[{i}]", "an object with a string 'type'", tool)
+        if tool["type"] == "function":
+            _check_function(tool.get("function"), f"tools[{i}].function", arguments=False)
+
+
+def _check_tool_calls(calls: Any, where: str) -> None:
+    if not isinstance(calls, list):
+        raise _invalid(where, "an array", calls)
+    for i, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise _invalid(f"{where}[{i}]", "an object", call)
+        _check_function(call.get("function"), f"{where}[{i}].function", arguments=True)
+
+
+def _check_tool_choice(choice: Any) -> None:
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise bad_request(
+                f"Invalid value for 'tool_choice': {_short(choice)}. Supported values are: "
+                "'none', 'auto', 'required' or an object naming a tool.",
+                param="tool_choice",
+            )
+        return
+    if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
+        raise _invalid("tool_choice", "a string or an object with a string 'type'", choice)
+    if choice["type"] == "function" or "function" in choice:
+        fn = choice.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise _invalid("tool_choice.function", "an object with a string 'name'", fn)
+
+
+def _check_stop(stop: Any) -> None:
+    if isinstance(stop, str):
+        return
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise _invalid("stop", "a string or an array of strings", stop)
 
 
 class ChatRequest:
@@ -164,9 +246,9 @@ class ChatRequest:
                     code="invalid_type",
                 )
             role = msg.get("role")
-            if role not in ROLES:
+            if not isinstance(role, str) or role not in ROLES:
                 raise bad_request(
-                    f"Invalid value for 'messages[{i}].role': {role!r}. Supported values are: "
+                    f"Invalid value for 'messages[{i}].role': {_short(role)}. Supported values are: "
                     "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
                     param=f"messages[{i}].role",
                 )
@@ -176,6 +258,7 @@ class ChatRequest:
             if role == "user" or (role != "assistant" and not texts):
                 texts.append(text)
             if msg.get("tool_calls") is not None:
+                _check_tool_calls(msg["tool_calls"], f"messages[{i}].tool_calls")
                 dumped = len(orjson.dumps(msg["tool_calls"]))
                 chars += dumped
                 nbytes += dumped
@@ -188,10 +271,15 @@ class ChatRequest:
         _number_range(body, "temperature", 0, 2)
         _number_range(body, "top_p", 0, 1)
         _positive_int(body, "n")
-        _check(body, "tools", (list,), "an array")
+        if body.get("tools") is not None:
+            _check_tools(body)
+        if body.get("tool_choice") is not None:
+            _check_tool_choice(body["tool_choice"])
+        if body.get("stop") is not None:
+            _check_stop(body["stop"])
         _check(body, "response_format", (dict,), "an object")
         opts = _check(body, "stream_options", (dict,), "an object") or {}
-        self.include_usage = bool(opts.get("include_usage"))
+        self.include_usage = bool(_check(opts, "include_usage", (bool,), "a boolean"))
         if body.get("tools"):
             dumped = len(orjson.dumps(body["tools"]))
             chars += dumped
