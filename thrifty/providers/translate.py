@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import orjson
 
-from thrifty.gateway.errors import bad_request
+from thrifty.gateway.errors import GatewayError, bad_request
 
 FINISH_TO_STOP = {
     "stop": "end_turn",
@@ -33,12 +33,14 @@ STOP_TO_FINISH = {
 
 
 def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        return ""
     return "".join(
-        p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        p["text"]
+        for p in content
+        if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
     )
 
 
@@ -280,6 +282,77 @@ def _check_list(value: Any, param: str) -> list[Any]:
     return value
 
 
+def _invalid(param: str, expected: str) -> GatewayError:
+    return bad_request(f"{param}: Input should be {expected}", param=param, code="invalid_type")
+
+
+def _text_block(block: dict[str, Any], param: str) -> str:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise _invalid(f"{param}.text", "a valid string")
+    return text
+
+
+def _system_text(system: Any) -> str:
+    if isinstance(system, str):
+        return system
+    parts = []
+    for i, block in enumerate(_check_list(system, "system")):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise _invalid(f"system.{i}", "a text block")
+        parts.append(_text_block(block, f"system.{i}"))
+    return "".join(parts)
+
+
+def _image_url(block: dict[str, Any], param: str) -> str:
+    src = block.get("source")
+    if not isinstance(src, dict):
+        raise _invalid(f"{param}.source", "a valid dictionary")
+    if src.get("type") == "url" or "url" in src:
+        if not isinstance(src.get("url"), str):
+            raise _invalid(f"{param}.source.url", "a valid string")
+        return src["url"]
+    if not isinstance(src.get("media_type"), str) or not isinstance(src.get("data"), str):
+        raise _invalid(f"{param}.source", "an image source with 'media_type' and 'data' strings")
+    return f"data:{src['media_type']};base64,{src['data']}"
+
+
+def _tool_result_text(content: Any, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return _text_of(_check_list(content, f"{param}.content"))
+
+
+def _checked_tools(tools: Any) -> list[dict[str, Any]]:
+    out = []
+    for i, t in enumerate(_check_list(tools, "tools")):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise _invalid(f"tools.{i}.name", "a valid string")
+        schema = t.get("input_schema")
+        if schema is not None and not isinstance(schema, dict):
+            raise _invalid(f"tools.{i}.input_schema", "a valid dictionary")
+        out.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": schema,
+                },
+            }
+        )
+    return out
+
+
+def _number(body: dict[str, Any], key: str, hi: float) -> Any:
+    value = body.get(key)
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi
+    ):
+        raise bad_request(f"{key}: Input should be a number from 0 to {hi}", param=key)
+    return value
+
+
 def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
     """Validates the Messages-API fields it translates; errors name the field like Anthropic's do."""
     model = body.get("model")
@@ -306,10 +379,10 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
         )
     messages: list[dict[str, Any]] = []
     system = body.get("system")
-    if system:
-        messages.append(
-            {"role": "system", "content": system if isinstance(system, str) else _text_of(system)}
-        )
+    if system is not None:
+        text = _system_text(system)
+        if text:
+            messages.append({"role": "system", "content": text})
     for i, msg in enumerate(_check_list(body["messages"], "messages")):
         if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
             raise bad_request(
@@ -323,15 +396,21 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
         blocks = _check_list(content, f"messages.{i}.content")
         parts: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
-        for block in blocks:
+        for j, block in enumerate(blocks):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
-                parts.append({"type": "text", "text": block.get("text", "")})
+                parts.append(
+                    {"type": "text", "text": _text_block(block, f"messages.{i}.content.{j}")}
+                )
             elif kind == "image":
-                src = block.get("source") or {}
-                url = src.get("url") or f"data:{src.get('media_type')};base64,{src.get('data', '')}"
+                url = _image_url(block, f"messages.{i}.content.{j}")
                 parts.append({"type": "image_url", "image_url": {"url": url}})
             elif kind == "tool_use":
+                where = f"messages.{i}.content.{j}"
+                if not isinstance(block.get("name"), str):
+                    raise _invalid(f"{where}.name", "a valid string")
+                if block.get("input") is not None and not isinstance(block["input"], dict):
+                    raise _invalid(f"{where}.input", "a valid dictionary")
                 calls.append(
                     {
                         "id": block.get("id"),
@@ -343,13 +422,9 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
                     }
                 )
             elif kind == "tool_result":
-                result = block.get("content")
+                result = _tool_result_text(block.get("content"), f"messages.{i}.content.{j}")
                 messages.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": block.get("tool_use_id"),
-                        "content": result if isinstance(result, str) else _text_of(result),
-                    }
+                    {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": result}
                 )
             elif kind is None:
                 raise bad_request(
@@ -362,31 +437,33 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
                 out["tool_calls"] = calls
             messages.append(out)
     body_out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
-    for src, dst in (("temperature", "temperature"), ("top_p", "top_p"), ("stream", "stream")):
-        if body.get(src) is not None:
-            body_out[dst] = body[src]
-    if body.get("stop_sequences"):
-        body_out["stop"] = body["stop_sequences"]
-    if body.get("tools"):
-        body_out["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.get("name"),
-                    "description": t.get("description", ""),
-                    "parameters": t.get("input_schema"),
-                },
-            }
-            for t in _check_list(body["tools"], "tools")
-        ]
-    choice = body.get("tool_choice") or {}
-    kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind in ("auto", "none"):
-        body_out["tool_choice"] = kind
-    elif kind == "any":
-        body_out["tool_choice"] = "required"
-    elif kind == "tool":
-        body_out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    _number(body, "temperature", 1)  # Anthropic's range (OpenAI's goes to 2)
+    for key in ("temperature", "top_p", "stream"):
+        if body.get(key) is not None:
+            body_out[key] = body[key]
+    stop = body.get("stop_sequences")
+    if stop is not None:
+        if not all(isinstance(s, str) for s in _check_list(stop, "stop_sequences")):
+            raise _invalid("stop_sequences", "a list of strings")
+        if stop:
+            body_out["stop"] = stop
+    if body.get("tools") is not None:
+        tools = _checked_tools(body["tools"])
+        if tools:
+            body_out["tools"] = tools
+    choice = body.get("tool_choice")
+    if choice is not None:
+        kind = choice.get("type") if isinstance(choice, dict) else None
+        if kind in ("auto", "none"):
+            body_out["tool_choice"] = kind
+        elif kind == "any":
+            body_out["tool_choice"] = "required"
+        elif kind == "tool" and isinstance(choice.get("name"), str):
+            body_out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+        else:
+            raise _invalid(
+                "tool_choice", "an object of type 'auto', 'any', 'none' or 'tool' (with a 'name')"
+            )
     return body_out
 
 
