@@ -61,7 +61,7 @@ def parse(body: Any) -> tuple[str, float, str | None]:
     else:
         thumbs = body["thumbs"]
         key = thumbs.lower() if isinstance(thumbs, str) else thumbs
-        if key not in _THUMBS:
+        if not isinstance(key, (str, bool)) or key not in _THUMBS:  # (a list is unhashable)
             raise FeedbackError("Invalid 'thumbs': expected 'up' or 'down'.", param="thumbs")
         value = _THUMBS[key]
     comment = body.get("comment")
@@ -120,7 +120,7 @@ def feedback_app(spend: Any) -> Any:
             raw = await request.body()
             try:
                 body = json.loads(raw) if raw else None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
                 raise FeedbackError("The request body is not valid JSON.", code="invalid_json") from None
             rid, score, comment = parse(body)
             is_admin = bool(getattr(principal, "is_admin", False))
