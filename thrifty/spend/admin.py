@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from thrifty.spend import store
 from thrifty.spend.api import PermissionDenied, SpendError
-from thrifty.spend.periods import parse_time
+from thrifty.spend.periods import check_time, parse_time
 
 if TYPE_CHECKING:
     from thrifty.spend.control import DbSpendControl
@@ -41,12 +41,16 @@ async def _body(request: Request) -> dict:
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
-    except ValueError:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise store.StoreError("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise store.StoreError("request body must be a JSON object")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")  # json.loads accepts NaN and Infinity otherwise
 
 
 def _pick(body: dict, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
@@ -63,7 +67,10 @@ def _time(name: str, value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return check_time(float(value))
+        except (ValueError, OverflowError):
+            raise store.StoreError(f"{name} must be an ISO 8601 time or unix seconds") from None
     if isinstance(value, str):
         try:
             return parse_time(value)

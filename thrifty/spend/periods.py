@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import calendar
+import math
 from datetime import datetime, timedelta, timezone
 
 PERIODS = ("daily", "weekly", "monthly", "window")
+# The unix seconds a datetime can show: 0001-01-01 to 9999-12-31 UTC.
+MIN_TS, MAX_TS = -62135596800.0, 253402300799.0
+
+
+def check_time(ts: float, text: object = None) -> float:
+    """``ts`` if it is a finite time between the years 1 and 9999, else ValueError."""
+    if not (math.isfinite(ts) and MIN_TS <= ts <= MAX_TS):
+        shown = ts if text is None else text
+        raise ValueError(f"not a time: {shown!r} (out of range; use ISO 8601, e.g. 2026-11-21T10:00:00Z)")
+    return ts
 
 
 def _utc(ts: float) -> datetime:
@@ -48,7 +59,7 @@ def iso(ts: float | None) -> str | None:
 def parse_time(text: str) -> float:
     """ISO 8601 (``2026-11-21``, ``2026-11-21T10:00:00Z``) or unix seconds, to unix seconds."""
     try:
-        return float(text)
+        return check_time(float(text), text)
     except ValueError:
         pass
     value = text.strip().replace("Z", "+00:00")

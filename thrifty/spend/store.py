@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from thrifty.spend.db import Database
 from thrifty.spend.keys import display_prefix, generate_key, hash_key
 from thrifty.spend.money import format_usd, nanos_to_usd, usd_to_nanos
-from thrifty.spend.periods import PERIODS, iso, period_bounds
+from thrifty.spend.periods import MAX_TS, MIN_TS, PERIODS, iso, period_bounds
 from thrifty.spend.policy import Policy
 from thrifty.spend.schema import bump_config
 
@@ -41,6 +41,19 @@ def _id(kind: str, value: Any) -> str:
     return value
 
 
+def _opt_str(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise StoreError(f"{name} must be a string")
+    return value
+
+
+def _opt_ref(kind: str, value: Any) -> str | None:
+    """The id of an existing object a new one refers to: a string (its existence is checked after)."""
+    if value is not None and not isinstance(value, str):
+        raise StoreError(f"{kind}_id must be a string id (got {type(value).__name__})")
+    return value
+
+
 def _opt_int(name: str, value: Any) -> int | None:
     if value is None:
         return None
@@ -54,7 +67,10 @@ def _json_obj(name: str, value: Any) -> str:
         return "{}"
     if not isinstance(value, dict):
         raise StoreError(f"{name} must be a JSON object")
-    return json.dumps(value, sort_keys=True)
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise StoreError(f"{name} must be JSON (no NaN or Infinity)") from None
 
 
 def _tags(value: Any) -> str:
@@ -77,6 +93,7 @@ def create_team(
     rpm: int | None = None, tpm: int | None = None,
 ) -> dict:
     team_id = _id("team", team_id)
+    name = _opt_str("name", name)
     with db.transaction():
         if _exists(db, "teams", team_id):
             raise StoreError(f"team {team_id!r} already exists", 409)
@@ -105,6 +122,7 @@ def create_user(
     email: str | None = None, metadata: dict | None = None,
 ) -> dict:
     user_id = _id("user", user_id)
+    team_id, name, email = _opt_ref("team", team_id), _opt_str("name", name), _opt_str("email", email)
     with db.transaction():
         if _exists(db, "users", user_id):
             raise StoreError(f"user {user_id!r} already exists", 409)
@@ -154,8 +172,12 @@ def create_key(
     rpm: int | None = None, tpm: int | None = None, admin: bool = False,
 ) -> tuple[dict, str]:
     """Create a key; returns (its record, the secret key). The secret is not stored anywhere."""
-    if expires_at is not None and (isinstance(expires_at, bool) or not isinstance(expires_at, (int, float))):
+    if expires_at is not None and (
+        isinstance(expires_at, bool) or not isinstance(expires_at, (int, float))
+        or not MIN_TS <= expires_at <= MAX_TS
+    ):
         raise StoreError("expires_at must be a time")
+    name, user_id, team_id = _opt_str("name", name), _opt_ref("user", user_id), _opt_ref("team", team_id)
     secret = generate_key(admin=admin)
     key_id = "key_" + secrets.token_hex(8)
     with db.transaction():
@@ -243,6 +265,7 @@ def ensure_admin_key(db: Database, configured: str | None) -> str | None:
 def _scope(db: Database, scope: str, scope_id: str) -> None:
     if scope not in SCOPES:
         raise StoreError(f"scope must be one of {', '.join(SCOPES)} (got {scope!r})")
+    _opt_ref(scope, scope_id)
     table = {"key": "api_keys", "user": "users", "team": "teams"}[scope]
     if not _exists(db, table, scope_id):
         raise StoreError(f"no {scope} {scope_id!r}", 404)
