@@ -183,3 +183,30 @@ def test_a_request_the_ledger_cannot_record_does_not_complete(spend_gw, spend):
             model="m-ok", messages=MSG, max_tokens=10, stream=True
         ):
             pass
+
+
+def test_hold_covers_every_choice(spend_gw, spend):
+    """With n choices each may use max_tokens: the hold is a true maximum only at n times it."""
+    client(spend_gw[0]).chat.completions.create(model="m-ok", messages=MSG, max_tokens=100, n=3)
+    _name, _prompt_tokens, max_cost = spend.admitted[0]
+    bound = sum(len(m["content"].encode()) for m in MSG) + 8 * len(MSG) + 64
+    assert max_cost == pytest.approx(bound * 1e-6 + 3 * 100 * 2e-6)
+
+
+@pytest.mark.parametrize(
+    "inp, most",
+    [
+        ("héllo wörld", len("héllo wörld".encode()) + 2),  # every UTF-8 byte may be a token
+        (["ab", "é" * 40], 2 + (2 + 2) + (80 + 2)),
+        ([[1] * 500], 2 + 500 + 2),  # token ids: one token each, not one per array
+    ],
+)
+def test_embeddings_hold_is_a_true_maximum(spend_gw, spend, inp, most):
+    r = httpx.post(
+        spend_gw[0] + "/v1/embeddings",
+        json={"model": "emb", "input": inp},
+        headers={"authorization": "Bearer sk-good"},
+    )
+    assert r.status_code == 200, r.text
+    _name, _prompt_tokens, max_cost = spend.admitted[0]
+    assert max_cost == pytest.approx(most * 1e-7)

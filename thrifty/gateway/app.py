@@ -74,7 +74,8 @@ def _usage_chunk(held: list[dict[str, Any]], ctx: _Ctx, usage: Usage) -> dict[st
         "id": ref.get("id") or ctx.request_id,
         "object": "chat.completion.chunk",
         "created": ref.get("created") or int(ctx.ts),
-        "model": ref.get("model") or (ctx.served.model.info.name if ctx.served and ctx.served.model else ""),
+        "model": ref.get("model")
+        or (ctx.served.model.info.name if ctx.served and ctx.served.model else ""),
         "choices": [],
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
@@ -580,7 +581,9 @@ class GatewayApp:
         async def run(ctx: _Ctx, body: dict[str, Any]) -> None:
             req = EmbeddingsRequest(body)
             assert ctx.principal is not None
-            plan = self.gw.plan_embeddings(ctx.principal, req.model, req.prompt_tokens)
+            plan = self.gw.plan_embeddings(
+                ctx.principal, req.model, req.prompt_tokens, req.prompt_tokens_max
+            )
             await self._admit(ctx, plan)
             ctx.served = Served()
             result = await self.gw.embeddings(plan, body, ctx.served)

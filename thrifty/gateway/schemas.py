@@ -211,6 +211,7 @@ class ChatRequest:
         "include_usage",
         "n_messages",
         "prompt_bytes",
+        "n",
     )
 
     def __init__(self, body: dict[str, Any]) -> None:
@@ -270,7 +271,7 @@ class ChatRequest:
         self.max_tokens = _positive_int(body, "max_tokens") or mct
         _number_range(body, "temperature", 0, 2)
         _number_range(body, "top_p", 0, 1)
-        _positive_int(body, "n")
+        self.n = _positive_int(body, "n") or 1  # choices: the output bound is n times max_tokens
         if body.get("tools") is not None:
             _check_tools(body)
         if body.get("tool_choice") is not None:
@@ -301,7 +302,7 @@ class ChatRequest:
 
 
 class EmbeddingsRequest:
-    __slots__ = ("body", "model", "prompt_tokens")
+    __slots__ = ("body", "model", "prompt_tokens", "prompt_tokens_max")
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
@@ -313,10 +314,26 @@ class EmbeddingsRequest:
                 param="input",
                 code="missing_required_parameter",
             )
+        # The estimate (4 characters a token) and, for the budget hold, a true maximum: every
+        # UTF-8 byte a token, every token id one, plus 2 special tokens per input.
         if isinstance(value, str):
-            chars = len(value)
+            chars, most = len(value), _utf8_len(value) + 2
         elif isinstance(value, list) and value:
-            chars = sum(len(v) if isinstance(v, str) else 1 for v in value)
+            chars, most = 0, 2  # (+2: a list of token ids is one input)
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    chars += len(item)
+                    most += _utf8_len(item) + 2
+                elif isinstance(item, int) and not isinstance(item, bool):
+                    chars, most = chars + 4, most + 1  # one token id of a single input
+                elif isinstance(item, list) and all(
+                    isinstance(t, int) and not isinstance(t, bool) for t in item
+                ):
+                    chars, most = chars + 4 * len(item), most + len(item) + 2
+                else:
+                    raise _invalid(
+                        f"input[{i}]", "a string, a token id or an array of token ids", item
+                    )
         else:
             raise bad_request(
                 "Invalid 'input': expected a string or a non-empty array.",
@@ -324,3 +341,8 @@ class EmbeddingsRequest:
                 code="invalid_type",
             )
         self.prompt_tokens = chars // 4 + 1
+        self.prompt_tokens_max = max(most, self.prompt_tokens)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))

@@ -230,14 +230,19 @@ class Gateway:
         # The budget hold must be a true maximum over the whole fallback chain.
         bound = max(getattr(req, "prompt_tokens_max", prompt_tokens), prompt_tokens)
         max_cost, max_out = 0.0, 0
+        choices = getattr(req, "n", 1)  # each of n choices may use the whole output bound
         for mc in chain:
-            out = _max_output(mc.info, req.max_tokens, prompt_tokens)
+            out = _max_output(mc.info, req.max_tokens, prompt_tokens) * choices
             cost = float(max_cost_usd(mc.info, bound, out))
             if cost >= max_cost:
                 max_cost, max_out = cost, out
         return Plan(requested, chain, reason, prompt_tokens, max_out, max_cost)
 
-    def plan_embeddings(self, principal: Principal, model: str, prompt_tokens: int) -> Plan:
+    def plan_embeddings(
+        self, principal: Principal, model: str, prompt_tokens: int, prompt_tokens_max: int = 0
+    ) -> Plan:
+        """The plan of an embeddings call; its hold prices ``prompt_tokens_max`` (a true maximum)
+        when given."""
         mc = self.models.get(model)
         if mc is None or mc.mode != "embedding":
             raise GatewayError(
@@ -255,7 +260,7 @@ class Gateway:
             "explicit model",
             prompt_tokens,
             0,
-            prompt_tokens * (mc.info.input_cost_per_token or 0.0),
+            float(max_cost_usd(mc.info, max(prompt_tokens, prompt_tokens_max), 0)),
         )
 
     # -- execution -------------------------------------------------------------------------
