@@ -463,6 +463,32 @@ def field_cases(rng: random.Random) -> list[Case]:
     return cases
 
 
+def embeddings_input_valid(v: Any) -> bool | None:
+    if isinstance(v, str):
+        return True if v else None
+    if not isinstance(v, list) or not v:
+        return False
+    ok = all(
+        isinstance(i, str) or _is_int(i) or (isinstance(i, list) and all(_is_int(t) for t in i))
+        for i in v
+    )
+    return (None if "" in v or [] in v else True) if ok else False
+
+
+def embeddings_cases(rng: random.Random) -> list[Case]:
+    extra = ["hello", ["a", "b"], [1, 2, 3], [[1, 2], [3]], [[1, "x"]], [None], [{"text": "a"}],
+             [["a"]], [True], [1.5], "", [""], [[]], {"input": "x"}, 5]
+    cases = []
+    for i, v in enumerate(values_for(rng, extra, 5)):
+        body = {"model": "emb", "input": v}
+        cases.append(Case(f"emb-input-{i}", EMBEDDINGS, _dump(body), embeddings_input_valid(v)))
+    for name in ("encoding_format", "dimensions", "user"):
+        for i, v in enumerate(values_for(rng, [], 3)):
+            body = {"model": "emb", "input": "x", name: v}
+            cases.append(Case(f"emb-{name}-{i}", EMBEDDINGS, _dump(body), None))
+    return cases
+
+
 def content_cases(rng: random.Random) -> list[Case]:
     """Message-level garbage: roles, content, parts, tool calls."""
     cases = []
@@ -827,6 +853,7 @@ def all_cases() -> list[Case]:
     cases = (
         field_cases(rng)
         + content_cases(rng)
+        + embeddings_cases(rng)
         + raw_cases(rng)
         + model_name_cases()
         + header_cases()
