@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from conftest import gateway_doc
-from gw_openai_schema import validate
+from gw_openai_schema import SPEC, validate
 from thrifty.gateway.app import create_app
 from thrifty.gateway.config import build_config
 from thrifty.gateway.server import build_spend
@@ -888,7 +888,8 @@ def check_error(case: Case, r: Reply) -> None:
         assert doc["error"]["type"] in ANTHROPIC_ERROR_TYPES, doc
         message = doc["error"]["message"]
     else:
-        validate(doc, "ErrorResponse")
+        if SPEC.is_file():  # OpenAI's own schema when present (it would skip the case otherwise)
+            validate(doc, "ErrorResponse")
         err = doc["error"]
         assert {"message", "type", "code"} <= set(err) <= {"message", "type", "param", "code"}, doc
         assert isinstance(err["type"], str) and err["type"]
