@@ -7,7 +7,7 @@ optional fallbacks and catalog overrides)::
     frontier_model = "gpt-4o"             # the counterfactual in x-thrifty-frontier-cost-usd
     data_dir = ".thrifty"                 # default: $THRIFTY_DATA_DIR or ./.thrifty
     router_path = "path/to/router"        # default: $THRIFTY_ROUTER or the packaged router
-    max_body_bytes = 33554432
+    max_body_bytes = 33554432             # every endpoint: model calls, /admin, /v1/feedback, ...
     spend_enabled = true                  # false only to benchmark the bare proxy
 
     [timeouts]                            # seconds
@@ -132,6 +132,12 @@ class GatewayConfig:
     spend_enabled: bool = (
         True  # false: no keys, budgets or ledger (benchmarks of the bare proxy only)
     )
+
+
+def _max_body_bytes(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError(f"max_body_bytes must be a positive integer (bytes), got {value!r}")
+    return value
 
 
 def default_data_dir() -> Path:
@@ -317,7 +323,7 @@ def build_config(
         default_profile=doc.get("default_profile", "auto"),
         router_path=doc.get("router_path") or env.get("THRIFTY_ROUTER"),
         expected_output_tokens=int(doc.get("expected_output_tokens", 256)),
-        max_body_bytes=int(doc.get("max_body_bytes", 32 * 1024 * 1024)),
+        max_body_bytes=_max_body_bytes(doc.get("max_body_bytes", 32 * 1024 * 1024)),
         timeouts=Timeouts(
             _float(t, "connect", d.connect, "timeouts"),
             _float(t, "first_token", d.first_token, "timeouts"),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from thrifty.errors import UsageError
+from thrifty.gateway.bodylimit import limit_body
 from thrifty.gateway.config import GatewayConfig, load_config
 from thrifty.spend.api import OpenSpendControl, SpendControl
 
@@ -31,11 +32,26 @@ def build_spend(config: GatewayConfig) -> tuple[SpendControl, dict[str, Any]]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     spend = from_config(config.spend, Path(config.data_dir))
     admin = getattr(spend_pkg, "admin_app", None)
-    mounts = {"/admin": admin(spend)} if admin is not None else {}
+    limit = config.max_body_bytes
+    mounts = {"/admin": admin(spend, max_body_bytes=limit)} if admin is not None else {}
     from thrifty.reports.web import mounts as report_mounts  # /ui dashboard, POST /v1/feedback
 
     mounts.update(report_mounts(spend, config))
+    # Every mounted API refuses bodies over max_body_bytes, as the model endpoints do.
+    if "/v1/feedback" in mounts:
+        from thrifty.reports.feedback import feedback_app
+
+        mounts["/v1/feedback"] = feedback_app(spend, max_body_bytes=limit)
+    if "/ui" in mounts:
+        mounts["/ui"] = limit_body(mounts["/ui"], limit, _plain_too_large)
     return spend, mounts
+
+
+def _plain_too_large(limit: int) -> tuple[bytes, bytes]:
+    """The dashboard is HTML, not an API: a plain-text 413."""
+    from thrifty.gateway.bodylimit import too_large_message
+
+    return too_large_message(limit).encode(), b"text/plain; charset=utf-8"
 
 
 def make_app(config_path: str | None = None) -> Any:

@@ -12,10 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from thrifty.multipliers.batches import BatchError, BatchRunner, BatchStore
+from thrifty.gateway.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
+from thrifty.multipliers.batches import MAX_FILE_BYTES, BatchError, BatchRunner, BatchStore
 from thrifty.multipliers.cache import scope_of
 
 __all__ = ["batch_mounts"]
+
+_MULTIPART_SLACK = 1 << 20  # the multipart envelope and the 'purpose' field around a file
 
 Authenticate = Callable[[str | None], Awaitable[Any]]  # SpendControl.authenticate
 
@@ -39,9 +42,18 @@ def _principal_fields(p: Any) -> dict[str, Any]:
 
 
 def batch_mounts(
-    store: BatchStore, runner: BatchRunner, authenticate: Authenticate
+    store: BatchStore,
+    runner: BatchRunner,
+    authenticate: Authenticate,
+    *,
+    max_body_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """``{"/v1/files": app, "/v1/batches": app}`` for ``create_app(..., mounts=...)``."""
+    """``{"/v1/files": app, "/v1/batches": app}`` for ``create_app(..., mounts=...)``.
+
+    Bodies over ``max_body_bytes`` (the gateway's setting) get a 413 in OpenAI's format before
+    they are read; an upload to ``/v1/files`` may be as large as a batch input file may be
+    (``MAX_FILE_BYTES`` plus the multipart envelope) when that is more.
+    """
 
     def handler(fn: Callable[[Request, str, dict[str, Any]], Awaitable[Response]]):
         async def endpoint(request: Request) -> Response:
@@ -179,4 +191,8 @@ def batch_mounts(
         ],
         exception_handlers=errors,
     )
-    return {"/v1/files": files, "/v1/batches": batches}
+    limit = max_body_bytes or DEFAULT_MAX_BODY_BYTES
+    return {
+        "/v1/files": limit_body(files, max(limit, MAX_FILE_BYTES + _MULTIPART_SLACK)),
+        "/v1/batches": limit_body(batches, limit),
+    }

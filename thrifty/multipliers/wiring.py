@@ -128,7 +128,12 @@ class MultiplierApp:
                 poll=batches.poll,
             )
             self.mounts = list(
-                batch_mounts(self.batch_store, self.runner, self.gw.spend.authenticate).items()
+                batch_mounts(
+                    self.batch_store,
+                    self.runner,
+                    self.gw.spend.authenticate,
+                    max_body_bytes=self.gw.config.max_body_bytes,
+                ).items()
             )
 
     @property

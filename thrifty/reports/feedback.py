@@ -87,8 +87,11 @@ def record(db: Any, request_id: str, score: float, comment: str | None, *, key_i
     return {"object": "feedback", "request_id": request_id, "score": score, "model": row[1]}
 
 
-def feedback_app(spend: Any) -> Any:
-    """The ASGI app for ``/v1/feedback`` (the gateway mounts it by path prefix)."""
+def feedback_app(spend: Any, *, max_body_bytes: int | None = None) -> Any:
+    """The ASGI app for ``/v1/feedback`` (the gateway mounts it by path prefix). A body over
+    ``max_body_bytes`` (the gateway's setting; default 32 MiB) gets a 413 in OpenAI's format
+    before it is read."""
+    from thrifty.gateway.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
     from thrifty.spend.db import Database
 
     state: dict[str, Any] = {}
@@ -140,4 +143,4 @@ def feedback_app(spend: Any) -> Any:
         except FeedbackError as exc:
             return error_response(exc.status, str(exc), exc.error_type, exc.code, exc.param)
 
-    return app
+    return limit_body(app, max_body_bytes or DEFAULT_MAX_BODY_BYTES)

@@ -107,8 +107,9 @@ def _redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def admin_app(spend: "DbSpendControl") -> Any:
-    """The admin API (an ASGI app) for the gateway to mount at ``/admin``."""
+def admin_app(spend: "DbSpendControl", *, max_body_bytes: int | None = None) -> Any:
+    """The admin API (an ASGI app) for the gateway to mount at ``/admin``; bodies over
+    ``max_body_bytes`` (the gateway's setting; default 32 MiB) get a 413."""
     from thrifty.spend.admin import create_admin_app
 
-    return create_admin_app(spend)
+    return create_admin_app(spend, max_body_bytes=max_body_bytes)

@@ -79,7 +79,23 @@ def _time(name: str, value: Any) -> float | None:
     raise store.StoreError(f"{name} must be an ISO 8601 time or unix seconds")
 
 
-def create_admin_app(spend: "DbSpendControl") -> Starlette:
+def _too_large(limit: int) -> tuple[bytes, bytes]:
+    from thrifty.gateway.bodylimit import too_large_message
+
+    body = {"error": {"message": too_large_message(limit), "type": "invalid_request_error",
+                      "code": "request_too_large"}}
+    return json.dumps(body).encode(), b"application/json"
+
+
+def create_admin_app(spend: "DbSpendControl", *, max_body_bytes: int | None = None) -> Any:
+    """The admin API as an ASGI app; request bodies over ``max_body_bytes`` (default: the
+    gateway's ``max_body_bytes`` default, 32 MiB) get a 413 in this API's error format."""
+    from thrifty.gateway.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
+
+    return limit_body(_create_admin_app(spend), max_body_bytes or DEFAULT_MAX_BODY_BYTES, _too_large)
+
+
+def _create_admin_app(spend: "DbSpendControl") -> Starlette:
     db = spend.db
 
     def guarded(handler: Handler, *, mutates: bool = False) -> Callable[[Request], Awaitable[Response]]:

@@ -1,0 +1,122 @@
+"""A request-body size limit for the ASGI apps the gateway mounts beside its model endpoints
+(the admin API, ``/v1/feedback``, ``/v1/files``, ``/v1/batches``, the dashboard).
+
+The model endpoints read their bodies with their own bounded reader (``GatewayApp._read_body``);
+:func:`limit_body` gives any other ASGI app the same guarantee: a request whose
+``Content-Length`` is over the limit is refused with 413 before a byte of its body is read,
+and a chunked (or lying) body is read only until it passes the limit, so at most ``limit``
+bytes of one request are ever held in memory. The refusal is rendered by the caller's
+``render`` function, so each API answers in its own error format. A body within the limit is
+handed to the app unchanged (it was buffered, as the app would have buffered it anyway).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "limit_body", "openai_too_large", "too_large_message"]
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # the gateway's max_body_bytes default (base64 images)
+
+# (limit) -> (JSON body, content type) of the 413 response
+Render = Callable[[int], tuple[bytes, bytes]]
+ASGIApp = Callable[
+    [dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]
+]
+
+
+def too_large_message(limit: int) -> str:
+    return f"Request body is larger than the gateway's limit of {limit} bytes."
+
+
+def openai_too_large(limit: int) -> tuple[bytes, bytes]:
+    """OpenAI's error format (the gateway's): ``{"error": {message, type, param, code}}``."""
+    body = {
+        "error": {
+            "message": too_large_message(limit),
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_too_large",
+        }
+    }
+    return orjson.dumps(body), b"application/json"
+
+
+def _declared_length(scope: dict) -> int | None:
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server rejects a malformed length itself
+    return None
+
+
+def limit_body(app: ASGIApp, limit: int, render: Render = openai_too_large) -> ASGIApp:
+    """``app`` behind a ``limit``-byte request-body limit (413 rendered by ``render``)."""
+    if limit <= 0:
+        raise ValueError(f"the body limit must be a positive number of bytes (got {limit})")
+
+    async def refuse(send: Callable[[dict], Awaitable[None]]) -> None:
+        body, content_type = render(limit)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", content_type), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def limited(scope: dict, receive: Callable[[], Awaitable[dict]], send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:
+            await refuse(send)  # nothing read
+            return
+        chunks: deque[bytes] = deque()
+        size = 0
+        last: dict | None = None  # a non-body message (http.disconnect) that ended the read
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect: let the app see it
+                last = message
+                break
+            body = message.get("body", b"")
+            if body:
+                size += len(body)
+                if size > limit:
+                    await refuse(send)  # stop reading: the rest is never buffered
+                    return
+                chunks.append(body)
+            if not message.get("more_body"):
+                break
+
+        ended = bool(size) and last is None  # the last buffered chunk carries more_body=False
+
+        async def replay() -> dict:
+            # The buffered chunks one by one (no joined copy; each is freed once handed over).
+            nonlocal ended
+            if chunks:
+                body = chunks.popleft()
+                return {
+                    "type": "http.request",
+                    "body": body,
+                    "more_body": bool(chunks) or last is not None,
+                }
+            if last is not None:
+                return last  # a disconnect is final
+            if not ended:  # an empty body
+                ended = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return await receive()
+
+        await app(scope, replay, send)
+
+    return limited
