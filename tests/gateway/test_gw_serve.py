@@ -53,7 +53,11 @@ def test_embedded_default(served):
     assert startup < 15  # generous for a noisy CI machine; the benchmark measures it properly
     ready = httpx.get(url + "/readyz").json()
     assert ready["router"] is True, ready
-    ids = {m["id"] for m in httpx.get(url + "/v1/models").json()["data"]}
+    # Spend control is on: listing the models needs a key, as on OpenAI's API.
+    anon = httpx.get(url + "/v1/models")
+    assert anon.status_code == 401 and anon.json()["error"]["code"] == "invalid_api_key"
+    admin = {"authorization": "Bearer sk-thr-admin-serve-test"}
+    ids = {m["id"] for m in httpx.get(url + "/v1/models", headers=admin).json()["data"]}
     assert {
         "gpt-4-1106-preview",
         "mistralai/mixtral-8x7b-chat",

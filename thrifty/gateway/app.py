@@ -2,9 +2,10 @@
 
 No framework: a dict of routes and hand-written request/response plumbing keeps the
 per-request overhead in microseconds. Endpoints: ``POST /v1/chat/completions``,
-``POST /v1/messages`` (Anthropic), ``POST /v1/embeddings``, ``GET /v1/models``,
-``GET /healthz``, ``GET /readyz``, ``GET /metrics``; extra ASGI apps (e.g. the spend
-admin API) are mounted under path prefixes.
+``POST /v1/messages`` (Anthropic), ``POST /v1/embeddings``, ``GET /v1/models`` and
+``GET /v1/models/{model}`` (with spend control: the caller's key is required and only what
+its policies permit is listed), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``; extra
+ASGI apps (e.g. the spend admin API) are mounted under path prefixes.
 
 Every response of a model call carries ``x-thrifty-*`` headers: the served model, why it
 was chosen, its cost in USD, what the default frontier model would have cost, the
@@ -51,6 +52,7 @@ Send = Callable[[dict], Awaitable[None]]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 OPENAI, ANTHROPIC = "openai", "anthropic"
+_MODEL_PREFIXES = ("/v1/models/", "/models/")  # GET /v1/models/{model}
 
 
 class ClientError(Exception):
@@ -145,6 +147,9 @@ class GatewayApp:
         self.config = gateway.config
         self.metrics = gateway.metrics
         self.mounts = sorted(mounts.items(), key=lambda kv: -len(kv[0]))
+        # Profiles served in front of the gateway (e.g. the multipliers' "auto-cascade"), listed by
+        # /v1/models for callers whose policies permit one of their models: id -> (owner, models).
+        self.extra_profiles: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.started = False
         self.start_lock: asyncio.Lock | None = None
         self.routes: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
@@ -172,6 +177,24 @@ class GatewayApp:
                     await self.startup()
                 await handler(scope, receive, send)
                 return
+            for prefix in _MODEL_PREFIXES:
+                if path.startswith(prefix):
+                    if scope["method"] == "GET":
+                        if not self.started:
+                            await self.startup()
+                        await self.retrieve_model(scope, receive, send, path[len(prefix) :])
+                    else:
+                        await self._error(
+                            send,
+                            OPENAI,
+                            GatewayError(
+                                405,
+                                f"Method {scope['method']} not allowed on {path}.",
+                                code="method_not_allowed",
+                            ),
+                            None,
+                        )
+                    return
             if await dispatch_to_mount(self.mounts, scope, receive, send):
                 return
             fmt = ANTHROPIC if path.startswith("/v1/messages") else OPENAI
@@ -598,17 +621,66 @@ class GatewayApp:
 
         await self._model_call(scope, receive, send, "embeddings", OPENAI, run)
 
-    async def list_models(self, scope: dict, receive: Callable, send: Send) -> None:
+    def _model_objects(self, principal: Principal) -> list[dict[str, Any]]:
+        """The models ``principal`` may call, then the routing profiles when routing is open to
+        it (and the extra profiles, such as ``auto-cascade``, whose models it may use)."""
         created = 1700000000
+        names, routing = self.gw.visible(principal)
+        models = self.gw.models
         data = [
-            {"id": name, "object": "model", "created": created, "owned_by": mc.info.provider}
-            for name, mc in self.gw.models.items()
+            {"id": n, "object": "model", "created": created, "owned_by": models[n].info.provider}
+            for n in names
         ]
-        for profile in sorted({"auto", *self.gw.router.profiles, *self.config.profiles}):
-            data.append(
-                {"id": profile, "object": "model", "created": created, "owned_by": "thrifty-router"}
-            )
+        if routing:
+            for profile in sorted({"auto", *self.gw.router.profiles, *self.config.profiles}):
+                data.append(
+                    {
+                        "id": profile,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "thrifty-router",
+                    }
+                )
+        allowed = set(names)
+        for pid, (owner, members) in self.extra_profiles.items():
+            if any(m in allowed for m in members) and not any(d["id"] == pid for d in data):
+                data.append({"id": pid, "object": "model", "created": created, "owned_by": owner})
+        return data
+
+    async def list_models(self, scope: dict, receive: Callable, send: Send) -> None:
+        """``GET /v1/models``: with spend control, the caller's key is required (401 otherwise)
+        and only what its key and team policies permit is listed."""
+        try:
+            principal = await self._authenticate(scope)
+        except SpendError as exc:
+            await self._error(send, OPENAI, exc, None)
+            return
+        data = self._model_objects(principal)
         await self._send(send, 200, orjson.dumps({"object": "list", "data": data}), JSON_HEADERS)
+
+    async def retrieve_model(self, scope: dict, receive: Callable, send: Send, model: str) -> None:
+        """``GET /v1/models/{model}``: the model object, or 404 ``model_not_found`` when the
+        gateway does not serve it or the caller's policies do not permit it."""
+        try:
+            principal = await self._authenticate(scope)
+        except SpendError as exc:
+            await self._error(send, OPENAI, exc, None)
+            return
+        for obj in self._model_objects(principal):
+            if obj["id"] == model:
+                await self._send(send, 200, orjson.dumps(obj), JSON_HEADERS)
+                return
+        await self._error(
+            send,
+            OPENAI,
+            GatewayError(
+                404,
+                f"The model '{model}' does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            ),
+            None,
+        )
 
     async def healthz(self, scope: dict, receive: Callable, send: Send) -> None:
         await self._send(send, 200, b'{"status":"ok"}', JSON_HEADERS)

@@ -105,6 +105,28 @@ class Gateway:
             return []
         return [m for m in models if m.info.name in ok]
 
+    def visible(self, principal: Principal) -> tuple[list[str], bool]:
+        """What ``principal`` may call (``GET /v1/models``): the configured models its policies
+        permit, in config order, and whether routing (``auto`` and the profiles) is open to it,
+        i.e. some routable model is permitted (with no routable model at all, the profiles stay
+        listed and ``auto`` answers why it cannot route)."""
+        infos = [mc.info for mc in self.models.values()]
+        try:
+            ok = {i.name for i in self.spend.allowed(principal, infos)} if infos else set()
+        except PolicyDenied:
+            ok = set()
+        names = [name for name, mc in self.models.items() if mc.info.name in ok]
+        known = self.router.models
+        pool = [
+            m.info.name
+            for m in self.models.values()
+            if m.route
+            and m.mode == "chat"
+            and m.info.priced
+            and (not known or m.info.name in known)
+        ]
+        return names, (not pool or any(n in ok for n in pool))
+
     def _fallbacks(
         self, principal: Principal, first: ModelConfig, prompt_tokens: int
     ) -> list[ModelConfig]:

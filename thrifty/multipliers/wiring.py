@@ -109,6 +109,9 @@ class MultiplierApp:
             from thrifty.errors import UsageError
 
             raise UsageError(f"cascade.models: {', '.join(unknown)} not configured models")
+        if self.cascade and hasattr(inner, "extra_profiles"):
+            # Listed by GET /v1/models for callers whose policies permit one of its models.
+            inner.extra_profiles[CASCADE_PROFILE] = ("thrifty-cascade", tuple(self.cascade))
         self.settings = cache
         self.exact: ExactCache | None = None
         self.semantic: Any = None
@@ -148,9 +151,6 @@ class MultiplierApp:
             path = scope["path"]
             if scope["method"] == "POST" and (path in CHAT_PATHS or path == MESSAGES_PATH):
                 await self._chat(scope, receive, send, path == MESSAGES_PATH)
-                return
-            if scope["method"] == "GET" and path in ("/v1/models", "/models") and self.cascade:
-                await self._models(scope, receive, send)
                 return
             if await dispatch_to_mount(self.mounts, scope, receive, send):
                 return
@@ -617,37 +617,6 @@ class MultiplierApp:
             orjson.dumps(batch),
             [(b"x-thrifty-defer", b"batch"), (b"location", f"/v1/batches/{batch['id']}".encode())],
         )
-
-    async def _models(self, scope: dict, receive: Callable, send: Callable) -> None:
-        """The gateway's model list, plus the ``auto-cascade`` profile."""
-        start: dict = {}
-        parts: list[bytes] = []
-
-        async def collect(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-            elif message["type"] == "http.response.body":
-                parts.append(message.get("body", b""))
-
-        await self.inner(scope, receive, collect)
-        body = b"".join(parts)
-        if start.get("status") == 200:
-            try:
-                doc = orjson.loads(body)
-                if not any(m.get("id") == CASCADE_PROFILE for m in doc["data"]):
-                    doc["data"].append(
-                        {
-                            "id": CASCADE_PROFILE,
-                            "object": "model",
-                            "created": 1700000000,
-                            "owned_by": "thrifty-cascade",
-                        }
-                    )
-                body = orjson.dumps(doc)
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                pass
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        await _respond(send, start.get("status", 500), body, headers)
 
     # -- cascade ---------------------------------------------------------------------------
 
