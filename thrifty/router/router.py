@@ -29,13 +29,8 @@ AUTO_QUALITY = 0.98
 CHEAP_QUALITY = 0.93
 
 # Per-call reference costs (USD) for models whose training data carries none:
-# list prices per million tokens (input, output) at the time the data was made,
-# times the mean prompt and answer sizes of RouteLLM's MMLU/GSM8K data
-# (about 150 input and 250 output tokens).
-_KNOWN_PRICES_PER_MTOK = {
-    "gpt-4-1106-preview": (10.0, 30.0),
-    "mistralai/Mixtral-8x7B-Instruct-v0.1": (0.6, 0.6),
-}
+# their catalog prices times the mean prompt and answer sizes of RouteLLM's
+# MMLU/GSM8K data (about 150 input and 250 output tokens).
 _MEAN_TOKENS = (150, 250)
 
 
@@ -213,17 +208,36 @@ class Router:
 
 
 def reference_costs(data: RoutingData) -> dict[str, float]:
-    """Mean USD per call for each model: from the data's costs where present, else list prices."""
+    """Mean USD per call for each model: from the data's costs where present, else catalog prices."""
     out: dict[str, float] = {}
     for j, m in enumerate(data.models):
         col = data.costs[:, j]
         if (~np.isnan(col)).any():
             out[m] = float(np.nanmean(col))
-        elif m in _KNOWN_PRICES_PER_MTOK:
-            pin, pout = _KNOWN_PRICES_PER_MTOK[m]
-            out[m] = (pin * _MEAN_TOKENS[0] + pout * _MEAN_TOKENS[1]) / 1e6
-        else:
+            continue
+        price = catalog_price(m)
+        if price is None:
             raise UsageError(
                 f"no cost known for model {m!r}: its data has no '<model>|total_cost' column "
-                f"and it has no list price here; train on data with costs")
+                f"and the price catalog has no price for it; train on data with costs")
+        out[m] = price[0] * _MEAN_TOKENS[0] + price[1] * _MEAN_TOKENS[1]
     return out
+
+
+def catalog_price(model: str) -> tuple[float, float] | None:
+    """(input, output) USD per token for ``model`` from the price catalog.
+
+    The catalog's own entry when it has one; else the median over the providers
+    that list the model under ``<provider>/<model>`` (data sets name open models
+    without the provider that served them).
+    """
+    from thrifty.catalog.loader import Catalog
+
+    entries = Catalog.load().entries
+    named = [entries[model]] if model in entries else [
+        e for k, e in entries.items() if k.lower().endswith("/" + model.lower())]
+    prices = [(e["input_cost_per_token"], e["output_cost_per_token"]) for e in named
+              if e.get("input_cost_per_token") and e.get("output_cost_per_token")]
+    if not prices:
+        return None
+    return float(np.median([p[0] for p in prices])), float(np.median([p[1] for p in prices]))
