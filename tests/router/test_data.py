@@ -84,3 +84,43 @@ def test_malformed_files_get_clear_errors(tmp_path, content, message):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         data.load([tmp_path / "nope"])
+
+
+MIXTRAL_RB, MIXTRAL = "mistralai/mixtral-8x7b-chat", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+
+
+def test_aliases_merge_columns_that_name_one_model(fixtures):
+    raw = data.load([fixtures])
+    merged = data.load([fixtures], aliases={MIXTRAL_RB: MIXTRAL})
+    assert MIXTRAL_RB not in merged.models and MIXTRAL in merged.models
+    assert len(merged.models) == len(raw.models) - 1
+    j_raw, j_rb, j = raw.models.index(MIXTRAL), raw.models.index(MIXTRAL_RB), merged.models.index(MIXTRAL)
+    rb = np.array([g.startswith("routerbench/") for g in raw.groups])
+    # RouterBench rows now carry their Mixtral labels and costs under the canonical name...
+    np.testing.assert_array_equal(merged.labels[rb, j], raw.labels[rb, j_rb])
+    np.testing.assert_array_equal(merged.costs[rb, j], raw.costs[rb, j_rb])
+    # ...and RouteLLM rows keep their own.
+    np.testing.assert_array_equal(merged.labels[~rb, j], raw.labels[~rb, j_raw])
+
+
+def test_alias_conflicts_keep_the_canonical_label(fixtures):
+    raw = data.load([fixtures / "routerbench"])
+    a, b = "gpt-3.5-turbo-1106", "claude-instant-v1"
+    merged = raw.with_aliases({a: b})
+    ja, jb, jm = raw.models.index(a), raw.models.index(b), merged.models.index(b)
+    both = ~np.isnan(raw.labels[:, ja]) & ~np.isnan(raw.labels[:, jb])
+    assert both.any()
+    np.testing.assert_array_equal(merged.labels[both, jm], raw.labels[both, jb])
+
+
+@pytest.mark.parametrize("items, message", [
+    (["nonsense"], "expects FROM=TO"),
+    (["=x"], "expects FROM=TO"),
+    (["a=a"], "maps to itself"),
+    (["no/such-model=x"], "no model 'no/such-model'"),
+])
+def test_bad_aliases_are_clear_errors(fixtures, items, message):
+    from thrifty.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        data.load([fixtures / "routerbench"], aliases=data.parse_aliases(items))

@@ -40,8 +40,50 @@ def test_pair_protocol_reports_apgr_and_calibration(fixtures):
     assert res["routers"]["oracle"]["apgr"] > 0.9
     cal = res["routers"]["factor"]["calibration"]
     assert abs(cal["share_0.5"]["mean_realized"] - 0.5) < 0.15
+    # the group oracle knows each held-out subject's true mean gain: between random and the oracle
+    assert res["routers"]["random"]["apgr"] < res["routers"]["group-oracle"]["apgr"] < res["routers"]["oracle"]["apgr"]
     res = ev.mmlu_to_gsm8k()
     assert res["routers"]["factor"]["n"] == 120
+
+
+def test_no_fold_trains_on_a_prompt_it_scores(fixtures, monkeypatch):
+    d = data.load([fixtures], aliases={"mistralai/mixtral-8x7b-chat": "mistralai/Mixtral-8x7B-Instruct-v0.1"})
+    seen = []
+    original = Evaluator._predictions
+
+    def spy(self, kinds, train, test, models):
+        seen.append((train.copy(), test.copy()))
+        return original(self, kinds, train, test, models)
+
+    monkeypatch.setattr(Evaluator, "_predictions", spy)
+    ev = Evaluator(d, folds=3, rounds=20, kinds=("knn",), other_data=True, log=lambda s: None)
+    subjects = ev.mmlu_subjects()
+    gsm = ev.mmlu_to_gsm8k()
+    ev.routerbench_cv()
+    groups = np.array(d.groups)
+    for train, test in seen:
+        assert train.any() and test.any() and not (train & test).any()
+        # held-out MMLU subjects never appear in training
+        held_out = {g for g in groups[test] if g.startswith("mmlu/")}
+        assert not held_out & set(groups[train])
+    # other data: RouterBench rows (aliased Mixtral) and, for mmlu-subjects, GSM8K
+    n_rb = int(np.char.startswith(groups.astype(str), "routerbench/").sum())
+    assert subjects["trained_on_other_prompts"] > n_rb * 0.9
+    assert 0 < gsm["trained_on_other_prompts"] <= n_rb
+
+
+def test_catalog_prices_price_models_the_data_does_not(routerbench):
+    from thrifty.router.router import catalog_price, reference_costs
+
+    pin, pout = catalog_price("gpt-4-1106-preview")
+    assert (pin, pout) == (1e-05, 3e-05)
+    assert catalog_price("mistralai/Mixtral-8x7B-Instruct-v0.1") is not None  # provider-prefixed entries only
+    d = data.load([FIXTURE_DIR / "routellm"])
+    costs = reference_costs(d)
+    assert costs["gpt-4-1106-preview"] > 10 * costs["mistralai/Mixtral-8x7B-Instruct-v0.1"]
+    unknown = d.with_aliases({"gpt-4-1106-preview": "no-such-model-anywhere"})
+    with pytest.raises(UsageError, match="no cost known for model 'no-such-model-anywhere'"):
+        reference_costs(unknown)
 
 
 def test_train_save_load_score_and_choose(routerbench, tmp_path):

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from thrifty.errors import UsageError
 
+ALIAS_HELP = ("model columns that name the same model in different sources, merged under TO "
+              "(e.g. mistralai/mixtral-8x7b-chat=mistralai/Mixtral-8x7B-Instruct-v0.1)")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     router = sub.add_parser("router", help="train, score with and evaluate learned routers")
@@ -20,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, metavar="ROUTER_DIR", help="where to write the router")
     train.add_argument("--predictor", default="ensemble", help="ensemble (default), knn, factor, length, random")
     train.add_argument("--exclude-ids", metavar="FILE", help="file of prompt ids (one a line) to leave out")
+    train.add_argument("--alias", nargs="+", default=[], metavar="FROM=TO", help=ALIAS_HELP)
     train.set_defaults(func=_train)
 
     score = rsub.add_parser("score", help="predict every model's quality for prompts in a JSONL file")
@@ -36,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--folds", type=int, default=5)
     ev.add_argument("--bootstrap", type=int, default=500, help="bootstrap rounds for confidence intervals")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--alias", nargs="+", default=[], metavar="FROM=TO", help=ALIAS_HELP)
+    ev.add_argument("--with-other-data", action="store_true",
+                    help="pair protocols also train on every prompt outside the test benchmark that has labels "
+                         "for both models (e.g. GSM8K and aliased RouterBench rows for mmlu-subjects)")
     ev.set_defaults(func=_eval)
 
 
@@ -43,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
     from thrifty.router import data as routing_data
     from thrifty.router.router import Router
 
-    data = routing_data.load(args.data)
+    data = routing_data.load(args.data, routing_data.parse_aliases(args.alias))
     if args.exclude_ids:
         drop = set(Path(args.exclude_ids).read_text().split())
         data = data.where(i not in drop for i in data.ids)
@@ -99,13 +107,14 @@ def _eval(args: argparse.Namespace) -> int:
     from thrifty.router.evaluate import Evaluator, plot
     from thrifty.router.report import print_summary
 
-    data = routing_data.load(args.data)
+    data = routing_data.load(args.data, routing_data.parse_aliases(args.alias))
     protocols = tuple(args.protocol) if args.protocol else _possible_protocols(data.groups)
     if not protocols:
         raise UsageError("the data allows no protocol: give RouteLLM MMLU (+GSM8K) and/or RouterBench files")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = Evaluator(data, folds=args.folds, seed=args.seed, rounds=args.bootstrap).run(protocols)
+    report = Evaluator(data, folds=args.folds, seed=args.seed, rounds=args.bootstrap,
+                       other_data=args.with_other_data).run(protocols)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plots = plot(report, out)
     print_summary(report)

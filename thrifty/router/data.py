@@ -21,7 +21,7 @@ import io
 import json
 import math
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +88,36 @@ class RoutingData:
         return RoutingData(list(self.prompts), list(models), labels, costs,
                            list(self.groups), list(self.ids), dict(self.responses))
 
+    def with_aliases(self, aliases: Mapping[str, str]) -> RoutingData:
+        """Merge model columns that name the same model in different sources.
+
+        ``aliases`` maps a column name to the canonical one (e.g. RouterBench's
+        ``mistralai/mixtral-8x7b-chat`` to RouteLLM's
+        ``mistralai/Mixtral-8x7B-Instruct-v0.1``). Where both columns hold a
+        label (or cost) for the same prompt, the canonical column's value wins.
+        """
+        for alias, canonical in aliases.items():
+            if alias == canonical:
+                raise UsageError(f"alias {alias!r} maps to itself")
+            if alias not in self.models:
+                raise UsageError(f"alias {alias}={canonical}: no model {alias!r} in the data "
+                                 f"(models: {', '.join(self.models)})")
+        models = [m for m in self.models if m not in aliases]
+        models += [c for c in aliases.values() if c not in models]
+        out = self.with_models(models)
+        for alias, canonical in aliases.items():
+            j, k = self.models.index(alias), out.models.index(canonical)
+            for mine, theirs in ((out.labels, self.labels), (out.costs, self.costs)):
+                empty = np.isnan(mine[:, k])
+                mine[empty, k] = theirs[empty, j]
+        responses = dict(self.responses)
+        for alias, canonical in aliases.items():
+            if alias in responses:
+                mine = responses.get(canonical, [None] * len(self))
+                responses[canonical] = [a if a is not None else b for a, b in zip(mine, responses.pop(alias))]
+        out.responses = responses
+        return out
+
     @staticmethod
     def concat(parts: Sequence[RoutingData]) -> RoutingData:
         """Join datasets; the model list is the union, in first-seen order."""
@@ -110,12 +140,24 @@ class RoutingData:
         )
 
 
-def load(sources: Sequence[str | Path]) -> RoutingData:
-    """Load and join every routing-data file found in ``sources``."""
+def load(sources: Sequence[str | Path], aliases: Mapping[str, str] | None = None) -> RoutingData:
+    """Load and join every routing-data file found in ``sources`` (see :meth:`RoutingData.with_aliases`)."""
     parts = [_load_file(name, text, contaminated) for name, text, contaminated in _expand(sources)]
     if not parts:
         raise DataError(f"no routing data (.csv) found in: {', '.join(map(str, sources))}")
-    return RoutingData.concat(parts)
+    data = RoutingData.concat(parts)
+    return data.with_aliases(aliases) if aliases else data
+
+
+def parse_aliases(items: Sequence[str]) -> dict[str, str]:
+    """``["FROM=TO", ...]`` as given on the command line."""
+    out: dict[str, str] = {}
+    for item in items:
+        alias, sep, canonical = item.partition("=")
+        if not sep or not alias.strip() or not canonical.strip():
+            raise UsageError(f"--alias expects FROM=TO (a model column and its canonical name), got {item!r}")
+        out[alias.strip()] = canonical.strip()
+    return out
 
 
 # -- sources ------------------------------------------------------------------------

@@ -6,7 +6,10 @@
   N models with their real per-call costs.
 
 Every learned predictor is reported beside the random, length and oracle
-baselines, with bootstrap confidence intervals.
+baselines, with bootstrap confidence intervals. Two references are not routers:
+``oracle`` knows every test label; ``group-oracle`` knows only each test
+group's true mean quality per model (its MMLU subject, its RouterBench task),
+the most a router that recognises the subject and nothing else could reach.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from thrifty.router.router import reference_costs
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 PROTOCOLS = ("mmlu-subjects", "mmlu-to-gsm8k", "routerbench-cv")
 KINDS = BASELINES + LEARNED
+REFERENCES = ("group-oracle", "oracle")  # they read the test labels: upper references, not routers
 CALIBRATION_TARGETS = (0.2, 0.5)
 
 
@@ -56,19 +60,37 @@ def random_folds(n: int, k: int, seed: int) -> list[np.ndarray]:
 
 class Evaluator:
     def __init__(self, data: RoutingData, *, folds: int = 5, seed: int = 0, rounds: int = 500,
-                 kinds: tuple[str, ...] = KINDS, log: Callable[[str], None] = print) -> None:
+                 kinds: tuple[str, ...] = KINDS, other_data: bool = False,
+                 log: Callable[[str], None] = print) -> None:
         self.data, self.k, self.seed, self.rounds, self.kinds, self.log = data, folds, seed, rounds, kinds, log
+        self.other_data = other_data
         embedder = default_embedder(show_progress=True)
         self.X = Features(EmbeddingCache(embedder).embed(data.prompts), feature_matrix(data.prompts))
         self.groups = np.array(data.groups)
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _predict(self, kind: str, train: np.ndarray, test: np.ndarray, models: list[str]) -> np.ndarray:
+    def _predictions(self, kinds: tuple[str, ...], train: np.ndarray, test: np.ndarray,
+                     models: list[str]) -> dict[str, np.ndarray]:
+        """Each kind's predicted quality on ``test`` (n_test x models) after training on ``train``.
+
+        The ensemble is the mean of the kNN and factor predictions, so when those
+        are evaluated too it reuses them instead of training them again.
+        """
         cols = [self.data.models.index(m) for m in models]
-        Y = self.data.labels[np.ix_(train, cols)]
-        model = PREDICTORS[kind]().fit(self.X.subset(np.flatnonzero(train)), Y)
-        return model.predict(self.X.subset(np.flatnonzero(test)))
+        Y = self.data.labels[:, cols]
+        out: dict[str, np.ndarray] = {}
+        for kind in kinds:
+            if kind == "oracle":
+                out[kind] = np.nan_to_num(Y[test])
+            elif kind == "group-oracle":
+                out[kind] = _group_means(self.groups[test], Y[test])
+            elif kind == "ensemble" and "knn" in out and "factor" in out:
+                out[kind] = 0.5 * (out["knn"] + out["factor"])
+            else:
+                model = PREDICTORS[kind]().fit(self.X.subset(np.flatnonzero(train)), Y[train])
+                out[kind] = model.predict(self.X.subset(np.flatnonzero(test)))
+        return out
 
     def _mask(self, prefix: str, models: list[str]) -> np.ndarray:
         cols = [self.data.models.index(m) for m in models]
@@ -82,7 +104,8 @@ class Evaluator:
 
     # -- pair protocols --------------------------------------------------------------
 
-    def _pair(self, name: str, splits: list[Split], mask: np.ndarray) -> dict:
+    def _pair(self, name: str, splits: list[Split], mask: np.ndarray, extra: np.ndarray) -> dict:
+        """``extra``: prompts outside the protocol's benchmarks that every fold may also train on."""
         models = [WEAK, STRONG]
         cols = [self.data.models.index(m) for m in models]
         y = self.data.labels[:, cols]
@@ -90,31 +113,31 @@ class Evaluator:
         for s in splits:
             test_all |= s.test
         idx = np.flatnonzero(test_all & mask)
-        result: dict = {"protocol": name, "models": {"weak": WEAK, "strong": STRONG}, "routers": {}, "curves": {}}
+        result: dict = {"protocol": name, "models": {"weak": WEAK, "strong": STRONG}, "routers": {}, "curves": {},
+                        "trained_on_other_prompts": int(extra.sum())}
         unit = np.array([0.0, 1.0])  # pair routing: only the strong share matters, not the price
-        for kind in self.kinds + ("oracle",):
-            started = time.time()
-            gain = np.full(len(self.data), np.nan)
-            drift = []
-            for s in splits:
-                tr, te = s.train & mask, s.test & mask
-                if kind == "oracle":
-                    P = np.nan_to_num(y[te])
-                else:
-                    P = self._predict(kind, tr, te, models)
-                gain[te] = P[:, 1] - P[:, 0]
+        kinds = self.kinds + REFERENCES
+        started = time.time()
+        gains = {kind: np.full(len(self.data), np.nan) for kind in kinds}
+        drift: dict[str, list[dict]] = {kind: [] for kind in kinds}
+        for s in splits:
+            tr, te = (s.train & mask) | extra, s.test & mask
+            for kind, P in self._predictions(kinds, tr, te, models).items():
+                gains[kind][te] = P[:, 1] - P[:, 0]
                 if kind in LEARNED:
-                    drift += self._calibration_drift(P, unit)
+                    drift[kind] += self._calibration_drift(P, unit)
+        seconds = round(time.time() - started, 1)
+        for kind in kinds:
+            gain = gains[kind]
             report = pair_report(gain[idx], y[idx, 1], y[idx, 0], rounds=self.rounds)
-            if drift:
-                report["calibration"] = _summarise_drift(drift)
-            report["seconds"] = round(time.time() - started, 1)
+            if drift[kind]:
+                report["calibration"] = _summarise_drift(drift[kind])
             result["routers"][kind] = report
             curve = pair_curve(gain[idx], y[idx, 1], y[idx, 0])
             step = max(1, len(curve.share) // 200)
             result["curves"][kind] = {"share": curve.share[::step].tolist(), "quality": curve.quality[::step].tolist()}
-            self.log(f"  {name:14s} {kind:9s} APGR {report['apgr']:.3f}  CPT50 {report['cpt50']:.3f}"
-                     f"  ({report['seconds']}s)")
+            self.log(f"  {name:14s} {kind:12s} APGR {report['apgr']:.3f}  CPT50 {report['cpt50']:.3f}")
+        result["seconds"] = seconds
         return result
 
     def _calibration_drift(self, P: np.ndarray, unit: np.ndarray) -> list[dict]:
@@ -137,7 +160,7 @@ class Evaluator:
             test = np.zeros(len(self.data), bool)
             test[np.flatnonzero(mask)[f]] = True
             splits.append(Split(mask & ~test, test))
-        return self._pair("mmlu-subjects", splits, mask)
+        return self._pair("mmlu-subjects", splits, mask, self._other(mask, ("mmlu/",)))
 
     def mmlu_to_gsm8k(self) -> dict:
         self._need([STRONG, WEAK], "mmlu-to-gsm8k")
@@ -145,7 +168,18 @@ class Evaluator:
         test = self._mask("gsm8k", [STRONG, WEAK])
         if not test.any() or not train.any():
             raise UsageError("mmlu-to-gsm8k needs both MMLU and GSM8K RouteLLM files")
-        return self._pair("mmlu-to-gsm8k", [Split(train, test)], train | test)
+        return self._pair("mmlu-to-gsm8k", [Split(train, test)], train | test,
+                          self._other(train | test, ("mmlu/", "gsm8k")))
+
+    def _other(self, mask: np.ndarray, benchmarks: tuple[str, ...]) -> np.ndarray:
+        """With ``other_data``: prompts of no benchmark in ``benchmarks`` that have labels for both models."""
+        if not self.other_data:
+            return np.zeros(len(self.data), bool)
+        labelled = self._mask("", [STRONG, WEAK])
+        theirs = np.zeros(len(self.data), bool)
+        for prefix in benchmarks:
+            theirs |= np.char.startswith(self.groups.astype(str), prefix)
+        return labelled & ~theirs & ~mask
 
     # -- N-model protocol ------------------------------------------------------------
 
@@ -160,27 +194,28 @@ class Evaluator:
         idx = np.flatnonzero(mask)
         folds = random_folds(len(idx), self.k, self.seed)
         result: dict = {"protocol": "routerbench-cv", "models": models, "routers": {}}
-        for kind in self.kinds + ("oracle",):
-            started = time.time()
-            pred = np.zeros((len(idx), len(models)))
-            unit = np.zeros((len(idx), len(models)))
-            for f in folds:
-                te = idx[f]
-                tr = np.zeros(len(self.data), bool)
-                tr[idx[~f]] = True
-                test = np.zeros(len(self.data), bool)
-                test[te] = True
-                ref = reference_costs(self.data.subset(np.flatnonzero(tr)).with_models(models))
-                unit[f] = [ref[m] for m in models]
-                pred[f] = np.nan_to_num(Y[te]) if kind == "oracle" else self._predict(kind, tr, test, models)
+        kinds = self.kinds + REFERENCES
+        started = time.time()
+        pred = {kind: np.zeros((len(idx), len(models))) for kind in kinds}
+        unit = np.zeros((len(idx), len(models)))
+        for f in folds:
+            tr = np.zeros(len(self.data), bool)
+            tr[idx[~f]] = True
+            test = np.zeros(len(self.data), bool)
+            test[idx[f]] = True
+            ref = reference_costs(self.data.subset(np.flatnonzero(tr)).with_models(models))
+            unit[f] = [ref[m] for m in models]
+            for kind, P in self._predictions(kinds, tr, test, models).items():
+                pred[kind][f] = P
+        result["seconds"] = round(time.time() - started, 1)
+        for kind in kinds:
             # reference costs differ slightly per fold; use their mean for the decision
-            curve = cost_quality_curve(pred, unit.mean(axis=0), C[idx], Y[idx])
+            curve = cost_quality_curve(pred[kind], unit.mean(axis=0), C[idx], Y[idx])
             report = n_model_report(curve, models, rounds=self.rounds)
-            report["seconds"] = round(time.time() - started, 1)
             result["routers"][kind] = report
             share = report["cost_to_match_best_share"]
-            self.log(f"  routerbench-cv {kind:9s} max quality {report['max_quality']:.3f}  cost to match "
-                     f"{report['best_single']}: {share:.1%} of its cost  ({report['seconds']}s)")
+            self.log(f"  routerbench-cv {kind:12s} max quality {report['max_quality']:.3f}  cost to match "
+                     f"{report['best_single']}: {share:.1%} of its cost")
         return result
 
     def run(self, protocols: tuple[str, ...] = PROTOCOLS) -> dict:
@@ -192,6 +227,17 @@ class Evaluator:
         return {"protocols": {p: runners[p]() for p in protocols},
                 "settings": {"folds": self.k, "seed": self.seed, "bootstrap_rounds": self.rounds,
                              "n_prompts": len(self.data)}}
+
+
+def _group_means(groups: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Each row replaced by its group's mean of the known labels (0 where a model has none)."""
+    out = np.zeros(Y.shape)
+    known = ~np.isnan(Y)
+    for g in np.unique(groups):
+        rows = groups == g
+        count = known[rows].sum(axis=0)
+        out[rows] = np.where(known[rows], Y[rows], 0.0).sum(axis=0) / np.maximum(count, 1)
+    return out
 
 
 def _summarise_drift(rows: list[dict]) -> dict:
@@ -219,7 +265,7 @@ def plot(report: dict, out_dir: Path) -> list[Path]:
             for kind, c in res["curves"].items():
                 apgr = res["routers"][kind]["apgr"]
                 ax.plot(np.array(c["share"]) * 100, c["quality"], label=f"{kind} (APGR {apgr:.3f})",
-                        lw=2 if kind in LEARNED else 1, ls="--" if kind in BASELINES + ("oracle",) else "-")
+                        lw=2 if kind in LEARNED else 1, ls="--" if kind in BASELINES + REFERENCES else "-")
             ax.set_xlabel("share of calls to the strong model (%)")
             ax.set_ylabel("accuracy on held-out prompts")
             ax.set_title(f"{name}: quality vs strong share")
@@ -239,7 +285,7 @@ def plot(report: dict, out_dir: Path) -> list[Path]:
                 xs = [p["cost"] * 1000 for p in r["points"]]
                 ys = [p["quality"] for p in r["points"]]
                 ax.plot(xs, ys, label=kind, lw=2 if kind in LEARNED else 1,
-                        ls="--" if kind in BASELINES + ("oracle",) else "-")
+                        ls="--" if kind in BASELINES + REFERENCES else "-")
             ax.set_xscale("log")
             ax.set_xlabel("cost per 1,000 prompts (USD, log scale)")
             ax.set_ylabel("accuracy on held-out prompts")

@@ -21,7 +21,9 @@ def print_summary(report: dict, console: Console | None = None) -> None:
     console = console or Console()
     for name, res in report["protocols"].items():
         if "curves" in res:
-            t = Table(title=f"{name} (n={next(iter(res['routers'].values()))['n']})")
+            other = res.get("trained_on_other_prompts", 0)
+            extra = f"; training also on {other} other prompts" if other else ""
+            t = Table(title=f"{name} (n={next(iter(res['routers'].values()))['n']}{extra})")
             for col in ("router", "APGR", "95% CI", "CPT(50%)", "CPT(80%)", "share drift (20%/50%)"):
                 t.add_column(col)
             for kind, r in res["routers"].items():
@@ -34,10 +36,10 @@ def print_summary(report: dict, console: Console | None = None) -> None:
             best = first["best_single"]
             t = Table(title=f"{name} (n={first['n']}; best single: {best}, "
                             f"accuracy {first['singles'][best]['quality']:.3f})")
-            for col in ("router", "max accuracy", "cost to match best", "95% CI", "cost for 99%", "cost for 98%"):
+            for col in ("router", "max accuracy", "cost to match best", "95% CI", "cost for 98%", "cost for 95%"):
                 t.add_column(col)
             for kind, r in res["routers"].items():
                 s = r["cost_share_for_quality_share"]
                 t.add_row(kind, f"{r['max_quality']:.3f}", _pct(r["cost_to_match_best_share"]),
-                          _ci(r["cost_to_match_best_share_ci"]), _pct(s["0.99"]), _pct(s["0.98"]))
+                          _ci(r["cost_to_match_best_share_ci"]), _pct(s["0.98"]), _pct(s["0.95"]))
         console.print(t)
