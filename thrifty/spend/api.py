@@ -151,6 +151,11 @@ class SpendControl(Protocol):
     async def close(self) -> None: ...
 
 
+# Optional, for requests whose money is committed before they settle (provider batch lines):
+#     async def reinstate(self, principal, model, *, max_cost_usd, ttl=None) -> Reservation
+# holds ``max_cost_usd`` again after a restart lost the first hold: no rate limit, never refused.
+
+
 class OpenSpendControl:
     """No keys, no budgets, no ledger: for benchmarks of the bare proxy path only."""
 
@@ -162,6 +167,11 @@ class OpenSpendControl:
 
     async def admit(
         self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float
+    ) -> Reservation:
+        return Reservation(principal, model.name, max_cost_usd)
+
+    async def reinstate(
+        self, principal: Principal, model: ModelInfo, *, max_cost_usd: float, ttl: float | None = None
     ) -> Reservation:
         return Reservation(principal, model.name, max_cost_usd)
 

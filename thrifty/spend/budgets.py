@@ -88,6 +88,15 @@ class MemoryBudgets:
             key = (budget.id, start)
             self._held[key] = self._held.get(key, 0) + hold.amount
 
+    async def force(self, hold: Hold, ttl: float | None = None) -> None:
+        """Take the hold without the limit check (money already committed upstream)."""
+        for budget, start in hold.charges:
+            key = (budget.id, start)
+            spent, held = self._spent_of(key), self._held.get(key, 0)
+            if spent + held + hold.amount > budget.limit_nanos:
+                log.warning("reinstated hold %s takes the %s past its limit", hold.id, budget.label())
+            self._held[key] = held + hold.amount
+
     def settle(self, hold: Hold, actual: int) -> None:
         for budget, start in hold.charges:
             key = (budget.id, start)
@@ -169,6 +178,20 @@ class PostgresBudgets:
                 budget = _with_limit(budget, int(limit))
             refused[hold_id] = refuse(budget, int(spent), int(held), hold.amount, hold.ends.get(budget.id))
         return refused
+
+    async def force(self, hold: Hold, ttl: float | None = None) -> None:
+        """Insert the hold's rows without the limit check (money already committed upstream)."""
+        if not hold.charges:
+            return
+        now = time.time()
+        expires = now + (self._ttl if ttl is None else ttl)
+        async with self._pool.connection() as conn:
+            for budget, start in hold.charges:
+                await conn.execute(
+                    "INSERT INTO reservations (id, budget_id, period_start, amount_nanos, owner, expires_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id, budget_id) DO NOTHING",
+                    (hold.id, budget.id, start, hold.amount, self._owner, expires),
+                )
 
     async def _release(self, hold_id: str) -> None:
         try:

@@ -9,6 +9,7 @@ journal append. Everything else happens in background threads.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -167,13 +168,42 @@ class DbSpendControl:
                                    "Retry shortly.", headers={"retry-after": "5"}) from None
         return Reservation(principal, model.name, max_cost_usd, token=hold)
 
-    async def _hold(self, snap: Snapshot, principal: Principal, amount: int, now: float) -> Hold:
+    async def reinstate(
+        self, principal: Principal, model: ModelInfo, *, max_cost_usd: float, ttl: float | None = None
+    ) -> Reservation:
+        """Hold ``max_cost_usd`` again for a request whose money is already committed and whose
+        first hold died with the process that took it (a line in a provider's batch, after a
+        gateway restart), so that it counts against its budgets again until it settles.
+
+        Unlike :meth:`admit` it applies no rate limit and never refuses: the provider charges
+        the request whatever the budget says, so the hold counts even when it takes a budget
+        past its limit (logged), and later requests are refused instead. ``ttl`` (PostgreSQL)
+        is how long the hold counts if it is never settled (default: ``hold_ttl``).
+        """
+        if principal.is_admin:
+            return Reservation(principal, model.name, max_cost_usd)
+        amount = usd_to_nanos(max_cost_usd, round_up=True)
+        if amount < 0:
+            raise ValueError(f"max_cost_usd must not be negative (got {max_cost_usd!r})")
+        try:
+            hold = await self._hold(self._snapshot, principal, amount, time.time(), force=True, ttl=ttl)
+        except SpendError:
+            raise
+        except Exception as exc:
+            log.error("spend control cannot reach its database: %s", exc)
+            raise SpendUnavailable("Spend control cannot reach its database.") from None
+        return Reservation(principal, model.name, max_cost_usd, token=hold)
+
+    async def _hold(
+        self, snap: Snapshot, principal: Principal, amount: int, now: float, *, force: bool = False,
+        ttl: float | None = None,
+    ) -> Hold:
         hold = Hold(secrets.token_hex(12), amount)
         for budget in snap.budgets_for(principal):
             if budget.period == "window":
                 if budget.window_start is not None and now < budget.window_start:
                     continue
-                if budget.window_end is not None and now >= budget.window_end:
+                if budget.window_end is not None and now >= budget.window_end and not force:
                     raise window_ended(budget)
             bounds = self._periods.get(budget.id)
             if bounds is None or bounds[0] != budget or (bounds[2] is not None and now >= bounds[2]) or now < bounds[1]:
@@ -183,7 +213,10 @@ class DbSpendControl:
                 start, end = bounds[1], bounds[2]
             hold.charges.append((budget, start))
             hold.ends[budget.id] = end
-        await self.budgets.reserve(hold)
+        if force:
+            await self.budgets.force(hold, ttl)
+        else:
+            await self.budgets.reserve(hold)
         return hold
 
     def _rate_checks(self, snap: Snapshot, principal: Principal, prompt_tokens: int) -> list[Check]:
@@ -250,6 +283,30 @@ class DbSpendControl:
             if cost > hold.amount:
                 log.warning("request %s cost %d nano-USD, more than the %d held for it", record.request_id, cost,
                             hold.amount)
+
+    async def recorded(self, request_ids: Sequence[str]) -> set[str]:
+        """Which of ``request_ids`` the ledger holds (after this process's writes are flushed);
+        for work that resumes after a restart and must not be billed twice or not at all."""
+        ids = list(dict.fromkeys(request_ids))
+        if not ids:
+            return set()
+
+        def query() -> set[str]:
+            self.writer.flush()
+            db = Database(self.db_url)  # its own connection: this runs in a worker thread
+            try:
+                found: set[str] = set()
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i : i + 500]
+                    marks = ", ".join("?" * len(chunk))
+                    found.update(
+                        r[0] for r in db.all(f"SELECT request_id FROM ledger WHERE request_id IN ({marks})", chunk)
+                    )
+                return found
+            finally:
+                db.close()
+
+        return await asyncio.to_thread(query)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every settled record is in the database (tests, reports, shutdown)."""
