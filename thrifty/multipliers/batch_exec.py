@@ -13,18 +13,26 @@ Two paths:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import orjson
 
 from thrifty.gateway.errors import GatewayError
 from thrifty.gateway.schemas import ChatRequest
-from thrifty.gateway.service import Gateway, Served
+from thrifty.gateway.service import Gateway, Plan, Served
 from thrifty.providers.base import UpstreamError, Usage
 from thrifty.spend import pricing
 from thrifty.spend.api import LedgerRecord, Principal, SpendError
 
 __all__ = ["GatewayExecutor"]
+
+log = logging.getLogger("thrifty.batches")
+
+HOLD_TTL = 25 * 3600  # a provider's batch completes within its 24 h window
 
 
 def _error(status: int, message: str, type_: str, code: str | None) -> dict[str, Any]:
@@ -38,13 +46,23 @@ class GatewayExecutor:
     because the mounts that hold the runner are built before the app exists.
     """
 
+    # The runner passes ``store_answer``: the line is marked done with its answer (durably)
+    # before it is billed, and :meth:`settle_stored` bills it after a restart in between.
+    stores_answers = True
+
     def __init__(self, gateway: Callable[[], Gateway], *, batch_priced: bool = False) -> None:
         self.gateway = gateway
         self.batch_priced = batch_priced
         self.upstream = ProviderBatches(gateway)
 
     async def __call__(
-        self, fields: dict[str, Any], endpoint: str, body: dict[str, Any], request_id: str
+        self,
+        fields: dict[str, Any],
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        *,
+        store_answer: Callable[[int, dict[str, Any], str | None], Awaitable[None]] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         gw = self.gateway()
         principal = Principal(
@@ -92,27 +110,70 @@ class GatewayExecutor:
                 exc.type,
                 None,
             )
+        except Exception:  # never leave the hold taken and the line unbilled
+            log.exception("batch line %s failed", request_id)
+            status, out, etype, result = (
+                500,
+                _error(500, "internal error executing this request", "api_error", "internal_error"),
+                "internal_error",
+                None,
+            )
         else:
             status, out, etype = 200, result, None
+        record = None
         if reservation is not None:
-            await gw.spend.settle(
-                reservation,
-                ledger_record(
-                    gw,
-                    principal,
-                    request_id,
-                    ts,
-                    (time.perf_counter() - t0) * 1000,
-                    plan,
-                    served,
-                    result,
-                    status,
-                    etype,
-                    str(body.get("model")),
-                    batch_priced=self.batch_priced,
-                ),
+            record = ledger_record(
+                gw,
+                principal,
+                request_id,
+                ts,
+                (time.perf_counter() - t0) * 1000,
+                plan,
+                served,
+                result,
+                status,
+                etype,
+                str(body.get("model")),
+                batch_priced=self.batch_priced,
             )
+        if store_answer is not None:
+            settle = None
+            if record is not None and plan is not None:
+                settle = orjson.dumps(
+                    {
+                        "record": _record_fields(record),
+                        "model": plan.chain[0].info.name,
+                        "max_cost_usd": reservation.amount_usd,  # type: ignore[union-attr]
+                    }
+                ).decode()
+            await store_answer(status, out, settle)
+        if record is not None:
+            await gw.spend.settle(reservation, record)
         return status, out
+
+    async def settle_stored(self, fields: dict[str, Any], items: list[tuple[str, str]]) -> None:
+        """After a restart: bill the ``(request id, stored settle)`` lines the ledger does not
+        hold (answered, marked done, and the process died before their record was written),
+        each with its hold taken again and released. Lines the ledger has are left alone."""
+        gw = self.gateway()
+        recorded = getattr(gw.spend, "recorded", None)
+        if recorded is None:  # cannot tell what was billed: never bill twice
+            return
+        have = await recorded([rid for rid, _ in items])
+        principal = _principal(fields)
+        for rid, stored in items:
+            if rid in have:
+                continue
+            d = orjson.loads(stored)
+            record = LedgerRecord(**{**d["record"], "tags": tuple(d["record"].get("tags") or ())})
+            mc = gw.models.get(d.get("model"))
+            reservation = (
+                await _reinstate(gw, principal, mc, float(d["max_cost_usd"]))
+                if mc is not None
+                else None
+            )
+            log.warning("batch line %s: billed after a restart (it was answered before it)", rid)
+            await gw.spend.settle(reservation, record)
 
 
 def ledger_record(
@@ -181,6 +242,24 @@ def ledger_record(
         batch=True,
         scores=plan.scores if plan else None,
     )
+
+
+async def _reinstate(gw: Gateway, principal: Principal, mc: Any, max_cost: float) -> Any:
+    """A hold for a line whose cost is already committed upstream (``SpendControl.reinstate``;
+    ``admit`` for a spend control without it). None if none can be taken: the line is still
+    recorded in the ledger when it settles."""
+    reinstate = getattr(gw.spend, "reinstate", None)
+    try:
+        if reinstate is not None:
+            return await reinstate(principal, mc.info, max_cost_usd=max_cost, ttl=HOLD_TTL)
+        return await gw.spend.admit(principal, mc.info, prompt_tokens=0, max_cost_usd=max_cost)
+    except Exception as exc:
+        log.warning("could not hold a provider batch line's cost again: %s", exc)
+        return None
+
+
+def _record_fields(record: LedgerRecord) -> dict[str, Any]:
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
 def _principal(fields: dict[str, Any]) -> Principal:
@@ -272,6 +351,64 @@ class ProviderBatches:
             out[f"{provider}|{upstream_id}"] = admitted
         return out
 
+    def describe_hold(self, request_id: str) -> str | None:
+        """What a restart needs to take the line's hold again and bill it as submitted: the
+        model and deployment it went to, its plan's request and reason, and the amount held."""
+        reservation, plan, served = self.held.get(request_id, (None, None, None))
+        if reservation is None or plan is None or served is None or served.model is None:
+            return None
+        dep = served.deployment
+        return orjson.dumps(
+            {
+                "model": served.model.info.name,
+                "provider": dep.provider if dep else None,
+                "upstream_model": dep.model if dep else None,
+                "requested": plan.requested,
+                "reason": plan.reason,
+                "prompt_tokens": plan.prompt_tokens,
+                "max_cost_usd": reservation.amount_usd,
+            }
+        ).decode()
+
+    async def restore(
+        self, batch_id: str, fields: dict[str, Any], lines: list[tuple[int, str | None]]
+    ) -> None:
+        """After a restart: hold again what each line held (``describe_hold``), so its budgets
+        count it until the provider's result settles it."""
+        from thrifty.multipliers.batches import line_request_id
+
+        gw = self.gateway()
+        principal = _principal(fields)
+        for line, described in lines:
+            rid = line_request_id(batch_id, line)
+            if rid in self.held or not described:
+                continue  # held by this process already, or submitted before holds were kept
+            try:
+                d = orjson.loads(described)
+                mc = gw.models[d["model"]]
+                max_cost = float(d["max_cost_usd"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning("batch line %s: its hold cannot be reinstated (model gone?)", rid)
+                continue
+            dep = next(
+                (
+                    x
+                    for x in mc.deployments
+                    if x.provider == d.get("provider") and x.model == d.get("upstream_model")
+                ),
+                mc.deployments[0],
+            )
+            plan = Plan(
+                str(d.get("requested") or mc.info.name),
+                [mc],
+                str(d.get("reason") or "explicit model"),
+                int(d.get("prompt_tokens") or 0),
+                0,
+                max_cost,
+            )
+            reservation = await _reinstate(gw, principal, mc, max_cost)
+            self.held[rid] = (reservation, plan, Served(mc, dep))
+
     async def collect(
         self,
         tag: str,
@@ -306,14 +443,16 @@ class ProviderBatches:
                 ),
             )
             reservation, plan, served = self.held.pop(rid, (None, None, None))
-            if (
-                served is None
-            ):  # after a restart: plan again for the record (no budget hold to release)
+            if served is None:
+                # Submitted before holds were kept, and the gateway restarted: plan again for
+                # the record, and hold its maximum so that settling charges its budgets.
                 try:
                     plan = gw.plan_chat(principal, ChatRequest(dict(body)))
                     served = Served(plan.chain[0], plan.chain[0].deployments[0])
                 except (GatewayError, SpendError):
                     served = Served()
+                if plan is not None and served.model is not None:
+                    reservation = await _reinstate(gw, principal, served.model, plan.max_cost_usd)
             await gw.spend.settle(
                 reservation,
                 ledger_record(

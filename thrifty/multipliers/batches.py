@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS batches (
     output_file_id TEXT, error_file_id TEXT, total INTEGER NOT NULL, metadata TEXT);
 CREATE TABLE IF NOT EXISTS batch_lines (
     batch_id TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT NOT NULL,
-    status_code INTEGER, response TEXT, upstream TEXT, PRIMARY KEY (batch_id, line)) WITHOUT ROWID;
+    status_code INTEGER, response TEXT, upstream TEXT, hold TEXT, settle TEXT,
+    PRIMARY KEY (batch_id, line)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS batch_lines_pending ON batch_lines (batch_id) WHERE status_code IS NULL;
 """
 
@@ -111,6 +112,10 @@ class BatchStore:
             "PRAGMA synchronous=FULL"
         )  # a finished line must survive power loss: it was billed
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(batch_lines)")}
+        for column in ("hold", "settle"):  # a store made before these were kept
+            if column not in columns:
+                conn.execute(f"ALTER TABLE batch_lines ADD COLUMN {column} TEXT")
         return conn
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -399,13 +404,27 @@ class BatchStore:
         )
         return [(line, orjson.loads(body)) for line, body in rows]
 
-    async def assign_upstream(self, batch_id: str, lines: list[int], tag: str) -> None:
-        """Record that ``lines`` went to a provider's batch ``tag`` (so a restart polls it again)."""
+    async def assign_upstream(
+        self, batch_id: str, lines: list[int], tag: str, holds: dict[int, str] | None = None
+    ) -> None:
+        """Record that ``lines`` went to a provider's batch ``tag`` (so a restart polls it again),
+        with the budget hold each one took (so a restart takes it again until the line settles)."""
+        holds = holds or {}
         await self._run(
             lambda: self._conn.executemany(
-                "UPDATE batch_lines SET upstream = ? WHERE batch_id = ? AND line = ?",
-                [(tag, batch_id, line) for line in lines],
+                "UPDATE batch_lines SET upstream = ?, hold = ? WHERE batch_id = ? AND line = ?",
+                [(tag, holds.get(line), batch_id, line) for line in lines],
             )
+        )
+
+    async def upstream_holds(self, batch_id: str) -> list[tuple[int, str | None]]:
+        """(line, hold) of the lines waiting on a provider's batch."""
+        return await self._run(
+            lambda: self._conn.execute(
+                "SELECT line, hold FROM batch_lines WHERE batch_id = ? AND status_code IS NULL"
+                " AND upstream IS NOT NULL ORDER BY line",
+                (batch_id,),
+            ).fetchall()
         )
 
     async def upstream_pending(self, batch_id: str) -> dict[str, list[tuple[int, dict[str, Any]]]]:
@@ -430,12 +449,41 @@ class BatchStore:
         )
 
     async def finish_line(
-        self, batch_id: str, line: int, status: int, response: dict[str, Any]
+        self,
+        batch_id: str,
+        line: int,
+        status: int,
+        response: dict[str, Any],
+        settle: str | None = None,
     ) -> None:
+        """Mark the line done with its answer (durably). ``settle`` is what billing the line
+        takes (its ledger record and hold), stored when the line is marked done before it is
+        billed, so that a restart in between bills it (see ``BatchRunner.restore``)."""
         await self._run(
             lambda: self._conn.execute(
-                "UPDATE batch_lines SET status_code = ?, response = ? WHERE batch_id = ? AND line = ?",
-                (status, orjson.dumps(response).decode(), batch_id, line),
+                "UPDATE batch_lines SET status_code = ?, response = ?, settle = ?"
+                " WHERE batch_id = ? AND line = ?",
+                (status, orjson.dumps(response).decode(), settle, batch_id, line),
+            )
+        )
+
+    async def unsettled(self, batch_id: str) -> list[tuple[int, str]]:
+        """(line, settle) of done lines whose billing was stored with them (and not yet found
+        in the ledger by a restart)."""
+        return await self._run(
+            lambda: self._conn.execute(
+                "SELECT line, settle FROM batch_lines WHERE batch_id = ? AND status_code IS NOT NULL"
+                " AND settle IS NOT NULL ORDER BY line",
+                (batch_id,),
+            ).fetchall()
+        )
+
+    async def settled(self, batch_id: str, lines: list[int]) -> None:
+        """Forget the stored billing of ``lines``: the ledger has them."""
+        await self._run(
+            lambda: self._conn.executemany(
+                "UPDATE batch_lines SET settle = NULL WHERE batch_id = ? AND line = ?",
+                [(batch_id, line) for line in lines],
             )
         )
 
@@ -476,6 +524,11 @@ class BatchStore:
                         (fid, owner, f"{batch_id}_{name}.jsonl", len(content), now, content),
                     )
                     ids.append(fid)
+                # Every line that ran was billed (journaled) before the batch got here.
+                self._conn.execute(
+                    "UPDATE batch_lines SET settle = NULL WHERE batch_id = ? AND settle IS NOT NULL",
+                    (batch_id,),
+                )
                 final = "cancelled" if status == "cancelling" else "completed"
                 self._conn.execute(
                     f"UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, finalizing_at = ?,"
@@ -542,6 +595,7 @@ class BatchRunner:
         self.poll = poll
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._restored = False
 
     def start(self) -> None:
         if self._task is None:
@@ -561,7 +615,47 @@ class BatchRunner:
                 pass
             self._task = None
 
+    async def restore(self) -> None:
+        """After a restart, before any line runs: bill the lines that were answered and marked
+        done but whose ledger record the dying process may not have written (the ledger says
+        which), and take again the budget holds of lines waiting on a provider's batch (they
+        died with the process that took them, and the provider charges those lines whatever
+        happens). The gateway calls this at start-up before it serves requests, so no new
+        request can take the room these lines hold; the runner calls it on its first pass
+        otherwise. Once."""
+        if self._restored:
+            return
+        self._restored = True
+        try:
+            await self._restore()
+        except Exception:
+            log.exception("could not restore the batches' holds and billing")
+
+    async def _restore(self) -> None:
+        upstream = getattr(self.executor, "upstream", None)
+        settle_stored = getattr(self.executor, "settle_stored", None)
+        for batch_id in await self.store.unfinished():
+            principal = (await self.store.batch_job(batch_id))[2]
+            if settle_stored is not None:
+                # Lines answered and marked done, but maybe not billed when the process died.
+                try:
+                    stored = await self.store.unsettled(batch_id)
+                    if stored:
+                        rids = {line: line_request_id(batch_id, line) for line, _ in stored}
+                        await settle_stored(principal, [(rids[line], s) for line, s in stored])
+                        await self.store.settled(batch_id, [line for line, _ in stored])
+                except Exception:  # retried at the next start; the lines stay done
+                    log.exception("could not bill the stored lines of batch %s", batch_id)
+            if upstream is not None and hasattr(upstream, "restore"):
+                try:
+                    lines = await self.store.upstream_holds(batch_id)
+                    if lines:
+                        await upstream.restore(batch_id, principal, lines)
+                except Exception:  # the lines still settle (and charge budgets) when they finish
+                    log.exception("could not reinstate the holds of batch %s", batch_id)
+
     async def _loop(self) -> None:
+        await self.restore()
         while True:
             try:
                 for batch_id in await self.store.unfinished():
@@ -584,7 +678,13 @@ class BatchRunner:
         if status == "in_progress" and upstream is not None:
             lines = await self.store.pending(batch_id, 1 << 30)
             for tag, items in (await upstream.submit(batch_id, endpoint, principal, lines)).items():
-                await self.store.assign_upstream(batch_id, [line for line, _ in items], tag)
+                describe = getattr(upstream, "describe_hold", None)
+                holds = (
+                    {line: describe(line_request_id(batch_id, line)) for line, _ in items}
+                    if describe
+                    else None
+                )
+                await self.store.assign_upstream(batch_id, [line for line, _ in items], tag, holds)
         while status == "in_progress":
             lines = await self.store.pending(batch_id, self.concurrency)
             if not lines:
@@ -593,12 +693,18 @@ class BatchRunner:
                 *(self._one(batch_id, endpoint, principal, line, body) for line, body in lines)
             )
             status = (await self.store.batch_job(batch_id))[0]
+        waiting = False  # lines a provider is still working on: they will be charged
         if upstream is not None:
             for tag, items in (await self.store.upstream_pending(batch_id)).items():
                 results = await upstream.collect(tag, batch_id, endpoint, principal, items)
                 for line, (code, response) in (results or {}).items():
                     await self.store.finish_line(batch_id, line, code, response)
-        if status != "in_progress" or await self.store.unfinished_count(batch_id) == 0:
+                waiting = waiting or results is None
+        # A cancelled batch stops running its own lines at once, but waits for those already in
+        # a provider's batch, so that each is billed and its hold released.
+        if (status != "in_progress" and not waiting) or await self.store.unfinished_count(
+            batch_id
+        ) == 0:
             await self.store.finalize(batch_id)
 
     async def _one(
@@ -609,11 +715,27 @@ class BatchRunner:
         line: int,
         body: dict[str, Any],
     ) -> None:
+        rid = line_request_id(batch_id, line)
+        stored = False
+
+        async def store_answer(code: int, response: dict[str, Any], settle: str | None) -> None:
+            # Done (durably) before it is billed: a line is never run twice, and a restart in
+            # between bills it from what is stored here.
+            nonlocal stored
+            await self.store.finish_line(batch_id, line, code, response, settle)
+            stored = True
+
         try:
-            code, response = await self.executor(
-                principal, endpoint, body, line_request_id(batch_id, line)
-            )
+            if getattr(self.executor, "stores_answers", False):
+                code, response = await self.executor(
+                    principal, endpoint, body, rid, store_answer=store_answer
+                )
+            else:
+                code, response = await self.executor(principal, endpoint, body, rid)
         except Exception as exc:  # the line fails, the batch goes on
+            if stored:  # answered and stored; only billing failed (a restart bills it)
+                log.warning("batch %s line %d not billed: %s", batch_id, line, type(exc).__name__)
+                return
             log.warning("batch %s line %d failed: %s", batch_id, line, type(exc).__name__)
             code, response = (
                 500,
@@ -625,4 +747,5 @@ class BatchRunner:
                     }
                 },
             )
-        await self.store.finish_line(batch_id, line, code, response)
+        if not stored:
+            await self.store.finish_line(batch_id, line, code, response)

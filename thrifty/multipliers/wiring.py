@@ -163,6 +163,8 @@ class MultiplierApp:
         async def send_(message: dict) -> None:
             if message["type"] == "lifespan.startup.complete":
                 if self.runner is not None:
+                    # Before the first request: provider batch lines take their holds again.
+                    await self.runner.restore()
                     self.runner.start()  # resumes unfinished batches
                 if self.semantic is not None:
                     self._semantic()  # re-indexes the semantic cache from the store
