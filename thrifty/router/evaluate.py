@@ -27,7 +27,7 @@ from thrifty.router.data import RoutingData
 from thrifty.router.embed import EmbeddingCache, default_embedder
 from thrifty.router.features import feature_matrix
 from thrifty.router.metrics import cost_quality_curve, n_model_report, pair_curve, pair_report
-from thrifty.router.predictors import BASELINES, LEARNED, PREDICTORS, Features
+from thrifty.router.predictors import BASELINES, LEARNED, Features, make
 from thrifty.router.router import reference_costs
 
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -88,7 +88,7 @@ class Evaluator:
             elif kind == "ensemble" and "knn" in out and "factor" in out:
                 out[kind] = 0.5 * (out["knn"] + out["factor"])
             else:
-                model = PREDICTORS[kind]().fit(self.X.subset(np.flatnonzero(train)), Y[train])
+                model = make(kind, self.seed).fit(self.X.subset(np.flatnonzero(train)), Y[train])
                 out[kind] = model.predict(self.X.subset(np.flatnonzero(test)))
         return out
 
@@ -214,8 +214,9 @@ class Evaluator:
             report = n_model_report(curve, models, rounds=self.rounds)
             result["routers"][kind] = report
             share = report["cost_to_match_best_share"]
+            match = "not reached" if np.isnan(share) else f"{share:.1%} of its cost"
             self.log(f"  routerbench-cv {kind:12s} max quality {report['max_quality']:.3f}  cost to match "
-                     f"{report['best_single']}: {share:.1%} of its cost")
+                     f"{report['best_single']}: {match}")
         return result
 
     def run(self, protocols: tuple[str, ...] = PROTOCOLS) -> dict:

@@ -46,7 +46,10 @@ def model_priors(labels: np.ndarray) -> np.ndarray:
 
 
 class Predictor:
+    """Subclasses take keyword hyper-parameters with defaults, and ``seed`` when ``seeded``."""
+
     kind: ClassVar[str]
+    seeded: ClassVar[bool] = False  # takes a ``seed`` for its random initialisation
 
     def fit(self, X: Features, Y: np.ndarray) -> Predictor:
         raise NotImplementedError
@@ -119,6 +122,7 @@ class FactorPredictor(Predictor):
     """
 
     kind = "factor"
+    seeded = True
 
     def __init__(self, hidden: int = 32, epochs: int = 200, lr: float = 0.01, l2: float = 1e-3, seed: int = 0) -> None:
         self.hidden, self.epochs, self.lr, self.l2, self.seed = hidden, epochs, lr, l2, seed
@@ -188,10 +192,11 @@ class EnsemblePredictor(Predictor):
     """The mean of a kNN and a factor predictor: their errors differ, so the mean ranks better."""
 
     kind = "ensemble"
+    seeded = True
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self.knn = KNNPredictor()
-        self.factor = FactorPredictor()
+        self.factor = FactorPredictor(seed=seed)
 
     def fit(self, X: Features, Y: np.ndarray) -> EnsemblePredictor:
         self.knn.fit(X, Y)
@@ -251,6 +256,7 @@ class RandomPredictor(Predictor):
     """Baseline: independent uniform scores, i.e. routing at random."""
 
     kind = "random"
+    seeded = True
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -270,6 +276,12 @@ class RandomPredictor(Predictor):
         p = cls(int(state["seed"]))
         p.n_models = int(state["n_models"])
         return p
+
+
+def make(kind: str, seed: int = 0) -> Predictor:
+    """A fresh predictor of ``kind``; ``seed`` fixes its random initialisation where it has one."""
+    cls = PREDICTORS[kind]
+    return cls(seed=seed) if cls.seeded else cls()
 
 
 PREDICTORS: dict[str, type[Predictor]] = {
