@@ -6,7 +6,8 @@ thousands of requests a second on one core and is never the bottleneck of a gate
 Behaviours (``mode``): ``ok``; ``error500`` (every request fails); ``flaky`` (the first
 ``fail_first`` requests fail with 500, then ok); ``hang`` (accepts and never answers, for
 timeouts); ``break_stream`` (streams start, then the connection drops mid-answer); ``slow``
-(answers after ``delay`` seconds). ``hits`` counts model calls.
+(answers after ``delay`` seconds). ``hits`` counts model calls. With a server SSL context
+(``ssl=``, or ``--certfile``/``--keyfile``) it serves HTTPS instead, for tests of TLS upstreams.
 
 Run one: ``python -m thrifty.providers.fake_upstream --port 9100 [--mode ok]``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl as ssl_module
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ class FakeState:
         self.hits = 0
         self.cache: dict[tuple[str, str], bytes] = {}
         self.transports: set[asyncio.Transport] = set()
+        self.connections = 0
         self.last_body: dict[str, Any] | None = None
 
     def chat_body(self, model: str) -> bytes:
@@ -191,6 +194,7 @@ class FakeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.state.transports.add(self.transport)  # type: ignore[arg-type]
+        self.state.connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.transports.discard(self.transport)  # type: ignore[arg-type]
@@ -313,11 +317,15 @@ class FakeUpstream:
         fail_first: int = 0,
         delay: float = 0.0,
         reply: str = REPLY,
+        ssl: ssl_module.SSLContext | None = None,
+        host_name: str = "127.0.0.1",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.state = FakeState(Behaviour(mode, fail_first, delay, reply))
         self.port = port
+        self.ssl = ssl  # serve HTTPS with this server context
+        self.host_name = host_name  # the host in base_url (it listens on 127.0.0.1)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: asyncio.AbstractServer | None = None
         self.thread: threading.Thread | None = None
@@ -327,8 +335,17 @@ class FakeUpstream:
         return self.state.hits
 
     @property
+    def origin(self) -> str:
+        return f"{'https' if self.ssl else 'http'}://{self.host_name}:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return self.origin + "/v1"
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far (keep-alive reuse keeps this low)."""
+        return self.state.connections
 
     def start(self) -> FakeUpstream:
         ready = threading.Event()
@@ -336,7 +353,9 @@ class FakeUpstream:
         def run() -> None:
             self.loop = asyncio.new_event_loop()
             self.server = self.loop.run_until_complete(
-                self.loop.create_server(lambda: FakeProtocol(self.state), "127.0.0.1", self.port)
+                self.loop.create_server(
+                    lambda: FakeProtocol(self.state), "127.0.0.1", self.port, ssl=self.ssl
+                )
             )
             self.port = self.server.sockets[0].getsockname()[1]
             ready.set()
@@ -369,10 +388,12 @@ class FakeUpstream:
         self.stop()
 
 
-async def serve_forever(host: str, port: int, behaviour: Behaviour) -> None:
+async def serve_forever(
+    host: str, port: int, behaviour: Behaviour, ssl: ssl_module.SSLContext | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: FakeProtocol(FakeState(behaviour)), host, port, backlog=4096
+        lambda: FakeProtocol(FakeState(behaviour)), host, port, backlog=4096, ssl=ssl
     )
     async with server:
         await server.serve_forever()
@@ -387,7 +408,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mode", default="ok", choices=MODES)
     p.add_argument("--fail-first", type=int, default=0)
     p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
+    p.add_argument("--keyfile", help="the certificate's private key (default: in --certfile)")
     args = p.parse_args(argv)
+    ctx = None
+    if args.certfile:
+        ctx = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(args.certfile, args.keyfile)
     try:
         import uvloop
 
@@ -395,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         pass
     asyncio.run(
-        serve_forever(args.host, args.port, Behaviour(args.mode, args.fail_first, args.delay))
+        serve_forever(args.host, args.port, Behaviour(args.mode, args.fail_first, args.delay), ctx)
     )
 
 

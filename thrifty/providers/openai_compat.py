@@ -41,10 +41,15 @@ class OpenAICompatProvider:
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
         self.pool: HTTPPool | None = None
+        # TLS trust and proxy (validated in thrifty.gateway.config): None reads the environment
+        self.ca_file: str | None = config.options.get("ca_file") or None
+        self.proxy: str | bool | None = config.options.get("proxy")
 
     async def start(self) -> None:
         if self.pool is None:
-            self.pool = HTTPPool(self.base_url, self.headers)
+            self.pool = HTTPPool(
+                self.base_url, self.headers, ca_file=self.ca_file, proxy=self.proxy
+            )
 
     def _transport_error(self, exc: HTTPError, started: bool = False) -> UpstreamError:
         if started:  # the client has seen part of the answer: no retry can hide this
