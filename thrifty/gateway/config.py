@@ -29,6 +29,8 @@ optional fallbacks and catalog overrides)::
     type = "openai"                       # openai | anthropic | replay
     base_url = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"
+    ca_file = "corp-ca.pem"               # optional: trust these CAs (PEM file or hashed dir)
+    proxy = "http://user:pass@proxy:3128" # optional: false = direct, whatever the environment
 
     [models."gpt-4o-mini"]
     provider = "openai"                   # or deployments = [{provider=..., model=..., weight=...}]
@@ -37,6 +39,22 @@ optional fallbacks and catalog overrides)::
 
     [profiles.auto-thrifty]
     cost_weight = 0.8                     # or target_quality = 0.7
+
+TLS to upstreams always verifies the certificate chain and the hostname. Without ``ca_file``,
+the system store, which ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` replace as for Python's default
+context; ``ca_file`` (a PEM bundle or a hashed directory; relative paths are relative to the
+config file) replaces it for that provider. Without ``proxy``, a provider is reached through
+``HTTPS_PROXY`` (https upstreams) or ``HTTP_PROXY`` (plain http ones), lowercase names first,
+unless ``NO_PROXY`` matches its host: comma- or space-separated entries, ``*`` (everything),
+domains (``example.com``, ``.example.com`` and ``*.example.com`` all match the domain and its
+subdomains), IPs, CIDR blocks (``10.0.0.0/8``), any of them with ``:port``; names are not
+resolved (``localhost`` does not match ``127.0.0.1``). ``proxy = false`` ignores the
+environment. Proxies are ``http://`` ones: https upstreams go through a CONNECT tunnel (TLS
+to the upstream inside it, verified as above), plain ones as absolute-form requests;
+``user:pass@`` (percent-encoded) in the proxy URL becomes ``Proxy-Authorization: Basic``. A
+certificate that does not verify, or a proxy that refuses (407, 403) or cannot be reached, is
+a connection error: retried, then the model's fallbacks, else a 502 naming the cause (so is
+an environment proxy of another scheme, such as ``socks5://``, for the providers it covers).
 
 With no file, :func:`default_document` describes the embedded default: replay providers for
 the recorded benchmark models, plus real providers whose API keys are in the
@@ -242,6 +260,32 @@ def _float(section: Mapping[str, Any], key: str, default: float, where: str) -> 
     return float(value)
 
 
+def _check_transport(name: str, p: Mapping[str, Any]) -> None:
+    """providers.<name>.ca_file and .proxy are usable, or a UsageError now (not at a request)."""
+    from thrifty.providers.http import parse_proxy, ssl_context
+
+    if "ca_file" in p:
+        ca = p["ca_file"]
+        if not isinstance(ca, str) or not ca:
+            raise UsageError(f"providers.{name}.ca_file must be a path (a PEM file or directory)")
+        try:
+            ssl_context(ca)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise UsageError(f"providers.{name}.ca_file {ca!r} cannot be loaded: {exc}") from None
+    if "proxy" in p:
+        proxy = p["proxy"]
+        if proxy is False or proxy == "":
+            return
+        if not isinstance(proxy, str):
+            raise UsageError(
+                f"providers.{name}.proxy must be a proxy URL, or false for direct connections"
+            )
+        try:
+            parse_proxy(proxy)
+        except ValueError as exc:
+            raise UsageError(f"providers.{name}.proxy: {exc}") from None
+
+
 def build_config(
     doc: Mapping[str, Any], *, data_dir: Path | None = None, env: Mapping[str, str] | None = None
 ) -> GatewayConfig:
@@ -269,6 +313,7 @@ def build_config(
         )
         if ptype != "replay" and not providers[name].base_url:
             raise UsageError(f"providers.{name}.base_url is required for type {ptype!r}")
+        _check_transport(name, p)
 
     models: dict[str, ModelConfig] = {}
     for name, m in (doc.get("models") or {}).items():
@@ -358,4 +403,8 @@ def load_config(
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     if doc.get("data_dir") and not Path(doc["data_dir"]).is_absolute():
         doc["data_dir"] = str(Path(path).parent / doc["data_dir"])
+    for p in (doc.get("providers") or {}).values():  # ca_file: relative to the config file too
+        ca = p.get("ca_file") if isinstance(p, dict) else None
+        if isinstance(ca, str) and ca and not Path(ca).is_absolute():
+            p["ca_file"] = str(Path(path).parent / ca)
     return build_config(doc, env=env)
