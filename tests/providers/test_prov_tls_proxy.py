@@ -599,6 +599,22 @@ def test_tls_pool_reuses_and_recovers_from_a_restart(certs):
     asyncio.run(run())
 
 
+def test_tunnel_sends_the_upstream_name_as_sni_and_verifies_it(certs):
+    """Through a CONNECT tunnel, TLS is with the upstream: SNI and the certificate check are
+    for the upstream's name (localhost here), not the proxy's."""
+    names: list[str | None] = []
+    ctx = server_ctx(certs, "server")
+    ctx.sni_callback = lambda _sock, name, _ctx: names.append(name)
+    with FakeUpstream(ssl=ctx, host_name="localhost") as fake, proxy() as px:
+        pool = HTTPPool(fake.base_url, {}, ca_file=str(certs / "ca.pem"), proxy=px.url())
+        assert _pool_roundtrip(pool) == [200] * 4
+        assert names == ["localhost"] and px.tunnels == 1
+        assert px.heads[0].startswith(f"CONNECT localhost:{fake.port} HTTP/1.1\r\n".encode())
+        wrong = HTTPPool(fake.base_url, {}, ca_file=str(certs / "other-ca.pem"), proxy=px.url())
+        with pytest.raises(HTTPError, match=f"TLS certificate of localhost:{fake.port} via proxy"):
+            _pool_roundtrip(wrong)
+
+
 def test_ssl_cert_file_and_dir_are_honoured(certs, monkeypatch, tmp_path):
     """Without ca_file, the default store, which SSL_CERT_FILE / SSL_CERT_DIR replace."""
     with FakeUpstream(ssl=server_ctx(certs, "server")) as fake:
