@@ -37,6 +37,8 @@ def test_500_without_fallback_is_a_clear_502(oai):
     assert info.value.status_code == 502
     assert "after retries and fallbacks" in info.value.message
     assert info.value.response.headers["x-thrifty-retries"] == "1"
+    # one request id, even though the route headers (which carry it) ride on the error
+    assert len(info.value.response.headers.get_list("x-request-id")) == 1
 
 
 def test_timeout_falls_back(oai, upstreams):

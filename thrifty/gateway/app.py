@@ -309,8 +309,8 @@ class GatewayApp:
         headers = list(JSON_HEADERS)
         for k, v in exc.headers.items():
             headers.append((k.lower().encode(), str(v).encode()))
-        if ctx is not None:
-            headers.append((b"x-request-id", ctx.request_id.encode()))
+        if ctx is not None and not any(k == b"x-request-id" for k, _ in headers):
+            headers.append((b"x-request-id", ctx.request_id.encode()))  # route headers may carry it
         await self._send(send, status, body, headers)
 
     # -- the model-call skeleton -----------------------------------------------------------
