@@ -136,3 +136,36 @@ def test_bad_input_is_a_clear_error(routerbench, tmp_path):
         Router.train(routerbench, predictor="magic", show_progress=False)
     with pytest.raises(UsageError, match="cost weight"):
         Profile.cost_weight(-1)
+
+
+def test_routers_keep_the_features_they_were_trained_on(routerbench, tmp_path):
+    """A router saved before features were added loads and scores with its own columns."""
+    import json
+
+    from thrifty.router.features import FIRST_NAMES, NAMES
+
+    router = Router.train(routerbench, "factor", show_progress=False)
+    assert router.feature_names == NAMES and len(router.predictor.nets) == 5
+    router.save(tmp_path / "new")
+    # the same router as an older thrifty wrote it: no "features" key, one network, 10 columns
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("embedder.npz", "router.json"):
+        (old / name).write_bytes((tmp_path / "new" / name).read_bytes())
+    doc = json.loads((old / "router.json").read_text())
+    del doc["features"]
+    (old / "router.json").write_text(json.dumps(doc))
+    state = router.predictor.state()
+    d = router.predictor.nets[0]["W"].shape[0]
+    first = {k[2:]: v[0] for k, v in state.items() if k.startswith("p_")}
+    first["W"] = first["W"][: d - (len(NAMES) - len(FIRST_NAMES))]
+    np.savez(old / "predictor.npz", **{f"p_{k}": v for k, v in first.items()},
+             mu=state["mu"][: len(FIRST_NAMES)], sd=state["sd"][: len(FIRST_NAMES)])
+    loaded = Router.load(old)
+    assert loaded.feature_names == FIRST_NAMES and len(loaded.predictor.nets) == 1
+    scores = loaded.score(routerbench.prompts[0])
+    assert set(scores) == set(routerbench.models) and all(0 <= v <= 1 for v in scores.values())
+    doc["features"] = ["log_chars", "no_such_feature"]
+    (old / "router.json").write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match="no_such_feature"):
+        Router.load(old)

@@ -118,34 +118,42 @@ class FactorPredictor(Predictor):
 
     The prompt encoder (W, c) is shared by all models; each model has a rank-``hidden``
     vector v_m and a bias b_m. Trained full-batch with Adam on the masked
-    cross-entropy of the observed labels, with L2 weight decay.
+    cross-entropy of the observed labels, with L2 weight decay. ``members``
+    networks from different random starts are averaged: one alone swings by
+    several APGR points with its seed on prompts unlike its training data.
     """
 
     kind = "factor"
     seeded = True
 
-    def __init__(self, hidden: int = 32, epochs: int = 200, lr: float = 0.01, l2: float = 1e-3, seed: int = 0) -> None:
-        self.hidden, self.epochs, self.lr, self.l2, self.seed = hidden, epochs, lr, l2, seed
+    def __init__(self, hidden: int = 32, epochs: int = 200, lr: float = 0.01, l2: float = 1e-3, seed: int = 0,
+                 members: int = 5) -> None:
+        self.hidden, self.epochs, self.lr, self.l2, self.seed, self.members = hidden, epochs, lr, l2, seed, members
 
     def _inputs(self, X: Features) -> np.ndarray:
         cheap = (X.cheap - self.mu) / self.sd
         return np.hstack([X.emb, cheap]).astype(np.float32)
 
     def fit(self, X: Features, Y: np.ndarray) -> FactorPredictor:
-        rng = np.random.default_rng(self.seed)
         self.mu = X.cheap.mean(axis=0)
-        self.sd = X.cheap.std(axis=0) + 1e-6
+        sd = X.cheap.std(axis=0)
+        self.sd = np.where(sd > 1e-3, sd, 1.0)  # a feature constant in training must not blow up at test
         A = self._inputs(X)
         known = ~np.isnan(Y)
         T = np.where(known, Y, 0.0).astype(np.float32)
         M = known.astype(np.float32)
+        self.nets = [self._fit_one(A, T, M, model_priors(Y), self.seed + i) for i in range(self.members)]
+        return self
+
+    def _fit_one(self, A: np.ndarray, T: np.ndarray, M: np.ndarray, prior: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
         n_obs = max(float(M.sum()), 1.0)
-        d, h, m = A.shape[1], self.hidden, Y.shape[1]
+        d, h, m = A.shape[1], self.hidden, T.shape[1]
         params = {
             "W": (rng.standard_normal((d, h)) * np.sqrt(2.0 / d)).astype(np.float32),
             "c": np.zeros(h, np.float32),
             "V": (rng.standard_normal((h, m)) * 0.05).astype(np.float32),
-            "b": np.log(model_priors(Y) / (1 - model_priors(Y))).astype(np.float32),
+            "b": np.log(prior / (1 - prior)).astype(np.float32),
         }
         mom = {k: np.zeros_like(v) for k, v in params.items()}
         vel = {k: np.zeros_like(v) for k, v in params.items()}
@@ -169,21 +177,27 @@ class FactorPredictor(Predictor):
                 mhat = mom[k] / (1 - 0.9**step)
                 vhat = vel[k] / (1 - 0.999**step)
                 params[k] = (value - lr * mhat / (np.sqrt(vhat) + 1e-8)).astype(np.float32)
-        self.params = params
-        return self
+        return params
 
     def predict(self, X: Features) -> np.ndarray:
-        p = self.params
-        H = np.maximum(self._inputs(X) @ p["W"] + p["c"], 0.0)
-        return _sigmoid(H @ p["V"] + p["b"]).astype(np.float64)
+        A = self._inputs(X)
+        out = np.zeros((len(X), self.nets[0]["b"].shape[0]))
+        for p in self.nets:
+            H = np.maximum(A @ p["W"] + p["c"], 0.0)
+            out += _sigmoid(H @ p["V"] + p["b"])
+        return out / len(self.nets)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {**{f"p_{k}": v for k, v in self.params.items()}, "mu": self.mu, "sd": self.sd}
+        stacked = {f"p_{k}": np.stack([p[k] for p in self.nets]) for k in self.nets[0]}
+        return {**stacked, "mu": self.mu, "sd": self.sd}
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> FactorPredictor:
-        p = cls(hidden=int(state["p_W"].shape[1]))
-        p.params = {k[2:]: state[k].astype(np.float32) for k in state if k.startswith("p_")}
+        W = state["p_W"]
+        single = W.ndim == 2  # routers saved before members were averaged
+        p = cls(hidden=int(W.shape[-1]), members=1 if single else int(W.shape[0]))
+        params = {k[2:]: state[k].astype(np.float32) for k in state if k.startswith("p_")}
+        p.nets = [params] if single else [{k: v[i] for k, v in params.items()} for i in range(p.members)]
         p.mu, p.sd = state["mu"], state["sd"]
         return p
 

@@ -19,8 +19,8 @@ from thrifty.errors import UsageError
 from thrifty.router.calibrate import predicted_quality, weight_for_quality, weight_for_share
 from thrifty.router.data import RoutingData
 from thrifty.router.embed import EmbeddingCache, StaticEmbedder, default_embedder
-from thrifty.router.features import feature_matrix, prompt_features
-from thrifty.router.predictors import PREDICTORS, Features, Predictor
+from thrifty.router.features import FIRST_NAMES, NAMES, feature_matrix, prompt_features
+from thrifty.router.predictors import PREDICTORS, Features, Predictor, make
 
 FORMAT_VERSION = 1
 # Named profiles keep this share of the best mean quality the router predicts
@@ -64,7 +64,12 @@ class Profile:
 class Router:
     def __init__(self, models: Sequence[str], predictor: Predictor, embedder: StaticEmbedder,
                  reference_costs: Mapping[str, float], profiles: Mapping[str, Profile] | None = None,
-                 meta: dict | None = None) -> None:
+                 meta: dict | None = None, feature_names: Sequence[str] = NAMES) -> None:
+        unknown = [f for f in feature_names if f not in NAMES]
+        if unknown:
+            raise UsageError(f"router uses features this thrifty does not know: {', '.join(unknown)}; upgrade thrifty")
+        self.feature_names = tuple(feature_names)
+        self._feature_cols = np.array([NAMES.index(f) for f in feature_names])
         self.models = list(models)
         self.predictor = predictor
         self.embedder = embedder
@@ -76,14 +81,14 @@ class Router:
 
     def features(self, prompts: Sequence[str], cache: bool = False) -> Features:
         emb = EmbeddingCache(self.embedder).embed(prompts) if cache else self.embedder.embed(prompts)
-        return Features(emb, feature_matrix(prompts))
+        return Features(emb, feature_matrix(prompts)[:, self._feature_cols])
 
     def score(self, prompt: str) -> dict[str, float]:
         """P(good answer) for every model, for one prompt (well under a millisecond or two)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise UsageError("prompt must be a non-empty string")
         x = Features(self.embedder.embed_one(prompt)[None, :],
-                     np.array([prompt_features(prompt)], dtype=np.float32))
+                     np.array([prompt_features(prompt)], dtype=np.float32)[:, self._feature_cols])
         row = self.predictor.predict(x)[0]
         return {m: float(p) for m, p in zip(self.models, row)}
 
@@ -141,9 +146,9 @@ class Router:
         # Calibrate named profiles on prompts the calibration model did not see.
         rng = np.random.default_rng(seed)
         calib = rng.random(len(data)) < calibration_share
-        cal_pred = PREDICTORS[predictor]().fit(X.subset(np.flatnonzero(~calib)), Y[~calib])
+        cal_pred = make(predictor, seed).fit(X.subset(np.flatnonzero(~calib)), Y[~calib])
         P_cal = cal_pred.predict(X.subset(np.flatnonzero(calib)))
-        model = PREDICTORS[predictor]().fit(X, Y)
+        model = make(predictor, seed).fit(X, Y)
         ref = reference_costs(data)
         unit = np.array([ref[m] for m in data.models])
         top = predicted_quality(P_cal, unit, 0.0)
@@ -183,6 +188,7 @@ class Router:
             "models": self.models,
             "predictor": self.predictor.kind,
             "reference_costs_usd": self.reference_costs,
+            "features": list(self.feature_names),
             "profiles": {k: asdict(v) for k, v in self.profiles.items()},
             "meta": self.meta,
         }
@@ -204,7 +210,8 @@ class Router:
         except (KeyError, ValueError, json.JSONDecodeError) as exc:
             raise UsageError(f"{path}: damaged router directory ({exc})") from None
         profiles = {k: Profile(v["kind"], float(v["value"])) for k, v in doc.get("profiles", {}).items()}
-        return cls(doc["models"], predictor, embedder, doc.get("reference_costs_usd", {}), profiles, doc.get("meta"))
+        return cls(doc["models"], predictor, embedder, doc.get("reference_costs_usd", {}), profiles, doc.get("meta"),
+                   doc.get("features", FIRST_NAMES))
 
 
 def reference_costs(data: RoutingData) -> dict[str, float]:
