@@ -169,3 +169,18 @@ def test_routers_keep_the_features_they_were_trained_on(routerbench, tmp_path):
     (old / "router.json").write_text(json.dumps(doc))
     with pytest.raises(UsageError, match="no_such_feature"):
         Router.load(old)
+
+
+def test_factor_stays_sane_on_prompts_unlike_its_training(fixtures):
+    """Trained on multiple-choice MMLU only, it must not push GSM8K word problems (no options,
+    far outside the feature range) to probabilities near 0 or 1."""
+    from thrifty.router.embed import EmbeddingCache, default_embedder
+    from thrifty.router.features import feature_matrix
+    from thrifty.router.predictors import FactorPredictor, Features
+
+    d = data.load([fixtures / "routellm"])
+    X = Features(EmbeddingCache(default_embedder(False)).embed(d.prompts, False), feature_matrix(d.prompts))
+    groups = np.array(d.groups)
+    mmlu, gsm = np.char.startswith(groups, "mmlu/"), groups == "gsm8k"
+    P = FactorPredictor().fit(X.subset(np.flatnonzero(mmlu)), d.labels[mmlu]).predict(X.subset(np.flatnonzero(gsm)))
+    assert ((np.median(P, axis=0) > 0.15) & (np.median(P, axis=0) < 0.85)).all()

@@ -121,17 +121,21 @@ class FactorPredictor(Predictor):
     cross-entropy of the observed labels, with L2 weight decay. ``members``
     networks from different random starts are averaged: one alone swings by
     several APGR points with its seed on prompts unlike its training data.
+    Standardised cheap features are clipped to +-``clip``: a prompt far outside
+    the training range (no answer options after training on multiple choice
+    only) must not push every probability to 0 or 1.
     """
 
     kind = "factor"
     seeded = True
 
     def __init__(self, hidden: int = 32, epochs: int = 200, lr: float = 0.01, l2: float = 1e-3, seed: int = 0,
-                 members: int = 5) -> None:
+                 members: int = 5, clip: float = 3.0) -> None:
         self.hidden, self.epochs, self.lr, self.l2, self.seed, self.members = hidden, epochs, lr, l2, seed, members
+        self.clip = clip
 
     def _inputs(self, X: Features) -> np.ndarray:
-        cheap = (X.cheap - self.mu) / self.sd
+        cheap = np.clip((X.cheap - self.mu) / self.sd, -self.clip, self.clip)
         return np.hstack([X.emb, cheap]).astype(np.float32)
 
     def fit(self, X: Features, Y: np.ndarray) -> FactorPredictor:
@@ -189,13 +193,14 @@ class FactorPredictor(Predictor):
 
     def state(self) -> dict[str, np.ndarray]:
         stacked = {f"p_{k}": np.stack([p[k] for p in self.nets]) for k in self.nets[0]}
-        return {**stacked, "mu": self.mu, "sd": self.sd}
+        return {**stacked, "mu": self.mu, "sd": self.sd, "clip": np.array(self.clip)}
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> FactorPredictor:
         W = state["p_W"]
         single = W.ndim == 2  # routers saved before members were averaged
-        p = cls(hidden=int(W.shape[-1]), members=1 if single else int(W.shape[0]))
+        clip = float(state["clip"]) if "clip" in state else np.inf  # older routers did not clip
+        p = cls(hidden=int(W.shape[-1]), members=1 if single else int(W.shape[0]), clip=clip)
         params = {k[2:]: state[k].astype(np.float32) for k in state if k.startswith("p_")}
         p.nets = [params] if single else [{k: v[i] for k, v in params.items()} for i in range(p.members)]
         p.mu, p.sd = state["mu"], state["sd"]
