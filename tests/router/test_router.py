@@ -184,3 +184,18 @@ def test_factor_stays_sane_on_prompts_unlike_its_training(fixtures):
     mmlu, gsm = np.char.startswith(groups, "mmlu/"), groups == "gsm8k"
     P = FactorPredictor().fit(X.subset(np.flatnonzero(mmlu)), d.labels[mmlu]).predict(X.subset(np.flatnonzero(gsm)))
     assert ((np.median(P, axis=0) > 0.15) & (np.median(P, axis=0) < 0.85)).all()
+
+
+def test_share_is_reached_when_the_predictor_rarely_prefers_the_expensive_model():
+    from thrifty.router.calibrate import share_for_weight, weight_for_share
+
+    rng = np.random.default_rng(0)
+    weak = rng.uniform(0.3, 0.9, 1000)
+    pred = np.stack([weak, weak - rng.uniform(-0.02, 0.2, 1000)], axis=1)  # strong rarely better
+    unit = np.array([0.1, 1.0])
+    assert share_for_weight(pred, unit, 0.0) < 0.2
+    for target in (0.2, 0.5, 0.8):
+        w = weight_for_share(pred, unit, target)
+        assert w < 0 and abs(share_for_weight(pred, unit, w) - target) < 0.01
+    w = weight_for_share(pred, unit, 0.05)
+    assert w > 0 and abs(share_for_weight(pred, unit, w) - 0.05) < 0.01

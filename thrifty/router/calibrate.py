@@ -20,10 +20,19 @@ def share_for_weight(pred: np.ndarray, unit_cost: np.ndarray, weight: float) -> 
 
 
 def weight_for_share(pred: np.ndarray, unit_cost: np.ndarray, share: float) -> float:
-    """The cost weight whose share of calls to the most expensive model is closest to ``share``."""
+    """The cost weight whose share of calls to the most expensive model is closest to ``share``.
+
+    Negative when even weight 0 sends fewer calls there than asked: the predictor rarely
+    prefers the expensive model, and only favouring it (paying for its cost) reaches the share.
+    """
     lo, hi = 0.0, 1.0
-    while share_for_weight(pred, unit_cost, hi) > share and hi < 1e6:
-        hi *= 4
+    if share_for_weight(pred, unit_cost, 0.0) < share:
+        lo, hi = -1.0, 0.0
+        while share_for_weight(pred, unit_cost, lo) < share and lo > -1e6:
+            lo *= 4
+    else:
+        while share_for_weight(pred, unit_cost, hi) > share and hi < 1e6:
+            hi *= 4
     for _ in range(60):  # share falls as the weight rises
         mid = (lo + hi) / 2
         if share_for_weight(pred, unit_cost, mid) > share:

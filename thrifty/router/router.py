@@ -124,7 +124,8 @@ class Router:
     def calibrate_share(self, prompts: Sequence[str], share: float, model_costs: Mapping[str, float] | None = None) -> Profile:
         """The cost-weight profile that sends ``share`` of ``prompts`` to the most expensive model."""
         costs = self._unit_costs(model_costs)
-        return Profile.cost_weight(weight_for_share(self.score_many(prompts), costs, share))
+        # may be negative (favour the expensive model): see weight_for_share
+        return Profile("cost_weight", weight_for_share(self.score_many(prompts), costs, share))
 
     def _unit_costs(self, model_costs: Mapping[str, float] | None = None) -> np.ndarray:
         src = dict(self.reference_costs, **(model_costs or {}))
