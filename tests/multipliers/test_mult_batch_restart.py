@@ -24,88 +24,34 @@ from typing import Any
 
 import httpx
 import openai
-import pytest
+from batch_setup import (
+    RETRY,
+    Ledger,
+    batch_app,
+    front_config,
+    gateway_process,
+    provider_app,
+    run_lines,
+    submit,
+)
+from batch_setup import (
+    jsonl as batch_jsonl,
+)
 
-from thrifty.gateway.app import create_app
-from thrifty.gateway.config import build_config
 from thrifty.gateway.schemas import ChatRequest
 from thrifty.gateway.testing import running
-from thrifty.multipliers.settings import BatchSettings
 from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend import store
-from thrifty.spend.api import LedgerRecord, OpenSpendControl, Principal
+from thrifty.spend.api import Principal
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.money import usd_to_nanos
 
-PRICE = {
-    "input_cost_per_token": 1e-6,
-    "output_cost_per_token": 2e-6,
-    "context_window": 2000,
-    "max_output_tokens": 100,
-}
 N = 3
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    fake = FakeUpstream("ok")
-    fake.start()
-    yield fake
-    fake.stop()
-
-
-class Ledger(OpenSpendControl):
-    def __init__(self) -> None:
-        self.records: list[LedgerRecord] = []
-
-    async def settle(self, reservation, record) -> None:
-        self.records.append(record)
-
-
 def jsonl(n: int, model: str) -> bytes:
-    return b"".join(
-        json.dumps(
-            {
-                "custom_id": f"req-{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {
-                    "model": model,
-                    "messages": [{"role": "user", "content": f"question {i}"}],
-                    "max_tokens": 50,
-                },
-            }
-        ).encode()
-        + b"\n"
-        for i in range(n)
-    )
-
-
-def front_config(tmp: Path, provider_url: str, upstream: FakeUpstream):
-    return build_config(
-        {
-            "data_dir": str(tmp / "front"),
-            "frontier_model": "m-batch",
-            "providers": {
-                "bp": {"type": "openai", "base_url": provider_url + "/v1", "batch_api": True},
-                "ok": {"type": "openai", "base_url": upstream.base_url},
-            },
-            "models": {
-                "m-batch": {
-                    "provider": "bp",
-                    "upstream_model": "m-up",
-                    "route": False,
-                    **PRICE,
-                    "input_cost_per_token_batches": 0.5e-6,
-                    "output_cost_per_token_batches": 1e-6,
-                },
-                "m-ok": {"provider": "ok", "route": False, **PRICE},
-            },
-            "retry": {"attempts": 1, "backoff_base": 0.01, "backoff_max": 0.02},
-        },
-        env={},
-    )
+    return batch_jsonl(n, model, question="question {}", max_tokens=50)
 
 
 class Front:
@@ -113,14 +59,38 @@ class Front:
 
     def __init__(self, tmp: Path, provider_url: str, upstream: FakeUpstream) -> None:
         self.spend = DbSpendControl(f"sqlite:///{tmp / 'spend.db'}", tmp / "journal")
-        self.app = MultiplierApp(
-            create_app(front_config(tmp, provider_url, upstream), spend=self.spend),
-            cache=None,
-            batches=BatchSettings(poll=0.05),
-        )
+        self.app = batch_app(front_config(tmp, provider_url, upstream, retry=RETRY), self.spend)
 
     def held(self) -> int:
         return sum(self.spend.budgets._held.values())
+
+
+def gated_provider(
+    tmp: Path, upstream: FakeUpstream, spend: Ledger
+) -> tuple[MultiplierApp, threading.Event]:
+    """The provider, whose batch lines do not run until the returned event is set."""
+    gate = threading.Event()
+    provider = provider_app(tmp, upstream, spend)
+    real = provider.runner.executor
+
+    async def gated(*args: Any) -> Any:
+        while not gate.is_set():
+            await asyncio.sleep(0.02)
+        return await real(*args)
+
+    provider.runner.executor = gated
+    return provider, gate
+
+
+def team_t(tmp: Path) -> tuple[str, dict[str, Any]]:
+    """Team t with a $10 monthly budget and a key (returned with the budget), in the front
+    gateway's spend database."""
+    setup = DbSpendControl(f"sqlite:///{tmp / 'spend.db'}", tmp / "journal")
+    store.create_team(setup.db, "t")
+    _, key = store.create_key(setup.db, team_id="t")
+    budget = store.set_budget(setup.db, "team", "t", amount_usd="10", period="monthly")
+    asyncio.run(setup.close())
+    return key, budget
 
 
 def _wait(cond, what: str, timeout: float = 20) -> None:
@@ -133,46 +103,17 @@ def _wait(cond, what: str, timeout: float = 20) -> None:
 def test_provider_batch_holds_and_costs_survive_a_restart(upstream, tmp_path):
     # The provider: another thrifty (its /v1/files + /v1/batches are OpenAI's batch API) whose
     # batch does not finish until the test lets it, so the front gateway restarts meanwhile.
-    gate = threading.Event()
     provider_spend = Ledger()
-    provider_cfg = build_config(
-        {
-            "data_dir": str(tmp_path / "provider"),
-            "frontier_model": "m-up",
-            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
-            "models": {"m-up": {"provider": "ok", "route": False, **PRICE}},
-        },
-        env={},
-    )
-    provider = MultiplierApp(
-        create_app(provider_cfg, spend=provider_spend), cache=None, batches=BatchSettings(poll=0.05)
-    )
-    real = provider.runner.executor
-
-    async def gated(*args: Any) -> Any:
-        while not gate.is_set():
-            await asyncio.sleep(0.02)
-        return await real(*args)
-
-    provider.runner.executor = gated
-
+    provider, gate = gated_provider(tmp_path, upstream, provider_spend)
     # The tenant: a team with a budget and a key, in the front gateway's spend database.
-    setup = DbSpendControl(f"sqlite:///{tmp_path / 'spend.db'}", tmp_path / "journal")
-    store.create_team(setup.db, "t")
-    _, key = store.create_key(setup.db, team_id="t")
-    budget = store.set_budget(setup.db, "team", "t", amount_usd="10", period="monthly")
-    asyncio.run(setup.close())
+    key, budget = team_t(tmp_path)
     lines_db = tmp_path / "front" / "batches.sqlite3"
 
     with running(provider) as provider_url:
         # -- first gateway process: the batch is accepted and its lines go to the provider.
         first = Front(tmp_path, provider_url, upstream)
         with running(first.app) as url:
-            client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
-            f = client.files.create(file=("in.jsonl", jsonl(N, "m-batch")), purpose="batch")
-            batch = client.batches.create(
-                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
-            )
+            client, batch = submit(url, key, jsonl(N, "m-batch"))
 
             def submitted() -> bool:
                 with sqlite3.connect(lines_db) as db:
@@ -252,40 +193,12 @@ def test_provider_batch_holds_and_costs_survive_a_restart(upstream, tmp_path):
 def test_provider_lines_of_a_cancelled_batch_are_still_billed(upstream, tmp_path):
     """Cancelling does not drop the lines a provider is already working on: they are billed
     when its results come, their holds released, then the batch is closed as cancelled."""
-    gate = threading.Event()
-    provider_cfg = build_config(
-        {
-            "data_dir": str(tmp_path / "provider"),
-            "frontier_model": "m-up",
-            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
-            "models": {"m-up": {"provider": "ok", "route": False, **PRICE}},
-        },
-        env={},
-    )
-    provider = MultiplierApp(
-        create_app(provider_cfg, spend=Ledger()), cache=None, batches=BatchSettings(poll=0.05)
-    )
-    real = provider.runner.executor
-
-    async def gated(*args: Any) -> Any:
-        while not gate.is_set():
-            await asyncio.sleep(0.02)
-        return await real(*args)
-
-    provider.runner.executor = gated
-    setup = DbSpendControl(f"sqlite:///{tmp_path / 'spend.db'}", tmp_path / "journal")
-    store.create_team(setup.db, "t")
-    _, key = store.create_key(setup.db, team_id="t")
-    budget = store.set_budget(setup.db, "team", "t", amount_usd="10", period="monthly")
-    asyncio.run(setup.close())
+    provider, gate = gated_provider(tmp_path, upstream, Ledger())
+    key, budget = team_t(tmp_path)
     with running(provider) as provider_url:
         front = Front(tmp_path, provider_url, upstream)
         with running(front.app) as url:
-            client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
-            f = client.files.create(file=("in.jsonl", jsonl(N, "m-batch")), purpose="batch")
-            batch = client.batches.create(
-                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
-            )
+            client, batch = submit(url, key, jsonl(N, "m-batch"))
             _wait(lambda: front.held() > 0, "the lines' holds")
             client.batches.cancel(batch.id)
             time.sleep(0.3)  # several runner passes while the provider works
@@ -311,58 +224,41 @@ def test_answered_line_is_billed_once_when_the_gateway_dies_before_billing_it(up
     taken again and released) instead of calling the provider a second time, and lines the
     ledger already has are not billed again."""
     from thrifty.multipliers.batch_exec import GatewayExecutor
-    from thrifty.multipliers.batches import BatchRunner, BatchStore, line_request_id
+    from thrifty.multipliers.batches import line_request_id
 
     n = 4
     calls: dict[str, int] = {}
-    setup = DbSpendControl(f"sqlite:///{tmp_path / 'spend.db'}", tmp_path / "journal")
-    store.create_team(setup.db, "t")
-    budget = store.set_budget(setup.db, "team", "t", amount_usd="10", period="monthly")
-    asyncio.run(setup.close())
+    _, budget = team_t(tmp_path)
+    config = front_config(tmp_path, "http://127.0.0.1:9", upstream, retry=RETRY)
 
     async def process(crash_line: int | None) -> tuple[int, int]:
-        spend = DbSpendControl(f"sqlite:///{tmp_path / 'spend.db'}", tmp_path / "journal")
-        batches = BatchStore(tmp_path / "batches.sqlite3")
-        app = create_app(front_config(tmp_path, "http://127.0.0.1:9", upstream), spend=spend)
-        await app.startup()
-        crashed = asyncio.Event()
+        async with gateway_process(
+            tmp_path, config, owner="team:t", principal={"team_id": "t"}, content=jsonl(n, "m-ok")
+        ) as (app, spend, batches):
+            crashed = asyncio.Event()
 
-        class DiesBeforeBilling(GatewayExecutor):
-            async def __call__(self, fields, endpoint, body, request_id, *, store_answer=None):
-                calls[request_id] = calls.get(request_id, 0) + 1
-                line = int(request_id.rsplit("_", 1)[1])
+            class DiesBeforeBilling(GatewayExecutor):
+                async def __call__(self, fields, endpoint, body, request_id, *, store_answer=None):
+                    calls[request_id] = calls.get(request_id, 0) + 1
+                    line = int(request_id.rsplit("_", 1)[1])
 
-                async def store_then_die(code, response, settle):
-                    await store_answer(code, response, settle)
-                    if line == crash_line:
-                        crashed.set()
-                        await asyncio.sleep(3600)  # killed: answered and marked done, not billed
+                    async def store_then_die(code, response, settle):
+                        await store_answer(code, response, settle)
+                        if line == crash_line:
+                            crashed.set()
+                            # killed: answered and marked done, not billed
+                            await asyncio.sleep(3600)
 
-                return await super().__call__(
-                    fields, endpoint, body, request_id, store_answer=store_then_die
-                )
+                    return await super().__call__(
+                        fields, endpoint, body, request_id, store_answer=store_then_die
+                    )
 
-        if not await batches.unfinished():
-            f = await batches.create_file("team:t", "batch", "in.jsonl", jsonl(n, "m-ok"))
-            await batches.create_batch(
-                "team:t", {"team_id": "t"}, f["id"], "/v1/chat/completions", "24h"
-            )
-        runner = BatchRunner(batches, DiesBeforeBilling(lambda: app.gw), concurrency=1, poll=0.05)
-        runner.start()
-        if crash_line is not None:
-            await asyncio.wait_for(crashed.wait(), 20)
-        else:
-            deadline = time.monotonic() + 20
-            while await batches.unfinished():
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-        await runner.close()
-        held = sum(spend.budgets._held.values())
-        spend.flush()
-        billed = len(spend.db.all("SELECT 1 FROM ledger"))
-        await app.shutdown()
-        await batches.close()
-        return held, billed
+            executor = DiesBeforeBilling(lambda: app.gw)
+            await run_lines(batches, executor, crashed if crash_line is not None else None)
+            held = sum(spend.budgets._held.values())
+            spend.flush()
+            billed = len(spend.db.all("SELECT 1 FROM ledger"))
+            return held, billed
 
     held, billed = asyncio.run(process(crash_line=1))
     assert billed == 1 and held > 0  # line 0 billed; line 1 answered, its hold still taken

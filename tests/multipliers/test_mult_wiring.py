@@ -54,14 +54,6 @@ class Tenants(OpenSpendControl):
         self.records.append(record)
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    fake = FakeUpstream("ok")
-    fake.start()
-    yield fake
-    fake.stop()
-
-
 def redis_url() -> str | None:
     path = ROOT / ".thrifty" / "test-services" / "redis.url"
     url = os.environ.get("THRIFTY_TEST_REDIS_URL") or (
