@@ -27,13 +27,11 @@ import pytest
 
 from conftest import gateway_doc
 from gw_openai_schema import SPEC, validate
-from thrifty.gateway.app import create_app
 from thrifty.gateway.config import build_config
-from thrifty.gateway.server import build_spend
 from thrifty.gateway.service import price
+from thrifty.gateway.testing import served_app
 from thrifty.providers.base import Usage
 from thrifty.providers.replay_records import read_packaged
-from thrifty.spend import store
 from thrifty.spend.money import usd_to_nanos
 
 SEED = 20261121
@@ -161,13 +159,7 @@ def fuzz(upstreams, tmp_path_factory) -> Iterator[Harness]:
     over the conftest's fake upstreams, driven in-process on one event loop."""
     doc = gateway_doc(upstreams, tmp_path_factory.mktemp("fuzz"))
     doc["spend"] = {"admin_key": ADMIN}
-    config = build_config(doc, env={})
-    spend, mounts = build_spend(config)
-    store.create_team(spend.db, "fuzz")
-    _, key = store.create_key(spend.db, team_id="fuzz")
-    store.set_budget(spend.db, "team", "fuzz", amount_usd="1000", period="monthly")
-    spend.reload()
-    app = create_app(config, spend=spend, mounts=mounts)
+    app, spend, key = served_app(build_config(doc, env={}), "fuzz")
     loop = asyncio.new_event_loop()
     try:
         yield Harness(loop, app, spend, upstreams, key)

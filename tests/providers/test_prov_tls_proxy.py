@@ -26,10 +26,8 @@ import orjson
 import pytest
 
 from thrifty.errors import UsageError
-from thrifty.gateway.app import create_app
 from thrifty.gateway.config import build_config, load_config
-from thrifty.gateway.server import build_spend
-from thrifty.gateway.testing import running
+from thrifty.gateway.testing import running, served_app
 from thrifty.providers.fake_upstream import REPLY, FakeUpstream
 from thrifty.providers.http import (
     HTTPError,
@@ -40,7 +38,6 @@ from thrifty.providers.http import (
     parse_proxy,
     proxy_from_env,
 )
-from thrifty.spend import store
 
 ADMIN = "sk-thr-admin-tls"
 BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
@@ -281,13 +278,7 @@ def serve(doc: dict[str, Any], tmp: Path) -> Iterator[Gateway]:
         "spend": {"admin_key": ADMIN},
         **doc,
     }
-    config = build_config(doc, env={})
-    spend, mounts = build_spend(config)
-    store.create_team(spend.db, "tls")
-    _, key = store.create_key(spend.db, team_id="tls")
-    store.set_budget(spend.db, "team", "tls", amount_usd="1000", period="monthly")
-    spend.reload()
-    app = create_app(config, spend=spend, mounts=mounts)
+    app, spend, key = served_app(build_config(doc, env={}), "tls")
     with running(app) as url:
         gw = Gateway(url, spend, key)
         try:

@@ -48,3 +48,19 @@ def running(app: Any, port: int = 0, *, log_level: str = "warning") -> Iterator[
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def served_app(config: Any, team: str, *, budget_usd: str = "1000") -> tuple[Any, Any, str]:
+    """The app as ``thrifty serve`` builds it from ``config`` (spend control, /admin and
+    /v1/feedback), with ``team``, a monthly team budget of ``budget_usd`` and a key of the
+    team: (app, spend, the key's secret)."""
+    from thrifty.gateway.app import create_app
+    from thrifty.gateway.server import build_spend
+    from thrifty.spend import store
+
+    spend, mounts = build_spend(config)
+    store.create_team(spend.db, team)
+    _, key = store.create_key(spend.db, team_id=team)
+    store.set_budget(spend.db, "team", team, amount_usd=budget_usd, period="monthly")
+    spend.reload()
+    return create_app(config, spend=spend, mounts=mounts), spend, key
