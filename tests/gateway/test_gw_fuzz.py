@@ -197,10 +197,33 @@ def openai_tool_ok(t: Any) -> bool:
     return isinstance(fn, dict) and isinstance(fn.get("name"), str) and isinstance(params, dict)
 
 
+def _model_valid(v: Any) -> bool:
+    return (v in CHAT_MODELS) if isinstance(v, str) and v else False
+
+
+def _max_tokens_valid(v: Any) -> bool | None:
+    return (v <= MODEL_MAX_OUT or None) if _is_int(v) and v >= 1 else False
+
+
+_NO_RULE = object()
+
+
+def _sampling_valid(name: str, v: Any, max_temperature: float) -> Any:
+    """The rules both APIs have for temperature, top_p and stream (not None); ``_NO_RULE`` for
+    another field."""
+    if name == "temperature":
+        return _in_range(v, 0, max_temperature)
+    if name == "top_p":
+        return _in_range(v, 0, 1)
+    if name == "stream":
+        return isinstance(v, bool)
+    return _NO_RULE
+
+
 def openai_field_valid(name: str, v: Any, model: str) -> bool | None:
     """True: the request is valid (2xx); False: it is invalid (4xx); None: no opinion (no 5xx)."""
     if name == "model":
-        return (v in CHAT_MODELS) if isinstance(v, str) and v else False
+        return _model_valid(v)
     if v is None:
         return name != "messages"
     if name == "messages":
@@ -208,13 +231,9 @@ def openai_field_valid(name: str, v: Any, model: str) -> bool | None:
     if name == "n":
         return (v <= 128 or None) if _is_int(v) and v >= 1 else False
     if name in ("max_tokens", "max_completion_tokens"):
-        return (v <= MODEL_MAX_OUT or None) if _is_int(v) and v >= 1 else False
-    if name == "temperature":
-        return _in_range(v, 0, 2)
-    if name == "top_p":
-        return _in_range(v, 0, 1)
-    if name == "stream":
-        return isinstance(v, bool)
+        return _max_tokens_valid(v)
+    if (sampling := _sampling_valid(name, v, 2)) is not _NO_RULE:
+        return sampling
     if name in ("stream_options", "response_format"):
         return None if isinstance(v, dict) else False
     if name == "tools":
@@ -244,9 +263,9 @@ def anthropic_tool_ok(t: Any) -> bool:
 
 def anthropic_field_valid(name: str, v: Any, model: str) -> bool | None:
     if name == "model":
-        return (v in CHAT_MODELS) if isinstance(v, str) and v else False
+        return _model_valid(v)
     if name == "max_tokens":
-        return (v <= MODEL_MAX_OUT or None) if _is_int(v) and v >= 1 else False
+        return _max_tokens_valid(v)
     if v is None:
         return None if name == "messages" else True
     if name == "messages":
@@ -260,12 +279,8 @@ def anthropic_field_valid(name: str, v: Any, model: str) -> bool | None:
                 for b in v
             ) or False
         return False
-    if name == "temperature":
-        return _in_range(v, 0, 1)
-    if name == "top_p":
-        return _in_range(v, 0, 1)
-    if name == "stream":
-        return isinstance(v, bool)
+    if (sampling := _sampling_valid(name, v, 1)) is not _NO_RULE:
+        return sampling
     if name == "stop_sequences":
         return _is_str_list(v)
     if name == "tools":
