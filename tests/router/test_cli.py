@@ -73,3 +73,54 @@ def test_eval_writes_report_and_plots(fixtures, tmp_path):
     for name in report["protocols"]:
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     assert "APGR" in p.stdout
+
+
+def test_calibrate_adds_a_profile_that_holds_its_share(fixtures, trained, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from thrifty.router import Router, data
+    from thrifty.router.calibrate import share_for_weight
+
+    router_dir = tmp_path / "r"
+    shutil.copytree(trained, router_dir)
+    prompts = data.load([fixtures / "routerbench"]).prompts
+    calib, held = prompts[::2], prompts[1::2]  # same mix of tasks in both halves
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(calib)))
+    p = thrifty("router", "calibrate", "--router", router_dir, "--input", inp, "--name", "gpt4-30", "--share", 0.3)
+    assert p.returncode == 0, p.stderr
+    import re
+
+    said = re.search(r"added profile 'gpt4-30': .*: ([\d.]+)% to gpt-4-1106-preview", p.stdout)
+    assert said and abs(float(said.group(1)) - 30) < 2, p.stdout  # 135 prompts: steps of 0.7%
+    p = thrifty("router", "calibrate", "--router", router_dir, "--input", inp, "--name", "keep95", "--keep", 0.95)
+    assert p.returncode == 0, p.stderr
+    router = Router.load(router_dir)
+    assert {"auto", "auto-cheap", "auto-best", "gpt4-30", "keep95"} <= set(router.profiles)
+    # the share holds on prompts it was not calibrated on
+    unit = np.array([router.reference_costs[m] for m in router.models])
+    realized = share_for_weight(router.score_many(held), unit, router.profiles["gpt4-30"].value)
+    assert abs(realized - 0.3) < 0.1
+    # the predictor files were not rewritten, only router.json
+    assert (router_dir / "predictor.npz").read_bytes() == (trained / "predictor.npz").read_bytes()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--share", "1.5"], "--share must be within [0, 1]"),
+    (["--keep", "0"], "quality share to keep must be within (0, 1]"),
+    (["--share", "0.2", "--keep", "0.9"], "not allowed with argument"),
+])
+def test_calibrate_bad_input(trained, tmp_path, extra, message):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "prompt": f"question {i}?"}) + "\n" for i in range(30)))
+    p = thrifty("router", "calibrate", "--router", trained, "--input", inp, "--name", "x", *extra)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+
+
+def test_calibrate_needs_enough_prompts(trained, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": 1, "prompt": "hello?"}) + "\n")
+    p = thrifty("router", "calibrate", "--router", trained, "--input", inp, "--name", "x", "--share", 0.2)
+    assert p.returncode == 2 and "need at least 20 prompts" in p.stderr

@@ -32,6 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     score.add_argument("--output", required=True, metavar="scores.jsonl")
     score.set_defaults(func=_score)
 
+    cal = rsub.add_parser("calibrate", help="add a named profile calibrated on a sample of your own prompts")
+    cal.add_argument("--router", required=True, metavar="ROUTER_DIR")
+    cal.add_argument("--input", required=True, metavar="prompts.jsonl", help='lines of {"id": ..., "prompt": "..."}')
+    cal.add_argument("--name", required=True, help="profile name (send it as the model to use it)")
+    knob = cal.add_mutually_exclusive_group(required=True)
+    knob.add_argument("--share", type=float, metavar="S",
+                      help="send this share of the prompts to the most expensive model")
+    knob.add_argument("--keep", type=float, metavar="Q",
+                      help="keep this share of the best predicted mean quality at the lowest cost (auto: 0.98)")
+    cal.set_defaults(func=_calibrate)
+
     ev = rsub.add_parser("eval", help="held-out evaluation protocols, JSON report and PNG plots")
     ev.add_argument("--data", nargs="+", required=True, metavar="PATH")
     ev.add_argument("--out", default="artifacts/router-eval", metavar="DIR")
@@ -99,6 +110,37 @@ def _score(args: argparse.Namespace) -> int:
     with open(args.output, "w", encoding="utf-8") as out:
         out.writelines(json.dumps({"id": ident, "quality": dict(zip(router.models, map(float, q)))}) + "\n" for (ident, _), q in zip(rows, quality))
     print(f"scored {len(rows)} prompts -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from thrifty.router.calibrate import predicted_quality, share_for_weight
+    from thrifty.router.router import Router
+
+    router = Router.load(args.router)
+    prompts = [p for _, p in _read_prompts(args.input)]
+    if len(prompts) < 20:
+        raise UsageError(f"{args.input}: need at least 20 prompts to calibrate on, got {len(prompts)}")
+    if not args.name.strip() or args.name != args.name.strip():
+        raise UsageError("--name must be a non-empty name without surrounding spaces")
+    if args.share is not None:
+        if not 0.0 <= args.share <= 1.0:
+            raise UsageError(f"--share must be within [0, 1], got {args.share}")
+        profile = router.calibrate_share(prompts, args.share)
+    else:
+        profile = router.calibrate_quality(prompts, args.keep)
+    P = router.score_many(prompts)
+    unit = np.array([router.reference_costs[m] for m in router.models])
+    top = router.models[int(np.argmax(unit))]
+    replaced = args.name in router.profiles
+    router.profiles[args.name] = profile
+    router.save_doc(args.router)
+    print(f"{'replaced' if replaced else 'added'} profile {args.name!r}: {profile} "
+          f"(on {len(prompts)} prompts: {share_for_weight(P, unit, profile.value):.1%} to {top}, "
+          f"mean predicted quality {predicted_quality(P, unit, profile.value):.3f} "
+          f"vs {predicted_quality(P, unit, 0.0):.3f} at best)")
     return 0
 
 

@@ -127,6 +127,16 @@ class Router:
         # may be negative (favour the expensive model): see weight_for_share
         return Profile("cost_weight", weight_for_share(self.score_many(prompts), costs, share))
 
+    def calibrate_quality(self, prompts: Sequence[str], keep: float,
+                          model_costs: Mapping[str, float] | None = None) -> Profile:
+        """The largest cost weight keeping ``keep`` of the best predicted mean quality on ``prompts``
+        (how ``auto`` and ``auto-cheap`` are made, here on the caller's own traffic)."""
+        if not 0.0 < keep <= 1.0:
+            raise UsageError(f"the quality share to keep must be within (0, 1], got {keep}")
+        costs = self._unit_costs(model_costs)
+        P = self.score_many(prompts)
+        return Profile.cost_weight(weight_for_quality(P, costs, keep * predicted_quality(P, costs, 0.0)))
+
     def _unit_costs(self, model_costs: Mapping[str, float] | None = None) -> np.ndarray:
         src = dict(self.reference_costs, **(model_costs or {}))
         return np.array([src.get(m, np.nan) for m in self.models], dtype=float)
@@ -185,6 +195,12 @@ class Router:
         out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out / "predictor.npz", **self.predictor.state())
         self.embedder.save(out / "embedder.npz")
+        self.save_doc(out)
+        return out
+
+    def save_doc(self, directory: str | Path) -> None:
+        """Rewrite only ``router.json`` (models, costs, profiles, provenance), atomically."""
+        out = Path(directory)
         doc = {
             "models": self.models,
             "predictor": self.predictor.kind,
@@ -193,8 +209,9 @@ class Router:
             "profiles": {k: asdict(v) for k, v in self.profiles.items()},
             "meta": self.meta,
         }
-        (out / "router.json").write_text(json.dumps(doc, indent=2) + "\n")
-        return out
+        tmp = out / "router.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(out / "router.json")
 
     @classmethod
     def load(cls, directory: str | Path) -> Router:
