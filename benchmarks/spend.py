@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import pathlib
-import statistics
 import sys
 import tempfile
 import time

@@ -6,7 +6,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-
 from gw_openai_schema import validate
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -195,6 +194,7 @@ class _Buggy:
 
 def test_internal_errors_never_leak_a_traceback(upstreams, tmp_path):
     from conftest import gateway_doc
+
     from thrifty.gateway.app import create_app
     from thrifty.gateway.config import build_config
     from thrifty.gateway.testing import running

@@ -19,14 +19,15 @@ import asyncio
 import copy
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 import pytest
-
 from conftest import gateway_doc
 from gw_openai_schema import SPEC, validate
+
 from thrifty.gateway.config import build_config
 from thrifty.gateway.service import price
 from thrifty.gateway.testing import served_app

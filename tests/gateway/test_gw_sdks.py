@@ -8,8 +8,8 @@ import httpx
 import openai
 import orjson
 import pytest
-
 from gw_openai_schema import validate
+
 from thrifty.providers.fake_upstream import REPLY
 from thrifty.providers.replay_records import read_packaged
 

@@ -5,13 +5,13 @@ sees the end of the answer; spend errors come back in the API's own format."""
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from collections.abc import Sequence
 
 import httpx
 import openai
 import pytest
-
 from conftest import gateway_doc, serve_gateway
+
 from thrifty.catalog.model import ModelInfo
 from thrifty.spend.api import (
     AuthError,

@@ -38,9 +38,8 @@ def _openai(fake: FakeUpstream) -> OpenAICompatProvider:
     ],
 )
 def test_failures_are_classified(mode, status, retryable, kind):
-    with FakeUpstream(mode) as fake:
-        with pytest.raises(UpstreamError) as info:
-            asyncio.run(_run(_openai(fake), lambda p: p.chat(BODY, FAST)))
+    with FakeUpstream(mode) as fake, pytest.raises(UpstreamError) as info:
+        asyncio.run(_run(_openai(fake), lambda p: p.chat(BODY, FAST)))
     assert (info.value.status, info.value.retryable, info.value.type) == (status, retryable, kind)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import pathlib
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

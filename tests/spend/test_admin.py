@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import thrifty.cli
-from thrifty.spend import admin_app, AuthError
+from thrifty.spend import AuthError, admin_app
 
 ADMIN = {"authorization": "Bearer sk-thr-admin-test"}
 

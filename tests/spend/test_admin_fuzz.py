@@ -10,11 +10,11 @@ traceback; a 2xx must be JSON.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from typing import Any
 
 import httpx
-import json
 import pytest
 
 from thrifty.spend import store

@@ -18,10 +18,9 @@ import pytest
 from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend import store
 from thrifty.spend.db import Database
+from thrifty.spend.loadtest import PRICE, Gateway, fire, write_config
 from thrifty.spend.money import nanos_to_usd, usd_to_nanos
 from thrifty.spend.schema import migrate
-
-from thrifty.spend.loadtest import PRICE, Gateway, fire, write_config
 
 BODY = {"model": "m-ok", "max_tokens": 20, "messages": [{"role": "user", "content": "hello there"}]}
 

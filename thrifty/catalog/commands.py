@@ -58,7 +58,7 @@ def _show(args: argparse.Namespace) -> int:
             missing.append(name)
             continue
         info = catalog.model(name, args.provider or "openai")
-        per_m = lambda v: "unknown" if v is None else f"${v * 1e6:.4g}/M"  # noqa: E731
+        per_m = lambda v: "unknown" if v is None else f"${v * 1e6:.4g}/M"
         print(
             f"{name}: input {per_m(info.input_cost_per_token)}, output {per_m(info.output_cost_per_token)}, "
             f"cached input {per_m(info.cache_read_input_token_cost)}, context {info.context_window}, "

@@ -10,8 +10,9 @@ routed once the operator sets one.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -92,7 +93,7 @@ def fetch_update(data_dir: Path, url: str = PUBLIC_URL, timeout: float = 30.0) -
     """Download the public price map into ``data_dir`` (validated before it replaces the old one)."""
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (fixed https URL)
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         body = resp.read()
     try:
         entries = orjson.loads(body)

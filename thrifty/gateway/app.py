@@ -21,7 +21,8 @@ import itertools
 import logging
 import os
 import time
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -112,18 +113,18 @@ class _Ctx:
     """Per-request state the handlers share: who, what was decided, what must be settled."""
 
     __slots__ = (
-        "request_id",
-        "ts",
-        "t0",
-        "principal",
         "endpoint",
-        "plan",
-        "served",
-        "reservation",
-        "settled",
-        "stream",
         "fmt",
+        "plan",
+        "principal",
+        "request_id",
+        "reservation",
+        "served",
+        "settled",
         "started",
+        "stream",
+        "t0",
+        "ts",
     )
 
     def __init__(self, endpoint: str, fmt: str) -> None:

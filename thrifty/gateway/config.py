@@ -65,9 +65,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from thrifty.catalog.loader import Catalog
 from thrifty.catalog.model import ModelInfo

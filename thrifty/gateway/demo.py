@@ -16,7 +16,6 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 from thrifty.providers.replay_records import Record, prompt_key, read_packaged
 

@@ -14,7 +14,7 @@ class CircuitBreaker:
     A success closes it again; a failed probe re-opens it for another cooldown.
     """
 
-    __slots__ = ("policy", "failures", "opened_at", "probing")
+    __slots__ = ("failures", "opened_at", "policy", "probing")
 
     def __init__(self, policy: BreakerPolicy) -> None:
         self.policy = policy

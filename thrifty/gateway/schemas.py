@@ -203,15 +203,15 @@ class ChatRequest:
 
     __slots__ = (
         "body",
-        "model",
-        "stream",
-        "max_tokens",
-        "prompt",
-        "prompt_chars",
         "include_usage",
-        "n_messages",
-        "prompt_bytes",
+        "max_tokens",
+        "model",
         "n",
+        "n_messages",
+        "prompt",
+        "prompt_bytes",
+        "prompt_chars",
+        "stream",
     )
 
     def __init__(self, body: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@ responses and stream chunks out (translation in :mod:`thrifty.providers.translat
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 

@@ -7,8 +7,9 @@ OpenAI response bodies or stream chunks, whatever their upstream speaks.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, Protocol
 
 from thrifty.gateway.config import Timeouts
 

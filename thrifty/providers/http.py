@@ -29,8 +29,8 @@ import ipaddress
 import logging
 import os
 import ssl
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import AsyncIterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 import httptools
@@ -202,23 +202,23 @@ class _TunnelReply(asyncio.Protocol):
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
-        "transport",
-        "parser",
-        "loop",
-        "status",
         "body",
-        "done",
-        "headers_done",
-        "closed",
-        "got_bytes",
-        "complete",
         "chunks",
-        "waiter",
-        "timer",
+        "closed",
+        "complete",
         "deadline",
+        "done",
+        "got_bytes",
+        "headers_done",
         "idle",
-        "reused",
         "keep_alive",
+        "loop",
+        "parser",
+        "reused",
+        "status",
+        "timer",
+        "transport",
+        "waiter",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -7,7 +7,8 @@ a few tens of microseconds of CPU per call).
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 

@@ -28,9 +28,9 @@ import gzip
 import hashlib
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 

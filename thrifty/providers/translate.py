@@ -9,7 +9,8 @@ any upstream (the pipeline itself runs on OpenAI's format).
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 

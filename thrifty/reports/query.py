@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from thrifty.reports.rollup import DAY, DIMENSIONS, MEASURES, closed_until, day_start, refresh
 from thrifty.spend.db import Database
@@ -68,7 +69,7 @@ class Totals:
     latency_ms: float = 0.0
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> "Totals":
+    def from_row(cls, row: Sequence[Any]) -> Totals:
         ints = [int(v or 0) for v in row[:-1]]
         return cls(*ints, float(row[-1] or 0.0))
 
@@ -240,7 +241,7 @@ def feedback_by_model(db: Database, f: Filters) -> list[dict[str, Any]]:
 def month_range(month: str) -> tuple[float, float]:
     """``2026-11`` -> [Nov 1, Dec 1) in UTC seconds."""
     try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=timezone.utc)
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
     except ValueError:
         raise ValueError(f"not a month: {month!r} (use YYYY-MM, e.g. 2026-11)") from None
     end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)

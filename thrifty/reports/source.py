@@ -30,7 +30,7 @@ def open_database(url: str | None = None, config_path: str | None = None, data_d
     """Open the spend database read/write (reports keep their rollup tables in it)."""
     resolved = database_url(url, config_path, data_dir)
     if not resolved.startswith(("postgresql://", "postgres://")):
-        path = resolved[len("sqlite:///"):] if resolved.startswith("sqlite:///") else resolved
+        path = resolved.removeprefix("sqlite:///")
         if not Path(path).exists():
             raise UsageError(f"no spend database at {path}: run the gateway (or 'thrifty demo') first, "
                              "or pass --database-url / --data-dir")

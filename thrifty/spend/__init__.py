@@ -59,7 +59,7 @@ def database_url(section: dict[str, Any], data_dir: pathlib.Path) -> str:
     return f"sqlite:///{pathlib.Path(data_dir).resolve() / 'spend.db'}"
 
 
-def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path) -> "DbSpendControl":
+def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path) -> DbSpendControl:
     """Spend control from the gateway config's ``[spend]`` section.
 
     Keys: ``database_url`` (``postgresql://...``; default SQLite WAL file
@@ -107,7 +107,7 @@ def _redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def admin_app(spend: "DbSpendControl", *, max_body_bytes: int | None = None) -> Any:
+def admin_app(spend: DbSpendControl, *, max_body_bytes: int | None = None) -> Any:
     """The admin API (an ASGI app) for the gateway to mount at ``/admin``; bodies over
     ``max_body_bytes`` (the gateway's setting; default 32 MiB) get a 413."""
     from thrifty.spend.admin import create_admin_app

@@ -8,7 +8,8 @@ gateway's error format: ``{"error": {"message", "type", "code"}}``.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -87,7 +88,7 @@ def _too_large(limit: int) -> tuple[bytes, bytes]:
     return json.dumps(body).encode(), b"application/json"
 
 
-def create_admin_app(spend: "DbSpendControl", *, max_body_bytes: int | None = None) -> Any:
+def create_admin_app(spend: DbSpendControl, *, max_body_bytes: int | None = None) -> Any:
     """The admin API as an ASGI app; request bodies over ``max_body_bytes`` (default: the
     gateway's ``max_body_bytes`` default, 32 MiB) get a 413 in this API's error format."""
     from thrifty.gateway.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
@@ -95,7 +96,7 @@ def create_admin_app(spend: "DbSpendControl", *, max_body_bytes: int | None = No
     return limit_body(_create_admin_app(spend), max_body_bytes or DEFAULT_MAX_BODY_BYTES, _too_large)
 
 
-def _create_admin_app(spend: "DbSpendControl") -> Starlette:
+def _create_admin_app(spend: DbSpendControl) -> Starlette:
     db = spend.db
 
     def guarded(handler: Handler, *, mutates: bool = False) -> Callable[[Request], Awaitable[Response]]:

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 from thrifty.spend.db import Database
 from thrifty.spend.money import format_usd, nanos_to_usd

@@ -11,8 +11,9 @@ success and on failure alike, so no request escapes the ledger.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from thrifty.catalog.model import ModelInfo
 

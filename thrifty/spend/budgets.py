@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+
 from thrifty.spend.api import BudgetExceeded
 from thrifty.spend.db import AsyncPgPool, Database
 from thrifty.spend.money import format_usd

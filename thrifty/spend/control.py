@@ -17,7 +17,7 @@ import pathlib
 import secrets
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from thrifty.catalog.model import ModelInfo
 from thrifty.spend.alerts import check_thresholds

@@ -12,8 +12,9 @@ import pathlib
 import sqlite3
 import threading
 from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, AsyncIterator, Iterator, Sequence
+from typing import Any
 
 
 def is_postgres(url: str) -> bool:
@@ -77,7 +78,7 @@ class Database:
         return self.execute(sql, params).fetchone()
 
     @contextmanager
-    def transaction(self) -> Iterator["Database"]:
+    def transaction(self) -> Iterator[Database]:
         """BEGIN (IMMEDIATE on SQLite: take the write lock up front) ... COMMIT or ROLLBACK."""
         with self._lock:
             if self.postgres:

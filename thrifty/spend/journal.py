@@ -16,7 +16,7 @@ import pathlib
 import secrets
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import orjson
 

@@ -15,8 +15,8 @@ import pathlib
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import fields
-from typing import Callable, Iterable
 
 import orjson
 

@@ -96,7 +96,7 @@ class Gateway:
                 self.proc.wait(5)
         self._log.close()
 
-    def __enter__(self) -> "Gateway":
+    def __enter__(self) -> Gateway:
         return self
 
     def __exit__(self, *exc) -> None:

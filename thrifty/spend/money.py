@@ -14,7 +14,7 @@ NANOS_PER_USD = 1_000_000_000
 NANO = Decimal("0.000000001")
 
 
-def to_decimal(amount: float | int | str | Decimal) -> Decimal:
+def to_decimal(amount: float | str | Decimal) -> Decimal:
     """A USD amount as the Decimal its text says (floats via their shortest repr)."""
     if isinstance(amount, Decimal):
         return amount
@@ -23,7 +23,7 @@ def to_decimal(amount: float | int | str | Decimal) -> Decimal:
     return Decimal(amount)
 
 
-def usd_to_nanos(amount: float | int | str | Decimal, *, round_up: bool = False) -> int:
+def usd_to_nanos(amount: float | str | Decimal, *, round_up: bool = False) -> int:
     """USD to integer nano-dollars; ``round_up`` for amounts held against a budget."""
     value = to_decimal(amount)
     if not value.is_finite():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import calendar
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 PERIODS = ("daily", "weekly", "monthly", "window")
 # The unix seconds a datetime can show: 0001-01-01 to 9999-12-31 UTC.
@@ -20,7 +20,7 @@ def check_time(ts: float, text: object = None) -> float:
 
 
 def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
+    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 def period_bounds(
@@ -68,5 +68,5 @@ def parse_time(text: str) -> float:
     except ValueError:
         raise ValueError(f"not a time: {text!r} (use ISO 8601, e.g. 2026-11-21T10:00:00Z)") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()

@@ -9,10 +9,11 @@ model by a price ceiling. Model patterns are shell-style globs (``gpt-4o*``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from fnmatch import fnmatchcase
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from thrifty.catalog.model import ModelInfo
 
@@ -59,7 +60,7 @@ class Policy:
     routing_profile: str | None = None
 
     @classmethod
-    def from_rules(cls, rules: Mapping[str, Any]) -> "Policy":
+    def from_rules(cls, rules: Mapping[str, Any]) -> Policy:
         """Validate a JSON rules object (unknown fields are an error, not ignored)."""
         if not isinstance(rules, Mapping):
             raise ValueError("policy rules must be a JSON object")

@@ -48,7 +48,7 @@ def too_many(check: Check, wait: float | None) -> RateLimited:
 
 
 class _Window:
-    __slots__ = ("minute", "current", "previous")
+    __slots__ = ("current", "minute", "previous")
 
     def __init__(self, minute: int) -> None:
         self.minute = minute

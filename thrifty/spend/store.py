@@ -12,8 +12,9 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from thrifty.spend.db import Database
 from thrifty.spend.keys import display_prefix, generate_key, hash_key
@@ -192,8 +193,8 @@ def create_key(
         if team_id is not None and not _exists(db, "teams", team_id):
             raise StoreError(f"no team {team_id!r}", 404)
         db.execute(
-            f"INSERT INTO api_keys (id, key_hash, prefix, name, user_id, team_id, tags, metadata, rpm, tpm,"
-            f" is_admin, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, key_hash, prefix, name, user_id, team_id, tags, metadata, rpm, tpm,"
+            " is_admin, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (key_id, hash_key(secret), display_prefix(secret), name, user_id, team_id, _tags(tags),
              _json_obj("metadata", metadata), _opt_int("rpm", rpm), _opt_int("tpm", tpm), int(admin),
              time.time(), expires_at),
