@@ -80,7 +80,7 @@ class Proc:
     def __init__(
         self, cmd: list[str], cpu: str, log: Path, env: dict[str, str] | None = None
     ) -> None:
-        self.log = open(log, "wb")
+        self.log = open(log, "wb")  # noqa: SIM115 (lives as long as the process; closed in stop())
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             pinned(cmd, cpu),
@@ -289,7 +289,7 @@ def ensure_litellm(log: Path) -> Path | None:
     )
     with open(log, "wb") as f:
         ok = (
-            subprocess.run([PY, "-m", "venv", str(LITELLM_VENV)], stdout=f, stderr=f).returncode
+            subprocess.run([PY, "-m", "venv", str(LITELLM_VENV)], stdout=f, stderr=f, check=False).returncode
             == 0
             and subprocess.run(
                 [
@@ -302,6 +302,7 @@ def ensure_litellm(log: Path) -> Path | None:
                 stdout=f,
                 stderr=f,
                 timeout=900,
+                check=False,
             ).returncode
             == 0
         )
@@ -400,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         measure("direct (fake upstream)", upstream + "/chat/completions", body, {}, fake.pid)
         # the upstream now shares the load generator's core; the gateway gets its own
-        subprocess.run(["taskset", "-pc", LOADGEN_CPU, str(fake.pid)], capture_output=True)
+        subprocess.run(["taskset", "-pc", LOADGEN_CPU, str(fake.pid)], capture_output=True, check=False)
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"

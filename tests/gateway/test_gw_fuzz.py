@@ -287,7 +287,7 @@ def anthropic_field_valid(name: str, v: Any, model: str) -> bool | None:
     if name == "tools":
         if not isinstance(v, list):
             return False
-        return True if all(anthropic_tool_ok(t) for t in v) else False
+        return all(anthropic_tool_ok(t) for t in v)
     if name == "tool_choice":
         if not isinstance(v, dict):
             return False

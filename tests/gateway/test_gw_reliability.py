@@ -65,7 +65,7 @@ def test_stream_broken_mid_answer_ends_with_error_event(oai, gateway):
     seen = []
     with pytest.raises(openai.APIError) as info:
         for chunk in stream:
-            seen.append(chunk)
+            seen.append(chunk)  # noqa: PERF402 (keeps the chunks read before the stream breaks)
     assert seen, "the answer had started"
     assert "broke mid-answer" in str(info.value)
     with httpx.stream(
@@ -80,10 +80,12 @@ def test_stream_broken_mid_answer_ends_with_error_event(oai, gateway):
 
 def test_anthropic_stream_broken_mid_answer(gateway):
     client = anthropic.Anthropic(base_url=gateway[0], api_key="x", max_retries=0)
-    with pytest.raises(anthropic.APIStatusError) as info:
-        with client.messages.stream(model="m-break", max_tokens=20, messages=MSG) as s:
-            for _ in s.text_stream:
-                pass
+    with (
+        pytest.raises(anthropic.APIStatusError) as info,
+        client.messages.stream(model="m-break", max_tokens=20, messages=MSG) as s,
+    ):
+        for _ in s.text_stream:
+            pass
     assert "broke mid-answer" in str(info.value)
 
 

@@ -21,7 +21,7 @@ def served(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env.update(THRIFTY_DATA_DIR=str(tmp_path / "data"), THRIFTY_ADMIN_KEY="sk-thr-admin-serve-test")
-    log = open(tmp_path / "serve.log", "wb")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 (the server writes to it until the fixture ends; closed in finally)
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "thrifty.cli", "serve", "--port", str(port)],

@@ -166,17 +166,19 @@ def test_dashboard_and_feedback_on_a_postgres_gateway(pg_url, tmp_path):
     doc["spend"] = {"admin_key": ADMIN_KEY, "database_url": pg_url}
     config = build_config(doc, data_dir=tmp_path, env={})
     spend, mounts = build_spend(config)
-    with running(create_app(config, spend=spend, mounts=mounts)) as url:
-        with httpx.Client(base_url=url, headers=_bearer(ADMIN_KEY), timeout=30) as admin:
-            admin.post("/admin/teams", json={"id": "t1"}).raise_for_status()
-            key = admin.post("/admin/keys", json={"name": "k", "team_id": "t1"}).json()["key"]
-            admin.post("/admin/budgets", json={"scope": "team", "scope_id": "t1", "amount_usd": 50}).raise_for_status()
-            sent = asyncio.run(_send(url, key, "auto", demo_prompts()[:15]))
-            r = httpx.post(url + "/v1/feedback", headers=_bearer(key), json={"request_id": sent[0][0], "thumbs": "up"})
-            assert r.status_code == 200, r.text
-            for page in ("/ui/", "/ui/budgets", "/ui/keys", "/ui/live", "/ui/api/live"):
-                assert admin.get(page).status_code == 200, page
-            doc = admin.get("/ui/api/report", params={"team": "t1", "by": "model"}).json()
+    with (
+        running(create_app(config, spend=spend, mounts=mounts)) as url,
+        httpx.Client(base_url=url, headers=_bearer(ADMIN_KEY), timeout=30) as admin,
+    ):
+        admin.post("/admin/teams", json={"id": "t1"}).raise_for_status()
+        key = admin.post("/admin/keys", json={"name": "k", "team_id": "t1"}).json()["key"]
+        admin.post("/admin/budgets", json={"scope": "team", "scope_id": "t1", "amount_usd": 50}).raise_for_status()
+        sent = asyncio.run(_send(url, key, "auto", demo_prompts()[:15]))
+        r = httpx.post(url + "/v1/feedback", headers=_bearer(key), json={"request_id": sent[0][0], "thumbs": "up"})
+        assert r.status_code == 200, r.text
+        for page in ("/ui/", "/ui/budgets", "/ui/keys", "/ui/live", "/ui/api/live"):
+            assert admin.get(page).status_code == 200, page
+        doc = admin.get("/ui/api/report", params={"team": "t1", "by": "model"}).json()
     db = Database(pg_url)
     try:
         n, cost = db.one("SELECT COUNT(*), SUM(cost_nanos) FROM ledger WHERE team_id = 't1'")

@@ -9,6 +9,7 @@ import threading
 import time
 
 from thrifty.spend import store
+from thrifty.spend.api import BudgetExceeded
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
 from thrifty.spend.journal import Journal
@@ -74,7 +75,7 @@ def test_soft_threshold_fires_the_webhook_once(tmp_path):
             for i in range(4):  # 0.3, 0.6, 0.9, 1.2 -> the 4th is refused
                 try:
                     res = await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.3)
-                except Exception:
+                except BudgetExceeded:
                     continue
                 await spend.settle(res, record(cost=0.3))
                 spend.flush()

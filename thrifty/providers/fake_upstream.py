@@ -20,7 +20,7 @@ import ssl as ssl_module
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httptools
 import orjson
@@ -381,7 +381,7 @@ class FakeUpstream:
             self.loop.call_soon_threadsafe(close_all)
             self.thread.join(10)
 
-    def __enter__(self) -> FakeUpstream:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

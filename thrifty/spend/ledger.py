@@ -286,7 +286,7 @@ class LedgerWriter:
                 try:
                     self._db.close()
                     self._db = Database(self._db_url)
-                except Exception:
+                except Exception:  # noqa: S110 (still down: the loop retries and reconnects again)
                     pass
         self.error = None
         self._marked.update(marks)

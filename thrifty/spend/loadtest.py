@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -62,7 +62,7 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.port}"
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, "THRIFTY_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
-        self._log = open(log, "ab")
+        self._log = open(log, "ab")  # noqa: SIM115 (the gateway process writes to it; closed in stop()/kill())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "thrifty.cli", "serve", "--config", str(config), "--port", str(self.port)],
             env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -96,7 +96,7 @@ class Gateway:
                 self.proc.wait(5)
         self._log.close()
 
-    def __enter__(self) -> Gateway:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -133,10 +133,9 @@ async def fire(urls: list[str], secret: str, n: int, body: dict[str, Any], concu
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def one(i: int) -> Reply:
             url = urls[i % len(urls)]
-            async with gate:
-                async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
-                    data = await r.json(content_type=None)
-                    return Reply(r.status, {k.lower(): v for k, v in r.headers.items()}, data,
-                                 int(url.rsplit(":", 1)[1]))
+            async with gate, session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+                data = await r.json(content_type=None)
+                return Reply(r.status, {k.lower(): v for k, v in r.headers.items()}, data,
+                             int(url.rsplit(":", 1)[1]))
 
         return await asyncio.gather(*(one(i) for i in range(n)))

@@ -63,7 +63,7 @@ class Policy:
     def from_rules(cls, rules: Mapping[str, Any]) -> Policy:
         """Validate a JSON rules object (unknown fields are an error, not ignored)."""
         if not isinstance(rules, Mapping):
-            raise ValueError("policy rules must be a JSON object")
+            raise ValueError("policy rules must be a JSON object")  # noqa: TRY004 (callers catch ValueError as invalid rules)
         unknown = sorted(set(rules) - set(RULE_FIELDS))
         if unknown:
             raise ValueError(f"unknown policy field(s): {', '.join(unknown)}; known: {', '.join(RULE_FIELDS)}")
