@@ -512,7 +512,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_litellm:
             try:
                 run_litellm(tmp, upstream, body, procs, notes, measure)
-            except Exception as exc:  # report what was measured, and why LiteLLM is missing
+            except Exception as exc:  # noqa: BLE001 (report what was measured, and why LiteLLM is missing)
                 notes.append(f"LiteLLM: not measured ({str(exc).strip().splitlines()[-1][:300]})")
         notes.append(
             "thrifty import (gateway app + spend + router): {:.2f} s".format(

@@ -44,7 +44,7 @@ def _pg_base_url() -> str | None:
         import psycopg
 
         psycopg.connect(url, connect_timeout=3).close()
-    except Exception:
+    except Exception:  # noqa: BLE001 (a probe: any failure means no PostgreSQL to measure)
         return None
     return url
 

@@ -63,7 +63,7 @@ def redis_url() -> str | None:
         import redis
 
         redis.Redis.from_url(url or "redis://127.0.0.1:56379/0", socket_connect_timeout=2).ping()
-    except Exception:
+    except Exception:  # noqa: BLE001 (a probe: any failure means no Redis to test against)
         return None
     return url or "redis://127.0.0.1:56379/0"
 

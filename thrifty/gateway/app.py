@@ -223,7 +223,7 @@ class GatewayApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
-                except Exception as exc:  # report, don't crash with a traceback
+                except Exception as exc:  # noqa: BLE001 (report, don't crash with a traceback)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

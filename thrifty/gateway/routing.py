@@ -42,7 +42,7 @@ class AutoRouter:
         try:
             path = self.config.router_path or default_router_path()
             return Router.load(path)
-        except Exception as exc:  # a missing/corrupt router must not stop fixed-model traffic
+        except Exception as exc:  # noqa: BLE001 (a missing/corrupt router must not stop fixed-model traffic)
             self.error = f"the router could not be loaded: {exc}"
             log.warning("routing disabled: %s", self.error)
             return None
@@ -75,7 +75,7 @@ class AutoRouter:
         profile = self.profiles.get(profile_name) or self.profiles["auto"]
         try:
             scores = self.router.score(prompt)
-        except Exception as exc:  # e.g. an empty prompt: serve it anyway, say why
+        except Exception as exc:  # noqa: BLE001 (e.g. an empty prompt: serve it anyway, say why)
             raise RoutingUnavailable(f"the router could not score this prompt: {exc}") from None
         names = {m.name for m in candidates}
         cand_scores = {k: v for k, v in scores.items() if k in names}

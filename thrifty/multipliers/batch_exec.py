@@ -253,7 +253,7 @@ async def _reinstate(gw: Gateway, principal: Principal, mc: Any, max_cost: float
         if reinstate is not None:
             return await reinstate(principal, mc.info, max_cost_usd=max_cost, ttl=HOLD_TTL)
         return await gw.spend.admit(principal, mc.info, prompt_tokens=0, max_cost_usd=max_cost)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (no hold is not fatal: the line is still recorded when it settles)
         log.warning("could not hold a provider batch line's cost again: %s", exc)
         return None
 

@@ -732,7 +732,7 @@ class BatchRunner:
                 )
             else:
                 code, response = await self.executor(principal, endpoint, body, rid)
-        except Exception as exc:  # the line fails, the batch goes on
+        except Exception as exc:  # noqa: BLE001 (the line fails, the batch goes on)
             if stored:  # answered and stored; only billing failed (a restart bills it)
                 log.warning("batch %s line %d not billed: %s", batch_id, line, type(exc).__name__)
                 return

@@ -230,7 +230,7 @@ class MultiplierApp:
             n = await self.semantic.rebuild()
             if n:
                 log.info("semantic cache: %d entries re-indexed from the store", n)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (a background task: log and go on)
             log.warning(
                 "semantic cache index not rebuilt (%s); it refills from new traffic",
                 type(exc).__name__,
@@ -330,7 +330,7 @@ class MultiplierApp:
                 if entry is None and mode == "semantic":
                     hit = await self._semantic().lookup(cache_scope, namespace, body, allowed)
                     entry, kind = (hit.entry, "semantic") if hit else (None, "")
-            except Exception as exc:  # a cache that is down is a miss, never a failed request
+            except Exception as exc:  # noqa: BLE001 (a cache that is down is a miss, never a failed request)
                 log.warning(
                     "response cache lookup failed (%s); serving without the cache",
                     type(exc).__name__,
@@ -398,7 +398,7 @@ class MultiplierApp:
         )
         try:
             await self.gw.spend.settle(None, record)
-        except Exception as exc:  # as the gateway does: what the ledger cannot record is not served
+        except Exception as exc:  # noqa: BLE001 (as the gateway does: what the ledger cannot record is not served)
             log.warning("recording cache hit %s failed (%s)", request_id, type(exc).__name__)
             message = "The request could not be recorded in the ledger, so it was not completed. Please retry."
             error = (
@@ -538,7 +538,7 @@ class MultiplierApp:
             await self.exact.store_answer(cache_scope, namespace, body, entry, ttl)  # type: ignore[union-attr]
             if mode == "semantic":
                 await self._semantic().store_answer(cache_scope, namespace, body, entry, ttl)
-        except Exception as exc:  # never log the request or the answer
+        except Exception as exc:  # noqa: BLE001 (a failed store must not fail the request; never log the request or the answer)
             log.warning("storing a cached answer failed (%s)", type(exc).__name__)
 
     # -- deferral --------------------------------------------------------------------------

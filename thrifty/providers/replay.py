@@ -77,7 +77,7 @@ class ReplayProvider:
                     n = self.add(await asyncio.to_thread(self._load_shared))
                     if n:
                         log.info("replay: loaded %d records from %s", n, self.shared)
-                except Exception as exc:  # the packaged records still serve
+                except Exception as exc:  # noqa: BLE001 (the packaged records still serve)
                     log.warning("replay: could not load %s: %s", self.shared, exc)
 
             self.loader = asyncio.get_running_loop().create_task(load())

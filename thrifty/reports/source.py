@@ -37,7 +37,7 @@ def open_database(url: str | None = None, config_path: str | None = None, data_d
     try:
         db = Database(resolved)
         db.one("SELECT 1 FROM ledger LIMIT 1")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (any failure to open or read the ledger is a usage error)
         raise UsageError(f"cannot read the ledger at {resolved}: {exc}") from None
     return db
 

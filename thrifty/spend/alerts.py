@@ -27,7 +27,7 @@ def post_webhook(url: str, payload: dict) -> None:
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 response.read()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (a failing webhook must never stop traffic)
             log.warning("budget webhook %s failed: %s", url, exc)
 
     threading.Thread(target=send, name="thrifty-budget-webhook", daemon=True).start()

@@ -143,7 +143,7 @@ class PostgresBudgets:
                 batch = self._waiting.pop(group)
                 try:
                     refused = await self._call(batch)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 (every waiter must get the failure, whatever it is)
                     for _hold, done in batch:
                         if not done.done():
                             done.set_exception(exc)
@@ -198,7 +198,7 @@ class PostgresBudgets:
         try:
             async with self._pool.connection() as conn:
                 await conn.execute("DELETE FROM reservations WHERE id = %s", (hold_id,))
-        except Exception as exc:  # it expires anyway
+        except Exception as exc:  # noqa: BLE001 (it expires anyway)
             log.warning("could not release the hold of a cancelled request: %s", exc)
 
     def settle(self, hold: Hold, actual: int) -> None:

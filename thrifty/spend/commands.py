@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace, action: Any) -> int:
 
     try:
         db = _db(args)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (any failure to open the database is a usage error)
         raise UsageError(f"cannot open the spend database: {exc}") from None
     try:
         result = action(db)

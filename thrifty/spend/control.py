@@ -103,7 +103,7 @@ class DbSpendControl:
                 db = db or Database(self.db_url)
                 if config_version(db) != self._snapshot.version:
                     self._snapshot = load_snapshot(db)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (a background thread: log and go on)
                 log.warning("spend config reload failed: %s", exc)
                 if db is not None:
                     db.close()
@@ -162,7 +162,7 @@ class DbSpendControl:
             hold = await self._hold(snap, principal, amount, now)
         except SpendError:
             raise
-        except Exception as exc:  # the shared database is down: refuse rather than spend unchecked
+        except Exception as exc:  # noqa: BLE001 (the shared database is down: refuse rather than spend unchecked)
             log.error("spend control cannot reach its database: %s", exc)
             raise SpendUnavailable("Spend control cannot reach its database, so the request was not sent. "
                                    "Retry shortly.", headers={"retry-after": "5"}) from None
@@ -189,7 +189,7 @@ class DbSpendControl:
             hold = await self._hold(self._snapshot, principal, amount, time.time(), force=True, ttl=ttl)
         except SpendError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (the shared database is down: refuse rather than spend unchecked)
             log.error("spend control cannot reach its database: %s", exc)
             raise SpendUnavailable("Spend control cannot reach its database.") from None
         return Reservation(principal, model.name, max_cost_usd, token=hold)

@@ -96,7 +96,7 @@ class Database:
     def close(self) -> None:
         try:
             self._conn.close()
-        except Exception:  # noqa: S110 (closing is best effort; the connection may already be broken)
+        except Exception:  # noqa: S110, BLE001 (closing is best effort; the connection may already be broken)
             pass
 
 

@@ -251,7 +251,7 @@ class LedgerWriter:
                 journal.close(delete=True)
                 try:
                     self._db.execute("DELETE FROM journal_marks WHERE journal = ?", (journal.id,))
-                except Exception as exc:  # a stale mark is harmless: replay skips missing files
+                except Exception as exc:  # noqa: BLE001 (a stale mark is harmless: replay skips missing files)
                     log.warning("could not delete the mark of journal %s: %s", journal.path.name, exc)
                 self._retired.remove(journal)
                 self._marked.pop(journal.id, None)
@@ -275,7 +275,7 @@ class LedgerWriter:
             try:
                 added = write_batch(self._db, batch, marks, release_reservations=self._release)
                 break
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (the background writer retries whatever failed)
                 # The database is down or locked. The batch is journaled, so we
                 # keep it and retry (later batches must not pass it: they move
                 # the journal mark).
@@ -286,7 +286,7 @@ class LedgerWriter:
                 try:
                     self._db.close()
                     self._db = Database(self._db_url)
-                except Exception:  # noqa: S110 (still down: the loop retries and reconnects again)
+                except Exception:  # noqa: S110, BLE001 (still down: the loop retries and reconnects again)
                     pass
         self.error = None
         self._marked.update(marks)
@@ -298,7 +298,7 @@ class LedgerWriter:
             try:
                 self._db.execute("DELETE FROM reservations WHERE expires_at < ?", (time.time() - 60,))
                 self._db.execute("DELETE FROM rate_windows WHERE minute < ?", (int(time.time() // 60) - 2,))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (a background sweep: log and go on)
                 log.warning("sweeping expired budget holds failed: %s", exc)
         with self._idle:
             self._written += len(batch)

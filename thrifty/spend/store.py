@@ -282,7 +282,7 @@ def set_budget(
         raise StoreError(f"period must be one of {', '.join(PERIODS)} (got {period!r})")
     try:
         limit = usd_to_nanos(str(amount_usd) if isinstance(amount_usd, float) else amount_usd)
-    except Exception:
+    except (ArithmeticError, TypeError, ValueError):  # what Decimal raises for a bad amount
         raise StoreError(f"amount_usd must be a number of USD (got {amount_usd!r})") from None
     if limit < 0:
         raise StoreError("amount_usd must not be negative")
