@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
-from conftest import gateway_doc
 from gw_openai_schema import SPEC, validate
+from gw_setup import gateway_doc
 
 from thrifty.gateway.app import create_app
 from thrifty.gateway.bodylimit import limit_body

@@ -193,7 +193,7 @@ class _Buggy:
 
 
 def test_internal_errors_never_leak_a_traceback(upstreams, tmp_path):
-    from conftest import gateway_doc
+    from gw_setup import gateway_doc
 
     from thrifty.gateway.app import create_app
     from thrifty.gateway.config import build_config

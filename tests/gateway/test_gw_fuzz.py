@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import gateway_doc
 from gw_openai_schema import SPEC, validate
+from gw_setup import gateway_doc
 
 from thrifty.gateway.config import build_config
 from thrifty.gateway.service import price

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import gateway_doc, serve_gateway
 from gw_openai_schema import SPEC, validate
+from gw_setup import gateway_doc, serve_gateway
 
 from thrifty.gateway.app import create_app
 from thrifty.gateway.config import build_config

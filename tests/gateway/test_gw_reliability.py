@@ -116,7 +116,7 @@ def test_circuit_breaker_opens_and_probes(monkeypatch):
 
 
 def test_open_circuit_skips_deployment(upstreams, tmp_path):
-    from conftest import PRICE, serve_gateway
+    from gw_setup import PRICE, serve_gateway
 
     bad = FakeUpstream("error500").start()
     try:
@@ -158,7 +158,7 @@ def test_order_deployments_respects_weights():
 
 def test_deployment_order_hook_is_used(upstreams, tmp_path):
     """An affinity hook (e.g. prefix affinity for self-hosted pools) decides the deployment order."""
-    from conftest import PRICE, serve_gateway
+    from gw_setup import PRICE, serve_gateway
 
     class AlwaysSecond:
         def __init__(self, deps):

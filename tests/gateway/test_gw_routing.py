@@ -8,7 +8,7 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
-from conftest import gateway_doc, serve_gateway
+from gw_setup import gateway_doc, serve_gateway
 from test_gw_spend import RecordingSpend
 
 from thrifty.providers.replay_records import ROUTERBENCH_MODELS, read_packaged

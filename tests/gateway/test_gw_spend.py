@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import httpx
 import openai
 import pytest
-from conftest import gateway_doc, serve_gateway
+from gw_setup import gateway_doc, serve_gateway
 
 from thrifty.catalog.model import ModelInfo
 from thrifty.spend.api import (
