@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -53,6 +54,57 @@ def _tokenizer():
     return tok
 
 
+_ASCII_WORDS = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")
+# BERT's clean_text drops control characters (joining what they separated), except tab/CR/LF.
+_DROP_CONTROL = {c: None for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]}
+
+
+class WordPieceIds:
+    """BERT uncased WordPiece ids, exactly as the ``tokenizers`` library gives them, 3-4x cheaper.
+
+    For ASCII text (nearly every prompt) the normaliser and pre-tokeniser reduce to lower-casing
+    and splitting into runs of letters/digits and single punctuation marks (control characters
+    dropped), and each word's pieces are cached. Anything else goes to the library itself.
+    The library call costs ~1.3 us a token, most of it building Python objects for offsets.
+    """
+
+    def __init__(self, vocab: list[str], fallback) -> None:  # type: ignore[no-untyped-def]
+        self.vocab = {t: i for i, t in enumerate(vocab)}
+        self.unk = self.vocab["[UNK]"]
+        self.fallback = fallback
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, text: str) -> list[int]:
+        if not text.isascii():
+            return self.fallback.encode(text, add_special_tokens=False).ids
+        cache, out = self.cache, []
+        for word in _ASCII_WORDS.findall(text.lower().translate(_DROP_CONTROL)):
+            ids = cache.get(word)
+            if ids is None:
+                ids = self._pieces(word)
+                if len(cache) < 200_000:
+                    cache[word] = ids
+            out += ids
+        return out
+
+    def _pieces(self, word: str) -> list[int]:
+        if len(word) > 100:  # the library's max_input_chars_per_word
+            return [self.unk]
+        ids, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.vocab:
+                    ids.append(self.vocab[piece])
+                    break
+                end -= 1
+            else:
+                return [self.unk]  # no piece matches: the whole word is unknown
+            start = end
+        return ids
+
+
 class StaticEmbedder:
     """Mean of per-token vectors, L2-normalised. ``table`` is vocab x dim."""
 
@@ -63,13 +115,14 @@ class StaticEmbedder:
         self.ident = f"{ident}-clip{HEAD_CHARS}+{TAIL_CHARS}"
         self._tok = _tokenizer()
         self._tok.enable_truncation(MAX_TOKENS + 2)
+        self._ids = WordPieceIds(VOCAB_PATH.read_text(encoding="utf-8").splitlines(), _tokenizer())
 
     @property
     def dim(self) -> int:
         return int(self.table.shape[1])
 
     def embed_one(self, text: str) -> np.ndarray:
-        ids = self._tok.encode(clip(text)).ids[1:-1]  # drop [CLS]/[SEP]
+        ids = self._ids(clip(text))[:MAX_TOKENS]
         if not ids:
             return np.zeros(self.dim, dtype=np.float32)
         v = self.table[ids].mean(axis=0)
