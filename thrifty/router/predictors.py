@@ -74,13 +74,20 @@ class KNNPredictor(Predictor):
     def fit(self, X: Features, Y: np.ndarray) -> KNNPredictor:
         self.train_emb = np.ascontiguousarray(X.emb, dtype=np.float32)
         self.labels = Y.astype(np.float32)
+        self._known = None
         self.prior = model_priors(Y).astype(np.float32)
         return self
 
+    def _label_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(known mask, labels with unknowns as 0), computed once: per call they cost more than the search."""
+        if getattr(self, "_known", None) is None:
+            self._known = ~np.isnan(self.labels)
+            self._filled = np.where(self._known, self.labels, 0.0).astype(np.float32)
+        return self._known, self._filled
+
     def predict(self, X: Features) -> np.ndarray:
         out = np.empty((len(X), self.labels.shape[1]), dtype=np.float64)
-        known = ~np.isnan(self.labels)
-        filled = np.where(known, self.labels, 0.0)
+        known, filled = self._label_arrays()
         k = min(self.k, self.train_emb.shape[0])
         for start in range(0, len(X), 1024):
             sims = X.emb[start : start + 1024] @ self.train_emb.T
