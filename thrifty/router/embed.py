@@ -71,6 +71,7 @@ class WordPieceIds:
     def __init__(self, vocab: list[str], fallback) -> None:  # type: ignore[no-untyped-def]
         self.vocab = {t: i for i, t in enumerate(vocab)}
         self.unk = self.vocab["[UNK]"]
+        self.longest = max(len(t) for t in vocab)  # no piece is longer: bounds the search per position
         self.fallback = fallback
         self.cache: dict[str, list[int]] = {}
 
@@ -92,7 +93,7 @@ class WordPieceIds:
             return [self.unk]
         ids, start = [], 0
         while start < len(word):
-            end = len(word)
+            end = min(len(word), start + self.longest)
             while end > start:
                 piece = word[start:end] if start == 0 else "##" + word[start:end]
                 if piece in self.vocab:
