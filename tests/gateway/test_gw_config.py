@@ -74,6 +74,8 @@ attempts = 3
             "fallback 'ghost'",
         ),
         ('[timeouts]\ntotal = "long"\n', "timeouts.total must be a number"),
+        ("router_reload_s = -1\n", "router_reload_s must be >= 0"),
+        ('router_reload_s = "often"\n', "config.router_reload_s must be a number"),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path, text, fragment):

@@ -124,3 +124,40 @@ def test_policy_routing_profile_replaces_auto(upstreams, tmp_path):
         raw = ask(url, "auto", PROMPTS[0])
     assert raw.headers["x-thrifty-route-reason"].startswith("penny-pincher: ")
     assert raw.headers["x-thrifty-model"] == "mistralai/mistral-7b-chat"  # the cheapest
+
+
+@needs_router
+def test_a_changed_router_directory_is_served_without_a_restart(upstreams, tmp_path):
+    """``thrifty router calibrate`` adds a profile to a live gateway's router; a broken
+    router.json afterwards leaves the loaded router serving."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    router_dir = tmp_path / "router"
+    shutil.copytree(ROUTER, router_dir)
+    doc = gateway_doc(upstreams, tmp_path / "gw")
+    doc["router_path"] = str(router_dir)
+    doc["router_reload_s"] = 0.05
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    with serve_gateway(doc, spend=RecordingSpend()) as (url, app):
+        with pytest.raises(openai.NotFoundError):
+            ask(url, "live-profile", PROMPTS[0])
+        done = subprocess.run(
+            [sys.executable, "-m", "thrifty.cli", "router", "calibrate", "--router", str(router_dir),
+             "--input", str(prompts), "--name", "live-profile", "--share", "0.5"],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 10
+        while "live-profile" not in app.gw.router.profiles and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raw = ask(url, "live-profile", PROMPTS[0])
+        assert raw.headers["x-thrifty-model"] in ROUTERBENCH_MODELS
+        loaded = app.gw.router.router
+        (router_dir / "router.json").write_text("{not json")
+        time.sleep(0.3)
+        assert app.gw.router.router is loaded  # the broken file was not installed
+        assert ask(url, "auto", PROMPTS[1]).headers["x-thrifty-model"] in ROUTERBENCH_MODELS

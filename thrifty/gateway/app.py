@@ -153,6 +153,7 @@ class GatewayApp:
         self.extra_profiles: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.started = False
         self.start_lock: asyncio.Lock | None = None
+        self.router_watch: asyncio.Task | None = None
         self.routes: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("POST", "/chat/completions"): self.chat_completions,
@@ -240,9 +241,25 @@ class GatewayApp:
                 return
             for provider in self.gw.providers.values():
                 await provider.start()
+            if self.config.router_reload_s > 0 and self.gw.router.path is not None:
+                self.router_watch = asyncio.create_task(self._watch_router(self.config.router_reload_s))
             self.started = True
 
+    async def _watch_router(self, period: float) -> None:
+        """Serve a changed router directory without a restart (see AutoRouter.load_if_changed)."""
+        while True:
+            await asyncio.sleep(period)
+            try:
+                loaded = await asyncio.to_thread(self.gw.router.load_if_changed)
+            except Exception:  # the watcher must outlive any one bad check
+                log.exception("router reload check failed")
+                continue
+            if loaded is not None:
+                self.gw.router.install(*loaded)
+
     async def shutdown(self) -> None:
+        if self.router_watch is not None:
+            self.router_watch.cancel()
         for provider in self.gw.providers.values():
             try:
                 await provider.close()

@@ -7,6 +7,7 @@ optional fallbacks and catalog overrides)::
     frontier_model = "gpt-4o"             # the counterfactual in x-thrifty-frontier-cost-usd
     data_dir = ".thrifty"                 # default: $THRIFTY_DATA_DIR or ./.thrifty
     router_path = "path/to/router"        # default: $THRIFTY_ROUTER or the packaged router
+    router_reload_s = 2                   # check router.json this often; a change is served live (0: never)
     max_body_bytes = 33554432             # every endpoint: model calls, /admin, /v1/feedback, ...
     spend_enabled = true                  # false only to benchmark the bare proxy
 
@@ -142,6 +143,7 @@ class GatewayConfig:
     frontier_model: str = "gpt-4-1106-preview"
     default_profile: str = "auto"
     router_path: str | None = None  # None: the router shipped in the package
+    router_reload_s: float = 2.0  # seconds between checks for a changed router.json; 0 = never
     expected_output_tokens: int = 256  # for the router's expected-cost estimate
     max_body_bytes: int = 32 * 1024 * 1024  # room for base64 images
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -252,6 +254,12 @@ def default_document(env: Mapping[str, str] | None = None) -> dict[str, Any]:
                 },
             )
     return doc
+
+
+def _non_negative(value: float, key: str) -> float:
+    if not value >= 0:
+        raise UsageError(f"{key} must be >= 0, not {value!r}")
+    return value
 
 
 def _float(section: Mapping[str, Any], key: str, default: float, where: str) -> float:
@@ -368,6 +376,7 @@ def build_config(
         frontier_model=doc.get("frontier_model", "gpt-4-1106-preview"),
         default_profile=doc.get("default_profile", "auto"),
         router_path=doc.get("router_path") or env.get("THRIFTY_ROUTER"),
+        router_reload_s=_non_negative(_float(doc, "router_reload_s", 2.0, "config"), "router_reload_s"),
         expected_output_tokens=int(doc.get("expected_output_tokens", 256)),
         max_body_bytes=_max_body_bytes(doc.get("max_body_bytes", 32 * 1024 * 1024)),
         timeouts=Timeouts(
