@@ -169,16 +169,7 @@ def anthropic_to_openai_response(msg: dict[str, Any]) -> dict[str, Any]:
         if block.get("type") == "text":
             text.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
-            calls.append(
-                {
-                    "id": block.get("id"),
-                    "type": "function",
-                    "function": {
-                        "name": block.get("name"),
-                        "arguments": orjson.dumps(block.get("input") or {}).decode(),
-                    },
-                }
-            )
+            calls.append(_tool_call(block))
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(text) if text or not calls else None,
@@ -412,16 +403,7 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
                     raise _invalid(f"{where}.name", "a valid string")
                 if block.get("input") is not None and not isinstance(block["input"], dict):
                     raise _invalid(f"{where}.input", "a valid dictionary")
-                calls.append(
-                    {
-                        "id": block.get("id"),
-                        "type": "function",
-                        "function": {
-                            "name": block.get("name"),
-                            "arguments": orjson.dumps(block.get("input") or {}).decode(),
-                        },
-                    }
-                )
+                calls.append(_tool_call(block))
             elif kind == "tool_result":
                 result = _tool_result_text(block.get("content"), f"messages.{i}.content.{j}")
                 messages.append(
@@ -479,6 +461,18 @@ def openai_usage_to_anthropic(usage: dict[str, Any] | None) -> dict[str, Any]:
         "output_tokens": int(usage.get("completion_tokens") or 0),
         "cache_read_input_tokens": cached,
         "cache_creation_input_tokens": 0,
+    }
+
+
+def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic ``tool_use`` block as an OpenAI tool call (the inverse of _tool_use_block)."""
+    return {
+        "id": block.get("id"),
+        "type": "function",
+        "function": {
+            "name": block.get("name"),
+            "arguments": orjson.dumps(block.get("input") or {}).decode(),
+        },
     }
 
 
