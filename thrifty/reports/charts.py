@@ -37,6 +37,13 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def _style(ax: Any, title: str, ylabel: str) -> None:
     ax.set_title(title, loc="left", fontsize=12, fontweight="bold")
     ax.set_ylabel(ylabel)
@@ -62,10 +69,7 @@ def spend_by_model(report: Report, path: Path) -> Path:
     _style(ax, f"Spend per {'hour' if report.bucket_seconds < 86_400 else 'day'} by model", "USD")
     if models:
         ax.legend(fontsize=7, frameon=False, loc="upper left", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _per_bucket(report: Report) -> list[tuple[float, int, int, int]]:
@@ -89,10 +93,7 @@ def price_trend(report: Report, path: Path) -> Path:
     ax.set_ylim(bottom=0)
     _style(ax, "Average price per million tokens", "USD / 1M tokens")
     ax.legend(frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def savings(report: Report, path: Path) -> Path:
@@ -114,10 +115,7 @@ def savings(report: Report, path: Path) -> Path:
     pct = f" ({t.savings_pct:.0f}%)" if t.savings_pct is not None else ""
     _style(ax, f"Cumulative spend: saved {_usd(t.savings_nanos / 1e9)}{pct}", "USD")
     ax.legend(frameon=False, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def savings_by_model(report: Report, path: Path) -> Path:
@@ -141,10 +139,7 @@ def savings_by_model(report: Report, path: Path) -> Path:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.legend(frameon=False, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def burndown(db: Database, budget: dict[str, Any], path: Path, now: float | None = None,
@@ -179,10 +174,7 @@ def burndown(db: Database, budget: dict[str, Any], path: Path, now: float | None
     ax.set_ylim(0, max(limit, spent) * 1.1 or 1)
     _style(ax, f"Budget burn-down: {budget['scope']} {budget['scope_id']} ({budget['period']})", "USD")
     ax.legend(frameon=False, loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_all(db: Database, report: Report, directory: Path, now: float | None = None) -> list[Path]:
@@ -217,8 +209,5 @@ def simulation(outcomes: list[Any], path: Path) -> Path:
     ax.set_title("What-if routing: cost vs quality", loc="left", fontsize=12, fontweight="bold")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False, loc="lower right")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
