@@ -453,37 +453,32 @@ class MultiplierApp:
         ttl: float,
         anthropic: bool = False,
     ) -> None:
+        """Forward a miss, then store a 200 answer in the background; counted in
+        ``pending_stores`` from the forward until the store is done."""
         self._pending += 1
         try:
-            task = await self._forward(
-                scope, receive, send, body, mode, cache_scope, namespace, ttl, anthropic
-            )
+            entry = await self._forward(scope, receive, send, body, anthropic)
         except BaseException:
             self._pending -= 1
             raise
-        if task is None:
+        if entry is None:
             self._pending -= 1
-        else:
-            task.add_done_callback(self._stored)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._store(mode, cache_scope, namespace, body, entry, ttl)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._stored)
 
     def _stored(self, task: asyncio.Task) -> None:
         self._pending -= 1
         self._tasks.discard(task)
 
     async def _forward(
-        self,
-        scope: dict,
-        receive: Callable,
-        send: Callable,
-        body: dict,
-        mode: str,
-        cache_scope: str,
-        namespace: str,
-        ttl: float,
-        anthropic: bool = False,
-    ) -> asyncio.Task | None:
-        """Send the request to the gateway, passing its response through; the task storing a
-        200 answer, if any."""
+        self, scope: dict, receive: Callable, send: Callable, body: dict, anthropic: bool = False
+    ) -> CacheEntry | None:
+        """Send the request to the gateway, passing its response through; the answer to cache
+        (a 200 with usage), if any."""
         status, headers, parts = 0, {}, []
 
         async def capture(message: dict) -> None:
@@ -516,7 +511,7 @@ class MultiplierApp:
             return None
         prompt_tokens = usage.get("input_tokens" if anthropic else "prompt_tokens") or 0
         completion_tokens = usage.get("output_tokens" if anthropic else "completion_tokens") or 0
-        entry = CacheEntry(
+        return CacheEntry(
             out,
             served.decode(),
             (headers.get(b"x-thrifty-provider") or b"").decode() or None,
@@ -525,11 +520,6 @@ class MultiplierApp:
             cost,
             time.time(),
         )
-        task = asyncio.get_running_loop().create_task(
-            self._store(mode, cache_scope, namespace, body, entry, ttl)
-        )
-        self._tasks.add(task)
-        return task
 
     async def _store(
         self, mode: str, cache_scope: str, namespace: str, body: dict, entry: CacheEntry, ttl: float
