@@ -64,6 +64,14 @@ def make_app(config_path: str | None = None) -> Any:
 
 
 SERVERS = ("uvicorn", "granian")
+# How thrifty runs under uvicorn, here and in tests (thrifty.gateway.testing.running).
+UVICORN_OPTIONS: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "lifespan": "on",
+    "access_log": False,
+    "proxy_headers": False,
+}
 
 
 def serve(
@@ -91,14 +99,10 @@ def serve(
         app,
         host=host,
         port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
         log_level=log_level,
         server_header=False,
         date_header=False,
-        proxy_headers=False,
+        **UVICORN_OPTIONS,
     )
 
 

@@ -24,18 +24,10 @@ def free_port() -> int:
 def running(app: Any, port: int = 0, *, log_level: str = "warning") -> Iterator[str]:
     import uvicorn
 
+    from thrifty.gateway.server import UVICORN_OPTIONS
+
     port = port or free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=log_level,
-        proxy_headers=False,
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, **UVICORN_OPTIONS)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name="thrifty-test-server")
     thread.start()
