@@ -60,3 +60,8 @@ def weight_for_quality(pred: np.ndarray, unit_cost: np.ndarray, target: float) -
         else:
             hi = mid
     return lo
+
+
+def weight_keeping(pred: np.ndarray, unit_cost: np.ndarray, keep: float) -> float:
+    """The largest cost weight whose predicted mean quality keeps ``keep`` of the best (weight 0)."""
+    return weight_for_quality(pred, unit_cost, keep * predicted_quality(pred, unit_cost, 0.0))

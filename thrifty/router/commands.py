@@ -116,8 +116,13 @@ def _score(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from thrifty.router.calibrate import predicted_quality, share_for_weight
-    from thrifty.router.router import Router
+    from thrifty.router.calibrate import (
+        predicted_quality,
+        share_for_weight,
+        weight_for_share,
+        weight_keeping,
+    )
+    from thrifty.router.router import Profile, Router
 
     router = Router.load(args.router)
     prompts = [p for _, p in _read_prompts(args.input)]
@@ -125,21 +130,22 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.input}: need at least 20 prompts to calibrate on, got {len(prompts)}")
     if not args.name.strip() or args.name != args.name.strip():
         raise UsageError("--name must be a non-empty name without surrounding spaces")
-    if args.share is not None:
-        if not 0.0 <= args.share <= 1.0:
-            raise UsageError(f"--share must be within [0, 1], got {args.share}")
-        profile = router.calibrate_share(prompts, args.share)
-    else:
-        profile = router.calibrate_quality(prompts, args.keep)
+    if args.share is not None and not 0.0 <= args.share <= 1.0:
+        raise UsageError(f"--share must be within [0, 1], got {args.share}")
+    if args.keep is not None and not 0.0 < args.keep <= 1.0:
+        raise UsageError(f"the quality share to keep must be within (0, 1], got {args.keep}")
     P = router.score_many(prompts)
-    unit = np.array([router.reference_costs[m] for m in router.models])
+    unit = router.unit_costs()
+    # a share may need a negative weight (favour the expensive model): see weight_for_share
+    weight = weight_for_share(P, unit, args.share) if args.share is not None else weight_keeping(P, unit, args.keep)
+    profile = Profile("cost_weight", weight)
     top = router.models[int(np.argmax(unit))]
     replaced = args.name in router.profiles
     router.profiles[args.name] = profile
     router.save_doc(args.router)
     print(f"{'replaced' if replaced else 'added'} profile {args.name!r}: {profile} "
-          f"(on {len(prompts)} prompts: {share_for_weight(P, unit, profile.value):.1%} to {top}, "
-          f"mean predicted quality {predicted_quality(P, unit, profile.value):.3f} "
+          f"(on {len(prompts)} prompts: {share_for_weight(P, unit, weight):.1%} to {top}, "
+          f"mean predicted quality {predicted_quality(P, unit, weight):.3f} "
           f"vs {predicted_quality(P, unit, 0.0):.3f} at best)")
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from thrifty.errors import UsageError
-from thrifty.router.calibrate import predicted_quality, weight_for_quality, weight_for_share
+from thrifty.router.calibrate import weight_for_share, weight_keeping
 from thrifty.router.data import RoutingData
 from thrifty.router.embed import EmbeddingCache, StaticEmbedder, default_embedder
 from thrifty.router.features import FIRST_NAMES, NAMES, feature_matrix, prompt_features
@@ -123,21 +123,12 @@ class Router:
 
     def calibrate_share(self, prompts: Sequence[str], share: float, model_costs: Mapping[str, float] | None = None) -> Profile:
         """The cost-weight profile that sends ``share`` of ``prompts`` to the most expensive model."""
-        costs = self._unit_costs(model_costs)
+        costs = self.unit_costs(model_costs)
         # may be negative (favour the expensive model): see weight_for_share
         return Profile("cost_weight", weight_for_share(self.score_many(prompts), costs, share))
 
-    def calibrate_quality(self, prompts: Sequence[str], keep: float,
-                          model_costs: Mapping[str, float] | None = None) -> Profile:
-        """The largest cost weight keeping ``keep`` of the best predicted mean quality on ``prompts``
-        (how ``auto`` and ``auto-cheap`` are made, here on the caller's own traffic)."""
-        if not 0.0 < keep <= 1.0:
-            raise UsageError(f"the quality share to keep must be within (0, 1], got {keep}")
-        costs = self._unit_costs(model_costs)
-        P = self.score_many(prompts)
-        return Profile.cost_weight(weight_for_quality(P, costs, keep * predicted_quality(P, costs, 0.0)))
-
-    def _unit_costs(self, model_costs: Mapping[str, float] | None = None) -> np.ndarray:
+    def unit_costs(self, model_costs: Mapping[str, float] | None = None) -> np.ndarray:
+        """Each model's cost per call (reference costs, overridden by ``model_costs``), in model order."""
         src = dict(self.reference_costs, **(model_costs or {}))
         return np.array([src.get(m, np.nan) for m in self.models], dtype=float)
 
@@ -162,11 +153,10 @@ class Router:
         model = make(predictor, seed).fit(X, Y)
         ref = reference_costs(data)
         unit = np.array([ref[m] for m in data.models])
-        top = predicted_quality(P_cal, unit, 0.0)
         profiles = {
             "auto-best": Profile.cost_weight(0.0),
-            "auto": Profile.cost_weight(weight_for_quality(P_cal, unit, AUTO_QUALITY * top)),
-            "auto-cheap": Profile.cost_weight(weight_for_quality(P_cal, unit, CHEAP_QUALITY * top)),
+            "auto": Profile.cost_weight(weight_keeping(P_cal, unit, AUTO_QUALITY)),
+            "auto-cheap": Profile.cost_weight(weight_keeping(P_cal, unit, CHEAP_QUALITY)),
         }
         meta = {
             "format_version": FORMAT_VERSION,
