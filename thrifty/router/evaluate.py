@@ -160,7 +160,7 @@ class Evaluator:
             test = np.zeros(len(self.data), bool)
             test[np.flatnonzero(mask)[f]] = True
             splits.append(Split(mask & ~test, test))
-        return self._pair("mmlu-subjects", splits, mask, self._other(mask, ("mmlu/",)))
+        return self._pair("mmlu-subjects", splits, mask, self._other(("mmlu/",)))
 
     def mmlu_to_gsm8k(self) -> dict:
         self._need([STRONG, WEAK], "mmlu-to-gsm8k")
@@ -169,9 +169,9 @@ class Evaluator:
         if not test.any() or not train.any():
             raise UsageError("mmlu-to-gsm8k needs both MMLU and GSM8K RouteLLM files")
         return self._pair("mmlu-to-gsm8k", [Split(train, test)], train | test,
-                          self._other(train | test, ("mmlu/", "gsm8k")))
+                          self._other(("mmlu/", "gsm8k")))
 
-    def _other(self, mask: np.ndarray, benchmarks: tuple[str, ...]) -> np.ndarray:
+    def _other(self, benchmarks: tuple[str, ...]) -> np.ndarray:
         """With ``other_data``: prompts of no benchmark in ``benchmarks`` that have labels for both models."""
         if not self.other_data:
             return np.zeros(len(self.data), bool)
@@ -179,7 +179,7 @@ class Evaluator:
         theirs = np.zeros(len(self.data), bool)
         for prefix in benchmarks:
             theirs |= np.char.startswith(self.groups.astype(str), prefix)
-        return labelled & ~theirs & ~mask
+        return labelled & ~theirs
 
     # -- N-model protocol ------------------------------------------------------------
 
