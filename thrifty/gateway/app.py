@@ -179,28 +179,17 @@ class GatewayApp:
                     await self.startup()
                 await handler(scope, receive, send)
                 return
-            for prefix in _MODEL_PREFIXES:
-                if path.startswith(prefix):
-                    if scope["method"] == "GET":
+            if scope["method"] == "GET":
+                for prefix in _MODEL_PREFIXES:
+                    if path.startswith(prefix):
                         if not self.started:
                             await self.startup()
                         await self.retrieve_model(scope, receive, send, path[len(prefix) :])
-                    else:
-                        await self._error(
-                            send,
-                            OPENAI,
-                            GatewayError(
-                                405,
-                                f"Method {scope['method']} not allowed on {path}.",
-                                code="method_not_allowed",
-                            ),
-                            None,
-                        )
-                    return
+                        return
             if await dispatch_to_mount(self.mounts, scope, receive, send):
                 return
             fmt = ANTHROPIC if path.startswith("/v1/messages") else OPENAI
-            known = any(p == path for (_, p) in self.routes)
+            known = path.startswith(_MODEL_PREFIXES) or any(p == path for (_, p) in self.routes)
             status = 405 if known else 404
             msg = (
                 f"Method {scope['method']} not allowed on {path}."
