@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
-from pathlib import Path
 
 import pytest
+from service_urls import redis_url, required
 
 from thrifty.multipliers.cache import (
     CacheEntry,
@@ -23,34 +22,13 @@ from thrifty.multipliers.cache import (
     scope_of,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def redis_url() -> str | None:
-    url = os.environ.get("THRIFTY_TEST_REDIS_URL")
-    path = ROOT / ".thrifty" / "test-services" / "redis.url"
-    if not url and path.exists():
-        url = path.read_text().strip()
-    url = url or "redis://127.0.0.1:56379/0"
-    try:
-        import redis
-
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    except Exception:  # noqa: BLE001 (a probe: any failure means no Redis to test against)
-        return None
-    return url
-
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store_factory(request, tmp_path):
     """Builds stores (on the event loop that uses them) for both backends."""
     if request.param == "sqlite":
         return lambda: SQLiteCacheStore(tmp_path / "cache.sqlite3")
-    url = redis_url()
-    if url is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("Redis is not reachable; scripts/test-services.sh should have started it")
-        pytest.skip("Redis not available (run scripts/test-services.sh)")
+    url = required(redis_url(), "Redis")
     prefix = f"thrifty:test:{uuid.uuid4().hex[:8]}:"
     return lambda: RedisCacheStore(url, prefix=prefix)
 

@@ -130,11 +130,9 @@ def test_index_is_rebuilt_from_the_store_after_a_restart(embed, tmp_path, backen
     from thrifty.multipliers.cache import RedisCacheStore
 
     if backend == "redis":
-        from test_mult_cache import redis_url
+        from service_urls import redis_url, required
 
-        url = redis_url()
-        if url is None:
-            pytest.skip("Redis not available")
+        url = required(redis_url(), "Redis")
         prefix = f"thrifty:test:{uuid.uuid4().hex[:8]}:"
         make = lambda: RedisCacheStore(url, prefix=prefix)
     else:

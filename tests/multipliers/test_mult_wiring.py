@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from service_urls import redis_url, required
 
 from thrifty.errors import UsageError
 from thrifty.gateway.app import create_app
@@ -28,7 +28,6 @@ PRICE = {
     "context_window": 2000,
     "max_output_tokens": 100,
 }
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Tenants(OpenSpendControl):
@@ -52,20 +51,6 @@ class Tenants(OpenSpendControl):
 
     async def settle(self, reservation, record: LedgerRecord) -> None:
         self.records.append(record)
-
-
-def redis_url() -> str | None:
-    path = ROOT / ".thrifty" / "test-services" / "redis.url"
-    url = os.environ.get("THRIFTY_TEST_REDIS_URL") or (
-        path.read_text().strip() if path.exists() else None
-    )
-    try:
-        import redis
-
-        redis.Redis.from_url(url or "redis://127.0.0.1:56379/0", socket_connect_timeout=2).ping()
-    except Exception:  # noqa: BLE001 (a probe: any failure means no Redis to test against)
-        return None
-    return url or "redis://127.0.0.1:56379/0"
 
 
 def serve(upstream: FakeUpstream, tmp: Path, settings: CacheSettings):
@@ -106,13 +91,7 @@ def ask(client: openai.OpenAI, model: str = "m-ok", text: str = "What is 2+2?", 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_exact_cache_hits_per_tenant_and_model_and_is_billed_as_a_hit(upstream, tmp_path, backend):
     if backend == "redis":
-        url = redis_url()
-        if url is None:
-            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-                pytest.fail(
-                    "Redis is not reachable; scripts/test-services.sh should have started it"
-                )
-            pytest.skip("Redis not available")
+        url = required(redis_url(), "Redis")
         backend = url.rsplit("/", 1)[0] + "/" + str(1 + uuid.uuid4().int % 14)  # a fresh-ish db
         import redis
 

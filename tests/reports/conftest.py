@@ -136,30 +136,3 @@ def fresh_name() -> str:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-@pytest.fixture
-def pg_url():
-    """A fresh database on the test cluster (scripts/test-services.sh); CI fails without PostgreSQL."""
-    import os
-    import pathlib
-
-    url = os.environ.get("THRIFTY_TEST_PG_URL")
-    path = pathlib.Path(__file__).resolve().parents[2] / ".thrifty" / "test-services" / "postgres.url"
-    if not url and path.exists():
-        url = path.read_text().strip()
-    url = url or "postgresql://postgres@127.0.0.1:55432/thrifty_test"
-    import psycopg
-
-    try:
-        psycopg.connect(url, connect_timeout=3).close()
-    except Exception:  # noqa: BLE001 (a probe: any failure means no PostgreSQL to test against)
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("PostgreSQL is not reachable; scripts/test-services.sh should have started it")
-        pytest.skip("PostgreSQL not available (run scripts/test-services.sh)")
-    name = "thrifty_r_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield url.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import time
 import uuid
@@ -33,38 +32,3 @@ def control(tmp_path):
     import asyncio
 
     asyncio.run(spend.close())
-
-
-def postgres_url() -> str | None:
-    """The test cluster's URL (scripts/test-services.sh), or None when it is not reachable."""
-    url = os.environ.get("THRIFTY_TEST_PG_URL")
-    path = ROOT / ".thrifty" / "test-services" / "postgres.url"
-    if not url and path.exists():
-        url = path.read_text().strip()
-    url = url or "postgresql://postgres@127.0.0.1:55432/thrifty_test"
-    try:
-        import psycopg
-
-        psycopg.connect(url, connect_timeout=3).close()
-    except Exception:  # noqa: BLE001 (a probe: any failure means no PostgreSQL to test against)
-        return None
-    return url
-
-
-@pytest.fixture
-def pg_url():
-    """A fresh, empty schema-less database on the test cluster; fails in CI when PostgreSQL is missing."""
-    url = postgres_url()
-    if url is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("PostgreSQL is not reachable; scripts/test-services.sh should have started it")
-        pytest.skip("PostgreSQL not available (run scripts/test-services.sh)")
-    import psycopg
-
-    name = "thrifty_t_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    test_url = url.rsplit("/", 1)[0] + "/" + name
-    yield test_url
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
