@@ -345,14 +345,10 @@ class GatewayApp:
         latency = time.perf_counter() - ctx.t0
         served_name = model_info.name if model_info else None
         if ctx.reservation is not None or ctx.plan is not None:
-            p = ctx.principal or Principal()
-            record = LedgerRecord(
+            record = LedgerRecord.billed_to(
+                ctx.principal or Principal(),
                 request_id=ctx.request_id,
                 ts=ctx.ts,
-                key_id=p.key_id,
-                user_id=p.user_id,
-                team_id=p.team_id,
-                tags=p.tags,
                 endpoint=ctx.endpoint,
                 requested_model=ctx.plan.requested if ctx.plan else "",
                 served_model=served_name,

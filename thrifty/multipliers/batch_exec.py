@@ -213,13 +213,10 @@ def ledger_record(
     if batch_priced and info is not None:
         input_price = info.input_cost_per_token_batches or input_price
         output_price = info.output_cost_per_token_batches or output_price
-    return LedgerRecord(
+    return LedgerRecord.billed_to(
+        principal,
         request_id=request_id,
         ts=ts,
-        key_id=principal.key_id,
-        user_id=principal.user_id,
-        team_id=principal.team_id,
-        tags=principal.tags,
         endpoint="chat.completions",
         requested_model=plan.requested if plan else requested,
         served_model=info.name if info else None,

@@ -374,13 +374,10 @@ class MultiplierApp:
         from thrifty.providers.base import Usage
 
         frontier = self.gw.frontier_cost(Usage(entry.prompt_tokens, entry.completion_tokens))
-        record = LedgerRecord(
+        record = LedgerRecord.billed_to(
+            principal,
             request_id=request_id,
             ts=ts,
-            key_id=principal.key_id,
-            user_id=principal.user_id,
-            team_id=principal.team_id,
-            tags=principal.tags,
             endpoint="messages" if anthropic else "chat.completions",
             requested_model=requested,
             served_model=entry.model,

@@ -133,6 +133,12 @@ class LedgerRecord:
     batch: bool = False
     scores: dict[str, float] | None = None  # the router's per-model quality predictions
 
+    @classmethod
+    def billed_to(cls, principal: Principal, **fields: Any) -> LedgerRecord:
+        """A record attributed to ``principal``: its key, user, team and tags."""
+        return cls(key_id=principal.key_id, user_id=principal.user_id, team_id=principal.team_id,
+                   tags=principal.tags, **fields)
+
 
 class SpendControl(Protocol):
     async def authenticate(self, authorization: str | None) -> Principal:
