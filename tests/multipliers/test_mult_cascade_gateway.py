@@ -35,10 +35,10 @@ def prompts():
     return passing, failing
 
 
-def test_cascade_accepts_or_escalates_and_bills_every_call(prompts, tmp_path):
-    passing, failing = prompts
+def replay_config(tmp_path):
+    """The cheap and the strong model, answers replayed from ../shared."""
     models = {k: v for k, v in _replay_models().items() if k in (CHEAP, STRONG)}
-    config = build_config(
+    return build_config(
         {
             "data_dir": str(tmp_path),
             "providers": {"replay": {"type": "replay", "source": "shared"}},
@@ -46,6 +46,11 @@ def test_cascade_accepts_or_escalates_and_bills_every_call(prompts, tmp_path):
         },
         env={},
     )
+
+
+def test_cascade_accepts_or_escalates_and_bills_every_call(prompts, tmp_path):
+    passing, failing = prompts
+    config = replay_config(tmp_path)
     spend = Ledger()
     app = MultiplierApp(
         create_app(config, spend=spend),
@@ -124,15 +129,7 @@ def test_routed_auto_requests_hit_the_cache(prompts, tmp_path):
     import time
 
     passing, _ = prompts
-    models = {k: v for k, v in _replay_models().items() if k in (CHEAP, STRONG)}
-    config = build_config(
-        {
-            "data_dir": str(tmp_path),
-            "providers": {"replay": {"type": "replay", "source": "shared"}},
-            "models": models,
-        },
-        env={},
-    )
+    config = replay_config(tmp_path)
     spend = Ledger()
     app = MultiplierApp(create_app(config, spend=spend), cache=CacheSettings(), batches=None)
     with running(app) as url:
