@@ -45,3 +45,16 @@ def test_cost_to_match_by_hand():
     assert report["max_quality"] == 1.0
     c, q = curve.points()
     assert cost_to_match(c, q, 1.0) == pytest.approx(13 / 4)
+
+
+def test_auc_is_the_pairwise_win_rate_with_ties_counted_half():
+    from thrifty.router.metrics import auc
+
+    rng = np.random.default_rng(1)
+    score = rng.integers(0, 4, 60).astype(float)
+    positive = rng.random(60) < 0.4
+    pos, neg = score[positive], score[~positive]
+    by_pairs = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
+    assert auc(score, positive) == pytest.approx(by_pairs)
+    assert auc([1.0, 2.0, 3.0], [False, False, True]) == 1.0
+    assert np.isnan(auc([1.0, 2.0], [True, True]))

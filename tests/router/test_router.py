@@ -42,8 +42,39 @@ def test_pair_protocol_reports_apgr_and_calibration(fixtures):
     assert abs(cal["share_0.5"]["mean_realized"] - 0.5) < 0.15
     # the group oracle knows each held-out subject's true mean gain: between random and the oracle
     assert res["routers"]["random"]["apgr"] < res["routers"]["group-oracle"]["apgr"] < res["routers"]["oracle"]["apgr"]
+    g = res["routers"]["factor"]["group_signal"]
+    assert g["groups"] == len({x for x in d.groups if x.startswith("mmlu/")})
+    assert -1.0 <= g["group_gain_corr"] <= 1.0
     res = ev.mmlu_to_gsm8k()
     assert res["routers"]["factor"]["n"] == 120
+    assert "group_signal" not in res["routers"]["factor"]  # one test benchmark: no groups to compare
+    # the in-domain reference: the same learners cross-validated on GSM8K's own labels
+    assert set(res["in_domain_cv"]) == {"length", "factor"}
+    assert all(0.0 < r["apgr"] < 1.2 for r in res["in_domain_cv"].values())
+
+
+def test_group_signal_separates_group_knowledge_from_within_group_ranking():
+    from thrifty.router.evaluate import group_signal
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.array(["a", "b", "c", "d"]), 200)
+    p_strong = np.repeat([0.9, 0.8, 0.6, 0.95], 200)
+    p_weak = np.repeat([0.5, 0.75, 0.6, 0.6], 200)
+    y_strong = (rng.random(800) < p_strong).astype(float)
+    y_weak = (rng.random(800) < p_weak).astype(float)
+    delta = y_strong - y_weak
+    true_means = {g: delta[groups == g].mean() for g in "abcd"}
+    knows_groups = np.array([true_means[g] for g in groups])  # the group oracle, nothing finer
+    s = group_signal(knows_groups, groups, y_strong, y_weak)
+    assert s["group_gain_corr"] > 0.999
+    assert s["within_group_auc"] == 0.5  # constant within each group
+    assert s["groups_with_auc"] == 4
+    # perfect ranking inside each group, no idea which group needs the strong model
+    ranks_inside = delta + 0.01 * rng.random(800)
+    s = group_signal(ranks_inside - np.array([ranks_inside[groups == g].mean() for g in groups]),
+                     groups, y_strong, y_weak)
+    assert s["within_group_auc"] == 1.0
+    assert s["apgr_true_group_means"] > 1.0  # group means plus a perfect within-group order
 
 
 def test_no_fold_trains_on_a_prompt_it_scores(fixtures, monkeypatch):

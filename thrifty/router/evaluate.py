@@ -10,6 +10,12 @@ baselines, with bootstrap confidence intervals. Two references are not routers:
 ``oracle`` knows every test label; ``group-oracle`` knows only each test
 group's true mean quality per model (its MMLU subject, its RouterBench task),
 the most a router that recognises the subject and nothing else could reach.
+
+Diagnostics say where a router's skill comes from, and so what a target asks
+for: ``group_signal`` (held-out groups: how well predicted group means track the
+true ones, and how well the router ranks prompts within a group) and, for
+MMLU -> GSM8K, ``in_domain_cv`` (the same learners with GSM8K's own labels,
+cross-validated: what these features can reach on GSM8K at all).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from thrifty.router.calibrate import share_for_weight, weight_for_share
 from thrifty.router.data import RoutingData
 from thrifty.router.embed import EmbeddingCache, default_embedder
 from thrifty.router.features import feature_matrix
-from thrifty.router.metrics import cost_quality_curve, n_model_report, pair_curve, pair_report
+from thrifty.router.metrics import auc, cost_quality_curve, n_model_report, pair_curve, pair_report
 from thrifty.router.predictors import BASELINES, LEARNED, Features, make
 from thrifty.router.router import reference_costs
 
@@ -137,8 +143,30 @@ class Evaluator:
             step = max(1, len(curve.share) // 200)
             result["curves"][kind] = {"share": curve.share[::step].tolist(), "quality": curve.quality[::step].tolist()}
             self.log(f"  {name:14s} {kind:12s} APGR {report['apgr']:.3f}  CPT50 {report['cpt50']:.3f}")
+            if kind in LEARNED and len(np.unique(self.groups[idx])) > 1:
+                report["group_signal"] = group_signal(gain[idx], self.groups[idx], y[idx, 1], y[idx, 0])
         result["seconds"] = seconds
         return result
+
+    def _in_domain_cv(self, mask: np.ndarray) -> dict:
+        """The learners and the length baseline being evaluated, k-fold cross-validated on
+        ``mask``'s own labels."""
+        models = [WEAK, STRONG]
+        cols = [self.data.models.index(m) for m in models]
+        y = self.data.labels[:, cols]
+        idx = np.flatnonzero(mask)
+        gains = {kind: np.zeros(len(idx)) for kind in self.kinds if kind in ("length",) + LEARNED}
+        for f in random_folds(len(idx), self.k, self.seed):
+            tr, te = np.zeros(len(self.data), bool), np.zeros(len(self.data), bool)
+            tr[idx[~f]], te[idx[f]] = True, True
+            for kind, P in self._predictions(tuple(gains), tr, te, models).items():
+                gains[kind][f] = P[:, 1] - P[:, 0]
+        out = {}
+        for kind, gain in gains.items():
+            r = pair_report(gain, y[idx, 1], y[idx, 0], rounds=self.rounds)
+            out[kind] = {"apgr": r["apgr"], "apgr_ci": r["apgr_ci"], "cpt50": r["cpt50"]}
+            self.log(f"  {'in-domain cv':14s} {kind:12s} APGR {r['apgr']:.3f}")
+        return out
 
     def _calibration_drift(self, P: np.ndarray, unit: np.ndarray) -> list[dict]:
         """Calibrate on a 20% sample of the test prompts (predictions only), measure on the rest."""
@@ -168,8 +196,10 @@ class Evaluator:
         test = self._mask("gsm8k", [STRONG, WEAK])
         if not test.any() or not train.any():
             raise UsageError("mmlu-to-gsm8k needs both MMLU and GSM8K RouteLLM files")
-        return self._pair("mmlu-to-gsm8k", [Split(train, test)], train | test,
-                          self._other(("mmlu/", "gsm8k")))
+        result = self._pair("mmlu-to-gsm8k", [Split(train, test)], train | test,
+                            self._other(("mmlu/", "gsm8k")))
+        result["in_domain_cv"] = self._in_domain_cv(test)
+        return result
 
     def _other(self, benchmarks: tuple[str, ...]) -> np.ndarray:
         """With ``other_data``: prompts of no benchmark in ``benchmarks`` that have labels for both models."""
@@ -212,6 +242,8 @@ class Evaluator:
             # reference costs differ slightly per fold; use their mean for the decision
             curve = cost_quality_curve(pred[kind], unit.mean(axis=0), C[idx], Y[idx])
             report = n_model_report(curve, models, rounds=self.rounds)
+            if kind in LEARNED:
+                report["within_group_auc"] = within_group_auc(pred[kind], Y[idx], self.groups[idx])
             result["routers"][kind] = report
             share = report["cost_to_match_best_share"]
             match = "not reached" if np.isnan(share) else f"{share:.1%} of its cost"
@@ -228,6 +260,51 @@ class Evaluator:
         return {"protocols": {p: runners[p]() for p in protocols},
                 "settings": {"folds": self.k, "seed": self.seed, "bootstrap_rounds": self.rounds,
                              "n_prompts": len(self.data)}}
+
+
+def group_signal(gain: np.ndarray, groups: np.ndarray, y_strong: np.ndarray, y_weak: np.ndarray,
+                 *, min_class: int = 10) -> dict:
+    """Where a pair router's ranking comes from, on held-out prompts of several groups.
+
+    * ``group_gain_corr``: correlation over groups between the mean predicted gain and the true
+      gain (strong minus weak accuracy): does the router tell which groups need the strong model?
+    * ``within_group_auc``: mean over groups (with ``min_class`` prompts of each kind) of the AUC
+      of the predicted gain for "only the strong model is right": does it rank prompts inside one?
+    * ``apgr_true_group_means``: APGR of each prompt scored by its group's *true* gain plus the
+      router's deviation from its own group mean; minus the group oracle's APGR, it is what the
+      router's within-group ranking adds to perfect group knowledge.
+    """
+    delta = y_strong - y_weak
+    names = np.unique(groups)
+    true_mean, pred_mean, aucs = [], [], []
+    blended = np.empty(len(gain))
+    for g in names:
+        rows = groups == g
+        true_mean.append(delta[rows].mean())
+        pred_mean.append(gain[rows].mean())
+        blended[rows] = delta[rows].mean() + gain[rows] - gain[rows].mean()
+        only_strong = delta[rows] > 0
+        if min(only_strong.sum(), (~only_strong).sum()) >= min_class:
+            aucs.append(auc(gain[rows], only_strong))
+    corr = float(np.corrcoef(true_mean, pred_mean)[0, 1]) if np.std(pred_mean) > 0 else float("nan")
+    return {"groups": len(names), "group_gain_corr": corr,
+            "within_group_auc": float(np.mean(aucs)) if aucs else float("nan"),
+            "groups_with_auc": len(aucs),
+            "apgr_true_group_means": pair_curve(blended, y_strong, y_weak).apgr()}
+
+
+def within_group_auc(pred: np.ndarray, labels: np.ndarray, groups: np.ndarray, *, min_class: int = 10) -> float:
+    """Mean over (group, model) of the AUC of a model's predicted quality for its own correctness
+    inside one group (e.g. a RouterBench task): can the router tell which prompts of a task a
+    model gets right? 0.5 = no better than the task's average."""
+    aucs = []
+    for g in np.unique(groups):
+        rows = groups == g
+        for j in range(labels.shape[1]):
+            good = labels[rows, j] > 0.5
+            if min(good.sum(), (~good).sum()) >= min_class:
+                aucs.append(auc(pred[rows, j], good))
+    return float(np.mean(aucs)) if aucs else float("nan")
 
 
 def _group_means(groups: np.ndarray, Y: np.ndarray) -> np.ndarray:

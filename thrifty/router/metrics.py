@@ -73,6 +73,24 @@ def pair_curve(score: np.ndarray, y_strong: np.ndarray, y_weak: np.ndarray) -> P
     return PairCurve(np.arange(n + 1) / max(n, 1), quality)
 
 
+def auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a random positive outscores a random negative (ties count half);
+    NaN when either class is empty."""
+    score = np.asarray(score, float)
+    positive = np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="stable")
+    s = score[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    ranks = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # 1-based, averaged within ties
+    r = np.empty(len(s))
+    r[order] = ranks
+    return float((r[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 def bootstrap(stat, n: int, *, rounds: int = 500, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of ``stat(index)`` over resamples of ``range(n)``."""
     rng = np.random.default_rng(seed)
