@@ -14,6 +14,7 @@ Two paths:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,9 @@ __all__ = ["GatewayExecutor"]
 
 log = logging.getLogger("thrifty.batches")
 
-HOLD_TTL = 25 * 3600  # a provider's batch completes within its 24 h window
+WINDOW = 24 * 3600  # a provider's batch completes (or expires) within its 24 h window
+HOLD_MARGIN = 3600  # ... and thrifty polls, collects and settles it within this after that
+HOLD_TTL = WINDOW + HOLD_MARGIN  # how long a provider batch line's hold counts if never settled
 
 
 def _error(status: int, message: str, type_: str, code: str | None) -> dict[str, Any]:
@@ -241,14 +244,40 @@ def ledger_record(
     )
 
 
-async def _reinstate(gw: Gateway, principal: Principal, mc: Any, max_cost: float) -> Any:
+async def _admit(gw: Gateway, principal: Principal, plan: Any, ttl: float) -> Any:
+    """``admit`` a provider batch line, its hold counting for ``ttl`` seconds if never settled
+    (a spend control whose ``admit`` takes no ``ttl`` keeps its holds until settled anyway)."""
+    kw: dict[str, Any] = {"prompt_tokens": plan.prompt_tokens, "max_cost_usd": plan.max_cost_usd}
+    if _takes_ttl(gw.spend.admit):
+        kw["ttl"] = ttl
+    return await gw.spend.admit(principal, plan.chain[0].info, **kw)
+
+
+def _takes_ttl(fn: Any) -> bool:
+    try:
+        return "ttl" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+async def _reinstate(
+    gw: Gateway,
+    principal: Principal,
+    mc: Any,
+    max_cost: float,
+    ttl: float = HOLD_TTL,
+    hold_id: str | None = None,
+) -> Any:
     """A hold for a line whose cost is already committed upstream (``SpendControl.reinstate``;
     ``admit`` for a spend control without it). None if none can be taken: the line is still
     recorded in the ledger when it settles."""
     reinstate = getattr(gw.spend, "reinstate", None)
     try:
         if reinstate is not None:
-            return await reinstate(principal, mc.info, max_cost_usd=max_cost, ttl=HOLD_TTL)
+            kw: dict[str, Any] = {"max_cost_usd": max_cost, "ttl": ttl}
+            if hold_id and "hold_id" in inspect.signature(reinstate).parameters:
+                kw["hold_id"] = hold_id
+            return await reinstate(principal, mc.info, **kw)
         return await gw.spend.admit(principal, mc.info, prompt_tokens=0, max_cost_usd=max_cost)
     except Exception as exc:  # noqa: BLE001 (no hold is not fatal: the line is still recorded when it settles)
         log.warning("could not hold a provider batch line's cost again: %s", exc)
@@ -291,14 +320,17 @@ class ProviderBatches:
             )
         return self.clients[provider]
 
-    async def submit(
+    async def prepare(
         self,
         batch_id: str,
         endpoint: str,
         fields: dict[str, Any],
         lines: list[tuple[int, dict[str, Any]]],
     ) -> dict[str, list[tuple[int, dict[str, Any]]]]:
-        """Submit what can go upstream; ``{tag: lines}`` of what went (the rest run synchronously)."""
+        """Plan and admit what can go to a provider's batch API: ``{provider: lines}`` (the rest
+        run synchronously). Each line's hold counts until its provider batch's window ends
+        (:data:`HOLD_TTL`), not only the spend control's ``hold_ttl``. Nothing is sent: the
+        runner records the submission durably first, then calls :meth:`send`."""
         from thrifty.multipliers.batches import line_request_id
 
         gw = self.gateway()
@@ -307,8 +339,9 @@ class ProviderBatches:
         ):
             return {}
         principal = _principal(fields)
-        groups: dict[str, list[tuple[int, dict[str, Any], Any, Any]]] = {}
+        out: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for line, body in lines:
+            rid = line_request_id(batch_id, line)
             try:
                 req = ChatRequest(
                     {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
@@ -320,32 +353,89 @@ class ProviderBatches:
             dep = mc.deployments[0]
             if not gw.config.providers[dep.provider].options.get("batch_api"):
                 continue
-            groups.setdefault(dep.provider, []).append(
-                (line, {**req.body, "model": dep.model}, plan, dep)
+            if rid not in self.held:  # one hold per line
+                try:
+                    reservation = await _admit(gw, principal, plan, HOLD_TTL)
+                except SpendError:
+                    continue  # refused now: the synchronous path will refuse it with the reason
+                self.held[rid] = (reservation, plan, Served(mc, dep))
+            out.setdefault(dep.provider, []).append((line, body))
+        return out
+
+    def _upstream_body(self, rid: str, body: dict[str, Any]) -> dict[str, Any]:
+        """What the provider gets for a line: its request for the deployment it was planned to
+        (the same after a restart: the deployment is kept with the line's hold)."""
+        served = self.held.get(rid, (None, None, None))[2]
+        req = ChatRequest({k: v for k, v in body.items() if k not in ("stream", "stream_options")})
+        model = served.deployment.model if served is not None and served.deployment else None
+        return {**req.body, "model": model or body.get("model")}
+
+    async def send(
+        self,
+        batch_id: str,
+        provider: str,
+        tag: str,
+        endpoint: str,
+        fields: dict[str, Any],
+        lines: list[tuple[int, dict[str, Any]]],
+        on_file: Callable[[str], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """Upload the lines of submission ``tag`` and create the provider's batch of them
+        (tagged in its metadata and its file's name); the provider's batch object."""
+        from thrifty.multipliers.batches import line_request_id
+
+        items = []
+        for line, body in lines:
+            rid = line_request_id(batch_id, line)
+            items.append((rid, self._upstream_body(rid, body)))
+        return await self._client(provider).submit(endpoint, items, tag, on_file)
+
+    async def find(self, provider: str, tag: str, since: float | None) -> dict[str, Any] | None:
+        """The provider's batch of submission ``tag``, None if it has none (raises if it
+        cannot be asked)."""
+        return await self._client(provider).find(tag, since)
+
+    async def discard_files(self, provider: str, tag: str, file_id: str | None) -> None:
+        """Delete the input files of a submission the provider made no batch of (an upload that
+        succeeded before the process died or the batch was refused): best effort, they cost
+        nothing but storage at the provider."""
+        from thrifty.multipliers.upstream_batch import input_filename
+
+        client = self._client(provider)
+        ids = set(await client.files_named(input_filename(tag)))
+        if file_id:
+            ids.add(file_id)
+        for fid in sorted(ids):
+            if await client.delete_file(fid):
+                log.info("deleted %s's orphan input file %s of submission %s", provider, fid, tag)
+
+    async def fail(
+        self,
+        batch_id: str,
+        fields: dict[str, Any],
+        lines: list[tuple[int, dict[str, Any]]],
+        message: str,
+        code: str,
+    ) -> dict[int, tuple[int, dict[str, Any]]]:
+        """Fail ``lines`` that the provider never ran: each line's hold is released with a
+        ledger record of cost 0 (nothing was charged); their results."""
+        from thrifty.multipliers.batches import line_request_id
+
+        gw = self.gateway()
+        principal = _principal(fields)
+        out: dict[int, tuple[int, dict[str, Any]]] = {}
+        response = _error(500, message, "upstream_error", code)
+        for line, body in lines:
+            rid = line_request_id(batch_id, line)
+            reservation, plan, served = self.held.pop(rid, (None, None, None))
+            await gw.spend.settle(
+                reservation,
+                ledger_record(
+                    gw, principal, rid, time.time(), 0.0, plan, served or Served(), None, 500,
+                    "upstream_error", str(body.get("model")), batch_priced=True,
+                ),
             )
-        out: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-        for provider, items in groups.items():
-            admitted = []
-            for line, body, plan, dep in items:
-                rid = line_request_id(batch_id, line)
-                if rid not in self.held:  # a retried submission keeps its first hold: one per line
-                    try:
-                        reservation = await gw.spend.admit(
-                            principal,
-                            plan.chain[0].info,
-                            prompt_tokens=plan.prompt_tokens,
-                            max_cost_usd=plan.max_cost_usd,
-                        )
-                    except SpendError:
-                        continue  # refused now: the synchronous path will refuse it with the reason
-                    self.held[rid] = (reservation, plan, Served(plan.chain[0], dep))
-                admitted.append((line, body))
-            if not admitted:
-                continue
-            upstream_id = await self._client(provider).submit(
-                endpoint, [(line_request_id(batch_id, line), body) for line, body in admitted]
-            )
-            out[f"{provider}|{upstream_id}"] = admitted
+            out[line] = (500, response)
         return out
 
     def describe_hold(self, request_id: str) -> str | None:
@@ -364,19 +454,26 @@ class ProviderBatches:
                 "reason": plan.reason,
                 "prompt_tokens": plan.prompt_tokens,
                 "max_cost_usd": reservation.amount_usd,
+                "hold_id": getattr(reservation.token, "id", None),
             }
         ).decode()
 
     async def restore(
-        self, batch_id: str, fields: dict[str, Any], lines: list[tuple[int, str | None]]
+        self, batch_id: str, fields: dict[str, Any], lines: list[tuple]
     ) -> None:
         """After a restart: hold again what each line held (``describe_hold``), so its budgets
-        count it until the provider's result settles it."""
+        count it until the provider's result settles it: ``lines`` are ``(line, hold, window
+        end)``, the hold counting until the provider batch's window end plus
+        :data:`HOLD_MARGIN` (a line not yet known to be at the provider: a full window from now)."""
         from thrifty.multipliers.batches import line_request_id
 
         gw = self.gateway()
         principal = _principal(fields)
-        for line, described in lines:
+        now = time.time()
+        for item in lines:
+            line, described = item[0], item[1]
+            ends = item[2] if len(item) > 2 else None
+            ttl = HOLD_TTL if ends is None else max(ends + HOLD_MARGIN - now, HOLD_MARGIN)
             rid = line_request_id(batch_id, line)
             if rid in self.held or not described:
                 continue  # held by this process already, or submitted before holds were kept
@@ -403,7 +500,7 @@ class ProviderBatches:
                 0,
                 max_cost,
             )
-            reservation = await _reinstate(gw, principal, mc, max_cost)
+            reservation = await _reinstate(gw, principal, mc, max_cost, ttl, d.get("hold_id"))
             self.held[rid] = (reservation, plan, Served(mc, dep))
 
     async def collect(

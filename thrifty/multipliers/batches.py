@@ -67,6 +67,13 @@ class BatchError(Exception):
         )
 
 
+def _why(exc: BaseException) -> str:
+    """An exception for a log line: its type and HTTP status if any (never a body: it could
+    quote a prompt)."""
+    status = getattr(exc, "status", None)
+    return type(exc).__name__ + (f" HTTP {status}" if status else "")
+
+
 def line_request_id(batch_id: str, line: int) -> str:
     return f"{batch_id}_{line}"
 
@@ -83,9 +90,12 @@ CREATE TABLE IF NOT EXISTS batches (
     output_file_id TEXT, error_file_id TEXT, total INTEGER NOT NULL, metadata TEXT);
 CREATE TABLE IF NOT EXISTS batch_lines (
     batch_id TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT NOT NULL,
-    status_code INTEGER, response TEXT, upstream TEXT, hold TEXT, settle TEXT,
+    status_code INTEGER, response TEXT, upstream TEXT, hold TEXT, settle TEXT, submission TEXT,
     PRIMARY KEY (batch_id, line)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS batch_lines_pending ON batch_lines (batch_id) WHERE status_code IS NULL;
+CREATE TABLE IF NOT EXISTS submissions (
+    tag TEXT PRIMARY KEY, batch_id TEXT NOT NULL, provider TEXT NOT NULL, created_at REAL NOT NULL,
+    file_id TEXT, upstream_id TEXT, expires_at REAL);
 """
 
 
@@ -113,7 +123,7 @@ class BatchStore:
         )  # a finished line must survive power loss: it was billed
         conn.executescript(SCHEMA)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(batch_lines)")}
-        for column in ("hold", "settle"):  # a store made before these were kept
+        for column in ("hold", "settle", "submission"):  # a store made before these were kept
             if column not in columns:
                 conn.execute(f"ALTER TABLE batch_lines ADD COLUMN {column} TEXT")
         return conn
@@ -394,21 +404,107 @@ class BatchStore:
         return row[0], row[1], orjson.loads(row[2])
 
     async def pending(self, batch_id: str, limit: int) -> list[tuple[int, dict[str, Any]]]:
-        """Unfinished lines not handed to a provider's batch API."""
+        """Unfinished lines not handed to a provider's batch API (nor being handed to one)."""
         rows = await self._run(
             lambda: self._conn.execute(
                 "SELECT line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL AND upstream IS NULL"
-                " ORDER BY line LIMIT ?",
+                " AND submission IS NULL ORDER BY line LIMIT ?",
                 (batch_id, limit),
             ).fetchall()
         )
         return [(line, orjson.loads(body)) for line, body in rows]
 
+    async def begin_submission(
+        self, batch_id: str, provider: str, lines: list[int], holds: dict[int, str | None]
+    ) -> str:
+        """Record (durably, before any upstream call) that ``lines`` are about to be sent to
+        ``provider``'s batch API, with the budget hold each one took; the submission's tag
+        (``thrifty-<batch id>-<attempt>``), which goes into the provider batch's metadata and
+        its input file's name so that a restart can find out whether the provider has it."""
+
+        def work() -> str:
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                (n,) = self._conn.execute(
+                    "SELECT count(*) FROM submissions WHERE batch_id = ?", (batch_id,)
+                ).fetchone()
+                tag = f"thrifty-{batch_id}-{n + 1}"
+                self._conn.execute(
+                    "INSERT INTO submissions (tag, batch_id, provider, created_at) VALUES (?, ?, ?, ?)",
+                    (tag, batch_id, provider, time.time()),
+                )
+                self._conn.executemany(
+                    "UPDATE batch_lines SET submission = ?, hold = ? WHERE batch_id = ? AND line = ?",
+                    [(tag, holds.get(line), batch_id, line) for line in lines],
+                )
+            return tag
+
+        return await self._run(work)
+
+    async def submission_file(self, tag: str, file_id: str) -> None:
+        """The input file uploaded for submission ``tag`` (to delete it if no batch is made of it)."""
+        await self._run(
+            lambda: self._conn.execute(
+                "UPDATE submissions SET file_id = ? WHERE tag = ?", (file_id, tag)
+            )
+        )
+
+    async def submitting(self, batch_id: str) -> list[dict[str, Any]]:
+        """Submissions recorded but whose provider batch id is not known (the process died or
+        an upstream call failed in between): each with its unfinished ``lines`` ((line, body))."""
+
+        def work() -> list[dict[str, Any]]:
+            out = []
+            for tag, provider, created, file_id in self._conn.execute(
+                "SELECT tag, provider, created_at, file_id FROM submissions WHERE batch_id = ?"
+                " AND upstream_id IS NULL ORDER BY created_at",
+                (batch_id,),
+            ).fetchall():
+                rows = self._conn.execute(
+                    "SELECT line, body FROM batch_lines WHERE batch_id = ? AND submission = ?"
+                    " AND status_code IS NULL AND upstream IS NULL ORDER BY line",
+                    (batch_id, tag),
+                ).fetchall()
+                if rows:
+                    out.append(
+                        {
+                            "tag": tag,
+                            "provider": provider,
+                            "created_at": created,
+                            "file_id": file_id,
+                            "lines": [(line, orjson.loads(body)) for line, body in rows],
+                        }
+                    )
+            return out
+
+        return await self._run(work)
+
+    async def submitted(
+        self, tag: str, provider: str, upstream_id: str, expires_at: float | None
+    ) -> None:
+        """The provider has submission ``tag`` as batch ``upstream_id``: its lines wait on it
+        (a restart polls it again), in one transaction."""
+
+        def work() -> None:
+            with self._conn:
+                self._conn.execute("BEGIN")
+                self._conn.execute(
+                    "UPDATE submissions SET upstream_id = ?, expires_at = ? WHERE tag = ?",
+                    (upstream_id, expires_at, tag),
+                )
+                self._conn.execute(
+                    "UPDATE batch_lines SET upstream = ? WHERE submission = ? AND upstream IS NULL",
+                    (f"{provider}|{upstream_id}", tag),
+                )
+
+        await self._run(work)
+
     async def assign_upstream(
         self, batch_id: str, lines: list[int], tag: str, holds: dict[int, str] | None = None
     ) -> None:
-        """Record that ``lines`` went to a provider's batch ``tag`` (so a restart polls it again),
-        with the budget hold each one took (so a restart takes it again until the line settles)."""
+        """Record that ``lines`` went to a provider's batch ``tag`` (``provider|upstream id``),
+        with the budget hold each one took (the runner records a submission before it is sent
+        instead: :meth:`begin_submission`, :meth:`submitted`)."""
         holds = holds or {}
         await self._run(
             lambda: self._conn.executemany(
@@ -417,12 +513,17 @@ class BatchStore:
             )
         )
 
-    async def upstream_holds(self, batch_id: str) -> list[tuple[int, str | None]]:
-        """(line, hold) of the lines waiting on a provider's batch."""
+    async def upstream_holds(self, batch_id: str) -> list[tuple[int, str | None, float | None]]:
+        """(line, hold, window end) of the lines waiting on a provider's batch or being sent to
+        one; the window end is when the provider's batch expires (its ``expires_at``, else
+        24 h after the submission was recorded), None while it may still be sent."""
         return await self._run(
             lambda: self._conn.execute(
-                "SELECT line, hold FROM batch_lines WHERE batch_id = ? AND status_code IS NULL"
-                " AND upstream IS NOT NULL ORDER BY line",
+                "SELECT l.line, l.hold, CASE WHEN l.upstream IS NULL THEN NULL"
+                " ELSE coalesce(s.expires_at, s.created_at + 86400) END"
+                " FROM batch_lines l LEFT JOIN submissions s ON s.tag = l.submission"
+                " WHERE l.batch_id = ? AND l.status_code IS NULL"
+                " AND (l.upstream IS NOT NULL OR l.submission IS NOT NULL) ORDER BY l.line",
                 (batch_id,),
             ).fetchall()
         )
@@ -675,7 +776,29 @@ class BatchRunner:
         batches; finalize once no line is left (provider batches may take several passes)."""
         status, endpoint, principal = await self.store.batch_job(batch_id)
         upstream = getattr(self.executor, "upstream", None)
-        if status == "in_progress" and upstream is not None:
+        unresolved = False  # submissions whose fate at the provider is not known yet
+        if upstream is not None and hasattr(upstream, "prepare"):
+            # Submissions recorded before their upstream calls but with no provider batch id
+            # stored: ask the provider whether it has them before anything is sent again.
+            for sub in await self.store.submitting(batch_id):
+                ok = await self._submit(batch_id, endpoint, principal, sub, status, fresh=False)
+                unresolved = unresolved or not ok
+            if status == "in_progress":
+                lines = await self.store.pending(batch_id, 1 << 30)
+                groups = await upstream.prepare(batch_id, endpoint, principal, lines)
+                for provider, items in groups.items():
+                    numbers = [line for line, _ in items]
+                    holds = {
+                        line: upstream.describe_hold(line_request_id(batch_id, line))
+                        for line in numbers
+                    }
+                    # Durable intent first: a crash from here on leaves a tag to look for.
+                    tag = await self.store.begin_submission(batch_id, provider, numbers, holds)
+                    sub = {"tag": tag, "provider": provider, "file_id": None, "lines": items}
+                    sub["created_at"] = time.time()
+                    ok = await self._submit(batch_id, endpoint, principal, sub, status, fresh=True)
+                    unresolved = unresolved or not ok
+        elif status == "in_progress" and upstream is not None:  # an executor of the old shape
             lines = await self.store.pending(batch_id, 1 << 30)
             for tag, items in (await upstream.submit(batch_id, endpoint, principal, lines)).items():
                 describe = getattr(upstream, "describe_hold", None)
@@ -693,7 +816,7 @@ class BatchRunner:
                 *(self._one(batch_id, endpoint, principal, line, body) for line, body in lines)
             )
             status = (await self.store.batch_job(batch_id))[0]
-        waiting = False  # lines a provider is still working on: they will be charged
+        waiting = unresolved  # lines a provider is (or may be) working on: they will be charged
         if upstream is not None:
             for tag, items in (await self.store.upstream_pending(batch_id)).items():
                 results = await upstream.collect(tag, batch_id, endpoint, principal, items)
@@ -706,6 +829,70 @@ class BatchRunner:
             batch_id
         ) == 0:
             await self.store.finalize(batch_id)
+
+    async def _submit(
+        self,
+        batch_id: str,
+        endpoint: str,
+        principal: dict[str, Any],
+        sub: dict[str, Any],
+        status: str,
+        *,
+        fresh: bool,
+    ) -> bool:
+        """Get submission ``sub`` to its provider exactly once; True once its fate is known.
+
+        ``fresh``: recorded in this pass, so no upstream call was made for it yet. Otherwise the
+        provider is asked first (its batches' metadata carry the tag) and a batch it has is
+        adopted; only if it has none are the lines sent (again). If it cannot be asked, nothing
+        is sent: the lines stay in their submission and the next pass asks again."""
+        upstream = self.executor.upstream
+        tag, provider = sub["tag"], sub["provider"]
+        if not fresh:
+            try:
+                found = await upstream.find(provider, tag, sub["created_at"])
+            except Exception as exc:  # noqa: BLE001 (unknown: never guess, ask again later)
+                log.warning(
+                    "batch %s: cannot ask provider %s whether it has submission %s (%s);"
+                    " its %d lines wait, asked again at the next pass",
+                    batch_id, provider, tag, _why(exc), len(sub["lines"]),
+                )
+                return False
+            if found is not None:
+                log.warning(
+                    "batch %s: provider %s has submission %s as batch %s (its id was not stored"
+                    " before); adopted, not sent again", batch_id, provider, tag, found.get("id"),
+                )
+                await self.store.submitted(tag, provider, str(found["id"]), found.get("expires_at"))
+                return True
+            await upstream.discard_files(provider, tag, sub.get("file_id"))
+            if status != "in_progress":  # cancelled before the provider got the lines
+                results = await upstream.fail(
+                    batch_id, principal, sub["lines"],
+                    "the batch was cancelled before this request was sent to the provider",
+                    "batch_cancelled",
+                )
+                for line, (code, response) in results.items():
+                    await self.store.finish_line(batch_id, line, code, response)
+                return True
+            log.warning(
+                "batch %s: provider %s has no batch for submission %s; sending its %d lines",
+                batch_id, provider, tag, len(sub["lines"]),
+            )
+
+        async def on_file(file_id: str) -> None:
+            await self.store.submission_file(tag, file_id)
+
+        try:
+            batch = await upstream.send(batch_id, provider, tag, endpoint, principal, sub["lines"], on_file)
+        except Exception as exc:  # noqa: BLE001 (maybe sent: the next pass asks the provider first)
+            log.warning(
+                "batch %s: submission %s to provider %s failed (%s); the provider is asked"
+                " whether it has it before it is sent again", batch_id, tag, provider, _why(exc),
+            )
+            return False
+        await self.store.submitted(tag, provider, str(batch["id"]), batch.get("expires_at"))
+        return True
 
     async def _one(
         self,

@@ -9,6 +9,12 @@ timeouts); ``break_stream`` (streams start, then the connection drops mid-answer
 (answers after ``delay`` seconds). ``hits`` counts model calls. With a server SSL context
 (``ssl=``, or ``--certfile``/``--keyfile``) it serves HTTPS instead, for tests of TLS upstreams.
 
+It also speaks OpenAI's batch API (``/files``, ``/batches`` with ``metadata``, list pages with
+``limit``/``after``, output and error files), whatever the mode: :class:`BatchFaults` holds the
+switches the batch tests use (hold batches open, end them ``failed``/``expired``, fail list
+calls, hang on creating a batch before or after accepting it), and ``batch_runs`` counts each
+batch line the fake ran (what a provider would charge).
+
 Run one: ``python -m thrifty.providers.fake_upstream --port 9100 [--mode ok]``.
 """
 
@@ -16,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import re
 import ssl as ssl_module
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
+from urllib.parse import parse_qs
 
 import httptools
 import orjson
@@ -36,6 +45,20 @@ class Behaviour:
     fail_first: int = 0
     delay: float = 0.0
     reply: str = REPLY
+
+
+@dataclass
+class BatchFaults:
+    """Switches of the fake's batch API (set from the test's thread; read per request)."""
+
+    hold: bool = False  # batches stay in_progress (until hold is cleared)
+    end: str = "completed"  # how a batch ends: completed | failed | expired
+    complete_lines: int | None = None  # with end=expired: how many lines ran before it expired
+    fail_list: int = 0  # this many GET /batches list calls fail with 500
+    hang_create: str | None = None  # "before": POST /batches hangs unanswered, no batch made;
+    # "after": the batch is made, then the call hangs unanswered (the client never learns its id)
+    accepted: threading.Event = field(default_factory=threading.Event)  # set on a hung create
+    uploaded: threading.Event = field(default_factory=threading.Event)  # set on each upload
 
 
 def _response(status: int, body: bytes, ctype: bytes = b"application/json") -> bytes:
@@ -59,6 +82,12 @@ class FakeState:
         self.transports: set[asyncio.Transport] = set()
         self.connections = 0
         self.last_body: dict[str, Any] | None = None
+        self.faults = BatchFaults()
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}  # id -> batch object, in creation order
+        self.batch_runs: list[str] = []  # custom ids of batch lines the fake ran (charged)
+        self.deleted_files: list[str] = []
+        self.ids = itertools.count(1)
 
     def chat_body(self, model: str) -> bytes:
         key = ("chat", model)
@@ -190,6 +219,7 @@ class FakeProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.url = b""
         self.body: list[bytes] = []
+        self.headers: dict[bytes, bytes] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -209,6 +239,10 @@ class FakeProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url = url
+        self.headers = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -229,6 +263,9 @@ class FakeProtocol(asyncio.Protocol):
         st = self.state
         b = st.behaviour
         path = url.split(b"?", 1)[0]
+        if b"/files" in path or b"/batches" in path:
+            self._batch_api(t, method, path, url.partition(b"?")[2], raw)
+            return
         if method == b"GET" and path.endswith(b"/models"):
             t.write(
                 _response(
@@ -255,6 +292,132 @@ class FakeProtocol(asyncio.Protocol):
             asyncio.get_running_loop().call_later(b.delay, self._answer, t, path, raw)
             return
         self._answer(t, path, raw)
+
+    # -- OpenAI's batch API -------------------------------------------------------------
+
+    def _batch_api(self, t: asyncio.Transport, method: bytes, path: bytes, query: bytes, raw: bytes) -> None:
+        st, faults = self.state, self.state.faults
+        parts = path.decode().rstrip("/").split("/")
+        i = max(n for n, p in enumerate(parts) if p in ("files", "batches"))
+        kind, rest = parts[i], parts[i + 1 :]
+        q = {k: v[0] for k, v in parse_qs(query.decode()).items()}
+
+        def ok(doc: Any) -> None:
+            t.write(_response(200, orjson.dumps(doc)))
+
+        def not_found() -> None:
+            t.write(_response(404, b'{"error":{"message":"not found","type":"invalid_request_error"}}'))
+
+        if kind == "files":
+            if method == b"POST" and not rest:
+                fields = _multipart(self.headers.get(b"content-type", b""), raw)
+                filename, content = fields.get("file", ("", b""))
+                fid = f"file-fake{next(st.ids)}"
+                st.files[fid] = {
+                    "id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                    "filename": filename, "purpose": fields.get("purpose", ("", b""))[1].decode(),
+                    "content": content,
+                }
+                faults.uploaded.set()
+                ok({k: v for k, v in st.files[fid].items() if k != "content"})
+            elif method == b"GET" and not rest:
+                data = [{k: v for k, v in f.items() if k != "content"} for f in st.files.values()]
+                if q.get("purpose"):
+                    data = [f for f in data if f["purpose"] == q["purpose"]]
+                ok({"object": "list", "data": data[::-1], "has_more": False})
+            elif rest and rest[0] in st.files:
+                f = st.files[rest[0]]
+                if method == b"DELETE":
+                    del st.files[rest[0]]
+                    st.deleted_files.append(rest[0])
+                    ok({"id": rest[0], "object": "file", "deleted": True})
+                elif len(rest) > 1 and rest[1] == "content":
+                    t.write(_response(200, f["content"], b"application/octet-stream"))
+                else:
+                    ok({k: v for k, v in f.items() if k != "content"})
+            else:
+                not_found()
+            return
+        if method == b"POST" and not rest:
+            if faults.hang_create == "before":
+                faults.accepted.set()
+                return  # never answered, nothing made
+            try:
+                doc = orjson.loads(raw)
+                content = st.files[doc["input_file_id"]]["content"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                t.write(_response(400, b'{"error":{"message":"bad batch","type":"invalid_request_error"}}'))
+                return
+            now = int(time.time())
+            bid = f"batch_fake{next(st.ids)}"
+            st.batches[bid] = {
+                "id": bid, "object": "batch", "endpoint": doc.get("endpoint"), "errors": None,
+                "input_file_id": doc["input_file_id"], "completion_window": "24h",
+                "status": "in_progress", "output_file_id": None, "error_file_id": None,
+                "created_at": now, "in_progress_at": now, "expires_at": now + 24 * 3600,
+                "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
+                "cancelling_at": None, "cancelled_at": None,
+                "request_counts": {"total": len(content.splitlines()), "completed": 0, "failed": 0},
+                "metadata": doc.get("metadata"),
+                "_lines": [orjson.loads(x) for x in content.splitlines() if x.strip()],
+            }
+            if faults.hang_create == "after":
+                faults.accepted.set()
+                return  # made, but the client never learns its id
+            ok(self._batch_obj(st.batches[bid]))
+        elif method == b"GET" and not rest:
+            if faults.fail_list > 0:
+                faults.fail_list -= 1
+                t.write(_response(500, b'{"error":{"message":"list failed","type":"server_error"}}'))
+                return
+            ids = list(st.batches)[::-1]  # newest first
+            if q.get("after") in st.batches:
+                ids = ids[ids.index(q["after"]) + 1 :]
+            limit = max(1, min(100, int(q.get("limit", "20"))))
+            page = [self._batch_obj(self._advance(st.batches[b])) for b in ids[:limit]]
+            ok({
+                "object": "list", "data": page, "has_more": len(ids) > limit,
+                "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None,
+            })
+        elif method == b"GET" and len(rest) == 1 and rest[0] in st.batches:
+            ok(self._batch_obj(self._advance(st.batches[rest[0]])))
+        else:
+            not_found()
+
+    @staticmethod
+    def _batch_obj(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+    def _advance(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Run a batch that is not held: its lines answered (and counted in ``batch_runs``),
+        then ended as ``faults.end`` says."""
+        st, faults = self.state, self.state.faults
+        if batch["status"] != "in_progress" or faults.hold:
+            return batch
+        lines = batch["_lines"]
+        ran = lines if faults.end == "completed" else lines[: faults.complete_lines or 0]
+        out = []
+        for line in ran:
+            st.batch_runs.append(line["custom_id"])
+            body = orjson.loads(st.chat_body(str(line["body"].get("model", "fake-model"))).split(b"\r\n\r\n", 1)[1])
+            out.append(orjson.dumps({
+                "id": f"batch_req_{next(st.ids)}", "custom_id": line["custom_id"],
+                "response": {"status_code": 200, "request_id": line["custom_id"], "body": body},
+                "error": None,
+            }))
+        now = int(time.time())
+        if out:
+            fid = f"file-fake{next(st.ids)}"
+            content = b"\n".join(out) + b"\n"
+            st.files[fid] = {
+                "id": fid, "object": "file", "bytes": len(content), "created_at": now,
+                "filename": "batch_output.jsonl", "purpose": "batch_output", "content": content,
+            }
+            batch["output_file_id"] = fid
+        batch["status"] = faults.end
+        batch[{"completed": "completed_at", "failed": "failed_at", "expired": "expired_at"}[faults.end]] = now
+        batch["request_counts"] = {"total": len(lines), "completed": len(ran), "failed": 0}
+        return batch
 
     def _answer(self, t: asyncio.Transport, path: bytes, raw: bytes) -> None:
         if t.is_closing():
@@ -306,6 +469,25 @@ class FakeProtocol(asyncio.Protocol):
         t.write(b"".join(_chunk(e) for e in events) + b"0\r\n\r\n")
 
 
+def _multipart(ctype: bytes, raw: bytes) -> dict[str, tuple[str, bytes]]:
+    """``name -> (filename, content)`` of a multipart/form-data body (enough for uploads)."""
+    m = re.search(rb'boundary="?([^";]+)"?', ctype)
+    if not m:
+        return {}
+    out: dict[str, tuple[str, bytes]] = {}
+    for part in raw.split(b"--" + m.group(1)):
+        head, sep, body = part.partition(b"\r\n\r\n")
+        name = re.search(rb'name="([^"]*)"', head)
+        if not sep or not name:
+            continue
+        filename = re.search(rb'filename="([^"]*)"', head)
+        out[name.group(1).decode()] = (
+            filename.group(1).decode() if filename else "",
+            body[:-2] if body.endswith(b"\r\n") else body,
+        )
+    return out
+
+
 class FakeUpstream:
     """A fake upstream on 127.0.0.1 in a background thread (for tests): ``with FakeUpstream() as f:``."""
 
@@ -333,6 +515,11 @@ class FakeUpstream:
     @property
     def hits(self) -> int:
         return self.state.hits
+
+    @property
+    def faults(self) -> BatchFaults:
+        """The batch API's switches (see :class:`BatchFaults`)."""
+        return self.state.faults
 
     @property
     def origin(self) -> str:

@@ -79,7 +79,8 @@ class MemoryBudgets:
             spent = self._spent[key] = int(row[0]) if row else 0
         return spent
 
-    async def reserve(self, hold: Hold) -> None:
+    async def reserve(self, hold: Hold, ttl: float | None = None) -> None:
+        """``ttl`` is PostgreSQL's: a hold in this process's memory counts until it is settled."""
         for budget, start in hold.charges:
             key = (budget.id, start)
             spent, held = self._spent_of(key), self._held.get(key, 0)
@@ -124,10 +125,11 @@ class PostgresBudgets:
         self._waiting: dict[tuple, list[tuple[Hold, asyncio.Future]]] = {}
         self._busy: set[tuple] = set()
 
-    async def reserve(self, hold: Hold) -> None:
+    async def reserve(self, hold: Hold, ttl: float | None = None) -> None:
+        """``ttl``: how long the hold counts if never settled (default: ``hold_ttl``)."""
         if not hold.charges:
             return
-        group = tuple((b.id, start) for b, start in hold.charges)
+        group = (tuple((b.id, start) for b, start in hold.charges), self._ttl if ttl is None else ttl)
         done = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(group, []).append((hold, done))
         if group not in self._busy:
@@ -142,7 +144,7 @@ class PostgresBudgets:
             while self._waiting.get(group):
                 batch = self._waiting.pop(group)
                 try:
-                    refused = await self._call(batch)
+                    refused = await self._call(batch, group[1])
                 except Exception as exc:  # noqa: BLE001 (every waiter must get the failure, whatever it is)
                     for _hold, done in batch:
                         if not done.done():
@@ -160,14 +162,14 @@ class PostgresBudgets:
         finally:
             self._busy.discard(group)
 
-    async def _call(self, batch: list[tuple[Hold, asyncio.Future]]) -> dict[str, BudgetExceeded]:
+    async def _call(self, batch: list[tuple[Hold, asyncio.Future]], ttl: float) -> dict[str, BudgetExceeded]:
         charges = batch[0][0].charges
         now = time.time()
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT * FROM thrifty_reserve_many(%s, %s, %s, %s, %s, %s, %s)",
                 ([h.id for h, _ in batch], [h.amount for h, _ in batch], [b.id for b, _ in charges],
-                 [s for _, s in charges], self._owner, now, now + self._ttl),
+                 [s for _, s in charges], self._owner, now, now + ttl),
             )
             rows = await cur.fetchall()
         holds = {h.id: h for h, _ in batch}
@@ -181,7 +183,8 @@ class PostgresBudgets:
         return refused
 
     async def force(self, hold: Hold, ttl: float | None = None) -> None:
-        """Insert the hold's rows without the limit check (money already committed upstream)."""
+        """Insert the hold's rows without the limit check (money already committed upstream); a
+        row of the same hold still there (taken again after a clean restart) is taken over."""
         if not hold.charges:
             return
         now = time.time()
@@ -190,7 +193,8 @@ class PostgresBudgets:
             for budget, start in hold.charges:
                 await conn.execute(
                     "INSERT INTO reservations (id, budget_id, period_start, amount_nanos, owner, expires_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id, budget_id) DO NOTHING",
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id, budget_id)"
+                    " DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at",
                     (hold.id, budget.id, start, hold.amount, self._owner, expires),
                 )
 

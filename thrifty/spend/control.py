@@ -146,8 +146,11 @@ class DbSpendControl:
         return kept
 
     async def admit(
-        self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float
+        self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float,
+        ttl: float | None = None,
     ) -> Reservation:
+        """``ttl`` (PostgreSQL): how long the hold counts if never settled (default: ``hold_ttl``;
+        a line waiting on a provider's batch passes its batch's completion window)."""
         if principal.is_admin:
             return Reservation(principal, model.name, max_cost_usd)
         amount = usd_to_nanos(max_cost_usd, round_up=True)
@@ -159,7 +162,7 @@ class DbSpendControl:
         try:
             if checks:
                 await self.limiter.take(checks, now)
-            hold = await self._hold(snap, principal, amount, now)
+            hold = await self._hold(snap, principal, amount, now, ttl=ttl)
         except SpendError:
             raise
         except Exception as exc:  # noqa: BLE001 (the shared database is down: refuse rather than spend unchecked)
@@ -169,7 +172,8 @@ class DbSpendControl:
         return Reservation(principal, model.name, max_cost_usd, token=hold)
 
     async def reinstate(
-        self, principal: Principal, model: ModelInfo, *, max_cost_usd: float, ttl: float | None = None
+        self, principal: Principal, model: ModelInfo, *, max_cost_usd: float, ttl: float | None = None,
+        hold_id: str | None = None,
     ) -> Reservation:
         """Hold ``max_cost_usd`` again for a request whose money is already committed and whose
         first hold died with the process that took it (a line in a provider's batch, after a
@@ -186,7 +190,9 @@ class DbSpendControl:
         if amount < 0:
             raise ValueError(f"max_cost_usd must not be negative (got {max_cost_usd!r})")
         try:
-            hold = await self._hold(self._snapshot, principal, amount, time.time(), force=True, ttl=ttl)
+            hold = await self._hold(
+                self._snapshot, principal, amount, time.time(), force=True, ttl=ttl, hold_id=hold_id
+            )
         except SpendError:
             raise
         except Exception as exc:  # noqa: BLE001 (the shared database is down: refuse rather than spend unchecked)
@@ -196,9 +202,9 @@ class DbSpendControl:
 
     async def _hold(
         self, snap: Snapshot, principal: Principal, amount: int, now: float, *, force: bool = False,
-        ttl: float | None = None,
+        ttl: float | None = None, hold_id: str | None = None,
     ) -> Hold:
-        hold = Hold(secrets.token_hex(12), amount)
+        hold = Hold(hold_id or secrets.token_hex(12), amount)
         for budget in snap.budgets_for(principal):
             if budget.period == "window":
                 if budget.window_start is not None and now < budget.window_start:
@@ -216,7 +222,7 @@ class DbSpendControl:
         if force:
             await self.budgets.force(hold, ttl)
         else:
-            await self.budgets.reserve(hold)
+            await self.budgets.reserve(hold, ttl)
         return hold
 
     def _rate_checks(self, snap: Snapshot, principal: Principal, prompt_tokens: int) -> list[Check]:
