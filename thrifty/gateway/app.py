@@ -2,7 +2,8 @@
 
 No framework: a dict of routes and hand-written request/response plumbing keeps the
 per-request overhead in microseconds. Endpoints: ``POST /v1/chat/completions``,
-``POST /v1/messages`` (Anthropic), ``POST /v1/embeddings``, ``GET /v1/models`` and
+``POST /v1/messages`` (Anthropic), ``POST /v1/responses`` (OpenAI's Responses API, served
+through the same chat pipeline), ``POST /v1/embeddings``, ``GET /v1/models`` and
 ``GET /v1/models/{model}`` (with spend control: the caller's key is required and only what
 its policies permit is listed), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``; extra
 ASGI apps (e.g. the spend admin API) are mounted under path prefixes.
@@ -30,6 +31,7 @@ from thrifty.catalog.loader import Catalog
 from thrifty.gateway.config import GatewayConfig
 from thrifty.gateway.errors import GatewayError, anthropic_body, openai_body
 from thrifty.gateway.metrics import Metrics
+from thrifty.gateway.responses import ResponsesRequest, ResponsesStream
 from thrifty.gateway.routing import AutoRouter
 from thrifty.gateway.schemas import ChatRequest, EmbeddingsRequest, parse_json
 from thrifty.gateway.service import Gateway, Plan, Served, price
@@ -52,7 +54,7 @@ Send = Callable[[dict], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-OPENAI, ANTHROPIC = "openai", "anthropic"
+OPENAI, ANTHROPIC, RESPONSES = "openai", "anthropic", "responses"
 _MODEL_PREFIXES = ("/v1/models/", "/models/")  # GET /v1/models/{model}
 
 
@@ -119,6 +121,7 @@ class _Ctx:
         "principal",
         "request_id",
         "reservation",
+        "responses",
         "served",
         "settled",
         "started",
@@ -140,6 +143,7 @@ class _Ctx:
         self.stream = False
         self.fmt = fmt
         self.started = False  # response headers sent: errors must end the stream instead
+        self.responses: ResponsesRequest | None = None  # a Responses API request's translation
 
 
 class GatewayApp:
@@ -158,6 +162,8 @@ class GatewayApp:
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("POST", "/chat/completions"): self.chat_completions,
             ("POST", "/v1/messages"): self.messages,
+            ("POST", "/v1/responses"): self.responses,
+            ("POST", "/responses"): self.responses,
             ("POST", "/v1/embeddings"): self.embeddings,
             ("POST", "/embeddings"): self.embeddings,
             ("GET", "/v1/models"): self.list_models,
@@ -296,10 +302,13 @@ class GatewayApp:
         if (
             ctx is not None and ctx.started
         ):  # mid-stream: the status is gone, end with an error event
+            resp = ctx.responses.stream if ctx.responses is not None else None
             await send(
                 {
                     "type": "http.response.body",
-                    "body": _stream_error(fmt, exc.message, "api_error"),
+                    "body": resp.fail(exc.message)
+                    if resp is not None
+                    else _stream_error(fmt, exc.message, "api_error"),
                     "more_body": False,
                 }
             )
@@ -496,6 +505,16 @@ class GatewayApp:
 
         await self._model_call(scope, receive, send, "messages", ANTHROPIC, run)
 
+    async def responses(self, scope: dict, receive: Callable, send: Send) -> None:
+        """``POST /v1/responses``: OpenAI's Responses API over the chat pipeline
+        (thrifty/gateway/responses.py says what is translated and what is refused)."""
+
+        async def run(ctx: _Ctx, body: dict[str, Any]) -> None:
+            ctx.responses = ResponsesRequest(body, ctx.request_id, self.gw.router.is_profile)
+            await self._chat(ctx, ChatRequest(ctx.responses.chat), send)
+
+        await self._model_call(scope, receive, send, "responses", RESPONSES, run)
+
     async def _chat(self, ctx: _Ctx, req: ChatRequest, send: Send) -> None:
         assert ctx.principal is not None
         plan = self.gw.plan_chat(ctx.principal, req)
@@ -510,6 +529,8 @@ class GatewayApp:
         cost, frontier = await self._settle(ctx, 200, usage, None)
         if ctx.fmt == ANTHROPIC:
             out = orjson.dumps(openai_to_anthropic_response(body, ctx.served.model.info.name))
+        elif ctx.responses is not None:
+            out = orjson.dumps(ctx.responses.response(body, ctx.served.model.info.name, usage))
         else:
             out = orjson.dumps(body)
         await self._send(send, 200, out, JSON_HEADERS + self._route_headers(ctx, cost, frontier))
@@ -520,11 +541,13 @@ class GatewayApp:
         break mid-way ends the stream with an error event, never a silent truncated 200."""
         assert ctx.plan is not None and ctx.served is not None
         first, rest = await self.gw.chat_stream(ctx.plan, req, ctx.served)
-        anth = (
+        conv = (
             OpenAIStreamToAnthropic(ctx.served.model.info.name, ctx.plan.prompt_tokens)
             if ctx.fmt == ANTHROPIC
+            else ctx.responses.start_stream(ctx.served.model.info.name)
+            if ctx.responses is not None
             else None
-        )
+        )  # the client's format, when it is not chat completions
         await send(
             {
                 "type": "http.response.start",
@@ -538,8 +561,8 @@ class GatewayApp:
         completion_chars = 0
 
         def encode(chunk: dict[str, Any]) -> bytes:
-            if anth is not None:
-                return anth.feed(chunk)
+            if conv is not None:
+                return conv.feed(chunk)
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
         batch: list[dict[str, Any]] | None = first
@@ -573,7 +596,9 @@ class GatewayApp:
             await send(
                 {
                     "type": "http.response.body",
-                    "body": _stream_error(ctx.fmt, message, "stream_broken"),
+                    "body": conv.fail(message, usage)
+                    if isinstance(conv, ResponsesStream)
+                    else _stream_error(ctx.fmt, message, "stream_broken"),
                     "more_body": False,
                 }
             )
@@ -583,24 +608,24 @@ class GatewayApp:
             # The upstream sent no usage (llama.cpp's server, some proxies): bill an estimate,
             # and still give a client that asked for usage its final usage chunk.
             usage.completion_tokens = max(1, completion_chars // 4)
-            if req.include_usage and anth is None:
+            if req.include_usage and conv is None:
                 held.append(_usage_chunk(held, ctx, usage))
         cost, frontier = await self._settle(ctx, 200, usage, None)
         tail = b""
         for chunk in held:
             if (
-                anth is None
+                conv is None
                 and not req.include_usage
                 and chunk.get("usage")
                 and not chunk.get("choices")
             ):
                 continue  # the usage chunk thrifty asked the upstream for, not the client
             tail += encode(chunk)
-        if anth is not None:
-            tail += anth.end()
-        else:
+        if isinstance(conv, OpenAIStreamToAnthropic):
+            tail += conv.end()
+        else:  # chat chunks end with [DONE]; a Response stream with its completed event
             tail += f": thrifty cost_usd={cost:.9f} frontier_cost_usd={frontier:.9f}\n\n".encode()
-            tail += b"data: [DONE]\n\n"
+            tail += conv.end(usage) if conv is not None else b"data: [DONE]\n\n"
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def embeddings(self, scope: dict, receive: Callable, send: Send) -> None:
