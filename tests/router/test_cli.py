@@ -95,6 +95,10 @@ def test_calibrate_adds_a_profile_that_holds_its_share(fixtures, trained, tmp_pa
 
     said = re.search(r"added profile 'gpt4-30': .*: ([\d.]+)% to gpt-4-1106-preview", p.stdout)
     assert said and abs(float(said.group(1)) - 30) < 2, p.stdout  # 135 prompts: steps of 0.7%
+    # it says how far the share may drift on new traffic: sqrt(0.3 * 0.7 / 135) = 3.9%
+    error = re.search(r"expect ([\d.]+)% \+- ([\d.]+)% \(standard error over (\d+) prompts", p.stdout)
+    assert error and error.group(3) == str(len(calib)), p.stdout
+    assert abs(float(error.group(2)) - 100 * np.sqrt(0.3 * 0.7 / len(calib))) < 0.2
     p = thrifty("router", "calibrate", "--router", router_dir, "--input", inp, "--name", "keep95", "--keep", 0.95)
     assert p.returncode == 0, p.stderr
     router = Router.load(router_dir)

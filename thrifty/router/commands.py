@@ -143,10 +143,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     replaced = args.name in router.profiles
     router.profiles[args.name] = profile
     router.save_doc(args.router)
+    share = share_for_weight(P, unit, weight)
     print(f"{'replaced' if replaced else 'added'} profile {args.name!r}: {profile} "
-          f"(on {len(prompts)} prompts: {share_for_weight(P, unit, weight):.1%} to {top}, "
+          f"(on {len(prompts)} prompts: {share:.1%} to {top}, "
           f"mean predicted quality {predicted_quality(P, unit, weight):.3f} "
           f"vs {predicted_quality(P, unit, 0.0):.3f} at best)")
+    if args.share is not None:
+        # The share is estimated from a sample: on new traffic like it, it misses by about this much.
+        error = float(np.sqrt(max(share * (1 - share), 1e-12) / len(prompts)))
+        print(f"on new traffic like this sample, expect {share:.1%} +- {error:.1%} (standard error over "
+              f"{len(prompts)} prompts; calibrate on more of your prompts to narrow it)")
     return 0
 
 
