@@ -382,6 +382,16 @@ def test_multi_turn_input_items_become_chat_messages(gw, upstreams):
     ]
 
 
+def test_served_without_the_v1_prefix_too(gw):
+    r = httpx.post(
+        gw.url + "/responses",
+        json={"model": "m-ok", "input": "Say hello."},
+        headers={"authorization": f"Bearer {gw.keys['rich']}"},
+    )
+    assert r.status_code == 200 and Response.model_validate(r.json()).output_text == REPLY
+    assert gw.ledger(r.headers["x-request-id"])["endpoint"] == "responses"
+
+
 def test_anthropic_protocol_upstream(gw, upstreams):
     resp = gw.oai.responses.create(model="m-anth", input="Say hello.", instructions="S")
     assert resp.output_text == REPLY and resp.model == "m-anth"
