@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from thrifty.gateway.errors import GatewayError, bad_request
+from thrifty.gateway.schemas import require_model
 from thrifty.providers.base import Usage
 
 # Every top-level field of the Responses API; anything else is refused like OpenAI does.
@@ -320,15 +321,7 @@ class ResponsesRequest:
         include = _check(body, "include", list, "an array of strings") or []
         if "message.output_text.logprobs" in include:
             raise _unsupported("include", "thrifty does not return log probabilities")
-        model = body.get("model")
-        if model is None:
-            raise bad_request(
-                "Missing required parameter: 'model'.",
-                param="model",
-                code="missing_required_parameter",
-            )
-        if not isinstance(model, str) or not model:
-            raise _invalid("model", "a non-empty string", model)
+        model = require_model(body)
         instructions = _check(body, "instructions", str, "a string")
         messages = [{"role": "system", "content": instructions}] if instructions else []
         if body.get("input") is None:
