@@ -29,7 +29,11 @@ from thrifty.providers.base import UpstreamError, Usage
 from thrifty.spend import pricing
 from thrifty.spend.api import LedgerRecord, Principal, SpendError
 
-__all__ = ["GatewayExecutor"]
+__all__ = ["GatewayExecutor", "StoreResults"]
+
+#: Stores lines' results durably, done, before they are billed: ``{line: (status, response,
+#: settle)}``, ``settle`` being what billing the line takes after a restart.
+StoreResults = Callable[[dict[int, tuple[int, dict[str, Any], str | None]]], Awaitable[None]]
 
 log = logging.getLogger("thrifty.batches")
 
@@ -284,6 +288,16 @@ async def _reinstate(
         return None
 
 
+def _settle_doc(reservation: Any, plan: Any, served: Served | None, record: LedgerRecord) -> str:
+    """What billing a line takes after a restart (``GatewayExecutor.settle_stored``): its ledger
+    record, the model whose budgets it holds, and the amount held."""
+    held = reservation.amount_usd if reservation is not None else (plan.max_cost_usd if plan else 0.0)
+    model = served.model.info.name if served is not None and served.model is not None else None
+    return orjson.dumps(
+        {"record": _record_fields(record), "model": model, "max_cost_usd": held}
+    ).decode()
+
+
 def _record_fields(record: LedgerRecord) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
@@ -416,26 +430,50 @@ class ProviderBatches:
         lines: list[tuple[int, dict[str, Any]]],
         message: str,
         code: str,
+        *,
+        status: int = 500,
+        store: StoreResults | None = None,
     ) -> dict[int, tuple[int, dict[str, Any]]]:
-        """Fail ``lines`` that the provider never ran: each line's hold is released with a
-        ledger record of cost 0 (nothing was charged); their results."""
+        """Fail ``lines`` that the provider never ran (answer ``status``, ``upstream_error``
+        ``code``): each line's hold is released with a ledger record of cost 0 (nothing was
+        charged); their results, stored with ``store`` before they are billed."""
         from thrifty.multipliers.batches import line_request_id
 
         gw = self.gateway()
         principal = _principal(fields)
-        out: dict[int, tuple[int, dict[str, Any]]] = {}
-        response = _error(500, message, "upstream_error", code)
+        response = _error(status, message, "upstream_error", code)
+        bills = []
         for line, body in lines:
             rid = line_request_id(batch_id, line)
             reservation, plan, served = self.held.pop(rid, (None, None, None))
-            await gw.spend.settle(
-                reservation,
-                ledger_record(
-                    gw, principal, rid, time.time(), 0.0, plan, served or Served(), None, 500,
-                    "upstream_error", str(body.get("model")), batch_priced=True,
-                ),
+            record = ledger_record(
+                gw, principal, rid, time.time(), 0.0, plan, served or Served(), None, status,
+                "upstream_error", str(body.get("model")), batch_priced=True,
             )
-            out[line] = (500, response)
+            bills.append((line, status, response, reservation, plan, served, record))
+        return await self._bill(gw, bills, store)
+
+    async def _bill(
+        self, gw: Gateway, bills: list[tuple], store: StoreResults | None
+    ) -> dict[int, tuple[int, dict[str, Any]]]:
+        """Mark lines done and bill them: ``bills`` are ``(line, status, response, reservation,
+        plan, served, record)``. With ``store``, each line's result is stored durably with
+        what billing it takes (ledger record, model, amount held) *before* it is billed, in one
+        write for all of them; a process that dies before billing them all is billed by the
+        restart (``GatewayExecutor.settle_stored``: the lines the ledger does not hold), and the
+        lines, being done, get no hold again. So no line is billed twice or not at all, and no
+        budget counts a line twice (the ledger ignores a request id it has; an in-memory budget
+        counter would not)."""
+        out = {line: (status, response) for line, status, response, *_ in bills}
+        if store is not None:
+            await store(
+                {
+                    line: (status, response, _settle_doc(reservation, plan, served, record))
+                    for line, status, response, reservation, plan, served, record in bills
+                }
+            )
+        for _line, _status, _response, reservation, _plan, _served, record in bills:
+            await gw.spend.settle(reservation, record)
         return out
 
     def describe_hold(self, request_id: str) -> str | None:
@@ -510,8 +548,11 @@ class ProviderBatches:
         endpoint: str,
         fields: dict[str, Any],
         lines: list[tuple[int, dict[str, Any]]],
+        *,
+        store: StoreResults | None = None,
     ) -> dict[int, tuple[int, dict[str, Any]]] | None:
-        """Results of a finished provider batch, billed; None while the provider is working."""
+        """Results of a finished provider batch, stored with ``store`` (see :meth:`_bill`) and
+        billed; None while the provider is working."""
         from thrifty.multipliers.batches import line_request_id
 
         provider, upstream_id = tag.split("|", 1)
@@ -521,7 +562,7 @@ class ProviderBatches:
         results = await self._client(provider).results(batch)
         gw = self.gateway()
         principal = _principal(fields)
-        out: dict[int, tuple[int, dict[str, Any]]] = {}
+        bills = []
         for line, body in lines:
             rid = line_request_id(batch_id, line)
             status, response = results.get(
@@ -547,22 +588,19 @@ class ProviderBatches:
                     served = Served()
                 if plan is not None and served.model is not None:
                     reservation = await _reinstate(gw, principal, served.model, plan.max_cost_usd)
-            await gw.spend.settle(
-                reservation,
-                ledger_record(
-                    gw,
-                    principal,
-                    rid,
-                    time.time(),
-                    0.0,
-                    plan,
-                    served,
-                    response if status == 200 else None,
-                    status,
-                    None if status == 200 else "upstream_error",
-                    str(body.get("model")),
-                    batch_priced=True,
-                ),
+            record = ledger_record(
+                gw,
+                principal,
+                rid,
+                time.time(),
+                0.0,
+                plan,
+                served,
+                response if status == 200 else None,
+                status,
+                None if status == 200 else "upstream_error",
+                str(body.get("model")),
+                batch_priced=True,
             )
-            out[line] = (status, response)
-        return out
+            bills.append((line, status, response, reservation, plan, served, record))
+        return await self._bill(gw, bills, store)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import signal
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -72,6 +74,18 @@ def _why(exc: BaseException) -> str:
     quote a prompt)."""
     status = getattr(exc, "status", None)
     return type(exc).__name__ + (f" HTTP {status}" if status else "")
+
+
+#: Tests only: the name of a point at which this process kills itself with SIGKILL (a crash at an
+#: exact place; see tests/multipliers/test_batch_collect_crash.py). Read once, at import.
+_CRASH_AT = os.environ.get("THRIFTY_TEST_CRASH_AT") or None
+
+
+def crash_point(name: str) -> None:
+    """Die here (SIGKILL, no clean-up) if the tests asked for a crash at ``name``."""
+    if _CRASH_AT == name:
+        log.error("THRIFTY_TEST_CRASH_AT=%s: killing this process (a test's crash point)", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def line_request_id(batch_id: str, line: int) -> str:
@@ -568,6 +582,26 @@ class BatchStore:
             )
         )
 
+    async def finish_lines(
+        self, batch_id: str, results: dict[int, tuple[int, dict[str, Any], str | None]]
+    ) -> None:
+        """Mark ``{line: (status, response, settle)}`` done in one transaction (durably), each
+        with what billing it takes (see :meth:`finish_line`)."""
+
+        def work() -> None:
+            with self._conn:
+                self._conn.execute("BEGIN")
+                self._conn.executemany(
+                    "UPDATE batch_lines SET status_code = ?, response = ?, settle = ?"
+                    " WHERE batch_id = ? AND line = ?",
+                    [
+                        (status, orjson.dumps(response).decode(), settle, batch_id, line)
+                        for line, (status, response, settle) in results.items()
+                    ],
+                )
+
+        await self._run(work)
+
     async def unsettled(self, batch_id: str) -> list[tuple[int, str]]:
         """(line, settle) of done lines whose billing was stored with them (and not yet found
         in the ledger by a restart)."""
@@ -819,9 +853,15 @@ class BatchRunner:
         waiting = unresolved  # lines a provider is (or may be) working on: they will be charged
         if upstream is not None:
             for tag, items in (await self.store.upstream_pending(batch_id)).items():
-                results = await upstream.collect(tag, batch_id, endpoint, principal, items)
+                stored: set[int] = set()
+                results = await upstream.collect(
+                    tag, batch_id, endpoint, principal, items, store=self._storer(batch_id, stored, "collect-stored")
+                )
+                if results:
+                    crash_point("collect-billed")
                 for line, (code, response) in (results or {}).items():
-                    await self.store.finish_line(batch_id, line, code, response)
+                    if line not in stored:
+                        await self.store.finish_line(batch_id, line, code, response)
                 waiting = waiting or results is None
         # A cancelled batch stops running its own lines at once, but waits for those already in
         # a provider's batch, so that each is billed and its hold released.
@@ -829,6 +869,20 @@ class BatchRunner:
             batch_id
         ) == 0:
             await self.store.finalize(batch_id)
+
+    def _storer(
+        self, batch_id: str, stored: set[int], point: str | None = None
+    ) -> Callable[..., Awaitable[None]]:
+        """A ``store`` for lines a provider batch settles: marks them done (one durable write)
+        with what billing each takes, before they are billed; adds them to ``stored``."""
+
+        async def store(results: dict[int, tuple[int, dict[str, Any], str | None]]) -> None:
+            await self.store.finish_lines(batch_id, results)
+            stored.update(results)
+            if point:
+                crash_point(point)
+
+        return store
 
     async def _submit(
         self,
