@@ -27,6 +27,19 @@ PUBLIC_URL = (
 )
 
 _FIELDS = {f.name for f in dataclasses.fields(ModelInfo)}
+CAPABILITIES = (
+    "supports_function_calling",
+    "supports_vision",
+    "supports_response_schema",
+    "supports_reasoning",
+)
+# The catalog's providers whose reasoning models follow OpenAI's parameter rules.
+_OPENAI_PROVIDERS = frozenset({"openai", "azure"})
+
+
+def _flag(value: Any) -> bool | None:
+    """A catalog capability: only an explicit true/false counts; anything else is unknown."""
+    return value if isinstance(value, bool) else None
 
 
 class Catalog:
@@ -82,10 +95,20 @@ class Catalog:
             "output_cost_per_token_batches",
         ):
             fields[key] = entry.get(key)
+        for key in CAPABILITIES:  # absent from the entry: unknown (the catalog is not exhaustive)
+            fields[key] = _flag(entry.get(key))
         for key, value in (overrides or {}).items():
             if key not in _FIELDS:
                 raise UsageError(f"model {name!r}: unknown catalog field {key!r}")
+            if (key in CAPABILITIES or key == "openai_reasoning_params") and not (
+                value is None or isinstance(value, bool)
+            ):
+                raise UsageError(f"model {name!r}: {key} must be true or false, not {value!r}")
             fields[key] = tuple(value) if key == "regions" else value
+        if "openai_reasoning_params" not in (overrides or {}):
+            reasoning = fields["supports_reasoning"]
+            if entry.get("litellm_provider") in _OPENAI_PROVIDERS and reasoning is not None:
+                fields["openai_reasoning_params"] = reasoning
         return ModelInfo(**fields)
 
 

@@ -38,6 +38,17 @@ class ModelInfo:
     input_cost_per_token_batches: float | None = None
     output_cost_per_token_batches: float | None = None
     tiers: tuple[PriceTier, ...] = field(default=())
+    # Capabilities (the catalog's ``supports_*`` facts): True / False where the catalog or the
+    # config says so, None where nobody does (unknown, which routing treats as capable).
+    supports_function_calling: bool | None = None  # tools, tool_choice
+    supports_vision: bool | None = None  # image parts in messages
+    supports_response_schema: bool | None = None  # response_format of type json_schema
+    supports_reasoning: bool | None = None
+    # OpenAI's reasoning-model parameter rules (o1/o3/o4-mini/gpt-5 class): max_completion_tokens
+    # instead of max_tokens, no non-default sampling parameters. Derived from supports_reasoning
+    # for OpenAI's own models (the catalog's litellm_provider openai/azure) unless the config
+    # sets it; applied only on deployments that speak OpenAI's protocol.
+    openai_reasoning_params: bool | None = None
 
     @property
     def priced(self) -> bool:

@@ -415,6 +415,10 @@ class GatewayApp:
             h.append((b"x-thrifty-fallbacks", str(served.fallbacks).encode()))
             if served.errors:
                 h.append((b"x-thrifty-attempt-errors", "; ".join(served.errors).encode()))
+            if served.dropped:  # adapted for a reasoning model the gateway chose
+                h.append((b"x-thrifty-dropped-params", ", ".join(served.dropped).encode()))
+            if served.renamed:
+                h.append((b"x-thrifty-renamed-params", b"max_tokens->max_completion_tokens"))
         if plan is not None:
             h.append((b"x-thrifty-route-reason", plan.reason.encode("ascii", "replace")))
         if cost is not None:

@@ -37,6 +37,9 @@ optional fallbacks and catalog overrides)::
     provider = "openai"                   # or deployments = [{provider=..., model=..., weight=...}]
     fallbacks = ["gpt-4o"]
     input_cost_per_token = 1.5e-7         # any ModelInfo field overrides the catalog
+    supports_vision = false               # capabilities: true / false; unset = the catalog's
+    supports_function_calling = true      #   (tools), supports_response_schema (json_schema),
+    openai_reasoning_params = true        #   supports_reasoning; see below
 
     [profiles.auto-thrifty]
     cost_weight = 0.8                     # or target_quality = 0.7
@@ -56,6 +59,21 @@ to the upstream inside it, verified as above), plain ones as absolute-form reque
 certificate that does not verify, or a proxy that refuses (407, 403) or cannot be reached, is
 a connection error: retried, then the model's fallbacks, else a 502 naming the cause (so is
 an environment proxy of another scheme, such as ``socks5://``, for the providers it covers).
+
+Capabilities. A model's ``supports_function_calling``, ``supports_vision`` and
+``supports_response_schema`` come from the catalog where it says true or false explicitly;
+where it is silent (self-hosted and replay models, sparse entries) the capability is unknown
+and treated as present. A request with ``tools``/``functions``/``tool_choice``, an image part,
+or ``response_format`` of type ``json_schema`` is routed (``auto``, profiles, fallbacks) only
+to models not known to lack it; with none left it gets a 400 naming the capability, and so
+does a request naming such a model explicitly (like an over-long prompt, it is refused before
+any upstream call). ``openai_reasoning_params`` (default: ``supports_reasoning`` of OpenAI's
+own models) marks a model that takes ``max_completion_tokens`` and no sampling parameters: on
+its OpenAI-protocol deployments thrifty renames ``max_tokens`` to ``max_completion_tokens``
+and, only when the gateway chose the model (a profile or a fallback), drops ``temperature``,
+``top_p``, ``presence_penalty``, ``frequency_penalty``, ``logprobs`` and ``top_logprobs``,
+listed in ``x-thrifty-dropped-params``. A model named by the client gets its sampling
+parameters as sent, so the provider's own error says what it refuses.
 
 With no file, :func:`default_document` describes the embedded default: replay providers for
 the recorded benchmark models, plus real providers whose API keys are in the
@@ -113,6 +131,9 @@ class Deployment:
     provider: str
     model: str  # the provider's name for the model
     weight: float = 1.0
+    # OpenAI's reasoning-model parameter rules apply to calls on this deployment (the model's
+    # openai_reasoning_params on a provider of type openai): set once at config load.
+    reasoning_params: bool = False
 
     @property
     def key(self) -> str:
@@ -126,6 +147,22 @@ class ModelConfig:
     fallbacks: tuple[str, ...] = ()
     route: bool = True  # a candidate for "auto"
     mode: str = "chat"  # chat | embedding
+    # Request needs this model is known not to serve (from info's supports_* facts being false):
+    # a subset of CAPABILITY_NEEDS, set once at config load so planning never scans the catalog.
+    lacks: frozenset[str] = frozenset()
+
+
+# What a request can need (thrifty.gateway.schemas.ChatRequest.needs) -> the ModelInfo fact.
+CAPABILITY_NEEDS = {
+    "function_calling": "supports_function_calling",
+    "vision": "supports_vision",
+    "response_schema": "supports_response_schema",
+}
+
+
+def lacks_of(info: ModelInfo) -> frozenset[str]:
+    """The needs ``info`` is known not to serve (an unknown capability counts as served)."""
+    return frozenset(n for n, f in CAPABILITY_NEEDS.items() if getattr(info, f) is False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +392,16 @@ def build_config(
             first.model if first.model != name else None,
             overrides=m,
         )
-        models[name] = ModelConfig(info, tuple(deployments), fallbacks, route, mode)
+        if info.openai_reasoning_params:
+            deployments = [
+                Deployment(d.provider, d.model, d.weight, True)
+                if providers[d.provider].type == "openai"
+                else d
+                for d in deployments
+            ]
+        models[name] = ModelConfig(
+            info, tuple(deployments), fallbacks, route, mode, lacks_of(info)
+        )
     for name, mc in models.items():
         for fb in mc.fallbacks:
             if fb not in models:

@@ -208,6 +208,7 @@ class ChatRequest:
         "model",
         "n",
         "n_messages",
+        "needs",
         "prompt",
         "prompt_bytes",
         "prompt_chars",
@@ -238,6 +239,7 @@ class ChatRequest:
             )
         texts: list[str] = []
         chars = nbytes = 0
+        vision = False
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict):
                 raise bad_request(
@@ -253,7 +255,10 @@ class ChatRequest:
                     "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
                     param=f"messages[{i}].role",
                 )
-            text = _content_text(msg.get("content"), f"messages[{i}].content")
+            content = msg.get("content")
+            text = _content_text(content, f"messages[{i}].content")
+            if not vision and type(content) is list:
+                vision = any(p["type"] == "image_url" for p in content)  # parts checked above
             chars += len(text)
             nbytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
             if role == "user" or (role != "assistant" and not texts):
@@ -287,6 +292,18 @@ class ChatRequest:
             nbytes += dumped
             self.prompt_chars = chars
         self.prompt_bytes = nbytes
+        # Capabilities the serving model needs (thrifty.gateway.config.CAPABILITY_NEEDS); usually
+        # empty, and then planning skips the capability check altogether.
+        choice = body.get("tool_choice")
+        fmt = body.get("response_format")
+        needs = []
+        if body.get("tools") or body.get("functions") or (choice is not None and choice != "none"):
+            needs.append("function_calling")
+        if vision:
+            needs.append("vision")
+        if fmt is not None and fmt.get("type") == "json_schema":
+            needs.append("response_schema")
+        self.needs: tuple[str, ...] = tuple(needs)
 
     @property
     def prompt_tokens(self) -> int:

@@ -37,6 +37,7 @@ class Plan:
     max_output_tokens: int
     max_cost_usd: float
     scores: dict[str, float] | None = None
+    named: bool = False  # chain[0] is the model the client named (its body is not adapted)
 
 
 @dataclass(slots=True)
@@ -48,6 +49,46 @@ class Served:
     retries: int = 0
     fallbacks: int = 0
     errors: list[str] = field(default_factory=list)
+    dropped: tuple[str, ...] = ()  # parameters removed for the serving model (x-thrifty-dropped-params)
+    renamed: bool = False  # max_tokens sent as max_completion_tokens (x-thrifty-renamed-params)
+
+
+# Sampling parameters OpenAI's reasoning models refuse (400 unsupported_value / unsupported_parameter
+# for any non-default value): dropped when the gateway, not the client, chose such a model.
+SAMPLING_PARAMS = (
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+)
+# What each need is called in errors, and the request parameter that carries it.
+_NEED_TEXT = {
+    "function_calling": ("function calling", "tools"),
+    "vision": ("image input", "messages"),
+    "response_schema": ("structured output (response_format json_schema)", "response_format"),
+}
+
+
+def reasoning_body(
+    body: dict[str, Any], drop_sampling: bool
+) -> tuple[dict[str, Any], tuple[str, ...], bool]:
+    """``body`` as an OpenAI reasoning model takes it: ``max_tokens`` sent as
+    ``max_completion_tokens`` (an explicit ``max_completion_tokens`` wins) and, with
+    ``drop_sampling``, no sampling parameters. Returns (body, dropped names, renamed)."""
+    dropped = tuple(k for k in SAMPLING_PARAMS if body.get(k) is not None) if drop_sampling else ()
+    if "max_tokens" not in body and not dropped:
+        return body, (), False
+    out = {k: v for k, v in body.items() if k != "max_tokens" and k not in dropped}
+    renamed = body.get("max_tokens") is not None
+    if renamed and out.get("max_completion_tokens") is None:
+        out["max_completion_tokens"] = body["max_tokens"]
+    return out, dropped, renamed
+
+
+def _missing(mc: ModelConfig, needs: tuple[str, ...]) -> list[str]:
+    return [n for n in needs if n in mc.lacks]
 
 
 def price(info: ModelInfo, usage: Usage) -> float:
@@ -129,7 +170,11 @@ class Gateway:
         return names, (not pool or any(n in ok for n in pool))
 
     def _fallbacks(
-        self, principal: Principal, first: ModelConfig, prompt_tokens: int
+        self,
+        principal: Principal,
+        first: ModelConfig,
+        prompt_tokens: int,
+        needs: tuple[str, ...] = (),
     ) -> list[ModelConfig]:
         chain, seen = [], {first.info.name}
         for name in first.fallbacks:
@@ -138,6 +183,7 @@ class Gateway:
                 name not in seen
                 and mc.info.priced
                 and (mc.info.context_window or 1 << 62) >= prompt_tokens
+                and not (needs and mc.lacks and _missing(mc, needs))
             ):
                 chain.append(mc)
                 seen.add(name)
@@ -166,11 +212,24 @@ class Gateway:
                 param="model",
             )
         self._check_servable(mc.info, prompt_tokens)
+        if req.needs and mc.lacks:
+            missing = _missing(mc, req.needs)
+            if missing:  # refused early, as an over-long prompt is: no round trip, no fallback
+                what, param = _NEED_TEXT[missing[0]]
+                raise GatewayError(
+                    400,
+                    f"The model '{name}' does not support {what}, which this request uses "
+                    f"('{param}'). Use a model that does, or 'auto' to let thrifty pick one.",
+                    code="model_capability_missing",
+                    param=param,
+                )
         allowed = self.spend.allowed(principal, [mc.info])  # raises PolicyDenied when refused
         if not allowed:
             raise PolicyDenied(f"Policy does not allow model '{name}'.")
-        chain = [mc] + self._fallbacks(principal, mc, prompt_tokens)
-        return self._finish_plan(name, chain, "explicit model", req, prompt_tokens)
+        chain = [mc] + self._fallbacks(principal, mc, prompt_tokens, req.needs)
+        plan = self._finish_plan(name, chain, "explicit model", req, prompt_tokens)
+        plan.named = True
+        return plan
 
     def _check_servable(self, info: ModelInfo, prompt_tokens: int) -> None:
         if not info.priced:
@@ -214,9 +273,26 @@ class Gateway:
                 code="context_length_exceeded",
                 param="messages",
             )
+        needs = req.needs
+        if needs:  # filtered before the router decides: the choice is among capable models
+            capable = [m for m in fitting if not (m.lacks and _missing(m, needs))]
+            if fitting and not capable:
+                what = " and ".join(_NEED_TEXT[n][0] for n in needs if any(n in m.lacks for m in fitting))
+                param = next(_NEED_TEXT[n][1] for n in needs if any(n in m.lacks for m in fitting))
+                raise GatewayError(
+                    400,
+                    f"No model available for routing supports {what}, which this request "
+                    f"uses ('{param}'). Name a model that does, or configure one.",
+                    code="model_capability_missing",
+                    param=param,
+                )
+            fitting = capable
         allowed_infos = self.spend.allowed(principal, [m.info for m in fitting]) if fitting else []
         if not allowed_infos:
-            raise PolicyDenied("No model is left for routing once policy is applied.")
+            raise PolicyDenied(
+                "No model is left for routing once policy is applied"
+                + (" to the models that can serve this request." if needs else ".")
+            )
         ok = {i.name for i in allowed_infos}
         allowed = [m for m in fitting if m.info.name in ok]
         exp_out = req.max_tokens or self.config.expected_output_tokens
@@ -234,7 +310,7 @@ class Gateway:
             chosen = min(costs, key=costs.__getitem__)
             reason, scores = f"router unavailable ({exc}); cheapest allowed model", None
         first = self.models[chosen]
-        rest = self._fallbacks(principal, first, prompt_tokens)
+        rest = self._fallbacks(principal, first, prompt_tokens, needs)
         if not rest and scores:
             # No configured fallbacks: the next best models by predicted quality.
             by_score = sorted(
@@ -314,6 +390,11 @@ class Gateway:
                     served.errors.append(f"{dep.key}: circuit open")
                     continue
                 provider = self.providers[dep.provider]
+                payload, dropped, renamed = {**body, "model": dep.model}, (), False
+                if dep.reasoning_params:  # sampling kept only for the model the client named
+                    payload, dropped, renamed = reasoning_body(
+                        payload, not (plan.named and index == 0)
+                    )
                 for attempt in range(max(1, policy.attempts)):
                     if tries:
                         served.retries += 1
@@ -324,7 +405,7 @@ class Gateway:
                     if pinned:
                         affinity.acquire(name, dep)
                     try:
-                        result = await call(provider, {**body, "model": dep.model})
+                        result = await call(provider, payload)
                     except UpstreamError as exc:
                         if exc.retryable:  # a 400 says nothing about the deployment's health
                             breaker.failure()
@@ -341,6 +422,7 @@ class Gateway:
                             affinity.release(name, dep)
                     breaker.success()
                     served.model, served.deployment, served.fallbacks = mc, dep, index
+                    served.dropped, served.renamed = dropped, renamed
                     if index:
                         self.metrics.fallbacks += 1
                     return result

@@ -212,6 +212,73 @@ class FakeState:
         return out
 
 
+# -- reasoning-model parameter rules (gateway capability tests) --------------------------------
+# Kept in one block: ``FakeState.reasoning_models`` (empty by default) names models that refuse
+# what OpenAI's reasoning models refuse, with OpenAI's status and error body: ``max_tokens``
+# (use ``max_completion_tokens``) and non-default sampling parameters.
+
+FakeState.reasoning_models = frozenset()  # type: ignore[attr-defined]  (set per instance)
+_REASONING_DEFAULTS = {
+    "temperature": 1,
+    "top_p": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logprobs": False,
+    "top_logprobs": None,
+}
+
+
+def _openai_error(message: str, param: str, code: str) -> bytes:
+    return _response(
+        400,
+        orjson.dumps(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": param,
+                    "code": code,
+                }
+            }
+        ),
+    )
+
+
+def _reasoning_refusal(
+    t: asyncio.Transport, st: FakeState, path: bytes, doc: dict[str, Any], model: str
+) -> bool:
+    """Answer a 400 (and return True) when ``model`` is a reasoning model and ``doc`` breaks
+    its parameter rules."""
+    if model not in st.reasoning_models or not path.endswith(b"/chat/completions"):  # type: ignore[attr-defined]
+        return False
+    if doc.get("max_tokens") is not None:
+        t.write(
+            _openai_error(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "max_tokens",
+                "unsupported_parameter",
+            )
+        )
+        return True
+    for key, default in _REASONING_DEFAULTS.items():
+        value = doc.get(key)
+        if value is not None and value != default:
+            t.write(
+                _openai_error(
+                    f"Unsupported value: '{key}' does not support {value} with this model. "
+                    f"Only the default ({default}) value is supported.",
+                    key,
+                    "unsupported_value",
+                )
+            )
+            return True
+    return False
+
+
+# -- end of the reasoning-model block ---------------------------------------------------------
+
+
 class FakeProtocol(asyncio.Protocol):
     def __init__(self, state: FakeState) -> None:
         self.state = state
@@ -430,6 +497,8 @@ class FakeProtocol(asyncio.Protocol):
             return
         st.last_body = doc
         model = str(doc.get("model", "fake-model"))
+        if st.reasoning_models and _reasoning_refusal(t, st, path, doc, model):
+            return
         if path.endswith(b"/embeddings"):
             n = len(doc["input"]) if isinstance(doc.get("input"), list) else 1
             t.write(
