@@ -41,6 +41,9 @@ WINDOWS = ("24h",)
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_LINES = 50_000
 DONE = ("completed", "failed", "expired", "cancelled")
+#: The longest wait between two attempts at a submission a provider failed transiently (the
+#: waits double from the runner's ``poll``: poll, 2 poll, 4 poll, ... up to this).
+BACKOFF_MAX = 300.0
 
 # (principal fields, endpoint, request body, request id) -> (HTTP status, response body)
 Executor = Callable[
@@ -731,6 +734,8 @@ class BatchRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._restored = False
+        # Submissions a provider failed transiently: tag -> (failures, next attempt (monotonic)).
+        self._backoff: dict[str, tuple[int, float]] = {}
 
     def start(self) -> None:
         if self._task is None:
@@ -815,6 +820,10 @@ class BatchRunner:
             # Submissions recorded before their upstream calls but with no provider batch id
             # stored: ask the provider whether it has them before anything is sent again.
             for sub in await self.store.submitting(batch_id):
+                retry = self._backoff.get(sub["tag"])
+                if retry is not None and time.monotonic() < retry[1]:
+                    unresolved = True  # the provider failed it lately: wait (backoff)
+                    continue
                 ok = await self._submit(batch_id, endpoint, principal, sub, status, fresh=False)
                 unresolved = unresolved or not ok
             if status == "in_progress":
@@ -908,8 +917,8 @@ class BatchRunner:
             except Exception as exc:  # noqa: BLE001 (unknown: never guess, ask again later)
                 log.warning(
                     "batch %s: cannot ask provider %s whether it has submission %s (%s);"
-                    " its %d lines wait, asked again at the next pass",
-                    batch_id, provider, tag, _why(exc), len(sub["lines"]),
+                    " its %d lines wait, asked again in %.3g s",
+                    batch_id, provider, tag, _why(exc), len(sub["lines"]), self._defer(tag),
                 )
                 return False
             if found is not None:
@@ -918,16 +927,16 @@ class BatchRunner:
                     " before); adopted, not sent again", batch_id, provider, tag, found.get("id"),
                 )
                 await self.store.submitted(tag, provider, str(found["id"]), found.get("expires_at"))
+                self._backoff.pop(tag, None)
                 return True
             await upstream.discard_files(provider, tag, sub.get("file_id"))
             if status != "in_progress":  # cancelled before the provider got the lines
-                results = await upstream.fail(
+                await self._fail_lines(
                     batch_id, principal, sub["lines"],
                     "the batch was cancelled before this request was sent to the provider",
                     "batch_cancelled",
                 )
-                for line, (code, response) in results.items():
-                    await self.store.finish_line(batch_id, line, code, response)
+                self._backoff.pop(tag, None)
                 return True
             log.warning(
                 "batch %s: provider %s has no batch for submission %s; sending its %d lines",
@@ -940,13 +949,63 @@ class BatchRunner:
         try:
             batch = await upstream.send(batch_id, provider, tag, endpoint, principal, sub["lines"], on_file)
         except Exception as exc:  # noqa: BLE001 (maybe sent: the next pass asks the provider first)
+            if getattr(exc, "permanent", False):
+                # Refused for good (a 4xx other than 408/409/429, on the upload or the create
+                # call): the provider made no batch of the lines and never will. They fail with
+                # its status and message, cost 0, holds released; not sent again.
+                log.error(
+                    "batch %s: provider %s refused submission %s (%s); its %d lines fail and are"
+                    " not sent again", batch_id, provider, tag, _why(exc), len(sub["lines"]),
+                )
+                detail = getattr(exc, "detail", None) or str(exc)
+                await self._fail_lines(
+                    batch_id, principal, sub["lines"],
+                    f"The provider ({provider}) refused the batch this request was sent in"
+                    f" (HTTP {exc.status}): {detail}",  # type: ignore[attr-defined]
+                    "provider_batch_refused",
+                    status=int(exc.status),  # type: ignore[attr-defined]
+                )
+                self._backoff.pop(tag, None)
+                return True
             log.warning(
                 "batch %s: submission %s to provider %s failed (%s); the provider is asked"
-                " whether it has it before it is sent again", batch_id, tag, provider, _why(exc),
+                " whether it has it before it is sent again, in %.3g s",
+                batch_id, tag, provider, _why(exc), self._defer(tag),
             )
             return False
         await self.store.submitted(tag, provider, str(batch["id"]), batch.get("expires_at"))
+        self._backoff.pop(tag, None)
         return True
+
+    def _defer(self, tag: str) -> float:
+        """The provider failed submission ``tag`` (transiently, or maybe): its next attempt waits
+        ``poll`` after the first failure, then twice as long after each further one (up to
+        :data:`BACKOFF_MAX`); the wait."""
+        failures = self._backoff.get(tag, (0, 0.0))[0] + 1
+        wait = min(BACKOFF_MAX, self.poll * 2 ** min(failures - 1, 30))
+        self._backoff[tag] = (failures, time.monotonic() + wait)
+        return wait
+
+    async def _fail_lines(
+        self,
+        batch_id: str,
+        principal: dict[str, Any],
+        lines: list[tuple[int, dict[str, Any]]],
+        message: str,
+        code: str,
+        *,
+        status: int = 500,
+    ) -> None:
+        """Fail lines the provider never got: done (stored before they are billed) with
+        ``status`` and ``message``, cost 0, holds released."""
+        stored: set[int] = set()
+        results = await self.executor.upstream.fail(  # type: ignore[attr-defined]
+            batch_id, principal, lines, message, code, status=status,
+            store=self._storer(batch_id, stored),
+        )
+        for line, (code_, response) in results.items():
+            if line not in stored:
+                await self.store.finish_line(batch_id, line, code_, response)
 
     async def _one(
         self,

@@ -17,7 +17,7 @@ import orjson
 
 log = logging.getLogger("thrifty.batches")
 
-__all__ = ["TAG_KEY", "UpstreamBatchClient", "UpstreamBatchError", "input_filename"]
+__all__ = ["TAG_KEY", "TRANSIENT_4XX", "UpstreamBatchClient", "UpstreamBatchError", "input_filename"]
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -30,10 +30,40 @@ SKEW = 600.0
 MAX_PAGES = 1000  # of 100 batches: the provider's list is searched this far at most
 
 
+#: 4xx statuses that do not mean the provider refused the request for good (timeout, conflict,
+#: rate limit): retried like a 5xx.
+TRANSIENT_4XX = (408, 409, 429)
+
+
 class UpstreamBatchError(Exception):
-    def __init__(self, message: str, status: int | None = None) -> None:
+    """A provider batch API call that failed; ``status`` is its HTTP status (None: no answer or
+    an unusable one), ``detail`` the provider's own error message when it gave one."""
+
+    def __init__(self, message: str, status: int | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
+
+    @property
+    def permanent(self) -> bool:
+        """The provider refused the request for good (a 4xx other than 408, 409 and 429): sending
+        it again cannot succeed, and it made nothing of it."""
+        return self.status is not None and 400 <= self.status < 500 and self.status not in TRANSIENT_4XX
+
+
+def _provider_message(raw: bytes) -> str:
+    """The message of a provider's error answer (OpenAI's ``{"error": {"message"}}``), else the
+    start of its body."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
+        if isinstance(msg, str) and msg:
+            return msg[:1000]
+    return raw[:300].decode("utf-8", "replace").strip() or "(no message)"
 
 
 def input_filename(tag: str) -> str:
@@ -60,7 +90,8 @@ class UpstreamBatchClient:
         async with session.request(method, self.base_url + path, headers=self.headers, **kw) as r:
             raw = await r.read()
             if r.status >= 400:
-                raise UpstreamBatchError(f"{method} {path}: HTTP {r.status}: {raw[:300]!r}", r.status)
+                detail = _provider_message(raw)
+                raise UpstreamBatchError(f"{method} {path}: HTTP {r.status}: {detail}", r.status, detail)
             return orjson.loads(raw)
 
     async def submit(
@@ -73,8 +104,10 @@ class UpstreamBatchClient:
         """Upload ``(custom_id, body)`` lines and create a batch of them; the provider's batch
         object. ``tag`` (the thrifty submission) names the input file and goes into the batch's
         metadata, so that :meth:`find` can tell later whether the provider has it; ``on_file``
-        is told the uploaded file's id before the batch is created. If creating the batch
-        fails, the file is deleted (best effort) and the error raised."""
+        is told the uploaded file's id before the batch is created. If the provider refuses to
+        create the batch for good (:attr:`UpstreamBatchError.permanent`), the file is deleted
+        (best effort); any error is raised. A permanent refusal of the upload or of the create
+        call means the provider has no batch of these lines."""
         content = b"".join(
             orjson.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": body})
             + b"\n"
@@ -102,7 +135,7 @@ class UpstreamBatchClient:
             try:
                 batch = await self._json(s, "POST", "/batches", json=create)
             except UpstreamBatchError as exc:
-                if exc.status is not None and exc.status < 500 and exc.status not in (408, 409, 429):
+                if exc.permanent:
                     # Refused for sure: no batch of this file exists. (After a timeout or a 5xx
                     # the batch may exist: the file is then left for find() to decide.)
                     await self.delete_file(str(f["id"]))

@@ -12,8 +12,9 @@ timeouts); ``break_stream`` (streams start, then the connection drops mid-answer
 It also speaks OpenAI's batch API (``/files``, ``/batches`` with ``metadata``, list pages with
 ``limit``/``after``, output and error files), whatever the mode: :class:`BatchFaults` holds the
 switches the batch tests use (hold batches open, end them ``failed``/``expired``, fail list
-calls, hang on creating a batch before or after accepting it), and ``batch_runs`` counts each
-batch line the fake ran (what a provider would charge).
+calls, hang on creating a batch before or after accepting it, answer uploads or batch creates
+with an HTTP error or a dropped connection), and ``batch_runs`` counts each batch line the fake
+ran (what a provider would charge).
 
 Run one: ``python -m thrifty.providers.fake_upstream --port 9100 [--mode ok]``.
 """
@@ -59,6 +60,23 @@ class BatchFaults:
     # "after": the batch is made, then the call hangs unanswered (the client never learns its id)
     accepted: threading.Event = field(default_factory=threading.Event)  # set on a hung create
     uploaded: threading.Event = field(default_factory=threading.Event)  # set on each upload
+    # The next POST /files (upload) and POST /batches (create) calls fail, one status taken per
+    # call: an HTTP status (answered with OpenAI's error body carrying ``refusal``, nothing
+    # made), or 0 (the connection is dropped unanswered, nothing made).
+    fail_upload: list[int] = field(default_factory=list)
+    fail_create: list[int] = field(default_factory=list)
+    refusal: str = "the fake provider refuses this batch"
+    create_calls: list[float] = field(default_factory=list)  # when each POST /batches came
+
+
+def _refuse(t: asyncio.Transport, status: int, message: str) -> None:
+    """Fail a batch API call: ``status`` with OpenAI's error body, or 0: drop the connection."""
+    if status == 0:
+        t.close()
+        return
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": f"fake_{status}"}}
+    t.write(_response(status, orjson.dumps(body)))
 
 
 def _response(status: int, body: bytes, ctype: bytes = b"application/json") -> bytes:
@@ -376,6 +394,9 @@ class FakeProtocol(asyncio.Protocol):
             t.write(_response(404, b'{"error":{"message":"not found","type":"invalid_request_error"}}'))
 
         if kind == "files":
+            if method == b"POST" and not rest and faults.fail_upload:
+                _refuse(t, faults.fail_upload.pop(0), faults.refusal)
+                return
             if method == b"POST" and not rest:
                 fields = _multipart(self.headers.get(b"content-type", b""), raw)
                 filename, content = fields.get("file", ("", b""))
@@ -406,6 +427,10 @@ class FakeProtocol(asyncio.Protocol):
                 not_found()
             return
         if method == b"POST" and not rest:
+            faults.create_calls.append(time.monotonic())
+            if faults.fail_create:
+                _refuse(t, faults.fail_create.pop(0), faults.refusal)
+                return
             if faults.hang_create == "before":
                 faults.accepted.set()
                 return  # never answered, nothing made
