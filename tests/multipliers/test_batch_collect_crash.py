@@ -24,15 +24,15 @@ from pathlib import Path
 import openai
 import pytest
 from batch_setup import completed, jsonl, submit
-from test_batch_submit_crash import (
+from provider_batch_setup import (
     N,
-    _check_once,
-    _config,
-    _held_usd,
-    _ledger,
-    _lines,
-    _team,
-    _wait,
+    batch_lines,
+    check_once,
+    held_usd,
+    ledger_rows,
+    serve_config,
+    team,
+    wait_for,
 )
 
 from thrifty.providers.fake_upstream import FakeUpstream
@@ -43,8 +43,8 @@ POINTS = ("collect-billed", "collect-stored")
 
 def _crash_collecting(tmp: Path, fake: FakeUpstream, db_url: str, point: str, monkeypatch) -> dict:
     (tmp / "front").mkdir(exist_ok=True)
-    key, budget = _team(db_url)
-    config = _config(tmp, fake, db_url)
+    key, budget = team(db_url)
+    config = serve_config(tmp, fake, db_url)
     monkeypatch.setenv("THRIFTY_TEST_CRASH_AT", point)
     first = Gateway(config, tmp / "gw1.log")
     try:
@@ -56,15 +56,15 @@ def _crash_collecting(tmp: Path, fake: FakeUpstream, db_url: str, point: str, mo
     log1 = (tmp / "gw1.log").read_text()
     assert first.proc.returncode == -9, log1[-3000:]
     assert f"THRIFTY_TEST_CRASH_AT={point}: killing this process" in log1
-    before = _lines(tmp / "front")
+    before = batch_lines(tmp / "front")
     with Gateway(config, tmp / "gw2.log") as second:
         client = openai.OpenAI(base_url=second.url + "/v1", api_key=key, max_retries=0)
         done = completed(client, client.batches.retrieve(batch.id), timeout=30)
         out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
-        _wait(lambda: len(_ledger(db_url, budget["id"])[0]) >= N, "the ledger records")
+        wait_for(lambda: len(ledger_rows(db_url, budget["id"])[0]) >= N, "the ledger records")
         time.sleep(0.3)  # a second (duplicate) billing would be in by now
-        rows, spent = _ledger(db_url, budget["id"])
-        held = _held_usd(second.url, key, db_url, spent)  # also: the gateway counts `spent`
+        rows, spent = ledger_rows(db_url, budget["id"])
+        held = held_usd(second.url, key, db_url, spent)  # also: the gateway counts `spent`
     return {
         "batch": batch.id,
         "before": before,
@@ -89,4 +89,4 @@ def test_crash_while_collecting_bills_each_line_once(tmp_path, backend, point, r
         r = _crash_collecting(tmp_path, fake, db_url, point, monkeypatch)
         # The process died with the lines in the provider's batch, its results collected.
         assert all(upstream for _, _, upstream in r["before"]), r["before"]
-        _check_once(r, fake)
+        check_once(r, fake)

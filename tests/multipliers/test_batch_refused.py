@@ -16,7 +16,7 @@ import time
 
 import pytest
 from batch_setup import completed, jsonl, submit
-from test_batch_submit_crash import Front, N, _ledger, _team, _wait
+from provider_batch_setup import Front, N, ledger_rows, team, wait_for
 
 from thrifty.gateway.testing import running
 from thrifty.multipliers.batches import line_request_id
@@ -33,7 +33,7 @@ def test_a_permanent_refusal_fails_the_lines_once(tmp_path, call, status, caplog
     refusing: a retry would show as a second call)."""
     caplog.set_level(logging.INFO, "thrifty.batches")
     db_url = f"sqlite:///{tmp_path / 'spend.db'}"
-    key, budget = _team(db_url)
+    key, budget = team(db_url)
     with FakeUpstream() as fake:
         fake.faults.refusal = "Invalid key in the batch: not allowed here"
         refusals = fake.faults.fail_create if call == "create" else fake.faults.fail_upload
@@ -56,7 +56,7 @@ def test_a_permanent_refusal_fails_the_lines_once(tmp_path, call, status, caplog
             assert len(refusals) == 49  # one call refused, no retry
             assert front.held() == 0
             front.spend.flush()
-            rows, spent = _ledger(db_url, budget["id"])
+            rows, spent = ledger_rows(db_url, budget["id"])
     assert fake.state.batches == {} and fake.state.batch_runs == []
     assert fake.state.files == {}  # an uploaded file the provider made no batch of is deleted
     assert [r[0] for r in rows] == [line_request_id(batch.id, i) for i in range(N)]
@@ -73,7 +73,7 @@ def test_transient_failures_are_retried_with_backoff(tmp_path, caplog):
     runs once; each line billed once, the budget counts the ledger, nothing held."""
     caplog.set_level(logging.INFO, "thrifty.batches")
     db_url = f"sqlite:///{tmp_path / 'spend.db'}"
-    key, budget = _team(db_url)
+    key, budget = team(db_url)
     failures = [503, 0, 429, 408, 500]
     with FakeUpstream() as fake:
         fake.faults.fail_create.extend(failures)
@@ -83,8 +83,8 @@ def test_transient_failures_are_retried_with_backoff(tmp_path, caplog):
             done = completed(client, batch)
             assert done.request_counts.completed == N and done.request_counts.failed == 0
             front.spend.flush()
-            _wait(lambda: front.held() == 0, "the holds to be released")
-            rows, spent = _ledger(db_url, budget["id"])
+            wait_for(lambda: front.held() == 0, "the holds to be released")
+            rows, spent = ledger_rows(db_url, budget["id"])
     calls = fake.faults.create_calls
     assert len(calls) == len(failures) + 1
     gaps = [b - a for a, b in itertools.pairwise(calls)]

@@ -19,136 +19,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
-import httpx
 import openai
 import pytest
-from batch_setup import PRICE, completed, jsonl, submit
+from batch_setup import completed, jsonl, submit
+from provider_batch_setup import (
+    Front,
+    N,
+    batch_lines,
+    check_once,
+    held_usd,
+    ledger_rows,
+    serve_config,
+    tagged,
+    team,
+    wait_for,
+)
 
-from thrifty.gateway.app import create_app
-from thrifty.gateway.config import build_config
-from thrifty.gateway.schemas import ChatRequest
 from thrifty.gateway.testing import running
 from thrifty.multipliers.batches import line_request_id
-from thrifty.multipliers.settings import BatchSettings
-from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.providers.fake_upstream import FakeUpstream
-from thrifty.spend import store
 from thrifty.spend.api import Principal
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
-from thrifty.spend.loadtest import Gateway, _toml_value
+from thrifty.spend.loadtest import Gateway
 from thrifty.spend.money import format_usd, usd_to_nanos
-from thrifty.spend.schema import migrate
-
-N = 3
-MODEL = {
-    "provider": "bp",
-    "upstream_model": "m-up",
-    "route": False,
-    **PRICE,
-    "input_cost_per_token_batches": 0.5e-6,
-    "output_cost_per_token_batches": 1e-6,
-}
-PROBE = {"model": "m-batch", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
-
-
-def _team(db_url: str) -> tuple[str, dict[str, Any]]:
-    """Team t with a $10 monthly budget, and a key of it."""
-    db = Database(db_url)
-    migrate(db)
-    store.create_team(db, "t")
-    _, key = store.create_key(db, team_id="t")
-    budget = store.set_budget(db, "team", "t", amount_usd="10", period="monthly")
-    db.close()
-    return key, budget
-
-
-def _set_budget(db_url: str, usd: str) -> None:
-    db = Database(db_url)
-    store.set_budget(db, "team", "t", amount_usd=usd, period="monthly")
-    db.close()
-
-
-def _wait(cond, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _lines(data_dir: Path) -> list[tuple]:
-    with sqlite3.connect(data_dir / "batches.sqlite3") as db:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(batch_lines)")}
-        sub = "submission" if "submission" in columns else "NULL"  # (a store of before)
-        return db.execute(f"SELECT line, {sub}, upstream FROM batch_lines ORDER BY line").fetchall()
-
-
-def _ledger(db_url: str, budget_id: str) -> tuple[list[tuple], int]:
-    db = Database(db_url)
-    rows = db.all(
-        "SELECT request_id, cost_nanos, batch, status FROM ledger ORDER BY request_id"
-    )
-    spent = db.one("SELECT sum(spent_nanos) FROM budget_spend WHERE budget_id = ?", (budget_id,))[0]
-    db.close()
-    return [tuple(r) for r in rows], int(spent or 0)
-
-
-# -- real processes ------------------------------------------------------------------------
-
-
-def _config(tmp: Path, fake: FakeUpstream, db_url: str) -> Path:
-    data = tmp / "front"
-    data.mkdir(exist_ok=True)
-    doc: list[str] = [
-        f"data_dir = {json.dumps(str(data))}",
-        'frontier_model = "m-batch"',
-        "",
-        "[retry]",
-        "attempts = 1",
-        "backoff_base = 0.01",
-        "backoff_max = 0.02",
-        "",
-        "[spend]",
-        f"database_url = {json.dumps(db_url)}",
-        "poll_interval_s = 0.1",
-        "",
-        "[batches]",
-        "poll = 0.05",
-        "",
-        "[providers.bp]",
-        'type = "openai"',
-        f"base_url = {json.dumps(fake.base_url)}",
-        "batch_api = true",
-        "",
-        "[models.m-batch]",
-        *(f"{k} = {_toml_value(v)}" for k, v in MODEL.items()),
-        "",
-    ]
-    path = tmp / "front.toml"
-    path.write_text("\n".join(doc))
-    return path
-
-
-def _held_usd(url: str, key: str, db_url: str, spent: int) -> str:
-    """What the gateway at ``url`` holds for team t, as its budget refusal says: the budget is
-    set to exactly what is spent, so that the probe request is refused and says what is held."""
-    _set_budget(db_url, f"{spent / 1e9:.9f}")
-    time.sleep(1.0)  # the gateway reloads budgets every 0.1 s
-    r = httpx.post(
-        url + "/v1/chat/completions", json=PROBE, headers={"authorization": f"Bearer {key}"}
-    )
-    _set_budget(db_url, "10")
-    assert r.status_code == 429, r.text
-    m = re.search(r"(\$[0-9.]+) is spent and (\$[0-9.]+) is held", r.json()["error"]["message"])
-    assert m, r.text
-    assert m.group(1) == format_usd(spent)
-    return m.group(2)
 
 
 def _crash_and_restart(tmp: Path, fake: FakeUpstream, fault: str, *, fail_list: int = 0) -> dict:
@@ -158,8 +55,8 @@ def _crash_and_restart(tmp: Path, fake: FakeUpstream, fault: str, *, fail_list: 
     ``fail_list`` list calls), and let the batch complete; what the test checks."""
     db_url = f"sqlite:///{tmp / 'front' / 'spend.db'}"
     (tmp / "front").mkdir(exist_ok=True)
-    key, budget = _team(db_url)
-    config = _config(tmp, fake, db_url)
+    key, budget = team(db_url)
+    config = serve_config(tmp, fake, db_url)
     fake.faults.hang_create = fault
     first = Gateway(config, tmp / "gw1.log")
     try:
@@ -168,7 +65,7 @@ def _crash_and_restart(tmp: Path, fake: FakeUpstream, fault: str, *, fail_list: 
         first.kill()  # mid-call: the gateway never learns what the provider did
     finally:
         first.stop()
-    before = _lines(tmp / "front")
+    before = batch_lines(tmp / "front")
     made = len(fake.state.batches)
     fake.faults.hang_create = None
     fake.faults.fail_list = fail_list
@@ -177,9 +74,9 @@ def _crash_and_restart(tmp: Path, fake: FakeUpstream, fault: str, *, fail_list: 
         done = completed(client, client.batches.retrieve(batch.id), timeout=30)
         out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
         # The ledger reaches the database in the background (journal first): wait for it.
-        _wait(lambda: len(_ledger(db_url, budget["id"])[0]) >= N, "the ledger records")
-        rows, spent = _ledger(db_url, budget["id"])
-        held = _held_usd(second.url, key, db_url, spent)
+        wait_for(lambda: len(ledger_rows(db_url, budget["id"])[0]) >= N, "the ledger records")
+        rows, spent = ledger_rows(db_url, budget["id"])
+        held = held_usd(second.url, key, db_url, spent)
     return {
         "batch": batch.id,
         "before": before,
@@ -193,36 +90,13 @@ def _crash_and_restart(tmp: Path, fake: FakeUpstream, fault: str, *, fail_list: 
     }
 
 
-def _tagged(fake: FakeUpstream, batch_id: str) -> list[dict]:
-    return [
-        b
-        for b in fake.state.batches.values()
-        if str((b.get("metadata") or {}).get("thrifty_submission", "")).startswith(f"thrifty-{batch_id}-")
-    ]
-
-
-def _check_once(r: dict, fake: FakeUpstream) -> None:
-    """The provider has one batch of the lines and ran each once; each is billed once, at
-    batch prices; the budget counts exactly the ledger, and nothing is held."""
-    rids = [line_request_id(r["batch"], i) for i in range(N)]
-    assert len(_tagged(fake, r["batch"])) == 1, list(fake.state.batches)
-    assert len(fake.state.batches) == 1
-    assert sorted(fake.state.batch_runs) == rids  # the provider ran (and charges) each line once
-    assert r["done"].request_counts.completed == N and r["done"].request_counts.failed == 0
-    assert sorted(x["custom_id"] for x in r["out"]) == [f"req-{i}" for i in range(N)]
-    assert [row[0] for row in r["rows"]] == rids  # billed once each
-    assert all(row[1] > 0 and row[2] == 1 and row[3] == 200 for row in r["rows"])
-    assert r["spent"] == sum(row[1] for row in r["rows"])
-    assert r["held"] == format_usd(0)
-
-
 def test_crash_after_the_provider_accepted_the_batch_adopts_it(tmp_path):
     with FakeUpstream() as fake:
         r = _crash_and_restart(tmp_path, fake, "after")
         # The provider made the batch; the dead gateway had not stored its id, only the intent.
         assert r["made_before_restart"] == 1
         assert all(upstream is None and sub for _, sub, upstream in r["before"]), r["before"]
-        _check_once(r, fake)
+        check_once(r, fake)
         assert "adopted, not sent again" in r["log"]
         assert fake.state.deleted_files == []  # the file is the adopted batch's input
 
@@ -231,7 +105,7 @@ def test_crash_before_the_provider_made_the_batch_sends_the_lines_once(tmp_path)
     with FakeUpstream() as fake:
         r = _crash_and_restart(tmp_path, fake, "before")
         assert r["made_before_restart"] == 0
-        _check_once(r, fake)
+        check_once(r, fake)
         # The file uploaded before the crash (no batch was made of it) was deleted.
         assert len(fake.state.deleted_files) == 1
         orphan = fake.state.deleted_files[0]
@@ -243,7 +117,7 @@ def test_lines_wait_while_the_provider_cannot_list_its_batches(tmp_path):
     with FakeUpstream() as fake:
         r = _crash_and_restart(tmp_path, fake, "after", fail_list=5)  # waits 0.05 .. 0.8 s
         assert fake.faults.fail_list == 0  # every failing list call was made, then one succeeded
-        _check_once(r, fake)  # and nothing was sent again meanwhile
+        check_once(r, fake)  # and nothing was sent again meanwhile
         assert r["log"].count("cannot ask provider bp whether it has submission") == 5
 
 
@@ -265,7 +139,7 @@ def test_many_provider_batches_are_paged_through(tmp_path):
 
         fake.state.batches = Busier(real)
         r = _crash_and_restart(tmp_path, fake, "after")
-        assert len(_tagged(fake, r["batch"])) == 1 and len(fake.state.batches) == 251
+        assert len(tagged(fake, r["batch"])) == 1 and len(fake.state.batches) == 251
         assert sorted(fake.state.batch_runs) == [line_request_id(r["batch"], i) for i in range(N)]
         assert [row[0] for row in r["rows"]] == [line_request_id(r["batch"], i) for i in range(N)]
         assert r["held"] == format_usd(0)
@@ -274,70 +148,18 @@ def test_many_provider_batches_are_paged_through(tmp_path):
 # -- in process: holds that outlive hold_ttl --------------------------------------------------
 
 
-class Front:
-    """A gateway process's worth of state (in this process) on ``db_url``, with a 1 s hold_ttl."""
-
-    def __init__(self, tmp: Path, fake: FakeUpstream, db_url: str) -> None:
-        self.db_url = db_url
-        self.spend = DbSpendControl(db_url, tmp / "journal", hold_ttl=1.0, poll_interval=0.1)
-        config = build_config(
-            {
-                "data_dir": str(tmp / "front"),
-                "frontier_model": "m-batch",
-                "providers": {"bp": {"type": "openai", "base_url": fake.base_url, "batch_api": True}},
-                "models": {"m-batch": MODEL},
-            },
-            env={},
-        )
-        self.app = MultiplierApp(
-            create_app(config, spend=self.spend), cache=None, batches=BatchSettings(poll=0.05)
-        )
-
-    def held(self) -> int:
-        """What the spend control counts as held now (PostgreSQL: unexpired reservations)."""
-        if not self.spend.postgres:
-            return sum(self.spend.budgets._held.values())
-        db = Database(self.db_url)
-        try:
-            return int(
-                db.one(
-                    "SELECT coalesce(sum(amount_nanos), 0) FROM reservations WHERE expires_at > ?",
-                    (time.time(),),
-                )[0]
-            )
-        finally:
-            db.close()
-
-    def refused(self, url: str, key: str, held: int) -> httpx.Response:
-        """A chat request, with the budget set to what is held plus half what the request could
-        cost: refused while the holds count."""
-        principal = Principal(key_id=None, team_id="t")
-        request_max = self.app.gw.plan_chat(principal, ChatRequest(dict(PROBE))).max_cost_usd
-        store.set_budget(
-            self.spend.db, "team", "t", amount_usd=f"{held / 1e9 + request_max / 2:.9f}", period="monthly"
-        )
-        self.spend.reload()
-        try:
-            return httpx.post(
-                url + "/v1/chat/completions", json=PROBE, headers={"authorization": f"Bearer {key}"}
-            )
-        finally:
-            store.set_budget(self.spend.db, "team", "t", amount_usd="10", period="monthly")
-            self.spend.reload()
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_holds_of_waiting_lines_outlive_hold_ttl(tmp_path, backend, request):
     db_url = (
         f"sqlite:///{tmp_path / 'spend.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     )
-    key, budget = _team(db_url)
+    key, budget = team(db_url)
     with FakeUpstream() as fake:
         fake.faults.hold = True  # the provider works on the batch until the test lets it end
         first = Front(tmp_path, fake, db_url)
         with running(first.app) as url:
             client, batch = submit(url, key, jsonl(N, "m-batch"))
-            _wait(lambda: all(u for _, _, u in _lines(tmp_path / "front")), "the provider batch id")
+            wait_for(lambda: all(u for _, _, u in batch_lines(tmp_path / "front")), "the provider batch id")
             held = first.held()
             assert held > 0
             time.sleep(1.5)  # past hold_ttl (1 s)
@@ -356,8 +178,8 @@ def test_holds_of_waiting_lines_outlive_hold_ttl(tmp_path, backend, request):
             client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
             completed(client, batch)
             second.spend.flush()
-            _wait(lambda: second.held() == 0, "the holds to be released")
-            rows, spent = _ledger(db_url, budget["id"])
+            wait_for(lambda: second.held() == 0, "the holds to be released")
+            rows, spent = ledger_rows(db_url, budget["id"])
             assert [row[0] for row in rows] == [line_request_id(batch.id, i) for i in range(N)]
             assert all(row[1] > 0 for row in rows) and spent == sum(row[1] for row in rows)
     if backend == "postgresql":
@@ -368,7 +190,7 @@ def test_holds_of_waiting_lines_outlive_hold_ttl(tmp_path, backend, request):
 
 def test_an_ordinary_hold_keeps_hold_ttl_on_postgresql(tmp_path, pg_url):
     """Only provider batch lines get the long TTL: ``admit`` without ``ttl`` is unchanged."""
-    _team(pg_url)
+    team(pg_url)
 
     async def go() -> list[float]:
         spend = DbSpendControl(pg_url, tmp_path / "journal", hold_ttl=7.0)
@@ -394,7 +216,7 @@ def test_an_expired_provider_batch_bills_only_what_ran(tmp_path):
     """The provider's batch expires after running one line: that line is billed, the others fail
     (cost 0) and every hold is released."""
     db_url = f"sqlite:///{tmp_path / 'spend.db'}"
-    key, budget = _team(db_url)
+    key, budget = team(db_url)
     with FakeUpstream() as fake:
         fake.faults.end, fake.faults.complete_lines = "expired", 1
         front = Front(tmp_path, fake, db_url)
@@ -406,7 +228,7 @@ def test_an_expired_provider_batch_bills_only_what_ran(tmp_path):
             assert {e["response"]["body"]["error"]["code"] for e in errors} == {"batch_incomplete"}
             assert front.held() == 0
             front.spend.flush()
-            rows, spent = _ledger(db_url, budget["id"])
+            rows, spent = ledger_rows(db_url, budget["id"])
     assert len(fake.state.batch_runs) == 1
     billed = [row for row in rows if row[1] > 0]
     assert [row[0] for row in billed] == [fake.state.batch_runs[0]]
