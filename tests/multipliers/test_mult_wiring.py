@@ -74,6 +74,19 @@ def serve(upstream: FakeUpstream, tmp: Path, settings: CacheSettings):
     return spend, app
 
 
+def one_model_config(upstream: FakeUpstream, tmp: Path):
+    """The gateway config with the one fixed model m-ok on the fake upstream."""
+    return build_config(
+        {
+            "data_dir": str(tmp),
+            "frontier_model": "m-ok",
+            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
+            "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
+        },
+        env={},
+    )
+
+
 APPS: list[MultiplierApp] = []
 
 
@@ -244,15 +257,7 @@ def test_batches_resume_at_startup_and_are_served_by_the_wrapper(upstream, tmp_p
         return batch["id"]
 
     batch_id = asyncio.run(submit())  # left unfinished, as by a gateway that stopped
-    config = build_config(
-        {
-            "data_dir": str(tmp_path),
-            "frontier_model": "m-ok",
-            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
-            "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
-        },
-        env={},
-    )
+    config = one_model_config(upstream, tmp_path)
 
     class KeyOnly(Tenants):
         async def authenticate(self, authorization):
@@ -292,15 +297,7 @@ def test_hits_are_ledger_rows_with_zero_cost_in_the_real_ledger(upstream, tmp_pa
         store.create_team(spend.db, team)
         secrets[team] = store.create_key(spend.db, team_id=team)[1]
     spend.reload()
-    config = build_config(
-        {
-            "data_dir": str(tmp_path),
-            "frontier_model": "m-ok",
-            "providers": {"ok": {"type": "openai", "base_url": upstream.base_url}},
-            "models": {"m-ok": {"provider": "ok", "route": False, **PRICE}},
-        },
-        env={},
-    )
+    config = one_model_config(upstream, tmp_path)
     app = MultiplierApp(create_app(config, spend=spend), cache=CacheSettings(), batches=None)
     APPS.append(app)
     with running(app) as url:
