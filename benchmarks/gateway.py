@@ -346,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     )
     up_port = free_port()
     fake = Proc(
-        [PY, "-m", "thrifty.providers.fake_upstream", "--port", str(up_port)],
+        [PY, "-m", "thrifty.testing.fake_upstream", "--port", str(up_port)],
         TARGET_CPU,
         tmp / "fake.log",
     )

@@ -145,12 +145,12 @@ def ledger_throughput(db_url: str, work: pathlib.Path, records: int, cycles: int
 
 
 def budget_load(db_urls: list[str], work: pathlib.Path, requests: int, concurrency: int) -> dict:
-    from thrifty.providers.fake_upstream import FakeUpstream
     from thrifty.spend import store
     from thrifty.spend.db import Database
-    from thrifty.spend.loadtest import PRICE, Gateway, fire, write_config
     from thrifty.spend.money import nanos_to_usd, usd_to_nanos
     from thrifty.spend.schema import migrate
+    from thrifty.testing.fake_upstream import FakeUpstream
+    from thrifty.testing.loadtest import PRICE, Gateway, fire, write_config
 
     url = db_urls[0]
     db = Database(url)

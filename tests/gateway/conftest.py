@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from gw_setup import gateway_doc, serve_gateway
 
-from thrifty.providers.fake_upstream import FakeUpstream
+from thrifty.testing.fake_upstream import FakeUpstream
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ from typing import Any
 
 from thrifty.gateway.app import create_app
 from thrifty.gateway.config import build_config
-from thrifty.gateway.testing import running
-from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend.api import OpenSpendControl
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.server import running
 
 PRICE = {
     "input_cost_per_token": 1e-6,

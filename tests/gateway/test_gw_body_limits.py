@@ -13,14 +13,14 @@ import pytest
 from gw_openai_schema import SPEC, validate
 from gw_setup import gateway_doc
 
+from thrifty.bodylimit import limit_body
 from thrifty.gateway.app import create_app
-from thrifty.gateway.bodylimit import limit_body
 from thrifty.gateway.config import build_config
 from thrifty.gateway.server import build_spend
-from thrifty.gateway.testing import running
 from thrifty.multipliers.settings import BatchSettings
 from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.spend import store
+from thrifty.testing.server import running
 
 ADMIN = "sk-thr-admin-body-limits"
 LIMIT = 4096

@@ -13,7 +13,7 @@ import pytest
 from gw_setup import serve_gateway
 from test_gw_spend import RecordingSpend
 
-from thrifty.providers.fake_upstream import USAGE, FakeUpstream
+from thrifty.testing.fake_upstream import USAGE, FakeUpstream
 
 TOOLS = [
     {

@@ -197,8 +197,8 @@ def test_internal_errors_never_leak_a_traceback(upstreams, tmp_path):
 
     from thrifty.gateway.app import create_app
     from thrifty.gateway.config import build_config
-    from thrifty.gateway.testing import running
     from thrifty.spend.api import OpenSpendControl
+    from thrifty.testing.server import running
 
     app = create_app(
         build_config(gateway_doc(upstreams, tmp_path), env={}),

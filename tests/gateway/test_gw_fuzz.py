@@ -30,10 +30,10 @@ from gw_setup import gateway_doc
 
 from thrifty.gateway.config import build_config
 from thrifty.gateway.service import price
-from thrifty.gateway.testing import served_app
 from thrifty.providers.base import Usage
 from thrifty.providers.replay_records import read_packaged
 from thrifty.spend.money import usd_to_nanos
+from thrifty.testing.server import served_app
 
 SEED = 20261121
 ADMIN = "sk-thr-admin-fuzz"

@@ -18,10 +18,10 @@ from gw_setup import gateway_doc, serve_gateway
 from thrifty.gateway.app import create_app
 from thrifty.gateway.config import build_config
 from thrifty.gateway.server import build_spend
-from thrifty.gateway.testing import running
 from thrifty.multipliers.settings import CascadeSettings
 from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.spend import store
+from thrifty.testing.server import running
 
 ADMIN = "sk-thr-admin-models"
 CASCADE = ("mistralai/mistral-7b-chat", "gpt-4-1106-preview")

@@ -10,7 +10,7 @@ import pytest
 
 from thrifty.gateway.config import BreakerPolicy, Deployment
 from thrifty.gateway.reliability import CircuitBreaker, order_deployments
-from thrifty.providers.fake_upstream import REPLY, FakeUpstream
+from thrifty.testing.fake_upstream import REPLY, FakeUpstream
 
 MSG = [{"role": "user", "content": "Say hello."}]
 

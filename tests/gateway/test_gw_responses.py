@@ -31,12 +31,12 @@ from thrifty.gateway.config import build_config
 from thrifty.gateway.responses import ResponsesRequest
 from thrifty.gateway.server import build_spend
 from thrifty.gateway.service import price
-from thrifty.gateway.testing import free_port, running, served_app
 from thrifty.providers.base import Usage
-from thrifty.providers.fake_upstream import REPLY
 from thrifty.providers.replay_records import read_packaged
 from thrifty.spend import store
 from thrifty.spend.money import usd_to_nanos
+from thrifty.testing.fake_upstream import REPLY
+from thrifty.testing.server import free_port, running, served_app
 
 ADMIN = "sk-thr-admin-responses"
 EVENTS = TypeAdapter(ResponseStreamEvent)

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from gw_openai_schema import validate
 
-from thrifty.providers.fake_upstream import REPLY
 from thrifty.providers.replay_records import read_packaged
+from thrifty.testing.fake_upstream import REPLY
 
 MSG = [{"role": "user", "content": "Say hello."}]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from thrifty.gateway.testing import free_port
+from thrifty.testing.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

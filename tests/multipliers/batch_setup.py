@@ -20,9 +20,9 @@ from thrifty.gateway.config import build_config
 from thrifty.multipliers.batches import BatchRunner, BatchStore
 from thrifty.multipliers.settings import BatchSettings
 from thrifty.multipliers.wiring import MultiplierApp
-from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend.api import LedgerRecord, OpenSpendControl
 from thrifty.spend.control import DbSpendControl
+from thrifty.testing.fake_upstream import FakeUpstream
 
 PRICE = {
     "input_cost_per_token": 1e-6,

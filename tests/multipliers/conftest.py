@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from thrifty.providers.fake_upstream import FakeUpstream
+from thrifty.testing.fake_upstream import FakeUpstream
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,14 @@ from thrifty.gateway.schemas import ChatRequest
 from thrifty.multipliers.batches import line_request_id
 from thrifty.multipliers.settings import BatchSettings
 from thrifty.multipliers.wiring import MultiplierApp
-from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend import store
 from thrifty.spend.api import Principal
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
-from thrifty.spend.loadtest import _toml_value
 from thrifty.spend.money import format_usd
 from thrifty.spend.schema import migrate
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.loadtest import _toml_value
 
 N = 3
 MODEL = {

@@ -35,8 +35,8 @@ from provider_batch_setup import (
     wait_for,
 )
 
-from thrifty.providers.fake_upstream import FakeUpstream
-from thrifty.spend.loadtest import Gateway
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.loadtest import Gateway
 
 POINTS = ("collect-billed", "collect-stored")
 

@@ -18,9 +18,9 @@ import pytest
 from batch_setup import completed, jsonl, submit
 from provider_batch_setup import Front, N, ledger_rows, team, wait_for
 
-from thrifty.gateway.testing import running
 from thrifty.multipliers.batches import line_request_id
-from thrifty.providers.fake_upstream import FakeUpstream
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.server import running
 
 POLL = 0.05  # the runner's poll (batch_setup / Front: BatchSettings(poll=0.05))
 REFUSALS = [("create", s) for s in (400, 401, 403, 404, 422)] + [("upload", s) for s in (400, 403)]

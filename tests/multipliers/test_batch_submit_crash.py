@@ -38,14 +38,14 @@ from provider_batch_setup import (
     wait_for,
 )
 
-from thrifty.gateway.testing import running
 from thrifty.multipliers.batches import line_request_id
-from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend.api import Principal
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
-from thrifty.spend.loadtest import Gateway
 from thrifty.spend.money import format_usd, usd_to_nanos
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.loadtest import Gateway
+from thrifty.testing.server import running
 
 
 def _crash_and_restart(tmp: Path, fake: FakeUpstream, fault: str, *, fail_list: int = 0) -> dict:

@@ -39,13 +39,13 @@ from batch_setup import (
 )
 
 from thrifty.gateway.schemas import ChatRequest
-from thrifty.gateway.testing import running
 from thrifty.multipliers.wiring import MultiplierApp
-from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend import store
 from thrifty.spend.api import Principal
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.money import usd_to_nanos
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.server import running
 
 N = 3
 

@@ -28,12 +28,12 @@ from batch_setup import (
 
 from thrifty.gateway.app import create_app
 from thrifty.gateway.config import build_config
-from thrifty.gateway.testing import running
 from thrifty.multipliers.batch_api import batch_mounts
 from thrifty.multipliers.batch_exec import GatewayExecutor
 from thrifty.multipliers.batches import BatchRunner, BatchStore, line_request_id
-from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend.api import AuthError, OpenSpendControl, Principal
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.server import running
 
 
 def config(upstream: FakeUpstream, tmp: Path):
@@ -222,7 +222,7 @@ def test_deferrable_call_header(upstream, tmp_path):
 
 
 def test_provider_batch_api_down_then_up_holds_once_and_completes(upstream, tmp_path):
-    from thrifty.gateway.testing import free_port
+    from thrifty.testing.server import free_port
 
     class Counting(Ledger):
         admits = 0

@@ -7,12 +7,12 @@ import pytest
 
 from thrifty.gateway.app import create_app
 from thrifty.gateway.config import _replay_models, build_config
-from thrifty.gateway.testing import running
 from thrifty.multipliers.cascade import check_answer
 from thrifty.multipliers.settings import CacheSettings, CascadeSettings
 from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.providers.replay_records import DEFAULT_SHARED, gsm8k_records
 from thrifty.spend.api import LedgerRecord, OpenSpendControl
+from thrifty.testing.server import running
 
 CHEAP, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
 

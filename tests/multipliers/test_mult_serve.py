@@ -9,9 +9,9 @@ import openai
 import pytest
 
 from thrifty.gateway.server import make_app
-from thrifty.gateway.testing import running
 from thrifty.multipliers.wiring import MultiplierApp
-from thrifty.providers.fake_upstream import FakeUpstream
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.server import running
 
 
 @pytest.fixture(scope="module")

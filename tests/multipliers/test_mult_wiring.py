@@ -16,11 +16,11 @@ from service_urls import redis_url, required
 from thrifty.errors import UsageError
 from thrifty.gateway.app import create_app
 from thrifty.gateway.config import build_config
-from thrifty.gateway.testing import running
 from thrifty.multipliers.settings import CacheSettings, RouteCache, parse_settings
 from thrifty.multipliers.wiring import MultiplierApp
-from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend.api import AuthError, LedgerRecord, OpenSpendControl, PolicyDenied, Principal
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.server import running
 
 PRICE = {
     "input_cost_per_token": 1e-6,
@@ -326,7 +326,7 @@ def test_hits_are_ledger_rows_with_zero_cost_in_the_real_ledger(upstream, tmp_pa
 
 
 def test_a_cache_that_is_down_is_a_miss_not_an_error(upstream, tmp_path):
-    from thrifty.gateway.testing import free_port
+    from thrifty.testing.server import free_port
 
     spend, app = serve(
         upstream, tmp_path, CacheSettings(backend=f"redis://127.0.0.1:{free_port()}/0")

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from thrifty.gateway.config import ProviderConfig, Timeouts
 from thrifty.providers.anthropic_native import AnthropicProvider
 from thrifty.providers.base import UpstreamError
-from thrifty.providers.fake_upstream import REPLY, FakeUpstream
+from thrifty.providers.config import ProviderConfig, Timeouts
 from thrifty.providers.openai_compat import OpenAICompatProvider
+from thrifty.testing.fake_upstream import REPLY, FakeUpstream
 
 FAST = Timeouts(connect=1, first_token=0.3, total=0.5)
 BODY = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}

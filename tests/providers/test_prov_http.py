@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.providers.http import HTTPPool, HTTPTimeout, line_batches
+from thrifty.testing.fake_upstream import FakeUpstream
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
 

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from thrifty.gateway.config import ProviderConfig, Timeouts
 from thrifty.providers.base import UpstreamError
+from thrifty.providers.config import ProviderConfig, Timeouts
 from thrifty.providers.replay import ReplayProvider
 from thrifty.providers.replay_records import (
     DEFAULT_SHARED,

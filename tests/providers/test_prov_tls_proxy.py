@@ -28,8 +28,6 @@ import pytest
 
 from thrifty.errors import UsageError
 from thrifty.gateway.config import build_config, load_config
-from thrifty.gateway.testing import running, served_app
-from thrifty.providers.fake_upstream import REPLY, FakeUpstream
 from thrifty.providers.http import (
     HTTPError,
     HTTPPool,
@@ -39,6 +37,8 @@ from thrifty.providers.http import (
     parse_proxy,
     proxy_from_env,
 )
+from thrifty.testing.fake_upstream import REPLY, FakeUpstream
+from thrifty.testing.server import running, served_app
 
 ADMIN = "sk-thr-admin-tls"
 BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'

@@ -86,7 +86,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     from thrifty.gateway.app import create_app
     from thrifty.gateway.config import build_config, default_document
     from thrifty.gateway.server import build_spend
-    from thrifty.gateway.testing import running
+    from thrifty.testing.server import running
 
     tmp = tmp_path_factory.mktemp("reports-gw")
     doc = default_document(env={})

@@ -157,8 +157,8 @@ def test_dashboard_and_feedback_on_a_postgres_gateway(pg_url, tmp_path):
     from thrifty.gateway.app import create_app
     from thrifty.gateway.config import build_config, default_document
     from thrifty.gateway.server import build_spend
-    from thrifty.gateway.testing import running
     from thrifty.spend.db import Database
+    from thrifty.testing.server import running
 
     doc = default_document(env={})
     doc["providers"]["replay"]["source"] = "packaged"

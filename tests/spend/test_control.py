@@ -95,7 +95,7 @@ def test_500_concurrent_requests_never_overshoot_the_budget(control):
     control.flush()
     assert refused and done
     for exc in refused:
-        assert exc.status == 429 and exc.error_type == "budget_exceeded"
+        assert exc.status == 429 and exc.type == "budget_exceeded"
         assert "team 'eng' daily budget" in exc.message and "resets at" in exc.message
         assert exc.resets_at and exc.headers["x-thrifty-budget-id"]
     total = control.db.one("SELECT SUM(cost_nanos), COUNT(*) FROM ledger")

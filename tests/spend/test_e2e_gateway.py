@@ -15,12 +15,12 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from thrifty.providers.fake_upstream import FakeUpstream
 from thrifty.spend import store
 from thrifty.spend.db import Database
-from thrifty.spend.loadtest import PRICE, Gateway, fire, write_config
 from thrifty.spend.money import nanos_to_usd, usd_to_nanos
 from thrifty.spend.schema import migrate
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.loadtest import PRICE, Gateway, fire, write_config
 
 BODY = {"model": "m-ok", "max_tokens": 20, "messages": [{"role": "user", "content": "hello there"}]}
 
@@ -191,7 +191,7 @@ def test_restricted_team_never_reaches_a_forbidden_model_through_fallbacks(tmp_p
 
 
 def test_admin_api_mounted_by_the_gateway_and_keys_never_logged(tmp_path, upstreams):
-    from thrifty.spend.loadtest import ADMIN_KEY
+    from thrifty.testing.loadtest import ADMIN_KEY
 
     db_url = f"sqlite:///{tmp_path / 'gw' / 'spend.db'}"
     (tmp_path / "gw").mkdir()

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _data_dir(value: str | None):  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    from thrifty.gateway.config import default_data_dir
+    from thrifty.paths import default_data_dir
 
     return Path(value) if value else default_data_dir()
 

@@ -28,8 +28,9 @@ from typing import Any
 import orjson
 
 from thrifty.catalog.loader import Catalog
+from thrifty.errors import GatewayError
 from thrifty.gateway.config import GatewayConfig
-from thrifty.gateway.errors import GatewayError, anthropic_body, openai_body
+from thrifty.gateway.errors import anthropic_body, openai_body
 from thrifty.gateway.metrics import Metrics
 from thrifty.gateway.responses import ResponsesRequest, ResponsesStream
 from thrifty.gateway.routing import AutoRouter
@@ -314,7 +315,7 @@ class GatewayApp:
             )
             return
         if isinstance(exc, SpendError):
-            status, type_, code, param = exc.status, exc.error_type, exc.code, None
+            status, type_, code, param = exc.status, exc.type, exc.code, None
         else:
             status, type_, code, param = exc.status, exc.type, exc.code, exc.param
         body = (
@@ -455,7 +456,7 @@ class GatewayApp:
         except (GatewayError, SpendError) as exc:
             status = exc.status
             if ctx.reservation is not None and not ctx.settled:
-                await self._settle(ctx, status, None, getattr(exc, "type", None) or exc.error_type)
+                await self._settle(ctx, status, None, exc.type)
             elif not ctx.settled:
                 self.metrics.observe(endpoint, "-", status, time.perf_counter() - ctx.t0)
             await self._error(send, fmt, exc, ctx)
@@ -780,7 +781,7 @@ def create_app(
     path prefixes (e.g. ``"/admin"``) to ASGI apps; ``router`` overrides the learned router (an
     object with the ``thrifty.router.Router`` interface); ``providers`` overrides adapters by name.
     """
-    provs = dict(build_providers(config))
+    provs = dict(build_providers(config.providers))
     provs.update(providers or {})
     auto = AutoRouter(config, router)
     frontier = (

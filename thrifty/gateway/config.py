@@ -92,15 +92,10 @@ from typing import Any
 from thrifty.catalog.loader import Catalog
 from thrifty.catalog.model import ModelInfo
 from thrifty.errors import UsageError
+from thrifty.paths import default_data_dir
+from thrifty.providers.config import ProviderConfig, Timeouts
 
 PROVIDER_TYPES = ("openai", "anthropic", "replay")
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    connect: float = 5.0
-    first_token: float = 60.0  # streams: the wait for the first chunk and between chunks
-    total: float = 600.0  # the whole upstream response, streamed or not
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,16 +109,6 @@ class RetryPolicy:
 class BreakerPolicy:
     failures: int = 5  # consecutive failures that open a deployment's circuit
     cooldown: float = 30.0  # seconds before one probe request is let through
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderConfig:
-    name: str
-    type: str
-    base_url: str | None = None
-    api_key: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)  # type-specific (replay: source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +181,6 @@ def _max_body_bytes(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise UsageError(f"max_body_bytes must be a positive integer (bytes), got {value!r}")
     return value
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("THRIFTY_DATA_DIR") or ".thrifty")
 
 
 # Real providers switched on by their API key in the environment, with the models they add.

@@ -81,10 +81,11 @@ def run_demo(
     from rich.table import Table
 
     from thrifty.gateway.app import create_app
-    from thrifty.gateway.config import build_config, default_data_dir, default_document
+    from thrifty.gateway.config import build_config, default_document
     from thrifty.gateway.server import build_spend
-    from thrifty.gateway.testing import running
+    from thrifty.paths import default_data_dir
     from thrifty.spend import store
+    from thrifty.testing.server import running
 
     console = Console()
     t_start = time.perf_counter()

@@ -1,42 +1,12 @@
-"""Errors the gateway returns, rendered in the calling API's own format.
+"""Errors rendered in the calling API's own wire format (OpenAI, Anthropic).
 
-Every failure a client can see is a :class:`GatewayError` (or a spend-control
-``SpendError``) with a status, a type, a code and a clear message; the app turns
+Every failure a client can see is a :class:`thrifty.errors.ThriftyError`; the app turns
 anything else into a plain 500 without a traceback.
 """
 
 from __future__ import annotations
 
 import orjson
-
-
-class GatewayError(Exception):
-    """A request the gateway refuses or cannot complete."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
-
-
-def bad_request(
-    message: str, *, param: str | None = None, code: str | None = "invalid_value"
-) -> GatewayError:
-    return GatewayError(400, message, param=param, code=code)
-
 
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
 _ANTHROPIC_TYPES = {

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from thrifty.gateway.errors import GatewayError, bad_request
+from thrifty.errors import GatewayError, bad_request
 from thrifty.gateway.schemas import require_model
 from thrifty.providers.base import Usage
 

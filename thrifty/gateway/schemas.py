@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from thrifty.gateway.errors import GatewayError, bad_request
+from thrifty.errors import GatewayError, bad_request
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from thrifty.bodylimit import limit_body
 from thrifty.errors import UsageError
-from thrifty.gateway.bodylimit import limit_body
 from thrifty.gateway.config import GatewayConfig, load_config
 from thrifty.spend.api import OpenSpendControl, SpendControl
 
@@ -49,7 +49,7 @@ def build_spend(config: GatewayConfig) -> tuple[SpendControl, dict[str, Any]]:
 
 def _plain_too_large(limit: int) -> tuple[bytes, bytes]:
     """The dashboard is HTML, not an API: a plain-text 413."""
-    from thrifty.gateway.bodylimit import too_large_message
+    from thrifty.bodylimit import too_large_message
 
     return too_large_message(limit).encode(), b"text/plain; charset=utf-8"
 
@@ -64,7 +64,7 @@ def make_app(config_path: str | None = None) -> Any:
 
 
 SERVERS = ("uvicorn", "granian")
-# How thrifty runs under uvicorn, here and in tests (thrifty.gateway.testing.running).
+# How thrifty runs under uvicorn, here and in tests (thrifty.testing.server.running).
 UVICORN_OPTIONS: dict[str, Any] = {
     "loop": "uvloop",
     "http": "httptools",

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thrifty.catalog.model import ModelInfo
+from thrifty.errors import GatewayError
 from thrifty.gateway.config import Deployment, GatewayConfig, ModelConfig
-from thrifty.gateway.errors import GatewayError
 from thrifty.gateway.metrics import Metrics
 from thrifty.gateway.reliability import CircuitBreaker, backoff_delay, order_deployments
 from thrifty.gateway.routing import AutoRouter, RoutingUnavailable

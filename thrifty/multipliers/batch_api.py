@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from thrifty.gateway.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
+from thrifty.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
 from thrifty.multipliers.batches import MAX_FILE_BYTES, BatchError, BatchRunner, BatchStore
 from thrifty.multipliers.cache import scope_of
 
@@ -67,8 +67,8 @@ def batch_mounts(
                 return _error(exc.status, exc.message, exc.type, exc.code, exc.param)
             except Exception as exc:
                 status = getattr(exc, "status", None)
-                if isinstance(status, int) and hasattr(exc, "error_type"):  # SpendError
-                    return _error(status, exc.message, exc.error_type, exc.code)  # type: ignore[attr-defined]
+                if isinstance(status, int) and hasattr(exc, "type"):  # SpendError
+                    return _error(status, exc.message, exc.type, exc.code)  # type: ignore[attr-defined]
                 raise
 
         return endpoint

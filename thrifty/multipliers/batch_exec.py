@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from thrifty.gateway.errors import GatewayError
+from thrifty.errors import GatewayError
 from thrifty.gateway.schemas import ChatRequest
 from thrifty.gateway.service import Gateway, Plan, Served
 from thrifty.providers.base import UpstreamError, Usage
@@ -109,7 +109,7 @@ class GatewayExecutor:
             )
             result = None
         except SpendError as exc:
-            return exc.status, _error(exc.status, exc.message, exc.error_type, exc.code)
+            return exc.status, _error(exc.status, exc.message, exc.type, exc.code)
         except UpstreamError as exc:
             status = exc.status if 400 <= exc.status < 500 else 502
             out, etype, result = (

@@ -569,7 +569,7 @@ class MultiplierApp:
                     {
                         "error": {
                             "message": exc.message,
-                            "type": exc.error_type,
+                            "type": exc.type,
                             "param": None,
                             "code": exc.code,
                         }

@@ -6,14 +6,15 @@ stream chunks, whatever its upstream speaks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from thrifty.gateway.config import GatewayConfig
     from thrifty.providers.base import Provider
+    from thrifty.providers.config import ProviderConfig
 
 
-def build_providers(config: GatewayConfig) -> dict[str, Provider]:
+def build_providers(providers: Mapping[str, ProviderConfig]) -> dict[str, Provider]:
     """One adapter per configured provider (not started: ``start()`` runs inside the event loop)."""
     from thrifty.providers.anthropic_native import AnthropicProvider
     from thrifty.providers.openai_compat import OpenAICompatProvider
@@ -24,4 +25,4 @@ def build_providers(config: GatewayConfig) -> dict[str, Provider]:
         "anthropic": AnthropicProvider,
         "replay": ReplayProvider,
     }
-    return {name: kinds[p.type](p) for name, p in config.providers.items()}
+    return {name: kinds[p.type](p) for name, p in providers.items()}

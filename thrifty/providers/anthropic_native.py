@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from thrifty.gateway.config import ProviderConfig, Timeouts
 from thrifty.providers.base import UpstreamError
+from thrifty.providers.config import ProviderConfig, Timeouts
 from thrifty.providers.openai_compat import OpenAICompatProvider
 from thrifty.providers.translate import (
     AnthropicStreamToOpenAI,

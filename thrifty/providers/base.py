@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from thrifty.gateway.config import Timeouts
+from thrifty.errors import ThriftyError
+from thrifty.providers.config import Timeouts
 
 
-class UpstreamError(Exception):
+class UpstreamError(ThriftyError):
     """An upstream call that failed; ``retryable`` says whether another try may succeed."""
 
     def __init__(
@@ -26,12 +27,8 @@ class UpstreamError(Exception):
         type: str = "upstream_error",
         code: str | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(message, status=status, type=type, code=code)
         self.retryable = retryable
-        self.type = type
-        self.code = code
 
 
 def status_retryable(status: int) -> bool:

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from thrifty.gateway.config import ProviderConfig, Timeouts
 from thrifty.providers.base import UpstreamError, status_retryable
+from thrifty.providers.config import ProviderConfig, Timeouts
 from thrifty.providers.http import HTTPError, HTTPPool, HTTPTimeout, line_batches
 
 

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from thrifty.gateway.config import ProviderConfig, Timeouts
 from thrifty.providers.base import UpstreamError
+from thrifty.providers.config import ProviderConfig, Timeouts
 from thrifty.providers.replay_records import (
     DEFAULT_SHARED,
     Record,

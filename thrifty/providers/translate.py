@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from thrifty.gateway.errors import GatewayError, bad_request
+from thrifty.errors import GatewayError, bad_request
 
 FINISH_TO_STOP = {
     "stop": "end_turn",

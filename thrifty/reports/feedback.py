@@ -91,7 +91,7 @@ def feedback_app(spend: Any, *, max_body_bytes: int | None = None) -> Any:
     """The ASGI app for ``/v1/feedback`` (the gateway mounts it by path prefix). A body over
     ``max_body_bytes`` (the gateway's setting; default 32 MiB) gets a 413 in OpenAI's format
     before it is read."""
-    from thrifty.gateway.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
+    from thrifty.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
     from thrifty.spend.db import Database
 
     state: dict[str, Any] = {}
@@ -139,7 +139,7 @@ def feedback_app(spend: Any, *, max_body_bytes: int | None = None) -> Any:
 
             return JSONResponse(await run_in_threadpool(store), 200)
         except SpendError as exc:
-            return error_response(exc.status, exc.message, exc.error_type, exc.code, headers=exc.headers)
+            return error_response(exc.status, exc.message, exc.type, exc.code, headers=exc.headers)
         except FeedbackError as exc:
             return error_response(exc.status, str(exc), exc.error_type, exc.code, exc.param)
 

@@ -281,7 +281,7 @@ def items_from_ledger(db: Any, filters: Any, expected_output_tokens: int = 256) 
 
 def _estimate(body: dict[str, Any]) -> tuple[str, int, int | None]:
     """(prompt the router scores, the gateway's prompt-token estimate, max_tokens) for a request body."""
-    from thrifty.gateway.errors import GatewayError
+    from thrifty.errors import GatewayError
     from thrifty.gateway.schemas import ChatRequest
 
     try:

@@ -81,7 +81,7 @@ def _time(name: str, value: Any) -> float | None:
 
 
 def _too_large(limit: int) -> tuple[bytes, bytes]:
-    from thrifty.gateway.bodylimit import too_large_message
+    from thrifty.bodylimit import too_large_message
 
     body = {"error": {"message": too_large_message(limit), "type": "invalid_request_error",
                       "code": "request_too_large"}}
@@ -91,7 +91,7 @@ def _too_large(limit: int) -> tuple[bytes, bytes]:
 def create_admin_app(spend: DbSpendControl, *, max_body_bytes: int | None = None) -> Any:
     """The admin API as an ASGI app; request bodies over ``max_body_bytes`` (default: the
     gateway's ``max_body_bytes`` default, 32 MiB) get a 413 in this API's error format."""
-    from thrifty.gateway.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
+    from thrifty.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
 
     return limit_body(_create_admin_app(spend), max_body_bytes or DEFAULT_MAX_BODY_BYTES, _too_large)
 
@@ -110,7 +110,7 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
                 if mutates:
                     spend.reload()
             except SpendError as exc:
-                return _error(exc.status, exc.message, exc.error_type, exc.code, exc.headers)
+                return _error(exc.status, exc.message, exc.type, exc.code, exc.headers)
             except store.StoreError as exc:
                 return _store_error(exc)
             if isinstance(result, Response):

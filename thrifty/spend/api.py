@@ -16,30 +16,29 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from thrifty.catalog.model import ModelInfo
+from thrifty.errors import ThriftyError
 
 
-class SpendError(Exception):
+class SpendError(ThriftyError):
     """A request refused by spend control; rendered in the API's own error format."""
 
-    status: int = 400
-    error_type: str = "invalid_request_error"
-    code: str = "spend_error"
+    status = 400
+    type = "invalid_request_error"
+    code = "spend_error"
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.headers = headers or {}
+        super().__init__(message, headers=headers)
 
 
 class AuthError(SpendError):
     status = 401
-    error_type = "authentication_error"
+    type = "authentication_error"
     code = "invalid_api_key"
 
 
 class PermissionDenied(SpendError):
     status = 403
-    error_type = "permission_error"
+    type = "permission_error"
     code = "permission_denied"
 
 
@@ -47,7 +46,7 @@ class PolicyDenied(SpendError):
     """No model is left once the caller's policies are applied."""
 
     status = 403
-    error_type = "policy_error"
+    type = "policy_error"
     code = "policy_denied"
 
 
@@ -55,7 +54,7 @@ class BudgetExceeded(SpendError):
     """The request could push a budget past its limit; says which one and when it resets."""
 
     status = 429
-    error_type = "budget_exceeded"
+    type = "budget_exceeded"
     code = "budget_exceeded"
     budget_id: str | None = None  # which budget refused the request
     scope: str | None = None  # "key", "user" or "team"
@@ -65,7 +64,7 @@ class BudgetExceeded(SpendError):
 
 class RateLimited(SpendError):
     status = 429
-    error_type = "rate_limit_error"
+    type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
 
@@ -73,7 +72,7 @@ class SpendUnavailable(SpendError):
     """Spend control cannot reach its shared database, so it cannot hold budgets: fail closed."""
 
     status = 503
-    error_type = "api_error"
+    type = "api_error"
     code = "spend_unavailable"
 
 

@@ -33,7 +33,7 @@ def _db(args: argparse.Namespace) -> Any:
         data_dir = Path(args.data_dir)
     else:
         try:
-            from thrifty.gateway.config import default_data_dir
+            from thrifty.paths import default_data_dir
 
             data_dir = default_data_dir()
         except ImportError:

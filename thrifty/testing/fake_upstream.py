@@ -16,7 +16,7 @@ calls, hang on creating a batch before or after accepting it, answer uploads or 
 with an HTTP error or a dropped connection), and ``batch_runs`` counts each batch line the fake
 ran (what a provider would charge).
 
-Run one: ``python -m thrifty.providers.fake_upstream --port 9100 [--mode ok]``.
+Run one: ``python -m thrifty.testing.fake_upstream --port 9100 [--mode ok]``.
 """
 
 from __future__ import annotations

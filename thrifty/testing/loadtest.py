@@ -1,7 +1,7 @@
 """Real gateway processes (``thrifty serve``) and a concurrent client, for spend tests and benchmarks.
 
 Loopback only: the gateways listen on 127.0.0.1 and their upstreams are the
-local fake (:mod:`thrifty.providers.fake_upstream`).
+local fake (:mod:`thrifty.testing.fake_upstream`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Self
 
 import httpx
 
-from thrifty.gateway.testing import free_port
+from thrifty.testing.server import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]  # the checkout, for ``python -m thrifty.cli``
 ADMIN_KEY = "sk-thr-admin-e2e-test-key"
