@@ -14,12 +14,11 @@ from typing import Any
 import httpx
 from batch_setup import PRICE
 
-from thrifty.gateway.app import create_app
+from thrifty.gateway.assemble import create_app
 from thrifty.gateway.config import build_config
 from thrifty.gateway.schemas import ChatRequest
 from thrifty.multipliers.batches import line_request_id
 from thrifty.multipliers.settings import BatchSettings
-from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.spend import store
 from thrifty.spend.api import Principal
 from thrifty.spend.control import DbSpendControl
@@ -73,9 +72,11 @@ def batch_lines(data_dir: Path) -> list[tuple]:
 
 
 def ledger_rows(db_url: str, budget_id: str) -> tuple[list[tuple], int]:
+    """The batch lines' ledger rows (refused requests are in the ledger too: left out here)."""
     db = Database(db_url)
     rows = db.all(
-        "SELECT request_id, cost_nanos, batch, status FROM ledger ORDER BY request_id"
+        "SELECT request_id, cost_nanos, batch, status FROM ledger WHERE batch = 1 "
+        "ORDER BY request_id"
     )
     spent = db.one("SELECT sum(spent_nanos) FROM budget_spend WHERE budget_id = ?", (budget_id,))[0]
     db.close()
@@ -172,9 +173,8 @@ class Front:
             },
             env={},
         )
-        self.app = MultiplierApp(
-            create_app(config, spend=self.spend), cache=None, batches=BatchSettings(poll=0.05)
-        )
+        config.cache, config.batches = None, BatchSettings(poll=0.05)
+        self.app = create_app(config, spend=self.spend)
 
     def held(self) -> int:
         """What the spend control counts as held now (PostgreSQL: unexpired reservations)."""

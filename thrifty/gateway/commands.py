@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from thrifty.gateway.server import make_app, serve
+    from thrifty.gateway.assemble import make_app
+    from thrifty.gateway.server import serve
 
     app = make_app(args.config)
     print(

@@ -32,11 +32,13 @@ from typing import Any
 
 import orjson
 
+from thrifty.errors import ThriftyError
+
 log = logging.getLogger("thrifty.batches")
 
 __all__ = ["BatchError", "BatchRunner", "BatchStore", "Executor", "line_request_id"]
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
 WINDOWS = ("24h",)
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_LINES = 50_000
@@ -51,7 +53,7 @@ Executor = Callable[
 ]
 
 
-class BatchError(Exception):
+class BatchError(ThriftyError):
     """A refused files/batches request, rendered in OpenAI's error format."""
 
     def __init__(
@@ -62,14 +64,7 @@ class BatchError(Exception):
         param: str | None = None,
         type: str = "invalid_request_error",
     ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.type = (
-            status,
-            message,
-            code,
-            param,
-            type,
-        )
+        super().__init__(message, status=status, type=type, code=code, param=param)
 
 
 def _why(exc: BaseException) -> str:
