@@ -36,6 +36,10 @@ def served(upstreams, long_upstream, tmp_path_factory) -> Iterator[tuple[str, st
     price = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "route": False}
     doc["models"]["m-long"] = {"provider": "long", **price}
     doc["models"]["m-ok2"] = {"provider": "ok2", **price}
+    # Output dear, input free: a one-token hold that the fake's 9-token answers overrun.
+    doc["models"]["m-dear"] = {
+        "provider": "ok", "input_cost_per_token": 0.0, "output_cost_per_token": 1e-5, "route": False
+    }
     doc["cache"] = {"deterministic": True}
     doc["cascade"] = {"models": ["m-ok2", "m-ok"]}
     doc["batches"] = {"poll": 0.05}
@@ -251,3 +255,18 @@ def test_every_stream_carries_its_cost_in_a_comment(served):
         with httpx.stream("POST", url + path, json=body, headers=auth) as r:
             text = r.read().decode()
         assert r.status_code == 200 and ": thrifty cost_usd=" in text, (path, text[-300:])
+
+
+def test_a_non_streamed_answer_past_its_hold_is_billed_flagged_and_counted(served):
+    """A non-streamed answer is only known once complete: an upstream that ignores max_tokens
+    is billed its real cost, and the overrun is flagged in the ledger and in /metrics."""
+    url, key, (_app, spend) = served
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        json={"model": "m-dear", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 200, r.text
+    (row,) = rows(spend, "request_id = ?", (r.headers["x-request-id"],))
+    assert row[1] == 200 and row[2] == "hold_overrun" and row[3] == 9 * 10_000
+    assert 'type="hold_overrun"' in httpx.get(url + "/metrics").text

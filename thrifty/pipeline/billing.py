@@ -142,6 +142,21 @@ class Billing:
         gets a 503 ``ledger_unavailable`` instead.
         """
         record, cost, frontier = self.record_of(c)
+        if (
+            reservation is not None
+            and record.error_type is None
+            and cost > reservation.amount_usd + 1e-12
+        ):
+            # An upstream that ignored max_tokens on a non-streamed answer (streams are stopped
+            # at the hold): billed its real cost, flagged in the ledger and counted.
+            record.error_type = "hold_overrun"
+            self.metrics.upstream_errors[(c.provider or "-", "hold_overrun")] += 1
+            log.warning(
+                "request %s cost $%.9f, more than the $%.9f held for it (max_tokens ignored?)",
+                c.request_id,
+                cost,
+                reservation.amount_usd,
+            )
         m = self.metrics
         name = c.info.name if c.info is not None else "-"
         m.observe(c.endpoint, name, c.status, c.latency_ms / 1000)
