@@ -56,7 +56,7 @@ def _crash_collecting(tmp: Path, fake: FakeUpstream, db_url: str, point: str, mo
     log1 = (tmp / "gw1.log").read_text()
     assert first.proc.returncode == -9, log1[-3000:]
     assert f"THRIFTY_TEST_CRASH_AT={point}: killing this process" in log1
-    before = batch_lines(tmp / "front")
+    before = batch_lines(db_url)
     with Gateway(config, tmp / "gw2.log") as second:
         client = openai.OpenAI(base_url=second.url + "/v1", api_key=key, max_retries=0)
         done = completed(client, client.batches.retrieve(batch.id), timeout=30)

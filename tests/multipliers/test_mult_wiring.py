@@ -242,9 +242,11 @@ def test_settings_validation():
 def test_batches_resume_at_startup_and_are_served_by_the_wrapper(upstream, tmp_path):
     from thrifty.multipliers.batches import BatchStore
     from thrifty.multipliers.settings import BatchSettings
+    from thrifty.spend import database_url
 
     async def submit() -> str:
-        store = BatchStore(tmp_path / "batches.sqlite3")
+        # With no spend database of its own, the wrapper keeps batches in data_dir's spend.db.
+        store = BatchStore(database_url({}, tmp_path))
         line = (
             b'{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": '
             b'{"model": "m-ok", "messages": [{"role": "user", "content": "hi"}]}}\n'

@@ -56,6 +56,7 @@ from thrifty.multipliers.settings import (
     CascadeSettings,
     load_settings,
 )
+from thrifty.spend import database_url as spend_database_url  # shared-state
 from thrifty.spend.api import LedgerRecord, SpendError
 
 log = logging.getLogger("thrifty.multipliers")
@@ -123,12 +124,17 @@ class MultiplierApp:
         self.runner: BatchRunner | None = None
         self.mounts: list[tuple[str, Any]] = []
         if batches is not None and batches.enabled:
-            self.batch_store = BatchStore(Path(self.gw.config.data_dir) / "batches.sqlite3")
+            # shared-state: batches live in the spend database (where the ledger is), leased.
+            self.batch_store = BatchStore(
+                getattr(self.gw.spend, "db_url", None)
+                or spend_database_url(self.gw.config.spend, Path(self.gw.config.data_dir))
+            )
             self.runner = BatchRunner(
                 self.batch_store,
                 GatewayExecutor(lambda: self.gw),
                 concurrency=batches.concurrency,
                 poll=batches.poll,
+                lease=batches.lease,  # shared-state
             )
             self.mounts = list(
                 batch_mounts(
