@@ -226,9 +226,12 @@ def test_settings_validation():
         {"cache": {"ttl": 60, "routes": {"m": {"mode": "semantic"}}}, "batches": {"concurrency": 2}}
     )
     assert cache is not None and cache.ttl == 60 and cache.routes["m"].mode == "semantic"
-    assert batches.concurrency == 2 and batches.enabled
+    assert batches.concurrency == 2 and batches.enabled and batches.lease == 60
+    assert parse_settings({"batches": {"lease": 1.5}})[1].lease == 1.5
     assert parse_settings({})[0] is None
     for bad in (
+        {"batches": {"lease": 0}},
+        {"batches": {"lease": "1m"}},
         {"cache": {"ttl": -1}},
         {"cache": {"routes": {"m": {"mode": "fuzzy"}}}},
         {"cache": {"semantic_threshold": 2}},
