@@ -143,11 +143,11 @@ def completed(client: openai.OpenAI, batch: Any, timeout: float = 20) -> Any:
 async def gateway_process(
     tmp: Path, config, *, owner: str, principal: dict[str, Any], content: bytes
 ) -> AsyncIterator[tuple[Any, DbSpendControl, BatchStore]]:
-    """One gateway process: (app, spend, batches) on ``tmp``'s spend.db, journal and
-    batches.sqlite3, started, with a batch of ``content`` created for ``owner`` unless one is
+    """One gateway process: (app, spend, batches) on ``tmp``'s spend.db (the batches in it too)
+    and journal, started, with a batch of ``content`` created for ``owner`` unless one is
     unfinished already (from a process before); shut down when the block ends."""
     spend = DbSpendControl(f"sqlite:///{tmp / 'spend.db'}", tmp / "journal")
-    batches = BatchStore(tmp / "batches.sqlite3")
+    batches = BatchStore(spend.db_url)
     config.batches = BatchSettings(enabled=False)  # the test runs the lines itself
     app = create_app(config, spend=spend)
     await app.startup()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -64,11 +63,13 @@ def wait_for(cond, what: str, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
-def batch_lines(data_dir: Path) -> list[tuple]:
-    with sqlite3.connect(data_dir / "batches.sqlite3") as db:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(batch_lines)")}
-        sub = "submission" if "submission" in columns else "NULL"  # (a store of before)
-        return db.execute(f"SELECT line, {sub}, upstream FROM batch_lines ORDER BY line").fetchall()
+def batch_lines(db_url: str) -> list[tuple]:
+    """(line, submission, upstream) of every batch line in the spend database at ``db_url``."""
+    db = Database(db_url)
+    try:
+        return [tuple(r) for r in db.all("SELECT line, submission, upstream FROM batch_lines ORDER BY line")]
+    finally:
+        db.close()
 
 
 def ledger_rows(db_url: str, budget_id: str) -> tuple[list[tuple], int]:
@@ -104,6 +105,7 @@ def serve_config(tmp: Path, fake: FakeUpstream, db_url: str) -> Path:
         "",
         "[batches]",
         "poll = 0.05",
+        "lease = 1.0",  # a replica that died: its batches are resumed after a second
         "",
         "[providers.bp]",
         'type = "openai"',

@@ -107,7 +107,7 @@ def test_provider_batch_holds_and_costs_survive_a_restart(upstream, tmp_path):
     provider, gate = gated_provider(tmp_path, upstream, provider_spend)
     # The tenant: a team with a budget and a key, in the front gateway's spend database.
     key, budget = team_t(tmp_path)
-    lines_db = tmp_path / "front" / "batches.sqlite3"
+    lines_db = tmp_path / "spend.db"  # the front gateway's batches are beside its ledger
 
     with running(provider) as provider_url:
         # -- first gateway process: the batch is accepted and its lines go to the provider.
@@ -265,13 +265,13 @@ def test_answered_line_is_billed_once_when_the_gateway_dies_before_billing_it(up
     held, billed = asyncio.run(process(crash_line=None))
     assert held == 0 and billed == n
 
-    db = sqlite3.connect(tmp_path / "batches.sqlite3")
+    db = sqlite3.connect(tmp_path / "spend.db")
     ((batch_id, status, output),) = db.execute(
         "SELECT id, status, output_file_id FROM batches"
     ).fetchall()
     assert status == "completed"
     assert calls == {line_request_id(batch_id, i): 1 for i in range(n)}  # none ran twice
-    (content,) = db.execute("SELECT content FROM files WHERE id = ?", (output,)).fetchone()
+    (content,) = db.execute("SELECT content FROM batch_files WHERE id = ?", (output,)).fetchone()
     out = [json.loads(x) for x in bytes(content).splitlines()]
     assert [x["response"]["status_code"] for x in out] == [200] * n
     assert (

@@ -140,7 +140,7 @@ def test_batch_survives_restart_and_is_billed_once(upstream, tmp_path):
     asyncio.run(process(crash_after=3))
     asyncio.run(process(crash_after=None))
 
-    store_db = sqlite3.connect(tmp_path / "batches.sqlite3")
+    store_db = sqlite3.connect(tmp_path / "spend.db")  # the batches are beside the ledger
     ((batch_id, status),) = store_db.execute("SELECT id, status FROM batches").fetchall()
     assert status == "completed"
     # Lines finished before the crash ran once; the one in flight ran again with the same id.

@@ -227,9 +227,12 @@ def test_settings_validation():
         {"cache": {"ttl": 60, "routes": {"m": {"mode": "semantic"}}}, "batches": {"concurrency": 2}}
     )
     assert cache is not None and cache.ttl == 60 and cache.routes["m"].mode == "semantic"
-    assert batches.concurrency == 2 and batches.enabled
+    assert batches.concurrency == 2 and batches.enabled and batches.lease == 60
+    assert parse_settings({"batches": {"lease": 1.5}})[1].lease == 1.5
     assert parse_settings({})[0] is None
     for bad in (
+        {"batches": {"lease": 0}},
+        {"batches": {"lease": "1m"}},
         {"cache": {"ttl": -1}},
         {"cache": {"routes": {"m": {"mode": "fuzzy"}}}},
         {"cache": {"semantic_threshold": 2}},
@@ -243,9 +246,11 @@ def test_settings_validation():
 def test_batches_resume_at_startup_and_are_served_by_the_wrapper(upstream, tmp_path):
     from thrifty.multipliers.batches import BatchStore
     from thrifty.multipliers.settings import BatchSettings
+    from thrifty.spend import database_url
 
     async def submit() -> str:
-        store = BatchStore(tmp_path / "batches.sqlite3")
+        # With no spend database of its own, the wrapper keeps batches in data_dir's spend.db.
+        store = BatchStore(database_url({}, tmp_path))
         line = (
             b'{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": '
             b'{"model": "m-ok", "messages": [{"role": "user", "content": "hi"}]}}\n'

@@ -24,6 +24,7 @@ from thrifty.gateway.service import Gateway
 from thrifty.pipeline.billing import Billing
 from thrifty.pipeline.pipeline import Pipeline
 from thrifty.providers import build_providers
+from thrifty.spend import database_url as spend_database_url
 from thrifty.spend.api import OpenSpendControl, SpendControl
 
 log = logging.getLogger("thrifty.gateway")
@@ -78,12 +79,17 @@ def create_app(
         from thrifty.multipliers.batches import BatchRunner, BatchStore
         from thrifty.pipeline.defer_stage import DeferStage
 
-        store = BatchStore(Path(config.data_dir) / "batches.sqlite3")
+        # Batches live where the ledger lives (SQLite or PostgreSQL), leased per replica.
+        store = BatchStore(
+            getattr(spend, "db_url", None)
+            or spend_database_url(config.spend, Path(config.data_dir))
+        )
         runner = BatchRunner(
             store,
             GatewayExecutor(pipeline),
             concurrency=config.batches.concurrency,
             poll=config.batches.poll,
+            lease=config.batches.lease,
         )
         pipeline.defer = DeferStage(store, runner)
         all_mounts.update(

@@ -74,6 +74,9 @@ class BatchSettings:
     enabled: bool = True
     concurrency: int = 4
     poll: float = 5.0  # seconds between passes (provider batch APIs are polled this often)
+    # shared-state: seconds a replica holds a batch without renewing; a dead replica's batches
+    # are resumed by another after this.
+    lease: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,4 +164,5 @@ def parse_settings(doc: Mapping[str, Any]) -> tuple[CacheSettings | None, BatchS
         enabled=bool(b.get("enabled", True)),
         concurrency=concurrency,
         poll=_number(b, "poll", "batches", 5.0) or 5.0,
+        lease=_number(b, "lease", "batches", 60.0) or 60.0,  # shared-state
     )
