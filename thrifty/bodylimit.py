@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from thrifty.errors import ThriftyError, openai_error
+
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "BodyTooLarge",
@@ -43,15 +45,8 @@ def too_large_message(limit: int) -> str:
 
 def openai_too_large(limit: int) -> tuple[bytes, bytes]:
     """OpenAI's error format (the gateway's): ``{"error": {message, type, param, code}}``."""
-    body = {
-        "error": {
-            "message": too_large_message(limit),
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "request_too_large",
-        }
-    }
-    return orjson.dumps(body), b"application/json"
+    exc = ThriftyError(too_large_message(limit), status=413, code="request_too_large")
+    return orjson.dumps(openai_error(exc)), b"application/json"
 
 
 def _declared_length(scope: dict) -> int | None:

@@ -59,6 +59,12 @@ class GatewayError(ThriftyError):
         super().__init__(message, status=status, type=type, code=code, param=param, headers=headers)
 
 
+def openai_error(exc: ThriftyError) -> dict[str, dict[str, str | None]]:
+    """``exc`` as OpenAI's error document, the format of every OpenAI-style API thrifty serves
+    (``/v1/*``, ``/admin``, batch result lines): ``{"error": {message, type, param, code}}``."""
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
 def bad_request(
     message: str, *, param: str | None = None, code: str | None = "invalid_value"
 ) -> GatewayError:

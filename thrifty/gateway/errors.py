@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import orjson
 
-from thrifty.errors import ThriftyError
+from thrifty.errors import ThriftyError, openai_error
 
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
 _ANTHROPIC_TYPES = {
@@ -46,7 +46,7 @@ def error_body(fmt: str, exc: ThriftyError) -> bytes:
     """``exc`` as the body the calling API's SDK expects (the Responses API uses OpenAI's)."""
     if fmt == ANTHROPIC:
         return anthropic_body(exc.status, exc.message, exc.type)
-    return openai_body(exc.status, exc.message, exc.type, exc.code, exc.param)
+    return orjson.dumps(openai_error(exc))
 
 
 def stream_error(fmt: str, message: str, code: str) -> bytes:

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from thrifty.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
+from thrifty.errors import ThriftyError, openai_error
 from thrifty.multipliers.batches import MAX_FILE_BYTES, BatchError, BatchRunner, BatchStore
 from thrifty.multipliers.cache import scope_of
 
@@ -23,12 +24,8 @@ _MULTIPART_SLACK = 1 << 20  # the multipart envelope and the 'purpose' field aro
 Authenticate = Callable[[str | None], Awaitable[Any]]  # SpendControl.authenticate
 
 
-def _error(
-    status: int, message: str, type_: str, code: str | None, param: str | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status
-    )
+def _error(exc: ThriftyError) -> JSONResponse:
+    return JSONResponse(openai_error(exc), exc.status, headers=exc.headers or None)
 
 
 def _principal_fields(p: Any) -> dict[str, Any]:
@@ -63,13 +60,8 @@ def batch_mounts(
                 principal = await authenticate(auth)
                 owner = scope_of(principal.team_id, principal.key_id)
                 return await fn(request, owner, _principal_fields(principal))
-            except BatchError as exc:
-                return _error(exc.status, exc.message, exc.type, exc.code, exc.param)
-            except Exception as exc:
-                status = getattr(exc, "status", None)
-                if isinstance(status, int) and hasattr(exc, "type"):  # SpendError
-                    return _error(status, exc.message, exc.type, exc.code)  # type: ignore[attr-defined]
-                raise
+            except ThriftyError as exc:  # a BatchError, or spend control's refusal
+                return _error(exc)
 
         return endpoint
 
@@ -156,20 +148,21 @@ def batch_mounts(
         return JSONResponse(batch)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _error(
-            404, f"Unknown path: {request.url.path}.", "invalid_request_error", "not_found"
-        )
+        return _error(BatchError(404, f"Unknown path: {request.url.path}.", code="not_found"))
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return _error(
-            405,
-            f"Method {request.method} not allowed on {request.url.path}.",
-            "invalid_request_error",
-            "method_not_allowed",
+            BatchError(
+                405,
+                f"Method {request.method} not allowed on {request.url.path}.",
+                code="method_not_allowed",
+            )
         )
 
     async def internal(request: Request, exc: Exception) -> Response:
-        return _error(500, "Internal gateway error.", "api_error", "internal_error")
+        return _error(
+            BatchError(500, "Internal gateway error.", code="internal_error", type="api_error")
+        )
 
     errors = {404: not_found, 405: not_allowed, 500: internal}
     files = Starlette(

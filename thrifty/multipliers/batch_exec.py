@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from thrifty.errors import GatewayError, ThriftyError
+from thrifty.errors import GatewayError, ThriftyError, openai_error
 from thrifty.gateway.schemas import ChatRequest
 from thrifty.gateway.service import Plan, Served
 from thrifty.pipeline.billing import Charge
@@ -48,7 +48,7 @@ _ENDPOINTS = {"/v1/chat/completions": CHAT, "/v1/responses": RESPONSES}
 
 
 def _error(status: int, message: str, type_: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return openai_error(ThriftyError(message, status=status, type=type_, code=code))
 
 
 def _without_stream(body: dict[str, Any]) -> dict[str, Any]:
