@@ -62,6 +62,7 @@ TASKS = ("arc_challenge", "mbpp", "winograde")
 ADMIN_KEY = "sk-thr-admin-pool-bench"
 TEAM = "pool-bench"
 NEAR_BEST = 0.98  # "the cheapest model within 2% of the best": mean quality >= 98% of the best's
+DEFAULT_POOLS = ("all", "arc_challenge", "mbpp", "winograde", "arc_challenge:no-best", "mbpp:no-best")
 CHEAP_SHARE = 0.10  # a cheap model is "nearly as good" when it is within 2% at <= 10% of the cost
 
 
@@ -325,11 +326,15 @@ class Gateway:
         self.log.close()
 
 
-def make_key(url: str) -> str:
-    """One team and one key of it, through the admin API (as a user sets it up)."""
+def make_key(url: str, policy: dict[str, Any] | None = None) -> str:
+    """One team (with ``policy`` as its policy, if any) and one key of it, through the admin API
+    (as a user sets it up)."""
     admin = {"authorization": f"Bearer {ADMIN_KEY}"}
     r = httpx.post(url + "/admin/teams", json={"id": TEAM}, headers=admin, timeout=30)
     r.raise_for_status()
+    if policy:
+        r = httpx.put(url + f"/admin/policies/team/{TEAM}", json=policy, headers=admin, timeout=30)
+        r.raise_for_status()
     r = httpx.post(url + "/admin/keys", json={"team_id": TEAM, "name": "pool-bench"}, headers=admin, timeout=30)
     r.raise_for_status()
     return r.json()["key"]
@@ -464,7 +469,7 @@ def segment_report(pool: Pool, order: np.ndarray, policies: dict[str, tuple[np.n
 
 def run_one(pool: Pool, prices: dict[str, tuple[float, float]], seed: int, rated_share: float,
             ref: dict[str, Any], *, max_tokens: int, give_up: int, log: Any,
-            known_names: bool = False) -> dict[str, Any]:
+            known_names: bool = False, policy: dict[str, Any] | None = None) -> dict[str, Any]:
     """One seed, one share of rated answers: the gateway run and the baselines on its stream."""
     from thrifty.testing.server import running
 
@@ -488,7 +493,7 @@ def run_one(pool: Pool, prices: dict[str, tuple[float, float]], seed: int, rated
         gw = Gateway(cfg, work)
         try:
             gw.wait_ready()
-            key = make_key(gw.url)
+            key = make_key(gw.url, policy)
             served = drive(gw.url, key, pool, order, rated, names, upstream, max_tokens=max_tokens,
                            give_up=give_up)
             settle(upstream)
@@ -566,7 +571,7 @@ POLICY_ORDER = ("thrifty_auto", "best_single", "cheapest_within_2pct", "oracle",
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean over seeds per (pool, rated share, policy); thrifty refused counts are kept."""
     rows = []
-    keys = sorted({(r["pool"], r["rated_share"]) for r in runs}, key=lambda k: (k[0] != "all", k[0], -k[1]))
+    keys = list(dict.fromkeys((r["pool"], r["rated_share"]) for r in runs))
     for pool, share in keys:
         group = [r for r in runs if r["pool"] == pool and r["rated_share"] == share]
         for pol in POLICY_ORDER:
@@ -604,27 +609,35 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def pools_of(full: Pool, names: Sequence[str], limit: int | None, n_models: int | None) -> list[Pool]:
+    """``all`` or a task's prompts; ``<pool>:no-best`` is that pool without its best model (a
+    deployment with no frontier model: on ARC and MBPP a cheap model is then within 2% of the best)."""
     out = []
-    for name in names:
+    for spec in names:
+        name, _, variant = spec.partition(":")
         if name == "all":
             rows = list(range(len(full)))
         elif name in TASKS:
             rows = [i for i, t in enumerate(full.tasks) if t == name]
         else:
             raise SystemExit(f"unknown pool {name!r}: use all or one of {', '.join(TASKS)}")
+        if variant not in ("", "no-best"):
+            raise SystemExit(f"unknown pool variant {variant!r}: the only one is no-best")
         if limit and limit < len(rows):
             rows = sorted(random.Random(f"pool-bench/limit/{name}").sample(rows, limit))
-        cols = None
-        if n_models and n_models < len(full.models):
-            cols = sorted(random.Random(f"pool-bench/models/{name}").sample(range(len(full.models)), n_models))
-        out.append(full.subset(rows, cols, name))
+        cols = list(range(len(full.models)))
+        if variant == "no-best":
+            cols.remove(int(np.argmax(full.scores[rows].mean(0))))
+        if n_models and n_models < len(cols):
+            cols = sorted(random.Random(f"pool-bench/models/{spec}").sample(cols, n_models))
+        out.append(full.subset(rows, cols, spec))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks pool", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--pools", default="all", help="comma-separated: all, arc_challenge, mbpp, winograde")
+    ap.add_argument("--pools", default=",".join(DEFAULT_POOLS),
+                    help="comma-separated: all, arc_challenge, mbpp, winograde, each optionally :no-best")
     ap.add_argument("--seeds", default="3", help="a count (1, 2, 3 ...) or a comma-separated list of seeds")
     ap.add_argument("--rated", default="1.0,0.2", help="shares of answers rated, comma-separated")
     ap.add_argument("--limit", type=int, default=None, help="at most this many prompts per pool")
@@ -635,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--known-names", action="store_true",
                     help="a control, not a result: the real model names, which the packaged router "
                     "was trained on (with these prompts); checks the harness's served path")
+    ap.add_argument("--policy", type=json.loads, default=None,
+                    help="a team policy as JSON (the admin API's rules), e.g. to see a refused run reported")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "pool-bench.json")
     args = ap.parse_args(argv)
     seeds = (list(range(1, int(args.seeds) + 1)) if "," not in args.seeds and args.seeds.isdigit()
@@ -655,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             for share in shares:
                 runs.append(run_one(pool, prices, seed, share, ref, max_tokens=args.max_tokens,
                                     give_up=args.give_up, log=lambda s: print(s, flush=True),
-                                    known_names=args.known_names))
+                                    known_names=args.known_names, policy=args.policy))
     rows = summarise(runs)
     print()
     for name, ref in refs.items():
@@ -666,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"prices_usd_per_token": {m: {"input": a, "output": b} for m, (a, b) in prices.items()},
            "pools": refs, "summary": rows, "runs": runs,
            "protocol": {"seeds": seeds, "rated": shares, "limit": args.limit, "models": args.models,
-                        "max_tokens": args.max_tokens, "known_names": args.known_names}}
+                        "max_tokens": args.max_tokens, "known_names": args.known_names, "policy": args.policy}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {args.out}")
