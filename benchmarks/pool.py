@@ -295,7 +295,11 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
         env.update(THRIFTY_DATA_DIR=str(workdir / "data"), OMP_NUM_THREADS="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        # The gateway runs the same thrifty the harness imported (this checkout or another one).
+        import thrifty
+
+        code = str(Path(thrifty.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (code, env.get("PYTHONPATH", "")) if p)
         self.logpath = workdir / "serve.log"
         self.log = open(self.logpath, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
@@ -608,6 +612,30 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def compact(rows: list[dict[str, Any]]) -> str:
+    """One line per (pool, rated share): each policy's second half as quality / cost, both as
+    shares of the best single model's, and the target (met by thrifty auto in how many seeds)."""
+    cells: dict[tuple[str, float], dict[str, str]] = {}
+    for r in rows:
+        c = cells.setdefault((r["pool"], r["rated_share"]), {})
+        if "second_half_quality_vs_best" in r:
+            c[r["policy"]] = f"{r['second_half_quality_vs_best']:.1%} / {r['second_half_cost_vs_best']:.1%}"
+            if r["policy"] == "thrifty_auto":
+                c["met"] = f"{r['met']}/{r['seeds']}"
+            c["target"] = r["target"]
+        elif r["policy"] == "thrifty_auto":
+            c[r["policy"]] = f"refused ({r.get('refusal')})"
+            c["met"] = f"0/{r.get('refused_runs', 0)}"
+    head = ("| pool | rated | thrifty auto | naive Thompson | cheapest within 2% | oracle | target (2nd half) "
+            "| met (seeds) |")
+    lines = [head, "|" + " --- |" * 8]
+    for (pool, share), c in cells.items():
+        lines.append(f"| {pool} | {share:.0%} | {c.get('thrifty_auto', '')} | {c.get('naive_thompson', '')} | "
+                     f"{c.get('cheapest_within_2pct', '')} | {c.get('oracle', '')} | {c.get('target', '')} | "
+                     f"{c.get('met', '')} |")
+    return "\n".join(lines)
+
+
 def pools_of(full: Pool, names: Sequence[str], limit: int | None, n_models: int | None) -> list[Pool]:
     """``all`` or a task's prompts; ``<pool>:no-best`` is that pool without its best model (a
     deployment with no frontier model: on ARC and MBPP a cheap model is then within 2% of the best)."""
@@ -678,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({'a cheap model is close' if ref['cheap_close'] else 'no cheap model is close'})")
     print()
     print(table(rows))
+    print("\nsecond half, quality / cost as shares of the best single model's (mean over seeds):\n")
+    print(compact(rows))
     doc = {"prices_usd_per_token": {m: {"input": a, "output": b} for m, (a, b) in prices.items()},
            "pools": refs, "summary": rows, "runs": runs,
            "protocol": {"seeds": seeds, "rated": shares, "limit": args.limit, "models": args.models,
