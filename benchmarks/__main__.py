@@ -11,6 +11,7 @@ BENCHMARKS = {
     "multipliers": "benchmarks.multipliers",  # caches, prefix affinity, cascade: saving and risk
     "reports": "benchmarks.reports",  # monthly report on a 1,000,000-row ledger
     "spend": "benchmarks.spend",  # ledger write throughput, budgets under concurrent load
+    "pool": "benchmarks.pool",  # auto on a pool of unseen models, learning from feedback
 }
 
 
