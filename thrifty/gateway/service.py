@@ -448,10 +448,11 @@ class Gateway:
                             if probing:  # hardening: an answer, but not about health
                                 breaker.release()
                             raise
-                        ticket = breaker.acquire()  # hardening: may take the probe again
-                        if ticket is None:
-                            break
-                        probing = ticket == PROBE
+                        if attempt + 1 < policy.attempts:  # hardening: a probe only to retry
+                            ticket = breaker.acquire()
+                            if ticket is None:
+                                break
+                            probing = ticket == PROBE
                         continue
                     except BaseException:  # hardening: no upstream outcome (see above)
                         if probing:
