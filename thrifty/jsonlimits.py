@@ -2,8 +2,8 @@
 
 Depth: orjson serialises at most 255 levels, so a deeper document parses but fails later, when
 the gateway forwards, stores or logs it (a 500 far from the cause). :data:`MAX_DEPTH` is far
-above any real request (JSON schemas nest a few dozen levels) and below every serialiser's
-limit, with room for the envelopes thrifty wraps bodies in (batch lines, cache entries).
+above any real request (JSON schemas nest a few dozen levels) and 30 levels below orjson's
+limit, room for the envelopes thrifty wraps bodies in (batch lines, cache entries).
 
 Unicode: JSON lets a string escape a lone UTF-16 surrogate (``"\\ud800"``), which no UTF-8
 text can hold: Python's json module accepts it, then a database driver or a response encoder
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-MAX_DEPTH = 128
+MAX_DEPTH = 224
 
 
 # orjson serialises documents of at most this many levels (measured: 255 raises).

@@ -79,7 +79,7 @@ MODEL_ROUTES = [
 
 
 @pytest.mark.parametrize("path, template", MODEL_ROUTES, ids=[p for p, _ in MODEL_ROUTES])
-@pytest.mark.parametrize("levels", [200, 300, 1000])
+@pytest.mark.parametrize("levels", [240, 300, 1000])
 def test_deep_bodies_are_a_400_on_every_model_route(served, path, template, levels):
     url, keys, fake, _db, _u = served
     hits = fake.hits
@@ -93,7 +93,7 @@ def test_deep_bodies_are_a_400_on_every_model_route(served, path, template, leve
 
 def test_a_reasonably_deep_body_is_still_served(served):
     url, keys, _fake, _db, _u = served
-    raw = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":%s}' % _deep(100)
+    raw = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":%s}' % _deep(200)
     assert _post(url, "/v1/chat/completions", raw, keys["eng"]).status_code == 200
 
 
