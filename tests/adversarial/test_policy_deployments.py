@@ -3,7 +3,7 @@
 A model served by gpt-4o-mini (US) and by deepseek-chat (CN): a deny-CN team sees it in
 /v1/models and is served by the US deployment only, whatever load balancing picks; an
 allow-CN-only team is served by the CN deployment only; a team with no policy gets both. A
-fallback chain obeys the same rule.
+fallback chain and "auto" obey the same rule.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def served(tmp_path_factory):
         db.close()
         config = write_toml(tmp / "gw.toml", {
             "data_dir": str(tmp / "gw"),
+            "router_path": str(tmp / "no-router"),  # "auto" serves the cheapest permitted model
             "retry": {"attempts": 1},
             "spend": {"database_url": db_url},
             "providers": {"openai_us": {"type": "openai", "base_url": us.base_url},
@@ -40,9 +41,10 @@ def served(tmp_path_factory):
             "models": {
                 "mixed": {"deployments": [{"provider": "openai_us", "model": "gpt-4o-mini"},
                                           {"provider": "deepseek", "model": "deepseek-chat"}],
-                          **PRICE, "route": False},
+                          **PRICE, "fallbacks": ["us-only"]},
                 "us-only": {"provider": "openai_us", "upstream_model": "gpt-4o-mini", **PRICE, "route": False},
-                "cn-only": {"provider": "deepseek", "upstream_model": "deepseek-chat", **PRICE, "route": False},
+                "cn-only": {"provider": "deepseek", "upstream_model": "deepseek-chat", **PRICE,
+                            "input_cost_per_token": 1e-7},  # the cheapest: what "auto" picks when allowed
                 # Its one deployment fails: the request falls back to "mixed".
                 "flaky": {"provider": "down", "upstream_model": "gpt-4o-mini", **PRICE, "route": False,
                           "fallbacks": ["mixed"]},
@@ -93,3 +95,10 @@ def test_no_policy_balances_over_both(served):
 def test_fallbacks_use_permitted_deployments_only(served):
     statuses, us, cn = _hits(served, "nocn", "flaky", 10)
     assert statuses == [200] * 10 and (us, cn) == (10, 0)
+
+
+def test_auto_routes_to_permitted_deployments_only(served):
+    statuses, us, cn = _hits(served, "nocn", "auto", 10)
+    assert statuses == [200] * 10 and (us, cn) == (10, 0)  # "mixed" (cn-only denied), its US side
+    statuses, us, cn = _hits(served, "open", "auto", 4)
+    assert statuses == [200] * 4 and cn == 4  # the cheapest, cn-only

@@ -338,7 +338,7 @@ class Gateway:
             profile, [first] + rest, f"{profile}: {reason}", req, prompt_tokens
         )
         plan.scores = scores
-        plan.deployments = {m.info.name: ok[m.info.name] for m in plan.chain}  # hardening
+        plan.deployments = self._permitted(principal, plan.chain)  # hardening (fallbacks too)
         return plan
 
     def _finish_plan(
