@@ -2,7 +2,8 @@
 
 For every field a request can carry upstream (message text, tools, legacy functions, a
 response_format schema, image parts, tool results, stop sequences, metadata, a field thrifty
-does not know such as ``prediction``), 100 concurrent requests with that field large against a
+does not know such as ``prediction``; tools through the Messages API, a schema through the
+Responses API, embeddings input), 100 concurrent requests with that field large against a
 $0.01 team budget, over an upstream that bills what it was sent (every byte a token, images by
 OpenAI's documented maximum): what the upstream billed == the ledger == the budget counter ==
 the costs the clients were told, never over the budget, no 5xx. On one gateway over SQLite and
@@ -48,6 +49,12 @@ def _bodies() -> dict[str, dict[str, Any]]:
         "stop": {"messages": [ASK], "stop": [BIG[:400] + str(i) for i in range(4)]},
         "metadata": {"messages": [ASK], "metadata": {k: BIG[:500] for k in "abc"}},
         "unknown_field": {"messages": [ASK], "prediction": {"type": "content", "content": BIG}},
+        # The other client formats: Anthropic's Messages API, OpenAI's Responses API, embeddings.
+        "messages_api_tools": {"path": "/v1/messages", "messages": [ASK], "tools": [
+            {"name": "lookup", "description": BIG, "input_schema": {"type": "object"}}]},
+        "responses_api_schema": {"path": "/v1/responses", "input": "Answer briefly.", "text": {"format": {
+            "type": "json_schema", "name": "s", "schema": {"type": "object", "description": BIG}}}},
+        "embeddings_input": {"path": "/v1/embeddings", "model": "emb", "input": [BIG, BIG[:800]]},
     }
 
 
@@ -69,18 +76,26 @@ def _config(tmp: pathlib.Path, upstream: FakeUpstream, db_url: str, name: str) -
         "spend": {"database_url": db_url, "poll_interval_s": 0.2},
         "providers": {"up": {"type": "openai", "base_url": upstream.base_url}},
         # upstream_model gpt-4o: the gateway holds OpenAI's per-image maximum for it.
-        "models": {"m": {"provider": "up", "upstream_model": "gpt-4o", **PRICE, "route": False}},
+        "models": {"m": {"provider": "up", "upstream_model": "gpt-4o", **PRICE, "route": False},
+                   "emb": {"provider": "up", "mode": "embedding", **PRICE, "route": False}},
     })
 
 
 async def _fire(urls: list[str], secret: str, body: dict[str, Any]) -> list[tuple[int, dict, dict]]:
     import aiohttp
 
+    body = dict(body)
+    path = body.pop("path", "/v1/chat/completions")
+    if path == "/v1/embeddings":
+        body.pop("max_tokens")
+    elif path == "/v1/responses":
+        body["max_output_tokens"] = body.pop("max_tokens")
+
     headers = {"authorization": f"Bearer {secret}"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=N),
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def one(i: int) -> tuple[int, dict, dict]:
-            async with session.post(urls[i % len(urls)] + "/v1/chat/completions", json=body, headers=headers) as r:
+            async with session.post(urls[i % len(urls)] + path, json=body, headers=headers) as r:
                 return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.json(content_type=None)
 
         return await asyncio.gather(*(one(i) for i in range(N)))
@@ -111,7 +126,7 @@ def _race(title: str, urls: list[str], db_url: str, keys: dict[str, str], upstre
                           "5xx": sum(r[0] >= 500 for r in replies), "holds_left": int(held)}
         checks[field] = [
             bool(ok),
-            all(st == 429 and doc["error"]["type"] == "budget_exceeded" for st, _h, doc in refused),
+            all(st == 429 and "budget" in str(doc["error"]) for st, _h, doc in refused),
             int(rows) == len(ok) == len(upstream.served) - before,
             usd_to_nanos(billed) == int(nanos) == told == int(spent),
             int(nanos) <= usd_to_nanos(BUDGET),  # never over
@@ -126,7 +141,7 @@ def _race(title: str, urls: list[str], db_url: str, keys: dict[str, str], upstre
 def _print(title: str, figures: dict[str, dict]) -> None:
     print(title)
     for field, f in figures.items():
-        print(f"  {field:15} served {f['served']:3} refused {f['refused']:3} upstream ${f['upstream_usd']:.6f}"
+        print(f"  {field:20} served {f['served']:3} refused {f['refused']:3} upstream ${f['upstream_usd']:.6f}"
               f" ledger ${f['ledger_usd']:.6f} budget ${f['budget_counter_usd']:.6f} (of ${BUDGET})"
               f" 5xx {f['5xx']} holds left {f['holds_left']}")
 

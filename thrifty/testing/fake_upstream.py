@@ -113,13 +113,13 @@ class FakeState:
         self.ids = itertools.count(1)
         self.served: list[tuple[str, int, int]] = []  # (model, prompt, completion) per answer
 
-    def bill(self, doc: dict[str, Any]) -> dict[str, int] | None:
+    def bill(self, doc: dict[str, Any], *, embeddings: bool = False) -> dict[str, int] | None:
         """The usage of an answer to ``doc`` with ``billing="body"`` (recorded in ``served``);
         None with fixed billing (the cached answers carry USAGE)."""
         if self.behaviour.billing != "body":
             return None
         prompt = _billed_tokens(doc, self.behaviour.image_tokens)
-        completion = USAGE["completion_tokens"]
+        completion = 0 if embeddings else USAGE["completion_tokens"]
         self.served.append((str(doc.get("model", "fake-model")), prompt, completion))
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}
@@ -576,7 +576,7 @@ class FakeProtocol(asyncio.Protocol):
         model = str(doc.get("model", "fake-model"))
         if st.reasoning_models and _reasoning_refusal(t, st, path, doc, model):
             return
-        usage = st.bill(doc)
+        usage = st.bill(doc, embeddings=path.endswith(b"/embeddings"))
         if path.endswith(b"/embeddings"):
             n = len(doc["input"]) if isinstance(doc.get("input"), list) else 1
             billed = usage["prompt_tokens"] if usage else 5 * n
