@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import httpx
 import openai
+import orjson
 import pytest
 from gw_setup import gateway_doc, serve_gateway
 
@@ -103,8 +104,9 @@ def test_settled_once_before_client_sees_the_answer(spend_gw, spend):
     assert rec.cost_usd == pytest.approx(float(raw.headers["x-thrifty-cost-usd"]))
     assert rec.request_id == raw.headers["x-request-id"]
     name, prompt_tokens, max_cost = spend.admitted[0]
-    # The hold is a true maximum: every prompt UTF-8 byte a token, plus chat-template framing.
-    bound = sum(len(m["content"].encode()) for m in MSG) + 8 * len(MSG) + 64
+    # The hold is a true maximum: every byte of the body sent a token, plus chat-template framing.
+    sent = {"model": "m-ok", "messages": MSG, "max_tokens": 100}  # what the SDK posts
+    bound = len(orjson.dumps(sent)) + 8 * len(MSG) + 64
     assert bound > prompt_tokens
     assert name == "m-ok" and max_cost == pytest.approx(bound * 1e-6 + 100 * 2e-6)
 
@@ -189,7 +191,8 @@ def test_hold_covers_every_choice(spend_gw, spend):
     """With n choices each may use max_tokens: the hold is a true maximum only at n times it."""
     client(spend_gw[0]).chat.completions.create(model="m-ok", messages=MSG, max_tokens=100, n=3)
     _name, _prompt_tokens, max_cost = spend.admitted[0]
-    bound = sum(len(m["content"].encode()) for m in MSG) + 8 * len(MSG) + 64
+    sent = {"model": "m-ok", "messages": MSG, "max_tokens": 100, "n": 3}
+    bound = len(orjson.dumps(sent)) + 8 * len(MSG) + 64
     assert max_cost == pytest.approx(bound * 1e-6 + 3 * 100 * 2e-6)
 
 

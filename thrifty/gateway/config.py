@@ -35,6 +35,7 @@ optional fallbacks and catalog overrides)::
 
     [models."gpt-4o-mini"]
     provider = "openai"                   # or deployments = [{provider=..., model=..., weight=...}]
+                                          # (a deployment may set origin_country and regions)
     fallbacks = ["gpt-4o"]
     input_cost_per_token = 1.5e-7         # any ModelInfo field overrides the catalog
     supports_vision = false               # capabilities: true / false; unset = the catalog's
@@ -128,6 +129,11 @@ class Deployment:
     # OpenAI's reasoning-model parameter rules apply to calls on this deployment (the model's
     # openai_reasoning_params on a provider of type openai): set once at config load.
     reasoning_params: bool = False
+    # What policy judges: this deployment's provider, origin country and hosting regions (the
+    # model's name and prices), set at config load. Facts of each deployment, not of the
+    # model's first one: a model served by gpt-4o-mini and by deepseek-chat is US on one and
+    # CN on the other. None (deployments built by hand): the model's own info.
+    info: ModelInfo | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -144,6 +150,11 @@ class ModelConfig:
     # Request needs this model is known not to serve (from info's supports_* facts being false):
     # a subset of CAPABILITY_NEEDS, set once at config load so planning never scans the catalog.
     lacks: frozenset[str] = frozenset()
+
+
+# Facts a deployment may state for itself (``deployments = [{..., origin_country = "CN"}]``),
+# over the model's (``[models.x]``) and the catalog's for the deployment's own model.
+DEPLOYMENT_FACTS = ("origin_country", "regions")
 
 
 # What a request can need (thrifty.gateway.schemas.ChatRequest.needs) -> the ModelInfo fact.
@@ -368,33 +379,40 @@ def build_config(
         else:
             m.pop("provider", None)
         deployments = []
+        facts = []  # per deployment: its own origin_country / regions, when the config says
         for d in deps_doc:
             if d.get("provider") not in providers:
                 raise UsageError(f"models.{name!r}: unknown provider {d.get('provider')!r}")
             deployments.append(
                 Deployment(d["provider"], d.get("model", name), float(d.get("weight", 1.0)))
             )
+            facts.append({k: d[k] for k in DEPLOYMENT_FACTS if k in d})
         if not deployments:
             raise UsageError(f"models.{name!r} has no deployments")
         fallbacks = tuple(m.pop("fallbacks", ()))
         route = bool(m.pop("route", True))
         mode = m.pop("mode", "chat")
-        first = deployments[0]
-        info = catalog.model(
-            name,
-            providers[first.provider].type
-            if providers[first.provider].type != "openai"
-            else first.provider,
-            first.model if first.model != name else None,
-            overrides=m,
-        )
-        if info.openai_reasoning_params:
-            deployments = [
-                Deployment(d.provider, d.model, d.weight, True)
-                if providers[d.provider].type == "openai"
-                else d
-                for d in deployments
-            ]
+
+        def info_of(dep: Deployment, own: dict[str, Any], *, _name: str = name, _m: dict = m) -> ModelInfo:
+            ptype = providers[dep.provider].type
+            return catalog.model(
+                _name,
+                ptype if ptype != "openai" else dep.provider,
+                dep.model if dep.model != _name else None,
+                overrides={**_m, **own},
+            )
+
+        info = info_of(deployments[0], facts[0])
+        deployments = [
+            Deployment(
+                d.provider,
+                d.model,
+                d.weight,
+                bool(info.openai_reasoning_params) and providers[d.provider].type == "openai",
+                info if i == 0 else info_of(d, facts[i]),
+            )
+            for i, d in enumerate(deployments)
+        ]
         models[name] = ModelConfig(
             info, tuple(deployments), fallbacks, route, mode, lacks_of(info)
         )

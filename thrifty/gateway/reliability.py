@@ -7,11 +7,18 @@ import time
 
 from thrifty.gateway.config import BreakerPolicy, Deployment, RetryPolicy
 
+PASS = "pass"  # the circuit is closed: the call goes through
+PROBE = "probe"  # the circuit is half-open and this caller holds its one probe
+
 
 class CircuitBreaker:
     """Opens after ``failures`` consecutive failures; after ``cooldown`` lets one probe through.
 
-    A success closes it again; a failed probe re-opens it for another cooldown.
+    A success closes it again; a failed probe re-opens it for another cooldown. Only what the
+    upstream did may move it: a caller that took the probe (:meth:`acquire`) and never got an
+    upstream outcome (it failed inside the gateway, was cancelled, or got an answer that says
+    nothing about health, such as a 400) must :meth:`release` it, or the model would stay
+    switched off for every tenant.
     """
 
     __slots__ = ("failures", "opened_at", "policy", "probing")
@@ -30,14 +37,23 @@ class CircuitBreaker:
             return "half-open"
         return "open"
 
-    def allow(self) -> bool:
+    def acquire(self) -> str | None:
+        """:data:`PASS`, :data:`PROBE` (the caller now holds the probe and must resolve it with
+        :meth:`success`, :meth:`failure` or :meth:`release`), or None: refused."""
         state = self.state
         if state == "closed":
-            return True
+            return PASS
         if state == "half-open" and not self.probing:
             self.probing = True
-            return True
-        return False
+            return PROBE
+        return None
+
+    def allow(self) -> bool:
+        return self.acquire() is not None
+
+    def release(self) -> None:
+        """Give the probe back unresolved: the next request may probe."""
+        self.probing = False
 
     def success(self) -> None:
         self.failures = 0

@@ -12,12 +12,20 @@ from typing import Any
 
 import orjson
 
+from thrifty.catalog.model import ModelInfo
 from thrifty.errors import GatewayError, bad_request
+from thrifty.gateway import bounds
+from thrifty.jsonlimits import MAX_DEPTH, deeper_than
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Content parts whose billed tokens are bounded by their bytes in the body (audio is billed by
+# duration, which its base64 bytes exceed); images have their own rule (thrifty.gateway.bounds).
+_BYTE_BOUNDED_PARTS = frozenset({"text", "image_url", "input_audio", "refusal"})
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400: invalid JSON (lone surrogates included, which
+    orjson refuses) or nested deeper than :data:`thrifty.jsonlimits.MAX_DEPTH`."""
     if not raw:
         raise GatewayError(400, "Request body is empty; send a JSON object.", code="invalid_json")
     try:
@@ -28,6 +36,12 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict):
         raise GatewayError(400, "Request body must be a JSON object.", code="invalid_json")
+    if deeper_than(raw, doc):
+        raise GatewayError(
+            400,
+            f"Request body is nested more than {MAX_DEPTH} levels deep.",
+            code="invalid_json",
+        )
     return doc
 
 
@@ -203,12 +217,15 @@ class ChatRequest:
 
     __slots__ = (
         "body",
+        "images",
         "include_usage",
         "max_tokens",
         "model",
         "n",
         "n_messages",
+        "n_tools",
         "needs",
+        "opaque",
         "prompt",
         "prompt_bytes",
         "prompt_chars",
@@ -238,8 +255,8 @@ class ChatRequest:
                 code="empty_array",
             )
         texts: list[str] = []
-        chars = nbytes = 0
-        vision = False
+        chars = images = 0
+        opaque = False
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict):
                 raise bad_request(
@@ -257,17 +274,19 @@ class ChatRequest:
                 )
             content = msg.get("content")
             text = _content_text(content, f"messages[{i}].content")
-            if not vision and type(content) is list:
-                vision = any(p["type"] == "image_url" for p in content)  # parts checked above
+            if type(content) is list:  # parts checked above
+                for part in content:
+                    kind = part["type"]
+                    if kind == "image_url":
+                        images += 1
+                    elif kind not in _BYTE_BOUNDED_PARTS:
+                        opaque = True  # e.g. a file part: billed by pages, not by its bytes
             chars += len(text)
-            nbytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
             if role == "user" or (role != "assistant" and not texts):
                 texts.append(text)
             if msg.get("tool_calls") is not None:
                 _check_tool_calls(msg["tool_calls"], f"messages[{i}].tool_calls")
-                dumped = len(orjson.dumps(msg["tool_calls"]))
-                chars += dumped
-                nbytes += dumped
+                chars += len(orjson.dumps(msg["tool_calls"]))
         self.n_messages = len(messages)
         self.prompt = texts[-1] if texts else ""
         self.prompt_chars = chars
@@ -287,11 +306,21 @@ class ChatRequest:
         opts = _check(body, "stream_options", (dict,), "an object") or {}
         self.include_usage = bool(_check(opts, "include_usage", (bool,), "a boolean"))
         if body.get("tools"):
-            dumped = len(orjson.dumps(body["tools"]))
-            chars += dumped
-            nbytes += dumped
+            chars += len(orjson.dumps(body["tools"]))
             self.prompt_chars = chars
-        self.prompt_bytes = nbytes
+        # hardening: the hold's bound is the size of the whole body the upstream gets (every
+        # field it may bill, known to thrifty or not), not a sum over fields someone listed.
+        try:
+            self.prompt_bytes = len(orjson.dumps(body))
+        except orjson.JSONEncodeError:  # too deep or not JSON-encodable: parse_json stops these
+            raise bad_request("Request body cannot be forwarded as JSON.", code="invalid_json") from None
+        self.images = images
+        self.opaque = opaque
+        tools = body.get("tools")
+        functions = body.get("functions")
+        self.n_tools = (len(tools) if isinstance(tools, list) else 0) + (
+            len(functions) if isinstance(functions, list) else 1 if functions else 0
+        )
         # Capabilities the serving model needs (thrifty.gateway.config.CAPABILITY_NEEDS); usually
         # empty, and then planning skips the capability check altogether.
         choice = body.get("tool_choice")
@@ -299,7 +328,7 @@ class ChatRequest:
         needs = []
         if body.get("tools") or body.get("functions") or (choice is not None and choice != "none"):
             needs.append("function_calling")
-        if vision:
+        if images:
             needs.append("vision")
         if fmt is not None and fmt.get("type") == "json_schema":
             needs.append("response_schema")
@@ -311,11 +340,18 @@ class ChatRequest:
         every request; the upstream's own count is what gets billed."""
         return self.prompt_chars // 4 + 4 * self.n_messages + 1
 
-    @property
-    def prompt_tokens_max(self) -> int:
-        """An upper bound for budget holds: a byte-level BPE token covers at least one UTF-8
-        byte, plus generous chat-template framing (special tokens, default system prompts)."""
-        return self.prompt_bytes + 8 * self.n_messages + 64
+    def prompt_tokens_max(self, info: ModelInfo) -> int:
+        """An upper bound of the prompt tokens ``info``'s upstream can bill for this request
+        (for budget holds): :func:`thrifty.gateway.bounds.prompt_tokens_max` of the body's size,
+        its messages, tools and image parts."""
+        return bounds.prompt_tokens_max(
+            info,
+            self.prompt_bytes,
+            messages=self.n_messages,
+            images=self.images,
+            tools=self.n_tools,
+            opaque=self.opaque,
+        )
 
 
 class EmbeddingsRequest:

@@ -18,7 +18,7 @@ from thrifty.catalog.model import ModelInfo
 from thrifty.errors import GatewayError
 from thrifty.gateway.config import Deployment, GatewayConfig, ModelConfig
 from thrifty.gateway.metrics import Metrics
-from thrifty.gateway.reliability import CircuitBreaker, backoff_delay, order_deployments
+from thrifty.gateway.reliability import PROBE, CircuitBreaker, backoff_delay, order_deployments
 from thrifty.gateway.routing import AutoRouter, RoutingUnavailable
 from thrifty.gateway.schemas import ChatRequest
 from thrifty.providers.base import Provider, UpstreamError
@@ -38,6 +38,8 @@ class Plan:
     max_cost_usd: float
     scores: dict[str, float] | None = None
     named: bool = False  # chain[0] is the model the client named (its body is not adapted)
+    # hardening: model name -> the deployments policy permits for this principal (None: all).
+    deployments: dict[str, tuple[Deployment, ...]] | None = None
 
 
 @dataclass(slots=True)
@@ -129,25 +131,40 @@ class Gateway:
 
     # -- planning --------------------------------------------------------------------------
 
-    def _allowed(self, principal: Principal, models: list[ModelConfig]) -> list[ModelConfig]:
-        if not models:
-            return []
+    # hardening: policy judges deployments (each has its own provider, origin and regions);
+    # a model is permitted when at least one of its deployments is.
+    def _permitted(
+        self, principal: Principal, models: list[ModelConfig], *, strict: bool = False
+    ) -> dict[str, tuple[Deployment, ...]]:
+        """Model name -> its deployments ``principal``'s policies permit (models with none are
+        left out). ``strict``: let the :class:`PolicyDenied` of the spend control (which says
+        why) propagate when it permits none."""
+        infos = [d.info or m.info for m in models for d in m.deployments]
+        if not infos:
+            return {}
         try:
-            ok = {m.name for m in self.spend.allowed(principal, [m.info for m in models])}
+            ok = {id(i) for i in self.spend.allowed(principal, infos)}
         except PolicyDenied:
-            return []
+            if strict:
+                raise
+            return {}
+        out = {}
+        for m in models:
+            deps = tuple(d for d in m.deployments if id(d.info or m.info) in ok)
+            if deps:
+                out[m.info.name] = deps
+        return out
+
+    def _allowed(self, principal: Principal, models: list[ModelConfig]) -> list[ModelConfig]:
+        ok = self._permitted(principal, models)
         return [m for m in models if m.info.name in ok]
 
     def visible(self, principal: Principal) -> tuple[list[str], bool]:
         """What ``principal`` may call (``GET /v1/models``): the configured models its policies
-        permit, in config order, and whether routing (``auto`` and the profiles) is open to it,
-        i.e. some routable model is permitted (with no routable model at all, the profiles stay
-        listed and ``auto`` answers why it cannot route)."""
-        infos = [mc.info for mc in self.models.values()]
-        try:
-            ok = {i.name for i in self.spend.allowed(principal, infos)} if infos else set()
-        except PolicyDenied:
-            ok = set()
+        permit (some deployment of), in config order, and whether routing (``auto`` and the
+        profiles) is open to it, i.e. some routable model is permitted (with no routable model
+        at all, the profiles stay listed and ``auto`` answers why it cannot route)."""
+        ok = set(self._permitted(principal, list(self.models.values())))
         names = [name for name, mc in self.models.items() if mc.info.name in ok]
         known = self.router.models
         pool = [
@@ -214,12 +231,12 @@ class Gateway:
                     code="model_capability_missing",
                     param=param,
                 )
-        allowed = self.spend.allowed(principal, [mc.info])  # raises PolicyDenied when refused
-        if not allowed:
+        if not self._permitted(principal, [mc], strict=True):  # hardening: by deployment
             raise PolicyDenied(f"Policy does not allow model '{name}'.")
         chain = [mc] + self._fallbacks(principal, mc, prompt_tokens, req.needs)
         plan = self._finish_plan(name, chain, "explicit model", req, prompt_tokens)
         plan.named = True
+        plan.deployments = self._permitted(principal, chain)  # hardening
         return plan
 
     def _check_servable(self, info: ModelInfo, prompt_tokens: int) -> None:
@@ -278,13 +295,13 @@ class Gateway:
                     param=param,
                 )
             fitting = capable
-        allowed_infos = self.spend.allowed(principal, [m.info for m in fitting]) if fitting else []
-        if not allowed_infos:
+        # hardening: by deployment (PolicyDenied with its reasons when policy leaves none)
+        ok = self._permitted(principal, fitting, strict=True) if fitting else {}
+        if not ok:
             raise PolicyDenied(
                 "No model is left for routing once policy is applied"
                 + (" to the models that can serve this request." if needs else ".")
             )
-        ok = {i.name for i in allowed_infos}
         allowed = [m for m in fitting if m.info.name in ok]
         exp_out = req.max_tokens or self.config.expected_output_tokens
         costs = {
@@ -312,16 +329,19 @@ class Gateway:
             profile, [first] + rest, f"{profile}: {reason}", req, prompt_tokens
         )
         plan.scores = scores
+        plan.deployments = self._permitted(principal, plan.chain)  # hardening (fallbacks too)
         return plan
 
     def _finish_plan(
         self, requested: str, chain: list[ModelConfig], reason: str, req: Any, prompt_tokens: int
     ) -> Plan:
         # The budget hold must be a true maximum over the whole fallback chain.
-        bound = max(getattr(req, "prompt_tokens_max", prompt_tokens), prompt_tokens)
+        # hardening: the prompt bound is per model (its image rule, its context window).
+        tokens_max = getattr(req, "prompt_tokens_max", None)
         max_cost, max_out = 0.0, 0
         choices = getattr(req, "n", 1)  # each of n choices may use the whole output bound
         for mc in chain:
+            bound = max(tokens_max(mc.info), prompt_tokens) if tokens_max else prompt_tokens
             out = _max_output(mc.info, req.max_tokens, prompt_tokens) * choices
             cost = float(max_cost_usd(mc.info, bound, out))
             if cost >= max_cost:
@@ -342,7 +362,8 @@ class Gateway:
                 param="model",
             )
         self._check_servable(mc.info, prompt_tokens)
-        if not self.spend.allowed(principal, [mc.info]):
+        permitted = self._permitted(principal, [mc], strict=True)  # hardening: by deployment
+        if not permitted:
             raise PolicyDenied(f"Policy does not allow model '{model}'.")
         return Plan(
             model,
@@ -351,6 +372,7 @@ class Gateway:
             prompt_tokens,
             0,
             float(max_cost_usd(mc.info, max(prompt_tokens, prompt_tokens_max), 0)),
+            deployments=permitted,
         )
 
     # -- execution -------------------------------------------------------------------------
@@ -372,14 +394,23 @@ class Gateway:
         for index, mc in enumerate(plan.chain):
             name = mc.info.name
             pinned = affinity is not None and name in affinity
+            # hardening: only the deployments policy permits (load balancing, affinity, retries)
+            permitted = mc.deployments if plan.deployments is None else plan.deployments.get(name, ())
             deployments = (
-                affinity.order(name, body) if pinned else order_deployments(mc.deployments)
+                [d for d in affinity.order(name, body) if d in permitted]
+                if pinned
+                else order_deployments(permitted)
             )
             for dep in deployments:
                 breaker = self.breakers[dep.key]
-                if not breaker.allow():
+                ticket = breaker.acquire()
+                if ticket is None:
                     served.errors.append(f"{dep.key}: circuit open")
                     continue
+                # hardening: a probe this request holds is resolved by an upstream outcome
+                # (success, retryable failure) or released: a 400 from upstream, or a failure
+                # inside the gateway or a cancelled request (no upstream outcome at all).
+                probing = ticket == PROBE
                 provider = self.providers[dep.provider]
                 payload, dropped, renamed = {**body, "model": dep.model}, (), False
                 if dep.reasoning_params:  # sampling kept only for the model the client named
@@ -400,14 +431,24 @@ class Gateway:
                     except UpstreamError as exc:
                         if exc.retryable:  # a 400 says nothing about the deployment's health
                             breaker.failure()
+                            probing = False
                         self.metrics.upstream_errors[(dep.key, exc.type)] += 1
                         served.errors.append(f"{dep.key}: {exc.status}")
                         last = exc
                         if not exc.retryable:
+                            if probing:  # hardening: an answer, but not about health
+                                breaker.release()
                             raise
-                        if not breaker.allow():
-                            break
+                        if attempt + 1 < policy.attempts:  # hardening: a probe only to retry
+                            ticket = breaker.acquire()
+                            if ticket is None:
+                                break
+                            probing = ticket == PROBE
                         continue
+                    except BaseException:  # hardening: no upstream outcome (see above)
+                        if probing:
+                            breaker.release()
+                        raise
                     finally:  # streams: released once the first chunk is in
                         if pinned:
                             affinity.release(name, dep)

@@ -9,14 +9,15 @@ replaces the earlier rating. Errors use the gateway's error format.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from thrifty.jsonlimits import MAX_DEPTH, deeper_than
 from thrifty.reports.tables import ensure_tables
 from thrifty.spend.api import SpendError
 
@@ -121,10 +122,13 @@ def feedback_app(spend: Any, *, max_body_bytes: int | None = None) -> Any:
             auth = request.headers.get("authorization") or request.headers.get("x-api-key")
             principal = await spend.authenticate(auth)
             raw = await request.body()
-            try:
-                body = json.loads(raw) if raw else None
-            except (ValueError, RecursionError):  # RecursionError: nested too deep
+            try:  # hardening: orjson refuses NaN and lone surrogates; the gateway's depth limit
+                body = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError:
                 raise FeedbackError("The request body is not valid JSON.", code="invalid_json") from None
+            if body is not None and deeper_than(raw, body):
+                raise FeedbackError(f"The request body is nested more than {MAX_DEPTH} levels deep.",
+                                    code="invalid_json")
             rid, score, comment = parse(body)
             is_admin = bool(getattr(principal, "is_admin", False))
 

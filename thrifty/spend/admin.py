@@ -11,12 +11,14 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from thrifty.jsonlimits import MAX_DEPTH, deeper_than
 from thrifty.spend import store
 from thrifty.spend.api import PermissionDenied, SpendError
 from thrifty.spend.periods import check_time, parse_time
@@ -38,20 +40,21 @@ def _store_error(exc: store.StoreError) -> JSONResponse:
 
 
 async def _body(request: Request) -> dict:
+    """The JSON object sent, or a 400. orjson refuses what Python's json module lets through
+    and the store could not keep (NaN, Infinity, lone surrogates such as ``"\\ud800"``); the
+    depth limit is the gateway's (thrifty.jsonlimits)."""
     raw = await request.body()
     if not raw:
         return {}
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, RecursionError):  # RecursionError: nested too deep
-        raise store.StoreError("request body is not valid JSON") from None
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise store.StoreError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise store.StoreError("request body must be a JSON object")
+    if deeper_than(raw, body):
+        raise store.StoreError(f"request body is nested more than {MAX_DEPTH} levels deep")
     return body
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")  # json.loads accepts NaN and Infinity otherwise
 
 
 def _pick(body: dict, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
@@ -99,7 +102,10 @@ def create_admin_app(spend: DbSpendControl, *, max_body_bytes: int | None = None
 def _create_admin_app(spend: DbSpendControl) -> Starlette:
     db = spend.db
 
-    def guarded(handler: Handler, *, mutates: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def guarded(handler: Handler, *, mutates: bool = False, creates: bool = False
+                ) -> Callable[[Request], Awaitable[Response]]:
+        """The admin check and error rendering around ``handler``; 201 only where it creates
+        (a revoke by POST answers 200, as the schema says)."""
         async def endpoint(request: Request) -> Response:
             try:
                 principal = await spend.authenticate(
@@ -115,7 +121,7 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
                 return _store_error(exc)
             if isinstance(result, Response):
                 return result
-            return JSONResponse(result, 201 if mutates and request.method == "POST" else 200)
+            return JSONResponse(result, 201 if creates else 200)
 
         return endpoint
 
@@ -134,7 +140,11 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
         return {**record, "key": secret, "note": "The key is shown only this once; store it now."}
 
     async def get_key(request: Request) -> Any:
-        return store.get_key(db, request.path_params["key_id"])
+        record = store.get_key(db, request.path_params["key_id"])
+        if record["revoked_at"] is not None and request.query_params.get("include_revoked") not in ("1", "true"):
+            # Revoked (DELETE /keys/{id}) is gone, as in the list; ?include_revoked=true shows it.
+            raise store.StoreError(f"no key {record['id']!r} (revoked; add ?include_revoked=true)", 404)
+        return record
 
     async def revoke_key(request: Request) -> Any:
         return store.revoke_key(db, request.path_params["key_id"])
@@ -214,33 +224,44 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
     async def not_found(request: Request, exc: Exception) -> Response:
         raw = request.scope.get("raw_path")  # the path as the client sent it, mount prefix included
         path = raw.decode("latin-1").split("?", 1)[0] if raw else request.url.path
-        if getattr(exc, "status_code", 404) == 405:
+        if getattr(exc, "status_code", 404) == 405:  # with Allow: every method of the path
             return _error(405, f"Method {request.method} is not allowed on {path}.",
-                          "invalid_request_error", "method_not_allowed")
+                          "invalid_request_error", "method_not_allowed", getattr(exc, "headers", None))
         return _error(404, f"No admin route {path}; see /admin/openapi.json.", "not_found_error", "not_found")
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return _error(500, "Internal error in the admin API; it has been logged.", "api_error", "internal_error")
 
+    def methods(**handlers: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """One endpoint per path, dispatching on the method, so that a 405 lists (in ``Allow``)
+        every method of the path, not those of whichever route matched first."""
+        table = {m.upper(): h for m, h in handlers.items()}
+        if "GET" in table:
+            table["HEAD"] = table["GET"]
+
+        async def endpoint(request: Request) -> Response:
+            return await table[request.method](request)
+
+        endpoint.methods = sorted(table)  # type: ignore[attr-defined]
+        return endpoint
+
+    def route(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:
+        endpoint = methods(**handlers)
+        return Route(path, endpoint, methods=endpoint.methods)  # type: ignore[attr-defined]
+
     routes = [
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/keys", guarded(list_keys), methods=["GET"]),
-        Route("/keys", guarded(create_key, mutates=True), methods=["POST"]),
-        Route("/keys/{key_id}", guarded(get_key), methods=["GET"]),
-        Route("/keys/{key_id}", guarded(revoke_key, mutates=True), methods=["DELETE"]),
-        Route("/keys/{key_id}/revoke", guarded(revoke_key, mutates=True), methods=["POST"]),
-        Route("/teams", guarded(list_teams), methods=["GET"]),
-        Route("/teams", guarded(create_team, mutates=True), methods=["POST"]),
-        Route("/teams/{team_id}", guarded(get_team), methods=["GET"]),
-        Route("/users", guarded(list_users), methods=["GET"]),
-        Route("/users", guarded(create_user, mutates=True), methods=["POST"]),
-        Route("/budgets", guarded(list_budgets), methods=["GET"]),
-        Route("/budgets", guarded(set_budget, mutates=True), methods=["POST"]),
-        Route("/budgets/{budget_id}", guarded(get_budget), methods=["GET"]),
-        Route("/budgets/{budget_id}", guarded(delete_budget, mutates=True), methods=["DELETE"]),
-        Route("/policies", guarded(list_policies), methods=["GET"]),
-        Route("/policies/{scope}/{scope_id}", guarded(put_policy, mutates=True), methods=["PUT"]),
-        Route("/policies/{scope}/{scope_id}", guarded(delete_policy, mutates=True), methods=["DELETE"]),
-        Route("/spend", guarded(get_spend), methods=["GET"]),
+        route("/openapi.json", get=openapi),
+        route("/keys", get=guarded(list_keys), post=guarded(create_key, mutates=True, creates=True)),
+        route("/keys/{key_id}", get=guarded(get_key), delete=guarded(revoke_key, mutates=True)),
+        route("/keys/{key_id}/revoke", post=guarded(revoke_key, mutates=True)),
+        route("/teams", get=guarded(list_teams), post=guarded(create_team, mutates=True, creates=True)),
+        route("/teams/{team_id}", get=guarded(get_team)),
+        route("/users", get=guarded(list_users), post=guarded(create_user, mutates=True, creates=True)),
+        route("/budgets", get=guarded(list_budgets), post=guarded(set_budget, mutates=True, creates=True)),
+        route("/budgets/{budget_id}", get=guarded(get_budget), delete=guarded(delete_budget, mutates=True)),
+        route("/policies", get=guarded(list_policies)),
+        route("/policies/{scope}/{scope_id}", put=guarded(put_policy, mutates=True),
+              delete=guarded(delete_policy, mutates=True)),
+        route("/spend", get=guarded(get_spend)),
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error})

@@ -44,10 +44,25 @@ def _db(args: argparse.Namespace) -> Any:
     return db
 
 
+def _check_text(args: argparse.Namespace) -> None:
+    """A usage error for an argument that is not UTF-8 text (Python hands such bytes over as
+    lone surrogates): stored, it would break every request of the key it is a tag of."""
+    from thrifty.errors import UsageError
+    from thrifty.jsonlimits import text_error
+
+    for name, value in vars(args).items():
+        if name in ("db", "data_dir", "func") or not isinstance(value, (str, list, tuple)):
+            continue  # paths may be any bytes the file system takes
+        why = text_error(value)
+        if why is not None:
+            raise UsageError(f"--{name.replace('_', '-')} {why}; arguments must be UTF-8 text")
+
+
 def _run(args: argparse.Namespace, action: Any) -> int:
     from thrifty.errors import UsageError
     from thrifty.spend.store import StoreError
 
+    _check_text(args)
     try:
         db = _db(args)
     except Exception as exc:  # noqa: BLE001 (any failure to open the database is a usage error)

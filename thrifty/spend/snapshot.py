@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from thrifty.jsonlimits import readable
 from thrifty.spend.api import Principal
 from thrifty.spend.db import Database
 from thrifty.spend.policy import Policy
@@ -72,7 +73,7 @@ class Snapshot:
 def load_snapshot(db: Database) -> Snapshot:
     snap = Snapshot(version=config_version(db))
     for key_id, scope_id, rules in db.all("SELECT scope, scope_id, rules FROM policies"):
-        snap.policies[(key_id, scope_id)] = Policy.from_rules(json.loads(rules))
+        snap.policies[(key_id, scope_id)] = Policy.from_rules(readable(json.loads(rules)))
     for team_id, rpm, tpm in db.all("SELECT id, rpm, tpm FROM teams"):
         snap.team_limits[team_id] = (rpm, tpm)
     for row in db.all(
@@ -86,8 +87,10 @@ def load_snapshot(db: Database) -> Snapshot:
             if policy is not None and policy.routing_profile and profile is None:
                 profile = policy.routing_profile
         principal = Principal(
-            key_id=key_id, user_id=user_id, team_id=team_id, tags=tuple(json.loads(tags)),
-            metadata=json.loads(metadata), routing_profile=profile, is_admin=bool(is_admin),
+            # hardening: rows stored before input was checked may hold lone surrogates, which
+            # the ledger could not write: read them as U+FFFD.
+            key_id=key_id, user_id=user_id, team_id=team_id, tags=tuple(readable(json.loads(tags))),
+            metadata=readable(json.loads(metadata)), routing_profile=profile, is_admin=bool(is_admin),
         )
         entry = KeyEntry(key_id, key_hash, principal, expires_at, revoked_at is not None, rpm, tpm)
         snap.keys[key_hash] = snap.keys_by_id[key_id] = entry

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from thrifty.jsonlimits import readable, text_error
 from thrifty.spend.db import Database
 from thrifty.spend.keys import display_prefix, generate_key, hash_key
 from thrifty.spend.money import format_usd, nanos_to_usd, usd_to_nanos
@@ -42,22 +43,46 @@ def _id(kind: str, value: Any) -> str:
     return value
 
 
+def _text(name: str, value: Any) -> Any:
+    """``value`` if it can be stored and read back as UTF-8 text, else a 400 (never stored)."""
+    why = text_error(value)
+    if why is not None:
+        raise StoreError(f"{name} {why}")
+    return value
+
+
+def _load(text: str) -> Any:
+    """A JSON column as data that can always be rendered: rows stored before input was checked
+    may escape lone surrogates (``\\ud800``); those read back as U+FFFD instead of failing."""
+    value = json.loads(text)
+    return readable(value) if "\\u" in text else value
+
+
 def _opt_str(name: str, value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise StoreError(f"{name} must be a string")
-    return value
+    return _text(name, value)
 
 
 def _opt_ref(kind: str, value: Any) -> str | None:
     """The id of an existing object a new one refers to: a string (its existence is checked after)."""
     if value is not None and not isinstance(value, str):
         raise StoreError(f"{kind}_id must be a string id (got {type(value).__name__})")
+    return _text(f"{kind}_id", value)
+
+
+def _known(kind: str, value: str) -> str:
+    """An id to look up: one that is not valid text names nothing (404, not a driver error)."""
+    if not isinstance(value, str) or text_error(value) is not None:
+        raise StoreError(f"no {kind} {value!r}", 404)
     return value
 
 
 def _opt_int(name: str, value: Any) -> int | None:
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 10.0 is an integer in JSON (and in the admin API's schema)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**15:
         raise StoreError(f"{name} must be a positive integer (at most 10^15)")
     return value
@@ -68,6 +93,7 @@ def _json_obj(name: str, value: Any) -> str:
         return "{}"
     if not isinstance(value, dict):
         raise StoreError(f"{name} must be a JSON object")
+    _text(name, value)
     try:
         return json.dumps(value, sort_keys=True, allow_nan=False)
     except ValueError:
@@ -79,7 +105,7 @@ def _tags(value: Any) -> str:
         return "[]"
     if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) and t for t in value):
         raise StoreError("tags must be a list of non-empty strings")
-    return json.dumps(list(value))
+    return json.dumps(list(_text("tags", value)))
 
 
 def _exists(db: Database, table: str, id_: str) -> bool:
@@ -107,10 +133,10 @@ def create_team(
 
 
 def get_team(db: Database, team_id: str) -> dict:
-    row = db.one("SELECT id, name, metadata, rpm, tpm, created_at FROM teams WHERE id = ?", (team_id,))
+    row = db.one("SELECT id, name, metadata, rpm, tpm, created_at FROM teams WHERE id = ?", (_known("team", team_id),))
     if row is None:
         raise StoreError(f"no team {team_id!r}", 404)
-    return {"id": row[0], "name": row[1], "metadata": json.loads(row[2]), "rpm": row[3], "tpm": row[4],
+    return {"id": row[0], "name": row[1], "metadata": _load(row[2]), "rpm": row[3], "tpm": row[4],
             "created_at": iso(row[5])}
 
 
@@ -138,11 +164,12 @@ def create_user(
 
 
 def get_user(db: Database, user_id: str) -> dict:
-    row = db.one("SELECT id, name, email, team_id, metadata, created_at FROM users WHERE id = ?", (user_id,))
+    row = db.one("SELECT id, name, email, team_id, metadata, created_at FROM users WHERE id = ?",
+                 (_known("user", user_id),))
     if row is None:
         raise StoreError(f"no user {user_id!r}", 404)
     return {"id": row[0], "name": row[1], "email": row[2], "team_id": row[3],
-            "metadata": json.loads(row[4]), "created_at": iso(row[5])}
+            "metadata": _load(row[4]), "created_at": iso(row[5])}
 
 
 def list_users(db: Database, team_id: str | None = None) -> list[dict]:
@@ -161,7 +188,7 @@ _KEY_COLUMNS = "id, prefix, name, user_id, team_id, tags, metadata, rpm, tpm, is
 def _key_row(row: Sequence[Any]) -> dict:
     return {
         "id": row[0], "prefix": row[1], "name": row[2], "user_id": row[3], "team_id": row[4],
-        "tags": json.loads(row[5]), "metadata": json.loads(row[6]), "rpm": row[7], "tpm": row[8],
+        "tags": _load(row[5]), "metadata": _load(row[6]), "rpm": row[7], "tpm": row[8],
         "is_admin": bool(row[9]), "created_at": iso(row[10]), "expires_at": iso(row[11]),
         "revoked_at": iso(row[12]), "active": row[12] is None and (row[11] is None or row[11] > time.time()),
     }
@@ -189,7 +216,7 @@ def create_key(
             if team_id is None:
                 team_id = row[0]
             elif row[0] is not None and row[0] != team_id:
-                raise StoreError(f"user {user_id!r} belongs to team {row[0]!r}, not {team_id!r}")
+                raise StoreError(f"user {user_id!r} belongs to team {row[0]!r}, not {team_id!r}", 409)
         if team_id is not None and not _exists(db, "teams", team_id):
             raise StoreError(f"no team {team_id!r}", 404)
         db.execute(
@@ -204,7 +231,7 @@ def create_key(
 
 
 def get_key(db: Database, key_id: str) -> dict:
-    row = db.one(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+    row = db.one(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (_known("key", key_id),))
     if row is None:
         raise StoreError(f"no key {key_id!r}", 404)
     return _key_row(row)
@@ -227,7 +254,7 @@ def list_keys(db: Database, *, team_id: str | None = None, user_id: str | None =
 
 def revoke_key(db: Database, key_id: str) -> dict:
     with db.transaction():
-        row = db.one("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,))
+        row = db.one("SELECT revoked_at FROM api_keys WHERE id = ?", (_known("key", key_id),))
         if row is None:
             raise StoreError(f"no key {key_id!r}", 404)
         if row[0] is None:
@@ -341,7 +368,7 @@ def _budget_row(db: Database, row: Sequence[Any], now: float | None = None) -> d
     return {
         "id": row[0], "scope": row[1], "scope_id": row[2], "amount_usd": format(nanos_to_usd(row[3]).normalize(), "f"),
         "period": row[4], "window_start": iso(row[5]), "window_end": iso(row[6]),
-        "soft_thresholds": json.loads(row[7]), "webhook_url": row[8],
+        "soft_thresholds": _load(row[7]), "webhook_url": row[8],
         "period_start": iso(start), "resets_at": iso(end) if row[4] != "window" else None,
         "spent_usd": f"{nanos_to_usd(spent_nanos):f}", "remaining_usd": f"{nanos_to_usd(row[3] - spent_nanos):f}",
         "summary": f"{format_usd(spent_nanos)} of {format_usd(row[3])}",
@@ -349,7 +376,7 @@ def _budget_row(db: Database, row: Sequence[Any], now: float | None = None) -> d
 
 
 def get_budget(db: Database, budget_id: str) -> dict:
-    row = db.one(f"SELECT {_BUDGET_COLUMNS} FROM budgets WHERE id = ?", (budget_id,))
+    row = db.one(f"SELECT {_BUDGET_COLUMNS} FROM budgets WHERE id = ?", (_known("budget", budget_id),))
     if row is None:
         raise StoreError(f"no budget {budget_id!r}", 404)
     return _budget_row(db, row)
@@ -368,7 +395,7 @@ def list_budgets(db: Database, scope: str | None = None, scope_id: str | None = 
 
 def delete_budget(db: Database, budget_id: str) -> None:
     with db.transaction():
-        if not _exists(db, "budgets", budget_id):
+        if not _exists(db, "budgets", _known("budget", budget_id)):
             raise StoreError(f"no budget {budget_id!r}", 404)
         db.execute("DELETE FROM budgets WHERE id = ?", (budget_id,))
         bump_config(db)
@@ -380,6 +407,7 @@ def delete_budget(db: Database, budget_id: str) -> None:
 def set_policy(db: Database, scope: str, scope_id: str, rules: dict) -> dict:
     if scope not in ("key", "team"):
         raise StoreError("policies apply to a key or a team")
+    _text("rules", rules)
     try:
         policy = Policy.from_rules(rules)
     except ValueError as exc:
@@ -396,13 +424,14 @@ def set_policy(db: Database, scope: str, scope_id: str, rules: dict) -> dict:
 
 
 def list_policies(db: Database) -> list[dict]:
-    return [{"scope": r[0], "scope_id": r[1], "rules": json.loads(r[2])}
+    return [{"scope": r[0], "scope_id": r[1], "rules": _load(r[2])}
             for r in db.all("SELECT scope, scope_id, rules FROM policies ORDER BY scope, scope_id")]
 
 
 def delete_policy(db: Database, scope: str, scope_id: str) -> None:
     with db.transaction():
-        if db.one("SELECT 1 FROM policies WHERE scope = ? AND scope_id = ?", (scope, scope_id)) is None:
+        if db.one("SELECT 1 FROM policies WHERE scope = ? AND scope_id = ?",
+                  (_known("policy scope", scope), _known("policy for", scope_id))) is None:
             raise StoreError(f"no policy for {scope} {scope_id!r}", 404)
         db.execute("DELETE FROM policies WHERE scope = ? AND scope_id = ?", (scope, scope_id))
         bump_config(db)

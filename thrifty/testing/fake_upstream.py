@@ -6,7 +6,10 @@ thousands of requests a second on one core and is never the bottleneck of a gate
 Behaviours (``mode``): ``ok``; ``error500`` (every request fails); ``flaky`` (the first
 ``fail_first`` requests fail with 500, then ok); ``hang`` (accepts and never answers, for
 timeouts); ``break_stream`` (streams start, then the connection drops mid-answer); ``slow``
-(answers after ``delay`` seconds). ``hits`` counts model calls. With a server SSL context
+(answers after ``delay`` seconds). ``hits`` counts model calls. With ``billing="body"`` it bills
+like an adversarial provider, from what it was sent: every UTF-8 byte of every string in the
+body (keys included; the top-level ``model`` value excepted) is a prompt token, and every image
+part costs ``image_tokens`` more; ``served`` lists ``(model, prompt, completion)`` of each answer. With a server SSL context
 (``ssl=``, or ``--certfile``/``--keyfile``) it serves HTTPS instead, for tests of TLS upstreams.
 
 It also speaks OpenAI's batch API (``/files``, ``/batches`` with ``metadata``, list pages with
@@ -46,6 +49,8 @@ class Behaviour:
     fail_first: int = 0
     delay: float = 0.0
     reply: str = REPLY
+    billing: str = "fixed"  # fixed: USAGE for every answer; body: billed from the body sent
+    image_tokens: int = 0  # with billing="body": prompt tokens per image part
 
 
 @dataclass
@@ -106,11 +111,23 @@ class FakeState:
         self.batch_runs: list[str] = []  # custom ids of batch lines the fake ran (charged)
         self.deleted_files: list[str] = []
         self.ids = itertools.count(1)
+        self.served: list[tuple[str, int, int]] = []  # (model, prompt, completion) per answer
 
-    def chat_body(self, model: str) -> bytes:
+    def bill(self, doc: dict[str, Any], *, embeddings: bool = False) -> dict[str, int] | None:
+        """The usage of an answer to ``doc`` with ``billing="body"`` (recorded in ``served``);
+        None with fixed billing (the cached answers carry USAGE)."""
+        if self.behaviour.billing != "body":
+            return None
+        prompt = _billed_tokens(doc, self.behaviour.image_tokens)
+        completion = 0 if embeddings else USAGE["completion_tokens"]
+        self.served.append((str(doc.get("model", "fake-model")), prompt, completion))
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
+
+    def chat_body(self, model: str, usage: dict[str, int] | None = None) -> bytes:
         key = ("chat", model)
-        if key not in self.cache:
-            self.cache[key] = _response(
+        if usage is not None or key not in self.cache:
+            body = _response(
                 200,
                 orjson.dumps(
                     {
@@ -130,16 +147,19 @@ class FakeState:
                                 "finish_reason": "stop",
                             }
                         ],
-                        "usage": USAGE,
+                        "usage": usage or USAGE,
                     }
                 ),
             )
+            if usage is not None:
+                return body
+            self.cache[key] = body
         return self.cache[key]
 
-    def messages_body(self, model: str) -> bytes:
+    def messages_body(self, model: str, usage: dict[str, int] | None = None) -> bytes:
         key = ("messages", model)
-        if key not in self.cache:
-            self.cache[key] = _response(
+        if usage is not None or key not in self.cache:
+            body = _response(
                 200,
                 orjson.dumps(
                     {
@@ -150,13 +170,21 @@ class FakeState:
                         "content": [{"type": "text", "text": self.behaviour.reply}],
                         "stop_reason": "end_turn",
                         "stop_sequence": None,
-                        "usage": {"input_tokens": 12, "output_tokens": 9},
+                        "usage": {
+                            "input_tokens": usage["prompt_tokens"] if usage else 12,
+                            "output_tokens": 9,
+                        },
                     }
                 ),
             )
+            if usage is not None:
+                return body
+            self.cache[key] = body
         return self.cache[key]
 
-    def chat_stream(self, model: str, include_usage: bool) -> list[bytes]:
+    def chat_stream(
+        self, model: str, include_usage: bool, usage: dict[str, int] | None = None
+    ) -> list[bytes]:
         base = {
             "id": "chatcmpl-fake",
             "object": "chat.completion.chunk",
@@ -178,10 +206,10 @@ class FakeState:
             }
         )
         if include_usage:
-            events.append({**base, "choices": [], "usage": USAGE})
+            events.append({**base, "choices": [], "usage": usage or USAGE})
         return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
 
-    def messages_stream(self, model: str) -> list[bytes]:
+    def messages_stream(self, model: str, usage: dict[str, int] | None = None) -> list[bytes]:
         def ev(kind: str, data: dict[str, Any]) -> bytes:
             return (
                 b"event: "
@@ -203,7 +231,10 @@ class FakeState:
                         "content": [],
                         "stop_reason": None,
                         "stop_sequence": None,
-                        "usage": {"input_tokens": 12, "output_tokens": 1},
+                        "usage": {
+                            "input_tokens": usage["prompt_tokens"] if usage else 12,
+                            "output_tokens": 1,
+                        },
                     }
                 },
             ),
@@ -228,6 +259,27 @@ class FakeState:
             ev("message_stop", {}),
         ]
         return out
+
+
+def _billed_tokens(doc: dict[str, Any], image_tokens: int) -> int:
+    """Every UTF-8 byte of every string in ``doc`` (keys too), but the top-level model name,
+    plus ``image_tokens`` per image part (OpenAI ``image_url`` or Anthropic ``image``)."""
+    total = 0
+    stack: list[Any] = [v for k, v in doc.items() if k != "model"]
+    total += sum(len(k.encode()) for k in doc)
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            total += len(v.encode("utf-8", "surrogatepass"))
+        elif isinstance(v, dict):
+            if v.get("type") in ("image_url", "image", "input_image"):
+                total += image_tokens
+            for k, item in v.items():
+                total += len(k.encode("utf-8", "surrogatepass"))
+                stack.append(item)
+        elif isinstance(v, list):
+            stack.extend(v)
+    return total
 
 
 # -- reasoning-model parameter rules (gateway capability tests) --------------------------------
@@ -524,8 +576,10 @@ class FakeProtocol(asyncio.Protocol):
         model = str(doc.get("model", "fake-model"))
         if st.reasoning_models and _reasoning_refusal(t, st, path, doc, model):
             return
+        usage = st.bill(doc, embeddings=path.endswith(b"/embeddings"))
         if path.endswith(b"/embeddings"):
             n = len(doc["input"]) if isinstance(doc.get("input"), list) else 1
+            billed = usage["prompt_tokens"] if usage else 5 * n
             t.write(
                 _response(
                     200,
@@ -537,7 +591,7 @@ class FakeProtocol(asyncio.Protocol):
                                 {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
                                 for i in range(n)
                             ],
-                            "usage": {"prompt_tokens": 5 * n, "total_tokens": 5 * n},
+                            "usage": {"prompt_tokens": billed, "total_tokens": billed},
                         }
                     ),
                 )
@@ -545,12 +599,14 @@ class FakeProtocol(asyncio.Protocol):
             return
         anthropic = path.endswith(b"/messages")
         if not doc.get("stream"):
-            t.write(st.messages_body(model) if anthropic else st.chat_body(model))
+            t.write(st.messages_body(model, usage) if anthropic else st.chat_body(model, usage))
             return
         events = (
-            st.messages_stream(model)
+            st.messages_stream(model, usage)
             if anthropic
-            else st.chat_stream(model, bool((doc.get("stream_options") or {}).get("include_usage")))
+            else st.chat_stream(
+                model, bool((doc.get("stream_options") or {}).get("include_usage")), usage
+            )
         )
         t.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -595,10 +651,14 @@ class FakeUpstream:
         reply: str = REPLY,
         ssl: ssl_module.SSLContext | None = None,
         host_name: str = "127.0.0.1",
+        billing: str = "fixed",
+        image_tokens: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-        self.state = FakeState(Behaviour(mode, fail_first, delay, reply))
+        if billing not in ("fixed", "body"):
+            raise ValueError("billing must be 'fixed' or 'body'")
+        self.state = FakeState(Behaviour(mode, fail_first, delay, reply, billing, image_tokens))
         self.port = port
         self.ssl = ssl  # serve HTTPS with this server context
         self.host_name = host_name  # the host in base_url (it listens on 127.0.0.1)
@@ -609,6 +669,11 @@ class FakeUpstream:
     @property
     def hits(self) -> int:
         return self.state.hits
+
+    @property
+    def served(self) -> list[tuple[str, int, int]]:
+        """``(model, prompt tokens, completion tokens)`` of each answer (``billing="body"``)."""
+        return self.state.served
 
     @property
     def faults(self) -> BatchFaults:
