@@ -112,8 +112,11 @@ def _race(title: str, urls: list[str], db_url: str, keys: dict[str, str], upstre
         for url in urls:  # the ledger is journalled, then written in batches: /admin/spend flushes it
             assert httpx.get(url + "/admin/spend", headers=ADMIN, timeout=30).status_code == 200
         db = Database(db_url)
-        nanos, rows = db.one("SELECT COALESCE(SUM(cost_nanos), 0), COUNT(*) FROM ledger WHERE team_id = ?",
-                             (field,))
+        nanos, rows, served_rows = db.one(
+            "SELECT COALESCE(SUM(cost_nanos), 0), COUNT(*),"
+            " COALESCE(SUM(CASE WHEN status = 200 THEN 1 ELSE 0 END), 0) FROM ledger WHERE team_id = ?",
+            (field,),
+        )
         spent = db.one("SELECT COALESCE(SUM(s.spent_nanos), 0) FROM budget_spend s JOIN budgets b"
                        " ON b.id = s.budget_id WHERE b.scope_id = ?", (field,))[0]
         held = db.one("SELECT COUNT(*) FROM reservations")[0] if db_url.startswith("postgresql") else 0
@@ -127,7 +130,9 @@ def _race(title: str, urls: list[str], db_url: str, keys: dict[str, str], upstre
         checks[field] = [
             bool(ok),
             all(st == 429 and "budget" in str(doc["error"]) for st, _h, doc in refused),
-            int(rows) == len(ok) == len(upstream.served) - before,
+            # every request is a ledger row (refusals at no cost); the served ones are what the
+            # upstream served
+            int(rows) == len(replies) and int(served_rows) == len(ok) == len(upstream.served) - before,
             usd_to_nanos(billed) == int(nanos) == told == int(spent),
             int(nanos) <= usd_to_nanos(BUDGET),  # never over
             held == 0,

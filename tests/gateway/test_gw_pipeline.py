@@ -240,8 +240,8 @@ def test_a_stream_past_the_hold_is_stopped_and_billed_within_it(served):
             pass
     (row,) = rows(spend, "request_id = ?", (rid,))
     assert row[2] == "hold_exhausted"
-    held_max = 2 * (len(b"say a lot") + 64) * 1e-6 + 5 * 2e-6  # generous bound on the hold
-    assert row[3] <= held_max * 1e9
+    whole = 3000 * 2e-6  # what relaying the whole answer would have cost, at least
+    assert 0 < row[3] < whole * 1e9 / 10
 
 
 def test_every_stream_carries_its_cost_in_a_comment(served):

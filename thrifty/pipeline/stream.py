@@ -139,6 +139,9 @@ class AnswerStream:
 
     async def _stop_overrun(self) -> None:
         await self._close_upstream()
+        # Bill what the hold covers: the relay stopped at the bound, the rest was never relayed.
+        self.usage = Usage(self.prompt_tokens, self.max_output_tokens)
+        self.usage_reported = True
         await self._fail(
             200,
             "hold_exhausted",
