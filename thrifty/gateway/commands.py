@@ -10,7 +10,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="run the gateway (OpenAI- and Anthropic-compatible)",
         description="Run the gateway. With no --config it runs the embedded default: "
-        "offline replay models, plus real providers whose API keys are in the environment.",
+        "offline replay models (their recorded prompts), a local model when the llm extra is "
+        "installed, offline-echo (an offline stand-in for any other prompt), plus real providers "
+        "whose API keys are in the environment.",
     )
     p.add_argument("--config", help="TOML config file (default: the embedded default)")
     p.add_argument("--host", default="127.0.0.1")
@@ -43,12 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from thrifty.gateway.banner import banner
     from thrifty.gateway.server import make_app, serve
 
     app = make_app(args.config)
+    gw = app.gw
+    profiles = sorted(getattr(gw.router, "profiles", None) or ())
     print(
-        f"thrifty gateway on http://{args.host}:{args.port}/v1 "
-        f"({len(app.gw.models)} models; router: {'on' if app.gw.router.router else 'off'})",
+        banner(gw.config, args.host, args.port, router_on=bool(gw.router.router), profiles=profiles),
         flush=True,
     )
     serve(app, args.host, args.port, log_level=args.log_level, server=args.server)

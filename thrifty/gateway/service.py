@@ -413,6 +413,8 @@ class Gateway:
                         served.errors.append(f"{dep.key}: {exc.status}")
                         last = exc
                         if not exc.retryable:
+                            if exc.try_next_model:  # first-hour: replay miss -> its fallback
+                                break
                             raise
                         if not breaker.allow():
                             break
