@@ -36,11 +36,13 @@ DAY = 86_400
 def _templates() -> Any:
     import jinja2
 
-    from thrifty.reports.render import usd
+    from thrifty.reports.format import decimals_for, per_day, usd_nanos
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=jinja2.select_autoescape(["html"]))
-    env.filters["usd"] = usd
+    env.filters["usd"] = usd_nanos  # usd(decimals) for a column's shared precision
+    env.globals["decimals"] = lambda nanos: max((decimals_for(n / 1e9) for n in nanos if n), default=2)
+    env.filters["per_day"] = lambda v: per_day(v * 1e9)
     env.filters["pct"] = lambda v: "-" if v is None else f"{v:.1f}%"
     env.filters["share"] = lambda v: f"{v:.1%}"
     env.filters["num"] = lambda v: f"{v:,}"

@@ -182,6 +182,17 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
         store.delete_budget(db, request.path_params["budget_id"])
         return {"deleted": request.path_params["budget_id"]}
 
+    async def list_requests(request: Request) -> Any:  # first-hour: the per-request view
+        from thrifty.spend.requests import RequestQueryError, query_from_params
+        from thrifty.spend.requests import list_requests as page
+
+        try:
+            q = query_from_params(request.query_params, _time)
+            await run_in_threadpool(spend.flush)
+            return await run_in_threadpool(page, db, q)
+        except RequestQueryError as exc:
+            raise store.StoreError(str(exc)) from None
+
     async def list_policies(request: Request) -> Any:
         return {"data": store.list_policies(db)}
 
@@ -242,5 +253,6 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
         Route("/policies/{scope}/{scope_id}", guarded(put_policy, mutates=True), methods=["PUT"]),
         Route("/policies/{scope}/{scope_id}", guarded(delete_policy, mutates=True), methods=["DELETE"]),
         Route("/spend", guarded(get_spend), methods=["GET"]),
+        Route("/requests", guarded(list_requests), methods=["GET"]),  # first-hour: per-request view
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error})

@@ -228,6 +228,11 @@ MIGRATIONS.append((3, """
         )
         """))
 MIGRATIONS.append((4, ""))  # PostgreSQL: thrifty_reserve_many(); nothing on SQLite
+# The per-request view (thrifty.spend.requests): filters by served model and status, newest first.
+MIGRATIONS.append((5, """
+        CREATE INDEX ledger_model_ts ON ledger (served_model, ts);
+        CREATE INDEX ledger_status_ts ON ledger (status, ts);
+"""))
 
 
 def migrate(db: Database) -> int:
