@@ -25,7 +25,7 @@ SKIP = {
 def readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     lines = []
-    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
         for line in block.splitlines():
             line = line.split("  #")[0].strip()
             if line and not any(line.startswith(s) for s in SKIP):

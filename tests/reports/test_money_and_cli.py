@@ -54,7 +54,7 @@ def test_webhook_delivery_to_a_local_receiver_is_retried():
     answers = [503, 500, 200]
 
     class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             got.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
             self.send_response(answers[len(got) - 1])
             self.end_headers()

@@ -26,6 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_serve)
 
+    c = subparsers.add_parser("config", help="gateway config tools (import a LiteLLM config.yaml)")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    imp = csub.add_parser(
+        "import-litellm",
+        help="translate a LiteLLM proxy config.yaml into a thrifty TOML config",
+        description="Translate a LiteLLM proxy config.yaml (model_list, litellm_params with "
+        "os.environ/ keys, fallbacks, database_url) into a thrifty TOML config on stdout, e.g. "
+        "thrifty config import-litellm config.yaml > thrifty.toml. What does not map is listed on "
+        "stderr, with what to do instead; literal API keys are never copied.",
+    )
+    imp.add_argument("path", metavar="CONFIG_YAML")
+    imp.set_defaults(func=_import_litellm)
+
     d = subparsers.add_parser(
         "demo",
         help="route a few hundred real benchmark prompts through 'auto' and report",
@@ -65,3 +78,29 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(
         limit=args.limit, profile=args.profile, concurrency=args.concurrency, port=args.port
     )
+
+
+def _import_litellm(args: argparse.Namespace) -> int:
+    import sys
+
+    from thrifty.errors import UsageError
+    from thrifty.gateway.config import build_config
+    from thrifty.gateway.litellm_import import convert, load_yaml, to_toml
+
+    result = convert(load_yaml(args.path))
+    if not result.doc["models"]:
+        raise UsageError(f"{args.path}: no model of its model_list could be imported")
+    try:  # what we print must load: check it as the gateway would (no network, no keys needed)
+        build_config(result.doc, env={})
+    except UsageError as exc:
+        raise UsageError(f"the imported config does not load: {exc}") from None
+    sys.stdout.write(to_toml(result.doc, f"Imported from LiteLLM config {args.path} by thrifty config "
+                                         "import-litellm.\nSee thrifty/gateway/config.py for the format."))
+    models = len(result.doc["models"])
+    print(f"thrifty: imported {models} model(s) and {len(result.doc['providers'])} provider(s) "
+          f"from {args.path}", file=sys.stderr)
+    if result.unmapped:
+        print(f"thrifty: {len(result.unmapped)} setting(s) did not map:", file=sys.stderr)
+        for line in result.unmapped:
+            print(f"  - {line}", file=sys.stderr)
+    return 0

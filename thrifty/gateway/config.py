@@ -477,12 +477,22 @@ def load_config(
     """Read a TOML config file, or build the embedded default when ``path`` is None."""
     if path is None:
         return build_config(default_document(env), env=env)
+    litellm_hint = (
+        f"YAML is LiteLLM's config format; thrifty's is TOML. Translate it with: "
+        f"thrifty config import-litellm {path} > thrifty.toml"
+    )
+    if str(path).lower().endswith((".yaml", ".yml")):
+        if not Path(path).is_file():
+            raise UsageError(f"config file not found: {path}")
+        raise UsageError(f"config file {path} is YAML. {litellm_hint}")
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
+        if b"model_list:" in Path(path).read_bytes():
+            raise UsageError(f"config file {path} looks like a LiteLLM YAML config. {litellm_hint}") from None
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     if doc.get("data_dir") and not Path(doc["data_dir"]).is_absolute():
         doc["data_dir"] = str(Path(path).parent / doc["data_dir"])
