@@ -65,6 +65,7 @@ def test_admin_requests_filters_and_pages_with_a_cursor(control):
             assert r.status_code == 400, (bad, r.text)
             assert r.json()["error"]["type"] == "invalid_request_error"
         assert httpx.get(url + "/requests").status_code == 401
+        assert "/requests" in httpx.get(url + "/openapi.json").json()["paths"]
 
 
 def test_cli_requests_list_pages_and_prints_json(control, tmp_path):
