@@ -612,7 +612,8 @@ def profile_thrifty(
     tmp.mkdir(exist_ok=True)
     code = (
         "import cProfile, os, sys\n"
-        "from thrifty.gateway.server import make_app, serve\n"
+        "from thrifty.gateway.assemble import make_app\n"
+        "from thrifty.gateway.server import serve\n"
         f"app = make_app({str(thrifty_config(tmp, upstream, spend=spend))!r})\n"
         "pr = cProfile.Profile()\n"
         "import signal\n"

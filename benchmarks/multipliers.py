@@ -185,17 +185,18 @@ def bench_cache(data, requests: int) -> None:
             f"  {name}: {hits} hits (simulation: {iso_hits}); lookup p50 {_pct(look, 0.5) * 1e6:.0f} us, "
             f"p99 {_pct(look, 0.99) * 1e6:.0f} us; store (awaited) p50 {_pct(put, 0.5) * 1e6:.0f} us"
         )
-    wrapper_overhead(Path(tmp.name))
+    cache_stage_overhead(Path(tmp.name))
     tmp.cleanup()
 
 
-def wrapper_overhead(tmp: Path, n: int = 3000) -> None:
-    """CPU the MultiplierApp adds per chat request in front of the gateway, in process: the
-    gateway is replaced by an ASGI app that answers at once, so only the wrapper is timed."""
-    from thrifty.gateway.app import create_app
+def cache_stage_overhead(tmp: Path, n: int = 3000) -> None:
+    """CPU the cache stage adds per chat request, in process: the whole app (parse, plan,
+    bill) in front of a provider that answers at once, so only thrifty's own work is timed."""
+    from dataclasses import replace
+
+    from thrifty.gateway.assemble import create_app
     from thrifty.gateway.config import build_config
-    from thrifty.multipliers.settings import CacheSettings
-    from thrifty.multipliers.wiring import MultiplierApp
+    from thrifty.multipliers.settings import BatchSettings, CacheSettings
     from thrifty.spend.api import OpenSpendControl
 
     cfg = build_config(
@@ -206,28 +207,28 @@ def wrapper_overhead(tmp: Path, n: int = 3000) -> None:
             "models": {
                 "m": {"provider": "p", "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
             },
+            "batches": {"enabled": False},
         },
         env={},
     )
-    answer = (
-        b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant",'
-        b'"content":"4"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1}}'
-    )
+    answer = {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 1},
+    }
 
-    async def upstream(scope, receive, send):
-        await receive()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"x-thrifty-model", b"m"),
-                    (b"x-thrifty-cost-usd", b"0.00001"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": answer})
+    class Instant:
+        name = "p"
+
+        async def start(self) -> None: ...
+
+        async def close(self) -> None: ...
+
+        async def chat(self, body, timeouts):
+            return answer
 
     def body(i: int, temperature: float) -> bytes:
         return orjson.dumps(
@@ -239,11 +240,13 @@ def wrapper_overhead(tmp: Path, n: int = 3000) -> None:
         )
 
     async def call(app, raw: bytes) -> None:
-        done = False
+        sent = False
 
         async def receive():
-            nonlocal done
-            done = True
+            nonlocal sent
+            if sent:
+                await asyncio.sleep(3600)  # no disconnect while the answer is made
+            sent = True
             return {"type": "http.request", "body": raw, "more_body": False}
 
         async def send(message):
@@ -264,36 +267,39 @@ def wrapper_overhead(tmp: Path, n: int = 3000) -> None:
         return out
 
     async def run() -> dict[str, list[float]]:
-        plain = MultiplierApp(create_app(cfg, spend=OpenSpendControl()), cache=None, batches=None)
-        plain.inner = upstream
-        cached = MultiplierApp(
-            create_app(cfg, spend=OpenSpendControl()),
-            cache=CacheSettings(backend=str(tmp / "overhead.sqlite3")),
-            batches=None,
+        plain = create_app(cfg, spend=OpenSpendControl(), providers={"p": Instant()})
+        cached = create_app(
+            replace(
+                cfg,
+                cache=CacheSettings(backend=str(tmp / "overhead.sqlite3")),
+                batches=BatchSettings(enabled=False),
+            ),
+            spend=OpenSpendControl(),
+            providers={"p": Instant()},
         )
-        cached.inner = upstream
+        await plain.startup()
+        await cached.startup()
         res = {
-            "bare app (no wrapper)": await timed(upstream, [body(i, 0.7) for i in range(n)]),
-            "wrapper, no cache configured": await timed(plain, [body(i, 0) for i in range(n)]),
-            "wrapper, cache on, request not cacheable": await timed(
+            "no cache configured": await timed(plain, [body(i, 0) for i in range(n)]),
+            "cache on, request not cacheable": await timed(
                 cached, [body(i, 0.7) for i in range(n)]
             ),
-            "wrapper, cache miss (lookup + store)": await timed(
-                cached, [body(i, 0) for i in range(n)]
-            ),
+            "cache miss (lookup + store)": await timed(cached, [body(i, 0) for i in range(n)]),
         }
         while cached.pending_stores:
             await asyncio.sleep(0.01)
-        before = cached.exact.hits
-        res["wrapper, cache hit (answer + ledger record)"] = await timed(
+        exact = cached.pipeline.cache.exact
+        before = exact.hits
+        res["cache hit (answer + ledger record)"] = await timed(
             cached, [body(i, 0) for i in range(n)]
         )
-        assert cached.exact.hits - before == n, "every request of the hit run must hit"
-        await cached.close()
+        assert exact.hits - before == n, "every request of the hit run must hit"
+        await cached.shutdown()
+        await plain.shutdown()
         return res
 
     print(
-        "  per-request time of the wrapper in front of the gateway (in process; 200-char prompt):"
+        "  per-request time of the whole app, by cache path (in process; 200-char prompt):"
     )
     for name, times in asyncio.run(run()).items():
         print(

@@ -18,7 +18,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "limit_body", "openai_too_large", "too_large_message"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "BodyTooLarge",
+    "ClientDisconnected",
+    "limit_body",
+    "openai_too_large",
+    "read_body",
+    "too_large_message",
+]
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # the gateway's max_body_bytes default (base64 images)
 
@@ -120,3 +128,43 @@ def limit_body(app: ASGIApp, limit: int, render: Render = openai_too_large) -> A
         await app(scope, replay, send)
 
     return limited
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the limit (nothing past the limit was read)."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was complete."""
+
+
+async def read_body(scope: dict, receive: Callable[[], Awaitable[dict]], limit: int) -> bytes:
+    """The whole request body, read once: :class:`BodyTooLarge` as soon as it passes ``limit``
+    (a declared ``Content-Length`` over it: before a byte is read), :class:`ClientDisconnected`
+    when the client goes away mid-body (never a truncated body taken for a whole one)."""
+    declared = _declared_length(scope)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge()
+    first = None
+    chunks: list[bytes] | None = None
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnected()
+        body = message.get("body", b"")
+        if body:
+            size += len(body)
+            if size > limit:
+                raise BodyTooLarge()
+            if first is None:
+                first = body
+            else:
+                if chunks is None:
+                    chunks = [first]
+                chunks.append(body)
+        if not message.get("more_body"):
+            break
+    if chunks is not None:
+        return b"".join(chunks)
+    return first or b""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from thrifty.gateway.app import create_app
+from thrifty.gateway.assemble import create_app
 from thrifty.gateway.config import build_config
 from thrifty.spend.api import OpenSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream

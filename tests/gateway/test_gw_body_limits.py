@@ -14,11 +14,9 @@ from gw_openai_schema import SPEC, validate
 from gw_setup import gateway_doc
 
 from thrifty.bodylimit import limit_body
-from thrifty.gateway.app import create_app
+from thrifty.gateway.assemble import build_spend, create_app
 from thrifty.gateway.config import build_config
-from thrifty.gateway.server import build_spend
 from thrifty.multipliers.settings import BatchSettings
-from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.spend import store
 from thrifty.testing.server import running
 
@@ -32,15 +30,12 @@ def served(upstreams, tmp_path_factory) -> Iterator[tuple[str, str]]:
     doc["spend"] = {"admin_key": ADMIN}
     doc["max_body_bytes"] = LIMIT
     config = build_config(doc, env={})
+    config.batches = BatchSettings(poll=0.05)
     spend, mounts = build_spend(config)
     store.create_team(spend.db, "lim")
     _, key = store.create_key(spend.db, team_id="lim")
     spend.reload()
-    app = MultiplierApp(
-        create_app(config, spend=spend, mounts=mounts),
-        cache=None,
-        batches=BatchSettings(poll=0.05),
-    )
+    app = create_app(config, spend=spend, mounts=mounts)
     with running(app) as url:
         yield url, key
 

@@ -44,3 +44,16 @@ def test_demo_routes_real_prompts_and_leaves_a_ledger(tmp_path):
     sim = thrifty("simulate", "--data-dir", str(data), "--team", "demo", "--profile", "auto-cheap", cwd=tmp_path)
     assert sim.returncode == 0, sim.stderr
     assert "auto-cheap" in sim.stdout
+
+
+def test_the_demo_runs_every_pipeline_stage_as_serve_does(tmp_path):
+    """The demo's app is assembled as `thrifty serve` assembles it: the response cache, the
+    auto-cascade profile and batch deferral are stages of its pipeline."""
+    from thrifty.gateway.assemble import build_app
+    from thrifty.gateway.demo import demo_config
+
+    app, spend = build_app(demo_config(tmp_path))
+    p = app.pipeline
+    assert p.cache is not None and p.cascade is not None and p.defer is not None
+    assert "auto-cascade" in app.extra_profiles
+    spend.flush()

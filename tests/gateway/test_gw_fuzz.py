@@ -29,7 +29,7 @@ from gw_openai_schema import SPEC, validate
 from gw_setup import gateway_doc
 
 from thrifty.gateway.config import build_config
-from thrifty.gateway.service import price
+from thrifty.pipeline.billing import price
 from thrifty.providers.base import Usage
 from thrifty.providers.replay_records import read_packaged
 from thrifty.spend.money import usd_to_nanos

@@ -10,7 +10,7 @@ import sys
 
 import openai
 
-from thrifty.gateway.app import create_app
+from thrifty.gateway.assemble import create_app
 from thrifty.gateway.config import load_config
 from thrifty.spend.api import OpenSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream

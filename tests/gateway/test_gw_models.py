@@ -15,11 +15,9 @@ import pytest
 from gw_openai_schema import SPEC, validate
 from gw_setup import gateway_doc, serve_gateway
 
-from thrifty.gateway.app import create_app
+from thrifty.gateway.assemble import build_spend, create_app
 from thrifty.gateway.config import build_config
-from thrifty.gateway.server import build_spend
 from thrifty.multipliers.settings import CascadeSettings
-from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.spend import store
 from thrifty.testing.server import running
 
@@ -43,6 +41,7 @@ def served(upstreams, tmp_path_factory) -> Iterator[tuple[str, dict[str, str], A
     doc = gateway_doc(upstreams, tmp_path_factory.mktemp("models"))
     doc["spend"] = {"admin_key": ADMIN}
     config = build_config(doc, env={})
+    config.cascade = CascadeSettings(CASCADE)
     spend, mounts = build_spend(config)
     keys: dict[str, str] = {}
     for team, rules in TEAMS.items():
@@ -54,10 +53,9 @@ def served(upstreams, tmp_path_factory) -> Iterator[tuple[str, dict[str, str], A
     record, keys["fr-key"] = store.create_key(spend.db, team_id="fr")
     store.set_policy(spend.db, "key", record["id"], {"deny_models": ["mistralai/mistral-7b*"]})
     spend.reload()
-    inner = create_app(config, spend=spend, mounts=mounts)
-    app = MultiplierApp(inner, cache=None, batches=None, cascade=CascadeSettings(CASCADE))
+    app = create_app(config, spend=spend, mounts=mounts)
     with running(app) as url:
-        yield url, keys, inner.gw
+        yield url, keys, app.gw
 
 
 def _client(url: str, key: str) -> openai.OpenAI:

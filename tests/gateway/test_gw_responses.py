@@ -26,11 +26,10 @@ from gw_setup import gateway_doc
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from thrifty.gateway.app import create_app
+from thrifty.gateway.assemble import build_spend, create_app
 from thrifty.gateway.config import build_config
 from thrifty.gateway.responses import ResponsesRequest
-from thrifty.gateway.server import build_spend
-from thrifty.gateway.service import price
+from thrifty.pipeline.billing import price
 from thrifty.providers.base import Usage
 from thrifty.providers.replay_records import read_packaged
 from thrifty.spend import store

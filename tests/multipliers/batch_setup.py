@@ -15,11 +15,11 @@ from typing import Any
 
 import openai
 
-from thrifty.gateway.app import create_app
+from thrifty.gateway.app import GatewayApp
+from thrifty.gateway.assemble import create_app
 from thrifty.gateway.config import build_config
 from thrifty.multipliers.batches import BatchRunner, BatchStore
 from thrifty.multipliers.settings import BatchSettings
-from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.spend.api import LedgerRecord, OpenSpendControl
 from thrifty.spend.control import DbSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream
@@ -63,7 +63,7 @@ def jsonl(n: int, model: str = "m-ok", *, question: str = "q{}", max_tokens: int
     )
 
 
-def provider_app(tmp: Path, upstream: FakeUpstream, spend: OpenSpendControl) -> MultiplierApp:
+def provider_app(tmp: Path, upstream: FakeUpstream, spend: OpenSpendControl) -> GatewayApp:
     """The 'provider': a thrifty serving m-up from ``upstream``, with its batch API."""
     config = build_config(
         {
@@ -109,11 +109,10 @@ def front_config(tmp: Path, provider_url: str, upstream: FakeUpstream | None = N
     )
 
 
-def batch_app(config, spend: OpenSpendControl) -> MultiplierApp:
+def batch_app(config, spend: OpenSpendControl) -> GatewayApp:
     """A gateway with batches (its runner polling every 0.05 s) and no cache."""
-    return MultiplierApp(
-        create_app(config, spend=spend), cache=None, batches=BatchSettings(poll=0.05)
-    )
+    config.cache, config.batches = None, BatchSettings(poll=0.05)
+    return create_app(config, spend=spend)
 
 
 def submit(url: str, key: str, content: bytes) -> tuple[openai.OpenAI, Any]:
@@ -144,11 +143,12 @@ def completed(client: openai.OpenAI, batch: Any, timeout: float = 20) -> Any:
 async def gateway_process(
     tmp: Path, config, *, owner: str, principal: dict[str, Any], content: bytes
 ) -> AsyncIterator[tuple[Any, DbSpendControl, BatchStore]]:
-    """One gateway process: (app, spend, batches) on ``tmp``'s spend.db, journal and
-    batches.sqlite3, started, with a batch of ``content`` created for ``owner`` unless one is
+    """One gateway process: (app, spend, batches) on ``tmp``'s spend.db (the batches in it too)
+    and journal, started, with a batch of ``content`` created for ``owner`` unless one is
     unfinished already (from a process before); shut down when the block ends."""
     spend = DbSpendControl(f"sqlite:///{tmp / 'spend.db'}", tmp / "journal")
-    batches = BatchStore(tmp / "batches.sqlite3")
+    batches = BatchStore(spend.db_url)
+    config.batches = BatchSettings(enabled=False)  # the test runs the lines itself
     app = create_app(config, spend=spend)
     await app.startup()
     if not await batches.unfinished():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,11 @@ from typing import Any
 import httpx
 from batch_setup import PRICE
 
-from thrifty.gateway.app import create_app
+from thrifty.gateway.assemble import create_app
 from thrifty.gateway.config import build_config
 from thrifty.gateway.schemas import ChatRequest
 from thrifty.multipliers.batches import line_request_id
 from thrifty.multipliers.settings import BatchSettings
-from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.spend import store
 from thrifty.spend.api import Principal
 from thrifty.spend.control import DbSpendControl
@@ -65,17 +63,21 @@ def wait_for(cond, what: str, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
-def batch_lines(data_dir: Path) -> list[tuple]:
-    with sqlite3.connect(data_dir / "batches.sqlite3") as db:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(batch_lines)")}
-        sub = "submission" if "submission" in columns else "NULL"  # (a store of before)
-        return db.execute(f"SELECT line, {sub}, upstream FROM batch_lines ORDER BY line").fetchall()
+def batch_lines(db_url: str) -> list[tuple]:
+    """(line, submission, upstream) of every batch line in the spend database at ``db_url``."""
+    db = Database(db_url)
+    try:
+        return [tuple(r) for r in db.all("SELECT line, submission, upstream FROM batch_lines ORDER BY line")]
+    finally:
+        db.close()
 
 
 def ledger_rows(db_url: str, budget_id: str) -> tuple[list[tuple], int]:
+    """The batch lines' ledger rows (refused requests are in the ledger too: left out here)."""
     db = Database(db_url)
     rows = db.all(
-        "SELECT request_id, cost_nanos, batch, status FROM ledger ORDER BY request_id"
+        "SELECT request_id, cost_nanos, batch, status FROM ledger WHERE batch = 1 "
+        "ORDER BY request_id"
     )
     spent = db.one("SELECT sum(spent_nanos) FROM budget_spend WHERE budget_id = ?", (budget_id,))[0]
     db.close()
@@ -103,6 +105,7 @@ def serve_config(tmp: Path, fake: FakeUpstream, db_url: str) -> Path:
         "",
         "[batches]",
         "poll = 0.05",
+        "lease = 1.0",  # a replica that died: its batches are resumed after a second
         "",
         "[providers.bp]",
         'type = "openai"',
@@ -172,9 +175,8 @@ class Front:
             },
             env={},
         )
-        self.app = MultiplierApp(
-            create_app(config, spend=self.spend), cache=None, batches=BatchSettings(poll=0.05)
-        )
+        config.cache, config.batches = None, BatchSettings(poll=0.05)
+        self.app = create_app(config, spend=self.spend)
 
     def held(self) -> int:
         """What the spend control counts as held now (PostgreSQL: unexpired reservations)."""

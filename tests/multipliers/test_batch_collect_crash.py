@@ -1,14 +1,16 @@
 """A gateway that dies while collecting a provider batch's results bills each line once, and its
 budgets count exactly what the ledger holds.
 
-``thrifty serve`` runs in its own process on the test's spend database (SQLite or PostgreSQL),
-journal and batch store, with ``THRIFTY_TEST_CRASH_AT`` naming the point where it kills itself
-with SIGKILL (no upstream call separates the points below, so the fake provider cannot hold the
-process there the way ``test_batch_submit_crash`` does):
+``thrifty serve`` runs in its own process on the test's spend database (SQLite or PostgreSQL,
+the batch store in it too) and journal; the test kills it with SIGKILL at a point it knows was
+reached:
 
-* ``collect-billed``: the provider's results were billed (ledger records journaled, holds
-  settled in memory);
-* ``collect-stored``: the results were stored with their lines (done) but not billed yet.
+* ``collect-fetching``: the provider's batch is finished and the gateway asked for its output
+  file, whose answer the fake provider holds (the results are neither stored nor billed);
+* ``collect-stored``: the results were stored with their lines (done), which the test sees in
+  the database; on PostgreSQL the test holds a lock on the ledger table, so the billing has not
+  reached the database (on SQLite it may have, or only the journal, or not even that: each way
+  must end the same).
 
 A second process on the same files finishes the batch. Each line is billed once in the ledger,
 the budget's spent amount (in the database *and* as the gateway counts it when admitting, which
@@ -17,11 +19,15 @@ its refusal message shows) is the sum of the ledger, and nothing is left held.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
+import psycopg
 import pytest
 from batch_setup import completed, jsonl, submit
 from provider_batch_setup import (
@@ -35,28 +41,74 @@ from provider_batch_setup import (
     wait_for,
 )
 
-from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.spend.db import Database
+from thrifty.testing.fake_upstream import FakeProtocol, FakeUpstream
 from thrifty.testing.loadtest import Gateway
 
-POINTS = ("collect-billed", "collect-stored")
+POINTS = ("collect-fetching", "collect-stored")
+
+
+@contextlib.contextmanager
+def output_held(monkeypatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """The fake provider holds (never answers) downloads of file contents until ``release`` is
+    set; ``asked`` is set when one came. (The gateway downloads only the output file.)"""
+    asked, release = threading.Event(), threading.Event()
+    real = FakeProtocol._batch_api
+
+    def holding(self, t, method, path, query, raw):
+        if method == b"GET" and path.endswith(b"/content") and not release.is_set():
+            asked.set()
+            return
+        real(self, t, method, path, query, raw)
+
+    monkeypatch.setattr(FakeProtocol, "_batch_api", holding)
+    yield asked, release
+    release.set()
+
+
+def _stored(db_url: str) -> bool:
+    codes = _codes(db_url)
+    return bool(codes) and all(code is not None for code in codes)
+
+
+def _codes(db_url: str) -> list:
+    db = Database(db_url)
+    try:
+        return [r[0] for r in db.all("SELECT status_code FROM batch_lines")]
+    finally:
+        db.close()
 
 
 def _crash_collecting(tmp: Path, fake: FakeUpstream, db_url: str, point: str, monkeypatch) -> dict:
     (tmp / "front").mkdir(exist_ok=True)
     key, budget = team(db_url)
     config = serve_config(tmp, fake, db_url)
-    monkeypatch.setenv("THRIFTY_TEST_CRASH_AT", point)
-    first = Gateway(config, tmp / "gw1.log")
-    try:
-        client, batch = submit(first.url, key, jsonl(N, "m-batch"))
-        first.proc.wait(30)  # the provider finishes at once; the gateway dies collecting
-    finally:
-        first.stop()
-    monkeypatch.delenv("THRIFTY_TEST_CRASH_AT")
-    log1 = (tmp / "gw1.log").read_text()
-    assert first.proc.returncode == -9, log1[-3000:]
-    assert f"THRIFTY_TEST_CRASH_AT={point}: killing this process" in log1
-    before = batch_lines(tmp / "front")
+    lock = None
+    with output_held(monkeypatch) as (asked, release):
+        if point == "collect-stored":
+            release.set()
+            if db_url.startswith("postgresql"):
+                # Billing cannot reach the ledger table (it is journaled, then waits here).
+                lock = psycopg.connect(db_url)  # a transaction, held until the kill
+                lock.execute("LOCK TABLE ledger IN EXCLUSIVE MODE")
+        first = Gateway(config, tmp / "gw1.log")
+        try:
+            client, batch = submit(first.url, key, jsonl(N, "m-batch"))
+            if point == "collect-fetching":
+                assert asked.wait(20), "the gateway never asked for the provider's output file"
+            else:
+                wait_for(lambda: _stored(db_url), "the results stored with their lines")
+            first.kill()
+        finally:
+            first.stop()
+            if lock is not None:
+                lock.rollback()
+                lock.close()
+    assert first.proc.returncode == -9
+    before = batch_lines(db_url)
+    codes = _codes(db_url)
+    if lock is not None:  # the kill came before the ledger had any of it
+        assert ledger_rows(db_url, budget["id"])[0] == []
     with Gateway(config, tmp / "gw2.log") as second:
         client = openai.OpenAI(base_url=second.url + "/v1", api_key=key, max_retries=0)
         done = completed(client, client.batches.retrieve(batch.id), timeout=30)
@@ -68,6 +120,7 @@ def _crash_collecting(tmp: Path, fake: FakeUpstream, db_url: str, point: str, mo
     return {
         "batch": batch.id,
         "before": before,
+        "codes": codes,
         "done": done,
         "out": out,
         "rows": rows,
@@ -87,6 +140,8 @@ def test_crash_while_collecting_bills_each_line_once(tmp_path, backend, point, r
     )
     with FakeUpstream() as fake:
         r = _crash_collecting(tmp_path, fake, db_url, point, monkeypatch)
-        # The process died with the lines in the provider's batch, its results collected.
+        # The process died with the lines in the provider's batch, its results collected
+        # (stored) or being fetched (not stored).
         assert all(upstream for _, _, upstream in r["before"]), r["before"]
+        assert all((code is not None) == (point == "collect-stored") for code in r["codes"]), r["codes"]
         check_once(r, fake)

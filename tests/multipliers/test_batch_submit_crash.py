@@ -65,7 +65,7 @@ def _crash_and_restart(tmp: Path, fake: FakeUpstream, fault: str, *, fail_list: 
         first.kill()  # mid-call: the gateway never learns what the provider did
     finally:
         first.stop()
-    before = batch_lines(tmp / "front")
+    before = batch_lines(db_url)
     made = len(fake.state.batches)
     fake.faults.hang_create = None
     fake.faults.fail_list = fail_list
@@ -159,7 +159,7 @@ def test_holds_of_waiting_lines_outlive_hold_ttl(tmp_path, backend, request):
         first = Front(tmp_path, fake, db_url)
         with running(first.app) as url:
             client, batch = submit(url, key, jsonl(N, "m-batch"))
-            wait_for(lambda: all(u for _, _, u in batch_lines(tmp_path / "front")), "the provider batch id")
+            wait_for(lambda: all(u for _, _, u in batch_lines(db_url)), "the provider batch id")
             held = first.held()
             assert held > 0
             time.sleep(1.5)  # past hold_ttl (1 s)

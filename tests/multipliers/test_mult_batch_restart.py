@@ -38,8 +38,8 @@ from batch_setup import (
     jsonl as batch_jsonl,
 )
 
+from thrifty.gateway.app import GatewayApp
 from thrifty.gateway.schemas import ChatRequest
-from thrifty.multipliers.wiring import MultiplierApp
 from thrifty.spend import store
 from thrifty.spend.api import Principal
 from thrifty.spend.control import DbSpendControl
@@ -67,7 +67,7 @@ class Front:
 
 def gated_provider(
     tmp: Path, upstream: FakeUpstream, spend: Ledger
-) -> tuple[MultiplierApp, threading.Event]:
+) -> tuple[GatewayApp, threading.Event]:
     """The provider, whose batch lines do not run until the returned event is set."""
     gate = threading.Event()
     provider = provider_app(tmp, upstream, spend)
@@ -107,7 +107,7 @@ def test_provider_batch_holds_and_costs_survive_a_restart(upstream, tmp_path):
     provider, gate = gated_provider(tmp_path, upstream, provider_spend)
     # The tenant: a team with a budget and a key, in the front gateway's spend database.
     key, budget = team_t(tmp_path)
-    lines_db = tmp_path / "front" / "batches.sqlite3"
+    lines_db = tmp_path / "spend.db"  # the front gateway's batches are beside its ledger
 
     with running(provider) as provider_url:
         # -- first gateway process: the batch is accepted and its lines go to the provider.
@@ -174,7 +174,7 @@ def test_provider_batch_holds_and_costs_survive_a_restart(upstream, tmp_path):
             second.spend.flush()
             rows = second.spend.db.all(
                 "SELECT request_id, cost_nanos, batch, served_model, team_id, prompt_tokens,"
-                " completion_tokens FROM ledger ORDER BY request_id"
+                " completion_tokens FROM ledger WHERE batch = 1 ORDER BY request_id"
             )
             assert [r[0] for r in rows] == [f"{batch.id}_{i}" for i in range(N)]  # billed once
             for _, cost, is_batch, served, team, prompt, completion in rows:
@@ -253,7 +253,7 @@ def test_answered_line_is_billed_once_when_the_gateway_dies_before_billing_it(up
                         fields, endpoint, body, request_id, store_answer=store_then_die
                     )
 
-            executor = DiesBeforeBilling(lambda: app.gw)
+            executor = DiesBeforeBilling(app.pipeline)
             await run_lines(batches, executor, crashed if crash_line is not None else None)
             held = sum(spend.budgets._held.values())
             spend.flush()
@@ -265,13 +265,13 @@ def test_answered_line_is_billed_once_when_the_gateway_dies_before_billing_it(up
     held, billed = asyncio.run(process(crash_line=None))
     assert held == 0 and billed == n
 
-    db = sqlite3.connect(tmp_path / "batches.sqlite3")
+    db = sqlite3.connect(tmp_path / "spend.db")
     ((batch_id, status, output),) = db.execute(
         "SELECT id, status, output_file_id FROM batches"
     ).fetchall()
     assert status == "completed"
     assert calls == {line_request_id(batch_id, i): 1 for i in range(n)}  # none ran twice
-    (content,) = db.execute("SELECT content FROM files WHERE id = ?", (output,)).fetchone()
+    (content,) = db.execute("SELECT content FROM batch_files WHERE id = ?", (output,)).fetchone()
     out = [json.loads(x) for x in bytes(content).splitlines()]
     assert [x["response"]["status_code"] for x in out] == [200] * n
     assert (

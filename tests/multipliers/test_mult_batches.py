@@ -8,7 +8,6 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
@@ -26,11 +25,11 @@ from batch_setup import (
     submit,
 )
 
-from thrifty.gateway.app import create_app
+from thrifty.gateway.assemble import create_app
 from thrifty.gateway.config import build_config
-from thrifty.multipliers.batch_api import batch_mounts
 from thrifty.multipliers.batch_exec import GatewayExecutor
-from thrifty.multipliers.batches import BatchRunner, BatchStore, line_request_id
+from thrifty.multipliers.batches import line_request_id
+from thrifty.multipliers.settings import BatchSettings
 from thrifty.spend.api import AuthError, OpenSpendControl, Principal
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running
@@ -62,15 +61,10 @@ class TeamKeys(OpenSpendControl):
 
 def test_batch_through_sdk_with_tenant_isolation(upstream, tmp_path):
     spend = TeamKeys()
-    store = BatchStore(tmp_path / "batches.sqlite3")
-    holder: dict[str, Any] = {}
-    runner = BatchRunner(store, GatewayExecutor(lambda: holder["app"].gw), poll=0.05)
-    app = create_app(
-        config(upstream, tmp_path),
-        spend=spend,
-        mounts=batch_mounts(store, runner, spend.authenticate),
-    )
-    holder["app"] = app
+    cfg = config(upstream, tmp_path)
+    cfg.batches = BatchSettings(poll=0.05)
+    app = create_app(cfg, spend=spend)
+    store = app.batch_store
     with running(app) as url:
         a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
         b = openai.OpenAI(base_url=url + "/v1", api_key="sk-b", max_retries=0)
@@ -117,7 +111,7 @@ def test_batch_through_sdk_with_tenant_isolation(upstream, tmp_path):
             openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).batches.list()
         with pytest.raises(openai.ConflictError):
             a.batches.cancel(batch.id)
-    asyncio.run(store.close())
+    assert app.batch_store is store  # the app owns it and closed it at shutdown
 
 
 def test_batch_survives_restart_and_is_billed_once(upstream, tmp_path):
@@ -130,7 +124,7 @@ def test_batch_survives_restart_and_is_billed_once(upstream, tmp_path):
         async with gateway_process(
             tmp_path, config(upstream, tmp_path), owner="anon", principal={}, content=jsonl(n)
         ) as (app, _, batches):
-            real = GatewayExecutor(lambda: app.gw)
+            real = GatewayExecutor(app.pipeline)
             crashed = asyncio.Event()
 
             async def executor(fields, endpoint, body, request_id):
@@ -146,7 +140,7 @@ def test_batch_survives_restart_and_is_billed_once(upstream, tmp_path):
     asyncio.run(process(crash_after=3))
     asyncio.run(process(crash_after=None))
 
-    store_db = sqlite3.connect(tmp_path / "batches.sqlite3")
+    store_db = sqlite3.connect(tmp_path / "spend.db")  # the batches are beside the ledger
     ((batch_id, status),) = store_db.execute("SELECT id, status FROM batches").fetchall()
     assert status == "completed"
     # Lines finished before the crash ran once; the one in flight ran again with the same id.
@@ -218,7 +212,8 @@ def test_deferrable_call_header(upstream, tmp_path):
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-thrifty-defer"
         # Without the header the call is answered at once, as always.
         assert httpx.post(url + "/v1/chat/completions", json=body).json()["choices"]
-    assert [r.batch for r in spend.records] == [True, False]
+    # The deferred line, the refused bad header (at no cost), the call answered at once.
+    assert [(r.batch, r.status) for r in spend.records] == [(True, 200), (False, 400), (False, 200)]
 
 
 def test_provider_batch_api_down_then_up_holds_once_and_completes(upstream, tmp_path):
@@ -227,10 +222,10 @@ def test_provider_batch_api_down_then_up_holds_once_and_completes(upstream, tmp_
     class Counting(Ledger):
         admits = 0
 
-        async def admit(self, principal, model, *, prompt_tokens, max_cost_usd):
+        async def admit(self, principal, model, *, prompt_tokens, max_cost_usd, ttl=None):
             Counting.admits += 1
             return await super().admit(
-                principal, model, prompt_tokens=prompt_tokens, max_cost_usd=max_cost_usd
+                principal, model, prompt_tokens=prompt_tokens, max_cost_usd=max_cost_usd, ttl=ttl
             )
 
     port = free_port()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import openai
 import pytest
 
-from thrifty.gateway.app import create_app
+from thrifty.gateway.assemble import create_app
 from thrifty.gateway.config import _replay_models, build_config
 from thrifty.multipliers.cascade import check_answer
-from thrifty.multipliers.settings import CacheSettings, CascadeSettings
-from thrifty.multipliers.wiring import MultiplierApp
+from thrifty.multipliers.settings import BatchSettings, CacheSettings, CascadeSettings
 from thrifty.providers.replay_records import DEFAULT_SHARED, gsm8k_records
 from thrifty.spend.api import LedgerRecord, OpenSpendControl
 from thrifty.testing.server import running
@@ -52,11 +53,14 @@ def test_cascade_accepts_or_escalates_and_bills_every_call(prompts, tmp_path):
     passing, failing = prompts
     config = replay_config(tmp_path)
     spend = Ledger()
-    app = MultiplierApp(
-        create_app(config, spend=spend),
-        cache=CacheSettings(),
-        batches=None,
-        cascade=CascadeSettings((CHEAP, STRONG)),
+    app = create_app(
+        replace(
+            config,
+            cache=CacheSettings(),
+            batches=BatchSettings(enabled=False),
+            cascade=CascadeSettings((CHEAP, STRONG)),
+        ),
+        spend=spend,
     )
     with running(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
@@ -118,11 +122,9 @@ def test_cascade_settings():
 def test_default_cascade_on_the_embedded_config():
     from thrifty.gateway.config import load_config
 
-    app = MultiplierApp(
-        create_app(load_config(None, env={}), spend=OpenSpendControl()), cache=None, batches=None
-    )
+    app = create_app(load_config(None, env={}), spend=OpenSpendControl())
     # The cheapest model within 80% of the frontier's accuracy in the router's data, then the frontier.
-    assert app.cascade == ["mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"]
+    assert app.pipeline.cascade.models == ["mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"]
 
 
 def test_routed_auto_requests_hit_the_cache(prompts, tmp_path):
@@ -131,7 +133,9 @@ def test_routed_auto_requests_hit_the_cache(prompts, tmp_path):
     passing, _ = prompts
     config = replay_config(tmp_path)
     spend = Ledger()
-    app = MultiplierApp(create_app(config, spend=spend), cache=CacheSettings(), batches=None)
+    app = create_app(
+        replace(config, cache=CacheSettings(), batches=BatchSettings(enabled=False)), spend=spend
+    )
     with running(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
 

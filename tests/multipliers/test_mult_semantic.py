@@ -154,3 +154,19 @@ def test_index_is_rebuilt_from_the_store_after_a_restart(embed, tmp_path, backen
 
     asyncio.run(before())
     asyncio.run(after())
+
+
+def test_a_new_machine_uses_the_routers_shipped_table_instead_of_distilling(tmp_path, monkeypatch):
+    """The semantic cache's embedder is the table the packaged router ships: a new machine does
+    not distil MiniLM again (minutes of CPU) nor write a table of its own."""
+    from thrifty.router import embed
+
+    monkeypatch.setenv("THRIFTY_CACHE_DIR", str(tmp_path / "cache"))
+
+    def distill(*args, **kwargs):
+        raise AssertionError("distilled MiniLM although the router ships its table")
+
+    monkeypatch.setattr(embed, "distill", distill)
+    embedder = embed.default_embedder(show_progress=False)
+    assert embedder.dim == embed.STATIC_DIM and embedder.ident.startswith("minilm-l6-int8")
+    assert not (tmp_path / "cache").exists()

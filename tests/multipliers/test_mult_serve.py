@@ -8,8 +8,8 @@ from collections import Counter
 import openai
 import pytest
 
-from thrifty.gateway.server import make_app
-from thrifty.multipliers.wiring import MultiplierApp
+from thrifty.gateway.app import GatewayApp
+from thrifty.gateway.assemble import make_app
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running
 
@@ -53,7 +53,7 @@ backend = "{tmp_path / "cache.sqlite3"}"
 models = ["m-pool"]
 """)
     app = make_app(str(path))
-    assert isinstance(app, MultiplierApp)
+    assert isinstance(app, GatewayApp) and app.pipeline.cache is not None
     with running(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,10 @@ import pytest
 from service_urls import redis_url, required
 
 from thrifty.errors import UsageError
-from thrifty.gateway.app import create_app
+from thrifty.gateway.app import GatewayApp
+from thrifty.gateway.assemble import create_app
 from thrifty.gateway.config import build_config
-from thrifty.multipliers.settings import CacheSettings, RouteCache, parse_settings
-from thrifty.multipliers.wiring import MultiplierApp
+from thrifty.multipliers.settings import BatchSettings, CacheSettings, RouteCache, parse_settings
 from thrifty.spend.api import AuthError, LedgerRecord, OpenSpendControl, PolicyDenied, Principal
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running
@@ -69,7 +70,7 @@ def serve(upstream: FakeUpstream, tmp: Path, settings: CacheSettings):
         env={},
     )
     spend = Tenants()
-    app = MultiplierApp(create_app(config, spend=spend), cache=settings, batches=None)
+    app = create_app(replace(config, cache=settings, batches=BatchSettings(enabled=False)), spend=spend)
     APPS.append(app)
     return spend, app
 
@@ -87,7 +88,7 @@ def one_model_config(upstream: FakeUpstream, tmp: Path):
     )
 
 
-APPS: list[MultiplierApp] = []
+APPS: list[GatewayApp] = []
 
 
 def ask(client: openai.OpenAI, model: str = "m-ok", text: str = "What is 2+2?", **kw: Any):
@@ -226,9 +227,12 @@ def test_settings_validation():
         {"cache": {"ttl": 60, "routes": {"m": {"mode": "semantic"}}}, "batches": {"concurrency": 2}}
     )
     assert cache is not None and cache.ttl == 60 and cache.routes["m"].mode == "semantic"
-    assert batches.concurrency == 2 and batches.enabled
+    assert batches.concurrency == 2 and batches.enabled and batches.lease == 60
+    assert parse_settings({"batches": {"lease": 1.5}})[1].lease == 1.5
     assert parse_settings({})[0] is None
     for bad in (
+        {"batches": {"lease": 0}},
+        {"batches": {"lease": "1m"}},
         {"cache": {"ttl": -1}},
         {"cache": {"routes": {"m": {"mode": "fuzzy"}}}},
         {"cache": {"semantic_threshold": 2}},
@@ -242,9 +246,11 @@ def test_settings_validation():
 def test_batches_resume_at_startup_and_are_served_by_the_wrapper(upstream, tmp_path):
     from thrifty.multipliers.batches import BatchStore
     from thrifty.multipliers.settings import BatchSettings
+    from thrifty.spend import database_url
 
     async def submit() -> str:
-        store = BatchStore(tmp_path / "batches.sqlite3")
+        # With no spend database of its own, the wrapper keeps batches in data_dir's spend.db.
+        store = BatchStore(database_url({}, tmp_path))
         line = (
             b'{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": '
             b'{"model": "m-ok", "messages": [{"role": "user", "content": "hi"}]}}\n'
@@ -264,7 +270,7 @@ def test_batches_resume_at_startup_and_are_served_by_the_wrapper(upstream, tmp_p
             return Principal(key_id=(authorization or "").removeprefix("Bearer ").strip() or None)
 
     spend = KeyOnly()
-    app = MultiplierApp(create_app(config, spend=spend), cache=None, batches=BatchSettings())
+    app = create_app(replace(config, cache=None, batches=BatchSettings()), spend=spend)
     with running(app) as url:
         deadline = time.monotonic() + 10
         while not any(r.batch for r in spend.records):  # resumed at startup, before any request
@@ -298,7 +304,7 @@ def test_hits_are_ledger_rows_with_zero_cost_in_the_real_ledger(upstream, tmp_pa
         secrets[team] = store.create_key(spend.db, team_id=team)[1]
     spend.reload()
     config = one_model_config(upstream, tmp_path)
-    app = MultiplierApp(create_app(config, spend=spend), cache=CacheSettings(), batches=None)
+    app = create_app(replace(config, cache=CacheSettings(), batches=BatchSettings(enabled=False)), spend=spend)
     APPS.append(app)
     with running(app) as url:
         alpha = openai.OpenAI(base_url=url + "/v1", api_key=secrets["alpha"], max_retries=0)
@@ -394,7 +400,7 @@ def test_semantic_hits_survive_a_gateway_restart(upstream, tmp_path):
     with running(app) as url:
         a = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
         deadline = time.monotonic() + 5
-        while (app.pending_stores or app._tasks) and time.monotonic() < deadline:
+        while (app.pending_stores or app.pipeline.cache.tasks) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert (
             ask(a, "m-sem", "name the largest planet.").headers["x-thrifty-cache"] == "hit-semantic"
@@ -430,11 +436,14 @@ def test_prefix_affinity_keeps_a_tenants_prefix_on_one_deployment(upstream, tmp_
             },
             env={},
         )
-        app = MultiplierApp(
-            create_app(config, spend=Tenants()),
-            cache=None,
-            batches=None,
-            affinity=AffinitySettings(models=("pool",)),
+        app = create_app(
+            replace(
+                config,
+                cache=None,
+                batches=BatchSettings(enabled=False),
+                affinity=AffinitySettings(models=("pool",)),
+            ),
+            spend=Tenants(),
         )
         with running(app) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="sk-a", max_retries=0)
@@ -459,12 +468,7 @@ def test_prefix_affinity_keeps_a_tenants_prefix_on_one_deployment(upstream, tmp_
     finally:
         second.stop()
     with pytest.raises(UsageError, match="two or more deployments"):
-        MultiplierApp(
-            create_app(config, spend=Tenants()),
-            cache=None,
-            batches=None,
-            affinity=AffinitySettings(models=("nope",)),
-        )
+        create_app(replace(config, affinity=AffinitySettings(models=("nope",))), spend=Tenants())
 
 
 def test_a_hit_the_ledger_cannot_record_is_not_served(upstream, tmp_path):

@@ -79,7 +79,7 @@ def _check_budget_run(responses: list, ledger_nanos: int, ledger_rows: int, budg
     reported = sum(usd_to_nanos(r.headers["x-thrifty-cost-usd"]) for r in ok)
     assert ledger_nanos <= usd_to_nanos(budget)
     assert ledger_nanos == reported
-    assert ledger_rows == len(ok)
+    assert ledger_rows == len(responses)  # refused requests are in the ledger too, at no cost
     return {"ok": len(ok), "refused": len(refused), "ledger_usd": nanos_to_usd(ledger_nanos)}
 
 
@@ -209,7 +209,7 @@ def test_admin_api_mounted_by_the_gateway_and_keys_never_logged(tmp_path, upstre
         # far less, so $0.0002 admits a few requests, then the budget refuses
         assert codes[0] == 200 and codes[-1] == 429
         spend = httpx.get(gw.url + f"/admin/spend?group_by=key&key_id={created['id']}", headers=admin).json()
-        assert Decimal(spend["total_cost_usd"]) <= Decimal("0.0002") and spend["requests"] == codes.count(200)
+        assert Decimal(spend["total_cost_usd"]) <= Decimal("0.0002") and spend["requests"] == len(codes)
         assert httpx.delete(gw.url + f"/admin/keys/{created['id']}", headers=admin).status_code == 200
         r = httpx.post(gw.url + "/v1/chat/completions", json=BODY, headers=auth)
         assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]

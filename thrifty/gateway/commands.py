@@ -58,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from thrifty.gateway.assemble import make_app
     from thrifty.gateway.banner import banner
-    from thrifty.gateway.server import make_app, serve
+    from thrifty.gateway.server import serve
 
     app = make_app(args.config)
     gw = app.gw

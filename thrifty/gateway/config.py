@@ -92,6 +92,15 @@ from typing import Any
 from thrifty.catalog.loader import Catalog
 from thrifty.catalog.model import ModelInfo
 from thrifty.errors import UsageError
+from thrifty.multipliers.settings import (
+    AffinitySettings,
+    BatchSettings,
+    CacheSettings,
+    CascadeSettings,
+    parse_affinity,
+    parse_cascade,
+    parse_settings,
+)
 from thrifty.paths import default_data_dir
 from thrifty.providers.config import ProviderConfig, Timeouts
 
@@ -176,6 +185,12 @@ class GatewayConfig:
     spend_enabled: bool = (
         True  # false: no keys, budgets or ledger (benchmarks of the bare proxy only)
     )
+    # The multipliers' sections (thrifty/multipliers/settings.py): [cache] (None: no response
+    # cache), [batches], [cascade] (the auto-cascade profile), [affinity].
+    cache: CacheSettings | None = None
+    batches: BatchSettings = field(default_factory=BatchSettings)
+    cascade: CascadeSettings = field(default_factory=CascadeSettings)
+    affinity: AffinitySettings = field(default_factory=AffinitySettings)
 
 
 def _max_body_bytes(value: Any) -> int:
@@ -468,6 +483,8 @@ def build_config(
         spend=dict(doc.get("spend") or {}),
         spend_enabled=bool(doc.get("spend_enabled", True)),
     )
+    cfg.cache, cfg.batches = parse_settings(doc)
+    cfg.cascade, cfg.affinity = parse_cascade(doc), parse_affinity(doc)
     return cfg
 
 

@@ -16,8 +16,13 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from thrifty.providers.replay_records import Record, prompt_key, read_packaged
+
+if TYPE_CHECKING:
+    from thrifty.gateway.config import GatewayConfig
 
 
 @dataclass
@@ -90,18 +95,30 @@ def _summary(outcomes: list[Outcome]) -> tuple[float, float]:
     return sum(o.cost for o in outcomes), sum(o.correct for o in outcomes) / max(1, len(outcomes))
 
 
+def demo_config(data_dir: Path) -> GatewayConfig:
+    """The demo's gateway: the embedded default, offline (no real providers, even if keys are
+    set), with every pipeline stage on as ``thrifty serve`` runs them: the response cache
+    (exact, for deterministic requests), the auto-cascade profile and batch deferral."""
+    from thrifty.gateway.config import build_config, default_document
+
+    doc = default_document(env={})
+    doc["providers"]["replay"]["source"] = "packaged"
+    doc["data_dir"] = str(data_dir)
+    doc["spend"] = {"admin_key": "sk-admin-demo-" + secrets.token_hex(16)}
+    doc["cache"] = {"deterministic": True}
+    return build_config(doc, data_dir=data_dir, env={})
+
+
 def run_demo(
     limit: int | None = None, profile: str = "auto", concurrency: int = 8, port: int = 0
 ) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from thrifty.gateway.app import create_app
-    from thrifty.gateway.config import build_config, default_document
-    from thrifty.gateway.server import build_spend
+    from thrifty.gateway.assemble import build_app
+    from thrifty.gateway.server import running
     from thrifty.paths import default_data_dir
     from thrifty.spend import store
-    from thrifty.testing.server import running
 
     console = Console()
     t_start = time.perf_counter()
@@ -118,18 +135,13 @@ def run_demo(
     data_dir = default_data_dir() / "demo"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    doc = default_document(env={})  # offline: no real providers, even if keys are set
-    doc["providers"]["replay"]["source"] = "packaged"
-    doc["data_dir"] = str(data_dir)
-    doc["spend"] = {"admin_key": "sk-admin-demo-" + secrets.token_hex(16)}
-    config = build_config(doc, data_dir=data_dir, env={})
-    spend, mounts = build_spend(config)
+    config = demo_config(data_dir)
+    app, spend = build_app(config)
     keys = {}
     for team in ("demo", "baseline"):  # routed traffic, and the all-frontier counterfactual
         store.create_team(spend.db, team)
         keys[team] = store.create_key(spend.db, team_id=team, name=f"{team} key")[1]
     spend.reload()
-    app = create_app(config, spend=spend, mounts=mounts)
     router = app.gw.router
     if router.router is None:
         console.print(f"[yellow]note:[/] {router.error}; 'auto' falls back to the cheapest model.")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import orjson
 
+from thrifty.errors import ThriftyError
+
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
@@ -34,3 +36,29 @@ def anthropic_body(status: int, message: str, type: str) -> bytes:
     # Anthropic's error type follows from the status; its SDK maps statuses to exception classes.
     type = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return orjson.dumps({"type": "error", "error": {"type": type, "message": message}})
+
+
+# The wire formats errors are rendered in.
+OPENAI, ANTHROPIC, RESPONSES = "openai", "anthropic", "responses"
+
+
+def error_body(fmt: str, exc: ThriftyError) -> bytes:
+    """``exc`` as the body the calling API's SDK expects (the Responses API uses OpenAI's)."""
+    if fmt == ANTHROPIC:
+        return anthropic_body(exc.status, exc.message, exc.type)
+    return openai_body(exc.status, exc.message, exc.type, exc.code, exc.param)
+
+
+def stream_error(fmt: str, message: str, code: str) -> bytes:
+    """The last event of a stream that cannot finish: the SDKs raise it as an API error."""
+    if fmt == ANTHROPIC:
+        return b"event: error\ndata: " + orjson.dumps(
+            {"type": "error", "error": {"type": "api_error", "message": message}}
+        ) + b"\n\n"
+    return (
+        b"data: "
+        + orjson.dumps(
+            {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+        )
+        + b"\n\n"
+    )

@@ -1,70 +1,22 @@
-"""Build the app from a config (with spend control and its admin API) and serve it with uvicorn."""
+"""Serve the assembled app (thrifty/gateway/assemble.py) with uvicorn (or granian)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from pathlib import Path
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from thrifty.bodylimit import limit_body
 from thrifty.errors import UsageError
-from thrifty.gateway.config import GatewayConfig, load_config
-from thrifty.spend.api import OpenSpendControl, SpendControl
 
 log = logging.getLogger("thrifty.gateway")
 
 
-def build_spend(config: GatewayConfig) -> tuple[SpendControl, dict[str, Any]]:
-    """Spend control from ``config.spend`` and its admin app at ``/admin``.
-
-    Falls back to :class:`OpenSpendControl` (no keys, no budgets) only when the spend
-    package does not provide ``from_config`` yet, and says so.
-    """
-    import thrifty.spend as spend_pkg
-
-    if not config.spend_enabled:
-        log.warning("spend_enabled = false: running without keys, budgets or ledger")
-        return OpenSpendControl(), {}
-    from_config = getattr(spend_pkg, "from_config", None)
-    if from_config is None:
-        log.warning("thrifty.spend has no from_config: running without keys, budgets or ledger")
-        return OpenSpendControl(), {}
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    spend = from_config(config.spend, Path(config.data_dir))
-    admin = getattr(spend_pkg, "admin_app", None)
-    limit = config.max_body_bytes
-    mounts = {"/admin": admin(spend, max_body_bytes=limit)} if admin is not None else {}
-    from thrifty.reports.web import mounts as report_mounts  # /ui dashboard, POST /v1/feedback
-
-    mounts.update(report_mounts(spend, config))
-    # Every mounted API refuses bodies over max_body_bytes, as the model endpoints do.
-    if "/v1/feedback" in mounts:
-        from thrifty.reports.feedback import feedback_app
-
-        mounts["/v1/feedback"] = feedback_app(spend, max_body_bytes=limit)
-    if "/ui" in mounts:
-        mounts["/ui"] = limit_body(mounts["/ui"], limit, _plain_too_large)
-    return spend, mounts
-
-
-def _plain_too_large(limit: int) -> tuple[bytes, bytes]:
-    """The dashboard is HTML, not an API: a plain-text 413."""
-    from thrifty.bodylimit import too_large_message
-
-    return too_large_message(limit).encode(), b"text/plain; charset=utf-8"
-
-
-def make_app(config_path: str | None = None) -> Any:
-    from thrifty.gateway.app import create_app
-    from thrifty.multipliers.wiring import with_multipliers  # caches, cascade, batches, affinity
-
-    config = load_config(config_path)
-    spend, mounts = build_spend(config)
-    return with_multipliers(create_app(config, spend=spend, mounts=mounts), config_path)
-
-
 SERVERS = ("uvicorn", "granian")
-# How thrifty runs under uvicorn, here and in tests (thrifty.testing.server.running).
+# How thrifty runs under uvicorn, here and in the background runner below (demo, tests).
 UVICORN_OPTIONS: dict[str, Any] = {
     "loop": "uvloop",
     "http": "httptools",
@@ -132,3 +84,31 @@ def _serve_granian(app: Any, host: str, port: int, log_level: str) -> None:
         await server.serve()
 
     uvloop.run(main())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(app: Any, port: int = 0, *, log_level: str = "warning") -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 in a background thread for the block (the demo, tests)."""
+    import uvicorn
+
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, **UVICORN_OPTIONS)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True, name="thrifty-test-server")
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

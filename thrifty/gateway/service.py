@@ -1,9 +1,9 @@
-"""The request pipeline, independent of HTTP: plan (resolve or route the model, apply policy,
-check limits), admit, call upstream with retries and fallbacks, price, settle.
+"""Planning and execution, the pipeline's core stages (thrifty/pipeline/pipeline.py runs them):
+plan (resolve or route the model, apply policy and capabilities, bound the cost), then call
+upstream with prefix affinity, retries, breakers and fallbacks.
 
-``Plan`` holds everything decided before the upstream call; ``Served`` what happened.
-Settling is the caller's job (the app), so it happens exactly once and before the
-last bytes go to the client.
+``Plan`` holds everything decided before the upstream call; ``Served`` what happened. Pricing
+and settling are billing's job (thrifty/pipeline/billing.py), exactly once per call.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from thrifty.gateway.metrics import Metrics
 from thrifty.gateway.reliability import CircuitBreaker, backoff_delay, order_deployments
 from thrifty.gateway.routing import AutoRouter, RoutingUnavailable
 from thrifty.gateway.schemas import ChatRequest
-from thrifty.providers.base import Provider, UpstreamError, Usage
+from thrifty.providers.base import Provider, UpstreamError
 from thrifty.spend.api import PolicyDenied, Principal, SpendControl
-from thrifty.spend.pricing import cost_usd, max_cost_usd
+from thrifty.spend.pricing import max_cost_usd
 
 log = logging.getLogger("thrifty.gateway")
 
@@ -89,15 +89,6 @@ def reasoning_body(
 
 def _missing(mc: ModelConfig, needs: tuple[str, ...]) -> list[str]:
     return [n for n in needs if n in mc.lacks]
-
-
-def price(info: ModelInfo, usage: Usage) -> float:
-    """USD for ``usage`` by the provider's rules (cached reads, cache writes, long-context tiers),
-    exact to the nano-dollar: :func:`thrifty.spend.pricing.cost_usd`."""
-    prompt = max(usage.prompt_tokens, 0)
-    cached = min(max(usage.cached_tokens, 0), prompt)
-    written = min(max(usage.cache_write_tokens, 0), prompt - cached)
-    return float(cost_usd(info, prompt, max(usage.completion_tokens, 0), cached, written))
 
 
 def _max_output(info: ModelInfo, requested: int | None, prompt_tokens: int) -> int:
@@ -468,6 +459,3 @@ class Gateway:
         return await self._attempts(
             plan, served, lambda p, b: p.embeddings(b, self.config.timeouts), body
         )
-
-    def frontier_cost(self, usage: Usage) -> float:
-        return price(self.frontier, usage) if self.frontier is not None else 0.0

@@ -14,20 +14,24 @@ Two paths:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from thrifty.errors import GatewayError
+from thrifty.errors import GatewayError, ThriftyError
 from thrifty.gateway.schemas import ChatRequest
-from thrifty.gateway.service import Gateway, Plan, Served
+from thrifty.gateway.service import Plan, Served
+from thrifty.pipeline.billing import Charge
+from thrifty.pipeline.call import CHAT, RESPONSES, Call
+from thrifty.pipeline.pipeline import upstream_error, usage_of
 from thrifty.providers.base import UpstreamError, Usage
-from thrifty.spend import pricing
 from thrifty.spend.api import LedgerRecord, Principal, SpendError
+
+if TYPE_CHECKING:
+    from thrifty.pipeline.pipeline import Pipeline
 
 __all__ = ["GatewayExecutor", "StoreResults"]
 
@@ -40,27 +44,29 @@ log = logging.getLogger("thrifty.batches")
 WINDOW = 24 * 3600  # a provider's batch completes (or expires) within its 24 h window
 HOLD_MARGIN = 3600  # ... and thrifty polls, collects and settles it within this after that
 HOLD_TTL = WINDOW + HOLD_MARGIN  # how long a provider batch line's hold counts if never settled
+_ENDPOINTS = {"/v1/chat/completions": CHAT, "/v1/responses": RESPONSES}
 
 
 def _error(status: int, message: str, type_: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
-class GatewayExecutor:
-    """An ``Executor`` for :class:`~thrifty.multipliers.batches.BatchRunner`.
+def _without_stream(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
 
-    ``gateway`` returns the app's :class:`Gateway` (``create_app(...).gw``), looked up per call
-    because the mounts that hold the runner are built before the app exists.
-    """
+
+class GatewayExecutor:
+    """An ``Executor`` for :class:`~thrifty.multipliers.batches.BatchRunner`: each line is a
+    :class:`~thrifty.pipeline.call.Call` planned, admitted, called and billed by the pipeline
+    (no cache, cascade or deferral), under the line's deterministic request id."""
 
     # The runner passes ``store_answer``: the line is marked done with its answer (durably)
     # before it is billed, and :meth:`settle_stored` bills it after a restart in between.
     stores_answers = True
 
-    def __init__(self, gateway: Callable[[], Gateway], *, batch_priced: bool = False) -> None:
-        self.gateway = gateway
-        self.batch_priced = batch_priced
-        self.upstream = ProviderBatches(gateway)
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.upstream = ProviderBatches(pipeline)
 
     async def __call__(
         self,
@@ -71,102 +77,69 @@ class GatewayExecutor:
         *,
         store_answer: Callable[[int, dict[str, Any], str | None], Awaitable[None]] | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        gw = self.gateway()
-        principal = Principal(
-            key_id=fields.get("key_id"),
-            user_id=fields.get("user_id"),
-            team_id=fields.get("team_id"),
-            tags=tuple(fields.get("tags") or ()),
-            routing_profile=fields.get("routing_profile"),
-        )
-        if endpoint != "/v1/chat/completions":
+        pipeline = self.pipeline
+        kind = _ENDPOINTS.get(endpoint)
+        if kind is None:
             return 400, _error(
                 400,
                 f"Batches of {endpoint} are not supported by this gateway yet.",
                 "invalid_request_error",
                 "unsupported_endpoint",
             )
-        ts, t0 = time.time(), time.perf_counter()
-        reservation = plan = None
-        served = Served()
+        call = Call(kind, _principal(fields), request_id=request_id)
+        call.batch_line = True
+        responses = None
+        usage: Usage | None = None
         try:
-            req = ChatRequest(
-                {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+            if kind == RESPONSES:
+                from thrifty.gateway.responses import ResponsesRequest
+
+                responses = ResponsesRequest(
+                    _without_stream(body), request_id, pipeline.gw.router.is_profile
+                )
+                call.chat = ChatRequest(responses.chat)
+            else:
+                call.chat = ChatRequest(_without_stream(body))
+            await pipeline.plan_admit(call)
+            call.served = Served()
+            assert call.plan is not None
+            result = await pipeline.gw.chat(call.plan, call.chat, call.served)
+            usage = usage_of(result, call.plan.prompt_tokens)
+            status, etype = 200, None
+            out = (
+                responses.response(result, call.served.model.info.name, usage)  # type: ignore[union-attr]
+                if responses is not None
+                else result
             )
-            plan = gw.plan_chat(principal, req)
-            reservation = await gw.spend.admit(
-                principal,
-                plan.chain[0].info,
-                prompt_tokens=plan.prompt_tokens,
-                max_cost_usd=plan.max_cost_usd,
-            )
-            result = await gw.chat(plan, req, served)
-        except GatewayError as exc:
-            status, out, etype = (
-                exc.status,
-                _error(exc.status, exc.message, exc.type, exc.code),
-                exc.type,
-            )
-            result = None
-        except SpendError as exc:
-            return exc.status, _error(exc.status, exc.message, exc.type, exc.code)
-        except UpstreamError as exc:
-            status = exc.status if 400 <= exc.status < 500 else 502
-            out, etype, result = (
-                _error(status, exc.message, "upstream_error", exc.type),
-                exc.type,
-                None,
-            )
+        except ThriftyError as exc:
+            etype = exc.type
+            err = upstream_error(exc) if isinstance(exc, UpstreamError) else exc
+            status = err.status
+            out = _error(status, err.message, err.type, err.code)
         except Exception:  # never leave the hold taken and the line unbilled
             log.exception("batch line %s failed", request_id)
-            status, out, etype, result = (
-                500,
-                _error(500, "internal error executing this request", "api_error", "internal_error"),
-                "internal_error",
-                None,
-            )
-        else:
-            status, out, etype = 200, result, None
-        record = None
-        if reservation is not None:
-            record = ledger_record(
-                gw,
-                principal,
-                request_id,
-                ts,
-                (time.perf_counter() - t0) * 1000,
-                plan,
-                served,
-                result,
-                status,
-                etype,
-                str(body.get("model")),
-                batch_priced=self.batch_priced,
-            )
-        if store_answer is not None:
-            settle = None
-            if record is not None and plan is not None:
-                settle = orjson.dumps(
-                    {
-                        "record": _record_fields(record),
-                        "model": plan.chain[0].info.name,
-                        "max_cost_usd": reservation.amount_usd,  # type: ignore[union-attr]
-                    }
-                ).decode()
-            await store_answer(status, out, settle)
-        if record is not None:
-            await gw.spend.settle(reservation, record)
+            status, etype = 500, "internal_error"
+            out = _error(500, "internal error executing this request", "api_error", "internal_error")
+        charge = pipeline.charge_of(call, status, usage, etype)
+        if status != 200 and call.plan is None:
+            charge.reason = f"refused: {out['error']['message']}"[:500]
+
+        async def store(record: LedgerRecord) -> None:
+            if store_answer is not None:
+                settle = None
+                if call.reservation is not None and call.plan is not None:
+                    settle = _settle_doc(call.reservation, call.plan, None, record)
+                await store_answer(status, out, settle)
+
+        await pipeline.billing.bill(charge, call.reservation, before_settle=store)
         return status, out
 
     async def settle_stored(self, fields: dict[str, Any], items: list[tuple[str, str]]) -> None:
         """After a restart: bill the ``(request id, stored settle)`` lines the ledger does not
         hold (answered, marked done, and the process died before their record was written),
         each with its hold taken again and released. Lines the ledger has are left alone."""
-        gw = self.gateway()
-        recorded = getattr(gw.spend, "recorded", None)
-        if recorded is None:  # cannot tell what was billed: never bill twice
-            return
-        have = await recorded([rid for rid, _ in items])
+        gw = self.pipeline.gw
+        have = await gw.spend.recorded([rid for rid, _ in items])
         principal = _principal(fields)
         for rid, stored in items:
             if rid in have:
@@ -175,114 +148,60 @@ class GatewayExecutor:
             record = LedgerRecord(**{**d["record"], "tags": tuple(d["record"].get("tags") or ())})
             mc = gw.models.get(d.get("model"))
             reservation = (
-                await _reinstate(gw, principal, mc, float(d["max_cost_usd"]))
+                await _reinstate(self.pipeline, principal, mc, float(d["max_cost_usd"]))
                 if mc is not None
                 else None
             )
             log.warning("batch line %s: billed after a restart (it was answered before it)", rid)
-            await gw.spend.settle(reservation, record)
+            await self.pipeline.billing.bill_record(record, reservation)
 
 
-def ledger_record(
-    gw: Gateway,
+def _line_charge(
+    pipeline: Pipeline,
     principal: Principal,
     request_id: str,
-    ts: float,
-    latency_ms: float,
-    plan: Any,
+    plan: Plan | None,
     served: Served,
     result: dict[str, Any] | None,
     status: int,
     error_type: str | None,
     requested: str,
-    *,
-    batch_priced: bool,
-) -> LedgerRecord:
-    """The ledger record of one batch line (``batch = true``), priced at batch prices or not."""
+) -> Charge:
+    """The charge of one provider batch line, at the provider's batch prices."""
     usage = Usage.from_openai((result or {}).get("usage")) if result else None
-    info = served.model.info if served.model else None
-    cost = frontier = 0.0
-    if usage is not None and info is not None:
-        cached = min(usage.cached_tokens, usage.prompt_tokens)
-        cost = float(
-            pricing.cost_usd(
-                info, usage.prompt_tokens, usage.completion_tokens, cached, batch=batch_priced
-            )
-        )
-        if gw.frontier is not None:
-            frontier = float(
-                pricing.cost_usd(
-                    gw.frontier, usage.prompt_tokens, usage.completion_tokens, batch=batch_priced
-                )
-            )
-    input_price = (info.input_cost_per_token or 0.0) if info else 0.0
-    output_price = (info.output_cost_per_token or 0.0) if info else 0.0
-    if batch_priced and info is not None:
-        input_price = info.input_cost_per_token_batches or input_price
-        output_price = info.output_cost_per_token_batches or output_price
-    return LedgerRecord.billed_to(
+    return Charge(
         principal,
-        request_id=request_id,
-        ts=ts,
-        endpoint="chat.completions",
-        requested_model=plan.requested if plan else requested,
-        served_model=info.name if info else None,
+        request_id,
+        time.time(),
+        CHAT,
+        plan.requested if plan else requested,
+        status,
+        info=served.model.info if served.model else None,
         provider=served.deployment.provider if served.deployment else None,
-        route_reason=(plan.reason if plan else None)
-        if not batch_priced
-        else f"{plan.reason if plan else ''}; provider batch API",
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        cached_tokens=usage.cached_tokens if usage else 0,
-        input_price=input_price,
-        output_price=output_price,
-        cached_price=(info.cache_read_input_token_cost or 0.0) if info else 0.0,
-        cost_usd=cost,
-        frontier_cost_usd=frontier,
-        latency_ms=latency_ms,
-        status=status,
+        usage=usage,
+        reason=f"{plan.reason if plan else ''}; provider batch API",
         error_type=error_type,
         retries=served.retries,
-        batch=True,
         scores=plan.scores if plan else None,
+        batch=True,
+        batch_priced=True,
     )
 
 
-async def _admit(gw: Gateway, principal: Principal, plan: Any, ttl: float) -> Any:
-    """``admit`` a provider batch line, its hold counting for ``ttl`` seconds if never settled
-    (a spend control whose ``admit`` takes no ``ttl`` keeps its holds until settled anyway)."""
-    kw: dict[str, Any] = {"prompt_tokens": plan.prompt_tokens, "max_cost_usd": plan.max_cost_usd}
-    if _takes_ttl(gw.spend.admit):
-        kw["ttl"] = ttl
-    return await gw.spend.admit(principal, plan.chain[0].info, **kw)
-
-
-def _takes_ttl(fn: Any) -> bool:
-    try:
-        return "ttl" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 async def _reinstate(
-    gw: Gateway,
+    pipeline: Pipeline,
     principal: Principal,
     mc: Any,
     max_cost: float,
     ttl: float = HOLD_TTL,
     hold_id: str | None = None,
 ) -> Any:
-    """A hold for a line whose cost is already committed upstream (``SpendControl.reinstate``;
-    ``admit`` for a spend control without it). None if none can be taken: the line is still
-    recorded in the ledger when it settles."""
-    reinstate = getattr(gw.spend, "reinstate", None)
+    """A hold for a line whose cost is already committed upstream (``SpendControl.reinstate``).
+    None if none can be taken: the line is still recorded in the ledger when it settles."""
     try:
-        if reinstate is not None:
-            kw: dict[str, Any] = {"max_cost_usd": max_cost, "ttl": ttl}
-            if hold_id and "hold_id" in inspect.signature(reinstate).parameters:
-                kw["hold_id"] = hold_id
-            return await reinstate(principal, mc.info, **kw)
-        return await gw.spend.admit(principal, mc.info, prompt_tokens=0, max_cost_usd=max_cost)
+        return await pipeline.gw.spend.reinstate(
+            principal, mc.info, max_cost_usd=max_cost, ttl=ttl, hold_id=hold_id
+        )
     except Exception as exc:  # noqa: BLE001 (no hold is not fatal: the line is still recorded when it settles)
         log.warning("could not hold a provider batch line's cost again: %s", exc)
         return None
@@ -292,7 +211,11 @@ def _settle_doc(reservation: Any, plan: Any, served: Served | None, record: Ledg
     """What billing a line takes after a restart (``GatewayExecutor.settle_stored``): its ledger
     record, the model whose budgets it holds, and the amount held."""
     held = reservation.amount_usd if reservation is not None else (plan.max_cost_usd if plan else 0.0)
-    model = served.model.info.name if served is not None and served.model is not None else None
+    model = (
+        served.model.info.name
+        if served is not None and served.model is not None
+        else (plan.chain[0].info.name if plan is not None else None)
+    )
     return orjson.dumps(
         {"record": _record_fields(record), "model": model, "max_cost_usd": held}
     ).decode()
@@ -317,8 +240,8 @@ class ProviderBatches:
     provider's batch API: planned and admitted (budgets reserved) at submission, billed at
     batch prices when the provider's results come back."""
 
-    def __init__(self, gateway: Callable[[], Gateway]) -> None:
-        self.gateway = gateway
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
         self.held: dict[
             str, tuple[Any, Any, Served]
         ] = {}  # request id -> (reservation, plan, served)
@@ -328,7 +251,7 @@ class ProviderBatches:
         if provider not in self.clients:
             from thrifty.multipliers.upstream_batch import UpstreamBatchClient
 
-            pc = self.gateway().config.providers[provider]
+            pc = self.pipeline.gw.config.providers[provider]
             self.clients[provider] = UpstreamBatchClient(
                 pc.base_url or "", pc.api_key, dict(pc.headers)
             )
@@ -347,7 +270,7 @@ class ProviderBatches:
         runner records the submission durably first, then calls :meth:`send`."""
         from thrifty.multipliers.batches import line_request_id
 
-        gw = self.gateway()
+        gw = self.pipeline.gw
         if endpoint != "/v1/chat/completions" or not any(
             p.options.get("batch_api") for p in gw.config.providers.values()
         ):
@@ -369,7 +292,13 @@ class ProviderBatches:
                 continue
             if rid not in self.held:  # one hold per line
                 try:
-                    reservation = await _admit(gw, principal, plan, HOLD_TTL)
+                    reservation = await gw.spend.admit(
+                        principal,
+                        plan.chain[0].info,
+                        prompt_tokens=plan.prompt_tokens,
+                        max_cost_usd=plan.max_cost_usd,
+                        ttl=HOLD_TTL,
+                    )
                 except SpendError:
                     continue  # refused now: the synchronous path will refuse it with the reason
                 self.held[rid] = (reservation, plan, Served(mc, dep))
@@ -439,22 +368,23 @@ class ProviderBatches:
         charged); their results, stored with ``store`` before they are billed."""
         from thrifty.multipliers.batches import line_request_id
 
-        gw = self.gateway()
         principal = _principal(fields)
         response = _error(status, message, "upstream_error", code)
         bills = []
         for line, body in lines:
             rid = line_request_id(batch_id, line)
             reservation, plan, served = self.held.pop(rid, (None, None, None))
-            record = ledger_record(
-                gw, principal, rid, time.time(), 0.0, plan, served or Served(), None, status,
-                "upstream_error", str(body.get("model")), batch_priced=True,
+            record, _, _ = self.pipeline.billing.record_of(
+                _line_charge(
+                    self.pipeline, principal, rid, plan, served or Served(), None, status,
+                    "upstream_error", str(body.get("model")),
+                )
             )
             bills.append((line, status, response, reservation, plan, served, record))
-        return await self._bill(gw, bills, store)
+        return await self._bill(bills, store)
 
     async def _bill(
-        self, gw: Gateway, bills: list[tuple], store: StoreResults | None
+        self, bills: list[tuple], store: StoreResults | None
     ) -> dict[int, tuple[int, dict[str, Any]]]:
         """Mark lines done and bill them: ``bills`` are ``(line, status, response, reservation,
         plan, served, record)``. With ``store``, each line's result is stored durably with
@@ -473,7 +403,7 @@ class ProviderBatches:
                 }
             )
         for _line, _status, _response, reservation, _plan, _served, record in bills:
-            await gw.spend.settle(reservation, record)
+            await self.pipeline.billing.bill_record(record, reservation)
         return out
 
     def describe_hold(self, request_id: str) -> str | None:
@@ -505,7 +435,7 @@ class ProviderBatches:
         :data:`HOLD_MARGIN` (a line not yet known to be at the provider: a full window from now)."""
         from thrifty.multipliers.batches import line_request_id
 
-        gw = self.gateway()
+        gw = self.pipeline.gw
         principal = _principal(fields)
         now = time.time()
         for item in lines:
@@ -538,7 +468,7 @@ class ProviderBatches:
                 0,
                 max_cost,
             )
-            reservation = await _reinstate(gw, principal, mc, max_cost, ttl, d.get("hold_id"))
+            reservation = await _reinstate(self.pipeline, principal, mc, max_cost, ttl, d.get("hold_id"))
             self.held[rid] = (reservation, plan, Served(mc, dep))
 
     async def collect(
@@ -560,7 +490,7 @@ class ProviderBatches:
         if batch is None:
             return None
         results = await self._client(provider).results(batch)
-        gw = self.gateway()
+        gw = self.pipeline.gw
         principal = _principal(fields)
         bills = []
         for line, body in lines:
@@ -587,20 +517,19 @@ class ProviderBatches:
                 except (GatewayError, SpendError):
                     served = Served()
                 if plan is not None and served.model is not None:
-                    reservation = await _reinstate(gw, principal, served.model, plan.max_cost_usd)
-            record = ledger_record(
-                gw,
-                principal,
-                rid,
-                time.time(),
-                0.0,
-                plan,
-                served,
-                response if status == 200 else None,
-                status,
-                None if status == 200 else "upstream_error",
-                str(body.get("model")),
-                batch_priced=True,
+                    reservation = await _reinstate(self.pipeline, principal, served.model, plan.max_cost_usd)
+            record, _, _ = self.pipeline.billing.record_of(
+                _line_charge(
+                    self.pipeline,
+                    principal,
+                    rid,
+                    plan,
+                    served,
+                    response if status == 200 else None,
+                    status,
+                    None if status == 200 else "upstream_error",
+                    str(body.get("model")),
+                )
             )
             bills.append((line, status, response, reservation, plan, served, record))
-        return await self._bill(gw, bills, store)
+        return await self._bill(bills, store)

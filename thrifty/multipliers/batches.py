@@ -4,13 +4,16 @@ A client uploads a JSONL file of requests (``{"custom_id", "method": "POST", "ur
 per line) and creates a batch; it gets back the OpenAI batch object and later an output file
 of ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`` lines.
 
-Everything is in one SQLite file (stdlib ``sqlite3``): files, batches, and one row per
-request line with its result. The :class:`BatchRunner` works through pending lines with an
-``Executor`` (the gateway's own pipeline, priced at batch prices), marks each line done as
-soon as it returns, and on start resumes every unfinished batch, so a batch survives a
-gateway restart. Each line is executed with a deterministic request id
-(``batch_<batch id>_<line>``): the ledger ignores a request id it already has, so a line
-re-run after a crash between its upstream call and its "done" mark is billed once.
+Everything is in the spend database, beside the ledger (SQLite, or PostgreSQL shared by
+replicas): files, batches, and one row per request line with its result. The
+:class:`BatchRunner` works through pending lines with an ``Executor`` (the gateway's own
+pipeline, priced at batch prices), marks each line done (with what billing it takes) before it
+is billed, and resumes every unfinished batch it holds, so a batch survives a gateway restart.
+With replicas, each batch is held by one runner under a lease it renews; when a replica dies,
+another takes its batches once the lease ends and resumes them. Each line is executed with a
+deterministic request id (``batch_<batch id>_<line>``): the ledger ignores a request id it
+already has, and a line answered but not billed when its runner died is billed from what was
+stored with it, so no line is billed twice or not at all.
 
 Files and batches belong to the caller's scope (team, else key): no tenant can list, read
 or cancel another's.
@@ -22,8 +25,7 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
-import sqlite3
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,11 +34,15 @@ from typing import Any
 
 import orjson
 
+from thrifty.errors import ThriftyError
+from thrifty.spend.db import Database
+from thrifty.spend.schema import migrate
+
 log = logging.getLogger("thrifty.batches")
 
 __all__ = ["BatchError", "BatchRunner", "BatchStore", "Executor", "line_request_id"]
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
 WINDOWS = ("24h",)
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_LINES = 50_000
@@ -51,7 +57,7 @@ Executor = Callable[
 ]
 
 
-class BatchError(Exception):
+class BatchError(ThriftyError):
     """A refused files/batches request, rendered in OpenAI's error format."""
 
     def __init__(
@@ -62,14 +68,7 @@ class BatchError(Exception):
         param: str | None = None,
         type: str = "invalid_request_error",
     ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.type = (
-            status,
-            message,
-            code,
-            param,
-            type,
-        )
+        super().__init__(message, status=status, type=type, code=code, param=param)
 
 
 def _why(exc: BaseException) -> str:
@@ -79,41 +78,13 @@ def _why(exc: BaseException) -> str:
     return type(exc).__name__ + (f" HTTP {status}" if status else "")
 
 
-#: Tests only: the name of a point at which this process kills itself with SIGKILL (a crash at an
-#: exact place; see tests/multipliers/test_batch_collect_crash.py). Read once, at import.
-_CRASH_AT = os.environ.get("THRIFTY_TEST_CRASH_AT") or None
-
-
-def crash_point(name: str) -> None:
-    """Die here (SIGKILL, no clean-up) if the tests asked for a crash at ``name``."""
-    if _CRASH_AT == name:
-        log.error("THRIFTY_TEST_CRASH_AT=%s: killing this process (a test's crash point)", name)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def line_request_id(batch_id: str, line: int) -> str:
     return f"{batch_id}_{line}"
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id TEXT PRIMARY KEY, owner TEXT NOT NULL, purpose TEXT NOT NULL, filename TEXT NOT NULL,
-    bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, content BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS batches (
-    id TEXT PRIMARY KEY, owner TEXT NOT NULL, principal TEXT NOT NULL, endpoint TEXT NOT NULL,
-    input_file_id TEXT NOT NULL, completion_window TEXT NOT NULL, status TEXT NOT NULL,
-    created_at INTEGER NOT NULL, in_progress_at INTEGER, finalizing_at INTEGER, completed_at INTEGER,
-    cancelling_at INTEGER, cancelled_at INTEGER, expires_at INTEGER NOT NULL,
-    output_file_id TEXT, error_file_id TEXT, total INTEGER NOT NULL, metadata TEXT);
-CREATE TABLE IF NOT EXISTS batch_lines (
-    batch_id TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT NOT NULL,
-    status_code INTEGER, response TEXT, upstream TEXT, hold TEXT, settle TEXT, submission TEXT,
-    PRIMARY KEY (batch_id, line)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS batch_lines_pending ON batch_lines (batch_id) WHERE status_code IS NULL;
-CREATE TABLE IF NOT EXISTS submissions (
-    tag TEXT PRIMARY KEY, batch_id TEXT NOT NULL, provider TEXT NOT NULL, created_at REAL NOT NULL,
-    file_id TEXT, upstream_id TEXT, expires_at REAL);
-"""
+#: Batch statuses the runner still works on.
+UNFINISHED = ("in_progress", "finalizing", "cancelling")
+_UNFINISHED_SQL = "('in_progress', 'finalizing', 'cancelling')"
 
 
 def _new_id(prefix: str) -> str:
@@ -121,35 +92,36 @@ def _new_id(prefix: str) -> str:
 
 
 class BatchStore:
-    """Files, batches and their lines in one SQLite file; calls are short and run in one
-    worker thread so the event loop never waits on disk."""
+    """Files, batches and their lines in the spend database (SQLite or PostgreSQL; tables of
+    the spend schema's migration 5), so that every replica on one PostgreSQL database sees the
+    same batches. Calls are short and run in one worker thread on the store's own connection,
+    so the event loop never waits on the database.
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    ``database`` is the spend database: its URL (``sqlite:///...``, ``postgresql://...``, or a
+    plain SQLite file path) or a :class:`~thrifty.spend.db.Database` (whose URL is used: a
+    ``Database`` serves one thread at a time, and this store has its own)."""
+
+    def __init__(self, database: str | Path | Database) -> None:
+        self.url = database.url if isinstance(database, Database) else str(database)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thrifty-batches")
-        self._conn = self._pool.submit(self._connect).result()
+        self._db: Database = self._pool.submit(self._connect).result()
+        #: Several processes may run batches (PostgreSQL): leases decide which runs which. On
+        #: SQLite one process owns the database (the spend control's lock), so leases do not apply.
+        self.shared = self._db.postgres
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(
-            "PRAGMA synchronous=FULL"
-        )  # a finished line must survive power loss: it was billed
-        conn.executescript(SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(batch_lines)")}
-        for column in ("hold", "settle", "submission"):  # a store made before these were kept
-            if column not in columns:
-                conn.execute(f"ALTER TABLE batch_lines ADD COLUMN {column} TEXT")
-        return conn
+    def _connect(self) -> Database:
+        db = Database(self.url)
+        if not db.postgres:
+            # Per connection: a finished line must survive power loss (it was billed).
+            db.execute("PRAGMA synchronous=FULL")
+        migrate(db)
+        return db
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(self._pool.submit(fn, *args))
 
     async def close(self) -> None:
-        await self._run(self._conn.close)
+        await self._run(self._db.close)
         self._pool.shutdown(wait=True)
 
     # -- files ---------------------------------------------------------------------------
@@ -160,8 +132,8 @@ class BatchStore:
         return {
             "id": fid,
             "object": "file",
-            "bytes": size,
-            "created_at": created,
+            "bytes": int(size),
+            "created_at": int(created),
             "filename": filename,
             "purpose": purpose,
             "status": "processed",
@@ -182,9 +154,10 @@ class BatchStore:
         fid, now = _new_id("file-"), int(time.time())
 
         def put() -> None:
-            self._conn.execute(
-                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (fid, owner, purpose, filename, len(content), now, content),
+            self._db.execute(
+                "INSERT INTO batch_files (id, owner, purpose, filename, bytes, created_at, content)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (fid, owner, purpose, filename, len(content), now, bytes(content)),
             )
 
         await self._run(put)
@@ -192,10 +165,9 @@ class BatchStore:
 
     async def get_file(self, owner: str, file_id: str) -> dict[str, Any]:
         row = await self._run(
-            lambda: self._conn.execute(
-                "SELECT id, purpose, filename, bytes, created_at FROM files WHERE id = ? AND owner = ?",
-                (file_id, owner),
-            ).fetchone()
+            self._db.one,
+            "SELECT id, purpose, filename, bytes, created_at FROM batch_files WHERE id = ? AND owner = ?",
+            (file_id, owner),
         )
         if row is None:
             raise BatchError(
@@ -209,9 +181,9 @@ class BatchStore:
 
     async def file_content(self, owner: str, file_id: str) -> bytes:
         row = await self._run(
-            lambda: self._conn.execute(
-                "SELECT content FROM files WHERE id = ? AND owner = ?", (file_id, owner)
-            ).fetchone()
+            self._db.one,
+            "SELECT content FROM batch_files WHERE id = ? AND owner = ?",
+            (file_id, owner),
         )
         if row is None:
             raise BatchError(
@@ -221,19 +193,17 @@ class BatchStore:
 
     async def list_files(self, owner: str) -> list[dict[str, Any]]:
         rows = await self._run(
-            lambda: self._conn.execute(
-                "SELECT id, purpose, filename, bytes, created_at FROM files WHERE owner = ? ORDER BY created_at DESC",
-                (owner,),
-            ).fetchall()
+            self._db.all,
+            "SELECT id, purpose, filename, bytes, created_at FROM batch_files WHERE owner = ?"
+            " ORDER BY created_at DESC, id",
+            (owner,),
         )
         return [self._file_obj(r) for r in rows]
 
     async def delete_file(self, owner: str, file_id: str) -> dict[str, Any]:
         await self.get_file(owner, file_id)
         await self._run(
-            lambda: self._conn.execute(
-                "DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner)
-            )
+            self._db.execute, "DELETE FROM batch_files WHERE id = ? AND owner = ?", (file_id, owner)
         )
         return {"id": file_id, "object": "file", "deleted": True}
 
@@ -270,9 +240,8 @@ class BatchStore:
         bid, now = _new_id("batch_"), int(time.time())
 
         def put() -> None:
-            with self._conn:
-                self._conn.execute("BEGIN")
-                self._conn.execute(
+            with self._db.transaction() as db:
+                db.execute(
                     "INSERT INTO batches (id, owner, principal, endpoint, input_file_id, completion_window, status,"
                     " created_at, in_progress_at, expires_at, total, metadata)"
                     " VALUES (?, ?, ?, ?, ?, ?, 'in_progress', ?, ?, ?, ?, ?)",
@@ -290,7 +259,7 @@ class BatchStore:
                         orjson.dumps(metadata).decode(),
                     ),
                 )
-                self._conn.executemany(
+                db.executemany(
                     "INSERT INTO batch_lines (batch_id, line, custom_id, body) VALUES (?, ?, ?, ?)",
                     [
                         (bid, i, cid, orjson.dumps(body).decode())
@@ -311,14 +280,15 @@ class BatchStore:
         if owner is not None:
             sql += " AND owner = ?"
             args += (owner,)
-        row = self._conn.execute(sql, args).fetchone()
+        row = self._db.one(sql, args)
         if row is None:
             return None
-        counts = self._conn.execute(
-            "SELECT count(status_code), sum(status_code >= 400) FROM batch_lines WHERE batch_id = ?",
+        counts = self._db.one(
+            "SELECT count(status_code), sum(CASE WHEN status_code >= 400 THEN 1 ELSE 0 END)"
+            " FROM batch_lines WHERE batch_id = ?",
             (batch_id,),
-        ).fetchone()
-        return row + (counts[0] or 0, counts[1] or 0)
+        )
+        return tuple(row) + (int(counts[0] or 0), int(counts[1] or 0))
 
     @staticmethod
     def _batch_obj(row: tuple) -> dict[str, Any]:
@@ -374,16 +344,12 @@ class BatchStore:
         return self._batch_obj(row)
 
     async def list_batches(self, owner: str, limit: int = 20) -> list[dict[str, Any]]:
-        ids = await self._run(
-            lambda: [
-                r[0]
-                for r in self._conn.execute(
-                    "SELECT id FROM batches WHERE owner = ? ORDER BY created_at DESC, id LIMIT ?",
-                    (owner, limit),
-                )
-            ]
+        rows = await self._run(
+            self._db.all,
+            "SELECT id FROM batches WHERE owner = ? ORDER BY created_at DESC, id LIMIT ?",
+            (owner, limit),
         )
-        return [await self.get_batch(owner, i) for i in ids]
+        return [await self.get_batch(owner, r[0]) for r in rows]
 
     async def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         batch = await self.get_batch(owner, batch_id)
@@ -392,42 +358,96 @@ class BatchStore:
                 409, f"Cannot cancel a batch with status '{batch['status']}'.", code="conflict"
             )
         await self._run(
-            lambda: self._conn.execute(
-                "UPDATE batches SET status = 'cancelling', cancelling_at = ? WHERE id = ? AND status = 'in_progress'",
-                (int(time.time()), batch_id),
-            )
+            self._db.execute,
+            "UPDATE batches SET status = 'cancelling', cancelling_at = ? WHERE id = ? AND status = 'in_progress'",
+            (int(time.time()), batch_id),
         )
         return await self.get_batch(owner, batch_id)
 
     # -- the runner's side -----------------------------------------------------------------
 
     async def unfinished(self) -> list[str]:
-        return await self._run(
-            lambda: [
+        rows = await self._run(
+            self._db.all,
+            f"SELECT id FROM batches WHERE status IN {_UNFINISHED_SQL} ORDER BY created_at, id",
+        )
+        return [r[0] for r in rows]
+
+    async def claim(self, runner: str, lease: float) -> list[str]:
+        """The unfinished batches runner ``runner`` holds, oldest first, after taking those no
+        runner holds or whose holder's lease ended (it died, or lost the database for longer
+        than a lease): each held until ``lease`` seconds from now (see :meth:`renew`). On
+        SQLite (one process) every unfinished batch."""
+        if not self.shared:
+            return await self.unfinished()
+
+        def work() -> list[str]:
+            now = time.time()
+            # One statement: two runners claiming at once cannot both take a batch (the row
+            # lock makes the second re-check the lease the first just took).
+            self._db.execute(
+                "UPDATE batches SET lease_owner = ?, lease_expires = ?"
+                f" WHERE status IN {_UNFINISHED_SQL}"
+                " AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires < ?)",
+                (runner, now + lease, runner, now),
+            )
+            return [
                 r[0]
-                for r in self._conn.execute(
-                    "SELECT id FROM batches WHERE status IN ('in_progress', 'finalizing', 'cancelling') ORDER BY created_at"
+                for r in self._db.all(
+                    f"SELECT id FROM batches WHERE lease_owner = ? AND status IN {_UNFINISHED_SQL}"
+                    " ORDER BY created_at, id",
+                    (runner,),
                 )
             ]
-        )
+
+        return await self._run(work)
+
+    async def renew(self, runner: str, lease: float) -> set[str]:
+        """Extend the leases ``runner`` holds to ``lease`` seconds from now; the batches it still
+        holds (a batch another runner took meanwhile is not among them)."""
+        if not self.shared:
+            return set(await self.unfinished())
+
+        def work() -> set[str]:
+            self._db.execute(
+                "UPDATE batches SET lease_expires = ?"
+                f" WHERE lease_owner = ? AND status IN {_UNFINISHED_SQL}",
+                (time.time() + lease, runner),
+            )
+            return {
+                r[0]
+                for r in self._db.all(
+                    f"SELECT id FROM batches WHERE lease_owner = ? AND status IN {_UNFINISHED_SQL}",
+                    (runner,),
+                )
+            }
+
+        return await self._run(work)
+
+    async def release(self, runner: str) -> None:
+        """Give up ``runner``'s leases now (a clean shutdown): another runner takes the batches
+        on its next pass instead of after the lease."""
+        if self.shared:
+            await self._run(
+                self._db.execute,
+                "UPDATE batches SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ?",
+                (runner,),
+            )
 
     async def batch_job(self, batch_id: str) -> tuple[str, str, dict[str, Any]]:
         """(status, endpoint, principal) for the runner."""
         row = await self._run(
-            lambda: self._conn.execute(
-                "SELECT status, endpoint, principal FROM batches WHERE id = ?", (batch_id,)
-            ).fetchone()
+            self._db.one, "SELECT status, endpoint, principal FROM batches WHERE id = ?", (batch_id,)
         )
         return row[0], row[1], orjson.loads(row[2])
 
     async def pending(self, batch_id: str, limit: int) -> list[tuple[int, dict[str, Any]]]:
         """Unfinished lines not handed to a provider's batch API (nor being handed to one)."""
         rows = await self._run(
-            lambda: self._conn.execute(
-                "SELECT line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL AND upstream IS NULL"
-                " AND submission IS NULL ORDER BY line LIMIT ?",
-                (batch_id, limit),
-            ).fetchall()
+            self._db.all,
+            "SELECT line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL AND upstream IS NULL"
+            " AND submission IS NULL ORDER BY line LIMIT ?",
+            (batch_id, limit),
         )
         return [(line, orjson.loads(body)) for line, body in rows]
 
@@ -440,17 +460,14 @@ class BatchStore:
         its input file's name so that a restart can find out whether the provider has it."""
 
         def work() -> str:
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
-                (n,) = self._conn.execute(
-                    "SELECT count(*) FROM submissions WHERE batch_id = ?", (batch_id,)
-                ).fetchone()
-                tag = f"thrifty-{batch_id}-{n + 1}"
-                self._conn.execute(
-                    "INSERT INTO submissions (tag, batch_id, provider, created_at) VALUES (?, ?, ?, ?)",
+            with self._db.transaction() as db:
+                (n,) = db.one("SELECT count(*) FROM batch_submissions WHERE batch_id = ?", (batch_id,))
+                tag = f"thrifty-{batch_id}-{int(n) + 1}"
+                db.execute(
+                    "INSERT INTO batch_submissions (tag, batch_id, provider, created_at) VALUES (?, ?, ?, ?)",
                     (tag, batch_id, provider, time.time()),
                 )
-                self._conn.executemany(
+                db.executemany(
                     "UPDATE batch_lines SET submission = ?, hold = ? WHERE batch_id = ? AND line = ?",
                     [(tag, holds.get(line), batch_id, line) for line in lines],
                 )
@@ -461,9 +478,7 @@ class BatchStore:
     async def submission_file(self, tag: str, file_id: str) -> None:
         """The input file uploaded for submission ``tag`` (to delete it if no batch is made of it)."""
         await self._run(
-            lambda: self._conn.execute(
-                "UPDATE submissions SET file_id = ? WHERE tag = ?", (file_id, tag)
-            )
+            self._db.execute, "UPDATE batch_submissions SET file_id = ? WHERE tag = ?", (file_id, tag)
         )
 
     async def submitting(self, batch_id: str) -> list[dict[str, Any]]:
@@ -472,16 +487,16 @@ class BatchStore:
 
         def work() -> list[dict[str, Any]]:
             out = []
-            for tag, provider, created, file_id in self._conn.execute(
-                "SELECT tag, provider, created_at, file_id FROM submissions WHERE batch_id = ?"
+            for tag, provider, created, file_id in self._db.all(
+                "SELECT tag, provider, created_at, file_id FROM batch_submissions WHERE batch_id = ?"
                 " AND upstream_id IS NULL ORDER BY created_at",
                 (batch_id,),
-            ).fetchall():
-                rows = self._conn.execute(
+            ):
+                rows = self._db.all(
                     "SELECT line, body FROM batch_lines WHERE batch_id = ? AND submission = ?"
                     " AND status_code IS NULL AND upstream IS NULL ORDER BY line",
                     (batch_id, tag),
-                ).fetchall()
+                )
                 if rows:
                     out.append(
                         {
@@ -503,13 +518,12 @@ class BatchStore:
         (a restart polls it again), in one transaction."""
 
         def work() -> None:
-            with self._conn:
-                self._conn.execute("BEGIN")
-                self._conn.execute(
-                    "UPDATE submissions SET upstream_id = ?, expires_at = ? WHERE tag = ?",
+            with self._db.transaction() as db:
+                db.execute(
+                    "UPDATE batch_submissions SET upstream_id = ?, expires_at = ? WHERE tag = ?",
                     (upstream_id, expires_at, tag),
                 )
-                self._conn.execute(
+                db.execute(
                     "UPDATE batch_lines SET upstream = ? WHERE submission = ? AND upstream IS NULL",
                     (f"{provider}|{upstream_id}", tag),
                 )
@@ -523,35 +537,37 @@ class BatchStore:
         with the budget hold each one took (the runner records a submission before it is sent
         instead: :meth:`begin_submission`, :meth:`submitted`)."""
         holds = holds or {}
-        await self._run(
-            lambda: self._conn.executemany(
-                "UPDATE batch_lines SET upstream = ?, hold = ? WHERE batch_id = ? AND line = ?",
-                [(tag, holds.get(line), batch_id, line) for line in lines],
-            )
-        )
+
+        def work() -> None:
+            with self._db.transaction() as db:
+                db.executemany(
+                    "UPDATE batch_lines SET upstream = ?, hold = ? WHERE batch_id = ? AND line = ?",
+                    [(tag, holds.get(line), batch_id, line) for line in lines],
+                )
+
+        await self._run(work)
 
     async def upstream_holds(self, batch_id: str) -> list[tuple[int, str | None, float | None]]:
         """(line, hold, window end) of the lines waiting on a provider's batch or being sent to
         one; the window end is when the provider's batch expires (its ``expires_at``, else
         24 h after the submission was recorded), None while it may still be sent."""
-        return await self._run(
-            lambda: self._conn.execute(
-                "SELECT l.line, l.hold, CASE WHEN l.upstream IS NULL THEN NULL"
-                " ELSE coalesce(s.expires_at, s.created_at + 86400) END"
-                " FROM batch_lines l LEFT JOIN submissions s ON s.tag = l.submission"
-                " WHERE l.batch_id = ? AND l.status_code IS NULL"
-                " AND (l.upstream IS NOT NULL OR l.submission IS NOT NULL) ORDER BY l.line",
-                (batch_id,),
-            ).fetchall()
+        rows = await self._run(
+            self._db.all,
+            "SELECT l.line, l.hold, CASE WHEN l.upstream IS NULL THEN NULL"
+            " ELSE coalesce(s.expires_at, s.created_at + 86400) END"
+            " FROM batch_lines l LEFT JOIN batch_submissions s ON s.tag = l.submission"
+            " WHERE l.batch_id = ? AND l.status_code IS NULL"
+            " AND (l.upstream IS NOT NULL OR l.submission IS NOT NULL) ORDER BY l.line",
+            (batch_id,),
         )
+        return [tuple(r) for r in rows]
 
     async def upstream_pending(self, batch_id: str) -> dict[str, list[tuple[int, dict[str, Any]]]]:
         rows = await self._run(
-            lambda: self._conn.execute(
-                "SELECT upstream, line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL"
-                " AND upstream IS NOT NULL ORDER BY line",
-                (batch_id,),
-            ).fetchall()
+            self._db.all,
+            "SELECT upstream, line, body FROM batch_lines WHERE batch_id = ? AND status_code IS NULL"
+            " AND upstream IS NOT NULL ORDER BY line",
+            (batch_id,),
         )
         out: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         for tag, line, body in rows:
@@ -559,12 +575,12 @@ class BatchStore:
         return out
 
     async def unfinished_count(self, batch_id: str) -> int:
-        return await self._run(
-            lambda: self._conn.execute(
-                "SELECT count(*) FROM batch_lines WHERE batch_id = ? AND status_code IS NULL",
-                (batch_id,),
-            ).fetchone()[0]
+        row = await self._run(
+            self._db.one,
+            "SELECT count(*) FROM batch_lines WHERE batch_id = ? AND status_code IS NULL",
+            (batch_id,),
         )
+        return int(row[0])
 
     async def finish_line(
         self,
@@ -578,11 +594,10 @@ class BatchStore:
         takes (its ledger record and hold), stored when the line is marked done before it is
         billed, so that a restart in between bills it (see ``BatchRunner.restore``)."""
         await self._run(
-            lambda: self._conn.execute(
-                "UPDATE batch_lines SET status_code = ?, response = ?, settle = ?"
-                " WHERE batch_id = ? AND line = ?",
-                (status, orjson.dumps(response).decode(), settle, batch_id, line),
-            )
+            self._db.execute,
+            "UPDATE batch_lines SET status_code = ?, response = ?, settle = ?"
+            " WHERE batch_id = ? AND line = ?",
+            (status, orjson.dumps(response).decode(), settle, batch_id, line),
         )
 
     async def finish_lines(
@@ -592,9 +607,8 @@ class BatchStore:
         with what billing it takes (see :meth:`finish_line`)."""
 
         def work() -> None:
-            with self._conn:
-                self._conn.execute("BEGIN")
-                self._conn.executemany(
+            with self._db.transaction() as db:
+                db.executemany(
                     "UPDATE batch_lines SET status_code = ?, response = ?, settle = ?"
                     " WHERE batch_id = ? AND line = ?",
                     [
@@ -608,32 +622,38 @@ class BatchStore:
     async def unsettled(self, batch_id: str) -> list[tuple[int, str]]:
         """(line, settle) of done lines whose billing was stored with them (and not yet found
         in the ledger by a restart)."""
-        return await self._run(
-            lambda: self._conn.execute(
-                "SELECT line, settle FROM batch_lines WHERE batch_id = ? AND status_code IS NOT NULL"
-                " AND settle IS NOT NULL ORDER BY line",
-                (batch_id,),
-            ).fetchall()
+        rows = await self._run(
+            self._db.all,
+            "SELECT line, settle FROM batch_lines WHERE batch_id = ? AND status_code IS NOT NULL"
+            " AND settle IS NOT NULL ORDER BY line",
+            (batch_id,),
         )
+        return [tuple(r) for r in rows]
 
     async def settled(self, batch_id: str, lines: list[int]) -> None:
         """Forget the stored billing of ``lines``: the ledger has them."""
-        await self._run(
-            lambda: self._conn.executemany(
-                "UPDATE batch_lines SET settle = NULL WHERE batch_id = ? AND line = ?",
-                [(batch_id, line) for line in lines],
-            )
-        )
-
-    async def finalize(self, batch_id: str) -> None:
-        """Write the output and error files and close the batch (cancelled if it was cancelling)."""
 
         def work() -> None:
-            owner, status = self._conn.execute(
+            with self._db.transaction() as db:
+                db.executemany(
+                    "UPDATE batch_lines SET settle = NULL WHERE batch_id = ? AND line = ?",
+                    [(batch_id, line) for line in lines],
+                )
+
+        await self._run(work)
+
+    async def finalize(self, batch_id: str) -> None:
+        """Write the output and error files and close the batch (cancelled if it was cancelling);
+        once (a batch already closed, say by another replica, is left as it is)."""
+
+        def work() -> None:
+            owner, status = self._db.one(
                 "SELECT owner, status FROM batches WHERE id = ?", (batch_id,)
-            ).fetchone()
+            )
+            if status not in UNFINISHED:
+                return
             out, err = [], []
-            for line, cid, code, resp in self._conn.execute(
+            for line, cid, code, resp in self._db.all(
                 "SELECT line, custom_id, status_code, response FROM batch_lines WHERE batch_id = ?"
                 " AND status_code IS NOT NULL ORDER BY line",
                 (batch_id,),
@@ -648,34 +668,42 @@ class BatchStore:
                 }
                 (out if code < 400 else err).append(orjson.dumps(record))
             now = int(time.time())
-            ids = []
-            with self._conn:
-                self._conn.execute("BEGIN")
+            ids: list[str | None] = []
+            with self._db.transaction() as db:
+                final = "cancelled" if status == "cancelling" else "completed"
+                # Claim the close first: of two runners finalizing at once, one writes the files.
+                closed = db.execute(
+                    f"UPDATE batches SET status = ?, finalizing_at = ?,"
+                    f" {'cancelled_at' if final == 'cancelled' else 'completed_at'} = ?"
+                    f" WHERE id = ? AND status IN {_UNFINISHED_SQL}",
+                    (final, now, now, batch_id),
+                ).rowcount
+                if closed != 1:
+                    return
                 for name, rows in (("output", out), ("errors", err)):
                     if not rows:
                         ids.append(None)
                         continue
                     fid = _new_id("file-")
                     content = b"\n".join(rows) + b"\n"
-                    self._conn.execute(
-                        "INSERT INTO files VALUES (?, ?, 'batch_output', ?, ?, ?, ?)",
+                    db.execute(
+                        "INSERT INTO batch_files (id, owner, purpose, filename, bytes, created_at, content)"
+                        " VALUES (?, ?, 'batch_output', ?, ?, ?, ?)",
                         (fid, owner, f"{batch_id}_{name}.jsonl", len(content), now, content),
                     )
                     ids.append(fid)
                 # Every line that ran was billed (journaled) before the batch got here.
-                self._conn.execute(
+                db.execute(
                     "UPDATE batch_lines SET settle = NULL WHERE batch_id = ? AND settle IS NOT NULL",
                     (batch_id,),
                 )
-                final = "cancelled" if status == "cancelling" else "completed"
-                self._conn.execute(
-                    f"UPDATE batches SET status = ?, output_file_id = ?, error_file_id = ?, finalizing_at = ?,"
-                    f" {'cancelled_at' if final == 'cancelled' else 'completed_at'} = ? WHERE id = ?",
-                    (final, ids[0], ids[1], now, now, batch_id),
+                db.execute(
+                    "UPDATE batches SET output_file_id = ?, error_file_id = ?, lease_owner = NULL,"
+                    " lease_expires = NULL WHERE id = ?",
+                    (ids[0], ids[1], batch_id),
                 )
 
         await self._run(work)
-
 
 def _parse_lines(content: bytes, endpoint: str) -> list[tuple[str, dict[str, Any]]]:
     """Validate the input JSONL; a bad line refuses the whole batch with its line number."""
@@ -722,84 +750,138 @@ def _parse_lines(content: bytes, endpoint: str) -> list[tuple[str, dict[str, Any
 
 
 class BatchRunner:
-    """Works through unfinished batches in the background, ``concurrency`` lines at a time."""
+    """Works through the unfinished batches it holds in the background, ``concurrency`` lines
+    at a time.
+
+    Replicas on one PostgreSQL database each run one: a runner holds a batch under a lease of
+    ``lease`` seconds that it renews every third of a lease while it lives, and takes batches
+    nobody holds or whose lease ended (their runner died) on each pass. A batch it takes over
+    is restored first (see :meth:`restore`). On SQLite (one process) it runs every batch."""
 
     def __init__(
-        self, store: BatchStore, executor: Executor, *, concurrency: int = 4, poll: float = 1.0
+        self,
+        store: BatchStore,
+        executor: Executor,
+        *,
+        concurrency: int = 4,
+        poll: float = 1.0,
+        lease: float = 60.0,
     ) -> None:
         self.store = store
         self.executor = executor
         self.concurrency = concurrency
         self.poll = poll
+        self.lease = lease
+        #: This runner's name in the batches' leases (one per process and runner).
+        self.runner_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._renewer: asyncio.Task | None = None
         self._restored = False
+        self._held: set[str] = set()  # batches this runner holds and has restored
         # Submissions a provider failed transiently: tag -> (failures, next attempt (monotonic)).
         self._backoff: dict[str, tuple[int, float]] = {}
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._loop(), name="thrifty-batch-runner"
-            )
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._loop(), name="thrifty-batch-runner")
+            if self.store.shared:
+                self._renewer = loop.create_task(self._renew(), name="thrifty-batch-leases")
 
     def wake(self) -> None:
         self._wake.set()
 
     async def close(self) -> None:
+        for task in (self._task, self._renewer):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         if self._task is not None:
-            self._task.cancel()
+            try:  # another replica resumes them at once instead of after the lease
+                await self.store.release(self.runner_id)
+            except Exception:  # noqa: BLE001 (the leases end by themselves)
+                log.warning("could not release the batch leases of runner %s", self.runner_id)
+        self._task = self._renewer = None
+        self._held.clear()
+
+    async def _renew(self) -> None:
+        """Keep this runner's leases while it lives, however long a pass takes."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
             try:
-                await self._task
+                held = await self.store.renew(self.runner_id, self.lease)
             except asyncio.CancelledError:
-                pass
-            self._task = None
+                raise
+            except Exception as exc:  # noqa: BLE001 (retried; a lease outlives a few misses)
+                log.warning("could not renew the batch leases: %s", _why(exc))
+                continue
+            lost = self._held - held
+            if lost:  # another runner took them (this one was cut off for a whole lease)
+                log.warning("batch runner %s lost the lease of %s", self.runner_id, ", ".join(sorted(lost)))
+                self._held -= lost
+
+    async def claim(self) -> list[str]:
+        """The batches this runner holds now, after taking the free ones; a batch it did not
+        hold before is restored (its stored lines billed, its provider holds taken) before it
+        is run."""
+        ids = await self.store.claim(self.runner_id, self.lease)
+        for batch_id in ids:
+            if batch_id not in self._held:
+                await self._restore_batch(batch_id)
+                self._held.add(batch_id)
+        self._held &= set(ids)
+        return ids
 
     async def restore(self) -> None:
-        """After a restart, before any line runs: bill the lines that were answered and marked
-        done but whose ledger record the dying process may not have written (the ledger says
-        which), and take again the budget holds of lines waiting on a provider's batch (they
-        died with the process that took them, and the provider charges those lines whatever
-        happens). The gateway calls this at start-up before it serves requests, so no new
-        request can take the room these lines hold; the runner calls it on its first pass
-        otherwise. Once."""
+        """Before the first pass: take the batches to resume and restore them: bill the lines
+        that were answered and marked done but whose ledger record the dying process may not
+        have written (the ledger says which), and take again the budget holds of lines waiting
+        on a provider's batch (they died with the process that took them, and the provider
+        charges those lines whatever happens). The gateway calls this at start-up before it
+        serves requests, so no new request can take the room these lines hold; the runner
+        calls it on its first pass otherwise. Once; batches taken over later (their runner
+        died) are restored when they are taken."""
         if self._restored:
             return
         self._restored = True
         try:
-            await self._restore()
+            await self.claim()
         except Exception:
             log.exception("could not restore the batches' holds and billing")
 
-    async def _restore(self) -> None:
+    async def _restore_batch(self, batch_id: str) -> None:
         upstream = getattr(self.executor, "upstream", None)
         settle_stored = getattr(self.executor, "settle_stored", None)
-        for batch_id in await self.store.unfinished():
-            principal = (await self.store.batch_job(batch_id))[2]
-            if settle_stored is not None:
-                # Lines answered and marked done, but maybe not billed when the process died.
-                try:
-                    stored = await self.store.unsettled(batch_id)
-                    if stored:
-                        rids = {line: line_request_id(batch_id, line) for line, _ in stored}
-                        await settle_stored(principal, [(rids[line], s) for line, s in stored])
-                        await self.store.settled(batch_id, [line for line, _ in stored])
-                except Exception:  # retried at the next start; the lines stay done
-                    log.exception("could not bill the stored lines of batch %s", batch_id)
-            if upstream is not None and hasattr(upstream, "restore"):
-                try:
-                    lines = await self.store.upstream_holds(batch_id)
-                    if lines:
-                        await upstream.restore(batch_id, principal, lines)
-                except Exception:  # the lines still settle (and charge budgets) when they finish
-                    log.exception("could not reinstate the holds of batch %s", batch_id)
+        principal = (await self.store.batch_job(batch_id))[2]
+        if settle_stored is not None:
+            # Lines answered and marked done, but maybe not billed when the process died.
+            try:
+                stored = await self.store.unsettled(batch_id)
+                if stored:
+                    rids = {line: line_request_id(batch_id, line) for line, _ in stored}
+                    await settle_stored(principal, [(rids[line], s) for line, s in stored])
+                    await self.store.settled(batch_id, [line for line, _ in stored])
+            except Exception:  # retried at the next start; the lines stay done
+                log.exception("could not bill the stored lines of batch %s", batch_id)
+        if upstream is not None and hasattr(upstream, "restore"):
+            try:
+                lines = await self.store.upstream_holds(batch_id)
+                if lines:
+                    await upstream.restore(batch_id, principal, lines)
+            except Exception:  # the lines still settle (and charge budgets) when they finish
+                log.exception("could not reinstate the holds of batch %s", batch_id)
 
     async def _loop(self) -> None:
         await self.restore()
         while True:
             try:
-                for batch_id in await self.store.unfinished():
-                    await self.run_batch(batch_id)
+                for batch_id in await self.claim():
+                    if batch_id in self._held:
+                        await self.run_batch(batch_id)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -851,7 +933,7 @@ class BatchRunner:
                     else None
                 )
                 await self.store.assign_upstream(batch_id, [line for line, _ in items], tag, holds)
-        while status == "in_progress":
+        while status == "in_progress" and (batch_id in self._held or not self._task):
             lines = await self.store.pending(batch_id, self.concurrency)
             if not lines:
                 break
@@ -864,10 +946,8 @@ class BatchRunner:
             for tag, items in (await self.store.upstream_pending(batch_id)).items():
                 stored: set[int] = set()
                 results = await upstream.collect(
-                    tag, batch_id, endpoint, principal, items, store=self._storer(batch_id, stored, "collect-stored")
+                    tag, batch_id, endpoint, principal, items, store=self._storer(batch_id, stored)
                 )
-                if results:
-                    crash_point("collect-billed")
                 for line, (code, response) in (results or {}).items():
                     if line not in stored:
                         await self.store.finish_line(batch_id, line, code, response)
@@ -879,17 +959,13 @@ class BatchRunner:
         ) == 0:
             await self.store.finalize(batch_id)
 
-    def _storer(
-        self, batch_id: str, stored: set[int], point: str | None = None
-    ) -> Callable[..., Awaitable[None]]:
+    def _storer(self, batch_id: str, stored: set[int]) -> Callable[..., Awaitable[None]]:
         """A ``store`` for lines a provider batch settles: marks them done (one durable write)
         with what billing each takes, before they are billed; adds them to ``stored``."""
 
         async def store(results: dict[int, tuple[int, dict[str, Any], str | None]]) -> None:
             await self.store.finish_lines(batch_id, results)
             stored.update(results)
-            if point:
-                crash_point(point)
 
         return store
 

@@ -1,4 +1,4 @@
-"""The ``[cache]`` and ``[batches]`` sections of the gateway's TOML config::
+"""The multipliers' sections of the config tree, parsed once by thrifty/gateway/config.py::
 
     [cache]
     backend = "sqlite"              # or "redis://127.0.0.1:6379/0", or a SQLite file path
@@ -32,10 +32,8 @@ Without a ``[cache]`` section there is no response cache at all (headers include
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from thrifty.errors import UsageError
@@ -47,7 +45,9 @@ __all__ = [
     "CacheSettings",
     "CascadeSettings",
     "RouteCache",
-    "load_settings",
+    "parse_affinity",
+    "parse_cascade",
+    "parse_settings",
 ]
 
 CASCADE_PROFILE = "auto-cascade"
@@ -74,11 +74,14 @@ class BatchSettings:
     enabled: bool = True
     concurrency: int = 4
     poll: float = 5.0  # seconds between passes (provider batch APIs are polled this often)
+    # shared-state: seconds a replica holds a batch without renewing; a dead replica's batches
+    # are resumed by another after this.
+    lease: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class CascadeSettings:
-    models: tuple[str, ...] = ()  # empty: the gateway's default (see wiring.default_cascade)
+    models: tuple[str, ...] = ()  # empty: the gateway's default (see thrifty.gateway.assemble.default_cascade)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,20 +164,5 @@ def parse_settings(doc: Mapping[str, Any]) -> tuple[CacheSettings | None, BatchS
         enabled=bool(b.get("enabled", True)),
         concurrency=concurrency,
         poll=_number(b, "poll", "batches", 5.0) or 5.0,
+        lease=_number(b, "lease", "batches", 60.0) or 60.0,  # shared-state
     )
-
-
-def load_settings(
-    config_path: str | Path | None,
-) -> tuple[CacheSettings | None, BatchSettings, CascadeSettings, AffinitySettings]:
-    """The multiplier sections of a gateway config file (defaults without a file)."""
-    if config_path is None:
-        return (*parse_settings({}), CascadeSettings(), AffinitySettings())
-    try:
-        with open(config_path, "rb") as f:
-            doc = tomllib.load(f)
-        return (*parse_settings(doc), parse_cascade(doc), parse_affinity(doc))
-    except FileNotFoundError:
-        raise UsageError(f"config file not found: {config_path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {config_path} is not valid TOML: {exc}") from None

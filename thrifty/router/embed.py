@@ -202,9 +202,17 @@ def distill(dim: int = STATIC_DIM, batch: int = 1024, progress: Callable[[int, i
     return StaticEmbedder(table.astype(np.float32), ident)
 
 
+PACKAGED_EMBEDDER = Path(__file__).resolve().parent / "default" / "embedder.npz"
+
+
 def default_embedder(show_progress: bool = True) -> StaticEmbedder:
-    """The distilled embedder, built once per machine and cached."""
+    """The distilled embedder: the table the packaged router ships (the same distillation of
+    the same model), else built once per machine and cached."""
     model = _onnx_model_path()
+    if PACKAGED_EMBEDDER.exists():
+        packaged = StaticEmbedder.load(PACKAGED_EMBEDDER)
+        if packaged.ident.startswith(f"minilm-l6-int8-static{STATIC_DIM}-{_file_sha(model)[:12]}"):
+            return packaged
     path = cache_root() / f"static-{STATIC_DIM}-{_file_sha(model)[:12]}.npz"
     if path.exists():
         return StaticEmbedder.load(path)

@@ -140,6 +140,9 @@ class LedgerRecord:
 
 
 class SpendControl(Protocol):
+    """Everything the pipeline asks of spend control; :class:`OpenSpendControl` and
+    :class:`~thrifty.spend.control.DbSpendControl` implement all of it."""
+
     async def authenticate(self, authorization: str | None) -> Principal:
         """Resolve an ``Authorization``/``x-api-key`` value; raise :class:`AuthError`."""
 
@@ -147,19 +150,26 @@ class SpendControl(Protocol):
         """The candidates policy permits; raise :class:`PolicyDenied` when none is left."""
 
     async def admit(
-        self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float
+        self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float,
+        ttl: float | None = None,
     ) -> Reservation:
-        """Apply rate limits and reserve ``max_cost_usd`` on every budget that applies."""
+        """Apply rate limits and reserve ``max_cost_usd`` on every budget that applies; ``ttl``:
+        how long the hold counts if never settled (a provider batch line's window)."""
+
+    async def reinstate(
+        self, principal: Principal, model: ModelInfo, *, max_cost_usd: float, ttl: float | None = None,
+        hold_id: str | None = None,
+    ) -> Reservation:
+        """Hold ``max_cost_usd`` again for money already committed upstream (a provider batch
+        line after a restart): no rate limit, never refused."""
 
     async def settle(self, reservation: Reservation | None, record: LedgerRecord) -> None:
         """Record the request (durably, before the client sees it complete) and settle budgets."""
 
+    async def recorded(self, request_ids: Sequence[str]) -> set[str]:
+        """Which of ``request_ids`` the ledger holds (resumed work is never billed twice)."""
+
     async def close(self) -> None: ...
-
-
-# Optional, for requests whose money is committed before they settle (provider batch lines):
-#     async def reinstate(self, principal, model, *, max_cost_usd, ttl=None) -> Reservation
-# holds ``max_cost_usd`` again after a restart lost the first hold: no rate limit, never refused.
 
 
 class OpenSpendControl:
@@ -172,17 +182,22 @@ class OpenSpendControl:
         return list(candidates)
 
     async def admit(
-        self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float
+        self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float,
+        ttl: float | None = None,
     ) -> Reservation:
         return Reservation(principal, model.name, max_cost_usd)
 
     async def reinstate(
-        self, principal: Principal, model: ModelInfo, *, max_cost_usd: float, ttl: float | None = None
+        self, principal: Principal, model: ModelInfo, *, max_cost_usd: float, ttl: float | None = None,
+        hold_id: str | None = None,
     ) -> Reservation:
         return Reservation(principal, model.name, max_cost_usd)
 
     async def settle(self, reservation: Reservation | None, record: LedgerRecord) -> None:
         return None
+
+    async def recorded(self, request_ids: Sequence[str]) -> set[str]:
+        return set()  # no ledger: nothing was recorded, and nothing resumed is billed
 
     async def close(self) -> None:
         return None

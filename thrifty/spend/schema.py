@@ -228,8 +228,43 @@ MIGRATIONS.append((3, """
         )
         """))
 MIGRATIONS.append((4, ""))  # PostgreSQL: thrifty_reserve_many(); nothing on SQLite
-# The per-request view (thrifty.spend.requests): filters by served model and status, newest first.
+# Batches and their files (thrifty.multipliers.batches): where the ledger is, so that every
+# replica sees them, and a batch whose runner's lease expired is resumed by another.
 MIGRATIONS.append((5, """
+        CREATE TABLE batches (
+            id TEXT PRIMARY KEY, owner TEXT NOT NULL, principal TEXT NOT NULL, endpoint TEXT NOT NULL,
+            input_file_id TEXT NOT NULL, completion_window TEXT NOT NULL, status TEXT NOT NULL,
+            created_at BIGINT NOT NULL, in_progress_at BIGINT, finalizing_at BIGINT, completed_at BIGINT,
+            cancelling_at BIGINT, cancelled_at BIGINT, expires_at BIGINT NOT NULL,
+            output_file_id TEXT, error_file_id TEXT, total INTEGER NOT NULL, metadata TEXT,
+            lease_owner TEXT, lease_expires DOUBLE PRECISION
+        );
+        CREATE INDEX batches_owner ON batches (owner, created_at);
+        CREATE INDEX batches_status ON batches (status);
+        CREATE TABLE batch_lines (
+            batch_id TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL, body TEXT NOT NULL,
+            status_code INTEGER, response TEXT, upstream TEXT, hold TEXT, settle TEXT, submission TEXT,
+            PRIMARY KEY (batch_id, line)
+        );
+        CREATE INDEX batch_lines_pending ON batch_lines (batch_id) WHERE status_code IS NULL;
+        CREATE TABLE batch_submissions (
+            tag TEXT PRIMARY KEY, batch_id TEXT NOT NULL, provider TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL, file_id TEXT, upstream_id TEXT, expires_at DOUBLE PRECISION
+        );
+        CREATE INDEX batch_submissions_batch ON batch_submissions (batch_id)
+        """))
+_BATCH_FILES = """
+        CREATE TABLE batch_files (
+            id TEXT PRIMARY KEY, owner TEXT NOT NULL, purpose TEXT NOT NULL, filename TEXT NOT NULL,
+            bytes BIGINT NOT NULL, created_at BIGINT NOT NULL, content {} NOT NULL
+        )"""
+POSTGRES_MIGRATIONS[5] = [_BATCH_FILES.format("BYTEA"), "CREATE INDEX batch_files_owner ON batch_files (owner, created_at)"]
+# version -> statements run only on SQLite (where the types differ)
+SQLITE_MIGRATIONS: dict[int, list[str]] = {
+    5: [_BATCH_FILES.format("BLOB"), "CREATE INDEX batch_files_owner ON batch_files (owner, created_at)"],
+}
+# The per-request view (thrifty.spend.requests): filters by served model and status, newest first.
+MIGRATIONS.append((6, """
         CREATE INDEX ledger_model_ts ON ledger (served_model, ts);
         CREATE INDEX ledger_status_ts ON ledger (status, ts);
 """))
@@ -252,9 +287,8 @@ def migrate(db: Database) -> int:
             for statement in sql.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            if db.postgres:
-                for statement in POSTGRES_MIGRATIONS.get(version, ()):
-                    db.execute(statement)
+            for statement in (POSTGRES_MIGRATIONS if db.postgres else SQLITE_MIGRATIONS).get(version, ()):
+                db.execute(statement)
             db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time()))
     return MIGRATIONS[-1][0]
 

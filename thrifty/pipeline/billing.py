@@ -1,0 +1,189 @@
+"""The one billing path: every call that spends money, or is refused, ends here.
+
+A live call, a cache hit, a batch line (synchronous or through a provider's batch API), a
+cascade step and a refusal are each described by a :class:`Charge`; :meth:`Billing.bill` prices
+it (the only place a token's price is applied: :func:`thrifty.spend.pricing.cost_usd`), writes
+its ledger record through spend control (settling the budget hold) and counts it in the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from thrifty.catalog.model import ModelInfo
+from thrifty.errors import GatewayError
+from thrifty.gateway.metrics import Metrics
+from thrifty.providers.base import Usage
+from thrifty.spend.api import LedgerRecord, Principal, Reservation, SpendControl
+from thrifty.spend.pricing import cost_usd
+
+log = logging.getLogger("thrifty.billing")
+
+
+def price(info: ModelInfo, usage: Usage, *, batch: bool = False) -> float:
+    """USD for ``usage`` by the provider's rules (cached reads, cache writes, long-context tiers,
+    batch prices), exact to the nano-dollar."""
+    prompt = max(usage.prompt_tokens, 0)
+    cached = min(max(usage.cached_tokens, 0), prompt)
+    written = min(max(usage.cache_write_tokens, 0), prompt - cached)
+    return float(
+        cost_usd(info, prompt, max(usage.completion_tokens, 0), cached, written, batch=batch)
+    )
+
+
+@dataclass(slots=True)
+class Charge:
+    """What one request did, as billing needs it."""
+
+    principal: Principal
+    request_id: str
+    ts: float
+    endpoint: str
+    requested: str
+    status: int
+    latency_ms: float = 0.0
+    info: ModelInfo | None = None  # the model that answered (None: nothing was served)
+    provider: str | None = None
+    usage: Usage | None = None
+    reason: str | None = None
+    error_type: str | None = None
+    retries: int = 0
+    stream: bool = False
+    scores: dict[str, float] | None = None
+    cache_hit: bool = False  # answered from thrifty's cache: costs nothing, saves the original
+    batch: bool = False  # a batch line
+    batch_priced: bool = False  # served by a provider's batch API, at its batch prices
+    extra_cost_usd: float = 0.0  # attempts that may have cost money but returned no usage
+    counted: bool = True  # False: not a principal's spend (no valid key): metrics only
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Billed:
+    cost_usd: float
+    frontier_cost_usd: float
+    record: LedgerRecord | None
+
+
+class Billing:
+    """Prices charges and settles them with spend control."""
+
+    def __init__(self, spend: SpendControl, metrics: Metrics, frontier: ModelInfo | None) -> None:
+        self.spend = spend
+        self.metrics = metrics
+        self.frontier = frontier
+
+    def frontier_cost(self, usage: Usage, *, batch: bool = False) -> float:
+        """What ``usage`` would have cost on the default frontier model."""
+        return price(self.frontier, usage, batch=batch) if self.frontier is not None else 0.0
+
+    def record_of(self, c: Charge) -> tuple[LedgerRecord, float, float]:
+        """The ledger record of ``c``, its cost and its frontier cost (a cache hit costs 0; its
+        record keeps the original call's tokens and prices, so the saving can be reported)."""
+        info, usage = c.info, c.usage
+        cost = frontier = 0.0
+        if usage is not None and info is not None and info.priced:
+            cost = price(info, usage, batch=c.batch_priced)
+            frontier = self.frontier_cost(usage, batch=c.batch_priced)
+        cost += c.extra_cost_usd
+        if c.cache_hit:
+            cost = 0.0
+        in_price = out_price = cached_price = 0.0
+        if info is not None:
+            in_price = info.input_cost_per_token or 0.0
+            out_price = info.output_cost_per_token or 0.0
+            cached_price = info.cache_read_input_token_cost or 0.0
+            if c.batch_priced:
+                in_price = info.input_cost_per_token_batches or in_price
+                out_price = info.output_cost_per_token_batches or out_price
+        record = LedgerRecord.billed_to(
+            c.principal,
+            request_id=c.request_id,
+            ts=c.ts,
+            endpoint=c.endpoint,
+            requested_model=c.requested,
+            served_model=info.name if info is not None else None,
+            provider=c.provider,
+            route_reason=c.reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            cache_write_tokens=usage.cache_write_tokens if usage else 0,
+            input_price=in_price,
+            output_price=out_price,
+            cached_price=cached_price,
+            cost_usd=cost,
+            frontier_cost_usd=frontier,
+            latency_ms=c.latency_ms,
+            status=c.status,
+            error_type=c.error_type,
+            retries=c.retries,
+            stream=c.stream,
+            cache_hit=c.cache_hit,
+            batch=c.batch,
+            scores=c.scores,
+        )
+        return record, cost, frontier
+
+    async def bill(
+        self,
+        c: Charge,
+        reservation: Reservation | None,
+        *,
+        before_settle: Callable[[LedgerRecord], Awaitable[None]] | None = None,
+    ) -> Billed:
+        """Price ``c``, write its ledger record and settle ``reservation``.
+
+        ``before_settle`` runs with the record before it is written (a batch line stores its
+        answer durably first, so that a crash in between is billed by the restart, not twice).
+        A served answer (status 200) that the ledger cannot record is not completed: the caller
+        gets a 503 ``ledger_unavailable`` instead.
+        """
+        record, cost, frontier = self.record_of(c)
+        if (
+            reservation is not None
+            and record.error_type is None
+            and cost > reservation.amount_usd + 1e-12
+        ):
+            # An upstream that ignored max_tokens on a non-streamed answer (streams are stopped
+            # at the hold): billed its real cost, flagged in the ledger and counted.
+            record.error_type = "hold_overrun"
+            self.metrics.upstream_errors[(c.provider or "-", "hold_overrun")] += 1
+            log.warning(
+                "request %s cost $%.9f, more than the $%.9f held for it (max_tokens ignored?)",
+                c.request_id,
+                cost,
+                reservation.amount_usd,
+            )
+        m = self.metrics
+        name = c.info.name if c.info is not None else "-"
+        m.observe(c.endpoint, name, c.status, c.latency_ms / 1000)
+        if c.usage is not None and c.info is not None:
+            m.cost[name] += cost
+            m.frontier_cost[name] += frontier
+            m.tokens[(name, "prompt")] += c.usage.prompt_tokens
+            m.tokens[(name, "completion")] += c.usage.completion_tokens
+        if not c.counted:
+            return Billed(cost, frontier, None)
+        if before_settle is not None:
+            await before_settle(record)
+        try:
+            await self.spend.settle(reservation, record)
+        except Exception:
+            log.exception("settling request %s failed", c.request_id)
+            if c.status == 200:
+                raise GatewayError(
+                    503,
+                    "The request could not be recorded in the ledger, so it was not "
+                    "completed. Please retry.",
+                    type="ledger_error",
+                    code="ledger_unavailable",
+                ) from None
+        return Billed(cost, frontier, record)
+
+    async def bill_record(self, record: LedgerRecord, reservation: Reservation | None) -> None:
+        """Settle a record :meth:`bill`'s pricing produced earlier and stored (a batch line
+        answered before a crash, or a provider batch's line): it is not priced again."""
+        await self.spend.settle(reservation, record)
