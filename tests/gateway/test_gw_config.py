@@ -9,8 +9,8 @@ from thrifty.gateway.config import build_config, default_document, load_config
 
 
 def test_embedded_default_is_offline_and_keys_switch_providers_on(tmp_path):
-    offline = build_config(default_document(env={}), data_dir=tmp_path, env={})
-    assert set(offline.providers) == {"replay"}
+    offline = build_config(default_document(env={}, local=False), data_dir=tmp_path, env={})
+    assert set(offline.providers) == {"replay", "offline"}  # offline-echo: any other prompt
     assert "gpt-4-1106-preview" in offline.models and all(
         m.info.priced for m in offline.models.values()
     )

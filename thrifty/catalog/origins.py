@@ -53,6 +53,8 @@ PROVIDERS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "fireworks_ai": (None, ("us",)),
     "groq": (None, ("us",)),
     "replay": (None, ("local",)),
+    "offline": (None, ("local",)),
+    "llama": (None, ("local",)),
     "fake": (None, ("local",)),
     "ollama": (None, ("local",)),
 }

@@ -10,7 +10,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="run the gateway (OpenAI- and Anthropic-compatible)",
         description="Run the gateway. With no --config it runs the embedded default: "
-        "offline replay models, plus real providers whose API keys are in the environment.",
+        "offline replay models (their recorded prompts), a local model when the llm extra is "
+        "installed, offline-echo (an offline stand-in for any other prompt), plus real providers "
+        "whose API keys are in the environment.",
     )
     p.add_argument("--config", help="TOML config file (default: the embedded default)")
     p.add_argument("--host", default="127.0.0.1")
@@ -23,6 +25,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="HTTP server (default: uvicorn; granian if installed)",
     )
     p.set_defaults(func=_serve)
+
+    c = subparsers.add_parser("config", help="gateway config tools (import a LiteLLM config.yaml)")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    imp = csub.add_parser(
+        "import-litellm",
+        help="translate a LiteLLM proxy config.yaml into a thrifty TOML config",
+        description="Translate a LiteLLM proxy config.yaml (model_list, litellm_params with "
+        "os.environ/ keys, fallbacks, database_url) into a thrifty TOML config on stdout, e.g. "
+        "thrifty config import-litellm config.yaml > thrifty.toml. What does not map is listed on "
+        "stderr, with what to do instead; literal API keys are never copied.",
+    )
+    imp.add_argument("path", metavar="CONFIG_YAML")
+    imp.set_defaults(func=_import_litellm)
 
     d = subparsers.add_parser(
         "demo",
@@ -44,12 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from thrifty.gateway.assemble import make_app
+    from thrifty.gateway.banner import banner
     from thrifty.gateway.server import serve
 
     app = make_app(args.config)
+    gw = app.gw
+    profiles = sorted(getattr(gw.router, "profiles", None) or ())
     print(
-        f"thrifty gateway on http://{args.host}:{args.port}/v1 "
-        f"({len(app.gw.models)} models; router: {'on' if app.gw.router.router else 'off'})",
+        banner(gw.config, args.host, args.port, router_on=bool(gw.router.router), profiles=profiles),
         flush=True,
     )
     serve(app, args.host, args.port, log_level=args.log_level, server=args.server)
@@ -62,3 +79,29 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(
         limit=args.limit, profile=args.profile, concurrency=args.concurrency, port=args.port
     )
+
+
+def _import_litellm(args: argparse.Namespace) -> int:
+    import sys
+
+    from thrifty.errors import UsageError
+    from thrifty.gateway.config import build_config
+    from thrifty.gateway.litellm_import import convert, load_yaml, to_toml
+
+    result = convert(load_yaml(args.path))
+    if not result.doc["models"]:
+        raise UsageError(f"{args.path}: no model of its model_list could be imported")
+    try:  # what we print must load: check it as the gateway would (no network, no keys needed)
+        build_config(result.doc, env={})
+    except UsageError as exc:
+        raise UsageError(f"the imported config does not load: {exc}") from None
+    sys.stdout.write(to_toml(result.doc, f"Imported from LiteLLM config {args.path} by thrifty config "
+                                         "import-litellm.\nSee thrifty/gateway/config.py for the format."))
+    models = len(result.doc["models"])
+    print(f"thrifty: imported {models} model(s) and {len(result.doc['providers'])} provider(s) "
+          f"from {args.path}", file=sys.stderr)
+    if result.unmapped:
+        print(f"thrifty: {len(result.unmapped)} setting(s) did not map:", file=sys.stderr)
+        for line in result.unmapped:
+            print(f"  - {line}", file=sys.stderr)
+    return 0

@@ -27,7 +27,7 @@ optional fallbacks and catalog overrides)::
     [spend]                               # passed to thrifty.spend.from_config
 
     [providers.openai]
-    type = "openai"                       # openai | anthropic | replay
+    type = "openai"                       # openai | anthropic | replay | offline | llama
     base_url = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"
     ca_file = "corp-ca.pem"               # optional: trust these CAs (PEM file or hashed dir)
@@ -105,7 +105,8 @@ from thrifty.multipliers.settings import (
 from thrifty.paths import default_data_dir
 from thrifty.providers.config import ProviderConfig, Timeouts
 
-PROVIDER_TYPES = ("openai", "anthropic", "replay")
+PROVIDER_TYPES = ("openai", "anthropic", "replay", "offline", "llama")
+LOCAL_TYPES = ("replay", "offline", "llama")  # no base_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,12 +278,57 @@ def _replay_models() -> dict[str, dict[str, Any]]:
     return out
 
 
-def default_document(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The embedded default as a config document (the same shape a TOML file has)."""
+OFFLINE_MODEL = "offline-echo"  # says it is an offline stand-in; answers any prompt
+LOCAL_MODEL = "local-smollm2"  # SmolLM2-135M on llama.cpp, when the llm extra is installed
+
+
+def _stand_ins(local: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Providers and models that answer what the replay models have no recording of."""
+    providers: dict[str, Any] = {"offline": {"type": "offline"}}
+    models: dict[str, Any] = {
+        OFFLINE_MODEL: {
+            "provider": "offline",
+            "input_cost_per_token": 0.0,
+            "output_cost_per_token": 0.0,
+            "context_window": 1_000_000,
+            "max_output_tokens": 4096,
+            "route": False,  # never chosen by "auto": only named, or as the replay fallback
+        }
+    }
+    if local:
+        from thrifty.providers.local_llm import smollm2_gguf
+
+        gguf = smollm2_gguf()
+        if gguf is not None:
+            providers["local"] = {"type": "llama", "model_path": str(gguf), "n_ctx": 2048}
+            models[LOCAL_MODEL] = {
+                "provider": "local",
+                "input_cost_per_token": 0.0,
+                "output_cost_per_token": 0.0,
+                "context_window": 2048,
+                "max_output_tokens": 1024,
+                "route": False,
+            }
+    return providers, models
+
+
+def default_document(
+    env: Mapping[str, str] | None = None, *, local: bool = True
+) -> dict[str, Any]:
+    """The embedded default as a config document (the same shape a TOML file has).
+
+    Replay models answer their recorded prompts; any other prompt falls back to the local model
+    (``local=True`` and the ``llm`` extra installed) and then to ``offline-echo``, so every
+    prompt gets an answer that says truthfully which model gave it.
+    """
     env = os.environ if env is None else env
+    stand_in_providers, stand_ins = _stand_ins(local)
+    replay = _replay_models()
+    for m in replay.values():
+        m["fallbacks"] = list(stand_ins)[::-1]  # the local model first when there is one
     doc: dict[str, Any] = {
-        "providers": {"replay": {"type": "replay", "source": "auto"}},
-        "models": _replay_models(),
+        "providers": {"replay": {"type": "replay", "source": "auto"}, **stand_in_providers},
+        "models": {**replay, **stand_ins},
     }
     for name, key_env, ptype, base_url, models in ENV_PROVIDERS:
         if not env.get(key_env):
@@ -364,7 +410,7 @@ def build_config(
             headers=dict(p.get("headers") or {}),
             options={k: v for k, v in p.items() if k not in known},
         )
-        if ptype != "replay" and not providers[name].base_url:
+        if ptype not in LOCAL_TYPES and not providers[name].base_url:
             raise UsageError(f"providers.{name}.base_url is required for type {ptype!r}")
         _check_transport(name, p)
 
@@ -466,12 +512,22 @@ def load_config(
     """Read a TOML config file, or build the embedded default when ``path`` is None."""
     if path is None:
         return build_config(default_document(env), env=env)
+    litellm_hint = (
+        f"YAML is LiteLLM's config format; thrifty's is TOML. Translate it with: "
+        f"thrifty config import-litellm {path} > thrifty.toml"
+    )
+    if str(path).lower().endswith((".yaml", ".yml")):
+        if not Path(path).is_file():
+            raise UsageError(f"config file not found: {path}")
+        raise UsageError(f"config file {path} is YAML. {litellm_hint}")
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
+        if b"model_list:" in Path(path).read_bytes():
+            raise UsageError(f"config file {path} looks like a LiteLLM YAML config. {litellm_hint}") from None
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     if doc.get("data_dir") and not Path(doc["data_dir"]).is_absolute():
         doc["data_dir"] = str(Path(path).parent / doc["data_dir"])

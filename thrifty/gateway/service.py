@@ -438,6 +438,8 @@ class Gateway:
                         if not exc.retryable:
                             if probing:  # hardening: an answer, but not about health
                                 breaker.release()
+                            if exc.try_next_model:  # first-hour: replay miss -> its fallback
+                                break
                             raise
                         if attempt + 1 < policy.attempts:  # hardening: a probe only to retry
                             ticket = breaker.acquire()

@@ -29,6 +29,9 @@ class UpstreamError(ThriftyError):
     ) -> None:
         super().__init__(message, status=status, type=type, code=code)
         self.retryable = retryable
+        # True when this deployment cannot answer this request but says nothing about its health
+        # (a replay model with no recording of the prompt): the chain's next model may answer.
+        self.try_next_model = False
 
 
 def status_retryable(status: int) -> bool:

@@ -106,7 +106,7 @@ class ReplayProvider:
                 if known
                 else f"it has no recordings of model '{model}'"
             )
-            raise UpstreamError(
+            exc = UpstreamError(
                 400,
                 f"The replay provider only answers benchmark prompts it has recorded, and "
                 f"{detail}. Send one of the recorded prompts (see thrifty demo) or configure "
@@ -115,6 +115,8 @@ class ReplayProvider:
                 type="replay_unknown_prompt",
                 code="replay_unknown_prompt",
             )
+            exc.try_next_model = True  # its fallback (offline-echo / local-smollm2) may answer
+            raise exc
         return record
 
     @staticmethod

@@ -3,7 +3,8 @@
 The rate is the scope's ledger spend over the trailing week (or since the
 period started, if that is shorter; at least an hour), so the projection
 follows changes such as routing taking hold. A budget
-that runs out after its period resets is reported as lasting the period.
+that runs out after its period resets is reported as lasting the period, with no date
+(nor is a date more than a year away, for budgets with no end).
 Budgets, limits and spend come from spend control's own store (its public
 ``list_budgets``), so the figures are the ones it enforces.
 """
@@ -50,19 +51,25 @@ def burndown(db: Database, *, now: float | None = None, team: str | None = None,
             runs_out, status = None, "no spend yet"
         else:
             runs_out = now + remaining / rate
-            status = "runs out" if end is None else "runs out before reset" if runs_out < end else "lasts the period"
+            if end is None:  # an open-ended budget: a run-out date decades away is no forecast
+                status = "runs out" if runs_out < now + YEAR_SECONDS else "not within a year"
+            else:
+                status = "runs out before reset" if runs_out < end else "lasts the period"
         out.append({
             "id": b["id"], "scope": b["scope"], "scope_id": b["scope_id"], "period": b["period"],
             "limit_nanos": limit, "spent_nanos": spent, "remaining_nanos": remaining,
             "used_pct": 100.0 * spent / limit if limit else None,
             "period_start": start, "period_end": end, "usd_per_day": rate * DAY_SECONDS / 1e9,
-            "runs_out_at": runs_out, "runs_out": iso(runs_out) if runs_out is not None else None,
+            "runs_out_at": runs_out,  # the projection's end, for charts; shown only when it is a forecast:
+            "runs_out": iso(runs_out) if runs_out is not None and status not in QUIET else None,
             "status": status, "column": column,
         })
     return out
 
 
 DAY_SECONDS = 86_400
+YEAR_SECONDS = 365 * DAY_SECONDS
+QUIET = ("lasts the period", "not within a year")  # no run-out date is shown
 RATE_WINDOW = 7 * DAY_SECONDS
 
 

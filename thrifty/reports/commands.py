@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "simulate", help="what-if: re-route past traffic under other profiles, prices or policy (no provider calls)",
         description="Re-run routing on past traffic without calling any provider and report the cost it would "
         "have had and, where quality labels exist (benchmark replay data, user feedback), the quality, with "
-        "bootstrap 95%% confidence intervals. Traffic comes from the ledger (its stored router scores; the "
+        "bootstrap 95% confidence intervals. Traffic comes from the ledger (its stored router scores; the "
         "default), a JSONL of prompts (--prompts) or benchmark replay data (--replay).")
     _source_args(s)
     _range_args(s)
@@ -71,6 +71,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--chart", metavar="PNG", help="also plot cost against quality for each scenario")
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.set_defaults(func=_simulate)
+
+    r = subparsers.add_parser(
+        "requests", help="individual requests from the ledger (no prompt text)",
+        description="One line per request from the spend ledger, newest first: time, key, team, model, "
+        "status, tokens, cost. No prompt or answer text (the ledger keeps none).")
+    rsub = r.add_subparsers(dest="requests_command", metavar="ACTION", required=True)
+    ls = rsub.add_parser("list", help="list requests, filtered and paged",
+                         description="List requests newest first; --cursor NEXT (printed at the end) "
+                         "shows the next page.")
+    _source_args(ls)
+    g = ls.add_argument_group("filters")
+    for name in ("key", "team", "user", "model", "provider"):
+        g.add_argument(f"--{name}", help=f"only this {name}" + (" (the model that served it)" if name == "model" else ""))
+    g.add_argument("--status", type=int, help="only this HTTP status, e.g. 200 or 429")
+    g.add_argument("--since", help="ISO 8601 time or unix seconds")
+    g.add_argument("--until", help="ISO 8601 time, unix seconds or 'now'")
+    ls.add_argument("--limit", type=int, default=50, help="rows per page (1-500, default 50)")
+    ls.add_argument("--cursor", help="the next_cursor of the previous page")
+    ls.add_argument("--format", default="table", choices=("table", "json"))
+    ls.set_defaults(func=_requests_list)
 
 
 def _filters(args: argparse.Namespace) -> object:
@@ -284,3 +304,48 @@ def _print_table(outcomes: list, source: str, n: int) -> None:
                       "serve the request, or the data has no record of it), the request's known token counts "
                       "are priced at the chosen model's prices. Exact share: "
                       + ", ".join(f"{o.scenario} {o.exact_cost_share:.1%}" for o in estimated) + ".[/]")
+
+
+def _requests_list(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from thrifty.errors import UsageError
+    from thrifty.reports.format import money
+    from thrifty.reports.source import open_database, parse_when
+    from thrifty.spend.requests import RequestQuery, RequestQueryError, list_requests
+
+    q = RequestQuery(key=args.key, team=args.team, user=args.user, model=args.model, provider=args.provider,
+                     status=args.status, since=parse_when(args.since, "since") if args.since else None,
+                     until=parse_when(args.until, "until") if args.until else None, limit=args.limit,
+                     cursor=args.cursor)
+    db = open_database(args.database_url, args.config, args.data_dir)
+    try:
+        page = list_requests(db, q)
+    except RequestQueryError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        db.close()
+    if args.format == "json":
+        print(json.dumps(page, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from thrifty.spend.periods import iso
+
+    t = Table(title=f"{len(page['data'])} requests, newest first", title_justify="left")
+    for col in ("time (UTC)", "key", "team", "model", "status", "tokens in/out", "cost", "ms"):
+        t.add_column(col, justify="right" if col in ("status", "tokens in/out", "cost", "ms") else "left",
+                     no_wrap=True)
+    rows = page["data"]
+    costs = money([float(r["cost_usd"]) for r in rows])
+    for r, cost in zip(rows, costs, strict=True):
+        t.add_row(iso(r["ts"])[:19], r["key_id"] or "-", r["team_id"] or "-",
+                  r["served_model"] or f"(not served: {r['error_type'] or 'error'})", str(r["status"]),
+                  f"{r['prompt_tokens']:,}/{r['completion_tokens']:,}", cost,
+                  "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}")
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
+    if page["next_cursor"]:
+        print(f"next page: --cursor {page['next_cursor']}")
+    return 0

@@ -36,15 +36,17 @@ DAY = 86_400
 def _templates() -> Any:
     import jinja2
 
-    from thrifty.reports.render import usd
+    from thrifty.reports.format import decimals_for, per_day, usd, usd_nanos
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=jinja2.select_autoescape(["html"]))
-    env.filters["usd"] = usd
+    env.filters["usd"] = usd_nanos  # usd(decimals) for a column's shared precision
+    env.globals["decimals"] = lambda nanos: max((decimals_for(n / 1e9) for n in nanos if n), default=2)
+    env.filters["per_day"] = lambda v: per_day(v * 1e9)
     env.filters["pct"] = lambda v: "-" if v is None else f"{v:.1f}%"
     env.filters["share"] = lambda v: f"{v:.1%}"
     env.filters["num"] = lambda v: f"{v:,}"
-    env.filters["mtok"] = lambda v: "-" if v is None else f"${v:,.3f}"
+    env.filters["mtok"] = lambda v: "-" if v is None else usd(v)
     env.filters["day"] = lambda ts: "-" if ts is None else time.strftime("%Y-%m-%d", time.gmtime(ts))
     env.filters["when"] = lambda ts: "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
     return env
@@ -92,17 +94,42 @@ def _js(obj: Any) -> str:
     return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _chart_data(report: Any) -> dict[str, Any]:
+PALETTE = ("#2563eb", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#06b6d4", "#ec4899", "#84cc16",
+           "#f97316", "#64748b", "#14b8a6", "#a855f7")
+UNSERVED_COLOUR = "#cbd5e1"
+
+
+def model_palette(names: Any) -> dict[str, str]:
+    """A colour per configured model, by its place in the sorted list: the same on every page."""
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(sorted(names))}
+
+
+def colour(model: str | None, palette_of: dict[str, str]) -> str:
+    """The model's colour; a model not in the config gets one from a stable hash of its name."""
+    import zlib
+
+    if not model or model.startswith("(not served"):
+        return UNSERVED_COLOUR
+    return palette_of.get(model) or PALETTE[zlib.crc32(model.encode()) % len(PALETTE)]
+
+
+def _chart_data(report: Any, palette_of: dict[str, str] | None = None) -> dict[str, Any]:
+    palette_of = palette_of or {}
     fmt = "%m-%d %H:00" if report.bucket_seconds < DAY else "%Y-%m-%d"
     step = report.bucket_seconds
     first = int(report.filters.since // step) * step
     # Every bucket of the range, traffic or not, so the time axis is continuous.
     buckets = sorted(set(range(first, int(report.filters.until), step)) | set(report.series))
     labels = [time.strftime(fmt, time.gmtime(b)) for b in buckets]
-    models = [g.name or "(none)" for g in report.models]
+    from thrifty.reports.render import label
+
+    keys = [g.name or "(none)" for g in report.models]  # report.series names a missing model "(none)"
+    models = [label("model", g.name) for g in report.models]
     empty: dict[str, Any] = {}
-    stacked = [{"label": m, "data": [round(report.series[b][m].cost_nanos / 1e9, 6)
-                                     if m in report.series.get(b, empty) else 0 for b in buckets]} for m in models]
+    stacked = [{"label": name, "color": colour(name, palette_of),
+                "data": [round(report.series[b][m].cost_nanos / 1e9, 6)
+                         if m in report.series.get(b, empty) else 0 for b in buckets]}
+               for m, name in zip(keys, models, strict=True)]
     price, frontier, paid_cum, frontier_cum = [], [], [], []
     acc_c = acc_f = 0
     for b in buckets:
@@ -116,7 +143,27 @@ def _chart_data(report: Any) -> dict[str, Any]:
         frontier_cum.append(round(acc_f / 1e9, 6))
     return {"labels": labels, "stacked": stacked, "price": price, "frontier_price": frontier,
             "paid_cum": paid_cum, "frontier_cum": frontier_cum,
-            "mix": {"labels": models, "data": [g.totals.requests for g in report.models]}}
+            "mix": {"labels": models, "data": [g.totals.requests for g in report.models],
+                    "colors": [colour(m, palette_of) for m in models]}}
+
+
+MIN_HOURS = 12  # the shortest axis: a few requests still get an axis of hours, not of minutes
+
+
+def _fit_to_data(db: Any, f: Any) -> Any:
+    """``f`` with ``since`` moved up to the first request in range (whole hours, at least
+    MIN_HOURS before ``until``), so one day of data gets an hourly axis, not a 30-day one."""
+    from thrifty.reports.query import with_range
+
+    conds, params = f.conditions()
+    where = "".join(f" AND {c}" for c in conds)
+    row = db.one(f"SELECT MIN(ts) FROM ledger WHERE ts >= ? AND ts < ?{where}", (f.since, f.until, *params))
+    first = row[0] if row else None
+    if first is None:
+        return f
+    hour = 3600
+    since = min(int(first // hour) * hour, int(f.until // hour) * hour - (MIN_HOURS - 1) * hour)
+    return with_range(f, max(f.since, float(since)), f.until)
 
 
 def _projection(b: dict[str, Any], now: float) -> list[list[float]]:
@@ -136,6 +183,7 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
     env = _templates()
     lock = threading.Lock()
     state: dict[str, Any] = {}
+    palette_of = model_palette(getattr(config, "models", None) or ())
 
     def db() -> Database:
         # Its own connection, used by one thread at a time (under ``lock``).
@@ -221,6 +269,10 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
         spend.flush()  # the ledger is written in batches: include what was just served
 
         def run() -> tuple[Any, dict[str, Any]]:
+            nonlocal f
+            if not (params.get("since") or "").strip():
+                f = _fit_to_data(db(), f)  # the time axis follows the data (a day of it: hourly)
+                form["since"] = time.strftime("%Y-%m-%d", time.gmtime(f.since))
             report = build_report(db(), f, by, now=now)
             options = {
                 "teams": [r[0] for r in db().all("SELECT id FROM teams ORDER BY id")],
@@ -236,7 +288,7 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
     async def overview(request: Request) -> Response:
         report, form, options = await run_in_threadpool(_report, request.query_params)
         return page(request, "overview.html", report=report, form=form, options=options,
-                    charts=_js(_chart_data(report)))
+                    charts=_js(_chart_data(report, palette_of)))
 
     async def budgets(request: Request) -> Response:
         from thrifty.reports.burndown import burndown, cumulative_spend
@@ -288,7 +340,8 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
             return {
                 "window_seconds": window, "requests": total,
                 "mix": [{"model": r[0], "requests": int(r[1]), "share": int(r[1]) / total if total else 0.0,
-                         "cost_nanos": int(r[2]), "frontier_cost_nanos": int(r[3])} for r in mix],
+                         "cost_nanos": int(r[2]), "frontier_cost_nanos": int(r[3]),
+                         "color": colour(r[0], palette_of)} for r in mix],
                 "recent": [{"ts": r[0], "key_id": r[1], "team_id": r[2], "requested": r[3], "served": r[4],
                             "reason": r[5], "cost_nanos": int(r[6] or 0), "latency_ms": r[7], "status": r[8]}
                            for r in recent],
@@ -309,6 +362,72 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
         report, _form, _options = await run_in_threadpool(_report, request.query_params)
         return Response(to_json(report), media_type="application/json")
 
+    async def requests_page(request: Request) -> Response:
+        from urllib.parse import urlencode
+
+        from thrifty.spend.requests import RequestQuery, RequestQueryError, list_requests
+
+        q = request.query_params
+        form = {k: (q.get(k) or "").strip() for k in ("team", "key", "model", "status", "since", "until")}
+        try:
+            status = int(form["status"]) if form["status"] else None
+        except ValueError:
+            raise BadInput(f"status must be an HTTP status such as 200 or 429, not {form['status']!r}") from None
+        until = _date(form["until"], "until", 0) + (DAY if len(form["until"]) == 10 else 0) if form["until"] else None
+        query = RequestQuery(team=form["team"] or None, key=form["key"] or None, model=form["model"] or None,
+                             status=status, since=_date(form["since"], "since", 0) if form["since"] else None,
+                             until=until, limit=50, cursor=q.get("cursor") or None)
+        spend.flush()
+        try:
+            data = await run_in_threadpool(locked, lambda: list_requests(db(), query))
+        except RequestQueryError as exc:
+            raise BadInput(str(exc)) from None
+        rows = [{**r, "cost_nanos": round(float(r["cost_usd"]) * 1e9)} for r in data["data"]]
+        nxt = None
+        if data["next_cursor"]:
+            nxt = f"{base(request)}/requests?" + urlencode({**{k: v for k, v in form.items() if v},
+                                                            "cursor": data["next_cursor"]})
+        return page(request, "requests.html", rows=rows, form=form, next_url=nxt)
+
+    def _session(request: Request) -> str | None:
+        token = request.cookies.get(session.COOKIE)
+        return token if token and session.verify(state["secret"], token) is not None else None
+
+    async def manage_page(request: Request, status: int = 200, **ctx: Any) -> Response:
+        from thrifty.reports.manage import csrf_token
+        from thrifty.spend import store
+
+        def run() -> dict[str, Any]:
+            return {"keys": store.list_keys(db()), "teams": store.list_teams(db()),
+                    "budgets": store.list_budgets(db())}
+
+        lists = await run_in_threadpool(locked, run)
+        token = _session(request)
+        csrf = csrf_token(state["secret"], token) if token else ""
+        return page(request, "manage.html", status, csrf=csrf, message=ctx.get("message"),
+                    secret=ctx.get("secret"), error=ctx.get("error"), **lists)
+
+    def manage_action(action: str) -> Callable:
+        async def handler(request: Request) -> Response:
+            from thrifty.reports.manage import ActionError, csrf_ok, perform
+
+            raw = (await request.body()).decode("utf-8", "replace")
+            form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+            await run_in_threadpool(locked, lambda: None)
+            if not csrf_ok(state["secret"], _session(request), form, request.headers.get("origin"),
+                           request.headers.get("host")):
+                return error_response(403, "This form is stale or came from another site; reload the page.",
+                                      "permission_error", "csrf_failed")
+            target = request.path_params.get("target")
+            try:
+                message, secret = await run_in_threadpool(locked, lambda: perform(db(), action, form, target))
+            except ActionError as exc:
+                return await manage_page(request, 400, error=str(exc))
+            spend.reload()  # the gateway serves the change now, as after the admin API
+            return await manage_page(request, message=message, secret=secret)
+
+        return handler
+
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         return error_response(status, f"No dashboard page {request.url.path}.", "invalid_request_error",
@@ -323,6 +442,13 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
         Route("/budgets", guarded(budgets), methods=["GET"]),
         Route("/keys", guarded(keys), methods=["GET"]),
         Route("/live", guarded(live), methods=["GET"]),
+        Route("/requests", guarded(requests_page), methods=["GET"]),
+        Route("/manage", guarded(manage_page), methods=["GET"]),
+        Route("/manage/team", guarded(manage_action("team")), methods=["POST"]),
+        Route("/manage/key", guarded(manage_action("key")), methods=["POST"]),
+        Route("/manage/key/{target}/revoke", guarded(manage_action("revoke")), methods=["POST"]),
+        Route("/manage/budget", guarded(manage_action("budget")), methods=["POST"]),
+        Route("/manage/budget/{target}/delete", guarded(manage_action("delete-budget")), methods=["POST"]),
         Route("/api/live", guarded(live_api, api=True), methods=["GET"]),
         Route("/api/report", guarded(report_api, api=True), methods=["GET"]),
         Route("/login", login_form, methods=["GET"]),

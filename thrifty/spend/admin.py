@@ -192,6 +192,17 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
         store.delete_budget(db, request.path_params["budget_id"])
         return {"deleted": request.path_params["budget_id"]}
 
+    async def list_requests(request: Request) -> Any:  # first-hour: the per-request view
+        from thrifty.spend.requests import RequestQueryError, query_from_params
+        from thrifty.spend.requests import list_requests as page
+
+        try:
+            q = query_from_params(request.query_params, _time)
+            await run_in_threadpool(spend.flush)
+            return await run_in_threadpool(page, db, q)
+        except RequestQueryError as exc:
+            raise store.StoreError(str(exc)) from None
+
     async def list_policies(request: Request) -> Any:
         return {"data": store.list_policies(db)}
 
@@ -263,5 +274,6 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
         route("/policies/{scope}/{scope_id}", put=guarded(put_policy, mutates=True),
               delete=guarded(delete_policy, mutates=True)),
         route("/spend", get=guarded(get_spend)),
+        route("/requests", get=guarded(list_requests)),  # the per-request view
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error})

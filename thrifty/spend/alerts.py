@@ -1,4 +1,5 @@
-"""Soft budget thresholds: log and call the budget's webhook once per threshold and period."""
+"""Soft budget thresholds: log and call the budget's webhook once per threshold and period
+(retried with backoff while the receiver is down or answers 429/5xx)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import logging
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 
@@ -17,20 +19,36 @@ from thrifty.spend.snapshot import Snapshot
 log = logging.getLogger("thrifty.spend.alerts")
 
 
-def post_webhook(url: str, payload: dict) -> None:
-    """POST JSON in a background thread; a slow or failing receiver never blocks the ledger."""
+RETRY_DELAYS = (0.5, 2.0, 8.0)  # seconds before the 2nd, 3rd and 4th try
 
-    def send() -> None:
+
+def deliver(url: str, payload: dict, delays: tuple[float, ...] = RETRY_DELAYS, timeout: float = 5.0) -> bool:
+    """POST ``payload`` as JSON; a connection error, a timeout, a 429 or a 5xx is retried after
+    each of ``delays``. Returns whether the receiver took it (2xx); a 4xx other than 429 is final."""
+    body = json.dumps(payload).encode()
+    for attempt in range(len(delays) + 1):
+        if attempt:
+            time.sleep(delays[attempt - 1])
         request = urllib.request.Request(
-            url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"}, method="POST"
+            url, data=body, headers={"content-type": "application/json"}, method="POST"
         )
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 response.read()
+                return True
+        except urllib.error.HTTPError as exc:
+            if exc.code != 429 and exc.code < 500:
+                log.warning("budget webhook %s refused the alert: HTTP %d", url, exc.code)
+                return False
+            log.warning("budget webhook %s failed (try %d): HTTP %d", url, attempt + 1, exc.code)
         except Exception as exc:  # noqa: BLE001 (a failing webhook must never stop traffic)
-            log.warning("budget webhook %s failed: %s", url, exc)
+            log.warning("budget webhook %s failed (try %d): %s", url, attempt + 1, exc)
+    return False
 
-    threading.Thread(target=send, name="thrifty-budget-webhook", daemon=True).start()
+
+def post_webhook(url: str, payload: dict) -> None:
+    """:func:`deliver` in a background thread: a slow or failing receiver never blocks the ledger."""
+    threading.Thread(target=deliver, args=(url, payload), name="thrifty-budget-webhook", daemon=True).start()
 
 
 def check_thresholds(

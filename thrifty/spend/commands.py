@@ -12,14 +12,28 @@ import json
 import os
 from typing import Any
 
+POLICY_RULES_HELP = """rules (all optional; patterns may use * and ?):
+  allow_models, deny_models            model names the scope may / may not use
+  allow_providers, deny_providers      providers, e.g. ["openai", "anthropic"]
+  allow_origin_countries,              ISO 3166 alpha-2 countries of the model's developer,
+  deny_origin_countries                e.g. ["US", "FR"]; a model of unknown origin is refused by either list
+  allow_regions, deny_regions          hosting regions, e.g. ["us", "eu"] (every region must be allowed)
+  max_usd_per_mtok                     ceiling on the input and the output price, USD per million tokens
+  routing_profile                      what "auto" means for this key or team, e.g. "auto-cheap"
+"""
 _ADMIN_NOTE = "Works on the spend database directly; a running gateway picks changes up within a second."
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", metavar="URL", help="spend database URL (sqlite:////path/spend.db or "
-                   "postgresql://...); default: $THRIFTY_DATABASE_URL, else DATA_DIR/spend.db")
+    # first-hour: the flag vocabulary every command group shares (report, simulate, requests too):
+    # --database-url, --data-dir, --format json; --db and --json still work (deprecated spellings).
+    p.add_argument("--database-url", "--db", dest="db", metavar="URL",
+                   help="spend database URL (sqlite:////path/spend.db or postgresql://...); default: "
+                   "$THRIFTY_DATABASE_URL, else DATA_DIR/spend.db (--db: deprecated spelling)")
     p.add_argument("--data-dir", metavar="DIR", help="the gateway's data directory (default: the gateway's default)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--format", dest="format", choices=("table", "json"), default="table",
+                   help="output format (default: table)")
+    p.add_argument("--json", dest="format", action="store_const", const="json", help=argparse.SUPPRESS)
 
 
 def _db(args: argparse.Namespace) -> Any:
@@ -75,7 +89,7 @@ def _run(args: argparse.Namespace, action: Any) -> int:
         raise UsageError(str(exc)) from None
     finally:
         db.close()
-    _print(result, args.json)
+    _print(result, args.format == "json")
     return 0
 
 
@@ -303,14 +317,18 @@ def register(subparsers: Any) -> None:
     p = _action(policies, "set", "Set the policy of a key or team", _policies_set)
     _scope_flags(p, ("key", "team"))
     p.add_argument("--rules", required=True, metavar="JSON",
-                   help='e.g. \'{"deny_origin_countries": ["CN"], "max_usd_per_mtok": 5}\'')
+                   help='a JSON object of rules, e.g. \'{"deny_origin_countries": ["CN"], "max_usd_per_mtok": 5}\'')
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = POLICY_RULES_HELP
     _action(policies, "list", "List policies", _policies_list)
     p = _action(policies, "delete", "Delete the policy of a key or team", _policies_delete)
     _scope_flags(p, ("key", "team"))
 
     p = subparsers.add_parser("spend", help="Spend from the ledger", description=f"Spend from the ledger. {_ADMIN_NOTE}")
     _common(p)
-    p.add_argument("--group-by", default="team", choices=("key", "user", "team", "model", "provider"))
+    p.add_argument("--by", "--group-by", dest="group_by", default="team",
+                   choices=("key", "user", "team", "model", "provider"),
+                   help="group by (default: team; --group-by: deprecated spelling)")
     p.add_argument("--since", metavar="TIME")
     p.add_argument("--until", metavar="TIME")
     p.add_argument("--team", metavar="ID")

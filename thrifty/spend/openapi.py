@@ -68,6 +68,11 @@ SCHEMAS: dict[str, Any] = {
     "Spend": {"type": "object", "properties": {
         "group_by": _STR, "since": _NSTR, "until": _NSTR, "total_cost_usd": _MONEY, "requests": {"type": "integer"},
         "groups": {"type": "array", "items": {"type": "object"}}}},
+    "Requests": {"type": "object", "properties": {  # first-hour: GET /admin/requests
+        "data": {"type": "array", "items": {"type": "object", "properties": {
+            "request_id": _STR, "ts": {"type": "number"}, "key_id": _NSTR, "team_id": _NSTR,
+            "served_model": _NSTR, "status": {"type": ["integer", "null"]}, "cost_usd": _MONEY}}},
+        "next_cursor": _NSTR}},
 }
 
 
@@ -147,5 +152,11 @@ def schema() -> dict:
                        {"enum": ["key", "user", "team", "model", "provider"]}),
                 _query("since", "ISO 8601 or unix", _TIME_Q), _query("until", "ISO 8601 or unix", _TIME_Q),
                 _query("team_id"), _query("key_id"), _query("user_id")))},
+            # first-hour: the per-request view (thrifty.spend.requests)
+            "/requests": {"get": _op("One row per request, newest first (no prompt text)", "Requests", params=(
+                _query("key_id"), _query("team_id"), _query("user_id"), _query("model", "the model that served it"),
+                _query("provider"), _query("status", "an HTTP status, e.g. 200 or 429"),
+                _query("since", "ISO 8601 or unix, inclusive"), _query("until", "ISO 8601 or unix, exclusive"),
+                _query("limit", "1-500, default 50"), _query("cursor", "next_cursor of the previous page")))},
         },
     }

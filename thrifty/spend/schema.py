@@ -263,6 +263,11 @@ POSTGRES_MIGRATIONS[5] = [_BATCH_FILES.format("BYTEA"), "CREATE INDEX batch_file
 SQLITE_MIGRATIONS: dict[int, list[str]] = {
     5: [_BATCH_FILES.format("BLOB"), "CREATE INDEX batch_files_owner ON batch_files (owner, created_at)"],
 }
+# The per-request view (thrifty.spend.requests): filters by served model and status, newest first.
+MIGRATIONS.append((6, """
+        CREATE INDEX ledger_model_ts ON ledger (served_model, ts);
+        CREATE INDEX ledger_status_ts ON ledger (status, ts);
+"""))
 
 
 def migrate(db: Database) -> int:

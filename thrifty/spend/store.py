@@ -29,6 +29,35 @@ MAX_NANOS = 10**18  # $1e9: far below the 64-bit columns' limit, with room for s
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
 
 
+def check_webhook_url(url: object) -> None:
+    """A budget webhook must be an absolute http(s) URL with a host (and a valid port)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not url:
+        raise StoreError("webhook_url must be an http(s) URL, e.g. https://hooks.example.com/thrifty")
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        parts, port_ok = None, False
+    if (parts is None or parts.scheme not in ("http", "https") or not port_ok
+            or any(c.isspace() for c in url) or not _host_ok(parts.hostname or "")):
+        raise StoreError(f"webhook_url {url!r} is not a usable http(s) URL with a host, "
+                         "e.g. https://hooks.example.com/thrifty")
+
+
+def _host_ok(host: str) -> bool:
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        return bool(host) and all(re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", x) for x in labels)
+
+
 class StoreError(ValueError):
     """Bad input or a missing/duplicate object; ``status`` is the HTTP status to answer with."""
 
@@ -319,8 +348,8 @@ def set_budget(
         isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in soft_thresholds
     ):
         raise StoreError("soft_thresholds must be fractions between 0 and 1, e.g. [0.5, 0.8]")
-    if webhook_url is not None and not (isinstance(webhook_url, str) and webhook_url.startswith(("http://", "https://"))):
-        raise StoreError("webhook_url must be an http(s) URL")
+    if webhook_url is not None:  # first-hour: checked when set, not at the threshold
+        check_webhook_url(webhook_url)
     if period == "window":
         window_start = time.time() if window_start is None else window_start
         if window_end is not None and window_end <= window_start:

@@ -7,9 +7,10 @@
     var el = document.getElementById(id);
     return el ? JSON.parse(el.textContent) : null;
   }
+  // The money rule of thrifty/reports/format.py: to the cent, or three significant digits below it.
   function usd(v) {
     if (v === null || v === undefined) return "-";
-    return Math.abs(v) >= 0.01 || v === 0 ? "$" + v.toFixed(2) : "$" + v.toPrecision(3);
+    return Math.abs(v) >= 0.01 || v === 0 ? "$" + v.toFixed(2) : "$" + Number(v.toPrecision(3)).toFixed(Math.min(9, 2 - Math.floor(Math.log10(Math.abs(v)))));
   }
   if (window.Chart) {
     Chart.defaults.animation = false;
@@ -26,7 +27,7 @@
     chart("chart-spend", {
       type: "bar",
       data: { labels: d.labels, datasets: d.stacked.map(function (s, i) {
-        return { label: s.label, data: s.data, backgroundColor: palette[i % palette.length], stack: "spend" };
+        return { label: s.label, data: s.data, backgroundColor: s.color || palette[i % palette.length], stack: "spend" };
       }) },
       options: { scales: { x: { stacked: true }, y: { stacked: true, title: { display: true, text: "USD" } } },
                  plugins: { tooltip: { callbacks: { label: function (c) { return c.dataset.label + ": " + usd(c.parsed.y); } } },
@@ -34,7 +35,7 @@
     });
     chart("chart-mix", {
       type: "doughnut",
-      data: { labels: d.mix.labels, datasets: [{ data: d.mix.data, backgroundColor: palette }] },
+      data: { labels: d.mix.labels, datasets: [{ data: d.mix.data, backgroundColor: d.mix.colors || palette }] },
       options: { plugins: { legend: { position: "right", labels: { boxWidth: 12 } } } }
     });
     chart("chart-price", {
@@ -92,10 +93,12 @@
           .forEach(function (v) { tr.insertCell().textContent = v; });
       });
       var labels = l.mix.map(function (m) { return m.model; }), values = l.mix.map(function (m) { return m.requests; });
+      var colors = l.mix.map(function (m, i) { return m.color || palette[i % palette.length]; });
       if (!window.Chart) return;
-      if (liveChart) { liveChart.data.labels = labels; liveChart.data.datasets[0].data = values; liveChart.update(); }
+      if (liveChart) { liveChart.data.labels = labels; liveChart.data.datasets[0].data = values;
+                       liveChart.data.datasets[0].backgroundColor = colors; liveChart.update(); }
       else liveChart = new Chart(document.getElementById("chart-live"), { type: "doughnut",
-        data: { labels: labels, datasets: [{ data: values, backgroundColor: palette }] },
+        data: { labels: labels, datasets: [{ data: values, backgroundColor: colors }] },
         options: { plugins: { legend: { position: "right", labels: { boxWidth: 12 } } } } });
     };
     draw(live);
