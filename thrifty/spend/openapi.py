@@ -155,8 +155,11 @@ def schema() -> dict:
             # first-hour: the per-request view (thrifty.spend.requests)
             "/requests": {"get": _op("One row per request, newest first (no prompt text)", "Requests", params=(
                 _query("key_id"), _query("team_id"), _query("user_id"), _query("model", "the model that served it"),
-                _query("provider"), _query("status", "an HTTP status, e.g. 200 or 429"),
-                _query("since", "ISO 8601 or unix, inclusive"), _query("until", "ISO 8601 or unix, exclusive"),
-                _query("limit", "1-500, default 50"), _query("cursor", "next_cursor of the previous page")))},
+                _query("provider"),
+                _query("status", "an HTTP status, e.g. 200 or 429", {"type": "integer"}),
+                _query("since", "ISO 8601 or unix, inclusive", _TIME_Q),
+                _query("until", "ISO 8601 or unix, exclusive", _TIME_Q),
+                _query("limit", "1-500, default 50", {"type": "integer"}),
+                _query("cursor", "next_cursor of the previous page (opaque)")))},
         },
     }
