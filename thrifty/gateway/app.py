@@ -393,15 +393,8 @@ class GatewayApp:
             if started:
                 return
             await self._error(send, wire.fmt, exc, call)
-        except Exception:
-            log.exception("internal error in request %s", call.request_id)
-            err = GatewayError(
-                500,
-                f"Internal gateway error (request {call.request_id}).",
-                type="api_error",
-                code="internal_error",
-            )
-            await self.pipeline.refused(call, err)
+        except Exception:  # noqa: BLE001 (a bug: logged by _internal, answered without a traceback)
+            err = await self._internal(call)
             if not started:
                 await self._error(send, wire.fmt, err, call)
 
@@ -513,16 +506,21 @@ class GatewayApp:
             )
         except ThriftyError as exc:
             await self._error(send, OPENAI, exc, call)
-        except Exception:
-            log.exception("internal error in request %s", call.request_id)
-            err = GatewayError(
-                500,
-                f"Internal gateway error (request {call.request_id}).",
-                type="api_error",
-                code="internal_error",
-            )
-            await self.pipeline.refused(call, err)
-            await self._error(send, OPENAI, err, call)
+        except Exception:  # noqa: BLE001 (a bug: logged by _internal, answered without a traceback)
+            await self._error(send, OPENAI, await self._internal(call), call)
+
+    async def _internal(self, call: Call) -> GatewayError:
+        """A bug inside the gateway: logged with its traceback (never the body), settled as a
+        500, and answered without a traceback."""
+        log.exception("internal error in request %s", call.request_id)
+        err = GatewayError(
+            500,
+            f"Internal gateway error (request {call.request_id}).",
+            type="api_error",
+            code="internal_error",
+        )
+        await self.pipeline.refused(call, err)
+        return err
 
     # -- rendering -------------------------------------------------------------------------------
 

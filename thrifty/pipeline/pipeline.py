@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,8 +103,12 @@ class Pipeline:
         """Serve a chat-like call (chat completions, messages, responses): an :class:`Answer`,
         an :class:`AnswerStream` or a :class:`Deferred`. Raises a ``ThriftyError`` for what the
         client must be told (settled first: every request is in the ledger)."""
+        return await self._settled(call, self._run(call, client_body))
+
+    async def _settled(self, call: Call, work: Awaitable[Any]) -> Any:
+        """``work``'s result; any way it ends without one is settled for ``call`` first."""
         try:
-            return await self._run(call, client_body)
+            return await work
         except ThriftyError as exc:
             err = upstream_error(exc) if isinstance(exc, UpstreamError) else exc
             await self.refused(call, err, exc.type)
@@ -301,31 +306,26 @@ class Pipeline:
     # -- embeddings ------------------------------------------------------------------------------
 
     async def embeddings(self, call: Call) -> Answer:
+        return await self._settled(call, self._embeddings(call))
+
+    async def _embeddings(self, call: Call) -> Answer:
         from thrifty.gateway.service import Served
 
         req = call.embeddings
         assert req is not None
-        try:
-            call.plan = self.gw.plan_embeddings(
-                call.principal, req.model, req.prompt_tokens, req.prompt_tokens_max
-            )
-            call.reservation = await self.gw.spend.admit(
-                call.principal,
-                call.plan.chain[0].info,
-                prompt_tokens=call.plan.prompt_tokens,
-                max_cost_usd=call.plan.max_cost_usd,
-            )
-            call.served = Served()
-            result = await self.gw.embeddings(call.plan, req.body, call.served)
-            usage = usage_of(result, req.prompt_tokens)
-            cost, frontier = await self.settle(call, 200, usage, None)
-        except ThriftyError as exc:
-            err = upstream_error(exc) if isinstance(exc, UpstreamError) else exc
-            await self.refused(call, err, exc.type)
-            raise err from None
-        except asyncio.CancelledError:
-            await asyncio.shield(self.abandoned(call))
-            raise
+        call.plan = self.gw.plan_embeddings(
+            call.principal, req.model, req.prompt_tokens, req.prompt_tokens_max
+        )
+        call.reservation = await self.gw.spend.admit(
+            call.principal,
+            call.plan.chain[0].info,
+            prompt_tokens=call.plan.prompt_tokens,
+            max_cost_usd=call.plan.max_cost_usd,
+        )
+        call.served = Served()
+        result = await self.gw.embeddings(call.plan, req.body, call.served)
+        usage = usage_of(result, req.prompt_tokens)
+        cost, frontier = await self.settle(call, 200, usage, None)
         return Answer(result, usage, cost, frontier)
 
     # -- settling --------------------------------------------------------------------------------
