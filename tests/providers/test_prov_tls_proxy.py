@@ -541,11 +541,9 @@ def _pool_roundtrip(pool: HTTPPool, n: int = 3) -> list[int]:
         out = []
         try:
             for _ in range(n):
-                status, _ = await pool.request(
-                    "POST", "/chat/completions", BODY, connect=2, timeout=5
-                )
-                out.append(status)
-            status, chunks = await pool.stream(
+                r = await pool.request("POST", "/chat/completions", BODY, connect=2, timeout=5)
+                out.append(r.status)
+            s = await pool.stream(
                 "POST",
                 "/chat/completions",
                 b'{"model":"m","stream":true}',
@@ -553,9 +551,9 @@ def _pool_roundtrip(pool: HTTPPool, n: int = 3) -> list[int]:
                 idle=5,
                 total=5,
             )
-            lines = [ln async for batch in line_batches(chunks) for ln in batch if ln]
+            lines = [ln async for batch in line_batches(s.chunks) for ln in batch if ln]
             assert lines[-1] == b"data: [DONE]"
-            out.append(status)
+            out.append(s.status)
         finally:
             pool.close()
         return out
@@ -563,7 +561,8 @@ def _pool_roundtrip(pool: HTTPPool, n: int = 3) -> list[int]:
     return asyncio.run(run())
 
 
-def test_tls_pool_reuses_and_recovers_from_a_restart(certs):
+def test_tls_pool_reuses_and_recovers_from_a_restart(certs, monkeypatch):
+    monkeypatch.setattr("thrifty.providers.http.STALE_AFTER", 0.0)  # check idle connections
     first = FakeUpstream(ssl=server_ctx(certs, "server")).start()
     port = first.port
 
@@ -571,18 +570,14 @@ def test_tls_pool_reuses_and_recovers_from_a_restart(certs):
         pool = HTTPPool(first.base_url, {}, ca_file=str(certs / "ca.pem"))
         try:
             for _ in range(3):
-                status, body = await pool.request(
-                    "POST", "/chat/completions", BODY, connect=2, timeout=5
-                )
-                assert status == 200 and b"chat.completion" in body
+                r = await pool.request("POST", "/chat/completions", BODY, connect=2, timeout=5)
+                assert r.status == 200 and b"chat.completion" in r.body
             assert first.connections == 1 and len(pool.idle) == 1
             first.stop()  # the pooled TLS connection dies with the server
             second = FakeUpstream(port=port, ssl=server_ctx(certs, "server")).start()
             try:
-                status, _ = await pool.request(
-                    "POST", "/chat/completions", BODY, connect=2, timeout=5
-                )
-                assert status == 200 and second.hits == 1 and second.connections == 1
+                r = await pool.request("POST", "/chat/completions", BODY, connect=2, timeout=5)
+                assert r.status == 200 and second.hits == 1 and second.connections == 1
             finally:
                 second.stop()
         finally:

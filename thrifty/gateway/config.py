@@ -19,6 +19,7 @@ optional fallbacks and catalog overrides)::
     [retry]
     attempts = 2                          # per deployment, jittered exponential backoff
     backoff_base = 0.2
+    max_retry_after = 30                  # wait at most this for a 429's/503's Retry-After
 
     [circuit_breaker]
     failures = 5                          # consecutive, per deployment
@@ -114,6 +115,9 @@ class RetryPolicy:
     attempts: int = 2  # tries per deployment before moving on
     backoff_base: float = 0.2  # seconds; doubled each retry, full jitter
     backoff_max: float = 4.0
+    # The longest Retry-After (of a 429 or 503) waited for before retrying the same deployment;
+    # a longer one moves on to the next deployment or fallback at once.
+    max_retry_after: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,6 +498,7 @@ def build_config(
             int(r.get("attempts", 2)),
             _float(r, "backoff_base", 0.2, "retry"),
             _float(r, "backoff_max", 4.0, "retry"),
+            _non_negative(_float(r, "max_retry_after", 30.0, "retry"), "retry.max_retry_after"),
         ),
         breaker=BreakerPolicy(
             int(b.get("failures", 5)), _float(b, "cooldown", 30.0, "circuit_breaker")

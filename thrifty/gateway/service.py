@@ -40,6 +40,15 @@ class Plan:
     named: bool = False  # chain[0] is the model the client named (its body is not adapted)
     # hardening: model name -> the deployments policy permits for this principal (None: all).
     deployments: dict[str, tuple[Deployment, ...]] | None = None
+    # model name -> the most one attempt on it can cost (None: max_cost_usd for every model)
+    bounds: dict[str, float] | None = None
+
+    def bound(self, model: str) -> float:
+        """The most one attempt on ``model`` can cost (what an attempt of unknown cost is
+        charged)."""
+        if self.bounds is None:
+            return self.max_cost_usd
+        return self.bounds.get(model, self.max_cost_usd)
 
 
 @dataclass(slots=True)
@@ -53,6 +62,10 @@ class Served:
     errors: list[str] = field(default_factory=list)
     dropped: tuple[str, ...] = ()  # parameters removed for the serving model (x-thrifty-dropped-params)
     renamed: bool = False  # max_tokens sent as max_completion_tokens (x-thrifty-renamed-params)
+    # Attempts that reached the upstream and got no answer (lost connection, timeout): their
+    # cost is unknowable, so each is charged its upper bound (Plan.bound), summed here.
+    unknown_attempts: int = 0
+    unknown_cost_usd: float = 0.0
 
 
 # Sampling parameters OpenAI's reasoning models refuse (400 unsupported_value / unsupported_parameter
@@ -339,14 +352,16 @@ class Gateway:
         # hardening: the prompt bound is per model (its image rule, its context window).
         tokens_max = getattr(req, "prompt_tokens_max", None)
         max_cost, max_out = 0.0, 0
+        bounds = {}
         choices = getattr(req, "n", 1)  # each of n choices may use the whole output bound
         for mc in chain:
             bound = max(tokens_max(mc.info), prompt_tokens) if tokens_max else prompt_tokens
             out = _max_output(mc.info, req.max_tokens, prompt_tokens) * choices
             cost = float(max_cost_usd(mc.info, bound, out))
+            bounds[mc.info.name] = cost
             if cost >= max_cost:
                 max_cost, max_out = cost, out
-        return Plan(requested, chain, reason, prompt_tokens, max_out, max_cost)
+        return Plan(requested, chain, reason, prompt_tokens, max_out, max_cost, bounds=bounds)
 
     def plan_embeddings(
         self, principal: Principal, model: str, prompt_tokens: int, prompt_tokens_max: int = 0
@@ -365,14 +380,16 @@ class Gateway:
         permitted = self._permitted(principal, [mc], strict=True)  # hardening: by deployment
         if not permitted:
             raise PolicyDenied(f"Policy does not allow model '{model}'.")
+        cost = float(max_cost_usd(mc.info, max(prompt_tokens, prompt_tokens_max), 0))
         return Plan(
             model,
             [mc],
             "explicit model",
             prompt_tokens,
             0,
-            float(max_cost_usd(mc.info, max(prompt_tokens, prompt_tokens_max), 0)),
+            cost,
             deployments=permitted,
+            bounds={mc.info.name: cost},
         )
 
     # -- execution -------------------------------------------------------------------------
@@ -385,12 +402,18 @@ class Gateway:
         body: dict[str, Any],
     ) -> Any:
         """Run ``call`` over the chain: each model's deployments in load-balanced order, each
-        deployment up to ``retry.attempts`` times with jittered backoff. Non-retryable upstream
-        errors (a 400 from the provider) end the request at once."""
+        deployment up to ``retry.attempts`` times with jittered backoff, or after the wait a
+        429's or 503's ``Retry-After`` asks for (when it fits ``retry.max_retry_after`` and the
+        time left of ``timeouts.total``; else on to the next deployment). Non-retryable upstream
+        errors (a 400 from the provider) end the request at once. Every attempt after the first
+        is a retry in ``served`` and the metrics; one that reached the upstream and got no
+        answer is charged its upper bound (``served.unknown_cost_usd``)."""
         policy = self.config.retry
         last: UpstreamError | None = None
         tries = 0
         affinity = self.affinity
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeouts.total
         for index, mc in enumerate(plan.chain):
             name = mc.info.name
             pinned = affinity is not None and name in affinity
@@ -417,12 +440,15 @@ class Gateway:
                     payload, dropped, renamed = reasoning_body(
                         payload, not (plan.named and index == 0)
                     )
+                wait: float | None = None  # what the upstream asked for (Retry-After)
                 for attempt in range(max(1, policy.attempts)):
                     if tries:
                         served.retries += 1
                         self.metrics.retries += 1
                         if attempt:
-                            await asyncio.sleep(backoff_delay(attempt - 1, policy))
+                            await asyncio.sleep(
+                                wait if wait is not None else backoff_delay(attempt - 1, policy)
+                            )
                     tries += 1
                     if pinned:
                         affinity.acquire(name, dep)
@@ -435,12 +461,20 @@ class Gateway:
                         self.metrics.upstream_errors[(dep.key, exc.type)] += 1
                         served.errors.append(f"{dep.key}: {exc.status}")
                         last = exc
+                        if exc.cost_unknown:  # the upstream may have done (and billed) it
+                            served.unknown_attempts += 1
+                            served.unknown_cost_usd += plan.bound(name)
                         if not exc.retryable:
                             if probing:  # hardening: an answer, but not about health
                                 breaker.release()
                             if exc.try_next_model:  # first-hour: replay miss -> its fallback
                                 break
                             raise
+                        wait = exc.retry_after
+                        if wait is not None and wait > min(
+                            policy.max_retry_after, deadline - loop.time()
+                        ):
+                            break  # not worth waiting for here: the next deployment or model
                         if attempt + 1 < policy.attempts:  # hardening: a probe only to retry
                             ticket = breaker.acquire()
                             if ticket is None:

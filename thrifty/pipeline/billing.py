@@ -158,6 +158,8 @@ class Billing:
                 reservation.amount_usd,
             )
         m = self.metrics
+        if record.error_type == "cost_estimated":  # attempts of unknown cost, at their bound
+            m.upstream_errors[(c.provider or "-", "cost_estimated")] += 1
         name = c.info.name if c.info is not None else "-"
         m.observe(c.endpoint, name, c.status, c.latency_ms / 1000)
         if c.usage is not None and c.info is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -65,9 +66,19 @@ def usage_of(body: dict[str, Any] | None, fallback_prompt: int) -> Usage:
 
 
 def upstream_error(exc: UpstreamError) -> GatewayError:
-    """Upstream failures as the client sees them: its 4xx as is, otherwise 502/503/504."""
+    """Upstream failures as the client sees them: its 4xx as is, otherwise 502/503/504; a 429
+    or 503 whose ``Retry-After`` was too long to wait for is passed on with it."""
     if exc.type == "replay_unknown_prompt":
         return GatewayError(exc.status, exc.message, code=exc.code or exc.type)
+    if exc.retry_after is not None and exc.status in (429, 503):
+        limited = exc.status == 429
+        return GatewayError(
+            exc.status,
+            f"Upstream {'rate limited' if limited else 'unavailable'}: {exc.message}",
+            type="rate_limit_error" if limited else "api_error",
+            code="upstream_rate_limited" if limited else "upstream_unavailable",
+            headers={"Retry-After": str(math.ceil(exc.retry_after))},
+        )
     if 400 <= exc.status < 500 and exc.status not in (408, 429):
         return GatewayError(
             exc.status, f"Upstream rejected the request: {exc.message}", code="upstream_error"
@@ -335,7 +346,7 @@ class Pipeline:
     ) -> Charge:
         served, plan = call.served, call.plan
         info = served.model.info if served is not None and served.model is not None else None
-        return Charge(
+        charge = Charge(
             call.principal,
             call.request_id,
             call.ts,
@@ -355,6 +366,18 @@ class Pipeline:
             scores=plan.scores if plan is not None else None,
             batch=call.batch_line,
         )
+        if served is not None and served.unknown_attempts:
+            # Attempts the upstream got and never answered: charged their upper bound, flagged.
+            charge.extra_cost_usd = served.unknown_cost_usd
+            n = served.unknown_attempts
+            charge.reason = (
+                f"{charge.reason or ''}; {n} attempt{'s' if n > 1 else ''} reached the upstream "
+                f"unanswered: charged ${served.unknown_cost_usd:.9f}, the most "
+                f"{'they' if n > 1 else 'it'} could cost"
+            ).lstrip("; ")
+            if error_type != "client_disconnected":
+                charge.error_type = "cost_estimated"
+        return charge
 
     async def settle(
         self, call: Call, status: int, usage: Usage | None, error_type: str | None
@@ -394,7 +417,7 @@ class Pipeline:
         if charge.info is None and call.plan is not None:
             charge.info = call.plan.chain[0].info
         if call.reservation is not None and call.served is not None:
-            charge.extra_cost_usd = call.reservation.amount_usd
+            charge.extra_cost_usd += call.reservation.amount_usd
             charge.reason = f"{charge.reason or ''}; client disconnected: charged the hold"
         try:
             await self.billing.bill(charge, call.reservation)

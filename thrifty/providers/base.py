@@ -32,6 +32,12 @@ class UpstreamError(ThriftyError):
         # True when this deployment cannot answer this request but says nothing about its health
         # (a replay model with no recording of the prompt): the chain's next model may answer.
         self.try_next_model = False
+        # Seconds the upstream asked to wait before another try (Retry-After of a 429 or 503).
+        self.retry_after: float | None = None
+        # True when the request reached the upstream and no answer came back (the connection
+        # was lost, or timed out, after it was written): the upstream may have done, and will
+        # bill, the work, so the attempt's cost is unknown rather than zero.
+        self.cost_unknown = False
 
 
 def status_retryable(status: int) -> bool:

@@ -35,13 +35,17 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from thrifty.providers.transport import Head, Response, StreamResponse
+
 
 class HTTPError(Exception):
-    """Connection failed or was lost (``reused``: on a pooled connection, before any response byte)."""
+    """No (complete) response: the connection failed, was lost or timed out. ``sent``: the
+    request was written, so the upstream may have received it and done (and billed) the work;
+    False only when it provably never left (no connection, or a proxy or TLS failure)."""
 
-    def __init__(self, message: str, *, reused: bool = False) -> None:
+    def __init__(self, message: str, *, sent: bool = False) -> None:
         super().__init__(message)
-        self.reused = reused
+        self.sent = sent
 
 
 class HTTPTimeout(HTTPError):
@@ -49,6 +53,10 @@ class HTTPTimeout(HTTPError):
 
 
 log = logging.getLogger("thrifty.providers")
+
+# A pooled connection idle longer than this (seconds) gets a liveness check before reuse:
+# servers close idle keep-alive connections (uvicorn after 5 s, others after tens of seconds).
+STALE_AFTER = 1.0
 
 
 def ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -208,13 +216,14 @@ class _Conn(asyncio.Protocol):
         "complete",
         "deadline",
         "done",
-        "got_bytes",
+        "head",
         "headers_done",
         "idle",
         "keep_alive",
         "loop",
         "parser",
-        "reused",
+        "released_at",
+        "sent",
         "status",
         "timer",
         "transport",
@@ -225,19 +234,20 @@ class _Conn(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.reused = False
+        self.released_at = 0.0
         self._reset()
 
     def _reset(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
+        self.sent = False  # the request was written: it may have reached the upstream
+        self.head: list[bytes] = []  # what arrived until the head was parsed (Head parses it)
         self.body: list[bytes] = []
         self.chunks: collections.deque[bytes] | None = None
         self.complete = False
         self.keep_alive = (
             False  # read at message end: httptools forgets it once the message is done
         )
-        self.got_bytes = False
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.headers_done: asyncio.Future[None] | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -250,11 +260,12 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.got_bytes = True
+        if not self.status:  # the head is not parsed yet: keep it (a reference, not a copy)
+            self.head.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(HTTPError(f"invalid HTTP response: {exc}"))
+            self._fail(HTTPError(f"invalid HTTP response: {exc}", sent=self.sent))
             self.close()
         if (
             self.chunks is not None and self.timer is not None and not self.complete
@@ -265,12 +276,7 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if not self.complete:
-            self._fail(
-                HTTPError(
-                    f"connection lost ({exc or 'closed by peer'})",
-                    reused=self.reused and not self.got_bytes,
-                )
-            )
+            self._fail(HTTPError(f"connection lost ({exc or 'closed by peer'})", sent=self.sent))
 
     # parser callbacks
     def on_headers_complete(self) -> None:
@@ -311,7 +317,7 @@ class _Conn(asyncio.Protocol):
             self.done.exception()
 
     def on_timeout(self) -> None:
-        self._fail(HTTPTimeout("upstream timed out"))
+        self._fail(HTTPTimeout("upstream timed out", sent=self.sent))
         self.close()
 
     def close(self) -> None:
@@ -449,27 +455,40 @@ class HTTPPool:
             transport.close()
             raise
 
-    def _acquire_idle(self) -> _Conn | None:
+    async def _acquire_idle(self) -> _Conn | None:
+        """A pooled connection not known to be dead. One idle for a while (the server may have
+        closed it) is checked first: a few turns of the event loop let a FIN or RST that is
+        waiting mark it closed. Only a connection found dead here is replaced silently; once the
+        request is written, a lost connection is the caller's failed attempt (the upstream may
+        have done the work)."""
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed:
-                conn._reset()
-                conn.reused = True
-                return conn
+            if conn.loop.time() - conn.released_at > STALE_AFTER:
+                for _ in range(3):  # the read, the close, connection_lost (TLS: one more layer)
+                    if conn.closed or conn.transport is None or conn.transport.is_closing():
+                        break
+                    await asyncio.sleep(0)
+            transport = conn.transport
+            if conn.closed or transport is None or transport.is_closing():
+                conn.close()
+                continue
+            conn._reset()
+            return conn
         return None
 
     def _release(self, conn: _Conn) -> None:
         if conn.timer is not None:
             conn.timer.cancel()
         if conn.complete and not conn.closed and conn.keep_alive and len(self.idle) < self.max_idle:
+            conn.released_at = conn.loop.time()
             self.idle.append(conn)
         else:
             conn.close()
 
-    def _request_bytes(self, method: str, path: str, body: bytes) -> bytes:
+    def _request_bytes(self, method: str, path: str, body: bytes, headers: bytes = b"") -> bytes:
         return (
-            b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n"
-            % (method.encode(), (self.prefix + path).encode(), self.head_tail, len(body))
+            b"%s %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n"
+            % (method.encode(), (self.prefix + path).encode(), self.head_tail, headers, len(body))
         ) + body
 
     async def _send(
@@ -481,47 +500,52 @@ class HTTPPool:
         idle: float,
         stream: bool,
         total: float | None = None,
+        headers: bytes = b"",
     ) -> _Conn:
-        data = self._request_bytes(method, path, body)
-        for _ in range(
-            2
-        ):  # a pooled connection the server closed meanwhile: retry once, on a new one
-            conn = self._acquire_idle() or await self._connect(connect)
-            conn.idle = idle
+        data = self._request_bytes(method, path, body, headers)
+        conn = (await self._acquire_idle() if self.idle else None) or await self._connect(connect)
+        conn.idle = idle
+        if stream:
+            conn.chunks = collections.deque()
+            conn.headers_done = conn.loop.create_future()
+        conn.timer = conn.loop.call_later(idle, conn.on_timeout)
+        if total is not None:
+            conn.deadline = conn.loop.call_later(total, conn.on_timeout)
+        assert conn.transport is not None
+        conn.sent = True
+        conn.transport.write(data)
+        try:
             if stream:
-                conn.chunks = collections.deque()
-                conn.headers_done = conn.loop.create_future()
-            conn.timer = conn.loop.call_later(idle, conn.on_timeout)
-            if total is not None:
-                conn.deadline = conn.loop.call_later(total, conn.on_timeout)
-            assert conn.transport is not None
-            conn.transport.write(data)
-            try:
-                if stream:
-                    await conn.headers_done  # type: ignore[misc]
-                else:
-                    await conn.done
-                return conn
-            except HTTPError as exc:
-                conn.close()
-                if not exc.reused:
-                    raise
-        raise HTTPError("connection lost")
+                await conn.headers_done  # type: ignore[misc]
+            else:
+                await conn.done
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     async def request(
-        self, method: str, path: str, body: bytes, *, connect: float, timeout: float
-    ) -> tuple[int, bytes]:
-        """(status, body); ``timeout`` bounds the wait for the whole response."""
-        conn = await self._send(method, path, body, connect, timeout, stream=False)
-        status, data = conn.status, b"".join(conn.body)
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        *,
+        connect: float,
+        timeout: float,
+        headers: bytes = b"",
+    ) -> Response:
+        """The whole response; ``timeout`` bounds the wait for all of it. ``headers``: extra
+        request header lines for this request (``b"Name: value\\r\\n"`` each)."""
+        conn = await self._send(method, path, body, connect, timeout, False, None, headers)
+        response = Response(conn.status, b"".join(conn.body), Head(conn.head))
         self._release(conn)
-        return status, data
+        return response
 
     async def stream(
         self, method: str, path: str, body: bytes, *, connect: float, idle: float, total: float
-    ) -> tuple[int, AsyncIterator[bytes]]:
-        """(status, body chunks); ``idle`` bounds the wait for headers and between chunks, ``total``
-        the whole response."""
+    ) -> StreamResponse:
+        """Status and headers, then the body chunks; ``idle`` bounds the wait for headers and
+        between chunks, ``total`` the whole response."""
         conn = await self._send(method, path, body, connect, idle, stream=True, total=total)
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -541,7 +565,7 @@ class HTTPPool:
                 else:
                     conn.close()
 
-        return conn.status, chunks()
+        return StreamResponse(conn.status, Head(conn.head), chunks())
 
     def close(self) -> None:
         for conn in self.idle:

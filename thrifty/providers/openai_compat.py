@@ -14,7 +14,8 @@ import orjson
 
 from thrifty.providers.base import UpstreamError, status_retryable
 from thrifty.providers.config import ProviderConfig, Timeouts
-from thrifty.providers.http import HTTPError, HTTPPool, HTTPTimeout, line_batches
+from thrifty.providers.http import HTTPError, HTTPTimeout, line_batches
+from thrifty.providers.transport import Head, Transport, pool_for, retry_after
 
 
 def _error_message(status: int, body: bytes) -> str:
@@ -30,6 +31,17 @@ def _error_message(status: int, body: bytes) -> str:
     return body[:200].decode(errors="replace") or f"HTTP {status}"
 
 
+def status_error(name: str, status: int, body: bytes, headers: Head) -> UpstreamError:
+    """An upstream's error answer; a 429's or 503's ``Retry-After`` is kept (headers are only
+    parsed here, off the success path)."""
+    exc = UpstreamError(
+        status, f"{name}: {_error_message(status, body)}", retryable=status_retryable(status)
+    )
+    if status in (429, 503):
+        exc.retry_after = retry_after(headers.get("retry-after"))
+    return exc
+
+
 class OpenAICompatProvider:
     def __init__(self, config: ProviderConfig) -> None:
         self.name = config.name
@@ -41,16 +53,12 @@ class OpenAICompatProvider:
         }
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
-        self.pool: HTTPPool | None = None
-        # TLS trust and proxy (validated in thrifty.gateway.config): None reads the environment
-        self.ca_file: str | None = config.options.get("ca_file") or None
-        self.proxy: str | bool | None = config.options.get("proxy")
+        self.pool: Transport | None = None
+        self.config = config
 
     async def start(self) -> None:
-        if self.pool is None:
-            self.pool = HTTPPool(
-                self.base_url, self.headers, ca_file=self.ca_file, proxy=self.proxy
-            )
+        if self.pool is None:  # TLS trust and proxy: the provider's, as for its batch API
+            self.pool = pool_for(self.config, self.base_url, self.headers)
 
     def _transport_error(self, exc: HTTPError, started: bool = False) -> UpstreamError:
         if started:  # the client has seen part of the answer: no retry can hide this
@@ -61,25 +69,24 @@ class OpenAICompatProvider:
                 type="stream_broken",
             )
         if isinstance(exc, HTTPTimeout):
-            return UpstreamError(504, f"{self.name}: {exc}", retryable=True, type="timeout")
-        return UpstreamError(502, f"{self.name}: {exc}", retryable=True, type="connection_error")
+            err = UpstreamError(504, f"{self.name}: {exc}", retryable=True, type="timeout")
+        else:
+            err = UpstreamError(502, f"{self.name}: {exc}", retryable=True, type="connection_error")
+        err.cost_unknown = exc.sent
+        return err
 
     async def _post(self, path: str, body: dict[str, Any], timeouts: Timeouts) -> dict[str, Any]:
         assert self.pool is not None, "provider not started"
         try:
-            status, raw = await self.pool.request(
+            r = await self.pool.request(
                 "POST", path, orjson.dumps(body), connect=timeouts.connect, timeout=timeouts.total
             )
         except HTTPError as exc:
             raise self._transport_error(exc) from None
-        if status >= 400:
-            raise UpstreamError(
-                status,
-                f"{self.name}: {_error_message(status, raw)}",
-                retryable=status_retryable(status),
-            )
+        if r.status >= 400:
+            raise status_error(self.name, r.status, r.body, r.headers)
         try:
-            return orjson.loads(raw)
+            return orjson.loads(r.body)
         except orjson.JSONDecodeError:
             raise UpstreamError(
                 502, f"{self.name}: upstream sent invalid JSON", retryable=True
@@ -92,7 +99,7 @@ class OpenAICompatProvider:
         before the first batch)."""
         assert self.pool is not None, "provider not started"
         try:
-            status, chunks = await self.pool.stream(
+            r = await self.pool.stream(
                 "POST",
                 path,
                 orjson.dumps(body),
@@ -102,16 +109,15 @@ class OpenAICompatProvider:
             )
         except HTTPError as exc:
             raise self._transport_error(exc) from None
-        if status >= 400:
-            raw = b"".join([c async for c in chunks])
-            raise UpstreamError(
-                status,
-                f"{self.name}: {_error_message(status, raw)}",
-                retryable=status_retryable(status),
-            )
+        if r.status >= 400:
+            try:
+                raw = b"".join([c async for c in r.chunks])
+            except HTTPError as exc:
+                raise self._transport_error(exc) from None
+            raise status_error(self.name, r.status, raw, r.headers)
         started = False
         try:
-            async for lines in line_batches(chunks):
+            async for lines in line_batches(r.chunks):
                 started = True
                 yield lines
         except HTTPError as exc:

@@ -6,7 +6,10 @@ thousands of requests a second on one core and is never the bottleneck of a gate
 Behaviours (``mode``): ``ok``; ``error500`` (every request fails); ``flaky`` (the first
 ``fail_first`` requests fail with 500, then ok); ``hang`` (accepts and never answers, for
 timeouts); ``break_stream`` (streams start, then the connection drops mid-answer); ``slow``
-(answers after ``delay`` seconds). ``hits`` counts model calls. With ``billing="body"`` it bills
+(answers after ``delay`` seconds); ``reset`` (does the work, counted in ``hits`` and billed in
+``served``, then resets the connection unanswered: after ``ok_first`` answered requests, the
+next ``fail_first``, or all with 0); ``rate_limited`` (the first ``fail_first`` requests, or
+all with 0, get ``limit_status``, 429 by default, with ``Retry-After: <retry_after>``). ``hits`` counts model calls. With ``billing="body"`` it bills
 like an adversarial provider, from what it was sent: every UTF-8 byte of every string in the
 body (keys included; the top-level ``model`` value excepted) is a prompt token, and every image
 part costs ``image_tokens`` more; ``served`` lists ``(model, prompt, completion)`` of each answer. With a server SSL context
@@ -28,7 +31,9 @@ import argparse
 import asyncio
 import itertools
 import re
+import socket
 import ssl as ssl_module
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,7 +45,7 @@ import orjson
 
 REPLY = "Hello! This is the fake upstream answering."
 USAGE = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
-MODES = ("ok", "error500", "flaky", "hang", "break_stream", "slow")
+MODES = ("ok", "error500", "flaky", "hang", "break_stream", "slow", "reset", "rate_limited")
 
 
 @dataclass
@@ -51,6 +56,9 @@ class Behaviour:
     reply: str = REPLY
     billing: str = "fixed"  # fixed: USAGE for every answer; body: billed from the body sent
     image_tokens: int = 0  # with billing="body": prompt tokens per image part
+    ok_first: int = 0  # reset: requests answered before the resets start
+    retry_after: str = "1"  # rate_limited: the Retry-After value (seconds or an HTTP-date)
+    limit_status: int = 429  # rate_limited: the status (429, or 503)
 
 
 @dataclass
@@ -425,10 +433,35 @@ class FakeProtocol(asyncio.Protocol):
                 )
             )
             return
+        if b.mode == "reset" and st.hits > b.ok_first and (
+            not b.fail_first or st.hits <= b.ok_first + b.fail_first
+        ):
+            self._work_then_reset(t, raw)
+            return
+        if b.mode == "rate_limited" and (not b.fail_first or st.hits <= b.fail_first):
+            body = b'{"error":{"message":"rate limited","type":"rate_limit_error"}}'
+            head = b"HTTP/1.1 %d Too Many Requests\r\nretry-after: %s\r\n" % (
+                b.limit_status,
+                b.retry_after.encode(),
+            )
+            t.write(head + _response(b.limit_status, body).split(b"\r\n", 1)[1])
+            return
         if b.mode == "slow" and b.delay:
             asyncio.get_running_loop().call_later(b.delay, self._answer, t, path, raw)
             return
         self._answer(t, path, raw)
+
+    def _work_then_reset(self, t: asyncio.Transport, raw: bytes) -> None:
+        """The work is done (and billed, with ``billing="body"``), then the connection is reset
+        (RST) before any byte of the answer: what a crashing upstream or middlebox leaves."""
+        try:
+            self.state.bill(orjson.loads(raw) if raw else {})
+        except orjson.JSONDecodeError:
+            pass
+        sock = t.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        t.abort()
 
     # -- OpenAI's batch API -------------------------------------------------------------
 
@@ -653,12 +686,20 @@ class FakeUpstream:
         host_name: str = "127.0.0.1",
         billing: str = "fixed",
         image_tokens: int = 0,
+        ok_first: int = 0,
+        retry_after: str = "1",
+        limit_status: int = 429,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         if billing not in ("fixed", "body"):
             raise ValueError("billing must be 'fixed' or 'body'")
-        self.state = FakeState(Behaviour(mode, fail_first, delay, reply, billing, image_tokens))
+        self.state = FakeState(
+            Behaviour(
+                mode, fail_first, delay, reply, billing, image_tokens, ok_first, retry_after,
+                limit_status,
+            )
+        )
         self.port = port
         self.ssl = ssl  # serve HTTPS with this server context
         self.host_name = host_name  # the host in base_url (it listens on 127.0.0.1)
