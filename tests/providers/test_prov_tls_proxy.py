@@ -533,6 +533,75 @@ def test_environment_proxy_and_no_proxy(certs, upstreams, monkeypatch, tmp_path)
             assert len(px.heads) == 2  # the CONNECT and the plain request, nothing else
 
 
+def test_provider_batch_api_calls_use_the_providers_ca_file_and_proxy(certs, tmp_path):
+    """Lines sent to a provider's batch API (upload, create, poll, results) go through the same
+    transport as its live calls: its ca_file is trusted (the fake's CA is in no system store)
+    and its proxy carries them (CONNECT tunnels to the upstream), credentials and all."""
+    import time
+
+    with (
+        FakeUpstream(ssl=server_ctx(certs, "server")) as fake,
+        proxy(auth=PROXY_AUTH_HEADER) as px,
+    ):
+        doc = {
+            "providers": {
+                "bp": {
+                    "base_url": fake.base_url,
+                    "ca_file": str(certs / "ca.pem"),
+                    "proxy": px.url(PROXY_USERINFO),
+                    "batch_api": True,
+                }
+            },
+            "models": {
+                "m-batch": {
+                    "provider": "bp", **PRICE,
+                    "input_cost_per_token_batches": 0.5e-6, "output_cost_per_token_batches": 1e-6,
+                }
+            },
+            "batches": {"poll": 0.05},
+        }  # fmt: skip
+        with serve(doc, tmp_path) as g:
+            lines = b"".join(
+                orjson.dumps(
+                    {
+                        "custom_id": f"req-{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {"model": "m-batch", "messages": MSG, "max_tokens": 5},
+                    }
+                )
+                + b"\n"
+                for i in range(2)
+            )
+            up = g.http.post(
+                "/v1/files", files={"file": ("in.jsonl", lines)}, data={"purpose": "batch"}
+            )
+            assert up.status_code == 200, up.text
+            batch = g.http.post(
+                "/v1/batches",
+                json={
+                    "input_file_id": up.json()["id"],
+                    "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h",
+                },
+            ).json()
+            deadline = time.monotonic() + 20
+            while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+                assert time.monotonic() < deadline, f"batch still {batch['status']}"
+                time.sleep(0.05)
+                batch = g.http.get(f"/v1/batches/{batch['id']}").json()
+            assert batch["status"] == "completed", batch
+            out = g.http.get(f"/v1/files/{batch['output_file_id']}/content").text
+            results = [orjson.loads(x) for x in out.splitlines() if x.strip()]
+            assert sorted(r["custom_id"] for r in results) == ["req-0", "req-1"]
+            assert all(r["response"]["status_code"] == 200 for r in results)
+        # the provider ran them in its batch, reached over TLS through the proxy only
+        assert len(fake.state.batch_runs) == 2 and fake.state.batches
+        assert px.tunnels >= 1
+        assert all(h.startswith(f"CONNECT 127.0.0.1:{fake.port} ".encode()) for h in px.heads)
+        assert fake.connections == px.tunnels  # every connection the fake saw came through it
+
+
 # -- the client alone --------------------------------------------------------------------------
 
 

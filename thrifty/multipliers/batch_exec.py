@@ -251,9 +251,9 @@ class ProviderBatches:
         if provider not in self.clients:
             from thrifty.multipliers.upstream_batch import UpstreamBatchClient
 
-            pc = self.pipeline.gw.config.providers[provider]
-            self.clients[provider] = UpstreamBatchClient(
-                pc.base_url or "", pc.api_key, dict(pc.headers)
+            config = self.pipeline.gw.config
+            self.clients[provider] = UpstreamBatchClient.for_provider(
+                config.providers[provider], connect=config.timeouts.connect
             )
         return self.clients[provider]
 

@@ -2,18 +2,24 @@
 
 Used for lines whose model is served by a provider configured with ``batch_api = true``:
 the lines go upstream as one batch file, are polled until the provider is done, and each
-result is billed at the catalog's batch prices. aiohttp (already a dependency) does the
-multipart upload.
+result is billed at the catalog's batch prices. The calls go through the same transport as
+the provider's live calls (:func:`thrifty.providers.transport.pool_for`: its ``ca_file``, its
+``proxy`` or the environment's, pooled connections), so batches keep the README's TLS and
+proxy guarantee too.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
-import aiohttp
 import orjson
+
+from thrifty.providers.config import ProviderConfig
+from thrifty.providers.transport import Transport, pool_for
 
 log = logging.getLogger("thrifty.batches")
 
@@ -70,29 +76,84 @@ def input_filename(tag: str) -> str:
     return f"{tag}.jsonl"
 
 
+def multipart(fields: dict[str, str], file: tuple[str, str, bytes, str]) -> tuple[bytes, bytes]:
+    """A ``multipart/form-data`` body of text ``fields`` and one ``(field, filename, content,
+    content type)`` file: (the Content-Type header line, the body)."""
+    boundary = b"thrifty-" + secrets.token_hex(16).encode()
+    parts = []
+    for name, value in fields.items():
+        parts.append(
+            b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+            % (boundary, name.encode(), value.encode())
+        )
+    name, filename, content, ctype = file
+    parts.append(
+        b'--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n'
+        b"Content-Type: %s\r\n\r\n%s\r\n"
+        % (boundary, name.encode(), filename.encode(), ctype.encode(), content)
+    )
+    parts.append(b"--%s--\r\n" % boundary)
+    return b"Content-Type: multipart/form-data; boundary=%s\r\n" % boundary, b"".join(parts)
+
+
+_JSON = b"Content-Type: application/json\r\n"
+
+
 class UpstreamBatchClient:
-    def __init__(
+    """One provider's batch API over ``transport`` (its origin and base path, its headers);
+    ``timeout`` bounds each call, ``connect`` each connection."""
+
+    def __init__(self, transport: Transport, *, timeout: float = 60.0, connect: float = 5.0) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self.connect = connect
+
+    @classmethod
+    def for_provider(
+        cls, config: ProviderConfig, *, timeout: float = 60.0, connect: float = 5.0
+    ) -> UpstreamBatchClient:
+        """The client of ``config``'s batch API, on the transport its live calls use (same TLS
+        trust and proxy policy)."""
+        headers = {"User-Agent": "thrifty/0.1", **config.headers}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        pool = pool_for(config, (config.base_url or "").rstrip("/"), headers)
+        return cls(pool, timeout=timeout, connect=connect)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    async def _call(
         self,
-        base_url: str,
-        api_key: str | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 60.0,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.headers = dict(headers or {})
-        if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        headers: bytes = b"",
+        params: dict[str, str] | None = None,
+    ) -> bytes:
+        """The body of a successful answer; :class:`UpstreamBatchError` for an error answer
+        (the transport's ``HTTPError`` when none came)."""
+        target = f"{path}?{urlencode(params)}" if params else path
+        r = await self.transport.request(
+            method, target, body, connect=self.connect, timeout=self.timeout, headers=headers
+        )
+        if r.status >= 400:
+            detail = _provider_message(r.body)
+            raise UpstreamBatchError(f"{method} {path}: HTTP {r.status}: {detail}", r.status, detail)
+        return r.body
 
     async def _json(
-        self, session: aiohttp.ClientSession, method: str, path: str, **kw: Any
+        self, method: str, path: str, doc: Any = None, params: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        async with session.request(method, self.base_url + path, headers=self.headers, **kw) as r:
-            raw = await r.read()
-            if r.status >= 400:
-                detail = _provider_message(raw)
-                raise UpstreamBatchError(f"{method} {path}: HTTP {r.status}: {detail}", r.status, detail)
+        body = orjson.dumps(doc) if doc is not None else b""
+        raw = await self._call(
+            method, path, body=body, headers=_JSON if doc is not None else b"", params=params
+        )
+        try:
             return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamBatchError(f"{method} {path}: the answer is not JSON") from None
 
     async def submit(
         self,
@@ -113,64 +174,63 @@ class UpstreamBatchClient:
             + b"\n"
             for cid, body in lines
         )
-        async with aiohttp.ClientSession(timeout=self.timeout) as s:
-            form = aiohttp.FormData()
-            form.add_field("purpose", "batch")
-            form.add_field(
+        ctype, form = multipart(
+            {"purpose": "batch"},
+            (
                 "file",
+                input_filename(tag) if tag else "thrifty-batch.jsonl",
                 content,
-                filename=input_filename(tag) if tag else "thrifty-batch.jsonl",
-                content_type="application/jsonl",
-            )
-            f = await self._json(s, "POST", "/files", data=form)
-            if on_file is not None:
-                await on_file(str(f["id"]))
-            create: dict[str, Any] = {
-                "input_file_id": f["id"],
-                "endpoint": endpoint,
-                "completion_window": "24h",
-            }
-            if tag:
-                create["metadata"] = {TAG_KEY: tag}
-            try:
-                batch = await self._json(s, "POST", "/batches", json=create)
-            except UpstreamBatchError as exc:
-                if exc.permanent:
-                    # Refused for sure: no batch of this file exists. (After a timeout or a 5xx
-                    # the batch may exist: the file is then left for find() to decide.)
-                    await self.delete_file(str(f["id"]))
-                raise
+                "application/jsonl",
+            ),
+        )
+        f = orjson.loads(await self._call("POST", "/files", body=form, headers=ctype))
+        if on_file is not None:
+            await on_file(str(f["id"]))
+        create: dict[str, Any] = {
+            "input_file_id": f["id"],
+            "endpoint": endpoint,
+            "completion_window": "24h",
+        }
+        if tag:
+            create["metadata"] = {TAG_KEY: tag}
+        try:
+            batch = await self._json("POST", "/batches", create)
+        except UpstreamBatchError as exc:
+            if exc.permanent:
+                # Refused for sure: no batch of this file exists. (After a timeout or a 5xx
+                # the batch may exist: the file is then left for find() to decide.)
+                await self.delete_file(str(f["id"]))
+            raise
         return batch
 
     async def find(self, tag: str, not_before: float | None = None) -> dict[str, Any] | None:
         """The provider's batch whose metadata carries ``tag``, or None if it has none: pages
         through ``GET /batches`` (newest first) until the batch is found, the list ends, or it
         reaches batches created before ``not_before`` (less :data:`SKEW`). Raises
-        :class:`UpstreamBatchError` (or aiohttp's errors) if the provider cannot be asked."""
+        :class:`UpstreamBatchError` (or the transport's ``HTTPError``) if the provider cannot be
+        asked."""
         after: str | None = None
-        async with aiohttp.ClientSession(timeout=self.timeout) as s:
-            for _ in range(MAX_PAGES):
-                params = {"limit": "100", **({"after": after} if after else {})}
-                page = await self._json(s, "GET", "/batches", params=params)
-                data = page.get("data")
-                if not isinstance(data, list):
-                    raise UpstreamBatchError("GET /batches: no 'data' list in the answer")
-                for batch in data:
-                    if (batch.get("metadata") or {}).get(TAG_KEY) == tag:
-                        return batch
-                older = [b.get("created_at") for b in data if isinstance(b.get("created_at"), (int, float))]
-                if not_before is not None and older and min(older) < not_before - SKEW:
-                    return None  # newest first: the rest is older than the submission
-                if not page.get("has_more") or not data:
-                    return None
-                after = page.get("last_id") or data[-1].get("id")
+        for _ in range(MAX_PAGES):
+            params = {"limit": "100", **({"after": after} if after else {})}
+            page = await self._json("GET", "/batches", params=params)
+            data = page.get("data")
+            if not isinstance(data, list):
+                raise UpstreamBatchError("GET /batches: no 'data' list in the answer")
+            for batch in data:
+                if (batch.get("metadata") or {}).get(TAG_KEY) == tag:
+                    return batch
+            older = [b.get("created_at") for b in data if isinstance(b.get("created_at"), (int, float))]
+            if not_before is not None and older and min(older) < not_before - SKEW:
+                return None  # newest first: the rest is older than the submission
+            if not page.get("has_more") or not data:
+                return None
+            after = page.get("last_id") or data[-1].get("id")
         raise UpstreamBatchError(f"GET /batches: {tag} not found in {MAX_PAGES} pages")
 
     async def delete_file(self, file_id: str) -> bool:
         """Delete an input file no batch was made of (best effort; it costs nothing but storage)."""
         try:
-            async with aiohttp.ClientSession(timeout=self.timeout) as s:
-                await self._json(s, "DELETE", f"/files/{file_id}")
+            await self._json("DELETE", f"/files/{file_id}")
             return True
         except Exception as exc:  # noqa: BLE001 (best effort)
             log.info("could not delete the orphan input file %s: %s", file_id, type(exc).__name__)
@@ -180,8 +240,7 @@ class UpstreamBatchClient:
         """Ids of the provider's batch input files called ``filename`` (best effort: [] if the
         provider cannot list them)."""
         try:
-            async with aiohttp.ClientSession(timeout=self.timeout) as s:
-                page = await self._json(s, "GET", "/files", params={"purpose": "batch"})
+            page = await self._json("GET", "/files", params={"purpose": "batch"})
         except Exception as exc:  # noqa: BLE001 (best effort)
             log.info("could not list the provider's files: %s", type(exc).__name__)
             return []
@@ -191,35 +250,30 @@ class UpstreamBatchClient:
 
     async def poll(self, batch_id: str) -> dict[str, Any] | None:
         """The upstream batch object once it is final, else None."""
-        async with aiohttp.ClientSession(timeout=self.timeout) as s:
-            batch = await self._json(s, "GET", f"/batches/{batch_id}")
+        batch = await self._json("GET", f"/batches/{batch_id}")
         return batch if batch.get("status") in FINAL else None
 
     async def results(self, batch: dict[str, Any]) -> dict[str, tuple[int, dict[str, Any]]]:
         """``custom_id -> (status, body)`` from the output and error files."""
         out: dict[str, tuple[int, dict[str, Any]]] = {}
-        async with aiohttp.ClientSession(timeout=self.timeout) as s:
-            for key in ("output_file_id", "error_file_id"):
-                fid = batch.get(key)
-                if not fid:
+        for key in ("output_file_id", "error_file_id"):
+            fid = batch.get(key)
+            if not fid:
+                continue
+            raw = await self._call("GET", f"/files/{fid}/content")
+            for line in raw.splitlines():
+                if not line.strip():
                     continue
-                async with s.get(f"{self.base_url}/files/{fid}/content", headers=self.headers) as r:
-                    if r.status >= 400:
-                        raise UpstreamBatchError(f"GET /files/{fid}/content: HTTP {r.status}")
-                    raw = await r.read()
-                for line in raw.splitlines():
-                    if not line.strip():
-                        continue
-                    doc = orjson.loads(line)
-                    resp = doc.get("response") or {}
-                    if resp:
-                        out[doc["custom_id"]] = (
-                            int(resp.get("status_code", 500)),
-                            resp.get("body") or {},
-                        )
-                    else:
-                        out[doc["custom_id"]] = (
-                            500,
-                            {"error": doc.get("error") or {"message": "failed upstream"}},
-                        )
+                doc = orjson.loads(line)
+                resp = doc.get("response") or {}
+                if resp:
+                    out[doc["custom_id"]] = (
+                        int(resp.get("status_code", 500)),
+                        resp.get("body") or {},
+                    )
+                else:
+                    out[doc["custom_id"]] = (
+                        500,
+                        {"error": doc.get("error") or {"message": "failed upstream"}},
+                    )
         return out
