@@ -61,6 +61,14 @@ to the upstream inside it, verified as above), plain ones as absolute-form reque
 certificate that does not verify, or a proxy that refuses (407, 403) or cannot be reached, is
 a connection error: retried, then the model's fallbacks, else a 502 naming the cause (so is
 an environment proxy of another scheme, such as ``socks5://``, for the providers it covers).
+A provider's batch API calls (``batch_api = true``) use the same TLS trust and proxy.
+
+Retries. ``retry.attempts`` tries per deployment, jittered backoff between them; a 429's or
+503's ``Retry-After`` replaces the backoff when it is at most ``retry.max_retry_after`` and
+fits what is left of ``timeouts.total`` (else the next deployment or fallback at once, and the
+client gets the 429/503 with ``Retry-After`` when none is left). An attempt whose request
+reached the upstream and got no answer counts as a retry and is charged its upper bound
+(ledger ``error_type = "cost_estimated"``).
 
 Capabilities. A model's ``supports_function_calling``, ``supports_vision`` and
 ``supports_response_schema`` come from the catalog where it says true or false explicitly;
