@@ -455,26 +455,30 @@ class HTTPPool:
             transport.close()
             raise
 
-    async def _acquire_idle(self) -> _Conn | None:
-        """A pooled connection not known to be dead. One idle for a while (the server may have
-        closed it) is checked first: a few turns of the event loop let a FIN or RST that is
-        waiting mark it closed. Only a connection found dead here is replaced silently; once the
-        request is written, a lost connection is the caller's failed attempt (the upstream may
-        have done the work)."""
+    def _acquire_idle(self) -> _Conn | None:
+        """A pooled connection not known to be dead (those are closed and skipped). Only a
+        connection found dead before the request is written is replaced silently; once it is
+        written, a lost connection is the caller's failed attempt (the upstream may have done
+        the work)."""
         while self.idle:
             conn = self.idle.pop()
-            if conn.loop.time() - conn.released_at > STALE_AFTER:
-                for _ in range(3):  # the read, the close, connection_lost (TLS: one more layer)
-                    if conn.closed or conn.transport is None or conn.transport.is_closing():
-                        break
-                    await asyncio.sleep(0)
             transport = conn.transport
             if conn.closed or transport is None or transport.is_closing():
                 conn.close()
                 continue
-            conn._reset()
             return conn
         return None
+
+    @staticmethod
+    async def _still_open(conn: _Conn) -> bool:
+        """Whether a connection idle for a while (the server may have closed it) is still open:
+        a few turns of the event loop let a FIN or RST that is waiting be read."""
+        for _ in range(3):  # the read, the close, connection_lost (TLS: one more layer)
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                conn.close()
+                return False
+            await asyncio.sleep(0)
+        return not (conn.closed or conn.transport is None or conn.transport.is_closing())
 
     def _release(self, conn: _Conn) -> None:
         if conn.timer is not None:
@@ -503,7 +507,13 @@ class HTTPPool:
         headers: bytes = b"",
     ) -> _Conn:
         data = self._request_bytes(method, path, body, headers)
-        conn = (await self._acquire_idle() if self.idle else None) or await self._connect(connect)
+        conn = self._acquire_idle() if self.idle else None
+        if conn is not None and (
+            conn.loop.time() - conn.released_at <= STALE_AFTER or await self._still_open(conn)
+        ):
+            conn._reset()
+        else:
+            conn = await self._connect(connect)
         conn.idle = idle
         if stream:
             conn.chunks = collections.deque()
