@@ -60,6 +60,10 @@ class Deferred:
     batch: dict[str, Any]
 
 
+# Ledger flags that already say the charge is not the measured cost: kept as they are.
+_CHARGED_FLAGS = ("client_disconnected", "hold_exhausted")
+
+
 def usage_of(body: dict[str, Any] | None, fallback_prompt: int) -> Usage:
     usage = Usage.from_openai((body or {}).get("usage"))
     return usage if usage is not None else Usage(fallback_prompt, 0)
@@ -375,7 +379,7 @@ class Pipeline:
                 f"unanswered: charged ${served.unknown_cost_usd:.9f}, the most "
                 f"{'they' if n > 1 else 'it'} could cost"
             ).lstrip("; ")
-            if error_type != "client_disconnected":
+            if error_type not in _CHARGED_FLAGS:
                 charge.error_type = "cost_estimated"
         return charge
 
