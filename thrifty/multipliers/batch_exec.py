@@ -247,6 +247,12 @@ class ProviderBatches:
         ] = {}  # request id -> (reservation, plan, served)
         self.clients: dict[str, Any] = {}
 
+    def close(self) -> None:
+        """Close the provider batch clients' connections (a later call opens new ones)."""
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
+
     def _client(self, provider: str) -> Any:
         if provider not in self.clients:
             from thrifty.multipliers.upstream_batch import UpstreamBatchClient

@@ -807,6 +807,9 @@ class BatchRunner:
                 log.warning("could not release the batch leases of runner %s", self.runner_id)
         self._task = self._renewer = None
         self._held.clear()
+        close = getattr(getattr(self.executor, "upstream", None), "close", None)
+        if close is not None:  # the provider batch APIs' pooled connections
+            close()
 
     async def _renew(self) -> None:
         """Keep this runner's leases while it lives, however long a pass takes."""
