@@ -4,7 +4,13 @@ time each, httptools (llhttp) parsing, one write per request, timers instead of 
 Why not aiohttp or httpx: measured on the benchmark machine, aiohttp's client costs ~150 us of
 CPU per call and httpx several times that, more than the whole budget the gateway has per
 request; this client costs a fraction of it. It does only what upstream calls need: POST/GET
-with a body, fixed headers, plain or TLS, chunked or sized responses, streamed bodies.
+with a body, fixed headers, plain or TLS, chunked or sized responses, streamed bodies, and the
+response head kept as received (headers parsed only when asked: :mod:`transport`).
+
+A request is written once. A pooled connection found dead before the write is replaced
+silently; after the write, a lost connection or a timeout is an :class:`HTTPError` with
+``sent`` set, because the upstream may have done (and will bill) the work: whether to try
+again, and what to charge, is the gateway's decision (a counted retry), never this pool's.
 
 TLS verifies the chain and the hostname, always: against ``ca_file`` when given (a PEM bundle,
 or a hashed directory, that replaces the system store), else OpenSSL's default store, which
