@@ -35,18 +35,21 @@ def gateway_doc(upstreams: dict[str, FakeUpstream], tmp: Path) -> dict[str, Any]
     providers["replay"] = {"type": "replay", "source": "packaged"}
     from thrifty.gateway.config import _replay_models
 
+    # The m-* models test named calls, fallbacks and balancing; ``auto`` routes among the
+    # replayed benchmark models only (every priced routable model is an auto candidate).
     models: dict[str, Any] = {
-        "m-ok": {"provider": "ok", "upstream_model": "up-ok", **PRICE},
-        "m-500": {"provider": "error500", **PRICE, "fallbacks": ["m-ok"]},
-        "m-500-alone": {"provider": "error500", **PRICE},
-        "m-hang": {"provider": "hang", **PRICE, "fallbacks": ["m-ok"]},
-        "m-break": {"provider": "break_stream", **PRICE, "fallbacks": ["m-ok"]},
-        "m-anth": {"provider": "anth", **PRICE},
+        "m-ok": {"route": False, "provider": "ok", "upstream_model": "up-ok", **PRICE},
+        "m-500": {"route": False, "provider": "error500", **PRICE, "fallbacks": ["m-ok"]},
+        "m-500-alone": {"route": False, "provider": "error500", **PRICE},
+        "m-hang": {"route": False, "provider": "hang", **PRICE, "fallbacks": ["m-ok"]},
+        "m-break": {"route": False, "provider": "break_stream", **PRICE, "fallbacks": ["m-ok"]},
+        "m-anth": {"route": False, "provider": "anth", **PRICE},
         "m-lb": {
+            "route": False,
             "deployments": [{"provider": "ok", "model": "lb"}, {"provider": "ok2", "model": "lb"}],
             **PRICE,
         },
-        "m-unpriced": {"provider": "ok"},
+        "m-unpriced": {"provider": "ok", "route": False},
         "emb": {
             "provider": "ok",
             "mode": "embedding",

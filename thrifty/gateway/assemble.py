@@ -106,6 +106,9 @@ def create_app(
 
         on_startup.append(start_batches)
         on_shutdown.append(stop_batches)
+    db_url = getattr(spend, "db_url", None)
+    if db_url and config.routing.learning:
+        _learn_from(db_url, auto, on_startup, on_shutdown)
     if cache is not None:
 
         async def start_cache() -> None:
@@ -114,6 +117,39 @@ def create_app(
         on_startup.append(start_cache)
         on_shutdown.append(cache.close)
     return GatewayApp(pipeline, all_mounts, on_startup=on_startup, on_shutdown=on_shutdown)
+
+
+def _learn_from(db_url: str, auto: AutoRouter, on_startup: list, on_shutdown: list) -> None:
+    """Labels in the spend database teach this replica's router: all at start, then every
+    ``[router] sync_s`` seconds (what other replicas stored) and at once after a local write."""
+    import asyncio
+
+    from thrifty.router.labels import LabelSync
+
+    sync = LabelSync(db_url, lambda team, label: auto.learn(auto.scope(team), label))
+    tasks: list[asyncio.Task] = []
+
+    async def loop(period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await asyncio.to_thread(sync.poll)
+            except Exception:  # the loop must outlive a database hiccup
+                log.exception("loading router labels failed")
+
+    async def start() -> None:
+        await asyncio.to_thread(sync.poll)
+        sync.register()
+        if auto.settings.sync_s > 0:
+            tasks.append(asyncio.create_task(loop(auto.settings.sync_s)))
+
+    async def stop() -> None:
+        for t in tasks:
+            t.cancel()
+        sync.close()
+
+    on_startup.append(start)
+    on_shutdown.append(stop)
 
 
 def _affinity(gw: Gateway) -> Any:

@@ -113,6 +113,14 @@ from thrifty.multipliers.settings import (
 )
 from thrifty.paths import default_data_dir
 from thrifty.providers.config import ProviderConfig, Timeouts
+from thrifty.router.settings import (
+    JudgeSettings,
+    ModelHint,
+    RouterSettings,
+    parse_judge,
+    parse_router,
+    pop_hint,
+)
 
 PROVIDER_TYPES = ("openai", "anthropic", "replay", "offline", "llama")
 LOCAL_TYPES = ("replay", "offline", "llama")  # no base_url
@@ -163,6 +171,7 @@ class ModelConfig:
     # Request needs this model is known not to serve (from info's supports_* facts being false):
     # a subset of CAPABILITY_NEEDS, set once at config load so planning never scans the catalog.
     lacks: frozenset[str] = frozenset()
+    hint: ModelHint | None = None  # what the operator says of it for learned routing ([models.x])
 
 
 # Facts a deployment may state for itself (``deployments = [{..., origin_country = "CN"}]``),
@@ -214,6 +223,9 @@ class GatewayConfig:
     batches: BatchSettings = field(default_factory=BatchSettings)
     cascade: CascadeSettings = field(default_factory=CascadeSettings)
     affinity: AffinitySettings = field(default_factory=AffinitySettings)
+    # Learned routing and the judge (thrifty/router/settings.py): [router], [judge].
+    routing: RouterSettings = field(default_factory=RouterSettings)
+    judge: JudgeSettings | None = None
 
 
 def _max_body_bytes(value: Any) -> int:
@@ -287,6 +299,9 @@ def _replay_models() -> dict[str, dict[str, Any]]:
             "context_window": windows.get(name, 4096),
             "max_output_tokens": 4096,
         }
+        if name not in ROUTERBENCH_MODELS:
+            # Recorded on GSM8K only: named, it answers those prompts; "auto" (any prompt) skips it.
+            out[name]["route"] = False
     return out
 
 
@@ -450,6 +465,7 @@ def build_config(
         fallbacks = tuple(m.pop("fallbacks", ()))
         route = bool(m.pop("route", True))
         mode = m.pop("mode", "chat")
+        hint = pop_hint(name, m)
 
         def info_of(dep: Deployment, own: dict[str, Any], *, _name: str = name, _m: dict = m) -> ModelInfo:
             ptype = providers[dep.provider].type
@@ -472,7 +488,7 @@ def build_config(
             for i, d in enumerate(deployments)
         ]
         models[name] = ModelConfig(
-            info, tuple(deployments), fallbacks, route, mode, lacks_of(info)
+            info, tuple(deployments), fallbacks, route, mode, lacks_of(info), hint
         )
     for name, mc in models.items():
         for fb in mc.fallbacks:
@@ -516,6 +532,7 @@ def build_config(
     )
     cfg.cache, cfg.batches = parse_settings(doc)
     cfg.cascade, cfg.affinity = parse_cascade(doc), parse_affinity(doc)
+    cfg.routing, cfg.judge = parse_router(doc), parse_judge(doc, models)
     return cfg
 
 

@@ -1,32 +1,57 @@
-"""Choosing a model for ``auto`` requests with the learned router.
+"""Choosing a model for ``auto`` and the other profiles.
 
-The router scores a prompt (P(good answer) per model it knows) and picks the best
-trade-off for a profile given each candidate's expected cost. Candidates are the
-configured, priced, routable models the router knows, after spend policy.
+Candidates are every configured, priced, routable chat model the caller may use (the planner
+filters by policy, capabilities and context window first), known to the packaged router or not.
+Two sources decide, in this order of trust:
+
+* **what this deployment learnt** (:mod:`thrifty.router.learning`): feedback and judge grades on
+  earlier routed answers, per model and per kind of prompt, with a prior per model from the
+  packaged router (by name or ``router_alias``), the operator's hints (``prior_quality``,
+  ``tier``), or an honest uninformative one; with deliberate, capped exploration;
+* **the packaged router** alone, exactly as trained, while it knows every candidate and nothing
+  has been learnt in the caller's scope yet.
+
+Every decision of the learned kind is traced (prompt context, the probability its model was
+chosen with), so feedback on the answer can teach the router and other policies can be
+evaluated off-line from the ledger.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thrifty.catalog.model import ModelInfo
-from thrifty.gateway.config import GatewayConfig
+import numpy as np
+
+from thrifty.gateway.config import GatewayConfig, ModelConfig
+from thrifty.router.learning import AUTO, AUTO_BEST, AUTO_CHEAP, Knob, Learner, RouteTrace
+from thrifty.router.online import Label, context_of, encode_context
 
 log = logging.getLogger("thrifty.gateway")
 
+# How many ratings the packaged router's opinion of a model it knows is worth.
+PACKAGED_STRENGTH = 8.0
+NAMED_KNOBS = {"auto": AUTO, "auto-cheap": AUTO_CHEAP, "auto-best": AUTO_BEST}
 
-class RoutingUnavailable(Exception):
-    pass
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    model: str
+    reason: str
+    scores: dict[str, float] | None  # estimated quality per candidate (the ledger's ``scores``)
+    trace: RouteTrace | None
 
 
 class AutoRouter:
-    """Loads the router once; ``profile(name)`` resolves config and calibrated profiles."""
+    """The packaged router (loaded once, reloaded when its router.json changes) and what the
+    deployment learnt (:attr:`learner`); ``choose`` decides for one request."""
 
     def __init__(self, config: GatewayConfig, router: Any | None = None) -> None:
         self.config = config
+        self.settings = config.routing
         self.error: str | None = None
         self.router = router
         self.profiles: dict[str, Any] = {}
@@ -37,6 +62,15 @@ class AutoRouter:
             self.router = self._load()
         if self.router is not None:
             self.profiles = self._build_profiles(self.router)
+        s = self.settings
+        self.learner = Learner(
+            explore_share=s.explore_max_share if s.explore else 0.0,
+            explore_spend_share=s.explore_max_spend_share if s.explore else 0.0,
+            warmup=s.warmup_labels, caution=s.caution,
+            label_set_options={"tau": s.kernel_width, "local_strength": s.local_strength,
+                               "prior_strength": s.prior_strength})
+        self._aliases = {name: (mc.hint.alias if mc.hint and mc.hint.alias else name)
+                         for name, mc in config.models.items()}
 
     def _load(self) -> Any | None:
         try:
@@ -101,23 +135,85 @@ class AutoRouter:
     def is_profile(self, name: str) -> bool:
         return name == "auto" or name in self.profiles or name in self.config.profiles
 
-    def choose(
-        self, prompt: str, candidates: list[ModelInfo], costs: dict[str, float], profile_name: str
-    ) -> tuple[str, str, dict[str, float]]:
-        """(model, reason, scores) among ``candidates``."""
+    def scope(self, team_id: str | None) -> str:
+        """The learning scope of a caller: the deployment, or its team."""
+        return (team_id or "*") if self.settings.learning_scope == "team" else "*"
+
+    def knob(self, profile_name: str) -> Knob:
+        pc = self.config.profiles.get(profile_name)
+        if pc is not None:
+            if pc.target_quality is not None:
+                return Knob(target=pc.target_quality)
+            if pc.cost_weight is not None:
+                return Knob(weight=pc.cost_weight)
+        if profile_name in NAMED_KNOBS:
+            return NAMED_KNOBS[profile_name]
+        packaged = self.profiles.get(profile_name)
+        if packaged is not None and packaged.kind == "target_quality":
+            return Knob(target=packaged.value)
+        if packaged is not None:
+            return Knob(weight=packaged.value)
+        return AUTO
+
+    def _score(self, prompt: str) -> tuple[dict[str, float] | None, np.ndarray | None]:
+        """The packaged router's scores and the prompt's context; (None, None) without a router
+        or a prompt it can score (an empty one, say): learning then decides on levels alone."""
         if self.router is None:
-            raise RoutingUnavailable(self.error or "no router configured")
-        profile = self.profiles.get(profile_name) or self.profiles["auto"]
+            return None, None
         try:
-            scores = self.router.score(prompt)
-        except Exception as exc:  # noqa: BLE001 (e.g. an empty prompt: serve it anyway, say why)
-            raise RoutingUnavailable(f"the router could not score this prompt: {exc}") from None
-        names = {m.name for m in candidates}
-        cand_scores = {k: v for k, v in scores.items() if k in names}
-        if not cand_scores:
-            raise RoutingUnavailable("the router knows none of the models this caller may use")
-        model, reason = self.router.choose(cand_scores, {k: costs[k] for k in cand_scores}, profile)
-        return model, reason, scores
+            embedded = getattr(self.router, "score_embedded", None)
+            if embedded is None:
+                return self.router.score(prompt), None
+            scores, emb = embedded(prompt)
+            return scores, context_of(emb)
+        except Exception:  # noqa: BLE001 (an unscorable prompt is still served)
+            return None, None
+
+    def choose(self, prompt: str, candidates: list[ModelConfig], costs: dict[str, float],
+               profile_name: str, team_id: str | None = None) -> Routed:
+        """The model for this request among ``candidates`` (already permitted and capable)."""
+        names = [m.info.name for m in candidates]
+        scores, context = self._score(prompt)
+        scope = self.scope(team_id)
+        known = {}
+        if scores is not None:
+            known = {n: scores[self._aliases.get(n, n)] for n in names if self._aliases.get(n, n) in scores}
+        learned = self.settings.learning and len(self.learner.labels(scope)) > 0
+        if len(known) == len(names) and not learned:
+            # The packaged router knows every candidate and nothing was learnt here yet: its own
+            # decision, as trained (traced, so that feedback on it teaches the learner).
+            profile = self.profiles.get(profile_name) or self.profiles["auto"]
+            model, reason = self.router.choose(known, {n: costs[n] for n in names}, profile)
+            trace = RouteTrace(encode_context(context), 1.0, False) if context is not None else None
+            return Routed(model, reason, scores, trace)
+        prior = np.empty(len(names))
+        strength = np.empty(len(names))
+        level = self.learner.pool_level(scope)
+        for i, mc in enumerate(candidates):
+            name = names[i]
+            if name in known:
+                prior[i], strength[i] = known[name], PACKAGED_STRENGTH
+            elif mc.hint is not None and mc.hint.prior_quality is not None:
+                prior[i], strength[i] = mc.hint.prior_quality, mc.hint.prior_strength
+            else:
+                prior[i], strength[i] = level, self.settings.prior_strength
+        cost = np.array([costs[n] for n in names], dtype=float)
+        choice = self.learner.choose(scope, context, names, prior, strength, cost, self.knob(profile_name),
+                                     explore=self.settings.explore)
+        i = names.index(choice.model)
+        labels = int(sum(choice.labels.values()))
+        reason = (f"learned from {labels} rating(s): estimated quality {choice.means[choice.model]:.2f} "
+                  f"at ${cost[i]:.6f} among {len(names)}")
+        if choice.explored:
+            reason += f"; exploring (chosen with probability {choice.propensity:.2f})"
+        trace = RouteTrace(encode_context(context) if context is not None else None,
+                           choice.propensity, choice.explored)
+        return Routed(choice.model, reason, choice.means, trace)
+
+    def learn(self, scope: str, label: Label) -> None:
+        """A rating of a routed answer (feedback or the judge), effective on the next request."""
+        if self.settings.learning:
+            self.learner.add(scope, label)
 
 
 def _stamp(path: Path) -> tuple[int, int]:

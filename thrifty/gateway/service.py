@@ -19,9 +19,10 @@ from thrifty.errors import GatewayError
 from thrifty.gateway.config import Deployment, GatewayConfig, ModelConfig
 from thrifty.gateway.metrics import Metrics
 from thrifty.gateway.reliability import PROBE, CircuitBreaker, backoff_delay, order_deployments
-from thrifty.gateway.routing import AutoRouter, RoutingUnavailable
+from thrifty.gateway.routing import AutoRouter
 from thrifty.gateway.schemas import ChatRequest
 from thrifty.providers.base import Provider, UpstreamError
+from thrifty.router.learning import RouteTrace
 from thrifty.spend.api import PolicyDenied, Principal, SpendControl
 from thrifty.spend.pricing import max_cost_usd
 
@@ -37,6 +38,7 @@ class Plan:
     max_output_tokens: int
     max_cost_usd: float
     scores: dict[str, float] | None = None
+    route: RouteTrace | None = None  # a decision of the learned router (thrifty.router.learning)
     named: bool = False  # chain[0] is the model the client named (its body is not adapted)
     # hardening: model name -> the deployments policy permits for this principal (None: all).
     deployments: dict[str, tuple[Deployment, ...]] | None = None
@@ -275,17 +277,23 @@ class Gateway:
     def _plan_auto(
         self, principal: Principal, req: ChatRequest, profile: str, prompt_tokens: int
     ) -> Plan:
-        known = self.router.models
-        pool = [
-            m
-            for m in self.models.values()
-            if m.route
-            and m.mode == "chat"
-            and m.info.priced
-            and (not known or m.info.name in known)
-        ]
+        # Every priced, routable chat model is a candidate, whether the packaged router knows it
+        # or not (thrifty.gateway.routing: what it does not know, it learns).
+        pool = [m for m in self.models.values() if m.route and m.mode == "chat" and m.info.priced]
+        if not pool:
+            unpriced = [n for n, m in self.models.items() if m.route and m.mode == "chat" and not m.info.priced]
+            raise GatewayError(
+                400,
+                "No model is available for routing: "
+                + (f"{', '.join(sorted(unpriced)[:5])} ha{'s' if len(unpriced) == 1 else 've'} no known "
+                   "price (set input_cost_per_token and output_cost_per_token in the config)."
+                   if unpriced else "the config has no chat model with route = true.")
+                + " Name a model instead of a profile, or configure one.",
+                code="no_routable_model",
+                param="model",
+            )
         fitting = [m for m in pool if (m.info.context_window or 1 << 62) >= prompt_tokens]
-        if pool and not fitting:
+        if not fitting:
             biggest = max(m.info.context_window or 0 for m in pool)
             raise GatewayError(
                 400,
@@ -297,7 +305,7 @@ class Gateway:
         needs = req.needs
         if needs:  # filtered before the router decides: the choice is among capable models
             capable = [m for m in fitting if not (m.lacks and _missing(m, needs))]
-            if fitting and not capable:
+            if not capable:
                 what = " and ".join(_NEED_TEXT[n][0] for n in needs if any(n in m.lacks for m in fitting))
                 param = next(_NEED_TEXT[n][1] for n in needs if any(n in m.lacks for m in fitting))
                 raise GatewayError(
@@ -309,11 +317,11 @@ class Gateway:
                 )
             fitting = capable
         # hardening: by deployment (PolicyDenied with its reasons when policy leaves none)
-        ok = self._permitted(principal, fitting, strict=True) if fitting else {}
+        ok = self._permitted(principal, fitting, strict=True)
         if not ok:
             raise PolicyDenied(
-                "No model is left for routing once policy is applied"
-                + (" to the models that can serve this request." if needs else ".")
+                f"Policy does not allow any of the {len(fitting)} model(s) available for routing"
+                + (" that can serve this request." if needs else ".")
             )
         allowed = [m for m in fitting if m.info.name in ok]
         exp_out = req.max_tokens or self.config.expected_output_tokens
@@ -322,26 +330,21 @@ class Gateway:
             + exp_out * m.info.output_cost_per_token
             for m in allowed
         }  # type: ignore[operator]
-        try:
-            chosen, reason, scores = self.router.choose(
-                req.prompt, [m.info for m in allowed], costs, profile
-            )
-        except RoutingUnavailable as exc:
-            # Without a router, "auto" still serves: the cheapest allowed model, and says so.
-            chosen = min(costs, key=costs.__getitem__)
-            reason, scores = f"router unavailable ({exc}); cheapest allowed model", None
-        first = self.models[chosen]
+        routed = self.router.choose(req.prompt, allowed, costs, profile, principal.team_id)
+        first = self.models[routed.model]
+        scores = routed.scores
         rest = self._fallbacks(principal, first, prompt_tokens, needs)
         if not rest and scores:
-            # No configured fallbacks: the next best models by predicted quality.
+            # No configured fallbacks: the next best models by estimated quality.
             by_score = sorted(
                 (m for m in allowed if m is not first), key=lambda m: -scores.get(m.info.name, 0)
             )
             rest = by_score[:2]
         plan = self._finish_plan(
-            profile, [first] + rest, f"{profile}: {reason}", req, prompt_tokens
+            profile, [first] + rest, f"{profile}: {routed.reason}", req, prompt_tokens
         )
         plan.scores = scores
+        plan.route = routed.trace
         plan.deployments = self._permitted(principal, plan.chain)  # hardening (fallbacks too)
         return plan
 

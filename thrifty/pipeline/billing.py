@@ -16,6 +16,7 @@ from thrifty.catalog.model import ModelInfo
 from thrifty.errors import GatewayError
 from thrifty.gateway.metrics import Metrics
 from thrifty.providers.base import Usage
+from thrifty.router.learning import RouteTrace
 from thrifty.spend.api import LedgerRecord, Principal, Reservation, SpendControl
 from thrifty.spend.pricing import cost_usd
 
@@ -52,6 +53,7 @@ class Charge:
     retries: int = 0
     stream: bool = False
     scores: dict[str, float] | None = None
+    route: RouteTrace | None = None  # a learned routing decision: what learning needs of it
     cache_hit: bool = False  # answered from thrifty's cache: costs nothing, saves the original
     batch: bool = False  # a batch line
     batch_priced: bool = False  # served by a provider's batch API, at its batch prices
@@ -124,6 +126,9 @@ class Billing:
             cache_hit=c.cache_hit,
             batch=c.batch,
             scores=c.scores,
+            route_context=c.route.context if c.route is not None else None,
+            route_propensity=c.route.propensity if c.route is not None else None,
+            route_explored=c.route.explored if c.route is not None else False,
         )
         return record, cost, frontier
 

@@ -368,6 +368,7 @@ class Pipeline:
             retries=served.retries if served is not None else 0,
             stream=call.stream,
             scores=plan.scores if plan is not None else None,
+            route=plan.route if plan is not None else None,
             batch=call.batch_line,
         )
         if served is not None and served.unknown_attempts:

@@ -19,6 +19,8 @@ from starlette.responses import JSONResponse
 
 from thrifty.jsonlimits import MAX_DEPTH, deeper_than
 from thrifty.reports.tables import ensure_tables
+from thrifty.router.labels import poll_now
+from thrifty.router.labels import store as store_label
 from thrifty.spend.api import SpendError
 
 MAX_COMMENT = 2_000
@@ -85,7 +87,9 @@ def record(db: Any, request_id: str, score: float, comment: str | None, *, key_i
         " score = excluded.score, comment = excluded.comment",
         (request_id, time.time(), key_id, score, comment),
     )
-    return {"object": "feedback", "request_id": request_id, "score": score, "model": row[1]}
+    # A routed answer's rating teaches the router (thrifty.router.labels); others are kept only.
+    learned = store_label(db, request_id, "feedback", score)
+    return {"object": "feedback", "request_id": request_id, "score": score, "model": row[1], "learned": learned}
 
 
 def feedback_app(spend: Any, *, max_body_bytes: int | None = None) -> Any:
@@ -141,7 +145,10 @@ def feedback_app(spend: Any, *, max_body_bytes: int | None = None) -> Any:
                     spend.flush()  # the ledger is written in batches: the record may be in flight
                     return record(db(), rid, score, comment, key_id=principal.key_id, is_admin=is_admin)
 
-            return JSONResponse(await run_in_threadpool(store), 200)
+            result = await run_in_threadpool(store)
+            if result.get("learned"):
+                await run_in_threadpool(poll_now, spend.db_url)
+            return JSONResponse(result, 200)
         except SpendError as exc:
             return error_response(exc.status, exc.message, exc.type, exc.code, headers=exc.headers)
         except FeedbackError as exc:

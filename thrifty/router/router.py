@@ -85,12 +85,16 @@ class Router:
 
     def score(self, prompt: str) -> dict[str, float]:
         """P(good answer) for every model, for one prompt (well under a millisecond or two)."""
+        return self.score_embedded(prompt)[0]
+
+    def score_embedded(self, prompt: str) -> tuple[dict[str, float], np.ndarray]:
+        """:meth:`score` and the prompt's embedding it was computed from (learning's context)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise UsageError("prompt must be a non-empty string")
-        x = Features(self.embedder.embed_one(prompt)[None, :],
-                     np.array([prompt_features(prompt)], dtype=np.float32)[:, self._feature_cols])
+        emb = self.embedder.embed_one(prompt)
+        x = Features(emb[None, :], np.array([prompt_features(prompt)], dtype=np.float32)[:, self._feature_cols])
         row = self.predictor.predict(x)[0]
-        return {m: float(p) for m, p in zip(self.models, row)}
+        return {m: float(p) for m, p in zip(self.models, row)}, emb
 
     def score_many(self, prompts: Sequence[str], cache: bool = False) -> np.ndarray:
         return self.predictor.predict(self.features(prompts, cache=cache))

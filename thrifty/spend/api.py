@@ -131,6 +131,12 @@ class LedgerRecord:
     cache_hit: bool = False
     batch: bool = False
     scores: dict[str, float] | None = None  # the router's per-model quality predictions
+    # Learned routing (thrifty.router.learning): the prompt's context (thrifty.router.online,
+    # never its text), the probability the served model was chosen with, and whether the choice
+    # explored (differed from the best estimate).
+    route_context: str | None = None
+    route_propensity: float | None = None
+    route_explored: bool = False
 
     @classmethod
     def billed_to(cls, principal: Principal, **fields: Any) -> LedgerRecord:

@@ -32,7 +32,7 @@ COLUMNS = (
     "served_model", "provider", "route_reason", "prompt_tokens", "completion_tokens", "cached_tokens",
     "cache_write_tokens", "input_price", "output_price", "cached_price", "cost_nanos",
     "frontier_cost_nanos", "latency_ms", "status", "error_type", "retries", "stream", "cache_hit",
-    "batch", "scores",
+    "batch", "scores", "route_context", "route_propensity", "route_explored",
 )
 _INSERT = (
     f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -68,6 +68,7 @@ def _row(e: dict) -> tuple:
         e["latency_ms"], e["status"], e["error_type"], e["retries"], int(bool(e["stream"])),
         int(bool(e["cache_hit"])), int(bool(e["batch"])),
         orjson.dumps(e["scores"]).decode() if e.get("scores") is not None else None,
+        e.get("route_context"), e.get("route_propensity"), int(bool(e.get("route_explored"))),
     )
 
 

@@ -269,6 +269,22 @@ MIGRATIONS.append((6, """
         CREATE INDEX ledger_status_ts ON ledger (status, ts);
 """))
 
+# Learning from the deployment's traffic (thrifty.router.labels): each routed request's prompt
+# context and the probability its model was chosen with, in the ledger; every rating of a
+# routed answer (feedback or judge) as a label every replica loads.
+MIGRATIONS.append((7, """
+        ALTER TABLE ledger ADD COLUMN route_context TEXT;
+        ALTER TABLE ledger ADD COLUMN route_propensity DOUBLE PRECISION;
+        ALTER TABLE ledger ADD COLUMN route_explored INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE router_labels (
+            request_id TEXT NOT NULL, source TEXT NOT NULL, ts DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL, team_id TEXT, model TEXT NOT NULL,
+            score DOUBLE PRECISION NOT NULL, weight DOUBLE PRECISION NOT NULL, context TEXT NOT NULL,
+            PRIMARY KEY (request_id, source)
+        );
+        CREATE INDEX router_labels_updated ON router_labels (updated_at)
+"""))
+
 
 def migrate(db: Database) -> int:
     """Apply the migrations not applied yet; returns the schema version."""

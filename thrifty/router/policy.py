@@ -1,0 +1,164 @@
+"""The decision on learned estimates: one knob, exploration that pays for itself, logged odds.
+
+A profile trades quality for cost with a weight ``lam``: the chosen model maximises
+``quality - lam * cost / (the dearest candidate's cost)``. ``auto`` keeps about 98% of the best
+candidate's quality: its weight is the largest that keeps the mean estimated quality of the
+recent traffic's choices at 98% of the best single candidate's (:func:`weight_keeping`,
+recalibrated as estimates move). ``auto-cheap`` keeps 93%, ``auto-best`` is weight 0.
+
+Exploration is Thompson sampling: the decision is taken on one draw from each candidate's
+posterior instead of its mean, so models are tried in proportion to the chance that they are
+the right choice; a dear model must be *likely* good enough to beat the cost term, a cheap one
+is tried on less. It is bounded (:class:`ExplorationBudget`: a cap on the share of decisions
+and of expected spend that differ from the greedy choice; 0 turns it off) and always among the
+candidates the planner passed in (policy, capabilities, context window and budgets are applied
+before). Every decision carries the probability with which its model was chosen, estimated
+from the draws, so other policies can be evaluated off-line (inverse propensity weighting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DRAWS = 32  # posterior draws per decision: the choice and its logged probability
+
+
+@dataclass(frozen=True)
+class Decision:
+    index: int  # into the candidates
+    propensity: float  # P(this candidate | the policy's state), in (0, 1]
+    greedy: int  # the choice on posterior means
+    explored: bool  # index != greedy
+    probs: np.ndarray | None = None  # P(each candidate); None: the greedy choice for sure
+
+    def mixed_with_uniform(self, share: float, among: np.ndarray, n: int, rng: np.random.Generator) -> Decision:
+        """With probability ``share``, one of ``among`` (indices into the ``n`` candidates) drawn
+        uniformly instead; the logged probability is the mixture's."""
+        base = self.probs if self.probs is not None else np.eye(1, n, self.greedy)[0]
+        probs = (1.0 - share) * base
+        probs[among] += share / len(among)
+        index = int(rng.choice(among)) if rng.random() < share else self.index
+        return Decision(index, float(probs[index]), self.greedy, index != self.greedy, probs)
+
+
+def relative_costs(costs: np.ndarray) -> np.ndarray:
+    top = float(costs.max()) if costs.size else 0.0
+    return costs / top if top > 0 else np.zeros_like(costs)
+
+
+def decide(a: np.ndarray, b: np.ndarray, costs: np.ndarray, weight: float, rng: np.random.Generator,
+           explore: bool, sampled_weight: float | None = None,
+           sampled: tuple[np.ndarray, np.ndarray] | None = None, lower: np.ndarray | None = None) -> Decision:
+    """Choose among candidates with Beta(a, b) quality posteriors and expected ``costs``:
+    greedily on the means with ``weight``, or, exploring, on draws from the posteriors
+    ``sampled`` (default: ``a``, ``b``) with ``sampled_weight`` (default: ``weight``)."""
+    rel = relative_costs(costs)
+    mean = a / (a + b) if lower is None else lower
+    greedy = int(np.argmax(mean - weight * rel))
+    if not explore or len(a) < 2:
+        return Decision(greedy, 1.0, greedy, False)
+    w = weight if sampled_weight is None else sampled_weight
+    sa, sb = sampled if sampled is not None else (a, b)
+    draws = rng.beta(sa[:, None], sb[:, None], size=(len(a), DRAWS))
+    picks = np.argmax(draws - w * rel[:, None], axis=0)
+    index = int(picks[int(rng.integers(DRAWS))])
+    # The logged probability: the share of draws choosing it, smoothed away from 0 and 1.
+    probs = (np.bincount(picks, minlength=len(a)) + 0.5 / len(a)) / (DRAWS + 0.5)
+    return Decision(index, float(probs[index]), greedy, index != greedy, probs)
+
+
+_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 64)])
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A profile's weight on recent traffic: ``weight`` keeps the quality bar; with probability
+    ``mix`` a decision uses ``cheaper`` instead, the next weight down the cost scale, which
+    alone would break the bar. The mixture meets the bar exactly in expectation: the randomised
+    solution of the constrained problem, where one weight alone either overshoots the bar
+    (paying for quality nobody asked for) or breaks it."""
+
+    weight: float
+    cheaper: float
+    mix: float
+
+    def draw(self, rng: np.random.Generator) -> float:
+        return self.cheaper if self.mix > 0 and rng.random() < self.mix else self.weight
+
+
+def weight_keeping(means: np.ndarray, costs: np.ndarray, keep: float, lower: np.ndarray | None = None) -> Calibrated:
+    """The weight whose choices keep ``keep`` of the best single candidate's mean estimated
+    quality over the rows (recent requests: estimated quality and cost per candidate, NaN where
+    a model was not a candidate) at the lowest cost, mixed with the next cheaper one.
+
+    Many weights make the same choices; of those reaching the lowest cost, the one in the
+    middle (on a log scale) of their range: the decision boundary furthest from both a dearer
+    choice set and one that breaks the quality bar, so that estimation noise moves it least.
+    """
+    if keep >= 1.0 or means.size == 0:
+        return Calibrated(0.0, 0.0, 0.0)
+    q = np.where(np.isnan(means), -np.inf, means)
+    rel = np.where(np.isnan(costs), 0.0, costs)
+    rel = rel / np.maximum(rel.max(axis=1, keepdims=True), 1e-300)
+    col = np.nanmean(np.where(np.isinf(q), np.nan, q), axis=0)
+    if np.all(np.isnan(col)):
+        return Calibrated(0.0, 0.0, 0.0)
+    best = int(np.nanargmax(col))
+    # Rows where the best single model was not a candidate: that row's best candidate instead.
+    ref_rows = np.where(np.isinf(q[:, best]), q.max(axis=1), q[:, best])
+    target = keep * float(ref_rows.mean())
+    lo = q if lower is None else np.where(np.isnan(lower), -np.inf, lower)
+    picks = np.argmax(lo[None, :, :] - _GRID[:, None, None] * rel[None, :, :], axis=2)
+    kept = np.take_along_axis(np.broadcast_to(lo, (len(_GRID),) + q.shape), picks[:, :, None], axis=2)[:, :, 0]
+    spent = np.take_along_axis(np.broadcast_to(rel, (len(_GRID),) + rel.shape), picks[:, :, None], axis=2)[:, :, 0]
+    quality, cost = kept.mean(axis=1), spent.mean(axis=1)
+    ok = np.flatnonzero(quality >= target - 1e-12)
+    if not ok.size:
+        return Calibrated(0.0, 0.0, 0.0)
+    cheapest = ok[cost[ok] <= cost[ok].min() + 1e-12]
+    weight = float(_GRID[cheapest[len(cheapest) // 2]])
+    nxt = int(cheapest.max()) + 1
+    if nxt >= len(_GRID) or cost[nxt] >= cost[cheapest[0]] or quality[nxt] >= quality[cheapest[0]]:
+        return Calibrated(weight, weight, 0.0)
+    mix = (quality[cheapest[0]] - target) / (quality[cheapest[0]] - quality[nxt])
+    # The cheaper set's own range of weights: its middle, as above.
+    same = np.flatnonzero(np.isclose(cost, cost[nxt]) & np.isclose(quality, quality[nxt]))
+    same = same[same >= nxt]
+    return Calibrated(weight, float(_GRID[same[len(same) // 2]]), float(np.clip(mix, 0.0, 1.0)))
+
+
+class ExplorationBudget:
+    """Caps on exploration, as moving averages over about ``window`` decisions: the share of
+    decisions that differ from the greedy choice (``max_share``), and their extra expected
+    cost over the greedy choice as a share of what the same requests would cost on the dearest
+    candidate (``max_spend_share``: exploration uses at most that much of the savings against
+    an all-frontier deployment). A cap of 0 turns exploration off."""
+
+    def __init__(self, max_share: float = 0.3, max_spend_share: float = 0.1, window: int = 500) -> None:
+        self.max_share, self.max_spend_share = max_share, max_spend_share
+        self.alpha = 1.0 / max(1, window)
+        self.share = 0.0
+        self.frontier = 0.0  # moving average of the dearest candidate's expected cost
+        self.extra = 0.0  # moving average of exploration's extra expected cost per decision
+        self.spent_usd = 0.0  # exploration's extra expected cost, in total
+        self.decisions = 0
+        self.explored = 0
+
+    def allows(self) -> bool:
+        if self.max_share <= 0 or self.max_spend_share <= 0:
+            return False
+        return self.share < self.max_share and self.extra <= self.max_spend_share * self.frontier
+
+    def record(self, decision: Decision, costs: np.ndarray) -> float:
+        """Account one decision; returns its extra expected cost over the greedy choice."""
+        extra = max(0.0, float(costs[decision.index] - costs[decision.greedy])) if decision.explored else 0.0
+        a = self.alpha
+        self.share += a * ((1.0 if decision.explored else 0.0) - self.share)
+        self.frontier += a * (float(costs.max()) - self.frontier)
+        self.extra += a * (extra - self.extra)
+        self.spent_usd += extra
+        self.decisions += 1
+        self.explored += int(decision.explored)
+        return extra
