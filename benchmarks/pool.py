@@ -265,8 +265,9 @@ class ReplayUpstream:
 
 
 def gateway_config(base_url: str, aliases: dict[str, str], prices: dict[str, tuple[float, float]],
-                   data_dir: Path) -> str:
-    """The user's thrifty.toml: one OpenAI-compatible provider, the pool as priced models."""
+                   data_dir: Path, router: dict[str, Any] | None = None) -> str:
+    """The user's thrifty.toml: one OpenAI-compatible provider, the pool as priced models (and
+    ``[router]`` settings when a run compares them; the default run sets none)."""
     lines = [
         f'data_dir = "{data_dir}"',
         "",
@@ -282,6 +283,8 @@ def gateway_config(base_url: str, aliases: dict[str, str], prices: dict[str, tup
         a, b = prices[real]
         lines += ["", f'[models."{alias}"]', 'provider = "pool"',
                   f"input_cost_per_token = {a:.6e}", f"output_cost_per_token = {b:.6e}"]
+    if router:
+        lines += ["", "[router]"] + [f"{k} = {json.dumps(v)}" for k, v in router.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -473,7 +476,8 @@ def segment_report(pool: Pool, order: np.ndarray, policies: dict[str, tuple[np.n
 
 def run_one(pool: Pool, prices: dict[str, tuple[float, float]], seed: int, rated_share: float,
             ref: dict[str, Any], *, max_tokens: int, give_up: int, log: Any,
-            known_names: bool = False, policy: dict[str, Any] | None = None) -> dict[str, Any]:
+            known_names: bool = False, policy: dict[str, Any] | None = None,
+            router: dict[str, Any] | None = None) -> dict[str, Any]:
     """One seed, one share of rated answers: the gateway run and the baselines on its stream."""
     from thrifty.testing.server import running
 
@@ -493,7 +497,7 @@ def run_one(pool: Pool, prices: dict[str, tuple[float, float]], seed: int, rated
         work = Path(tmp)
         cfg = work / "thrifty.toml"
         cfg.write_text(gateway_config(up_url + "/v1", {a: pool.models[j] for a, j in names.items()},
-                                      prices, work / "data"))
+                                      prices, work / "data", router))
         gw = Gateway(cfg, work)
         try:
             gw.wait_ready()
@@ -678,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
                     "was trained on (with these prompts); checks the harness's served path")
     ap.add_argument("--policy", type=json.loads, default=None,
                     help="a team policy as JSON (the admin API's rules), e.g. to see a refused run reported")
+    ap.add_argument("--router", type=json.loads, default=None,
+                    help='[router] settings as JSON, e.g. \'{"caution": 0.5}\' (default: none, as a new user)')
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "pool-bench.json")
     args = ap.parse_args(argv)
     seeds = (list(range(1, int(args.seeds) + 1)) if "," not in args.seeds and args.seeds.isdigit()
@@ -698,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
             for share in shares:
                 runs.append(run_one(pool, prices, seed, share, ref, max_tokens=args.max_tokens,
                                     give_up=args.give_up, log=lambda s: print(s, flush=True),
-                                    known_names=args.known_names, policy=args.policy))
+                                    known_names=args.known_names, policy=args.policy,
+                                    router=args.router))
     rows = summarise(runs)
     print()
     for name, ref in refs.items():
@@ -711,7 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"prices_usd_per_token": {m: {"input": a, "output": b} for m, (a, b) in prices.items()},
            "pools": refs, "summary": rows, "runs": runs,
            "protocol": {"seeds": seeds, "rated": shares, "limit": args.limit, "models": args.models,
-                        "max_tokens": args.max_tokens, "known_names": args.known_names, "policy": args.policy}}
+                        "max_tokens": args.max_tokens, "known_names": args.known_names, "policy": args.policy,
+                        "router": args.router}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {args.out}")

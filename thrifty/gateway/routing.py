@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from thrifty.gateway.config import GatewayConfig, ModelConfig
-from thrifty.router.learning import AUTO, AUTO_BEST, AUTO_CHEAP, Knob, Learner, RouteTrace
+from thrifty.router.learning import (
+    AUTO,
+    AUTO_BEST,
+    AUTO_CHEAP,
+    Knob,
+    Learner,
+    RouteTrace,
+    price_prior,
+)
 from thrifty.router.online import Label, context_of, encode_context
 
 log = logging.getLogger("thrifty.gateway")
@@ -66,7 +74,7 @@ class AutoRouter:
         self.learner = Learner(
             explore_share=s.explore_max_share if s.explore else 0.0,
             explore_spend_share=s.explore_max_spend_share if s.explore else 0.0,
-            warmup=s.warmup_labels, caution=s.caution,
+            warmup=s.warmup_labels, caution=s.caution, seed=s.seed,
             label_set_options={"tau": s.kernel_width, "local_strength": s.local_strength,
                                "prior_strength": s.prior_strength})
         self._aliases = {name: (mc.hint.alias if mc.hint and mc.hint.alias else name)
@@ -170,7 +178,7 @@ class AutoRouter:
             return None, None
 
     def choose(self, prompt: str, candidates: list[ModelConfig], costs: dict[str, float],
-               profile_name: str, team_id: str | None = None) -> Routed:
+               profile_name: str, team_id: str | None = None, *, explore: bool = True) -> Routed:
         """The model for this request among ``candidates`` (already permitted and capable)."""
         names = [m.info.name for m in candidates]
         scores, context = self._score(prompt)
@@ -186,20 +194,19 @@ class AutoRouter:
             model, reason = self.router.choose(known, {n: costs[n] for n in names}, profile)
             trace = RouteTrace(encode_context(context), 1.0, False) if context is not None else None
             return Routed(model, reason, scores, trace)
-        prior = np.empty(len(names))
-        strength = np.empty(len(names))
-        level = self.learner.pool_level(scope)
+        unit = np.array([(mc.info.input_cost_per_token or 0.0) + (mc.info.output_cost_per_token or 0.0)
+                         for mc in candidates])
+        prior = price_prior(self.learner.pool_level(scope), unit, self.settings.price_prior)
+        strength = np.full(len(names), self.settings.prior_strength)
         for i, mc in enumerate(candidates):
             name = names[i]
             if name in known:
                 prior[i], strength[i] = known[name], PACKAGED_STRENGTH
             elif mc.hint is not None and mc.hint.prior_quality is not None:
                 prior[i], strength[i] = mc.hint.prior_quality, mc.hint.prior_strength
-            else:
-                prior[i], strength[i] = level, self.settings.prior_strength
         cost = np.array([costs[n] for n in names], dtype=float)
         choice = self.learner.choose(scope, context, names, prior, strength, cost, self.knob(profile_name),
-                                     explore=self.settings.explore)
+                                     explore=explore and self.settings.explore)
         i = names.index(choice.model)
         labels = int(sum(choice.labels.values()))
         reason = (f"learned from {labels} rating(s): estimated quality {choice.means[choice.model]:.2f} "

@@ -212,7 +212,8 @@ class Gateway:
                 seen.add(name)
         return self._allowed(principal, chain)
 
-    def plan_chat(self, principal: Principal, req: ChatRequest, *, endpoint: str = "chat") -> Plan:
+    def plan_chat(self, principal: Principal, req: ChatRequest, *, endpoint: str = "chat",
+                  explore: bool = True) -> Plan:
         name = req.model
         prompt_tokens = req.prompt_tokens
         profile = None
@@ -223,7 +224,7 @@ class Gateway:
         elif self.router.is_profile(name):
             profile = name
         if profile is not None:
-            return self._plan_auto(principal, req, profile, prompt_tokens)
+            return self._plan_auto(principal, req, profile, prompt_tokens, explore)
 
         mc = self.models.get(name)
         if mc is None or mc.mode != "chat":
@@ -275,7 +276,8 @@ class Gateway:
             )
 
     def _plan_auto(
-        self, principal: Principal, req: ChatRequest, profile: str, prompt_tokens: int
+        self, principal: Principal, req: ChatRequest, profile: str, prompt_tokens: int,
+        explore: bool = True,
     ) -> Plan:
         # Every priced, routable chat model is a candidate, whether the packaged router knows it
         # or not (thrifty.gateway.routing: what it does not know, it learns).
@@ -330,7 +332,7 @@ class Gateway:
             + exp_out * m.info.output_cost_per_token
             for m in allowed
         }  # type: ignore[operator]
-        routed = self.router.choose(req.prompt, allowed, costs, profile, principal.team_id)
+        routed = self.router.choose(req.prompt, allowed, costs, profile, principal.team_id, explore=explore)
         first = self.models[routed.model]
         scores = routed.scores
         rest = self._fallbacks(principal, first, prompt_tokens, needs)

@@ -33,6 +33,7 @@ from thrifty.pipeline.billing import Billed, Billing, Charge
 from thrifty.pipeline.call import Call
 from thrifty.pipeline.stream import AnswerStream, completion_of, from_body
 from thrifty.providers.base import UpstreamError, Usage
+from thrifty.spend.api import BudgetExceeded
 
 if TYPE_CHECKING:
     from thrifty.gateway.service import Gateway
@@ -173,7 +174,18 @@ class Pipeline:
         req = call.chat
         assert req is not None
         call.plan = self.gw.plan_chat(call.principal, req)
-        call.reservation = await self.gw.spend.admit(
+        try:
+            call.reservation = await self._admit(call)
+        except BudgetExceeded:
+            if call.plan.route is None or not call.plan.route.explored:
+                raise
+            # Exploration never costs a caller a refusal: the best estimate instead, if it fits.
+            call.plan = self.gw.plan_chat(call.principal, req, explore=False)
+            call.reservation = await self._admit(call)
+
+    async def _admit(self, call: Call) -> Any:
+        assert call.plan is not None
+        return await self.gw.spend.admit(
             call.principal,
             call.plan.chain[0].info,
             prompt_tokens=call.plan.prompt_tokens,

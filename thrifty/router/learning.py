@@ -75,21 +75,24 @@ class _Recent:
     columns: dict[str, int] = field(default_factory=dict)
     means: np.ndarray = field(default_factory=lambda: np.full((RECENT, 0), np.nan))
     lower: np.ndarray = field(default_factory=lambda: np.full((RECENT, 0), np.nan))
+    upper: np.ndarray = field(default_factory=lambda: np.full((RECENT, 0), np.nan))
     costs: np.ndarray = field(default_factory=lambda: np.full((RECENT, 0), np.nan))
     rows: int = 0
     since: int = RECALIBRATE_EVERY
     weights: dict[float, tuple[Calibrated, Calibrated, dict[str, float]]] = field(default_factory=dict)
 
-    def add(self, models: Sequence[str], means: np.ndarray, lower: np.ndarray, costs: np.ndarray) -> None:
+    def add(self, models: Sequence[str], means: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+            costs: np.ndarray) -> None:
         for m in models:
             if m not in self.columns:
                 self.columns[m] = len(self.columns)
                 empty = np.full((RECENT, 1), np.nan)
-                self.means, self.lower, self.costs = (np.hstack([x, empty]) for x in (self.means, self.lower, self.costs))
+                self.means, self.lower, self.upper, self.costs = (
+                    np.hstack([x, empty]) for x in (self.means, self.lower, self.upper, self.costs))
         r = self.rows % RECENT
-        self.means[r], self.lower[r], self.costs[r] = np.nan, np.nan, np.nan
+        self.means[r], self.lower[r], self.upper[r], self.costs[r] = np.nan, np.nan, np.nan, np.nan
         cols = [self.columns[m] for m in models]
-        self.means[r, cols], self.lower[r, cols], self.costs[r, cols] = means, lower, costs
+        self.means[r, cols], self.lower[r, cols], self.upper[r, cols], self.costs[r, cols] = means, lower, upper, costs
         self.rows += 1
         self.since += 1
 
@@ -107,7 +110,7 @@ class _Recent:
         got = self.weights.get(keep)
         if got is None:
             n = min(self.rows, RECENT)
-            means, lower, costs = self.means[:n], self.lower[:n], self.costs[:n]
+            means, lower, upper, costs = self.means[:n], self.lower[:n], self.upper[:n], self.costs[:n]
             names = list(self.columns)
             p = np.array([prior.get(m, (0.5, 2.0))[0] for m in names])
             k0 = np.array([prior.get(m, (0.5, 2.0))[1] for m in names])
@@ -115,7 +118,7 @@ class _Recent:
             drawn = rng.beta(est.overall_a, est.overall_b)
             shift = drawn - est.overall_a / (est.overall_a + est.overall_b)
             got = self.weights[keep] = (
-                weight_keeping(means, costs, keep, lower),
+                weight_keeping(means, costs, keep, lower, upper),
                 weight_keeping(np.clip(means + shift, 0.0, 1.0), costs, keep),
                 dict(zip(names, drawn.tolist())))
         return got
@@ -171,9 +174,10 @@ class Learner:
         with self._lock:
             est = self.labels(scope).estimate(context, models, prior, prior_strength)
             means = est.mean
-            lower = means - self.caution * np.sqrt(means * (1.0 - means) / (est.a + est.b + 1.0))
+            sd = np.sqrt(means * (1.0 - means) / (est.a + est.b + 1.0))
+            lower, upper = means - self.caution * sd, means + self.caution * sd
             recent = self._recent.setdefault(scope, _Recent())
-            recent.add(models, means, lower, costs)
+            recent.add(models, means, lower, upper, costs)
             for m, p, k in zip(models, prior, prior_strength):
                 self._prior[m] = (float(p), float(k))
             budget = self.budget(scope)
@@ -207,6 +211,20 @@ class Learner:
         return Choice(models[d.index], d.propensity, d.explored, weight,
                       {m: float(q) for m, q in zip(models, means)},
                       {m: float(n) for m, n in zip(models, est.labels)}, extra)
+
+
+def price_prior(level: float, prices: np.ndarray, slope: float) -> np.ndarray:
+    """Priors for models nobody has rated: the pool's level, tilted by price. Across models on
+    the market, a dearer model is more often the better one; knowing nothing else, that is the
+    safer bet for a quality bar (a cheap model must then earn its traffic with ratings, rather
+    than a dear one having to be found by chance). ``slope`` is the quality per standard
+    deviation of log price (0: flat)."""
+    if slope <= 0 or len(prices) < 2:
+        return np.full(len(prices), level)
+    lp = np.log(np.maximum(prices, 1e-15))
+    spread = float(lp.std())
+    z = (lp - lp.mean()) / spread if spread > 0 else np.zeros_like(lp)
+    return np.clip(level + slope * z, 0.02, 0.98)
 
 
 def _decide_target(a: np.ndarray, b: np.ndarray, costs: np.ndarray, target: float, rng: np.random.Generator,

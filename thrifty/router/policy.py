@@ -88,26 +88,34 @@ class Calibrated:
         return self.cheaper if self.mix > 0 and rng.random() < self.mix else self.weight
 
 
-def weight_keeping(means: np.ndarray, costs: np.ndarray, keep: float, lower: np.ndarray | None = None) -> Calibrated:
+def weight_keeping(means: np.ndarray, costs: np.ndarray, keep: float, lower: np.ndarray | None = None,
+                   upper: np.ndarray | None = None) -> Calibrated:
     """The weight whose choices keep ``keep`` of the best single candidate's mean estimated
     quality over the rows (recent requests: estimated quality and cost per candidate, NaN where
     a model was not a candidate) at the lowest cost, mixed with the next cheaper one.
 
-    Many weights make the same choices; of those reaching the lowest cost, the one in the
-    middle (on a log scale) of their range: the decision boundary furthest from both a dearer
-    choice set and one that breaks the quality bar, so that estimation noise moves it least.
+    With ``lower`` and ``upper`` bounds, cautiously: what the choices keep is counted at their
+    lower bounds and the bar is set by the best candidate's upper bound. Both bounds tighten
+    with ratings, so the caution fades where the evidence is: a cheap model earns traffic by
+    being rated, and a dear model rated unluckily early cannot lower the bar for good (the bar
+    stays up until the dear model's own ratings, which its traffic then brings, settle it).
+
+    Many weights make the same choices; of those reaching the lowest cost, the middle of their
+    range: a decision boundary away from both a dearer choice set and one that breaks the
+    quality bar, so that estimation noise moves it least.
     """
     if keep >= 1.0 or means.size == 0:
         return Calibrated(0.0, 0.0, 0.0)
     q = np.where(np.isnan(means), -np.inf, means)
     rel = np.where(np.isnan(costs), 0.0, costs)
     rel = rel / np.maximum(rel.max(axis=1, keepdims=True), 1e-300)
-    col = np.nanmean(np.where(np.isinf(q), np.nan, q), axis=0)
+    hi = q if upper is None else np.where(np.isnan(upper), -np.inf, upper)
+    col = np.nanmean(np.where(np.isinf(hi), np.nan, hi), axis=0)
     if np.all(np.isnan(col)):
         return Calibrated(0.0, 0.0, 0.0)
     best = int(np.nanargmax(col))
     # Rows where the best single model was not a candidate: that row's best candidate instead.
-    ref_rows = np.where(np.isinf(q[:, best]), q.max(axis=1), q[:, best])
+    ref_rows = np.where(np.isinf(hi[:, best]), hi.max(axis=1), hi[:, best])
     target = keep * float(ref_rows.mean())
     lo = q if lower is None else np.where(np.isnan(lower), -np.inf, lower)
     picks = np.argmax(lo[None, :, :] - _GRID[:, None, None] * rel[None, :, :], axis=2)
@@ -118,7 +126,7 @@ def weight_keeping(means: np.ndarray, costs: np.ndarray, keep: float, lower: np.
     if not ok.size:
         return Calibrated(0.0, 0.0, 0.0)
     cheapest = ok[cost[ok] <= cost[ok].min() + 1e-12]
-    weight = float(_GRID[cheapest[len(cheapest) // 2]])
+    weight = _middle(cheapest)
     nxt = int(cheapest.max()) + 1
     if nxt >= len(_GRID) or cost[nxt] >= cost[cheapest[0]] or quality[nxt] >= quality[cheapest[0]]:
         return Calibrated(weight, weight, 0.0)
@@ -126,7 +134,12 @@ def weight_keeping(means: np.ndarray, costs: np.ndarray, keep: float, lower: np.
     # The cheaper set's own range of weights: its middle, as above.
     same = np.flatnonzero(np.isclose(cost, cost[nxt]) & np.isclose(quality, quality[nxt]))
     same = same[same >= nxt]
-    return Calibrated(weight, float(_GRID[same[len(same) // 2]]), float(np.clip(mix, 0.0, 1.0)))
+    return Calibrated(weight, _middle(same), float(np.clip(mix, 0.0, 1.0)))
+
+
+def _middle(indices: np.ndarray) -> float:
+    """The middle of the range of grid weights at ``indices`` (a contiguous run of them)."""
+    return float((_GRID[indices.min()] + _GRID[indices.max()]) / 2.0)
 
 
 class ExplorationBudget:

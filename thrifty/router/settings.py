@@ -9,8 +9,10 @@
     explore_max_share = 0.1      # at most this share of decisions explore ...
     explore_max_spend_share = 0.1  # ... and their extra cost <= this share of the all-frontier cost
     warmup_labels = 30           # labels each model gets before warm-up stops trying it
-    caution = 1.0                # standard deviations a cheaper model's estimate is discounted by
+    caution = 1.0                # standard deviations a model's estimate is discounted by
+    price_prior = 0.05           # unrated models: prior quality + this x (log price, standardised)
     sync_s = 1.0                 # how often a replica loads labels other replicas stored
+    seed = 7                     # optional: reproducible exploration draws (default: fresh each start)
 
     [judge]
     model = "gpt-4o-mini"        # any configured chat model; no [judge]: no judge
@@ -50,6 +52,8 @@ class RouterSettings:
     kernel_width: float = 0.5
     local_strength: float = 4.0
     prior_strength: float = 2.0
+    price_prior: float = 0.05  # prior quality per standard deviation of log price (unrated models)
+    seed: int | None = None  # exploration's random draws (None: fresh each start); for reproducible runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +111,17 @@ def parse_router(doc: Mapping[str, Any]) -> RouterSettings:
         kernel_width=_number("router", r, "kernel_width", d.kernel_width, 1e-3, 10),
         local_strength=_number("router", r, "local_strength", d.local_strength, 0.1, 1e6),
         prior_strength=_number("router", r, "prior_strength", d.prior_strength, 0.1, 1e6),
+        price_prior=_number("router", r, "price_prior", d.price_prior, 0, 1),
+        seed=_seed(r.get("seed")),
     )
+
+
+def _seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"router.seed must be a non-negative integer, got {value!r}")
+    return value
 
 
 def parse_judge(doc: Mapping[str, Any], models: Mapping[str, Any]) -> JudgeSettings | None:
