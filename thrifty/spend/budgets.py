@@ -1,6 +1,6 @@
 """Budget holds: reserve the most a request can cost, settle to what it did cost.
 
-Two engines with one rule (spent + held + this request <= limit, else refuse):
+Three engines with one rule (spent + held + this request <= limit, else refuse):
 
 * :class:`MemoryBudgets` (SQLite, one gateway process): counters in memory,
   exact because the event loop runs each check-and-hold without a break.
@@ -12,6 +12,9 @@ Two engines with one rule (spent + held + this request <= limit, else refuse):
   (admits for the same budgets that arrive meanwhile go in the next call). The ledger batcher turns a hold into spend in one
   transaction (insert record, add to counter, delete hold), so a check never
   sees a request twice or not at all. Holds of a crashed process expire.
+* :class:`SqliteBudgets` (SQLite, the worker processes of ``thrifty serve --workers N``): the
+  same rows and the same ledger batch as PostgreSQL, each check-and-hold one ``BEGIN
+  IMMEDIATE`` transaction, so SQLite's single writer lock orders the workers' holds.
 """
 
 from __future__ import annotations
@@ -104,6 +107,67 @@ class MemoryBudgets:
             key = (budget.id, start)
             self._held[key] -= hold.amount
             self._spent[key] = self._spent_of(key) + actual
+
+    async def close(self) -> None:
+        return None
+
+
+class SqliteBudgets:
+    """Holds as ``reservations`` rows in the SQLite file, shared by the processes using it.
+
+    Each check-and-hold is one short write transaction on this process's connection, run on
+    the event loop (it blocks it for the transaction, a few tens of microseconds when no other
+    process is writing): spent is ``budget_spend``, held is the unexpired holds, the limit is
+    the ``budgets`` row as it is now. The ledger batch releases a hold in the transaction that
+    adds the request's cost to ``budget_spend`` (``release_reservations``), as on PostgreSQL.
+    """
+
+    def __init__(self, db: Database, owner: str, *, hold_ttl: float = 3600.0) -> None:
+        self._db = db
+        self._owner = owner
+        self._ttl = hold_ttl
+
+    async def reserve(self, hold: Hold, ttl: float | None = None) -> None:
+        """``ttl``: how long the hold counts if never settled (default: ``hold_ttl``)."""
+        self._take(hold, ttl, check=True)
+
+    async def force(self, hold: Hold, ttl: float | None = None) -> None:
+        """Take the hold without the limit check (money already committed upstream)."""
+        self._take(hold, ttl, check=False)
+
+    def _take(self, hold: Hold, ttl: float | None, *, check: bool) -> None:
+        if not hold.charges:
+            return
+        now = time.time()
+        expires = now + (self._ttl if ttl is None else ttl)
+        db = self._db
+        with db.transaction():
+            rows = []
+            for budget, start in hold.charges:
+                limit = db.one("SELECT limit_nanos FROM budgets WHERE id = ?", (budget.id,))
+                if limit is None:
+                    continue  # deleted meanwhile: nothing to hold
+                if check:
+                    spent = db.one("SELECT spent_nanos FROM budget_spend WHERE budget_id = ? AND period_start = ?",
+                                   (budget.id, start))
+                    held = db.one("SELECT COALESCE(SUM(amount_nanos), 0) FROM reservations"
+                                  " WHERE budget_id = ? AND period_start = ? AND expires_at > ?",
+                                  (budget.id, start, now))
+                    spent_n, held_n = int(spent[0]) if spent else 0, int(held[0])
+                    if spent_n + held_n + hold.amount > int(limit[0]):
+                        if budget.limit_nanos != int(limit[0]):
+                            budget = _with_limit(budget, int(limit[0]))
+                        raise refuse(budget, spent_n, held_n, hold.amount, hold.ends.get(budget.id))
+                rows.append((hold.id, budget.id, start, hold.amount, self._owner, expires))
+            db.executemany(
+                "INSERT INTO reservations (id, budget_id, period_start, amount_nanos, owner, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id, budget_id)"
+                " DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at",
+                rows,
+            )
+
+    def settle(self, hold: Hold, actual: int) -> None:
+        """Nothing to do now: the ledger batch that records the request releases its hold."""
 
     async def close(self) -> None:
         return None
