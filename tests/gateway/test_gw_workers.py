@@ -1,0 +1,105 @@
+"""``thrifty serve --workers 2`` as a real process: budgets hold across its workers under
+concurrency (SQLite and PostgreSQL), both workers serve, and ``/metrics`` on either one counts
+every worker's requests."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import time
+
+import httpx
+import orjson
+import pytest
+from prom_text import promtool_ok, samples, total, value
+
+from thrifty.spend import store
+from thrifty.spend.db import Database
+from thrifty.spend.money import usd_to_nanos
+from thrifty.spend.schema import migrate
+from thrifty.testing.fake_upstream import FakeUpstream
+from thrifty.testing.loadtest import PRICE, Gateway, fire, write_config
+
+BODY = {"model": "m-ok", "max_tokens": 20, "messages": [{"role": "user", "content": "hello there"}]}
+BUDGET = "0.01"  # each answer costs $0.00003 (12 prompt + 9 completion tokens): 333 fit
+REQUESTS = 1000  # ~500 per worker: either alone could spend the whole budget
+CONCURRENCY = 200
+
+
+@pytest.fixture
+def fake():
+    with FakeUpstream("ok") as f:
+        yield f
+
+
+def _key(db_url: str) -> str:
+    db = Database(db_url)
+    migrate(db)
+    store.create_team(db, "eng")
+    _rec, secret = store.create_key(db, team_id="eng")
+    store.set_budget(db, "team", "eng", amount_usd=BUDGET, period="daily")
+    db.close()
+    return secret
+
+
+def _wait_workers(metrics_dir: pathlib.Path, n: int) -> None:
+    """Until each of the ``n`` workers has started (written its metrics file)."""
+    deadline = time.monotonic() + 60
+    while len(list(metrics_dir.glob("*.json"))) < n:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_workers_never_overshoot_a_budget(tmp_path, fake, backend, request):
+    data = tmp_path / "data"
+    data.mkdir()
+    db_url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{data / 'spend.db'}"
+    secret = _key(db_url)
+    config = write_config(tmp_path / "gw.toml", data_dir=data, upstreams={"ok": fake.base_url},
+                          models={"m-ok": {"provider": "ok", **PRICE, "route": False}},
+                          spend={"database_url": db_url})
+    metrics_dir = tmp_path / "metrics"
+    with Gateway(config, tmp_path / "gw.log", workers=2, env={"THRIFTY_METRICS_DIR": str(metrics_dir)}) as gw:
+        _wait_workers(metrics_dir, 2)
+        replies = asyncio.run(fire([gw.url], secret, REQUESTS, BODY, concurrency=CONCURRENCY))
+        time.sleep(1.5)  # every worker has written its counts since
+        text = httpx.get(gw.url + "/metrics", timeout=10).text
+        per_worker = [orjson.loads(p.read_bytes()) for p in sorted(metrics_dir.glob("*.json"))]
+    ok = [r for r in replies if r.status_code == 200]
+    refused = [r for r in replies if r.status_code != 200]
+    assert ok and refused, (len(ok), len(refused))
+    assert all(r.status_code == 429 and r.json()["error"]["type"] == "budget_exceeded" for r in refused)
+
+    db = Database(db_url)
+    served_nanos, served_rows = db.one("SELECT COALESCE(SUM(cost_nanos), 0), COUNT(*) FROM ledger WHERE status = 200")
+    rows = db.one("SELECT COUNT(*) FROM ledger")[0]
+    spent = db.one("SELECT COALESCE(SUM(spent_nanos), 0) FROM budget_spend")[0]
+    held = db.one("SELECT COUNT(*) FROM reservations")[0]
+    db.close()
+    reported = sum(usd_to_nanos(r.headers["x-thrifty-cost-usd"]) for r in ok)
+    # upstream served == ledger == budget counter <= budget; every request is in the ledger
+    assert fake.hits == len(ok) == served_rows
+    assert int(served_nanos) == reported == int(spent) <= usd_to_nanos(BUDGET)
+    assert rows == REQUESTS and held == 0
+
+    # Both workers served, and the scraped one reports the sum of both.
+    assert len(per_worker) == 2
+    counts = [sum(row[-1] for row in state["thrifty_requests_total"]) for state in per_worker]
+    assert all(n > 0 for n in counts) and sum(counts) == REQUESTS, counts
+    got = samples(text)
+    assert total(got, "thrifty_requests_total") == REQUESTS
+    assert value(got, "thrifty_requests_total", endpoint="chat.completions", model="m-ok", status="200") == len(ok)
+    assert value(got, "thrifty_rejections_total", reason="budget") == len(refused)
+    assert value(got, "thrifty_upstream_latency_seconds_count", model="m-ok") == len(ok)
+    promtool_ok(text)
+
+
+def test_workers_refuse_a_single_process_gateway_on_the_same_sqlite_file(tmp_path, fake):
+    """Budgets held in one process's memory and budgets held in the file must not mix."""
+    data = tmp_path / "data"
+    config = write_config(tmp_path / "gw.toml", data_dir=data, upstreams={"ok": fake.base_url},
+                          models={"m-ok": {"provider": "ok", **PRICE, "route": False}}, spend={})
+    with Gateway(config, tmp_path / "a.log", workers=2), pytest.raises(RuntimeError, match="exited"):
+        Gateway(config, tmp_path / "b.log")
+    assert "thrifty serve --workers N" in (tmp_path / "b.log").read_text()
