@@ -82,7 +82,7 @@ class DbSpendControl:
         self._snapshot = load_snapshot(self.db)
         self.pool = AsyncPgPool(db_url) if self.postgres else None
         if not self.postgres and shared:
-            self._shared_db = Database(db_url)  # the event loop's: holds and rate windows
+            self._shared_db = Database(db_url, queue_writes=True)  # holds and rate windows
         self.limiter: MemoryRateLimiter | PostgresRateLimiter | SqliteRateLimiter
         if self.pool is not None:
             self.limiter = PostgresRateLimiter(self.pool)
@@ -93,6 +93,7 @@ class DbSpendControl:
         self._periods: dict[str, tuple[BudgetEntry, int, float | None]] = {}  # budget id -> current period
         self.writer = LedgerWriter(
             db_url, journal_dir, release_reservations=in_db, interval=flush_interval,
+            queue_writes=self._shared_db is not None,
             on_flush=lambda db, added: check_thresholds(db, lambda: self._snapshot, added),
         )
         self.budgets: MemoryBudgets | PostgresBudgets | SqliteBudgets

@@ -15,6 +15,7 @@ worker processes of ``thrifty serve --workers N`` sharing a SQLite file.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any, NamedTuple
 
@@ -95,8 +96,9 @@ class MemoryRateLimiter:
 
 
 class SqliteRateLimiter:
-    """The windows as ``rate_windows`` rows of the shared SQLite file; completion tokens reach
-    them with the ledger batch (``rate_tokens``), as on PostgreSQL."""
+    """The windows as ``rate_windows`` rows of the shared SQLite file, checked and counted in one
+    write transaction in a worker thread; completion tokens reach them with the ledger batch
+    (``rate_tokens``), as on PostgreSQL."""
 
     shared = True
 
@@ -107,8 +109,10 @@ class SqliteRateLimiter:
         for check in checks:
             if check.amount > check.limit:
                 raise too_many(check, None)
-        if not checks:
-            return
+        if checks:
+            await asyncio.to_thread(self._take, checks, now)
+
+    def _take(self, checks: list[Check], now: float) -> None:
         minute = int(now // 60)
         db = self._db
         with db.transaction():
