@@ -103,3 +103,58 @@ def test_workers_refuse_a_single_process_gateway_on_the_same_sqlite_file(tmp_pat
     with Gateway(config, tmp_path / "a.log", workers=2), pytest.raises(RuntimeError, match="exited"):
         Gateway(config, tmp_path / "b.log")
     assert "thrifty serve --workers N" in (tmp_path / "b.log").read_text()
+
+
+def test_a_worker_killed_under_load_is_replaced_and_its_completed_requests_are_billed(tmp_path, fake):
+    """kill -9 of one worker mid-load: the supervisor starts another, which replays the dead
+    worker's journal and releases its holds; the other worker serves on meanwhile."""
+    import os
+    import signal
+
+    data = tmp_path / "data"
+    data.mkdir()
+    db_url = f"sqlite:///{data / 'spend.db'}"
+    secret = _key(db_url)  # $0.01: room for ~330 answers, fewer than this load sends
+    config = write_config(tmp_path / "gw.toml", data_dir=data, upstreams={"ok": fake.base_url},
+                          models={"m-ok": {"provider": "ok", **PRICE, "route": False}},
+                          spend={"database_url": db_url})
+    metrics_dir = tmp_path / "metrics"
+    seen: dict[str, int] = {}
+    with Gateway(config, tmp_path / "gw.log", workers=2, env={"THRIFTY_METRICS_DIR": str(metrics_dir)}) as gw:
+        _wait_workers(metrics_dir, 2)
+        victim = int(min(metrics_dir.glob("*.json")).stem)
+
+        async def load() -> None:
+            async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=32)) as client:
+                stop = asyncio.Event()
+
+                async def one_client() -> None:
+                    while not stop.is_set():
+                        try:
+                            r = await client.post(gw.url + "/v1/chat/completions", json=BODY,
+                                                  headers={"authorization": f"Bearer {secret}"})
+                        except httpx.HTTPError:
+                            continue  # its connection was on the killed worker
+                        if r.status_code == 200:
+                            seen[r.headers["x-request-id"]] = usd_to_nanos(r.headers["x-thrifty-cost-usd"])
+
+                tasks = [asyncio.create_task(one_client()) for _ in range(32)]
+                await asyncio.sleep(0.5)
+                os.kill(victim, signal.SIGKILL)
+                await asyncio.sleep(1.0)
+                stop.set()
+                await asyncio.gather(*tasks)
+
+        asyncio.run(load())
+        _wait_workers(metrics_dir, 3)  # the replacement has started (and replayed the journal)
+        assert httpx.get(gw.url + "/healthz").status_code == 200
+    db = Database(db_url)
+    ids = {row[0]: int(row[1]) for row in db.all("SELECT request_id, cost_nanos FROM ledger")}
+    spent = int(db.one("SELECT COALESCE(SUM(spent_nanos), 0) FROM budget_spend")[0])
+    total_cost = int(db.one("SELECT COALESCE(SUM(cost_nanos), 0) FROM ledger")[0])
+    held = int(db.one("SELECT COUNT(*) FROM reservations")[0])
+    db.close()
+    assert seen and not set(seen) - set(ids), "completed requests missing from the ledger"
+    assert all(ids[k] == v for k, v in seen.items())
+    assert spent == total_cost <= usd_to_nanos(BUDGET)
+    assert held == 0
