@@ -327,7 +327,9 @@ class GatewayApp:
                     "refused %s %s from %s: %s", scope["method"], scope["path"], client[0], exc.code
                 )
             self.metrics.observe(endpoint, "-", exc.status, 0.0)
-            self.metrics.rejections.inc((rejection_reason(exc.status, exc.type) or "auth",))
+            reason = rejection_reason(exc.status, exc.type)
+            if reason is not None:
+                self.metrics.rejections.inc((reason,))
             await self._error(send, fmt, exc, None)
             return None
         call = Call(endpoint, principal)
