@@ -158,3 +158,30 @@ def test_a_worker_killed_under_load_is_replaced_and_its_completed_requests_are_b
     assert all(ids[k] == v for k, v in seen.items())
     assert spent == total_cost <= usd_to_nanos(BUDGET)
     assert held == 0
+
+
+def test_a_rate_limit_holds_across_workers(tmp_path, fake):
+    data = tmp_path / "data"
+    data.mkdir()
+    db_url = f"sqlite:///{data / 'spend.db'}"
+    db = Database(db_url)
+    migrate(db)
+    store.create_team(db, "eng")
+    _rec, secret = store.create_key(db, team_id="eng", rpm=10)
+    db.close()
+    config = write_config(tmp_path / "gw.toml", data_dir=data, upstreams={"ok": fake.base_url},
+                          models={"m-ok": {"provider": "ok", **PRICE, "route": False}},
+                          spend={"database_url": db_url})
+    metrics_dir = tmp_path / "metrics"
+    with Gateway(config, tmp_path / "gw.log", workers=2, env={"THRIFTY_METRICS_DIR": str(metrics_dir)}) as gw:
+        _wait_workers(metrics_dir, 2)
+        replies = asyncio.run(fire([gw.url], secret, 80, BODY, concurrency=40))
+        time.sleep(1.5)
+        got = samples(httpx.get(gw.url + "/metrics", timeout=10).text)
+        per_worker = [orjson.loads(p.read_bytes()) for p in metrics_dir.glob("*.json")]
+    ok = [r for r in replies if r.status_code == 200]
+    limited = [r for r in replies if r.status_code == 429]
+    assert len(ok) == fake.hits == 10 and len(limited) == 70  # one limit of 10 a minute, not 10 per worker
+    assert all(r.json()["error"]["type"] == "rate_limit_error" for r in limited)
+    assert all(sum(row[-1] for row in s["thrifty_requests_total"]) > 0 for s in per_worker)
+    assert value(got, "thrifty_rejections_total", reason="rate_limit") == 70
