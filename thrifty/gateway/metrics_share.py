@@ -3,9 +3,10 @@
 Each worker keeps its counts in memory (:class:`~thrifty.gateway.metrics.Metrics`: recording
 stays a dict update) and writes them to ``<dir>/<pid>.json`` about once a second, off the
 request path, replacing the file atomically. A scrape sums the scraped worker's live counts
-with every other worker's file: another worker's counts are at most ``interval`` old. Files of workers that died stay, so counters never go backwards while the
-server runs (prometheus_client's multiprocess mode does the same); ``thrifty serve`` starts
-each run with an empty directory.
+with every other worker's file: another worker's counts are at most ``interval`` old. Files of
+workers that died stay, so counters never go backwards while the server runs
+(prometheus_client's multiprocess mode does the same); ``thrifty serve`` starts each run with
+an empty directory.
 """
 
 from __future__ import annotations
