@@ -185,3 +185,51 @@ def test_a_rate_limit_holds_across_workers(tmp_path, fake):
     assert all(r.json()["error"]["type"] == "rate_limit_error" for r in limited)
     assert all(sum(row[-1] for row in s["thrifty_requests_total"]) > 0 for s in per_worker)
     assert value(got, "thrifty_rejections_total", reason="rate_limit") == 70
+
+
+def test_every_worker_serves_a_changed_router(tmp_path):
+    """A profile calibrated into the router directory while 2 workers run: each worker reloads
+    it on its own (router_reload_s), so every request for it is served, by both workers."""
+    import shutil
+    import subprocess
+    import sys
+
+    from thrifty.gateway.config import default_document
+    from thrifty.gateway.litellm_import import to_toml
+    from thrifty.providers.replay_records import read_packaged
+    from thrifty.router import default_router_path
+    from thrifty.testing.loadtest import ADMIN_KEY
+
+    router_dir = tmp_path / "router"
+    shutil.copytree(default_router_path(), router_dir)
+    doc = {"data_dir": str(tmp_path / "data"), "router_path": str(router_dir), "router_reload_s": 0.2,
+           **default_document({})}
+    config = tmp_path / "gw.toml"
+    config.write_text(to_toml(doc))
+    prompts = list(dict.fromkeys(r.prompt for r in read_packaged()))[:20]
+    body = {"model": "live-profile", "messages": [{"role": "user", "content": prompts[0]}]}
+    metrics_dir = tmp_path / "metrics"
+    with Gateway(config, tmp_path / "gw.log", workers=2, env={"THRIFTY_METRICS_DIR": str(metrics_dir)}) as gw:
+        _wait_workers(metrics_dir, 2)
+        before = asyncio.run(fire([gw.url], ADMIN_KEY, 20, body, concurrency=20))
+        assert {r.status_code for r in before} == {404}
+        (tmp_path / "prompts.jsonl").write_text("".join(orjson.dumps({"id": i, "prompt": p}).decode() + "\n"
+                                                        for i, p in enumerate(prompts)))
+        done = subprocess.run(
+            [sys.executable, "-m", "thrifty.cli", "router", "calibrate", "--router", str(router_dir),
+             "--input", str(tmp_path / "prompts.jsonl"), "--name", "live-profile", "--share", "0.5"],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        time.sleep(1.5)  # > router_reload_s, and every worker has written its counts since
+        served_before = [_served(p) for p in sorted(metrics_dir.glob("*.json"))]
+        after = asyncio.run(fire([gw.url], ADMIN_KEY, 40, body, concurrency=40))
+        time.sleep(1.5)
+        served_after = [_served(p) for p in sorted(metrics_dir.glob("*.json"))]
+    assert {r.status_code for r in after} == {200}
+    assert served_before == [0, 0] and all(n > 0 for n in served_after) and sum(served_after) == 40
+
+
+def _served(path: pathlib.Path) -> int:
+    """A worker's answered chat completions, from its metrics file."""
+    rows = orjson.loads(path.read_bytes())["thrifty_requests_total"]
+    return sum(r[-1] for r in rows if r[0] == "chat.completions" and r[2] == "200")
