@@ -2,6 +2,7 @@
 model, thrifty with ``auto``, thrifty streaming, and LiteLLM's proxy (1.106.2, in a throwaway venv).
 
     python -m benchmarks gateway [--duration 8] [--connections 64] [--no-litellm] [--profile]
+                                 [--workers N [--workers-only]]
 
 Everything runs on loopback: a fast fake OpenAI-compatible upstream (raw asyncio + httptools,
 far faster than any gateway), the gateway under test as its own process pinned to one core,
@@ -9,6 +10,10 @@ and wrk (Debian's, installed here if missing) pinned to the other core. thrifty 
 spend control on (an API key, a team budget, the SQLite ledger). For each target: requests/s,
 p50/p99 latency at 1 connection and at N connections, added p50 over direct, and the gateway's
 CPU time per request (from /proc, user+system, divided by the requests served).
+
+``--workers N`` adds ``thrifty serve --workers N`` against ``--workers 1`` side by side, both
+free to use every core (wrk and the upstream share them: on a 2-core machine that is the
+ceiling), CPU summed over the gateway's process tree; ``--workers-only`` runs just that.
 """
 
 from __future__ import annotations
@@ -66,6 +71,26 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` and every live descendant (the workers of ``--workers N``)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            continue
+        todo.extend(children.get(p, ()))
+    return total
 
 
 def free_port() -> int:
@@ -176,8 +201,11 @@ def wrk(
     target_pid: int | None,
     tmp: Path,
     vary: bool = False,
+    tree: bool = False,
 ) -> Load:
-    """``vary``: every request gets a distinct prompt (so no cache of the router can help)."""
+    """``vary``: every request gets a distinct prompt (so no cache of the router can help);
+    ``tree``: the target's CPU includes its child processes'."""
+    cpu_of = tree_cpu_seconds if tree else cpu_seconds
     script = tmp / "post.lua"
     lua_headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
     lua = (
@@ -192,7 +220,7 @@ def wrk(
             "  return wrk.format(nil, nil, nil, head .. ' (variant ' .. n .. ')' .. tail)\nend\n"
         )
     script.write_text(lua)
-    before = cpu_seconds(target_pid) if target_pid else 0.0
+    before = cpu_of(target_pid) if target_pid else 0.0
     out = subprocess.run(
         pinned(
             [
@@ -213,7 +241,7 @@ def wrk(
         text=True,
         check=True,
     ).stdout
-    cpu = cpu_seconds(target_pid) - before if target_pid else None
+    cpu = cpu_of(target_pid) - before if target_pid else None
     runs = sorted(tmp.glob("wrk-*.txt"))
     (tmp / f"wrk-{len(runs):03d}.txt").write_text(
         f"{url} c={connections}\n{out}"
@@ -402,6 +430,11 @@ def run(args: argparse.Namespace) -> int:
         measure("direct (fake upstream)", upstream + "/chat/completions", body, {}, fake.pid)
         # the upstream now shares the load generator's core; the gateway gets its own
         subprocess.run(["taskset", "-pc", LOADGEN_CPU, str(fake.pid)], capture_output=True, check=False)
+        if args.workers > 1:
+            compare_workers(tmp, upstream, body, args, procs, rows, notes)
+            if args.workers_only:
+                report(rows, notes, args)
+                return 0
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -527,6 +560,60 @@ def run(args: argparse.Namespace) -> int:
 
     report(rows, notes, args)
     return 0
+
+
+def compare_workers(
+    tmp: Path,
+    upstream: str,
+    body: dict,
+    args: argparse.Namespace,
+    procs: list[Proc],
+    rows: list[tuple[str, int, Load]],
+    notes: list[str],
+) -> None:
+    """``thrifty serve --workers 1`` and ``--workers N`` on the same config, cores and load."""
+    every = f"0-{CORES - 1}"
+    rps: dict[int, float] = {}
+    for workers in (1, args.workers):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        where = tmp / f"workers-{workers}"
+        metrics_dir = where / "metrics"
+        gw = Proc(
+            [PY, "-m", "thrifty.cli", "serve", "--config", str(thrifty_config(where, upstream)),
+             "--port", str(port), "--workers", str(workers)],
+            every,
+            tmp / f"thrifty-workers-{workers}.log",
+            env={"THRIFTY_ADMIN_KEY": ADMIN_KEY, "THRIFTY_METRICS_DIR": str(metrics_dir)},
+        )
+        procs.append(gw)
+        try:
+            gw.wait_ready(base + "/healthz")
+            deadline = time.monotonic() + 120
+            while workers > 1 and len(list(metrics_dir.glob("*.json"))) < workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the {workers} workers did not all start")
+                time.sleep(0.1)
+            auth = {"Authorization": f"Bearer {thrifty_key(base)}"}
+            time.sleep(1.5)  # every worker has loaded the key (spend.poll_interval_s)
+            url = base + "/v1/chat/completions"
+            name = f"thrifty {workers} worker{'s' if workers > 1 else ''}"
+            wrk(url, body, connections=args.connections, duration=min(2.0, args.duration),
+                headers=auth, target_pid=None, tmp=tmp)  # warm-up
+            load = wrk(url, body, connections=args.connections, duration=args.duration,
+                       headers=auth, target_pid=gw.pid, tmp=tmp, tree=True)
+            rows.append((name, args.connections, load))
+            rps[workers] = load.rps
+            print(f"  {name:<22} c={args.connections:<3} {load.rps:>9.0f} req/s  "
+                  f"p50 {load.p50_ms:7.3f} ms  p99 {load.p99_ms:7.3f} ms  errors {load.errors}", flush=True)
+        finally:
+            gw.stop()
+            procs.remove(gw)
+    notes.append(
+        f"--workers {args.workers} / --workers 1 throughput: {rps[args.workers] / rps[1]:.2f}x "
+        f"(fixed model, spend on, {args.connections} connections; gateway free on cpus {every}, "
+        f"wrk on cpu {LOADGEN_CPU} with the fake upstream)"
+    )
 
 
 def run_litellm(
@@ -666,6 +753,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--profile", action="store_true", help="also profile thrifty under load with cProfile"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also compare thrifty serve --workers N against --workers 1 (default: no comparison)",
+    )
+    p.add_argument(
+        "--workers-only", action="store_true", help="with --workers: run only that comparison"
     )
     return run(p.parse_args(argv))
 

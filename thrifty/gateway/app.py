@@ -32,7 +32,10 @@ import orjson
 
 from thrifty.bodylimit import BodyTooLarge, ClientDisconnected, read_body
 from thrifty.errors import GatewayError, ThriftyError
+from thrifty.gateway.budget_gauges import budget_gauges
 from thrifty.gateway.errors import ANTHROPIC, OPENAI, RESPONSES, error_body, stream_error
+from thrifty.gateway.metrics import rejection_reason
+from thrifty.gateway.metrics_share import SharedMetrics
 from thrifty.gateway.responses import ResponsesRequest
 from thrifty.gateway.schemas import ChatRequest, EmbeddingsRequest, parse_json
 from thrifty.pipeline.call import CHAT, EMBEDDINGS, MESSAGES, Call
@@ -153,11 +156,13 @@ class GatewayApp:
         *,
         on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
         on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+        shared_metrics: SharedMetrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.gw = pipeline.gw
         self.config = self.gw.config
         self.metrics = self.gw.metrics
+        self.shared_metrics = shared_metrics  # the other workers' counts (serve --workers N)
         self.mounts = sorted(mounts.items(), key=lambda kv: -len(kv[0]))
         self.on_startup = list(on_startup)
         self.on_shutdown = list(on_shutdown)
@@ -322,6 +327,9 @@ class GatewayApp:
                     "refused %s %s from %s: %s", scope["method"], scope["path"], client[0], exc.code
                 )
             self.metrics.observe(endpoint, "-", exc.status, 0.0)
+            reason = rejection_reason(exc.status, exc.type)
+            if reason is not None:
+                self.metrics.rejections.inc((reason,))
             await self._error(send, fmt, exc, None)
             return None
         call = Call(endpoint, principal)
@@ -632,6 +640,13 @@ class GatewayApp:
         await _send(send, 200 if ready else 503, orjson.dumps(body), JSON_HEADERS)
 
     async def metrics_endpoint(self, scope: dict, receive: Callable, send: Send) -> None:
+        """Every worker's counts summed (this one's live, the others' as last written), then
+        the budget gauges read from the spend database."""
+        others = self.shared_metrics.others() if self.shared_metrics is not None else ()
+        gauges = await budget_gauges(self.gw.spend)
         await _send(
-            send, 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")]
+            send,
+            200,
+            self.metrics.render(others, gauges),
+            [(b"content-type", b"text/plain; version=0.0.4")],
         )

@@ -37,12 +37,14 @@ def create_app(
     mounts: Mapping[str, ASGIApp] | None = None,
     router: Any | None = None,
     providers: Mapping[str, Any] | None = None,
+    metrics_dir: Path | None = None,
 ) -> GatewayApp:
     """The gateway ASGI app for ``config``, with every stage its config asks for.
 
     ``spend`` is called on every request (authenticate, allowed, admit, settle); ``mounts`` maps
     path prefixes (e.g. ``"/admin"``) to ASGI apps; ``router`` overrides the learned router (an
-    object with the ``thrifty.router.Router`` interface); ``providers`` overrides adapters by name.
+    object with the ``thrifty.router.Router`` interface); ``providers`` overrides adapters by name;
+    ``metrics_dir`` is where the workers of ``thrifty serve --workers N`` share their counts.
     """
     provs = dict(build_providers(config.providers))
     provs.update(providers or {})
@@ -116,7 +118,20 @@ def create_app(
 
         on_startup.append(start_cache)
         on_shutdown.append(cache.close)
-    return GatewayApp(pipeline, all_mounts, on_startup=on_startup, on_shutdown=on_shutdown)
+    shared = None
+    if metrics_dir is not None:
+        from thrifty.gateway.metrics_share import SharedMetrics
+
+        shared = SharedMetrics(metrics, metrics_dir)
+
+        async def start_metrics() -> None:
+            shared.start()
+
+        on_startup.append(start_metrics)
+        on_shutdown.append(shared.close)
+    return GatewayApp(
+        pipeline, all_mounts, on_startup=on_startup, on_shutdown=on_shutdown, shared_metrics=shared
+    )
 
 
 def _learn_from(db_url: str, auto: AutoRouter, on_startup: list, on_shutdown: list) -> None:
@@ -194,9 +209,11 @@ def default_cascade(gw: Gateway) -> list[str]:
     return [cheap, strong] if cheap != strong else []
 
 
-def build_spend(config: GatewayConfig) -> tuple[SpendControl, dict[str, Any]]:
+def build_spend(config: GatewayConfig, *, workers: int = 1) -> tuple[SpendControl, dict[str, Any]]:
     """Spend control from ``config.spend`` and the apps mounted beside the gateway: the admin
-    API at ``/admin``, the dashboard at ``/ui`` and ``POST /v1/feedback``."""
+    API at ``/admin``, the dashboard at ``/ui`` and ``POST /v1/feedback``. With ``workers`` > 1
+    this process is one of ``thrifty serve --workers N``: its budget holds and rate limits are
+    kept in the database, where every worker sees them."""
     import thrifty.spend as spend_pkg
     from thrifty.bodylimit import limit_body, too_large_message
     from thrifty.reports.feedback import feedback_app
@@ -206,7 +223,7 @@ def build_spend(config: GatewayConfig) -> tuple[SpendControl, dict[str, Any]]:
         log.warning("spend_enabled = false: running without keys, budgets or ledger")
         return OpenSpendControl(), {}
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    spend = spend_pkg.from_config(config.spend, Path(config.data_dir))
+    spend = spend_pkg.from_config(config.spend, Path(config.data_dir), shared=workers > 1)
     limit = config.max_body_bytes
     mounts: dict[str, Any] = {"/admin": spend_pkg.admin_app(spend, max_body_bytes=limit)}
     mounts.update(report_mounts(spend, config))
@@ -223,10 +240,14 @@ def build_spend(config: GatewayConfig) -> tuple[SpendControl, dict[str, Any]]:
     return spend, mounts
 
 
-def build_app(config: GatewayConfig) -> tuple[GatewayApp, SpendControl]:
-    """The app exactly as ``thrifty serve`` runs it for ``config``, and its spend control."""
-    spend, mounts = build_spend(config)
-    return create_app(config, spend=spend, mounts=mounts), spend
+def build_app(
+    config: GatewayConfig, *, workers: int = 1, metrics_dir: Path | None = None
+) -> tuple[GatewayApp, SpendControl]:
+    """The app exactly as ``thrifty serve`` runs it for ``config``, and its spend control
+    (``workers``, ``metrics_dir``: as one of the processes of ``thrifty serve --workers N``)."""
+    spend, mounts = build_spend(config, workers=workers)
+    app = create_app(config, spend=spend, mounts=mounts, metrics_dir=metrics_dir)
+    return app, spend
 
 
 def make_app(config_path: str | None = None) -> GatewayApp:

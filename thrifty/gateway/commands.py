@@ -24,6 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["uvicorn", "granian"],
         help="HTTP server (default: uvicorn; granian if installed)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (default 1; uvicorn only): budgets, rate limits, "
+        "the ledger and /metrics hold across them; circuit breakers are per worker",
+    )
     p.set_defaults(func=_serve)
 
     c = subparsers.add_parser("config", help="gateway config tools (import a LiteLLM config.yaml)")
@@ -58,18 +65,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from thrifty.gateway.assemble import make_app
+    import asyncio
+
+    from thrifty.errors import UsageError
+    from thrifty.gateway.assemble import build_app
     from thrifty.gateway.banner import banner
+    from thrifty.gateway.config import load_config
     from thrifty.gateway.server import serve
 
-    app = make_app(args.config)
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.workers > 1 and args.server != "uvicorn":
+        raise UsageError("--workers needs --server uvicorn")
+    # Built here also with workers: the database is migrated, the admin key made and shown,
+    # crashed runs' journals replayed, and the config checked, once, before any worker starts.
+    app, spend = build_app(load_config(args.config), workers=args.workers)
     gw = app.gw
     profiles = sorted(getattr(gw.router, "profiles", None) or ())
     print(
         banner(gw.config, args.host, args.port, router_on=bool(gw.router.router), profiles=profiles),
         flush=True,
     )
-    serve(app, args.host, args.port, log_level=args.log_level, server=args.server)
+    if args.workers == 1:
+        serve(app, args.host, args.port, log_level=args.log_level, server=args.server)
+        return 0
+    from thrifty.gateway.workers import serve_workers
+
+    asyncio.run(spend.close())
+    del app, gw, spend
+    serve_workers(args.config, args.host, args.port, args.workers, log_level=args.log_level)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -405,6 +406,8 @@ class Gateway:
         served: Served,
         call: Callable[[Provider, dict[str, Any]], Awaitable[Any]],
         body: dict[str, Any],
+        *,
+        first_token: bool = False,
     ) -> Any:
         """Run ``call`` over the chain: each model's deployments in load-balanced order, each
         deployment up to ``retry.attempts`` times with jittered backoff, or after the wait a
@@ -412,8 +415,11 @@ class Gateway:
         time left of ``timeouts.total``; else on to the next deployment). Non-retryable upstream
         errors (a 400 from the provider) end the request at once. Every attempt after the first
         is a retry in ``served`` and the metrics; one that reached the upstream and got no
-        answer is charged its upper bound (``served.unknown_cost_usd``)."""
+        answer is charged its upper bound (``served.unknown_cost_usd``). A successful call's
+        duration is recorded per model: the whole answer, or with ``first_token`` (a stream's
+        start) the time to its first chunk."""
         policy = self.config.retry
+        timing = self.metrics.ttft if first_token else self.metrics.upstream_latency
         last: UpstreamError | None = None
         tries = 0
         affinity = self.affinity
@@ -449,7 +455,7 @@ class Gateway:
                 for attempt in range(max(1, policy.attempts)):
                     if tries:
                         served.retries += 1
-                        self.metrics.retries += 1
+                        self.metrics.retries.inc()
                         if attempt:
                             await asyncio.sleep(
                                 wait if wait is not None else backoff_delay(attempt - 1, policy)
@@ -457,13 +463,14 @@ class Gateway:
                     tries += 1
                     if pinned:
                         affinity.acquire(name, dep)
+                    started = time.perf_counter()
                     try:
                         result = await call(provider, payload)
                     except UpstreamError as exc:
                         if exc.retryable:  # a 400 says nothing about the deployment's health
                             breaker.failure()
                             probing = False
-                        self.metrics.upstream_errors[(dep.key, exc.type)] += 1
+                        self.metrics.upstream_errors.inc((dep.key, exc.type))
                         served.errors.append(f"{dep.key}: {exc.status}")
                         last = exc
                         if exc.cost_unknown:  # the upstream may have done (and billed) it
@@ -494,10 +501,11 @@ class Gateway:
                         if pinned:
                             affinity.release(name, dep)
                     breaker.success()
+                    timing.observe((name,), time.perf_counter() - started)
                     served.model, served.deployment, served.fallbacks = mc, dep, index
                     served.dropped, served.renamed = dropped, renamed
                     if index:
-                        self.metrics.fallbacks += 1
+                        self.metrics.fallbacks.inc()
                     return result
         if last is None:
             raise UpstreamError(
@@ -533,7 +541,7 @@ class Gateway:
                 raise UpstreamError(502, "upstream stream was empty", retryable=True) from None
             return first, it
 
-        return await self._attempts(plan, served, start, req.body)
+        return await self._attempts(plan, served, start, req.body, first_token=True)
 
     async def embeddings(self, plan: Plan, body: dict[str, Any], served: Served) -> dict[str, Any]:
         return await self._attempts(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from thrifty.catalog.model import ModelInfo
 from thrifty.errors import GatewayError
-from thrifty.gateway.metrics import Metrics
+from thrifty.gateway.metrics import Metrics, rejection_reason
 from thrifty.providers.base import Usage
 from thrifty.router.learning import RouteTrace
 from thrifty.spend.api import LedgerRecord, Principal, Reservation, SpendControl
@@ -155,7 +155,7 @@ class Billing:
             # An upstream that ignored max_tokens on a non-streamed answer (streams are stopped
             # at the hold): billed its real cost, flagged in the ledger and counted.
             record.error_type = "hold_overrun"
-            self.metrics.upstream_errors[(c.provider or "-", "hold_overrun")] += 1
+            self.metrics.upstream_errors.inc((c.provider or "-", "hold_overrun"))
             log.warning(
                 "request %s cost $%.9f, more than the $%.9f held for it (max_tokens ignored?)",
                 c.request_id,
@@ -167,11 +167,16 @@ class Billing:
             m.upstream_errors[(c.provider or "-", "cost_estimated")] += 1
         name = c.info.name if c.info is not None else "-"
         m.observe(c.endpoint, name, c.status, c.latency_ms / 1000)
+        if c.status >= 400:
+            reason = rejection_reason(c.status, c.error_type)
+            if reason is not None:
+                m.rejections.inc((reason,))
         if c.usage is not None and c.info is not None:
-            m.cost[name] += cost
-            m.frontier_cost[name] += frontier
-            m.tokens[(name, "prompt")] += c.usage.prompt_tokens
-            m.tokens[(name, "completion")] += c.usage.completion_tokens
+            m.cost.inc((name,), cost)
+            m.team_cost.inc((c.principal.team_id or "-",), cost)
+            m.frontier_cost.inc((name,), frontier)
+            m.tokens.inc((name, "prompt"), c.usage.prompt_tokens)
+            m.tokens.inc((name, "completion"), c.usage.completion_tokens)
         if not c.counted:
             return Billed(cost, frontier, None)
         if before_settle is not None:

@@ -151,8 +151,11 @@ class Pipeline:
             if where is not None:
                 entry = await self.cache.lookup(call, where)
                 if entry is not None:
+                    self.gw.metrics.cache.inc((call.hit or "exact",))
+                    self.gw.metrics.cache_saved.inc((), entry.cost_usd)
                     return await self._hit(call, entry)
                 call.hit = "miss"
+                self.gw.metrics.cache.inc(("miss",))
         if req.model == CASCADE_PROFILE and self.cascade is not None and not call.batch_line:
             kept, body, cost, frontier = await self.cascade.run(call, self._step_call, self._step)
             call.request_id, call.plan, call.served = kept.request_id, kept.plan, kept.served

@@ -59,14 +59,16 @@ def database_url(section: dict[str, Any], data_dir: pathlib.Path) -> str:
     return f"sqlite:///{pathlib.Path(data_dir).resolve() / 'spend.db'}"
 
 
-def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path) -> DbSpendControl:
+def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path, *, shared: bool = False) -> DbSpendControl:
     """Spend control from the gateway config's ``[spend]`` section.
 
     Keys: ``database_url`` (``postgresql://...``; default SQLite WAL file
     ``data_dir/spend.db``), ``admin_key`` (else ``THRIFTY_ADMIN_KEY``; with
     neither, one is generated on first start and printed once to stderr),
     ``journal_dir`` (default ``data_dir/journal``), ``hold_ttl_s``,
-    ``poll_interval_s``, ``flush_interval_s``.
+    ``poll_interval_s``, ``flush_interval_s``. ``shared``: this process is one of several
+    workers on the same database (``thrifty serve --workers N``): on SQLite, budget holds and
+    rate-limit windows live in the database file instead of this process's memory.
     """
     from thrifty.errors import UsageError
     from thrifty.spend.control import DbSpendControl
@@ -85,6 +87,7 @@ def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path) -> DbSpe
             hold_ttl=float(section.get("hold_ttl_s", 3600)),
             poll_interval=float(section.get("poll_interval_s", 1.0)),
             flush_interval=float(section.get("flush_interval_s", 0.02)),
+            shared=shared,
         )
     except UsageError:
         raise

@@ -1,6 +1,6 @@
 """Budget holds: reserve the most a request can cost, settle to what it did cost.
 
-Two engines with one rule (spent + held + this request <= limit, else refuse):
+Three engines with one rule (spent + held + this request <= limit, else refuse):
 
 * :class:`MemoryBudgets` (SQLite, one gateway process): counters in memory,
   exact because the event loop runs each check-and-hold without a break.
@@ -12,6 +12,9 @@ Two engines with one rule (spent + held + this request <= limit, else refuse):
   (admits for the same budgets that arrive meanwhile go in the next call). The ledger batcher turns a hold into spend in one
   transaction (insert record, add to counter, delete hold), so a check never
   sees a request twice or not at all. Holds of a crashed process expire.
+* :class:`SqliteBudgets` (SQLite, the worker processes of ``thrifty serve --workers N``): the
+  same rows, the same coalescing and the same ledger batch as PostgreSQL, each call one ``BEGIN
+  IMMEDIATE`` transaction, so SQLite's single writer lock orders the workers' holds.
 """
 
 from __future__ import annotations
@@ -109,17 +112,16 @@ class MemoryBudgets:
         return None
 
 
-class PostgresBudgets:
-    """Holds in PostgreSQL, with the admits for the same budgets coalesced into one call.
+class CoalescedHolds:
+    """Holds in a shared database, with the admits for the same budgets coalesced into one call.
 
-    While a call for a set of budgets is in flight, later admits for the same
-    set queue up and go together in the next call (``thrifty_reserve_many``),
-    which checks them one by one under the budget locks: as exact as one call
-    per request, but a hot budget is locked once per batch.
+    While a call for a set of budgets is in flight, later admits for the same set queue up and
+    go together in the next call (:meth:`_call`), which checks them one by one under the
+    database's lock: as exact as one call per request, but a hot budget is locked once per
+    batch. The ledger batch that records a request releases its hold (``release_reservations``).
     """
 
-    def __init__(self, pool: AsyncPgPool, owner: str, *, hold_ttl: float = 3600.0) -> None:
-        self._pool = pool
+    def __init__(self, owner: str, *, hold_ttl: float = 3600.0) -> None:
         self._owner = owner
         self._ttl = hold_ttl
         self._waiting: dict[tuple, list[tuple[Hold, asyncio.Future]]] = {}
@@ -161,6 +163,28 @@ class PostgresBudgets:
                         done.set_result(None)
         finally:
             self._busy.discard(group)
+
+    async def _call(self, batch: list[tuple[Hold, asyncio.Future]], ttl: float) -> dict[str, BudgetExceeded]:
+        """Take the holds of ``batch`` that fit, in order; the refusals of the others by hold id."""
+        raise NotImplementedError
+
+    async def _release(self, hold_id: str) -> None:
+        raise NotImplementedError
+
+    def settle(self, hold: Hold, actual: int) -> None:
+        """Nothing to do now: the ledger batch that records the request releases its hold."""
+
+    async def close(self) -> None:
+        return None
+
+
+class PostgresBudgets(CoalescedHolds):
+    """Holds in PostgreSQL: each call is one ``thrifty_reserve_many``, which locks the budget
+    rows, then checks the batch's holds one by one."""
+
+    def __init__(self, pool: AsyncPgPool, owner: str, *, hold_ttl: float = 3600.0) -> None:
+        super().__init__(owner, hold_ttl=hold_ttl)
+        self._pool = pool
 
     async def _call(self, batch: list[tuple[Hold, asyncio.Future]], ttl: float) -> dict[str, BudgetExceeded]:
         charges = batch[0][0].charges
@@ -205,11 +229,74 @@ class PostgresBudgets:
         except Exception as exc:  # noqa: BLE001 (it expires anyway)
             log.warning("could not release the hold of a cancelled request: %s", exc)
 
-    def settle(self, hold: Hold, actual: int) -> None:
-        """Nothing to do now: the ledger batch that records the request releases its hold."""
 
-    async def close(self) -> None:
-        return None
+
+class SqliteBudgets(CoalescedHolds):
+    """Holds as ``reservations`` rows of a SQLite file shared by the processes using it (the
+    workers of ``thrifty serve --workers N``).
+
+    Each call is one ``BEGIN IMMEDIATE`` transaction in a worker thread (the event loop never
+    waits for the file's write lock): spent is ``budget_spend``, held is the unexpired holds,
+    the limit is the ``budgets`` row as it is now; the batch's holds are checked in order, each
+    against what the holds granted before it added.
+    """
+
+    def __init__(self, db: Database, owner: str, *, hold_ttl: float = 3600.0) -> None:
+        super().__init__(owner, hold_ttl=hold_ttl)
+        self._db = db
+
+    async def _call(self, batch: list[tuple[Hold, asyncio.Future]], ttl: float) -> dict[str, BudgetExceeded]:
+        return await asyncio.to_thread(self._reserve_many, [h for h, _ in batch], ttl, True)
+
+    async def force(self, hold: Hold, ttl: float | None = None) -> None:
+        """Take the hold without the limit check (money already committed upstream)."""
+        if hold.charges:
+            await asyncio.to_thread(self._reserve_many, [hold], self._ttl if ttl is None else ttl, False)
+
+    def _reserve_many(self, holds: list[Hold], ttl: float, check: bool) -> dict[str, BudgetExceeded]:
+        db, now = self._db, time.time()
+        refused: dict[str, BudgetExceeded] = {}
+        rows = []
+        with db.transaction():
+            state: dict[str, tuple[BudgetEntry, int, int, int]] = {}  # budget id -> budget, limit, spent, held
+            for budget, start in holds[0].charges:
+                limit = db.one("SELECT limit_nanos FROM budgets WHERE id = ?", (budget.id,))
+                if limit is None:
+                    continue  # deleted meanwhile: nothing to hold
+                spent = db.one("SELECT spent_nanos FROM budget_spend WHERE budget_id = ? AND period_start = ?",
+                               (budget.id, start))
+                held = db.one("SELECT COALESCE(SUM(amount_nanos), 0) FROM reservations"
+                              " WHERE budget_id = ? AND period_start = ? AND expires_at > ?", (budget.id, start, now))
+                state[budget.id] = (budget, int(limit[0]), int(spent[0]) if spent else 0, int(held[0]))
+            for hold in holds:
+                over = next((s for s in state.values() if check and s[2] + s[3] + hold.amount > s[1]), None)
+                if over is not None:
+                    budget, limit, spent, held = over
+                    if budget.limit_nanos != limit:
+                        budget = _with_limit(budget, limit)
+                    refused[hold.id] = refuse(budget, spent, held, hold.amount, hold.ends.get(budget.id))
+                    continue
+                for bid, (budget, limit, spent, held) in state.items():
+                    state[bid] = (budget, limit, spent, held + hold.amount)
+                    start = next(s for b, s in hold.charges if b.id == bid)
+                    rows.append((hold.id, bid, start, hold.amount, self._owner, now + ttl))
+            db.executemany(
+                "INSERT INTO reservations (id, budget_id, period_start, amount_nanos, owner, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id, budget_id)"
+                " DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at",
+                rows,
+            )
+        return refused
+
+    async def _release(self, hold_id: str) -> None:
+        def delete() -> None:
+            with self._db.transaction():
+                self._db.execute("DELETE FROM reservations WHERE id = ?", (hold_id,))
+
+        try:
+            await asyncio.to_thread(delete)
+        except Exception as exc:  # noqa: BLE001 (it expires anyway)
+            log.warning("could not release the hold of a cancelled request: %s", exc)
 
 
 def _with_limit(budget: BudgetEntry, limit: int) -> BudgetEntry:

@@ -2,9 +2,14 @@
 
 Hot path (authenticate, allowed, admit, settle) works on in-memory state: a
 snapshot of keys, budgets and policies, rate-limit windows and budget holds
-(in memory on SQLite; on PostgreSQL one server-side call per admit for the
-holds and one for rate limits, so that every gateway shares them), and the
-journal append. Everything else happens in background threads.
+(in memory on SQLite with one gateway process; on PostgreSQL one server-side
+call per admit for the holds and one for rate limits, so that every gateway
+shares them; with ``shared`` on SQLite, for the worker processes of ``thrifty
+serve --workers N``, one SQLite write transaction for each), and the journal
+append. Everything else happens in background threads.
+
+What stays per process: the snapshot (each process reloads it within
+``poll_interval`` of a change made anywhere) and the ledger journal.
 """
 
 from __future__ import annotations
@@ -30,14 +35,14 @@ from thrifty.spend.api import (
     SpendError,
     SpendUnavailable,
 )
-from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, window_ended
+from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, SqliteBudgets, window_ended
 from thrifty.spend.db import AsyncPgPool, Database
 from thrifty.spend.keys import bearer_token, hash_key, same_hash
 from thrifty.spend.ledger import LedgerWriter, journal_entry, replay_orphans
 from thrifty.spend.money import usd_to_nanos
 from thrifty.spend.periods import iso, period_bounds
 from thrifty.spend.policy import filter_models
-from thrifty.spend.ratelimit import Check, MemoryRateLimiter, PostgresRateLimiter
+from thrifty.spend.ratelimit import Check, MemoryRateLimiter, PostgresRateLimiter, SqliteRateLimiter
 from thrifty.spend.schema import config_version, migrate
 from thrifty.spend.snapshot import BudgetEntry, Snapshot, load_snapshot
 from thrifty.spend.store import ensure_admin_key
@@ -46,7 +51,8 @@ log = logging.getLogger("thrifty.spend")
 
 
 class DbSpendControl:
-    """Spend control over SQLite (one gateway process) or PostgreSQL (any number)."""
+    """Spend control over SQLite (one gateway process, or the processes of one host with
+    ``shared``) or PostgreSQL (any number)."""
 
     def __init__(
         self,
@@ -57,28 +63,44 @@ class DbSpendControl:
         hold_ttl: float = 3600.0,
         poll_interval: float = 1.0,
         flush_interval: float = 0.02,
+        shared: bool = False,
     ) -> None:
         self.db_url = db_url
         self.db = Database(db_url)
         self.postgres = self.db.postgres
+        # Holds and rate windows in the database (PostgreSQL, or SQLite shared by workers):
+        # the ledger batch releases a hold when it records the request.
+        in_db = self.postgres or shared
+        self._shared_db: Database | None = None
         self._lock_fd = -1
         if not self.postgres:
-            self._lock_fd = _exclusive_sqlite(db_url, self.db.path)
+            self._lock_fd = _lock_sqlite(db_url, self.db.path, shared=shared)
         migrate(self.db)
         #: A freshly generated admin key, to show once; None when one existed or was configured.
         self.generated_admin_key = ensure_admin_key(self.db, admin_key)
-        self.replayed = replay_orphans(self.db, journal_dir, release_reservations=self.postgres)
+        self.replayed = replay_orphans(self.db, journal_dir, release_reservations=in_db)
         self._snapshot = load_snapshot(self.db)
         self.pool = AsyncPgPool(db_url) if self.postgres else None
-        self.limiter = PostgresRateLimiter(self.pool) if self.pool else MemoryRateLimiter()
+        if not self.postgres and shared:
+            self._shared_db = Database(db_url, queue_writes=True)  # holds and rate windows
+        self.limiter: MemoryRateLimiter | PostgresRateLimiter | SqliteRateLimiter
+        if self.pool is not None:
+            self.limiter = PostgresRateLimiter(self.pool)
+        elif self._shared_db is not None:
+            self.limiter = SqliteRateLimiter(self._shared_db)
+        else:
+            self.limiter = MemoryRateLimiter()
         self._periods: dict[str, tuple[BudgetEntry, int, float | None]] = {}  # budget id -> current period
         self.writer = LedgerWriter(
-            db_url, journal_dir, release_reservations=self.postgres, interval=flush_interval,
+            db_url, journal_dir, release_reservations=in_db, interval=flush_interval,
+            queue_writes=self._shared_db is not None,
             on_flush=lambda db, added: check_thresholds(db, lambda: self._snapshot, added),
         )
-        self.budgets: MemoryBudgets | PostgresBudgets
-        if self.postgres:
+        self.budgets: MemoryBudgets | PostgresBudgets | SqliteBudgets
+        if self.pool is not None:
             self.budgets = PostgresBudgets(self.pool, self.writer.journal.id, hold_ttl=hold_ttl)
+        elif self._shared_db is not None:
+            self.budgets = SqliteBudgets(self._shared_db, self.writer.journal.id, hold_ttl=hold_ttl)
         else:
             self.budgets = MemoryBudgets(self.db)
         self._stop = threading.Event()
@@ -314,6 +336,26 @@ class DbSpendControl:
 
         return await asyncio.to_thread(query)
 
+    def budget_usage(self) -> list[tuple[BudgetEntry, int]]:
+        """Each budget with what its current period has spent (nano-USD), as the database says
+        (settled requests; at most one ledger flush behind). For ``/metrics``: it opens its own
+        connection, so it may run in a worker thread."""
+        budgets = list(self._snapshot.budgets_by_id.values())
+        if not budgets:
+            return []
+        now = time.time()
+        db = Database(self.db_url)
+        try:
+            out = []
+            for budget in budgets:
+                start, _end = period_bounds(budget.period, now, budget.window_start, budget.window_end)
+                row = db.one("SELECT spent_nanos FROM budget_spend WHERE budget_id = ? AND period_start = ?",
+                             (budget.id, start))
+                out.append((budget, int(row[0]) if row else 0))
+            return out
+        finally:
+            db.close()
+
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every settled record is in the database (tests, reports, shutdown)."""
         self.writer.flush(timeout)
@@ -326,25 +368,30 @@ class DbSpendControl:
             await self.pool.close()
         self._watcher.join(timeout=5)
         self.db.close()
+        if self._shared_db is not None:
+            self._shared_db.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
 
-def _exclusive_sqlite(db_url: str, db_path: str) -> int:
-    """Refuse a second gateway on one SQLite file: its budget holds live in one process's memory."""
+def _lock_sqlite(db_url: str, db_path: str, *, shared: bool) -> int:
+    """Refuse to mix, on one SQLite file, a gateway that holds budgets in its memory (an
+    exclusive lock) with any other gateway process; processes holding them in the file
+    (``shared``: the workers of ``thrifty serve --workers N``) share the lock."""
     if db_path == ":memory:":
         return -1
     path = db_path + ".gateway-lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         from thrifty.errors import UsageError
 
         raise UsageError(
             f"another gateway process already uses the SQLite spend database ({db_url}); budgets are exact "
-            "only within one process on SQLite: set spend.database_url to a postgresql:// URL to run several"
+            "across processes on SQLite only among the workers of one 'thrifty serve --workers N': stop "
+            "the other gateway, or set spend.database_url to a postgresql:// URL to run several"
         ) from None
     return fd

@@ -8,6 +8,8 @@ by one thread at a time (spend control gives each thread its own).
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import pathlib
 import sqlite3
 import threading
@@ -35,13 +37,23 @@ def _sqlite_path(url: str) -> str:
 
 
 class Database:
-    """A connection plus the dialect facts callers need."""
+    """A connection plus the dialect facts callers need.
 
-    def __init__(self, url: str) -> None:
+    ``queue_writes`` (SQLite): :meth:`transaction` first waits for an ``flock`` on
+    ``<file>.write-lock``, shared by every handle opened so, in any process. The processes of
+    ``thrifty serve --workers N`` write the file on every admitted request; queued on the
+    flock, the next writer goes the moment the lock is free, where SQLite's busy handler would
+    sleep 1 ms and more between retries (with the event loop blocked).
+    """
+
+    def __init__(self, url: str, *, queue_writes: bool = False) -> None:
         self.url = url
         self.postgres = is_postgres(url)
         self.path = "" if self.postgres else _sqlite_path(url)
         self._lock = threading.Lock()
+        self._write_fd = -1
+        if queue_writes and not self.postgres and self.path != ":memory:":
+            self._write_fd = os.open(self.path + ".write-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if self.postgres:
             import psycopg
 
@@ -85,19 +97,28 @@ class Database:
                 with self._conn.transaction():
                     yield self
             else:
-                self._conn.execute("BEGIN IMMEDIATE")
+                if self._write_fd >= 0:
+                    fcntl.flock(self._write_fd, fcntl.LOCK_EX)
                 try:
-                    yield self
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield self
+                    except BaseException:
+                        self._conn.execute("ROLLBACK")
+                        raise
+                    self._conn.execute("COMMIT")
+                finally:
+                    if self._write_fd >= 0:
+                        fcntl.flock(self._write_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         try:
             self._conn.close()
         except Exception:  # noqa: S110, BLE001 (closing is best effort; the connection may already be broken)
             pass
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1
 
 
 class AsyncPgPool:

@@ -168,6 +168,7 @@ class LedgerWriter:
         interval: float = 0.02,
         max_batch: int = 5000,
         journal_bytes: int = 64 * 1024 * 1024,
+        queue_writes: bool = False,
     ) -> None:
         self._directory = directory
         self.journal = Journal(directory)
@@ -175,6 +176,7 @@ class LedgerWriter:
         self._retired: list[Journal] = []  # full journals, deleted once all their records are in
         self._marked: dict[str, int] = {}  # journal id -> offset committed to the database
         self._db_url = db_url
+        self._queue_writes = queue_writes  # see Database
         self._release = release_reservations
         self._on_flush = on_flush
         self._interval = interval
@@ -229,7 +231,7 @@ class LedgerWriter:
             journal.close()  # not fully committed: replayed on the next start
 
     def _run(self) -> None:
-        self._db = Database(self._db_url)
+        self._db = Database(self._db_url, queue_writes=self._queue_writes)
         try:
             while True:
                 self._wake.wait(self._interval)
@@ -286,7 +288,7 @@ class LedgerWriter:
                 time.sleep(min(0.05 * attempt, 1.0))
                 try:
                     self._db.close()
-                    self._db = Database(self._db_url)
+                    self._db = Database(self._db_url, queue_writes=self._queue_writes)
                 except Exception:  # noqa: S110, BLE001 (still down: the loop retries and reconnects again)
                     pass
         self.error = None

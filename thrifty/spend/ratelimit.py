@@ -8,11 +8,14 @@ request is admitted, completion tokens when it settles.
 :class:`MemoryRateLimiter` keeps the buckets in this process (SQLite, one
 gateway); :class:`PostgresRateLimiter` keeps them in PostgreSQL so that every
 gateway sharing the database enforces one limit, with one server-side call
-per admitted request (``thrifty_rate``, see :mod:`thrifty.spend.schema`).
+per admitted request (``thrifty_rate``, see :mod:`thrifty.spend.schema`);
+:class:`SqliteRateLimiter` does the same in one SQLite write transaction, for the
+worker processes of ``thrifty serve --workers N`` sharing a SQLite file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any, NamedTuple
 
@@ -90,6 +93,45 @@ class MemoryRateLimiter:
 
     def add(self, scope: str, amount: int, now: float) -> None:
         self._window(scope, now).current += amount
+
+
+class SqliteRateLimiter:
+    """The windows as ``rate_windows`` rows of the shared SQLite file, checked and counted in one
+    write transaction in a worker thread; completion tokens reach them with the ledger batch
+    (``rate_tokens``), as on PostgreSQL."""
+
+    shared = True
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    async def take(self, checks: list[Check], now: float) -> None:
+        for check in checks:
+            if check.amount > check.limit:
+                raise too_many(check, None)
+        if checks:
+            await asyncio.to_thread(self._take, checks, now)
+
+    def _take(self, checks: list[Check], now: float) -> None:
+        minute = int(now // 60)
+        db = self._db
+        with db.transaction():
+            for check in checks:
+                current = db.one("SELECT used FROM rate_windows WHERE scope = ? AND minute = ?", (check.scope, minute))
+                previous = db.one("SELECT used FROM rate_windows WHERE scope = ? AND minute = ?",
+                                  (check.scope, minute - 1))
+                wait = wait_seconds(int(previous[0]) if previous else 0, int(current[0]) if current else 0,
+                                    check.limit, check.amount, now)
+                if wait is not None:
+                    raise too_many(check, wait)
+            db.executemany(
+                "INSERT INTO rate_windows (scope, minute, used) VALUES (?, ?, ?)"
+                " ON CONFLICT (scope, minute) DO UPDATE SET used = rate_windows.used + excluded.used",
+                [(c.scope, minute, c.amount) for c in checks],
+            )
+
+    def add(self, scope: str, amount: int, now: float) -> None:
+        """Completion tokens reach the database with the ledger batch (see ``rate_tokens``)."""
 
 
 class PostgresRateLimiter:

@@ -41,8 +41,11 @@ def _toml_value(value) -> str:
 
 
 def write_config(path: pathlib.Path, *, data_dir: pathlib.Path, upstreams: dict[str, str],
-                 models: dict[str, dict], spend: dict) -> pathlib.Path:
+                 models: dict[str, dict], spend: dict, sections: dict[str, dict] | None = None) -> pathlib.Path:
+    """``sections``: more tables, e.g. ``{"cache": {"backend": "sqlite"}}``."""
     lines = [f"data_dir = {json.dumps(str(data_dir))}", ""]
+    for table, fields in (sections or {}).items():
+        lines += [f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in fields.items()] + [""]
     lines += ["[retry]", "attempts = 1", "backoff_base = 0.01", "backoff_max = 0.02", ""]
     lines += ["[circuit_breaker]", "failures = 100000", "cooldown = 30", ""]
     lines += ["[spend]"] + [f"{k} = {_toml_value(v)}" for k, v in spend.items()] + [""]
@@ -55,16 +58,20 @@ def write_config(path: pathlib.Path, *, data_dir: pathlib.Path, upstreams: dict[
 
 
 class Gateway:
-    """``thrifty serve`` in its own process; ``kill()`` is a real SIGKILL."""
+    """``thrifty serve`` in its own process (``workers``: ``--workers N``, each worker
+    ready); ``kill()`` is a real SIGKILL of the serving process."""
 
-    def __init__(self, config: pathlib.Path, log: pathlib.Path) -> None:
+    def __init__(self, config: pathlib.Path, log: pathlib.Path, *, workers: int = 1,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "THRIFTY_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+        env = {**os.environ, "THRIFTY_ADMIN_KEY": ADMIN_KEY, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path,
+               **(env or {})}
         self._log = open(log, "ab")  # noqa: SIM115 (the gateway process writes to it; closed in stop()/kill())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "thrifty.cli", "serve", "--config", str(config), "--port", str(self.port)],
+            [sys.executable, "-m", "thrifty.cli", "serve", "--config", str(config), "--port", str(self.port),
+             "--workers", str(workers)],
             env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
