@@ -149,7 +149,7 @@ def test_learning_never_routes_outside_policy(upstream, tmp_path):
 
 def test_feedback_on_a_named_model_is_stored_but_teaches_nothing(upstream, tmp_path):
     db_url = f"sqlite:///{tmp_path / 'spend.sqlite3'}"
-    app, spend, key = gateway(pool_doc(tmp_path, upstream, db_url))
+    app, _spend, key = gateway(pool_doc(tmp_path, upstream, db_url))
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         r = c.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
                    json={"model": "acme-small", "messages": [{"role": "user", "content": "hi"}]})
