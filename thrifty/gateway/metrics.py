@@ -27,6 +27,7 @@ class Metrics:
         self.upstream_errors: dict[tuple[str, str], int] = defaultdict(int)  # deployment, type
         self.retries = 0
         self.fallbacks = 0
+        self.judge: dict[str, int] = defaultdict(int)  # outcome (thrifty/pipeline/judge_stage.py)
         self.latency_counts = [0] * (len(BUCKETS) + 1)
         self.latency_sum = 0.0
 
@@ -76,6 +77,9 @@ class Metrics:
         out.append(f"thrifty_retries_total {self.retries}")
         family("thrifty_fallbacks_total", "counter", "Requests served by a fallback model.")
         out.append(f"thrifty_fallbacks_total {self.fallbacks}")
+        family("thrifty_judge_total", "counter", "Judge grades of routed answers by outcome.")
+        for outcome, n in self.judge.items():
+            out.append(f"thrifty_judge_total{{{_labels(('outcome',), (outcome,))}}} {n}")
         family("thrifty_request_duration_seconds", "histogram", "Gateway request latency.")
         cum = 0
         for bound, n in zip(BUCKETS, self.latency_counts):
