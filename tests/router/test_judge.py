@@ -322,3 +322,23 @@ def test_a_real_small_local_model_as_the_judge(tmp_path):
             assert len(stored) == 1 and stored[0][:3] == (rid, "judge", model) and 0 <= stored[0][3] <= 1
         else:
             assert stored == []
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/router.md"])
+def test_the_documented_judge_config_and_rubric_are_the_real_ones(tmp_path, page):
+    import tomllib
+
+    text = (ROOT / page).read_text()
+    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", text, flags=re.DOTALL) if "[judge]" in b]
+    documented = tomllib.loads(block)["judge"]
+    doc = _judge_doc(tmp_path, documented)
+    doc["models"][documented["model"]] = doc["models"]["judge-m"]
+    settings = build_config(doc, env={}).judge
+    assert settings is not None and settings.model == documented["model"]
+    assert (settings.sample, settings.weight, settings.max_tokens) == (
+        documented["sample"], documented["weight"], documented["max_tokens"])
+    if page == "docs/router.md":
+        assert RUBRIC in text
