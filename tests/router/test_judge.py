@@ -158,6 +158,27 @@ def test_a_streamed_routed_answer_is_graded_too(tmp_path, fake):
 
 
 @needs_router
+def test_routed_answers_on_the_responses_and_messages_apis_are_graded(tmp_path, fake):
+    import anthropic
+
+    judge = fake("ok", reply="SCORE: 6")
+    with gateway(tmp_path, judge) as (url, key, _, spend):
+        client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+        raw = client.responses.with_raw_response.create(model="auto", input=PROMPTS[4])
+        sent = [raw.headers["x-request-id"]]
+        assert judged(url) == {"graded": 1}
+        assert PROMPTS[4][:200] in judge.state.last_body["messages"][1]["content"]
+        claude = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+        raw = claude.messages.with_raw_response.create(
+            model="auto", max_tokens=512, messages=[{"role": "user", "content": PROMPTS[5]}])
+        sent.append(raw.headers["x-request-id"])
+        assert judged(url, n=2) == {"graded": 2}
+        assert PROMPTS[5][:200] in judge.state.last_body["messages"][1]["content"]
+        assert sorted(r[0] for r in labels(spend)) == sorted(sent)
+        assert {r[3] for r in labels(spend)} == {0.6}
+
+
+@needs_router
 def test_nonsense_from_the_judge_changes_nothing(tmp_path, fake):
     judge = fake("ok", reply="I think it's fine")
     with gateway(tmp_path, judge) as (url, key, app, spend):
