@@ -147,9 +147,17 @@ class JudgeStage:
         return random.random() < self.settings.sample
 
     def submit(self, call: Call, body: dict[str, Any] | None) -> None:
-        """Grade ``body``, the billed answer to ``call``, in the background. Never raises."""
-        assert call.chat is not None
-        prompt, answer = last_user_message(call.chat.body), answer_text(body)
+        """Grade ``body``, the billed answer to ``call``, in the background. Never raises: the
+        client's answer must not depend on the judge."""
+        try:
+            self._submit(call, body)
+        except Exception:
+            self.counts["failed"] += 1
+            log.exception("judging request %s failed", call.request_id)
+
+    def _submit(self, call: Call, body: dict[str, Any] | None) -> None:
+        prompt = last_user_message(call.chat.body) if call.chat is not None else ""
+        answer = answer_text(body)
         if not prompt.strip() or not answer.strip():
             return  # nothing a judge can read (tool calls, image-only prompts)
         if len(self.tasks) >= self.max_pending:
