@@ -111,6 +111,8 @@ def create_app(
     db_url = getattr(spend, "db_url", None)
     if db_url and config.routing.learning:
         _learn_from(db_url, auto, on_startup, on_shutdown)
+    if config.judge is not None:
+        _judge(config, pipeline, spend, metrics, on_shutdown)
     if cache is not None:
 
         async def start_cache() -> None:
@@ -165,6 +167,26 @@ def _learn_from(db_url: str, auto: AutoRouter, on_startup: list, on_shutdown: li
 
     on_startup.append(start)
     on_shutdown.append(stop)
+
+
+def _judge(config: GatewayConfig, pipeline: Pipeline, spend: SpendControl, metrics: Metrics,
+           on_shutdown: list) -> None:
+    """``[judge]``: grades of routed answers become labels in the spend database, so there is
+    no judge without one (``spend_enabled = false``)."""
+    from thrifty.pipeline.judge_stage import JudgeStage
+
+    settings = config.judge
+    assert settings is not None
+    db_url = getattr(spend, "db_url", None)
+    if not db_url:
+        log.warning("[judge] is off: its grades are stored in the spend database, and this "
+                    "gateway has none (spend_enabled = false)")
+        return
+    pipeline.judge = JudgeStage(settings, db_url, pipeline.own_call, metrics,
+                                flush=getattr(spend, "flush", None))
+    on_shutdown.append(pipeline.judge.close)
+    log.info("judge: %s grades %g of routed answers (a grade weighs %g of a user rating)",
+             settings.model, settings.sample, settings.weight)
 
 
 def _affinity(gw: Gateway) -> Any:

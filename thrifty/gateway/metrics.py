@@ -211,10 +211,16 @@ class Metrics:
         )
         self.retries = Counter("thrifty_retries_total", "Upstream retries.")
         self.fallbacks = Counter("thrifty_fallbacks_total", "Requests served by a fallback model.")
+        self.judge = Counter(
+            "thrifty_judge_total",
+            "Judge grades of routed answers by outcome (graded, nonsense, failed, skipped_budget, "
+            "skipped_backlog).",
+            ("outcome",),
+        )
         self.families: tuple[Counter | Histogram, ...] = (
             self.requests, self.duration, self.rejections, self.cost, self.team_cost,
             self.frontier_cost, self.tokens, self.upstream_latency, self.ttft, self.cache,
-            self.cache_saved, self.upstream_errors, self.retries, self.fallbacks,
+            self.cache_saved, self.upstream_errors, self.retries, self.fallbacks, self.judge,
         )  # fmt: skip
 
     def observe(self, endpoint: str, model: str, status: int, seconds: float) -> None:

@@ -44,6 +44,7 @@ class Call:
         "hit",
         "plan",
         "principal",
+        "purpose",
         "request_id",
         "reservation",
         "saved_usd",
@@ -80,6 +81,7 @@ class Call:
         self.hit: str | None = None  # "exact" / "semantic" when answered from the cache
         self.saved_usd = 0.0  # what a cache hit saved
         self.cascade: list[str] | None = None  # the cascade's trail, "model:pass|fail|status"
+        self.purpose: str | None = None  # a call the gateway makes itself: why (ledger reason)
 
     @property
     def model(self) -> str:

@@ -12,7 +12,9 @@ One :class:`Call` goes through these stages, in this order (docs/architecture.md
    (:meth:`thrifty.gateway.service.Gateway.chat`);
 7. bill: price the usage and write the ledger record, settling the hold
    (:meth:`thrifty.pipeline.billing.Billing.bill`, the one billing path);
-8. cache store, in the background.
+8. cache store, in the background;
+9. the judge (``[judge]``): a sampled share of routed answers graded in the background, each
+   grade a call of its own (:mod:`thrifty.pipeline.judge_stage`).
 
 A refused request (policy, budget, a bad body, an unknown model) is billed too: a ledger
 record of zero cost with its status and reason.
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from thrifty.pipeline.cache_stage import CacheStage, Lookup
     from thrifty.pipeline.cascade_stage import CascadeStage
     from thrifty.pipeline.defer_stage import DeferStage
+    from thrifty.pipeline.judge_stage import JudgeStage
 
 log = logging.getLogger("thrifty.gateway")
 
@@ -106,12 +109,14 @@ class Pipeline:
         cache: CacheStage | None = None,
         cascade: CascadeStage | None = None,
         defer: DeferStage | None = None,
+        judge: JudgeStage | None = None,
     ) -> None:
         self.gw = gateway
         self.billing = billing
         self.cache = cache
         self.cascade = cascade
         self.defer = defer
+        self.judge = judge
 
     # -- the stages ----------------------------------------------------------------------------
 
@@ -171,7 +176,15 @@ class Pipeline:
         answer = await self._live(call)
         if where is not None:
             self.cache.store(call, where, answer.body, answer.cost_usd)  # type: ignore[union-attr]
+        if self.judge is not None and self.judge.wants(call):
+            self.judge.submit(call, answer.body)  # billed already; graded in the background
         return answer
+
+    async def own_call(self, call: Call) -> Answer:
+        """A non-streamed call the gateway makes on its own account (the judge's), for
+        ``call.principal``: planned, admitted, called and billed like any, refusals settled;
+        no cache, cascade or deferral."""
+        return await self._settled(call, self._live(call))
 
     async def plan_admit(self, call: Call) -> None:
         req = call.chat
@@ -220,14 +233,19 @@ class Pipeline:
             return await self.settle(call, status, usage, error_type)
 
         on_complete = None
-        if where is not None:
+        judge = self.judge if self.judge is not None and self.judge.wants(call) else None
+        if where is not None or judge is not None:
             cache = self.cache
-            assert cache is not None
 
             def on_complete(chunks: list[dict[str, Any]], usage: Usage) -> None:
+                # Once the whole answer was relayed and billed (a broken or stopped stream is not).
                 answer = completion_of(chunks, usage)
-                if answer is not None:
+                if answer is None:
+                    return
+                if where is not None and cache is not None:
                     cache.store(call, where, answer, stream.cost)
+                if judge is not None:
+                    judge.submit(call, answer)
 
         stream = AnswerStream(
             first,
@@ -386,6 +404,8 @@ class Pipeline:
             route=plan.route if plan is not None else None,
             batch=call.batch_line,
         )
+        if call.purpose:
+            charge.reason = f"{call.purpose}; {charge.reason}" if charge.reason else call.purpose
         if served is not None and served.unknown_attempts:
             # Attempts the upstream got and never answered: charged their upper bound, flagged.
             charge.extra_cost_usd = served.unknown_cost_usd
@@ -421,7 +441,7 @@ class Pipeline:
         call.settled = True
         charge = self.charge_of(call, exc.status, None, error_type or exc.type)
         if call.plan is None:
-            charge.reason = f"refused: {exc.message}"[:500]
+            charge.reason = f"{call.purpose + '; ' if call.purpose else ''}refused: {exc.message}"[:500]
         try:
             await self.billing.bill(charge, call.reservation)
         except ThriftyError:

@@ -18,6 +18,7 @@
     model = "gpt-4o-mini"        # any configured chat model; no [judge]: no judge
     sample = 0.05                # share of routed answers graded
     weight = 0.5                 # a grade counts as this many user ratings
+    max_tokens = 16              # the judge's answer: one verdict line (docs/router.md, Judge)
 
     [models."my-model"]
     router_alias = "gpt-4o-mini"  # the name the packaged router knows this model by
@@ -136,6 +137,8 @@ def parse_judge(doc: Mapping[str, Any], models: Mapping[str, Any]) -> JudgeSetti
     model = j.get("model")
     if not isinstance(model, str) or model not in models:
         raise UsageError(f"judge.model must name a configured model, got {model!r}")
+    if getattr(models[model], "mode", "chat") != "chat":
+        raise UsageError(f"judge.model must be a chat model; {model!r} is not")
     d = JudgeSettings(model)
     return JudgeSettings(
         model,
