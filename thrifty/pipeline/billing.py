@@ -164,7 +164,7 @@ class Billing:
             )
         m = self.metrics
         if record.error_type == "cost_estimated":  # attempts of unknown cost, at their bound
-            m.upstream_errors[(c.provider or "-", "cost_estimated")] += 1
+            m.upstream_errors.inc((c.provider or "-", "cost_estimated"))
         name = c.info.name if c.info is not None else "-"
         m.observe(c.endpoint, name, c.status, c.latency_ms / 1000)
         if c.status >= 400:
