@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from typing import Any
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -29,6 +30,12 @@ class Metrics:
         self.fallbacks = 0
         self.latency_counts = [0] * (len(BUCKETS) + 1)
         self.latency_sum = 0.0
+        # Learned routing (thrifty.gateway.routing): labels this process loaded by source,
+        # decisions by kind, and exploration's extra expected cost (keys seeded: never added
+        # while a scrape iterates).
+        self.router_labels: dict[str, int] = {"feedback": 0, "judge": 0}
+        self.router_decisions: dict[str, int] = {"packaged": 0, "learned": 0, "explored": 0}
+        self.router_exploration_cost = 0.0
 
     def observe(self, endpoint: str, model: str, status: int, seconds: float) -> None:
         self.requests[(endpoint, model, str(status))] += 1
@@ -85,4 +92,17 @@ class Metrics:
         out.append(f'thrifty_request_duration_seconds_bucket{{le="+Inf"}} {cum}')
         out.append(f"thrifty_request_duration_seconds_sum {self.latency_sum:.6f}")
         out.append(f"thrifty_request_duration_seconds_count {cum}")
+        self._render_router(out, family)
         return ("\n".join(out) + "\n").encode()
+
+    def _render_router(self, out: list[str], family: Any) -> None:
+        family("thrifty_router_labels_total", "counter", "Router labels loaded by this process, by source.")
+        for source, n in list(self.router_labels.items()):
+            out.append(f"thrifty_router_labels_total{{{_labels(('source',), (source,))}}} {n}")
+        family("thrifty_router_decisions_total", "counter",
+               "Auto-routing decisions: the packaged router's, learned, or exploring.")
+        for kind, n in list(self.router_decisions.items()):
+            out.append(f"thrifty_router_decisions_total{{{_labels(('kind',), (kind,))}}} {n}")
+        family("thrifty_router_exploration_cost_usd_total", "counter",
+               "Exploring decisions' extra expected cost over the best estimate, in USD.")
+        out.append(f"thrifty_router_exploration_cost_usd_total {self.router_exploration_cost:.10g}")

@@ -331,6 +331,9 @@ class Gateway:
             for m in allowed
         }  # type: ignore[operator]
         routed = self.router.choose(req.prompt, allowed, costs, profile, principal.team_id)
+        self.metrics.router_decisions[routed.kind] += 1
+        if routed.extra_cost:
+            self.metrics.router_exploration_cost += routed.extra_cost
         first = self.models[routed.model]
         scores = routed.scores
         rest = self._fallbacks(principal, first, prompt_tokens, needs)
