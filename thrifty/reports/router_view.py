@@ -26,7 +26,11 @@ def print_status(s: Status, console: Any) -> None:
         t.add_row(m.model, "-" if m.quality is None else f"{m.quality:.2f}", interval_text(m.interval),
                   f"{m.labels.get('feedback', 0):,}", f"{m.labels.get('judge', 0):,}", f"{m.routed:,}",
                   pct(m.routed_share), f"{m.explored:,}", pct(m.explored_share), cost)
-    console.print(t)
+    if s.models:
+        console.print(t)
+    else:
+        console.print(f"No labels and no auto-routed requests in the last {s.days:g} days"
+                      + (f" for team {s.team}." if s.team else "."))
     console.print(f"Auto-routed requests: {s.routed:,}; explored: {s.explored:,} ({pct(s.explored_share, 1)}); "
                   f"exploration spend {usd_nanos(s.exploration_cost_nanos)} of {usd_nanos(s.routed_cost_nanos)} "
                   f"({pct(s.exploration_spend_share, 1)}).")
