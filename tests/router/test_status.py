@@ -9,6 +9,7 @@ import pytest
 from rated_gateway import JUDGE_WEIGHT, TEAM
 
 from thrifty.cli import main
+from thrifty.reports.offpolicy import estimate
 
 
 def _status(rated, capsys, *args: str) -> dict:
@@ -111,3 +112,27 @@ def test_unknown_flag_value_type_is_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected one argument" in err
+
+
+def test_simulate_keeps_its_scenarios_and_adds_the_off_policy_estimate(rated, capsys):
+    rated.spend.flush()
+    model_of = {s.request_id: s.model for s in rated.sent}
+    top = Counter(model_of[r] for r in rated.feedback).most_common(1)[0][0]
+    assert main(["simulate", "--database-url", rated.db_url, "--policy-model", top, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["requests"] == len(rated.sent) and doc["scenarios"][0]["scenario"] == "as served"
+    (o,) = doc["off_policy"]
+    assert o["model"] == top and o["rated"] == len(rated.feedback)
+    assert o["matched"] == sum(1 for r in rated.feedback if model_of[r] == top)
+    db = rated.db()
+    try:
+        prop = dict(db.all("SELECT request_id, route_propensity FROM ledger WHERE route_propensity IS NOT NULL"))
+    finally:
+        db.close()
+    rids = list(rated.feedback)  # the rated routed requests: served as the responses said, scored as sent
+    want = estimate(top, [model_of[r] for r in rids], [rated.feedback[r] for r in rids], [prop[r] for r in rids])
+    assert o["ips"] == pytest.approx(want.ips) and o["snips"] == pytest.approx(want.snips)
+    assert o["ess"] == pytest.approx(want.ess) and o["confidence"] == want.confidence
+    assert main(["simulate", "--database-url", rated.db_url, "--policy-model", top]) == 0
+    out = capsys.readouterr().out
+    assert "What-if routing" in out and "Off-policy estimate" in out
