@@ -11,11 +11,12 @@ Per model:
 * labels by source (``feedback``, ``judge``): every label in the database (what the router
   loads), whatever ``days``;
 * in the last ``days`` days: its share of the auto-routed requests (ledger rows with a
-  ``route_propensity``), the requests where it was chosen by exploration and what they cost.
+  ``route_propensity`` and a served model), the requests where it was chosen by exploration and what they cost.
 
 **Clusters**: the labels' prompt contexts grouped by k-means (spherical, on the contexts centred
 on their mean as the router compares them; k-means++ seeded, so the same labels give the same
-clusters), with each model's mean and count per cluster. They are computed for display: the
+clusters; the newest 20,000 labels, as many as a router keeps per scope), with each model's mean
+and count per cluster. They are computed for display: the
 router itself learns per prompt (a kernel over contexts), not per cluster.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from thrifty.errors import UsageError
 from thrifty.router.labels import SOURCES
-from thrifty.router.online import decode_context
+from thrifty.router.online import DEFAULT_MAX_LABELS, decode_context
 from thrifty.spend.db import Database
 
 LEVEL = 0.90
@@ -111,7 +112,7 @@ def status(db: Database, *, team: str | None = None, days: float = 30.0, now: fl
     tcond, tparams = (" AND team_id = ?", [team]) if team else ("", [])
     label_rows = db.all(
         f"SELECT request_id, source, model, score, weight, context FROM router_labels WHERE 1=1{tcond}"
-        " ORDER BY request_id, source", tparams)
+        " ORDER BY ts, request_id, source", tparams)
     traffic = db.all(
         "SELECT served_model, COUNT(*), SUM(route_explored), COALESCE(SUM(cost_nanos), 0),"
         " COALESCE(SUM(CASE WHEN route_explored = 1 THEN cost_nanos ELSE 0 END), 0) FROM ledger"
@@ -144,7 +145,7 @@ def status(db: Database, *, team: str | None = None, days: float = 30.0, now: fl
     out = Status(team, days, since, models, routed, sum(m.explored for m in models),
                  sum(int(r[3]) for r in traffic), sum(m.exploration_cost_nanos for m in models))
     if clusters:
-        out.clusters = cluster_labels(label_rows)
+        out.clusters = cluster_labels(label_rows[-DEFAULT_MAX_LABELS:])  # the newest: what a router holds
     return out
 
 
