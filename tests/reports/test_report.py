@@ -121,7 +121,8 @@ def _insert(db: Database, rows: list[tuple]) -> None:
 
 def _row(ts: float, team: str, model: str, cost: int, tags: str = "[]", status: int = 200) -> tuple:
     return (uuid.uuid4().hex, ts, f"key-{team}", f"user-{team}", team, tags, "chat", "auto", model, "replay", "r",
-            100, 50, 10, 0, 1e-6, 2e-6, 0.0, cost, cost * 4, 12.5, status, None, 0, 0, int(cost % 7 == 0), 0, None)
+            100, 50, 10, 0, 1e-6, 2e-6, 0.0, cost, cost * 4, 12.5, status, None, 0, 0, int(cost % 7 == 0), 0, None,
+            None, None, 0)  # route_context, route_propensity, route_explored
 
 
 def _multi_day_rows(now: float, n: int = 600) -> list[tuple]:
@@ -215,7 +216,7 @@ def test_feedback_and_ledger_simulation_on_postgres(pg_url):
         ensure_tables(db)  # idempotent
         now = time.time()
         rows = [_row(now - 60 * i, "a", "m1", 1000 + i) for i in range(4)]
-        rows = [r[:-1] + (json.dumps({"m1": 0.9, "m2": 0.4}),) for r in rows]
+        rows = [r[:-4] + (json.dumps({"m1": 0.9, "m2": 0.4}),) + r[-3:] for r in rows]  # scores
         _insert(db, rows)
         rid = rows[0][0]
         out = feedback.record(db, rid, 0.0, "no", key_id="key-a", is_admin=False)

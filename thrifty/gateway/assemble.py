@@ -110,7 +110,7 @@ def create_app(
         on_shutdown.append(stop_batches)
     db_url = getattr(spend, "db_url", None)
     if db_url and config.routing.learning:
-        _learn_from(db_url, auto, on_startup, on_shutdown)
+        _learn_from(db_url, auto, metrics, on_startup, on_shutdown)
     if config.judge is not None:
         _judge(config, pipeline, spend, metrics, on_shutdown)
     if cache is not None:
@@ -136,14 +136,15 @@ def create_app(
     )
 
 
-def _learn_from(db_url: str, auto: AutoRouter, on_startup: list, on_shutdown: list) -> None:
+def _learn_from(db_url: str, auto: AutoRouter, metrics: Metrics, on_startup: list, on_shutdown: list) -> None:
     """Labels in the spend database teach this replica's router: all at start, then every
     ``[router] sync_s`` seconds (what other replicas stored) and at once after a local write."""
     import asyncio
 
     from thrifty.router.labels import LabelSync
 
-    sync = LabelSync(db_url, lambda team, label: auto.learn(auto.scope(team), label))
+    sync = LabelSync(db_url, lambda team, label: auto.learn(auto.scope(team), label),
+                     lambda source: metrics.router_labels.inc((source,)))
     tasks: list[asyncio.Task] = []
 
     async def loop(period: float) -> None:

@@ -217,11 +217,31 @@ class Metrics:
             "skipped_backlog).",
             ("outcome",),
         )
+        # Learned routing (thrifty.gateway.routing): labels this process loaded by source,
+        # decisions by kind, and exploration's extra expected cost.
+        self.router_labels = Counter(
+            "thrifty_router_labels_total", "Ratings of routed answers loaded by this router, by source.",
+            ("source",),
+        )
+        self.router_decisions = Counter(
+            "thrifty_router_decisions_total",
+            "Routing decisions by kind (packaged: the packaged router's own; learned; explored).",
+            ("kind",),
+        )
+        self.router_exploration_cost = Counter(
+            "thrifty_router_exploration_cost_usd_total",
+            "Exploration's extra expected cost over the best estimate's choice, in USD.",
+        )
         self.families: tuple[Counter | Histogram, ...] = (
             self.requests, self.duration, self.rejections, self.cost, self.team_cost,
             self.frontier_cost, self.tokens, self.upstream_latency, self.ttft, self.cache,
             self.cache_saved, self.upstream_errors, self.retries, self.fallbacks, self.judge,
+            self.router_labels, self.router_decisions, self.router_exploration_cost,
         )  # fmt: skip
+        for source in ("feedback", "judge"):  # present from the first scrape, at 0
+            self.router_labels.inc((source,), 0)
+        for kind in ("packaged", "learned", "explored"):
+            self.router_decisions.inc((kind,), 0)
 
     def observe(self, endpoint: str, model: str, status: int, seconds: float) -> None:
         """One finished request (any outcome)."""
@@ -252,3 +272,4 @@ class Metrics:
             out.append(f"# HELP {g.name} {g.help}\n# TYPE {g.name} gauge")
             out.extend(f"{g.name}{_labels(g.labels, k)} {_num(v)}" for k, v in g.values.items())
         return ("\n".join(out) + "\n").encode()
+

@@ -51,6 +51,8 @@ class Routed:
     reason: str
     scores: dict[str, float] | None  # estimated quality per candidate (the ledger's ``scores``)
     trace: RouteTrace | None
+    kind: str = "packaged"  # "packaged" | "learned" | "explored" (thrifty_router_decisions_total)
+    extra_cost: float = 0.0  # an exploring decision's extra expected cost over the best estimate (USD)
 
 
 class AutoRouter:
@@ -215,7 +217,8 @@ class AutoRouter:
             reason += f"; exploring (chosen with probability {choice.propensity:.2f})"
         trace = RouteTrace(encode_context(context) if context is not None else None,
                            choice.propensity, choice.explored)
-        return Routed(choice.model, reason, choice.means, trace)
+        return Routed(choice.model, reason, choice.means, trace,
+                      "explored" if choice.explored else "learned", choice.extra_cost)
 
     def learn(self, scope: str, label: Label) -> None:
         """A rating of a routed answer (feedback or the judge), effective on the next request."""

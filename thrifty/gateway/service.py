@@ -334,6 +334,9 @@ class Gateway:
             for m in allowed
         }  # type: ignore[operator]
         routed = self.router.choose(req.prompt, allowed, costs, profile, principal.team_id, explore=explore)
+        self.metrics.router_decisions.inc((routed.kind,))
+        if routed.extra_cost:
+            self.metrics.router_exploration_cost.inc((), routed.extra_cost)
         first = self.models[routed.model]
         scores = routed.scores
         rest = self._fallbacks(principal, first, prompt_tokens, needs)

@@ -70,6 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--output", "-o", help="write CSV/JSON here instead of stdout")
     s.add_argument("--chart", metavar="PNG", help="also plot cost against quality for each scenario")
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    s.add_argument("--policy-model", action="append", default=[], metavar="MODEL",
+                   help="also estimate the mean quality of 'always MODEL' on the ledger's rated routed requests by "
+                   "inverse propensity weighting (IPS and self-normalised, 90%% intervals, effective sample size); "
+                   "repeatable; ledger source, table or json format")
     s.set_defaults(func=_simulate)
 
     r = subparsers.add_parser(
@@ -196,6 +200,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit <= 0:
         raise UsageError("--limit must be positive")
+    if args.policy_model and (args.replay or args.prompts):
+        raise UsageError("--policy-model estimates from the ledger's rated routed requests: drop --replay/--prompts")
+    if args.policy_model and args.format == "csv":
+        raise UsageError("--policy-model: use --format table or json")
     config = load_config(args.config)
     router = Router.load(args.router or config.router_path or default_router_path())
     pool = sim.Pool(config.models, router.models, prices=_json_arg(args.prices, "prices"),
@@ -216,6 +224,7 @@ def _simulate(args: argparse.Namespace) -> int:
     scenarios += [sim.Scenario(f"cost_weight={w:g}", Profile.cost_weight(w)) for w in args.cost_weight]
     scenarios += [sim.Scenario(f"target_quality={q:g}", Profile.target_quality(q)) for q in args.target_quality]
 
+    off: list = []
     if args.replay:
         from thrifty.providers import replay_records as rr
 
@@ -241,10 +250,14 @@ def _simulate(args: argparse.Namespace) -> int:
         db = open_database(args.database_url, args.config, args.data_dir)
         try:
             items = sim.items_from_ledger(db, f, exp_out)
+            off = _off_policy(db, f, args.policy_model, config.models)
         finally:
             db.close()
         source = "the ledger"
         scenarios.insert(0, sim.Scenario(sim.AS_SERVED))
+    if not items and off:
+        _emit_off_policy(off, args)
+        return 0
     if not items:
         raise UsageError(f"nothing to simulate: {source} has no routed requests with router scores in range")
     frontier = config.frontier_model
@@ -253,8 +266,10 @@ def _simulate(args: argparse.Namespace) -> int:
     outcomes = sim.run(router, pool, items, scenarios, seed=args.seed)
 
     if args.format == "json":
-        _emit(json.dumps({"source": source, "requests": len(items),
-                          "scenarios": [o.as_dict() for o in outcomes]}, indent=2) + "\n", args.output)
+        doc = {"source": source, "requests": len(items), "scenarios": [o.as_dict() for o in outcomes]}
+        if off:
+            doc["off_policy"] = [o.as_dict() for o in off]
+        _emit(json.dumps(doc, indent=2) + "\n", args.output)
     elif args.format == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -267,11 +282,63 @@ def _simulate(args: argparse.Namespace) -> int:
         _emit(buf.getvalue(), args.output)
     else:
         _print_table(outcomes, source, len(items))
+        if off:
+            _print_off_policy(off)
     if args.chart:
         from thrifty.reports.charts import simulation
 
         print(f"chart: {simulation(outcomes, Path(args.chart))}")
     return 0
+
+
+def _off_policy(db: object, f: object, models: list[str], configured: object) -> list:
+    """The IPS estimates of "always MODEL" for each ``--policy-model`` (thrifty.reports.offpolicy)."""
+    if not models:
+        return []
+    from thrifty.errors import UsageError
+    from thrifty.reports import offpolicy
+
+    served, scores, props = offpolicy.logged(db, f)
+    unknown = [m for m in models if m not in configured and m not in served]  # type: ignore[operator]
+    if unknown:
+        raise UsageError(f"--policy-model: {', '.join(unknown)} is neither a configured model nor in the ledger")
+    if not served:
+        raise UsageError("--policy-model: no rated request in range was routed by auto with a logged propensity "
+                         "(rate answers with POST /v1/feedback)")
+    return [offpolicy.estimate(m, served, scores, props) for m in models]
+
+
+def _emit_off_policy(off: list, args: argparse.Namespace) -> None:
+    import json
+
+    if args.format == "json":
+        _emit(json.dumps({"source": "the ledger", "off_policy": [o.as_dict() for o in off]}, indent=2) + "\n",
+              args.output)
+    else:
+        _print_off_policy(off)
+
+
+def _print_off_policy(off: list) -> None:
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    def ci(v: tuple[float, float] | None) -> str:
+        return "-" if v is None else f"{v[0]:.3f}-{v[1]:.3f}"
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    t = Table(title=f"Off-policy estimate of 'always MODEL' on {off[0].rated:,} rated routed requests "
+              "(inverse propensity weighting)", title_justify="left")
+    for col in ("policy", "served by it", "IPS", "90% CI", "SNIPS", "90% CI", "ESS"):
+        t.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+    for o in off:
+        t.add_row(f"always {o.model}", f"{o.matched:,}", "-" if o.ips is None else f"{o.ips:.3f}",
+                  ci(o.ips_interval), "-" if o.snips is None else f"{o.snips:.3f}", ci(o.snips_interval),
+                  f"{o.ess:.1f}")
+    console.print(t)
+    for o in off:
+        console.print(f"always {o.model}: confidence {o.confidence}.")
 
 
 def _print_table(outcomes: list, source: str, n: int) -> None:

@@ -92,6 +92,24 @@ def record(db: Any, request_id: str, score: float, comment: str | None, *, key_i
     return {"object": "feedback", "request_id": request_id, "score": score, "model": row[1], "learned": learned}
 
 
+def learn_from_feedback(db: Any) -> tuple[int, int]:
+    """(added, updated): a label for every rating of a routed request (one with a prompt
+    context in the ledger) that has none, e.g. rated before learning existed or while it was
+    off, and the rating again where it changed since. Idempotent."""
+    ensure_tables(db)
+    rows = db.all(
+        "SELECT f.request_id, f.score, r.score FROM feedback f JOIN ledger l ON l.request_id = f.request_id"
+        " LEFT JOIN router_labels r ON r.request_id = f.request_id AND r.source = 'feedback'"
+        " WHERE l.route_context IS NOT NULL AND l.served_model IS NOT NULL"
+        " AND (r.request_id IS NULL OR r.score <> f.score) ORDER BY f.request_id")
+    added = updated = 0
+    for rid, score, old in rows:
+        if store_label(db, rid, "feedback", float(score)):
+            added += old is None
+            updated += old is not None
+    return added, updated
+
+
 def feedback_app(spend: Any, *, max_body_bytes: int | None = None) -> Any:
     """The ASGI app for ``/v1/feedback`` (the gateway mounts it by path prefix). A body over
     ``max_body_bytes`` (the gateway's setting; default 32 MiB) gets a 413 in OpenAI's format

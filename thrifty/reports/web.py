@@ -389,6 +389,32 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
                                                             "cursor": data["next_cursor"]})
         return page(request, "requests.html", rows=rows, form=form, next_url=nxt)
 
+    async def router_page(request: Request) -> Response:
+        from thrifty.errors import UsageError
+        from thrifty.router.status import LEVEL, status
+
+        q = request.query_params
+        team = (q.get("team") or "").strip() or None
+        days_text = (q.get("days") or "30").strip()
+        try:
+            days = float(days_text)
+        except ValueError:
+            days = -1.0
+        if not 0 < days <= 36_500:
+            raise BadInput(f"days must be a positive number of days, not {days_text!r}")
+        spend.flush()
+
+        def run() -> tuple[Any, list[str]]:
+            teams = [r[0] for r in db().all("SELECT id FROM teams ORDER BY id")]
+            return status(db(), team=team, days=days, now=time.time()), teams
+
+        try:
+            s, teams = await run_in_threadpool(locked, run)
+        except UsageError as exc:
+            raise BadInput(str(exc)) from None
+        return page(request, "router.html", rs=s, teams=teams, level=LEVEL,
+                    form={"team": team or "", "days": days_text})
+
     def _session(request: Request) -> str | None:
         token = request.cookies.get(session.COOKIE)
         return token if token and session.verify(state["secret"], token) is not None else None
@@ -443,6 +469,7 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
         Route("/keys", guarded(keys), methods=["GET"]),
         Route("/live", guarded(live), methods=["GET"]),
         Route("/requests", guarded(requests_page), methods=["GET"]),
+        Route("/router", guarded(router_page), methods=["GET"]),
         Route("/manage", guarded(manage_page), methods=["GET"]),
         Route("/manage/team", guarded(manage_action("team")), methods=["POST"]),
         Route("/manage/key", guarded(manage_action("key")), methods=["POST"]),

@@ -1,4 +1,7 @@
-"""``thrifty router train | score | eval``."""
+"""``thrifty router train | score | eval | calibrate | status | learn``.
+
+``status`` and ``learn`` read the spend database; their handlers (CLI layer) use the reports'
+database lookup and money formatting."""
 
 from __future__ import annotations
 
@@ -43,6 +46,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="keep this share of the best predicted mean quality at the lowest cost (auto: 0.98)")
     cal.set_defaults(func=_calibrate)
 
+    st = rsub.add_parser("status", help="what the router learnt from feedback and judge grades, per model",
+                         description="Per model: the learned quality (Beta posterior of its labels: mean and "
+                         "90%% credible interval), labels by source, its share of the auto-routed requests and the "
+                         "exploration spend of the last --days days; and clusters of the labels' prompt contexts "
+                         "(computed for display; the router learns per prompt, not per cluster).")
+    _db_args(st)
+    st.add_argument("--team", help="only this team's labels and requests")
+    st.add_argument("--days", default="30", help="traffic window in days (default 30); labels: all")
+    st.add_argument("--format", default="table", help="table (default) or json")
+    st.set_defaults(func=_status)
+    _one_line_errors(st, "thrifty router status")
+
+    learn = rsub.add_parser("learn", help="add the labels missing for rated routed requests (idempotent)",
+                            description="Complete the router_labels table from the ledger and the feedback table: "
+                            "every rated request with a prompt context (routed by auto) gets its label; a label "
+                            "whose rating changed is updated. Running gateways load them within sync_s.")
+    _db_args(learn)
+    learn.set_defaults(func=_learn)
+    _one_line_errors(learn, "thrifty router learn")
+
     ev = rsub.add_parser("eval", help="held-out evaluation protocols, JSON report and PNG plots")
     ev.add_argument("--data", nargs="+", required=True, metavar="PATH")
     ev.add_argument("--out", default="artifacts/router-eval", metavar="DIR")
@@ -56,6 +79,68 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="pair protocols also train on every prompt outside the test benchmark that has labels "
                          "for both models (e.g. GSM8K and aliased RouterBench rows for mmlu-subjects)")
     ev.set_defaults(func=_eval)
+
+
+def _db_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", help="spend database (sqlite:///path.db or postgresql://...); "
+                   "default: the gateway config's, else <data dir>/spend.db")
+    p.add_argument("--config", help="gateway TOML config to take the database from")
+    p.add_argument("--data-dir", help="gateway data dir holding spend.db (default: $THRIFTY_DATA_DIR or .thrifty)")
+
+
+def _one_line_errors(p: argparse.ArgumentParser, prog: str) -> None:
+    """A bad flag value is one line on stderr and exit 2 (argparse would print the usage too)."""
+
+    def error(message: str) -> None:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    p.error = error  # type: ignore[method-assign]
+
+
+def _status(args: argparse.Namespace) -> int:
+    import time
+
+    from thrifty.reports.source import open_database
+    from thrifty.router.status import status
+
+    if args.format not in ("table", "json"):
+        raise UsageError(f"--format must be table or json, got {args.format!r}")
+    try:
+        days = float(args.days)
+    except ValueError:
+        days = -1.0
+    if not 0 < days <= 36_500:
+        raise UsageError(f"--days must be a positive number of days, got {args.days!r}")
+    db = open_database(args.database_url, args.config, args.data_dir)
+    try:
+        s = status(db, team=args.team, days=days, now=time.time())
+    finally:
+        db.close()
+    if args.format == "json":
+        print(json.dumps(s.as_dict(), indent=2))
+        return 0
+    from rich.console import Console
+
+    from thrifty.reports.router_view import print_status
+
+    print_status(s, Console(width=None if sys.stdout.isatty() else 160))
+    return 0
+
+
+def _learn(args: argparse.Namespace) -> int:
+    from thrifty.reports.feedback import learn_from_feedback
+    from thrifty.reports.source import open_database
+    from thrifty.router.status import check_schema
+
+    db = open_database(args.database_url, args.config, args.data_dir)
+    try:
+        check_schema(db)
+        added, updated = learn_from_feedback(db)
+    finally:
+        db.close()
+    print(f"added {added} label(s), updated {updated} from feedback")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

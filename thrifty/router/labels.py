@@ -56,9 +56,11 @@ def counts(db: Database) -> dict[tuple[str, str], int]:
 class LabelSync:
     """Feeds the labels of one database to ``learn(team_id, label)``."""
 
-    def __init__(self, db_url: str, learn: Callable[[str | None, Label], None]) -> None:
+    def __init__(self, db_url: str, learn: Callable[[str | None, Label], None],
+                 count: Callable[[str], None] | None = None) -> None:
         self.db_url = db_url
         self.learn = learn
+        self.count = count  # called with each loaded label's source (the gateway's metrics)
         self.db: Database | None = None
         self.cursor = 0.0
         self.seen: dict[tuple[str, str], float] = {}
@@ -97,6 +99,8 @@ class LabelSync:
                 # are two labels, each under its own id.
                 self.learn(team, Label(f"{rid}:{source}", model, float(score), ctx, float(weight), float(ts)))
                 fresh += 1
+                if self.count is not None:
+                    self.count(source)
             if rows:
                 self.cursor = max(self.cursor, float(rows[-1][2]))
             # Forget what is older than the overlap window: those rows are not read again.
