@@ -163,6 +163,7 @@ class Pipeline:
             call.plan.chain[0].info,
             prompt_tokens=call.plan.prompt_tokens,
             max_cost_usd=call.plan.max_cost_usd,
+            request_id=call.request_id,
         )
 
     async def _live(self, call: Call) -> Answer:
@@ -321,6 +322,7 @@ class Pipeline:
             call.plan.chain[0].info,
             prompt_tokens=call.plan.prompt_tokens,
             max_cost_usd=call.plan.max_cost_usd,
+            request_id=call.request_id,
         )
         call.served = Served()
         result = await self.gw.embeddings(call.plan, req.body, call.served)

@@ -151,10 +151,11 @@ class SpendControl(Protocol):
 
     async def admit(
         self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float,
-        ttl: float | None = None,
+        ttl: float | None = None, request_id: str | None = None,
     ) -> Reservation:
         """Apply rate limits and reserve ``max_cost_usd`` on every budget that applies; ``ttl``:
-        how long the hold counts if never settled (a provider batch line's window)."""
+        how long the hold counts if never settled (a provider batch line's window);
+        ``request_id``: whose hold (charged under it if the replica holding it dies)."""
 
     async def reinstate(
         self, principal: Principal, model: ModelInfo, *, max_cost_usd: float, ttl: float | None = None,
@@ -183,7 +184,7 @@ class OpenSpendControl:
 
     async def admit(
         self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float,
-        ttl: float | None = None,
+        ttl: float | None = None, request_id: str | None = None,
     ) -> Reservation:
         return Reservation(principal, model.name, max_cost_usd)
 

@@ -11,7 +11,9 @@ Two engines with one rule (spent + held + this request <= limit, else refuse):
   that locks the budget rows, then reads spent and held in one snapshot
   (admits for the same budgets that arrive meanwhile go in the next call). The ledger batcher turns a hold into spend in one
   transaction (insert record, add to counter, delete hold), so a check never
-  sees a request twice or not at all. Holds of a crashed process expire.
+  sees a request twice or not at all. A request's hold names its replica (``owner``)
+  and its request (``detail``): once that replica's lease lapses, another replica
+  charges it in full (:mod:`thrifty.spend.leases`); holds with no detail expire.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Hold:
     charges: list[tuple[BudgetEntry, int]] = field(default_factory=list)  # (budget, period start)
     ends: dict[str, float | None] = field(default_factory=dict)
     settled: bool = False
+    detail: str | None = None  # whose request (PostgreSQL): for the record if its replica dies
 
 
 def refuse(budget: BudgetEntry, spent: int, held: int, amount: int, resets: float | None) -> BudgetExceeded:
@@ -113,7 +116,7 @@ class PostgresBudgets:
     """Holds in PostgreSQL, with the admits for the same budgets coalesced into one call.
 
     While a call for a set of budgets is in flight, later admits for the same
-    set queue up and go together in the next call (``thrifty_reserve_many``),
+    set queue up and go together in the next call (``thrifty_reserve_detailed``),
     which checks them one by one under the budget locks: as exact as one call
     per request, but a hot budget is locked once per batch.
     """
@@ -167,8 +170,9 @@ class PostgresBudgets:
         now = time.time()
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT * FROM thrifty_reserve_many(%s, %s, %s, %s, %s, %s, %s)",
-                ([h.id for h, _ in batch], [h.amount for h, _ in batch], [b.id for b, _ in charges],
+                "SELECT * FROM thrifty_reserve_detailed(%s, %s, %s, %s, %s, %s, %s, %s)",
+                ([h.id for h, _ in batch], [h.amount for h, _ in batch], [h.detail for h, _ in batch],
+                 [b.id for b, _ in charges],
                  [s for _, s in charges], self._owner, now, now + ttl),
             )
             rows = await cur.fetchall()

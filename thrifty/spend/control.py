@@ -33,11 +33,13 @@ from thrifty.spend.api import (
 from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, window_ended
 from thrifty.spend.db import AsyncPgPool, Database
 from thrifty.spend.keys import bearer_token, hash_key, same_hash
+from thrifty.spend.leases import EXPIRY_S, HEARTBEAT_S, ReplicaLease
 from thrifty.spend.ledger import LedgerWriter, journal_entry, replay_orphans
 from thrifty.spend.money import usd_to_nanos
 from thrifty.spend.periods import iso, period_bounds
 from thrifty.spend.policy import filter_models
 from thrifty.spend.ratelimit import Check, MemoryRateLimiter, PostgresRateLimiter
+from thrifty.spend.reclaim import hold_detail
 from thrifty.spend.schema import config_version, migrate
 from thrifty.spend.snapshot import BudgetEntry, Snapshot, load_snapshot
 from thrifty.spend.store import ensure_admin_key
@@ -57,7 +59,11 @@ class DbSpendControl:
         hold_ttl: float = 3600.0,
         poll_interval: float = 1.0,
         flush_interval: float = 0.02,
+        lease_heartbeat: float = HEARTBEAT_S,
+        lease_expiry: float = EXPIRY_S,
     ) -> None:
+        """``lease_heartbeat``/``lease_expiry`` (PostgreSQL): how often this replica renews its
+        lease and how long it lasts; a dead replica's holds are charged within their sum."""
         self.db_url = db_url
         self.db = Database(db_url)
         self.postgres = self.db.postgres
@@ -77,8 +83,13 @@ class DbSpendControl:
             on_flush=lambda db, added: check_thresholds(db, lambda: self._snapshot, added),
         )
         self.budgets: MemoryBudgets | PostgresBudgets
+        self.lease: ReplicaLease | None = None
         if self.postgres:
-            self.budgets = PostgresBudgets(self.pool, self.writer.journal.id, hold_ttl=hold_ttl)
+            # The replica id is this process's first journal's: the holds it takes name it, and a
+            # restart that finds that journal unlocked knows the replica died.
+            replica = self.writer.journal.id
+            self.lease = ReplicaLease(db_url, replica, heartbeat=lease_heartbeat, expiry=lease_expiry)
+            self.budgets = PostgresBudgets(self.pool, replica, hold_ttl=hold_ttl)
         else:
             self.budgets = MemoryBudgets(self.db)
         self._stop = threading.Event()
@@ -147,10 +158,12 @@ class DbSpendControl:
 
     async def admit(
         self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float,
-        ttl: float | None = None,
+        ttl: float | None = None, request_id: str | None = None,
     ) -> Reservation:
         """``ttl`` (PostgreSQL): how long the hold counts if never settled (default: ``hold_ttl``;
-        a line waiting on a provider's batch passes its batch's completion window)."""
+        a line waiting on a provider's batch passes its batch's completion window; such a hold is
+        the batch's, not charged if this replica dies). ``request_id``: whose hold, for the
+        record written if this replica dies with it."""
         if principal.is_admin:
             return Reservation(principal, model.name, max_cost_usd)
         amount = usd_to_nanos(max_cost_usd, round_up=True)
@@ -162,7 +175,11 @@ class DbSpendControl:
         try:
             if checks:
                 await self.limiter.take(checks, now)
-            hold = await self._hold(snap, principal, amount, now, ttl=ttl)
+            detail = None
+            if self.postgres and ttl is None:
+                detail = hold_detail(request_id, principal.key_id, principal.user_id, principal.team_id,
+                                     principal.tags, model.name)
+            hold = await self._hold(snap, principal, amount, now, ttl=ttl, detail=detail)
         except SpendError:
             raise
         except Exception as exc:  # noqa: BLE001 (the shared database is down: refuse rather than spend unchecked)
@@ -202,9 +219,9 @@ class DbSpendControl:
 
     async def _hold(
         self, snap: Snapshot, principal: Principal, amount: int, now: float, *, force: bool = False,
-        ttl: float | None = None, hold_id: str | None = None,
+        ttl: float | None = None, hold_id: str | None = None, detail: str | None = None,
     ) -> Hold:
-        hold = Hold(hold_id or secrets.token_hex(12), amount)
+        hold = Hold(hold_id or secrets.token_hex(12), amount, detail=detail)
         for budget in snap.budgets_for(principal):
             if budget.period == "window":
                 if budget.window_start is not None and now < budget.window_start:
@@ -321,6 +338,8 @@ class DbSpendControl:
     async def close(self) -> None:
         self._stop.set()
         self.writer.close()
+        if self.lease is not None:
+            self.lease.close()
         await self.budgets.close()
         if self.pool is not None:
             await self.pool.close()

@@ -78,57 +78,67 @@ def write_batch(
 
     One transaction; returns the budget counters it added to.
     """
-    added: dict[tuple[str, int], int] = {}
     with db.transaction():
-        rows = [_row(e) for e in entries]
-        if db.postgres:
-            inserted = set()
-            with db._conn.cursor() as cur:
-                cur.executemany(db._sql(_INSERT) + " RETURNING request_id", rows, returning=True)
-                while True:
-                    got = cur.fetchone()
-                    if got is not None:
-                        inserted.add(got[0])
-                    if not cur.nextset():
-                        break
-            new = [e for e in entries if e["request_id"] in inserted]
-        else:
-            conn = db._conn
-            new = [e for e, row in zip(entries, rows) if conn.execute(_INSERT, row).rowcount == 1]
-        tokens: dict[tuple[str, int], int] = {}
-        for e in new:
-            for budget_id, period_start, nanos in e["charges"]:
-                added[(budget_id, period_start)] = added.get((budget_id, period_start), 0) + nanos
-            for scope, minute, count in e.get("rate_tokens") or ():
-                tokens[(scope, minute)] = tokens.get((scope, minute), 0) + count
-        if tokens:  # completion tokens against shared tokens-per-minute limits
-            db.executemany(
-                "INSERT INTO rate_windows (scope, minute, used) VALUES (?, ?, ?)"
-                " ON CONFLICT (scope, minute) DO UPDATE SET used = rate_windows.used + excluded.used",
-                [(s, m, n) for (s, m), n in sorted(tokens.items())],
-            )
-        if added:
-            db.executemany(
-                "INSERT INTO budget_spend (budget_id, period_start, spent_nanos) VALUES (?, ?, ?)"
-                " ON CONFLICT (budget_id, period_start) DO UPDATE"
-                " SET spent_nanos = budget_spend.spent_nanos + excluded.spent_nanos",
-                [(b, p, n) for (b, p), n in sorted(added.items())],
-            )
-        if release_reservations:
-            ids = [(e["reservation"],) for e in entries if e.get("reservation")]
-            if ids:
-                db.executemany("DELETE FROM reservations WHERE id = ?", ids)
-        if marks:
-            db.executemany(
-                "INSERT INTO journal_marks (journal, byte_offset) VALUES (?, ?)"
-                " ON CONFLICT (journal) DO UPDATE SET byte_offset = excluded.byte_offset",
-                list(marks.items()),
-            )
+        return write_entries(db, entries, marks, release_reservations=release_reservations)
+
+
+def write_entries(
+    db: Database, entries: list[dict], marks: dict[str, int], *, release_reservations: bool
+) -> dict[tuple[str, int], int]:
+    """:func:`write_batch` inside the caller's transaction (a reclaim writes its records in the
+    same transaction that takes the holds)."""
+    added: dict[tuple[str, int], int] = {}
+    rows = [_row(e) for e in entries]
+    if db.postgres:
+        inserted = set()
+        with db._conn.cursor() as cur:
+            cur.executemany(db._sql(_INSERT) + " RETURNING request_id", rows, returning=True)
+            while True:
+                got = cur.fetchone()
+                if got is not None:
+                    inserted.add(got[0])
+                if not cur.nextset():
+                    break
+        new = [e for e in entries if e["request_id"] in inserted]
+    else:
+        conn = db._conn
+        new = [e for e, row in zip(entries, rows) if conn.execute(_INSERT, row).rowcount == 1]
+    tokens: dict[tuple[str, int], int] = {}
+    for e in new:
+        for budget_id, period_start, nanos in e["charges"]:
+            added[(budget_id, period_start)] = added.get((budget_id, period_start), 0) + nanos
+        for scope, minute, count in e.get("rate_tokens") or ():
+            tokens[(scope, minute)] = tokens.get((scope, minute), 0) + count
+    if tokens:  # completion tokens against shared tokens-per-minute limits
+        db.executemany(
+            "INSERT INTO rate_windows (scope, minute, used) VALUES (?, ?, ?)"
+            " ON CONFLICT (scope, minute) DO UPDATE SET used = rate_windows.used + excluded.used",
+            [(s, m, n) for (s, m), n in sorted(tokens.items())],
+        )
+    if added:
+        db.executemany(
+            "INSERT INTO budget_spend (budget_id, period_start, spent_nanos) VALUES (?, ?, ?)"
+            " ON CONFLICT (budget_id, period_start) DO UPDATE"
+            " SET spent_nanos = budget_spend.spent_nanos + excluded.spent_nanos",
+            [(b, p, n) for (b, p), n in sorted(added.items())],
+        )
+    if release_reservations:
+        ids = [(e["reservation"],) for e in entries if e.get("reservation")]
+        if ids:
+            db.executemany("DELETE FROM reservations WHERE id = ?", ids)
+    if marks:
+        db.executemany(
+            "INSERT INTO journal_marks (journal, byte_offset) VALUES (?, ?)"
+            " ON CONFLICT (journal) DO UPDATE SET byte_offset = excluded.byte_offset",
+            list(marks.items()),
+        )
     return added
 
 
 def replay_orphans(db: Database, directory: pathlib.Path, *, release_reservations: bool, batch: int = 2000) -> int:
     """Bring the journals of dead processes into the ledger, then delete them; returns records read."""
+    from thrifty.spend.reclaim import reclaim
+
     count = 0
     for orphan in orphans(directory):
         row = db.one("SELECT byte_offset FROM journal_marks WHERE journal = ?", (orphan.id,))
@@ -138,20 +148,42 @@ def replay_orphans(db: Database, directory: pathlib.Path, *, release_reservation
         for end, entry in orphan.records(offset):
             pending.append(entry)
             if len(pending) >= batch:
-                write_batch(db, pending, {orphan.id: end}, release_reservations=release_reservations)
+                _replay(db, pending, {orphan.id: end}, release_reservations)
                 count += len(pending)
                 pending = []
         if pending:
-            write_batch(db, pending, {orphan.id: end}, release_reservations=release_reservations)
+            _replay(db, pending, {orphan.id: end}, release_reservations)
             count += len(pending)
+        if release_reservations:
+            # Requests in flight when that process died may have been served upstream: their
+            # holds are charged in full (exactly once, even if a survivor reclaims them too).
+            reclaim(db, orphan.id, time.time(), lapsed_only=False)
         with db.transaction():
             if release_reservations:
-                # Requests in flight when that process died never completed: release their holds.
+                # What is left (a provider batch's line holds) is held again by the batch's next runner.
                 db.execute("DELETE FROM reservations WHERE owner = ?", (orphan.id,))
             db.execute("DELETE FROM journal_marks WHERE journal = ?", (orphan.id,))
         orphan.remove()
         log.info("replayed journal %s", orphan.path.name)
     return count
+
+
+def _replay(db: Database, entries: list[dict], marks: dict[str, int], release_reservations: bool) -> None:
+    """Write a dead process's journaled records, but those whose hold a survivor already charged
+    in full as lost (its record is that request's charge: no request is charged twice)."""
+    if release_reservations:
+        from thrifty.spend.reclaim import LOST_SUFFIX
+
+        ids = [e["request_id"] + LOST_SUFFIX for e in entries if e.get("reservation")]
+        lost: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks_sql = ", ".join("?" * len(chunk))
+            lost.update(r[0] for r in db.all(f"SELECT request_id FROM ledger WHERE request_id IN ({marks_sql})", chunk))
+        if lost:
+            log.warning("%d journaled record(s) of a dead process were already charged as lost", len(lost))
+            entries = [e for e in entries if e["request_id"] + LOST_SUFFIX not in lost]
+    write_batch(db, entries, marks, release_reservations=release_reservations)
 
 
 class LedgerWriter:
