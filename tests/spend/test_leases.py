@@ -144,3 +144,64 @@ def test_replay_skips_a_journaled_record_whose_hold_was_charged_as_lost(tmp_path
     finally:
         db.close()
         asyncio.run(spend.close())
+
+
+def test_sqlite_a_journal_with_a_hold_open_is_kept_until_it_settles(tmp_path):
+    """SQLite journals its holds: a full journal is deleted only once its holds have settled."""
+    from thrifty.spend.db import sqlite_url
+    from thrifty.spend.ledger import LedgerWriter
+    from thrifty.spend.reclaim import hold_detail, hold_line
+
+    url = sqlite_url(tmp_path / "spend.db")
+    db = Database(url)
+    migrate(db)
+    db.close()
+    writer = LedgerWriter(url, tmp_path / "journal", release_reservations=False, journal_bytes=1)
+    try:
+        first = writer.journal
+        writer.note_hold("h1", hold_line("h1", 5, [["b", 0, 5]], hold_detail("r1", None, None, "t", (), "m")))
+        writer.submit(journal_entry(record("other"), 0, [], None))  # fills the journal: rotated
+        writer.flush()
+        time.sleep(0.1)
+        assert first.path.exists()  # its records are in, but the hold h1 is still open
+        writer.submit(journal_entry(record("r1"), 3, [["b", 0, 3]], "h1"))
+        writer.flush()
+        deadline = time.monotonic() + 5
+        while first.path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not first.path.exists()
+    finally:
+        writer.close()
+
+
+def test_sqlite_a_hold_left_at_close_is_charged_at_the_next_start(tmp_path):
+    from thrifty.spend.db import sqlite_url
+
+    url = sqlite_url(tmp_path / "spend.db")
+    db = Database(url)
+    migrate(db)
+    store.create_team(db, "eng")
+    _rec, secret = store.create_key(db, team_id="eng")
+    store.set_budget(db, "team", "eng", amount_usd="1", period="daily")
+    db.close()
+    spend = DbSpendControl(url, tmp_path / "journal", admin_key="sk-thr-admin-test")
+
+    async def run() -> None:
+        p = await spend.authenticate(secret)
+        done = await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=HOLD, request_id="settled")
+        await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=HOLD, request_id="in-flight")
+        await spend.settle(done, record("settled", cost=0.001))
+        await spend.close()  # with a request still in flight: its journal stays
+
+    asyncio.run(run())
+    assert len(list((tmp_path / "journal").glob("*.journal"))) == 1
+    again = DbSpendControl(url, tmp_path / "journal", admin_key="sk-thr-admin-test")
+    try:
+        db = Database(url)
+        rows = db.all("SELECT request_id, cost_nanos, error_type FROM ledger ORDER BY request_id")
+        assert rows == [("in-flight" + LOST_SUFFIX, 4_000_000, LOST_TYPE), ("settled", 1_000_000, None)]
+        assert db.one("SELECT spent_nanos FROM budget_spend")[0] == 5_000_000
+        db.close()
+    finally:
+        asyncio.run(again.close())
+    assert not list((tmp_path / "journal").glob("*.journal"))

@@ -61,7 +61,7 @@ def replica_config(data: Path, fake: FakeUpstream, db_url: str) -> Path:
         "attempts = 1",
         "",
         "[spend]",
-        f"database_url = {json.dumps(db_url)}",
+        *([f"database_url = {json.dumps(db_url)}"] if db_url else []),  # none: SQLite in data_dir
         "poll_interval_s = 0.1",
         f"lease_heartbeat_s = {HEARTBEAT}",
         f"lease_expiry_s = {EXPIRY}",
@@ -187,3 +187,67 @@ def test_the_holds_of_a_killed_replica_are_charged_in_full_by_the_survivor_withi
     answered = sum(12 * 1_000 + 9 * 2_000 for _ in served_rows)  # the fake's usage, priced
     assert spent == sum(r[1] for r in rows) >= answered + N * hold
     assert "Traceback" not in (tmp_path / "b.log").read_text()
+
+
+def test_a_killed_sqlite_gateway_is_charged_its_requests_in_flight_when_it_starts_again(tmp_path):
+    """SQLite runs one gateway process (a second is refused), whose holds live in memory: they are
+    journaled, and the next start on the data directory charges those that never settled."""
+    from thrifty.spend.db import sqlite_url
+
+    data = tmp_path / "g"
+    data.mkdir()
+    db = Database(sqlite_url(data / "spend.db"))
+    migrate(db)
+    store.create_team(db, "t")
+    _, key = store.create_key(db, team_id="t")
+    budget = store.set_budget(db, "team", "t", amount_usd="10", period="monthly")
+    db.close()
+    auth = {"authorization": f"Bearer {key}"}
+    with FakeUpstream() as fake:
+        fake.state.behaviour = HangFirst(fake.state, 0)
+        config = replica_config(data, fake, "")  # no database_url: SQLite in the data directory
+        g = Gateway(config, tmp_path / "g.log")
+        again: Gateway | None = None
+        in_flight: list[threading.Thread] = []
+        try:
+            assert httpx.post(g.url + "/v1/chat/completions", json=SMALL, headers=auth, timeout=30).status_code == 200
+
+            def send() -> None:
+                try:
+                    httpx.post(g.url + "/v1/chat/completions", json=SMALL, headers=auth, timeout=60)
+                except httpx.HTTPError:
+                    pass  # the gateway dies under it
+
+            fake.state.behaviour.hang = N + 1  # the first call was answered: hang the next N
+            in_flight = [threading.Thread(target=send, daemon=True) for _ in range(N)]
+            for t in in_flight:
+                t.start()
+            wait_for(lambda: fake.hits == N + 1, "the requests in flight")
+            g.kill()
+            assert g.proc.returncode == -9
+            again = Gateway(config, tmp_path / "g2.log")
+            assert httpx.post(again.url + "/v1/chat/completions", json=SMALL, headers=auth,
+                              timeout=30).status_code == 200
+        finally:
+            for x in (again, g):
+                if x is not None:
+                    x.stop()
+            for t in in_flight:
+                t.join(5)
+    db = Database(sqlite_url(data / "spend.db"))
+    try:
+        rows = db.all("SELECT request_id, cost_nanos, status, error_type, team_id, requested_model FROM ledger")
+        spent = db.one("SELECT spent_nanos FROM budget_spend WHERE budget_id = ?", (budget["id"],))[0]
+    finally:
+        db.close()
+    lost = [r for r in rows if r[3] == LOST_TYPE]
+    served_rows = [r for r in rows if r[2] == 200]
+    assert len(lost) == N and len({r[0] for r in lost}) == N
+    hold = lost[0][1]
+    answered = 12 * 1_000 + 9 * 2_000  # the fake's usage, priced
+    assert all(r[0].endswith(LOST_SUFFIX) and r[1] == hold > answered and r[2] == 502 and r[4] == "t"
+               and r[5] == "m-ok" for r in lost)
+    assert len(served_rows) == 2 and all(r[1] == answered for r in served_rows)
+    assert fake.hits == N + 2 == len([r for r in rows if r[1] > 0])
+    assert spent == sum(r[1] for r in rows) == 2 * answered + N * hold
+    assert not list((data / "journal").glob("*.journal"))[1:]  # the dead one's journal is replayed and gone

@@ -136,16 +136,33 @@ def write_entries(
 
 
 def replay_orphans(db: Database, directory: pathlib.Path, *, release_reservations: bool, batch: int = 2000) -> int:
-    """Bring the journals of dead processes into the ledger, then delete them; returns records read."""
-    from thrifty.spend.reclaim import reclaim
+    """Bring the journals of dead processes into the ledger, then delete them; returns records read.
+
+    Requests those processes had in flight may have been served upstream: their holds are
+    charged in full (:mod:`thrifty.spend.reclaim`): on PostgreSQL the hold rows they own, on
+    SQLite the holds journaled (``release_reservations`` False) and never settled.
+    """
+    from thrifty.spend.reclaim import lost_entry, reclaim
 
     count = 0
-    for orphan in orphans(directory):
+    found = orphans(directory)
+    holds: dict[str, tuple[str, dict]] = {}  # journaled holds (SQLite) -> (journal, line)
+    settled: set[str] = set()
+    for orphan in found:
         row = db.one("SELECT byte_offset FROM journal_marks WHERE journal = ?", (orphan.id,))
         offset = int(row[0]) if row else 0
         pending: list[dict] = []
         end = offset
-        for end, entry in orphan.records(offset):
+        # SQLite: a hold may be journaled before the mark (records of other requests went in
+        # after it), so the whole journal is read for holds; records before the mark are in.
+        for end, entry in orphan.records(offset if release_reservations else 0):
+            if "hold" in entry:
+                holds[entry["hold"]] = (orphan.id, entry)
+                continue
+            if entry.get("reservation"):
+                settled.add(entry["reservation"])
+            if end <= offset:
+                continue
             pending.append(entry)
             if len(pending) >= batch:
                 _replay(db, pending, {orphan.id: end}, release_reservations)
@@ -154,10 +171,15 @@ def replay_orphans(db: Database, directory: pathlib.Path, *, release_reservation
         if pending:
             _replay(db, pending, {orphan.id: end}, release_reservations)
             count += len(pending)
+    now = time.time()
+    lost = [lost_entry(hold_id, line, owner, now) for hold_id, (owner, line) in holds.items() if hold_id not in settled]
+    if lost:  # once: a replay cut short and run again inserts the same ids, which count once
+        write_batch(db, lost, {}, release_reservations=False)
+        log.warning("a dead gateway had %d request(s) in flight: charged their holds in full", len(lost))
+    for orphan in found:
         if release_reservations:
-            # Requests in flight when that process died may have been served upstream: their
-            # holds are charged in full (exactly once, even if a survivor reclaims them too).
-            reclaim(db, orphan.id, time.time(), lapsed_only=False)
+            # Exactly once, even if a survivor reclaims them too.
+            reclaim(db, orphan.id, now, lapsed_only=False)
         with db.transaction():
             if release_reservations:
                 # What is left (a provider batch's line holds) is held again by the batch's next runner.
@@ -211,6 +233,7 @@ class LedgerWriter:
         self._interval = interval
         self._max_batch = max_batch
         self._queue: deque[tuple[dict, Journal, int]] = deque()
+        self._open: dict[str, Journal] = {}  # journaled holds not settled yet -> their journal
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._submitted = 0
@@ -221,10 +244,24 @@ class LedgerWriter:
         self._thread = threading.Thread(target=self._run, name="thrifty-ledger", daemon=True)
         self._thread.start()
 
+    def note_hold(self, hold_id: str, line: dict) -> None:
+        """Journal a hold (SQLite, where holds live in memory): if this process dies before the
+        hold settles, the next start charges it (:func:`replay_orphans`). Not queued: no
+        database write; the journal is kept until the hold settles."""
+        journal = self.journal
+        journal.append(orjson.dumps(line) + b"\n")
+        journal.holds_open += 1
+        self._open[hold_id] = journal
+
     def submit(self, entry: dict) -> None:
         """Journal the entry (durable against a crash once this returns) and queue it."""
         journal = self.journal
         end = journal.append(orjson.dumps(entry) + b"\n")
+        journal.records_end = end
+        if self._open:
+            held = self._open.pop(entry.get("reservation"), None)
+            if held is not None:
+                held.holds_open -= 1
         self._queue.append((entry, journal, end))
         self._submitted += 1
         if end >= self._journal_bytes:
@@ -251,7 +288,7 @@ class LedgerWriter:
         self._stop = True
         self._wake.set()
         self._thread.join(timeout=60)
-        if not self._queue:
+        if not self._queue and not self._open:
             self.journal.sync()
             self.journal.close(delete=True)  # everything is in the database
         else:
@@ -271,7 +308,7 @@ class LedgerWriter:
                 if self._retired:
                     self._drop_retired()
                 if stopping:
-                    if not self._queue:  # clean stop: close() deletes the journal, so its mark goes
+                    if not self._queue and not self._open:  # clean stop: close() deletes the journal, so its mark goes
                         self._db.execute("DELETE FROM journal_marks WHERE journal = ?", (self.journal.id,))
                     break
         finally:
@@ -279,7 +316,7 @@ class LedgerWriter:
 
     def _drop_retired(self) -> None:
         for journal in list(self._retired):
-            if self._marked.get(journal.id) == journal.offset:
+            if self._marked.get(journal.id) == journal.records_end and not journal.holds_open:
                 journal.close(delete=True)
                 try:
                     self._db.execute("DELETE FROM journal_marks WHERE journal = ?", (journal.id,))

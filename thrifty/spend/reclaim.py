@@ -7,6 +7,10 @@ held to spent: never silently released. Exactly once: the holds are taken by ``D
 RETURNING`` in the transaction that writes their records, so when two survivors race, each row
 goes to one of them (row locks on PostgreSQL, the write lock on SQLite).
 
+On SQLite (one gateway process) holds live in memory, so each is journaled
+(:func:`hold_line`) and the next start charges those that never settled
+(:func:`thrifty.spend.ledger.replay_orphans`, with :func:`lost_entry`).
+
 Only holds with a ``detail`` (a request's own hold, taken by ``admit``) are charged; holds of a
 provider batch's lines (taken with their own ``ttl`` or forced) belong to the batch, which the
 next runner holds again, and expire as before.
@@ -82,13 +86,25 @@ def lost_entries(rows: list[tuple], owner: str, now: float) -> list[dict[str, An
     return list(holds.values())
 
 
+def hold_line(hold_id: str, amount: int, charges: list[list], detail: str) -> dict[str, Any]:
+    """A hold as journaled on SQLite (holds live in the process's memory there)."""
+    return {"hold": hold_id, "amount": amount, "charges": charges, "detail": detail}
+
+
+def lost_entry(hold_id: str, line: dict[str, Any], owner: str, now: float) -> dict[str, Any]:
+    """The record of a journaled hold (:func:`hold_line`) whose process died before it settled."""
+    entry = _entry(hold_id, int(line["amount"]), orjson.loads(line["detail"]), owner, now)
+    entry["charges"] = [list(c) for c in line["charges"]]
+    return entry
+
+
 def _entry(hold_id: str, amount: int, d: dict[str, Any], owner: str, now: float) -> dict[str, Any]:
     return {
         "request_id": lost_request_id(d.get("request_id"), hold_id), "ts": now,
         "key_id": d.get("key_id"), "user_id": d.get("user_id"), "team_id": d.get("team_id"),
         "tags": d.get("tags") or [], "endpoint": None, "requested_model": d.get("model"),
         "served_model": None, "provider": None,
-        "route_reason": f"replica {owner} died with this request in flight; its upstream may have served it, "
+        "route_reason": f"gateway {owner} died with this request in flight; its upstream may have served it, "
                         "so its hold is charged in full",
         "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
         "input_price": 0.0, "output_price": 0.0, "cached_price": 0.0,
