@@ -33,7 +33,7 @@ from tests.spend.conftest import MODEL, record
 spend = DbSpendControl({pg_url!r}, pathlib.Path({str(tmp_path / 'a')!r}), admin_key="sk-thr-admin-pg")
 async def main():
     p = await spend.authenticate({secret!r})
-    await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.06)
+    await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.06, request_id="in-flight")
     done = await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.04)
     await spend.settle(done, record("settled-before-crash", cost=0.03))
     print("ready", flush=True)
@@ -52,8 +52,9 @@ asyncio.run(main())
         assert db.one("SELECT COUNT(*) FROM reservations")[0] == 0  # no hold of the dead process is left
         assert db.one("SELECT cost_nanos FROM ledger WHERE request_id = 'settled-before-crash'") == (30_000_000,)
         # The one in flight may have been served upstream: charged its hold in full, flagged.
-        lost = db.all("SELECT cost_nanos, status, error_type, team_id FROM ledger WHERE request_id <> 'settled-before-crash'")
-        assert lost == [(60_000_000, 502, "replica_died", "eng")]
+        lost = db.all("SELECT request_id, cost_nanos, status, error_type, team_id FROM ledger"
+                      " WHERE request_id <> 'settled-before-crash'")
+        assert lost == [("in-flight:lost", 60_000_000, 502, "replica_died", "eng")]
 
         async def storm():
             p = await survivor.authenticate(secret)

@@ -155,7 +155,8 @@ class SpendControl(Protocol):
     ) -> Reservation:
         """Apply rate limits and reserve ``max_cost_usd`` on every budget that applies; ``ttl``:
         how long the hold counts if never settled (a provider batch line's window);
-        ``request_id``: whose hold (charged under it if the replica holding it dies)."""
+        ``request_id``: the request the hold is for, charged in full under that id if the process
+        holding it dies (None: something else recovers it, as a batch recovers its lines)."""
 
     async def reinstate(
         self, principal: Principal, model: ModelInfo, *, max_cost_usd: float, ttl: float | None = None,

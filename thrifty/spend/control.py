@@ -161,9 +161,9 @@ class DbSpendControl:
         ttl: float | None = None, request_id: str | None = None,
     ) -> Reservation:
         """``ttl`` (PostgreSQL): how long the hold counts if never settled (default: ``hold_ttl``;
-        a line waiting on a provider's batch passes its batch's completion window; such a hold is
-        the batch's, not charged if this replica dies). ``request_id``: whose hold, for the
-        record written if this replica dies with it."""
+        a line waiting on a provider's batch passes its batch's completion window). ``request_id``:
+        the request the hold is for, charged in full under that id if this process dies holding
+        it; None (or a ``ttl``) for a hold that something else recovers (a batch line's)."""
         if principal.is_admin:
             return Reservation(principal, model.name, max_cost_usd)
         amount = usd_to_nanos(max_cost_usd, round_up=True)
@@ -176,7 +176,7 @@ class DbSpendControl:
             if checks:
                 await self.limiter.take(checks, now)
             detail = None
-            if ttl is None:  # a request's own hold: charged in full if this process dies with it
+            if ttl is None and request_id is not None:  # charged in full if this process dies with it
                 detail = hold_detail(request_id, principal.key_id, principal.user_id, principal.team_id,
                                      principal.tags, model.name)
             hold = await self._hold(snap, principal, amount, now, ttl=ttl, detail=detail)

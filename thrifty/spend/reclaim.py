@@ -11,9 +11,9 @@ On SQLite (one gateway process) holds live in memory, so each is journaled
 (:func:`hold_line`) and the next start charges those that never settled
 (:func:`thrifty.spend.ledger.replay_orphans`, with :func:`lost_entry`).
 
-Only holds with a ``detail`` (a request's own hold, taken by ``admit``) are charged; holds of a
-provider batch's lines (taken with their own ``ttl`` or forced) belong to the batch, which the
-next runner holds again, and expire as before.
+Only holds with a ``detail`` (a request's own hold, taken by ``admit`` with its request id) are
+charged; the holds of batch lines belong to their batch, whose next runner runs or bills each
+line again (and holds it again), and expire as before.
 """
 
 from __future__ import annotations
