@@ -205,3 +205,38 @@ def test_sqlite_a_hold_left_at_close_is_charged_at_the_next_start(tmp_path):
     finally:
         asyncio.run(again.close())
     assert not list((tmp_path / "journal").glob("*.journal"))
+
+
+def test_sqlite_replay_charges_only_the_journaled_holds_no_record_settled(tmp_path):
+    """A hold settled in the journal, or by a record already in the ledger (its journal was
+    rotated and deleted), is not charged; one never settled is, once, even on a second replay."""
+    from thrifty.spend.db import sqlite_url
+    from thrifty.spend.ledger import write_batch
+    from thrifty.spend.reclaim import hold_detail, hold_line
+
+    url = sqlite_url(tmp_path / "spend.db")
+    db = Database(url)
+    migrate(db)
+    try:
+        write_batch(db, [journal_entry(record("r-rotated", cost=0.001), 1_000, [["b", 0, 1_000]], "h-rotated")], {},
+                    release_reservations=False)
+
+        def orphan_journal(name: str) -> None:
+            journal = Journal(tmp_path / name)
+            for rid in ("r-rotated", "r-settled", "r-open"):
+                line = hold_line(f"h-{rid[2:]}", 7_000, [["b", 0, 7_000]], hold_detail(rid, "k", None, "t", (), "m"))
+                journal.append(orjson.dumps(line) + b"\n")
+            settle = journal_entry(record("r-settled", cost=0.000002), 2_000, [["b", 0, 2_000]], "h-settled")
+            journal.append(orjson.dumps(settle) + b"\n")
+            journal.close()  # unlocked: its process is gone
+
+        orphan_journal("one")
+        assert replay_orphans(db, tmp_path / "one", release_reservations=False) == 1
+        orphan_journal("two")  # the same journal again (a replay cut short before deleting it)
+        replay_orphans(db, tmp_path / "two", release_reservations=False)
+        rows = db.all("SELECT request_id, cost_nanos, error_type, key_id FROM ledger ORDER BY request_id")
+        assert rows == [("r-open" + LOST_SUFFIX, 7_000, LOST_TYPE, "k"), ("r-rotated", 1_000, None, None),
+                        ("r-settled", 2_000, None, None)]
+        assert db.one("SELECT spent_nanos FROM budget_spend WHERE budget_id = 'b'")[0] == 10_000
+    finally:
+        db.close()

@@ -172,7 +172,11 @@ def replay_orphans(db: Database, directory: pathlib.Path, *, release_reservation
             _replay(db, pending, {orphan.id: end}, release_reservations)
             count += len(pending)
     now = time.time()
-    lost = [lost_entry(hold_id, line, owner, now) for hold_id, (owner, line) in holds.items() if hold_id not in settled]
+    open_holds = {h: v for h, v in holds.items() if h not in settled}
+    # A hold whose record went into a journal deleted since (rotated, all in) is settled too.
+    done = _in_ledger(db, [orjson.loads(line["detail"])["request_id"] for _owner, line in open_holds.values()])
+    lost = [lost_entry(hold_id, line, owner, now) for hold_id, (owner, line) in open_holds.items()
+            if orjson.loads(line["detail"])["request_id"] not in done]
     if lost:  # once: a replay cut short and run again inserts the same ids, which count once
         write_batch(db, lost, {}, release_reservations=False)
         log.warning("a dead gateway had %d request(s) in flight: charged their holds in full", len(lost))
@@ -196,16 +200,21 @@ def _replay(db: Database, entries: list[dict], marks: dict[str, int], release_re
     if release_reservations:
         from thrifty.spend.reclaim import LOST_SUFFIX
 
-        ids = [e["request_id"] + LOST_SUFFIX for e in entries if e.get("reservation")]
-        lost: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks_sql = ", ".join("?" * len(chunk))
-            lost.update(r[0] for r in db.all(f"SELECT request_id FROM ledger WHERE request_id IN ({marks_sql})", chunk))
+        lost = _in_ledger(db, [e["request_id"] + LOST_SUFFIX for e in entries if e.get("reservation")])
         if lost:
             log.warning("%d journaled record(s) of a dead process were already charged as lost", len(lost))
             entries = [e for e in entries if e["request_id"] + LOST_SUFFIX not in lost]
     write_batch(db, entries, marks, release_reservations=release_reservations)
+
+
+def _in_ledger(db: Database, request_ids: list[str]) -> set[str]:
+    """Which of ``request_ids`` the ledger holds."""
+    found: set[str] = set()
+    for i in range(0, len(request_ids), 500):
+        chunk = request_ids[i : i + 500]
+        marks = ", ".join("?" * len(chunk))
+        found.update(r[0] for r in db.all(f"SELECT request_id FROM ledger WHERE request_id IN ({marks})", chunk))
+    return found
 
 
 class LedgerWriter:
