@@ -170,7 +170,8 @@ class PostgresBudgets:
         now = time.time()
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT * FROM thrifty_reserve_detailed(%s, %s, %s, %s, %s, %s, %s, %s)",
+                # The details in binary: text-array quoting of JSON costs ~40 us a hold in Python.
+                "SELECT * FROM thrifty_reserve_detailed(%s, %s, %b, %s, %s, %s, %s, %s)",
                 ([h.id for h, _ in batch], [h.amount for h, _ in batch], [h.detail for h, _ in batch],
                  [b.id for b, _ in charges],
                  [s for _, s in charges], self._owner, now, now + ttl),
