@@ -4,8 +4,8 @@ Each replica keeps a row in ``replica_leases`` and renews it every ``heartbeat``
 ``now + expiry``, from a background thread (nothing on the request path: a hold names its
 owner in the insert it already makes). Every replica, on each heartbeat, also charges the holds
 of the replicas whose lease lapsed (:func:`thrifty.spend.reclaim.reclaim`), so a dead
-replica's holds stop blocking its budgets as spend, within ``expiry + heartbeat`` seconds of
-its death. Times are the replicas' clocks: they must agree to well within ``expiry``.
+replica's holds become spend in the ledger within ``expiry + heartbeat`` seconds of its death
+instead of lingering until ``hold_ttl``. Times are the replicas' clocks: they must agree to well within ``expiry``.
 """
 
 from __future__ import annotations
