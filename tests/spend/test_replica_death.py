@@ -1,10 +1,10 @@
 """A replica killed with requests in flight, through real processes on the test PostgreSQL.
 
-Two ``thrifty serve`` replicas, A and B, share one spend database in front of the counting fake
+Three ``thrifty serve`` replicas, A, B and C, share one spend database in front of the counting fake
 upstream, with a short replica lease (0.5 s heartbeat, 2 s expiry). A takes N requests whose
 upstream calls hang (the fake holds them unanswered), so N holds fill a tight team budget; then
-A is killed with SIGKILL. Within the lease window B (which never restarts A, nor is told about
-it) charges each of A's holds in full: one ``replica_died`` ledger record per hold, at the held
+A is killed with SIGKILL. Within the lease window the survivors (nobody restarts A or tells them
+about it; B and C race for its holds) charge each of A's holds in full, once: one ``replica_died`` ledger record per hold, at the held
 amount, moved from held to spent; no hold is left, the budget counts exactly the ledger, every
 upstream call has a charged record, and B's refusals now say the money is spent, not held. A
 restarted on its own data directory replays its journal and charges nothing twice.
@@ -13,6 +13,7 @@ restarted on its own data directory replays its journal and charges nothing twic
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from decimal import Decimal
@@ -107,10 +108,12 @@ def test_the_holds_of_a_killed_replica_are_charged_in_full_by_the_survivor_withi
         fake.state.behaviour = HangFirst(fake.state, N)
         a = Gateway(replica_config(tmp_path / "a", fake, pg_url), tmp_path / "a.log")
         b: Gateway | None = None
+        c: Gateway | None = None
         restarted: Gateway | None = None
         in_flight: list[threading.Thread] = []
         try:
             b = Gateway(replica_config(tmp_path / "b", fake, pg_url), tmp_path / "b.log")
+            c = Gateway(replica_config(tmp_path / "c", fake, pg_url), tmp_path / "c.log")
 
             def send_to_a() -> None:
                 try:
@@ -162,7 +165,7 @@ def test_the_holds_of_a_killed_replica_are_charged_in_full_by_the_survivor_withi
             restarted = Gateway(replica_config(tmp_path / "a", fake, pg_url), tmp_path / "a2.log")
             assert on_b(SMALL).status_code == 429  # the room is gone: the budget is exact
         finally:
-            for g in (restarted, b, a):
+            for g in (restarted, c, b, a):
                 if g is not None:
                     g.stop()
             for t in in_flight:
@@ -186,7 +189,10 @@ def test_the_holds_of_a_killed_replica_are_charged_in_full_by_the_survivor_withi
     assert fake.hits == N + len(served_rows) == len([r for r in rows if r[1] > 0])
     answered = sum(12 * 1_000 + 9 * 2_000 for _ in served_rows)  # the fake's usage, priced
     assert spent == sum(r[1] for r in rows) >= answered + N * hold
-    assert "Traceback" not in (tmp_path / "b.log").read_text()
+    logs = [(tmp_path / f"{x}.log").read_text() for x in "bc"]
+    assert all("Traceback" not in x for x in logs)
+    # Who charged what (B, C or both), as each logged it: N in all.
+    assert sum(int(n) for x in logs for n in re.findall(r"died with (\d+) request", x)) == N
 
 
 def test_a_killed_sqlite_gateway_is_charged_its_requests_in_flight_when_it_starts_again(tmp_path):
