@@ -50,7 +50,7 @@ class RecordingSpend:
             raise PolicyDenied("No allowed model.")
         return kept
 
-    async def admit(self, principal, model, *, prompt_tokens, max_cost_usd) -> Reservation:
+    async def admit(self, principal, model, *, prompt_tokens, max_cost_usd, request_id=None) -> Reservation:
         if self.budget_left is not None and max_cost_usd > self.budget_left:
             raise BudgetExceeded(
                 f"Team budget exceeded: ${self.budget_left} left.", headers={"retry-after": "3600"}

@@ -222,10 +222,11 @@ def test_provider_batch_api_down_then_up_holds_once_and_completes(upstream, tmp_
     class Counting(Ledger):
         admits = 0
 
-        async def admit(self, principal, model, *, prompt_tokens, max_cost_usd, ttl=None):
+        async def admit(self, principal, model, *, prompt_tokens, max_cost_usd, ttl=None, request_id=None):
             Counting.admits += 1
             return await super().admit(
-                principal, model, prompt_tokens=prompt_tokens, max_cost_usd=max_cost_usd, ttl=ttl
+                principal, model, prompt_tokens=prompt_tokens, max_cost_usd=max_cost_usd, ttl=ttl,
+                request_id=request_id,
             )
 
     port = free_port()

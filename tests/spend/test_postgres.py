@@ -1,4 +1,4 @@
-"""Spend control on PostgreSQL: migrations, exact holds, and a dead process's holds released on replay."""
+"""Spend control on PostgreSQL: migrations, exact holds, and a dead process's holds charged in full on replay."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from thrifty.spend.schema import migrate
 from .conftest import MODEL, ROOT, record
 
 
-def test_holds_are_exact_and_a_crashed_process_releases_on_replay(tmp_path, pg_url):
+def test_holds_are_exact_and_a_crashed_process_is_charged_its_holds_on_replay(tmp_path, pg_url):
     db = Database(pg_url)
     assert migrate(db) == migrate(db)  # idempotent
     store.create_team(db, "eng")
@@ -33,7 +33,7 @@ from tests.spend.conftest import MODEL, record
 spend = DbSpendControl({pg_url!r}, pathlib.Path({str(tmp_path / 'a')!r}), admin_key="sk-thr-admin-pg")
 async def main():
     p = await spend.authenticate({secret!r})
-    await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.06)
+    await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.06, request_id="in-flight")
     done = await spend.admit(p, MODEL, prompt_tokens=1, max_cost_usd=0.04)
     await spend.settle(done, record("settled-before-crash", cost=0.03))
     print("ready", flush=True)
@@ -49,8 +49,12 @@ asyncio.run(main())
     survivor = DbSpendControl(pg_url, tmp_path / "a", admin_key="sk-thr-admin-pg")
     try:
         assert survivor.replayed >= 0
-        assert db.one("SELECT COUNT(*) FROM reservations")[0] == 0  # both holds of the dead process released
+        assert db.one("SELECT COUNT(*) FROM reservations")[0] == 0  # no hold of the dead process is left
         assert db.one("SELECT cost_nanos FROM ledger WHERE request_id = 'settled-before-crash'") == (30_000_000,)
+        # The one in flight may have been served upstream: charged its hold in full, flagged.
+        lost = db.all("SELECT request_id, cost_nanos, status, error_type, team_id FROM ledger"
+                      " WHERE request_id <> 'settled-before-crash'")
+        assert lost == [("in-flight:lost", 60_000_000, 502, "replica_died", "eng")]
 
         async def storm():
             p = await survivor.authenticate(secret)
@@ -72,7 +76,7 @@ asyncio.run(main())
         ok = asyncio.run(storm())
         survivor.flush()
         spent = db.one("SELECT spent_nanos FROM budget_spend")[0]
-        assert ok == 35 and spent == 100_000_000  # (0.10 - 0.03) / 0.002: exactly to the limit, not beyond
+        assert ok == 5 and spent == 100_000_000  # (0.10 - 0.03 - 0.06) / 0.002: exactly to the limit, not beyond
     finally:
         asyncio.run(survivor.close())
         db.close()

@@ -206,6 +206,9 @@ class Pipeline:
             call.plan.chain[0].info,
             prompt_tokens=call.plan.prompt_tokens,
             max_cost_usd=call.plan.max_cost_usd,
+            # Charged under its id if this process dies holding it; a batch line's is not: its
+            # batch's next runner runs or bills the line again.
+            request_id=None if call.batch_line else call.request_id,
         )
 
     async def _live(self, call: Call) -> Answer:
@@ -369,6 +372,7 @@ class Pipeline:
             call.plan.chain[0].info,
             prompt_tokens=call.plan.prompt_tokens,
             max_cost_usd=call.plan.max_cost_usd,
+            request_id=call.request_id,
         )
         call.served = Served()
         result = await self.gw.embeddings(call.plan, req.body, call.served)

@@ -48,7 +48,10 @@ __all__ = [
     "from_config",
 ]
 
-CONFIG_KEYS = ("database_url", "admin_key", "journal_dir", "hold_ttl_s", "poll_interval_s", "flush_interval_s")
+CONFIG_KEYS = (
+    "database_url", "admin_key", "journal_dir", "hold_ttl_s", "poll_interval_s", "flush_interval_s",
+    "lease_heartbeat_s", "lease_expiry_s",
+)
 
 
 def database_url(section: dict[str, Any], data_dir: pathlib.Path) -> str:
@@ -66,12 +69,16 @@ def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path, *, share
     ``data_dir/spend.db``), ``admin_key`` (else ``THRIFTY_ADMIN_KEY``; with
     neither, one is generated on first start and printed once to stderr),
     ``journal_dir`` (default ``data_dir/journal``), ``hold_ttl_s``,
-    ``poll_interval_s``, ``flush_interval_s``. ``shared``: this process is one of several
-    workers on the same database (``thrifty serve --workers N``): on SQLite, budget holds and
-    rate-limit windows live in the database file instead of this process's memory.
+    ``poll_interval_s``, ``flush_interval_s``, ``lease_heartbeat_s`` and ``lease_expiry_s``
+    (PostgreSQL, default 15 and 45: how often a replica renews its lease and how long it lasts;
+    the holds of a replica dead that long are charged in full by another). ``shared``: this
+    process is one of several workers on the same database (``thrifty serve --workers N``): on
+    SQLite, budget holds and rate-limit windows live in the database file instead of this
+    process's memory.
     """
     from thrifty.errors import UsageError
     from thrifty.spend.control import DbSpendControl
+    from thrifty.spend.leases import EXPIRY_S, HEARTBEAT_S
 
     section = dict(section or {})
     unknown = sorted(set(section) - set(CONFIG_KEYS))
@@ -88,6 +95,8 @@ def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path, *, share
             poll_interval=float(section.get("poll_interval_s", 1.0)),
             flush_interval=float(section.get("flush_interval_s", 0.02)),
             shared=shared,
+            lease_heartbeat=float(section.get("lease_heartbeat_s", HEARTBEAT_S)),
+            lease_expiry=float(section.get("lease_expiry_s", EXPIRY_S)),
         )
     except UsageError:
         raise

@@ -157,10 +157,12 @@ class SpendControl(Protocol):
 
     async def admit(
         self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float,
-        ttl: float | None = None,
+        ttl: float | None = None, request_id: str | None = None,
     ) -> Reservation:
         """Apply rate limits and reserve ``max_cost_usd`` on every budget that applies; ``ttl``:
-        how long the hold counts if never settled (a provider batch line's window)."""
+        how long the hold counts if never settled (a provider batch line's window);
+        ``request_id``: the request the hold is for, charged in full under that id if the process
+        holding it dies (None: something else recovers it, as a batch recovers its lines)."""
 
     async def reinstate(
         self, principal: Principal, model: ModelInfo, *, max_cost_usd: float, ttl: float | None = None,
@@ -189,7 +191,7 @@ class OpenSpendControl:
 
     async def admit(
         self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float,
-        ttl: float | None = None,
+        ttl: float | None = None, request_id: str | None = None,
     ) -> Reservation:
         return Reservation(principal, model.name, max_cost_usd)
 

@@ -11,7 +11,9 @@ Three engines with one rule (spent + held + this request <= limit, else refuse):
   that locks the budget rows, then reads spent and held in one snapshot
   (admits for the same budgets that arrive meanwhile go in the next call). The ledger batcher turns a hold into spend in one
   transaction (insert record, add to counter, delete hold), so a check never
-  sees a request twice or not at all. Holds of a crashed process expire.
+  sees a request twice or not at all. A request's hold names its replica (``owner``)
+  and its request (``detail``): once that replica's lease lapses, another replica
+  charges it in full (:mod:`thrifty.spend.leases`); holds with no detail expire.
 * :class:`SqliteBudgets` (SQLite, the worker processes of ``thrifty serve --workers N``): the
   same rows, the same coalescing and the same ledger batch as PostgreSQL, each call one ``BEGIN
   IMMEDIATE`` transaction, so SQLite's single writer lock orders the workers' holds.
@@ -42,6 +44,7 @@ class Hold:
     charges: list[tuple[BudgetEntry, int]] = field(default_factory=list)  # (budget, period start)
     ends: dict[str, float | None] = field(default_factory=dict)
     settled: bool = False
+    detail: str | None = None  # whose request (PostgreSQL): for the record if its replica dies
 
 
 def refuse(budget: BudgetEntry, spent: int, held: int, amount: int, resets: float | None) -> BudgetExceeded:
@@ -191,8 +194,10 @@ class PostgresBudgets(CoalescedHolds):
         now = time.time()
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT * FROM thrifty_reserve_many(%s, %s, %s, %s, %s, %s, %s)",
-                ([h.id for h, _ in batch], [h.amount for h, _ in batch], [b.id for b, _ in charges],
+                # The details in binary: text-array quoting of JSON costs ~40 us a hold in Python.
+                "SELECT * FROM thrifty_reserve_detailed(%s, %s, %b, %s, %s, %s, %s, %s)",
+                ([h.id for h, _ in batch], [h.amount for h, _ in batch], [h.detail for h, _ in batch],
+                 [b.id for b, _ in charges],
                  [s for _, s in charges], self._owner, now, now + ttl),
             )
             rows = await cur.fetchall()

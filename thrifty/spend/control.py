@@ -38,11 +38,13 @@ from thrifty.spend.api import (
 from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, SqliteBudgets, window_ended
 from thrifty.spend.db import AsyncPgPool, Database
 from thrifty.spend.keys import bearer_token, hash_key, same_hash
+from thrifty.spend.leases import EXPIRY_S, HEARTBEAT_S, ReplicaLease
 from thrifty.spend.ledger import LedgerWriter, journal_entry, replay_orphans
 from thrifty.spend.money import usd_to_nanos
 from thrifty.spend.periods import iso, period_bounds
 from thrifty.spend.policy import filter_models
 from thrifty.spend.ratelimit import Check, MemoryRateLimiter, PostgresRateLimiter, SqliteRateLimiter
+from thrifty.spend.reclaim import hold_detail, hold_line
 from thrifty.spend.schema import config_version, migrate
 from thrifty.spend.snapshot import BudgetEntry, Snapshot, load_snapshot
 from thrifty.spend.store import ensure_admin_key
@@ -64,7 +66,11 @@ class DbSpendControl:
         poll_interval: float = 1.0,
         flush_interval: float = 0.02,
         shared: bool = False,
+        lease_heartbeat: float = HEARTBEAT_S,
+        lease_expiry: float = EXPIRY_S,
     ) -> None:
+        """``lease_heartbeat``/``lease_expiry`` (PostgreSQL): how often this replica renews its
+        lease and how long it lasts; a dead replica's holds are charged within their sum."""
         self.db_url = db_url
         self.db = Database(db_url)
         self.postgres = self.db.postgres
@@ -97,8 +103,13 @@ class DbSpendControl:
             on_flush=lambda db, added: check_thresholds(db, lambda: self._snapshot, added),
         )
         self.budgets: MemoryBudgets | PostgresBudgets | SqliteBudgets
+        self.lease: ReplicaLease | None = None
         if self.pool is not None:
-            self.budgets = PostgresBudgets(self.pool, self.writer.journal.id, hold_ttl=hold_ttl)
+            # The replica id is this process's first journal's: the holds it takes name it, and a
+            # restart that finds that journal unlocked knows the replica died.
+            replica = self.writer.journal.id
+            self.lease = ReplicaLease(db_url, replica, heartbeat=lease_heartbeat, expiry=lease_expiry)
+            self.budgets = PostgresBudgets(self.pool, replica, hold_ttl=hold_ttl)
         elif self._shared_db is not None:
             self.budgets = SqliteBudgets(self._shared_db, self.writer.journal.id, hold_ttl=hold_ttl)
         else:
@@ -169,10 +180,12 @@ class DbSpendControl:
 
     async def admit(
         self, principal: Principal, model: ModelInfo, *, prompt_tokens: int, max_cost_usd: float,
-        ttl: float | None = None,
+        ttl: float | None = None, request_id: str | None = None,
     ) -> Reservation:
         """``ttl`` (PostgreSQL): how long the hold counts if never settled (default: ``hold_ttl``;
-        a line waiting on a provider's batch passes its batch's completion window)."""
+        a line waiting on a provider's batch passes its batch's completion window). ``request_id``:
+        the request the hold is for, charged in full under that id if this process dies holding
+        it; None (or a ``ttl``) for a hold that something else recovers (a batch line's)."""
         if principal.is_admin:
             return Reservation(principal, model.name, max_cost_usd)
         amount = usd_to_nanos(max_cost_usd, round_up=True)
@@ -184,7 +197,15 @@ class DbSpendControl:
         try:
             if checks:
                 await self.limiter.take(checks, now)
-            hold = await self._hold(snap, principal, amount, now, ttl=ttl)
+            detail = None
+            if ttl is None and request_id is not None:  # charged in full if this process dies with it
+                detail = hold_detail(request_id, principal.key_id, principal.user_id, principal.team_id,
+                                     principal.tags, model.name)
+            hold = await self._hold(snap, principal, amount, now, ttl=ttl, detail=detail)
+            if detail is not None and hold.charges and not self.postgres:
+                # SQLite holds live in memory: journaled, so the next start charges them.
+                self.writer.note_hold(hold.id, hold_line(hold.id, amount, [[b.id, s, amount] for b, s in hold.charges],
+                                                         detail))
         except SpendError:
             raise
         except Exception as exc:  # noqa: BLE001 (the shared database is down: refuse rather than spend unchecked)
@@ -224,9 +245,9 @@ class DbSpendControl:
 
     async def _hold(
         self, snap: Snapshot, principal: Principal, amount: int, now: float, *, force: bool = False,
-        ttl: float | None = None, hold_id: str | None = None,
+        ttl: float | None = None, hold_id: str | None = None, detail: str | None = None,
     ) -> Hold:
-        hold = Hold(hold_id or secrets.token_hex(12), amount)
+        hold = Hold(hold_id or secrets.token_hex(12), amount, detail=detail)
         for budget in snap.budgets_for(principal):
             if budget.period == "window":
                 if budget.window_start is not None and now < budget.window_start:
@@ -363,6 +384,8 @@ class DbSpendControl:
     async def close(self) -> None:
         self._stop.set()
         self.writer.close()
+        if self.lease is not None:
+            self.lease.close()
         await self.budgets.close()
         if self.pool is not None:
             await self.pool.close()

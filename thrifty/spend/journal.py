@@ -38,7 +38,9 @@ class Journal:
         self.id = journal_id(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.offset = 0  # bytes written so far = the end offset of the last record
+        self.offset = 0  # bytes written so far
+        self.records_end = 0  # the end offset of the last ledger record (holds are not records)
+        self.holds_open = 0  # holds journaled here and not settled yet (SQLite)
 
     def append(self, line: bytes) -> int:
         """Write one record (a line); returns the offset just past it."""

@@ -79,80 +79,143 @@ def write_batch(
 
     One transaction; returns the budget counters it added to.
     """
-    added: dict[tuple[str, int], int] = {}
     with db.transaction():
-        rows = [_row(e) for e in entries]
-        if db.postgres:
-            inserted = set()
-            with db._conn.cursor() as cur:
-                cur.executemany(db._sql(_INSERT) + " RETURNING request_id", rows, returning=True)
-                while True:
-                    got = cur.fetchone()
-                    if got is not None:
-                        inserted.add(got[0])
-                    if not cur.nextset():
-                        break
-            new = [e for e in entries if e["request_id"] in inserted]
-        else:
-            conn = db._conn
-            new = [e for e, row in zip(entries, rows) if conn.execute(_INSERT, row).rowcount == 1]
-        tokens: dict[tuple[str, int], int] = {}
-        for e in new:
-            for budget_id, period_start, nanos in e["charges"]:
-                added[(budget_id, period_start)] = added.get((budget_id, period_start), 0) + nanos
-            for scope, minute, count in e.get("rate_tokens") or ():
-                tokens[(scope, minute)] = tokens.get((scope, minute), 0) + count
-        if tokens:  # completion tokens against shared tokens-per-minute limits
-            db.executemany(
-                "INSERT INTO rate_windows (scope, minute, used) VALUES (?, ?, ?)"
-                " ON CONFLICT (scope, minute) DO UPDATE SET used = rate_windows.used + excluded.used",
-                [(s, m, n) for (s, m), n in sorted(tokens.items())],
-            )
-        if added:
-            db.executemany(
-                "INSERT INTO budget_spend (budget_id, period_start, spent_nanos) VALUES (?, ?, ?)"
-                " ON CONFLICT (budget_id, period_start) DO UPDATE"
-                " SET spent_nanos = budget_spend.spent_nanos + excluded.spent_nanos",
-                [(b, p, n) for (b, p), n in sorted(added.items())],
-            )
-        if release_reservations:
-            ids = [(e["reservation"],) for e in entries if e.get("reservation")]
-            if ids:
-                db.executemany("DELETE FROM reservations WHERE id = ?", ids)
-        if marks:
-            db.executemany(
-                "INSERT INTO journal_marks (journal, byte_offset) VALUES (?, ?)"
-                " ON CONFLICT (journal) DO UPDATE SET byte_offset = excluded.byte_offset",
-                list(marks.items()),
-            )
+        return write_entries(db, entries, marks, release_reservations=release_reservations)
+
+
+def write_entries(
+    db: Database, entries: list[dict], marks: dict[str, int], *, release_reservations: bool
+) -> dict[tuple[str, int], int]:
+    """:func:`write_batch` inside the caller's transaction (a reclaim writes its records in the
+    same transaction that takes the holds)."""
+    added: dict[tuple[str, int], int] = {}
+    rows = [_row(e) for e in entries]
+    if db.postgres:
+        inserted = set()
+        with db._conn.cursor() as cur:
+            cur.executemany(db._sql(_INSERT) + " RETURNING request_id", rows, returning=True)
+            while True:
+                got = cur.fetchone()
+                if got is not None:
+                    inserted.add(got[0])
+                if not cur.nextset():
+                    break
+        new = [e for e in entries if e["request_id"] in inserted]
+    else:
+        conn = db._conn
+        new = [e for e, row in zip(entries, rows) if conn.execute(_INSERT, row).rowcount == 1]
+    tokens: dict[tuple[str, int], int] = {}
+    for e in new:
+        for budget_id, period_start, nanos in e["charges"]:
+            added[(budget_id, period_start)] = added.get((budget_id, period_start), 0) + nanos
+        for scope, minute, count in e.get("rate_tokens") or ():
+            tokens[(scope, minute)] = tokens.get((scope, minute), 0) + count
+    if tokens:  # completion tokens against shared tokens-per-minute limits
+        db.executemany(
+            "INSERT INTO rate_windows (scope, minute, used) VALUES (?, ?, ?)"
+            " ON CONFLICT (scope, minute) DO UPDATE SET used = rate_windows.used + excluded.used",
+            [(s, m, n) for (s, m), n in sorted(tokens.items())],
+        )
+    if added:
+        db.executemany(
+            "INSERT INTO budget_spend (budget_id, period_start, spent_nanos) VALUES (?, ?, ?)"
+            " ON CONFLICT (budget_id, period_start) DO UPDATE"
+            " SET spent_nanos = budget_spend.spent_nanos + excluded.spent_nanos",
+            [(b, p, n) for (b, p), n in sorted(added.items())],
+        )
+    if release_reservations:
+        ids = [(e["reservation"],) for e in entries if e.get("reservation")]
+        if ids:
+            db.executemany("DELETE FROM reservations WHERE id = ?", ids)
+    if marks:
+        db.executemany(
+            "INSERT INTO journal_marks (journal, byte_offset) VALUES (?, ?)"
+            " ON CONFLICT (journal) DO UPDATE SET byte_offset = excluded.byte_offset",
+            list(marks.items()),
+        )
     return added
 
 
 def replay_orphans(db: Database, directory: pathlib.Path, *, release_reservations: bool, batch: int = 2000) -> int:
-    """Bring the journals of dead processes into the ledger, then delete them; returns records read."""
+    """Bring the journals of dead processes into the ledger, then delete them; returns records read.
+
+    Requests those processes had in flight may have been served upstream: their holds are
+    charged in full (:mod:`thrifty.spend.reclaim`): on PostgreSQL the hold rows they own, on
+    SQLite the holds journaled (``release_reservations`` False) and never settled.
+    """
+    from thrifty.spend.reclaim import lost_entry, reclaim
+
     count = 0
-    for orphan in orphans(directory):
+    found = orphans(directory)
+    holds: dict[str, tuple[str, dict]] = {}  # journaled holds (SQLite) -> (journal, line)
+    settled: set[str] = set()
+    for orphan in found:
         row = db.one("SELECT byte_offset FROM journal_marks WHERE journal = ?", (orphan.id,))
         offset = int(row[0]) if row else 0
         pending: list[dict] = []
         end = offset
-        for end, entry in orphan.records(offset):
+        # SQLite: a hold may be journaled before the mark (records of other requests went in
+        # after it), so the whole journal is read for holds; records before the mark are in.
+        for end, entry in orphan.records(offset if release_reservations else 0):
+            if "hold" in entry:
+                holds[entry["hold"]] = (orphan.id, entry)
+                continue
+            if entry.get("reservation"):
+                settled.add(entry["reservation"])
+            if end <= offset:
+                continue
             pending.append(entry)
             if len(pending) >= batch:
-                write_batch(db, pending, {orphan.id: end}, release_reservations=release_reservations)
+                _replay(db, pending, {orphan.id: end}, release_reservations)
                 count += len(pending)
                 pending = []
         if pending:
-            write_batch(db, pending, {orphan.id: end}, release_reservations=release_reservations)
+            _replay(db, pending, {orphan.id: end}, release_reservations)
             count += len(pending)
+    now = time.time()
+    open_holds = {h: v for h, v in holds.items() if h not in settled}
+    # A hold whose record went into a journal deleted since (rotated, all in) is settled too.
+    done = _in_ledger(db, [orjson.loads(line["detail"])["request_id"] for _owner, line in open_holds.values()])
+    lost = [lost_entry(hold_id, line, owner, now) for hold_id, (owner, line) in open_holds.items()
+            if orjson.loads(line["detail"])["request_id"] not in done]
+    if lost:  # once: a replay cut short and run again inserts the same ids, which count once
+        write_batch(db, lost, {}, release_reservations=False)
+        log.warning("a dead gateway had %d request(s) in flight: charged their holds in full", len(lost))
+    for orphan in found:
+        if release_reservations:
+            # Exactly once, even if a survivor reclaims them too.
+            reclaim(db, orphan.id, now, lapsed_only=False)
         with db.transaction():
             if release_reservations:
-                # Requests in flight when that process died never completed: release their holds.
+                # What is left (a provider batch's line holds) is held again by the batch's next runner.
                 db.execute("DELETE FROM reservations WHERE owner = ?", (orphan.id,))
             db.execute("DELETE FROM journal_marks WHERE journal = ?", (orphan.id,))
         orphan.remove()
         log.info("replayed journal %s", orphan.path.name)
     return count
+
+
+def _replay(db: Database, entries: list[dict], marks: dict[str, int], release_reservations: bool) -> None:
+    """Write a dead process's journaled records, but those whose hold a survivor already charged
+    in full as lost (its record is that request's charge: no request is charged twice)."""
+    if release_reservations:
+        from thrifty.spend.reclaim import LOST_SUFFIX
+
+        lost = _in_ledger(db, [e["request_id"] + LOST_SUFFIX for e in entries if e.get("reservation")])
+        if lost:
+            log.warning("%d journaled record(s) of a dead process were already charged as lost", len(lost))
+            entries = [e for e in entries if e["request_id"] + LOST_SUFFIX not in lost]
+    write_batch(db, entries, marks, release_reservations=release_reservations)
+
+
+def _in_ledger(db: Database, request_ids: list[str]) -> set[str]:
+    """Which of ``request_ids`` the ledger holds."""
+    found: set[str] = set()
+    for i in range(0, len(request_ids), 500):
+        chunk = request_ids[i : i + 500]
+        marks = ", ".join("?" * len(chunk))
+        found.update(r[0] for r in db.all(f"SELECT request_id FROM ledger WHERE request_id IN ({marks})", chunk))
+    return found
 
 
 class LedgerWriter:
@@ -182,6 +245,7 @@ class LedgerWriter:
         self._interval = interval
         self._max_batch = max_batch
         self._queue: deque[tuple[dict, Journal, int]] = deque()
+        self._open: dict[str, Journal] = {}  # journaled holds not settled yet -> their journal
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._submitted = 0
@@ -192,10 +256,24 @@ class LedgerWriter:
         self._thread = threading.Thread(target=self._run, name="thrifty-ledger", daemon=True)
         self._thread.start()
 
+    def note_hold(self, hold_id: str, line: dict) -> None:
+        """Journal a hold (SQLite, where holds live in memory): if this process dies before the
+        hold settles, the next start charges it (:func:`replay_orphans`). Not queued: no
+        database write; the journal is kept until the hold settles."""
+        journal = self.journal
+        journal.append(orjson.dumps(line) + b"\n")
+        journal.holds_open += 1
+        self._open[hold_id] = journal
+
     def submit(self, entry: dict) -> None:
         """Journal the entry (durable against a crash once this returns) and queue it."""
         journal = self.journal
         end = journal.append(orjson.dumps(entry) + b"\n")
+        journal.records_end = end
+        if self._open:
+            held = self._open.pop(entry.get("reservation"), None)
+            if held is not None:
+                held.holds_open -= 1
         self._queue.append((entry, journal, end))
         self._submitted += 1
         if end >= self._journal_bytes:
@@ -222,7 +300,7 @@ class LedgerWriter:
         self._stop = True
         self._wake.set()
         self._thread.join(timeout=60)
-        if not self._queue:
+        if not self._queue and not self._open:
             self.journal.sync()
             self.journal.close(delete=True)  # everything is in the database
         else:
@@ -242,7 +320,7 @@ class LedgerWriter:
                 if self._retired:
                     self._drop_retired()
                 if stopping:
-                    if not self._queue:  # clean stop: close() deletes the journal, so its mark goes
+                    if not self._queue and not self._open:  # clean stop: close() deletes the journal, so its mark goes
                         self._db.execute("DELETE FROM journal_marks WHERE journal = ?", (self.journal.id,))
                     break
         finally:
@@ -250,7 +328,7 @@ class LedgerWriter:
 
     def _drop_retired(self) -> None:
         for journal in list(self._retired):
-            if self._marked.get(journal.id) == journal.offset:
+            if self._marked.get(journal.id) == journal.records_end and not journal.holds_open:
                 journal.close(delete=True)
                 try:
                     self._db.execute("DELETE FROM journal_marks WHERE journal = ?", (journal.id,))
