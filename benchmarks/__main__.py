@@ -12,6 +12,7 @@ BENCHMARKS = {
     "reports": "benchmarks.reports",  # monthly report on a 1,000,000-row ledger
     "spend": "benchmarks.spend",  # ledger write throughput, budgets under concurrent load
     "pool": "benchmarks.pool",  # auto on a pool of unseen models, learning from feedback
+    "routing": "benchmarks.routing",  # CPU per auto decision, side by side with another commit
 }
 
 

@@ -33,7 +33,7 @@ def served(tmp_path_factory):
         config = write_toml(tmp / "gw.toml", {
             "data_dir": str(tmp / "gw"),
             "router_path": str(tmp / "no-router"),  # "auto" serves the cheapest permitted model
-            "router": {"explore": False},  # its best estimate: no warm-up draws
+            "router": {"explore": False, "price_prior": 0.0},  # best estimate, flat priors
             "retry": {"attempts": 1},
             "spend": {"database_url": db_url},
             "providers": {"openai_us": {"type": "openai", "base_url": us.base_url},

@@ -61,7 +61,7 @@ def capability_doc(upstreams, reasoning_upstream, tmp) -> dict:
     return {
         "data_dir": str(tmp),
         "router_path": str(tmp / "no-router"),  # no router: "auto" serves the cheapest candidate
-        "router": {"explore": False},  # and its best estimate, not a warm-up draw
+        "router": {"explore": False, "price_prior": 0.0},  # its best estimate on flat priors
         "providers": {
             "ok": {"type": "openai", "base_url": upstreams["ok"].base_url},
             "bad": {"type": "openai", "base_url": upstreams["error500"].base_url},

@@ -50,11 +50,11 @@ def ask(url: str, model: str, prompt: str):
 
 
 def test_auto_without_router_serves_cheapest_allowed(upstreams, tmp_path):
-    """No packaged router and nothing learnt: every model has the same uninformative prior, so
-    the best estimate is the cheapest model policy allows (exploration off: no warm-up draws)."""
+    """No packaged router and nothing learnt, flat priors (``price_prior = 0``): the best
+    estimate is the cheapest model policy allows (exploration off: no warm-up draws)."""
     doc = gateway_doc(upstreams, tmp_path)
     doc["router_path"] = str(tmp_path / "missing")
-    doc["router"] = {"explore": False}
+    doc["router"] = {"explore": False, "price_prior": 0.0}
     spend = RecordingSpend()
     spend.deny = {"mistralai/mistral-7b-chat"}  # the cheapest RouterBench model
     with serve_gateway(doc, spend=spend) as (url, app):
@@ -62,6 +62,19 @@ def test_auto_without_router_serves_cheapest_allowed(upstreams, tmp_path):
         raw = ask(url, "auto", PROMPTS[0])
     assert raw.headers["x-thrifty-model"] == "WizardLM/WizardLM-13B-V1.2"  # next cheapest
     assert "learned from 0 rating(s)" in raw.headers["x-thrifty-route-reason"]
+
+
+def test_auto_without_ratings_prefers_the_dearer_models_by_default(upstreams, tmp_path):
+    """The default prior tilts by price (knowing nothing else, the dearer model is the safer bet
+    for a quality bar): with nothing learnt and exploration off, the dearest allowed model."""
+    doc = gateway_doc(upstreams, tmp_path)
+    doc["router_path"] = str(tmp_path / "missing")
+    doc["router"] = {"explore": False}
+    spend = RecordingSpend()
+    spend.deny = {"gpt-4-1106-preview"}  # the dearest RouterBench model
+    with serve_gateway(doc, spend=spend) as (url, _app):
+        raw = ask(url, "auto", PROMPTS[0])
+    assert raw.headers["x-thrifty-model"] in ("claude-v2", "claude-v1")  # the next dearest
 
 
 @needs_router

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DRAWS = 32  # posterior draws per decision: the choice and its logged probability
+TIE = 1e-6  # the least cost weight: between equal estimates, the cheaper model
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,10 @@ def decide(a: np.ndarray, b: np.ndarray, costs: np.ndarray, weight: float, rng: 
     ``sampled`` (default: ``a``, ``b``) with ``sampled_weight`` (default: ``weight``)."""
     rel = relative_costs(costs)
     mean = a / (a + b) if lower is None else lower
-    greedy = int(np.argmax(mean - weight * rel))
+    greedy = int(np.argmax(mean - max(weight, TIE) * rel))
     if not explore or len(a) < 2:
         return Decision(greedy, 1.0, greedy, False)
-    w = weight if sampled_weight is None else sampled_weight
+    w = max(weight if sampled_weight is None else sampled_weight, TIE)
     sa, sb = sampled if sampled is not None else (a, b)
     draws = rng.beta(sa[:, None], sb[:, None], size=(len(a), DRAWS))
     picks = np.argmax(draws - w * rel[:, None], axis=0)
