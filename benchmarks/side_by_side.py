@@ -235,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
     ensure_wrk()
     # a SIGTERM (timeout, a supervisor) unwinds like Ctrl-C, so the gateways are stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    unknown = (args.only or set()) - {sc.name for sc in PLAIN + CACHED}
+    if unknown:
+        raise SystemExit(f"--only: no scenario {', '.join(sorted(unknown))}")
     counts = dict(zip((1, args.connections), args.requests))
     conns = tuple(counts)
     sides = (other_commit(args.against), this_checkout())
@@ -255,7 +258,10 @@ def run(args: argparse.Namespace) -> int:
         )
         stack.callback(fake.stop)
         fake.wait_ready(upstream + "/models")
-        for phase, scenarios, extra in (("plain", PLAIN, ""), ("cache", CACHED, CACHE_CONFIG)):
+        for phase, every, extra in (("plain", PLAIN, ""), ("cache", CACHED, CACHE_CONFIG)):
+            scenarios = tuple(sc for sc in every if not args.only or sc.name in args.only)
+            if not scenarios:
+                continue
             with ExitStack() as pair:
                 gws = tuple(
                     pair.enter_context(gateway(s, tmp / f"{phase}-{k}", upstream, extra))
@@ -281,6 +287,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=lambda s: tuple(int(n) for n in s.split(",")),
         default=(500, 3000),
         help="with --against: requests per run at 1 and at --connections (default 500,3000)",
+    )
+    p.add_argument(
+        "--only",
+        type=lambda s: {name.strip().replace("-", " ") for name in s.split(",")},
+        default=None,
+        help="with --against: only these scenarios, e.g. fixed-model,cache-hit "
+        f"(of: {', '.join(sc.name.replace(' ', '-') for sc in PLAIN + CACHED)})",
     )
     p.add_argument(
         "--cap", type=float, default=60.0, help="with --against: seconds a run may take at most"
