@@ -157,8 +157,11 @@ def cpu_per_request(
     )
     used = settled_cpu(gw.proc.pid) - before
     if load.errors or not load.requests:
+        code = gw.proc.proc.poll()
         raise RuntimeError(
-            f"{gw.side.label} {sc.name} c={conns}: {load.errors} errors in {load.requests} requests"
+            f"{gw.side.label} {sc.name} c={conns}: {load.errors} errors in {load.requests} "
+            f"requests; the gateway {'is running' if code is None else f'exited with {code}'} "
+            f"(log: {gw.proc.logpath})"
         )
     return used / load.requests * 1000
 
