@@ -3,6 +3,7 @@ model, thrifty with ``auto``, thrifty streaming, and LiteLLM's proxy (1.106.2, i
 
     python -m benchmarks gateway [--duration 8] [--connections 64] [--no-litellm] [--profile]
                                  [--workers N [--workers-only]]
+    python -m benchmarks gateway --against <commit>   # CPU per request, side by side: see side_by_side.py
 
 Everything runs on loopback: a fast fake OpenAI-compatible upstream (raw asyncio + httptools,
 far faster than any gateway), the gateway under test as its own process pinned to one core,
@@ -19,6 +20,7 @@ ceiling), CPU summed over the gateway's process tree; ``--workers-only`` runs ju
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -103,7 +105,12 @@ def free_port() -> int:
 
 class Proc:
     def __init__(
-        self, cmd: list[str], cpu: str, log: Path, env: dict[str, str] | None = None
+        self,
+        cmd: list[str],
+        cpu: str,
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
     ) -> None:
         self.log = open(log, "wb")  # noqa: SIM115 (lives as long as the process; closed in stop())
         self.t0 = time.perf_counter()
@@ -111,7 +118,7 @@ class Proc:
             pinned(cmd, cpu),
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
@@ -191,6 +198,52 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
+_RUNS = itertools.count(1)
+_STOPPED = "thrifty-bench: stopped"
+
+
+def _wrk_script(body: dict, headers: dict[str, str], vary: bool, stop_after: int | None) -> str:
+    lua_headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+    lua = (
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+        f'wrk.headers["Content-Type"] = "application/json"\n{lua_headers}'
+    )
+    if vary:
+        head, tail = json.dumps(body).split(PROMPT)
+        tag = f"{os.getpid()}.{next(_RUNS)}"
+        lua += (
+            f"local n = 0\nlocal head = {json.dumps(head + PROMPT)}\nlocal tail = {json.dumps(tail)}\n"
+            "request = function()\n  n = n + 1\n"
+            f"  return wrk.format(nil, nil, nil, head .. ' (variant {tag}.' .. n .. ')' .. tail)\nend\n"
+        )
+    if stop_after:
+        lua += (
+            f"local done = 0\nresponse = function(status, headers, body)\n  done = done + 1\n"
+            f"  if done == {stop_after} then\n    wrk.thread:stop()\n"
+            f'    io.write("{_STOPPED}\\n")\n    io.stdout:flush()\n  end\nend\n'
+        )
+    return lua
+
+
+def _run_wrk(cmd: list[str], stop_after: int | None) -> str:
+    """wrk's report. With ``stop_after``, the script's thread stops itself after that many
+    responses and says so; wrk's main thread sleeps out its duration unless interrupted, so
+    SIGINT (which makes it report at once) ends the run there."""
+    if not stop_after:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            if line.strip() == _STOPPED:
+                proc.send_signal(signal.SIGINT)
+            else:
+                lines.append(line)
+        if proc.wait() != 0:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return "".join(lines)
+
+
 def wrk(
     url: str,
     body: dict,
@@ -202,26 +255,17 @@ def wrk(
     tmp: Path,
     vary: bool = False,
     tree: bool = False,
+    stop_after: int | None = None,
 ) -> Load:
-    """``vary``: every request gets a distinct prompt (so no cache of the router can help);
-    ``tree``: the target's CPU includes its child processes'."""
+    """``vary``: every request gets a distinct prompt (so no cache of the router can help), and
+    distinct from every earlier run's (each run tags its variants). ``tree``: the target's CPU
+    includes its child processes'. ``stop_after``: wrk stops after that many responses
+    (``duration`` is then only a cap)."""
     cpu_of = tree_cpu_seconds if tree else cpu_seconds
     script = tmp / "post.lua"
-    lua_headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
-    lua = (
-        f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
-        f'wrk.headers["Content-Type"] = "application/json"\n{lua_headers}'
-    )
-    if vary:
-        head, tail = json.dumps(body).split(PROMPT)
-        lua += (
-            f"local n = 0\nlocal head = {json.dumps(head + PROMPT)}\nlocal tail = {json.dumps(tail)}\n"
-            "request = function()\n  n = n + 1\n"
-            "  return wrk.format(nil, nil, nil, head .. ' (variant ' .. n .. ')' .. tail)\nend\n"
-        )
-    script.write_text(lua)
+    script.write_text(_wrk_script(body, headers, vary, stop_after))
     before = cpu_of(target_pid) if target_pid else 0.0
-    out = subprocess.run(
+    out = _run_wrk(
         pinned(
             [
                 ensure_wrk(),
@@ -237,10 +281,8 @@ def wrk(
             ],
             LOADGEN_CPU,
         ),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+        stop_after,
+    )
     cpu = cpu_of(target_pid) - before if target_pid else None
     runs = sorted(tmp.glob("wrk-*.txt"))
     (tmp / f"wrk-{len(runs):03d}.txt").write_text(
@@ -265,7 +307,8 @@ def wrk(
 # -- targets -------------------------------------------------------------------------------
 
 
-def thrifty_config(tmp: Path, upstream: str, spend: bool = True) -> Path:
+def thrifty_config(tmp: Path, upstream: str, spend: bool = True, extra: str = "") -> Path:
+    """The benchmark's config; ``extra``: more TOML sections (e.g. ``[cache]``)."""
     tmp.mkdir(parents=True, exist_ok=True)
     price = "input_cost_per_token = 1e-6\noutput_cost_per_token = 2e-6\ncontext_window = 16000\n"
     lines = [
@@ -284,6 +327,7 @@ def thrifty_config(tmp: Path, upstream: str, spend: bool = True) -> Path:
     ]
     for m in ROUTER_MODELS:
         lines += [f'[models."{m}"]', 'provider = "fake"', price]
+    lines.append(extra)
     path = tmp / ("thrifty.toml" if spend else "thrifty-nospend.toml")
     path.write_text("\n".join(lines))
     return path
@@ -763,7 +807,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workers-only", action="store_true", help="with --workers: run only that comparison"
     )
-    return run(p.parse_args(argv))
+    from benchmarks import side_by_side  # it builds on this module
+
+    side_by_side.add_arguments(p)
+    args = p.parse_args(argv)
+    return side_by_side.run(args) if args.against else run(args)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ from typing import Any
 import orjson
 
 from thrifty.errors import GatewayError, bad_request
-from thrifty.gateway.schemas import require_model
+from thrifty.gateway.schemas import check_type, invalid_type, missing, require_model
 from thrifty.providers.base import Usage
+from thrifty.providers.translate import copy_sampling
 
 # Every top-level field of the Responses API; anything else is refused like OpenAI does.
 _KNOWN = frozenset(
@@ -47,19 +48,6 @@ _TEXT_PARTS = ("input_text", "output_text")
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
-def _kind(v: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object", type(None): "null"}.get(type(v), type(v).__name__)  # fmt: skip
-
-
-def _invalid(param: str, expected: str, value: Any) -> GatewayError:
-    return bad_request(
-        f"Invalid type for '{param}': expected {expected}, but got {_kind(value)}.",
-        param=param,
-        code="invalid_type",
-    )
-
-
 def _unsupported(param: str, why: str) -> GatewayError:
     return bad_request(
         f"Unsupported parameter: '{param}': {why}.", param=param, code="unsupported_parameter"
@@ -72,12 +60,8 @@ def _str(obj: dict[str, Any], key: str, where: str, *, required: bool = True) ->
         return None
     if not isinstance(value, str):
         if value is None:
-            raise bad_request(
-                f"Missing required parameter: '{where}.{key}'.",
-                param=f"{where}.{key}",
-                code="missing_required_parameter",
-            )
-        raise _invalid(f"{where}.{key}", "a string", value)
+            raise missing(f"{where}.{key}")
+        raise invalid_type(f"{where}.{key}", "a string", value)
     return value
 
 
@@ -86,7 +70,7 @@ def _parts(content: Any, where: str, role: str) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _invalid(where, "a string or an array of content parts", content)
+        raise invalid_type(where, "a string or an array of content parts", content)
     out: list[dict[str, Any]] = []
     for i, part in enumerate(content):
         at = f"{where}[{i}]"
@@ -111,7 +95,7 @@ def _parts(content: Any, where: str, role: str) -> str | list[dict[str, Any]]:
                 "(text, and images in user messages, are)"
             )  # fmt: skip
         else:
-            raise _invalid(at, "an object with a string 'type'", part)
+            raise invalid_type(at, "an object with a string 'type'", part)
     if all(p["type"] == "text" for p in out):
         return "".join(p["text"] for p in out)  # plain text reaches every upstream
     return out
@@ -121,7 +105,7 @@ def _tool_output(output: Any, where: str) -> str:
     if isinstance(output, str):
         return output
     if not isinstance(output, list):
-        raise _invalid(where, "a string or an array of input_text parts", output)
+        raise invalid_type(where, "a string or an array of input_text parts", output)
     texts = []
     for i, part in enumerate(output):
         if not isinstance(part, dict) or part.get("type") != "input_text":
@@ -136,12 +120,12 @@ def _messages(items: Any) -> list[dict[str, Any]]:
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     if not isinstance(items, list):
-        raise _invalid("input", "a string or an array of input items", items)
+        raise invalid_type("input", "a string or an array of input items", items)
     out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         at = f"input[{i}]"
         if not isinstance(item, dict):
-            raise _invalid(at, "an object", item)
+            raise invalid_type(at, "an object", item)
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message":
             role = item.get("role")
@@ -152,11 +136,7 @@ def _messages(items: Any) -> list[dict[str, Any]]:
                     param=f"{at}.role",
                 )
             if "content" not in item:
-                raise bad_request(
-                    f"Missing required parameter: '{at}.content'.",
-                    param=f"{at}.content",
-                    code="missing_required_parameter",
-                )
+                raise missing(f"{at}.content")
             content = _parts(item["content"], f"{at}.content", role)
             # "developer" is chat's newer name for "system"; not every upstream knows it.
             out.append({"role": "system" if role == "developer" else role, "content": content})
@@ -197,18 +177,18 @@ def _messages(items: Any) -> list[dict[str, Any]]:
                 "function_call and function_call_output are)"
             )  # fmt: skip
         else:
-            raise _invalid(f"{at}.type", "a string", kind)
+            raise invalid_type(f"{at}.type", "a string", kind)
     return out
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _invalid("tools", "an array", tools)
+        raise invalid_type("tools", "an array", tools)
     out = []
     for i, tool in enumerate(tools):
         at = f"tools[{i}]"
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-            raise _invalid(at, "an object with a string 'type'", tool)
+            raise invalid_type(at, "an object with a string 'type'", tool)
         if tool["type"] != "function":
             raise _unsupported(
                 f"{at}.type", f"the hosted tool {tool['type']!r} is not available through thrifty "
@@ -219,11 +199,11 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
             fn["description"] = _str(tool, "description", at)
         params = tool.get("parameters")
         if params is not None and not isinstance(params, dict):
-            raise _invalid(f"{at}.parameters", "a JSON Schema object", params)
+            raise invalid_type(f"{at}.parameters", "a JSON Schema object", params)
         fn["parameters"] = params or {"type": "object", "properties": {}}
         if tool.get("strict") is not None:
             if not isinstance(tool["strict"], bool):
-                raise _invalid(f"{at}.strict", "a boolean", tool["strict"])
+                raise invalid_type(f"{at}.strict", "a boolean", tool["strict"])
             fn["strict"] = tool["strict"]
         out.append({"type": "function", "function": fn})
     return out
@@ -249,7 +229,7 @@ def _tool_choice(choice: Any) -> str | dict[str, Any]:
 def _text_format(text: Any) -> tuple[dict[str, Any] | None, dict[str, Any], str | None]:
     """(chat response_format, the format to echo, verbosity) of the ``text`` parameter."""
     if not isinstance(text, dict):
-        raise _invalid("text", "an object", text)
+        raise invalid_type("text", "an object", text)
     fmt = text.get("format")
     verbosity = text.get("verbosity")
     if verbosity is not None and verbosity not in ("low", "medium", "high"):
@@ -260,14 +240,14 @@ def _text_format(text: Any) -> tuple[dict[str, Any] | None, dict[str, Any], str 
     if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
         return None, {"type": "text"}, verbosity
     if not isinstance(fmt, dict):
-        raise _invalid("text.format", "an object", fmt)
+        raise invalid_type("text.format", "an object", fmt)
     if fmt.get("type") == "json_object":
         return {"type": "json_object"}, {"type": "json_object"}, verbosity
     if fmt.get("type") == "json_schema":
         name = _str(fmt, "name", "text.format")
         schema = fmt.get("schema")
         if not isinstance(schema, dict):
-            raise _invalid("text.format.schema", "a JSON Schema object", schema)
+            raise invalid_type("text.format.schema", "a JSON Schema object", schema)
         spec: dict[str, Any] = {"name": name, "schema": schema}
         for key in ("description", "strict"):
             if fmt.get(key) is not None:
@@ -281,15 +261,6 @@ def _text_format(text: Any) -> tuple[dict[str, Any] | None, dict[str, Any], str 
         "Invalid value for 'text.format.type': expected 'text', 'json_object' or 'json_schema'.",
         param="text.format.type",
     )
-
-
-def _check(body: dict[str, Any], key: str, kind: type, desc: str) -> Any:
-    value = body.get(key)
-    if value is not None and (
-        not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)
-    ):
-        raise _invalid(key, desc, value)
-    return value
 
 
 class ResponsesRequest:
@@ -318,19 +289,15 @@ class ResponsesRequest:
             raise _unsupported("top_logprobs", "thrifty does not return log probabilities")
         if body.get("service_tier") not in (None, "auto", "default"):
             raise _unsupported("service_tier", "only 'auto' and 'default' are supported")
-        include = _check(body, "include", list, "an array of strings") or []
+        include = check_type(body, "include", (list,), "an array of strings") or []
         if "message.output_text.logprobs" in include:
             raise _unsupported("include", "thrifty does not return log probabilities")
         model = require_model(body)
-        instructions = _check(body, "instructions", str, "a string")
+        instructions = check_type(body, "instructions", (str,), "a string")
         messages = [{"role": "system", "content": instructions}] if instructions else []
         if body.get("input") is None:
             if not messages:
-                raise bad_request(
-                    "Missing required parameter: 'input'.",
-                    param="input",
-                    code="missing_required_parameter",
-                )
+                raise missing("input")
         else:
             added = _messages(body["input"])
             if not added and not messages:
@@ -341,7 +308,7 @@ class ResponsesRequest:
                 )
             messages += added
         chat: dict[str, Any] = {"model": model, "messages": messages}
-        max_out = _check(body, "max_output_tokens", int, "an integer")
+        max_out = check_type(body, "max_output_tokens", (int,), "an integer")
         if max_out is not None:
             if max_out < 1:
                 raise bad_request(
@@ -349,9 +316,7 @@ class ResponsesRequest:
                     param="max_output_tokens",
                 )
             chat["max_tokens"] = max_out  # the one name every chat server takes
-        for key in ("temperature", "top_p", "stream"):
-            if body.get(key) is not None:
-                chat[key] = body[key]  # ChatRequest checks them under the same names
+        copy_sampling(body, chat)
         tools = _tools(body["tools"]) if body.get("tools") is not None else []
         if tools:
             chat["tools"] = tools
@@ -364,10 +329,10 @@ class ResponsesRequest:
                     "Invalid 'tool_choice': it requires a tool, but 'tools' is empty.",
                     param="tool_choice",
                 )
-        parallel = _check(body, "parallel_tool_calls", bool, "a boolean")
+        parallel = check_type(body, "parallel_tool_calls", (bool,), "a boolean")
         if parallel is not None and tools:
             chat["parallel_tool_calls"] = parallel
-        user = _check(body, "user", str, "a string")
+        user = check_type(body, "user", (str,), "a string")
         if user is not None:
             chat["user"] = user
         for key in (
@@ -375,14 +340,14 @@ class ResponsesRequest:
             "prompt_cache_key",
             "prompt_cache_retention",
             "truncation",
-        ):
-            _check(body, key, str, "a string")  # accepted; nothing to pass to a chat upstream
-        _check(body, "stream_options", dict, "an object")
-        _check(body, "store", bool, "a boolean")
-        _check(body, "max_tool_calls", int, "an integer")
-        metadata = _check(body, "metadata", dict, "an object of strings")
+        ):  # accepted; nothing to pass to a chat upstream
+            check_type(body, key, (str,), "a string")
+        check_type(body, "stream_options", (dict,), "an object")
+        check_type(body, "store", (bool,), "a boolean")
+        check_type(body, "max_tool_calls", (int,), "an integer")
+        metadata = check_type(body, "metadata", (dict,), "an object of strings")
         if metadata and not all(isinstance(v, str) for v in metadata.values()):
-            raise _invalid("metadata", "an object of strings", metadata)
+            raise invalid_type("metadata", "an object of strings", metadata)
         text_echo: dict[str, Any] = {"format": {"type": "text"}}
         verbosity = None
         if body.get("text") is not None:
@@ -390,10 +355,10 @@ class ResponsesRequest:
             if response_format is not None:
                 chat["response_format"] = response_format
             text_echo["verbosity"] = verbosity
-        reasoning = _check(body, "reasoning", dict, "an object") or {}
+        reasoning = check_type(body, "reasoning", (dict,), "an object") or {}
         effort = reasoning.get("effort")
         if effort is not None and not isinstance(effort, str):
-            raise _invalid("reasoning.effort", "a string", effort)
+            raise invalid_type("reasoning.effort", "a string", effort)
         if not is_profile(model):  # a routed model may not take these knobs
             if effort is not None:
                 chat["reasoning_effort"] = effort

@@ -57,28 +57,49 @@ def _type_name(v: Any) -> str:
     }.get(type(v), type(v).__name__)
 
 
-def _check(body: dict[str, Any], key: str, kinds: tuple[type, ...], desc: str) -> Any:
+def invalid_type(param: str, expected: str, value: Any) -> GatewayError:
+    """OpenAI's error for a parameter of the wrong JSON type."""
+    return bad_request(
+        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)}.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def check_type(body: dict[str, Any], key: str, kinds: tuple[type, ...], desc: str) -> Any:
+    """``body[key]`` if absent, null or one of ``kinds`` (a boolean only where ``bool`` is one:
+    JSON's true is not a number); else OpenAI's invalid-type error."""
     value = body.get(key)
     if value is None:
         return None
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise bad_request(
-            f"Invalid type for '{key}': expected {desc}, but got {_type_name(value)}.",
-            param=key,
-            code="invalid_type",
-        )
+        raise invalid_type(key, desc, value)
+    return value
+
+
+def missing(param: str) -> GatewayError:
+    """OpenAI's error for a required parameter that is absent or null."""
+    return bad_request(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
+
+
+def required(body: dict[str, Any], key: str) -> Any:
+    value = body.get(key)
+    if value is None:
+        raise missing(key)
     return value
 
 
 def _positive_int(body: dict[str, Any], key: str) -> int | None:
-    value = _check(body, key, (int,), "an integer")
+    value = check_type(body, key, (int,), "an integer")
     if value is not None and value < 1:
         raise bad_request(f"Invalid '{key}': must be at least 1, got {value}.", param=key)
     return value
 
 
 def _number_range(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
-    value = _check(body, key, (int, float), "a number")
+    value = check_type(body, key, (int, float), "a number")
     if value is not None and not (lo <= value <= hi and math.isfinite(value)):
         raise bad_request(
             f"Invalid '{key}': must be between {lo} and {hi}, got {value}.", param=key
@@ -86,17 +107,9 @@ def _number_range(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
 
 
 def require_model(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if model is None:
-        raise bad_request(
-            "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
-        )
+    model = required(body, "model")
     if not isinstance(model, str) or not model:
-        raise bad_request(
-            f"Invalid type for 'model': expected a non-empty string, but got {_type_name(model)}.",
-            param="model",
-            code="invalid_type",
-        )
+        raise invalid_type("model", "a non-empty string", model)
     return model
 
 
@@ -131,12 +144,7 @@ def _content_text(content: Any, where: str) -> str:
                         code="invalid_type",
                     )
         return "\n".join(parts)
-    raise bad_request(
-        f"Invalid type for '{where}': expected a string or an array of content parts, "
-        f"but got {_type_name(content)}.",
-        param=where,
-        code="invalid_type",
-    )
+    raise invalid_type(where, "a string or an array of content parts", content)
 
 
 def _short(value: Any) -> str:
@@ -145,46 +153,38 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _invalid(param: str, expected: str, value: Any) -> GatewayError:
-    return bad_request(
-        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)}.",
-        param=param,
-        code="invalid_type",
-    )
-
-
 def _check_function(fn: Any, where: str, *, arguments: bool) -> None:
     """``{"name": str, ...}`` of a tool definition or a tool call (whose ``arguments`` is a JSON
     string), checked because the Anthropic translation reads them."""
     if not isinstance(fn, dict):
-        raise _invalid(where, "an object", fn)
+        raise invalid_type(where, "an object", fn)
     if not isinstance(fn.get("name"), str):
-        raise _invalid(f"{where}.name", "a string", fn.get("name"))
+        raise invalid_type(f"{where}.name", "a string", fn.get("name"))
     if arguments and fn.get("arguments") is not None and not isinstance(fn["arguments"], str):
-        raise _invalid(f"{where}.arguments", "a JSON string", fn["arguments"])
+        raise invalid_type(f"{where}.arguments", "a JSON string", fn["arguments"])
     if (
         not arguments
         and fn.get("parameters") is not None
         and not isinstance(fn["parameters"], dict)
     ):
-        raise _invalid(f"{where}.parameters", "a JSON Schema object", fn["parameters"])
+        raise invalid_type(f"{where}.parameters", "a JSON Schema object", fn["parameters"])
 
 
 def _check_tools(body: dict[str, Any]) -> None:
-    tools = _check(body, "tools", (list,), "an array")
+    tools = check_type(body, "tools", (list,), "an array")
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-            raise _invalid(f"tools[{i}]", "an object with a string 'type'", tool)
+            raise invalid_type(f"tools[{i}]", "an object with a string 'type'", tool)
         if tool["type"] == "function":
             _check_function(tool.get("function"), f"tools[{i}].function", arguments=False)
 
 
 def _check_tool_calls(calls: Any, where: str) -> None:
     if not isinstance(calls, list):
-        raise _invalid(where, "an array", calls)
+        raise invalid_type(where, "an array", calls)
     for i, call in enumerate(calls):
         if not isinstance(call, dict):
-            raise _invalid(f"{where}[{i}]", "an object", call)
+            raise invalid_type(f"{where}[{i}]", "an object", call)
         _check_function(call.get("function"), f"{where}[{i}].function", arguments=True)
 
 
@@ -198,18 +198,18 @@ def _check_tool_choice(choice: Any) -> None:
             )
         return
     if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
-        raise _invalid("tool_choice", "a string or an object with a string 'type'", choice)
+        raise invalid_type("tool_choice", "a string or an object with a string 'type'", choice)
     if choice["type"] == "function" or "function" in choice:
         fn = choice.get("function")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise _invalid("tool_choice.function", "an object with a string 'name'", fn)
+            raise invalid_type("tool_choice.function", "an object with a string 'name'", fn)
 
 
 def _check_stop(stop: Any) -> None:
     if isinstance(stop, str):
         return
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise _invalid("stop", "a string or an array of strings", stop)
+        raise invalid_type("stop", "a string or an array of strings", stop)
 
 
 class ChatRequest:
@@ -235,19 +235,9 @@ class ChatRequest:
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
         self.model = require_model(body)
-        messages = body.get("messages")
-        if messages is None:
-            raise bad_request(
-                "Missing required parameter: 'messages'.",
-                param="messages",
-                code="missing_required_parameter",
-            )
+        messages = required(body, "messages")
         if not isinstance(messages, list):
-            raise bad_request(
-                f"Invalid type for 'messages': expected an array, but got {_type_name(messages)}.",
-                param="messages",
-                code="invalid_type",
-            )
+            raise invalid_type("messages", "an array", messages)
         if not messages:
             raise bad_request(
                 "Invalid 'messages': empty array. Expected an array with minimum length 1.",
@@ -259,12 +249,7 @@ class ChatRequest:
         opaque = False
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict):
-                raise bad_request(
-                    f"Invalid type for 'messages[{i}]': expected an object, but got "
-                    f"{_type_name(msg)}.",
-                    param=f"messages[{i}]",
-                    code="invalid_type",
-                )
+                raise invalid_type(f"messages[{i}]", "an object", msg)
             role = msg.get("role")
             if not isinstance(role, str) or role not in ROLES:
                 raise bad_request(
@@ -290,7 +275,7 @@ class ChatRequest:
         self.n_messages = len(messages)
         self.prompt = texts[-1] if texts else ""
         self.prompt_chars = chars
-        self.stream = bool(_check(body, "stream", (bool,), "a boolean"))
+        self.stream = bool(check_type(body, "stream", (bool,), "a boolean"))
         mct = _positive_int(body, "max_completion_tokens")
         self.max_tokens = _positive_int(body, "max_tokens") or mct
         _number_range(body, "temperature", 0, 2)
@@ -302,9 +287,9 @@ class ChatRequest:
             _check_tool_choice(body["tool_choice"])
         if body.get("stop") is not None:
             _check_stop(body["stop"])
-        _check(body, "response_format", (dict,), "an object")
-        opts = _check(body, "stream_options", (dict,), "an object") or {}
-        self.include_usage = bool(_check(opts, "include_usage", (bool,), "a boolean"))
+        check_type(body, "response_format", (dict,), "an object")
+        opts = check_type(body, "stream_options", (dict,), "an object") or {}
+        self.include_usage = bool(check_type(opts, "include_usage", (bool,), "a boolean"))
         if body.get("tools"):
             chars += len(orjson.dumps(body["tools"]))
             self.prompt_chars = chars
@@ -360,13 +345,7 @@ class EmbeddingsRequest:
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
         self.model = require_model(body)
-        value = body.get("input")
-        if value is None:
-            raise bad_request(
-                "Missing required parameter: 'input'.",
-                param="input",
-                code="missing_required_parameter",
-            )
+        value = required(body, "input")
         # The estimate (4 characters a token) and, for the budget hold, a true maximum: every
         # UTF-8 byte a token, every token id one, plus 2 special tokens per input.
         if isinstance(value, str):
@@ -384,7 +363,7 @@ class EmbeddingsRequest:
                 ):
                     chars, most = chars + 4 * len(item), most + len(item) + 2
                 else:
-                    raise _invalid(
+                    raise invalid_type(
                         f"input[{i}]", "a string, a token id or an array of token ids", item
                     )
         else:

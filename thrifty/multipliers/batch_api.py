@@ -22,6 +22,8 @@ __all__ = ["batch_mounts"]
 _MULTIPART_SLACK = 1 << 20  # the multipart envelope and the 'purpose' field around a file
 
 Authenticate = Callable[[str | None], Awaitable[Any]]  # SpendControl.authenticate
+#: An endpoint's work, given the request, the caller's scope and its principal's fields.
+Handler = Callable[[Request, str, dict[str, Any]], Awaitable[Response]]
 
 
 def _error(exc: ThriftyError) -> JSONResponse:
@@ -52,7 +54,7 @@ def batch_mounts(
     (``MAX_FILE_BYTES`` plus the multipart envelope) when that is more.
     """
 
-    def handler(fn: Callable[[Request, str, dict[str, Any]], Awaitable[Response]]):
+    def handler(fn: Handler):
         async def endpoint(request: Request) -> Response:
             auth = request.headers.get("authorization") or request.headers.get("x-api-key")
             runner.start()  # idempotent; the gateway's startup should start it too (resume after restart)
@@ -164,25 +166,25 @@ def batch_mounts(
             BatchError(500, "Internal gateway error.", code="internal_error", type="api_error")
         )
 
-    errors = {404: not_found, 405: not_allowed, 500: internal}
-    files = Starlette(
-        routes=[
-            Route("/", handler(upload), methods=["POST"]),
-            Route("/", handler(list_files), methods=["GET"]),
-            Route("/{id}", handler(get_file), methods=["GET"]),
-            Route("/{id}", handler(delete_file), methods=["DELETE"]),
-            Route("/{id}/content", handler(file_content), methods=["GET"]),
-        ],
-        exception_handlers=errors,
+    def app(*routes: tuple[str, str, Handler]) -> Starlette:
+        """Routes ``(method, path, handler)`` whose errors, as every other, are OpenAI's."""
+        return Starlette(
+            routes=[Route(path, handler(fn), methods=[method]) for method, path, fn in routes],
+            exception_handlers={404: not_found, 405: not_allowed, 500: internal},
+        )
+
+    files = app(
+        ("POST", "/", upload),
+        ("GET", "/", list_files),
+        ("GET", "/{id}", get_file),
+        ("DELETE", "/{id}", delete_file),
+        ("GET", "/{id}/content", file_content),
     )
-    batches = Starlette(
-        routes=[
-            Route("/", handler(create_batch), methods=["POST"]),
-            Route("/", handler(list_batches), methods=["GET"]),
-            Route("/{id}", handler(get_batch), methods=["GET"]),
-            Route("/{id}/cancel", handler(cancel_batch), methods=["POST"]),
-        ],
-        exception_handlers=errors,
+    batches = app(
+        ("POST", "/", create_batch),
+        ("GET", "/", list_batches),
+        ("GET", "/{id}", get_batch),
+        ("POST", "/{id}/cancel", cancel_batch),
     )
     limit = max_body_bytes or DEFAULT_MAX_BODY_BYTES
     return {

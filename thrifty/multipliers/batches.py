@@ -163,33 +163,26 @@ class BatchStore:
         await self._run(put)
         return self._file_obj((fid, purpose, filename, len(content), now))
 
-    async def get_file(self, owner: str, file_id: str) -> dict[str, Any]:
+    async def _owned_file(self, owner: str, file_id: str, columns: str) -> tuple[Any, ...]:
+        """``columns`` of the caller's file ``file_id``; another owner's file is not found."""
         row = await self._run(
             self._db.one,
-            "SELECT id, purpose, filename, bytes, created_at FROM batch_files WHERE id = ? AND owner = ?",
-            (file_id, owner),
-        )
-        if row is None:
-            raise BatchError(
-                404,
-                f"No such File object: {file_id}",
-                code="not_found",
-                param="file_id",
-                type="invalid_request_error",
-            )
-        return self._file_obj(row)
-
-    async def file_content(self, owner: str, file_id: str) -> bytes:
-        row = await self._run(
-            self._db.one,
-            "SELECT content FROM batch_files WHERE id = ? AND owner = ?",
+            f"SELECT {columns} FROM batch_files WHERE id = ? AND owner = ?",
             (file_id, owner),
         )
         if row is None:
             raise BatchError(
                 404, f"No such File object: {file_id}", code="not_found", param="file_id"
             )
-        return bytes(row[0])
+        return row
+
+    async def get_file(self, owner: str, file_id: str) -> dict[str, Any]:
+        return self._file_obj(
+            await self._owned_file(owner, file_id, "id, purpose, filename, bytes, created_at")
+        )
+
+    async def file_content(self, owner: str, file_id: str) -> bytes:
+        return bytes((await self._owned_file(owner, file_id, "content"))[0])
 
     async def list_files(self, owner: str) -> list[dict[str, Any]]:
         rows = await self._run(

@@ -29,7 +29,12 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from thrifty.errors import GatewayError, ThriftyError
+from thrifty.gateway.config import Deployment
+from thrifty.gateway.schemas import ChatRequest
+from thrifty.gateway.service import Served
 from thrifty.multipliers.settings import CASCADE_PROFILE
 from thrifty.pipeline.billing import Billed, Billing, Charge
 from thrifty.pipeline.call import Call
@@ -212,8 +217,6 @@ class Pipeline:
         )
 
     async def _live(self, call: Call) -> Answer:
-        from thrifty.gateway.service import Served
-
         await self.plan_admit(call)
         call.served = Served()
         assert call.plan is not None and call.chat is not None
@@ -223,8 +226,6 @@ class Pipeline:
         return Answer(body, usage, cost, frontier)
 
     async def _live_stream(self, call: Call, where: Lookup | None) -> AnswerStream:
-        from thrifty.gateway.service import Served
-
         await self.plan_admit(call)
         call.served = Served()
         call.stream = True
@@ -295,8 +296,6 @@ class Pipeline:
     async def _hit(self, call: Call, entry: Any) -> Answer | AnswerStream:
         """Answer from the cache: a ledger record with ``cache_hit``, zero cost, and the
         original call's tokens and prices (the saving)."""
-        import orjson
-
         mc = self.gw.models.get(entry.model)
         usage = Usage(entry.prompt_tokens, entry.completion_tokens)
         call.saved_usd = entry.cost_usd
@@ -325,17 +324,12 @@ class Pipeline:
 
     @staticmethod
     def _hit_served(call: Call, entry: Any, mc: Any) -> None:
-        from thrifty.gateway.config import Deployment
-        from thrifty.gateway.service import Served
-
         call.served = Served(mc, Deployment("cache", entry.model))
 
     # -- cascade steps ---------------------------------------------------------------------------
 
     @staticmethod
     def _step_call(parent: Call, model: str) -> Call:
-        from thrifty.gateway.schemas import ChatRequest
-
         sub = Call(parent.endpoint, parent.principal)
         assert parent.chat is not None
         body = {
@@ -360,8 +354,6 @@ class Pipeline:
         return await self._settled(call, self._embeddings(call))
 
     async def _embeddings(self, call: Call) -> Answer:
-        from thrifty.gateway.service import Served
-
         req = call.embeddings
         assert req is not None
         call.plan = self.gw.plan_embeddings(

@@ -274,6 +274,14 @@ def _check_list(value: Any, param: str) -> list[Any]:
     return value
 
 
+def copy_sampling(src: dict[str, Any], chat: dict[str, Any]) -> None:
+    """The fields the Anthropic and Responses formats share with chat under the same names,
+    copied into the chat request where set (the chat request's own checks then apply)."""
+    for key in ("temperature", "top_p", "stream"):
+        if src.get(key) is not None:
+            chat[key] = src[key]
+
+
 def _invalid(param: str, expected: str) -> GatewayError:
     return bad_request(f"{param}: Input should be {expected}", param=param, code="invalid_type")
 
@@ -421,9 +429,7 @@ def anthropic_to_openai_request(body: dict[str, Any]) -> dict[str, Any]:
             messages.append(out)
     body_out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     _number(body, "temperature", 1)  # Anthropic's range (OpenAI's goes to 2)
-    for key in ("temperature", "top_p", "stream"):
-        if body.get(key) is not None:
-            body_out[key] = body[key]
+    copy_sampling(body, body_out)
     stop = body.get("stop_sequences")
     if stop is not None:
         if not all(isinstance(s, str) for s in _check_list(stop, "stop_sequences")):

@@ -137,6 +137,17 @@ def _tags(value: Any) -> str:
     return json.dumps(list(_text("tags", value)))
 
 
+def _where(fixed: list[str], optional: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """A ``WHERE`` clause (or "") of the ``fixed`` conditions and of each optional
+    ``(condition, value)`` whose value is not None, with the values as its parameters."""
+    where, params = list(fixed), list[Any]()
+    for cond, value in optional:
+        if value is not None:
+            where.append(cond)
+            params.append(value)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
 def _exists(db: Database, table: str, id_: str) -> bool:
     return db.one(f"SELECT 1 FROM {table} WHERE id = ?", (id_,)) is not None
 
@@ -202,11 +213,8 @@ def get_user(db: Database, user_id: str) -> dict:
 
 
 def list_users(db: Database, team_id: str | None = None) -> list[dict]:
-    if team_id:
-        rows = db.all("SELECT id FROM users WHERE team_id = ? ORDER BY id", (team_id,))
-    else:
-        rows = db.all("SELECT id FROM users ORDER BY id")
-    return [get_user(db, r[0]) for r in rows]
+    where, params = _where([], [("team_id = ?", team_id or None)])
+    return [get_user(db, r[0]) for r in db.all(f"SELECT id FROM users{where} ORDER BY id", params)]
 
 
 # --- keys ------------------------------------------------------------------------
@@ -268,17 +276,11 @@ def get_key(db: Database, key_id: str) -> dict:
 
 def list_keys(db: Database, *, team_id: str | None = None, user_id: str | None = None,
               include_revoked: bool = False) -> list[dict]:
-    sql = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE is_admin = 0"
-    params: list[Any] = []
-    if team_id:
-        sql += " AND team_id = ?"
-        params.append(team_id)
-    if user_id:
-        sql += " AND user_id = ?"
-        params.append(user_id)
-    if not include_revoked:
-        sql += " AND revoked_at IS NULL"
-    return [_key_row(r) for r in db.all(sql + " ORDER BY created_at", params)]
+    where, params = _where(
+        ["is_admin = 0"] + ([] if include_revoked else ["revoked_at IS NULL"]),
+        [("team_id = ?", team_id or None), ("user_id = ?", user_id or None)],
+    )
+    return [_key_row(r) for r in db.all(f"SELECT {_KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at", params)]
 
 
 def revoke_key(db: Database, key_id: str) -> dict:
@@ -412,14 +414,10 @@ def get_budget(db: Database, budget_id: str) -> dict:
 
 
 def list_budgets(db: Database, scope: str | None = None, scope_id: str | None = None) -> list[dict]:
-    sql, params = f"SELECT {_BUDGET_COLUMNS} FROM budgets", []
-    if scope:
-        sql += " WHERE scope = ?"
-        params.append(scope)
-        if scope_id:
-            sql += " AND scope_id = ?"
-            params.append(scope_id)
-    return [_budget_row(db, r) for r in db.all(sql + " ORDER BY scope, scope_id, period", params)]
+    # a scope_id means nothing without its scope
+    where, params = _where([], [("scope = ?", scope or None), ("scope_id = ?", (scope and scope_id) or None)])
+    rows = db.all(f"SELECT {_BUDGET_COLUMNS} FROM budgets{where} ORDER BY scope, scope_id, period", params)
+    return [_budget_row(db, r) for r in rows]
 
 
 def delete_budget(db: Database, budget_id: str) -> None:
@@ -486,17 +484,13 @@ def spend(db: Database, q: SpendQuery) -> dict:
     if q.group_by not in GROUPS:
         raise StoreError(f"group_by must be one of {', '.join(GROUPS)}")
     col = GROUPS[q.group_by]
-    where, params = ["1=1"], []
-    for cond, value in (("ts >= ?", q.since), ("ts < ?", q.until), ("team_id = ?", q.team_id),
-                        ("key_id = ?", q.key_id), ("user_id = ?", q.user_id)):
-        if value is not None:
-            where.append(cond)
-            params.append(value)
+    where, params = _where([], [("ts >= ?", q.since), ("ts < ?", q.until), ("team_id = ?", q.team_id),
+                                ("key_id = ?", q.key_id), ("user_id = ?", q.user_id)])
     rows = db.all(
         f"SELECT {col}, COUNT(*), COALESCE(SUM(cost_nanos), 0), COALESCE(SUM(frontier_cost_nanos), 0),"
         f" COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
         f" SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)"
-        f" FROM ledger WHERE {' AND '.join(where)} GROUP BY {col} ORDER BY 3 DESC",
+        f" FROM ledger{where} GROUP BY {col} ORDER BY 3 DESC",
         params,
     )
     groups = [

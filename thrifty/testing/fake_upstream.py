@@ -36,6 +36,7 @@ import ssl as ssl_module
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import parse_qs
@@ -132,63 +133,60 @@ class FakeState:
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}
 
-    def chat_body(self, model: str, usage: dict[str, int] | None = None) -> bytes:
-        key = ("chat", model)
-        if usage is not None or key not in self.cache:
-            body = _response(
-                200,
-                orjson.dumps(
-                    {
-                        "id": "chatcmpl-fake",
-                        "object": "chat.completion",
-                        "created": int(time.time()),
-                        "model": model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {
-                                    "role": "assistant",
-                                    "content": self.behaviour.reply,
-                                    "refusal": None,
-                                },
-                                "logprobs": None,
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": usage or USAGE,
-                    }
-                ),
-            )
-            if usage is not None:
-                return body
-            self.cache[key] = body
+    def _answer(
+        self, key: tuple[str, str], usage: dict[str, int] | None, doc: Callable[[], dict[str, Any]]
+    ) -> bytes:
+        """A 200 carrying ``doc()``, made once per ``key`` and kept; made afresh for an answer
+        billed with the request's own ``usage``."""
+        if usage is not None:
+            return _response(200, orjson.dumps(doc()))
+        if key not in self.cache:
+            self.cache[key] = _response(200, orjson.dumps(doc()))
         return self.cache[key]
 
-    def messages_body(self, model: str, usage: dict[str, int] | None = None) -> bytes:
-        key = ("messages", model)
-        if usage is not None or key not in self.cache:
-            body = _response(
-                200,
-                orjson.dumps(
+    def chat_body(self, model: str, usage: dict[str, int] | None = None) -> bytes:
+        return self._answer(
+            ("chat", model),
+            usage,
+            lambda: {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
                     {
-                        "id": "msg_fake",
-                        "type": "message",
-                        "role": "assistant",
-                        "model": model,
-                        "content": [{"type": "text", "text": self.behaviour.reply}],
-                        "stop_reason": "end_turn",
-                        "stop_sequence": None,
-                        "usage": {
-                            "input_tokens": usage["prompt_tokens"] if usage else 12,
-                            "output_tokens": 9,
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": self.behaviour.reply,
+                            "refusal": None,
                         },
+                        "logprobs": None,
+                        "finish_reason": "stop",
                     }
-                ),
-            )
-            if usage is not None:
-                return body
-            self.cache[key] = body
-        return self.cache[key]
+                ],
+                "usage": usage or USAGE,
+            },
+        )
+
+    def messages_body(self, model: str, usage: dict[str, int] | None = None) -> bytes:
+        return self._answer(
+            ("messages", model),
+            usage,
+            lambda: {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": self.behaviour.reply}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": usage["prompt_tokens"] if usage else 12,
+                    "output_tokens": 9,
+                },
+            },
+        )
 
     def chat_stream(
         self, model: str, include_usage: bool, usage: dict[str, int] | None = None
