@@ -87,7 +87,8 @@ class Billing:
         info, usage = c.info, c.usage
         cost = frontier = 0.0
         if usage is not None and info is not None and info.priced:
-            cost = price(info, usage, batch=c.batch_priced)
+            if not c.cache_hit:  # a hit costs nothing: no need to price it
+                cost = price(info, usage, batch=c.batch_priced)
             frontier = self.frontier_cost(usage, batch=c.batch_priced)
         cost += c.extra_cost_usd
         if c.cache_hit:
