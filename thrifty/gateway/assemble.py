@@ -164,7 +164,7 @@ def _learn_from(db_url: str, auto: AutoRouter, metrics: Metrics, on_startup: lis
     async def stop() -> None:
         for t in tasks:
             t.cancel()
-        sync.close()
+        await asyncio.to_thread(sync.close)
 
     on_startup.append(start)
     on_shutdown.append(stop)

@@ -66,6 +66,7 @@ class LabelSync:
         self.seen: dict[tuple[str, str], float] = {}
         self.lock = threading.Lock()
         self.loaded = 0
+        self.closed = False
 
     def register(self) -> None:
         with _SYNCS_LOCK:
@@ -79,6 +80,8 @@ class LabelSync:
     def poll(self) -> int:
         """Load labels written since the last poll; returns how many were new or changed."""
         with self.lock:
+            if self.closed:
+                return 0
             if self.db is None:
                 self.db = Database(self.db_url)
             rows = self.db.all(
@@ -111,10 +114,13 @@ class LabelSync:
             return fresh
 
     def close(self) -> None:
+        """Stop for good; waits for a poll in flight (its connection must not close under it)."""
         self.unregister()
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        with self.lock:
+            self.closed = True
+            if self.db is not None:
+                self.db.close()
+                self.db = None
 
 
 def poll_now(db_url: str) -> None:
