@@ -296,66 +296,30 @@ MIGRATIONS.append((8, """
         ALTER TABLE reservations ADD COLUMN detail TEXT
 """))
 # PostgreSQL only: thrifty_reserve_many with each hold's detail stored on its rows (same checks).
-RESERVE_DETAILED_FUNCTION = """
-CREATE OR REPLACE FUNCTION thrifty_reserve_detailed(
-    p_ids text[], p_amounts bigint[], p_details text[], p_budgets text[], p_periods bigint[], p_owner text,
-    p_now double precision, p_expires double precision)
-RETURNS TABLE (hold_id text, refused_budget text, limit_nanos bigint, spent_nanos bigint, held_nanos bigint)
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    bids text[];
-    pss bigint[];
-    lims bigint[];
-    sps bigint[];
-    hds bigint[];
-    granted_ids text[] := '{}';
-    granted_amounts bigint[] := '{}';
-    granted_details text[] := '{}';
-    i int;
-    j int;
-    fits boolean;
-BEGIN
-    PERFORM 1 FROM budgets b WHERE b.id = ANY(p_budgets) ORDER BY b.id FOR UPDATE;
-    SELECT array_agg(q.bid ORDER BY q.ord), array_agg(q.ps ORDER BY q.ord), array_agg(b.limit_nanos ORDER BY q.ord),
-           array_agg(COALESCE(s.spent_nanos, 0)::bigint ORDER BY q.ord),
-           array_agg(COALESCE((SELECT SUM(x.amount_nanos) FROM reservations x
-                               WHERE x.budget_id = q.bid AND x.period_start = q.ps AND x.expires_at > p_now), 0)::bigint
-                     ORDER BY q.ord)
-      INTO bids, pss, lims, sps, hds
-      FROM unnest(p_budgets, p_periods) WITH ORDINALITY AS q(bid, ps, ord)
-      JOIN budgets b ON b.id = q.bid
-      LEFT JOIN budget_spend s ON s.budget_id = q.bid AND s.period_start = q.ps;
-    IF bids IS NULL THEN
-        RETURN;  -- every budget was deleted meanwhile: nothing to hold
-    END IF;
-    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
-        fits := true;
-        FOR j IN 1 .. array_length(bids, 1) LOOP
-            IF sps[j] + hds[j] + p_amounts[i] > lims[j] THEN
-                hold_id := p_ids[i]; refused_budget := bids[j]; limit_nanos := lims[j];
-                spent_nanos := sps[j]; held_nanos := hds[j];
-                RETURN NEXT;
-                fits := false;
-                EXIT;
-            END IF;
-        END LOOP;
-        IF fits THEN
-            FOR j IN 1 .. array_length(bids, 1) LOOP
-                hds[j] := hds[j] + p_amounts[i];
-            END LOOP;
-            granted_ids := granted_ids || p_ids[i];
-            granted_amounts := granted_amounts || p_amounts[i];
-            granted_details := granted_details || p_details[i];
-        END IF;
-    END LOOP;
-    INSERT INTO reservations (id, budget_id, period_start, amount_nanos, owner, expires_at, detail)
-    SELECT g.id, x.bid, x.ps, g.amount, p_owner, p_expires, g.detail
-    FROM unnest(granted_ids, granted_amounts, granted_details) AS g(id, amount, detail)
-    CROSS JOIN unnest(bids, pss) AS x(bid, ps);
-    RETURN;
-END
-$fn$
-"""
+
+def _with_details(many: str) -> str:
+    """``thrifty_reserve_many`` as ``thrifty_reserve_detailed``: the same checks, each hold's
+    detail (``p_details``) stored on its rows."""
+    edits = (
+        ("FUNCTION thrifty_reserve_many(\n    p_ids text[], p_amounts bigint[], ",
+         "FUNCTION thrifty_reserve_detailed(\n    p_ids text[], p_amounts bigint[], p_details text[], "),
+        ("    granted_amounts bigint[] := '{}';\n",
+         "    granted_amounts bigint[] := '{}';\n    granted_details text[] := '{}';\n"),
+        ("            granted_amounts := granted_amounts || p_amounts[i];\n",
+         ("            granted_amounts := granted_amounts || p_amounts[i];\n"
+         "            granted_details := granted_details || p_details[i];\n")),
+        (("amount_nanos, owner, expires_at)\n    SELECT g.id, x.bid, x.ps, g.amount, p_owner, p_expires\n"
+         "    FROM unnest(granted_ids, granted_amounts) AS g(id, amount)"),
+         ("amount_nanos, owner, expires_at, detail)\n    SELECT g.id, x.bid, x.ps, g.amount, p_owner, p_expires, g.detail\n"
+         "    FROM unnest(granted_ids, granted_amounts, granted_details) AS g(id, amount, detail)")),
+    )
+    for old, replacement in edits:
+        assert old in many, old
+        many = many.replace(old, replacement)
+    return many
+
+
+RESERVE_DETAILED_FUNCTION = _with_details(RESERVE_MANY_FUNCTION)
 POSTGRES_MIGRATIONS[8] = [RESERVE_DETAILED_FUNCTION]
 
 
