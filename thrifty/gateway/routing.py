@@ -165,15 +165,21 @@ class AutoRouter:
             return Knob(weight=packaged.value)
         return AUTO
 
-    def _score(self, prompt: str) -> tuple[dict[str, float] | None, np.ndarray | None]:
-        """The packaged router's scores and the prompt's context; (None, None) without a router
-        or a prompt it can score (an empty one, say): learning then decides on levels alone."""
+    def _score(self, prompt: str, names: list[str]) -> tuple[dict[str, float] | None, np.ndarray | None]:
+        """The packaged router's scores (when it knows one of ``names``) and the prompt's
+        context; (None, None) without a router or for a prompt it cannot embed (an empty one,
+        say): learning then decides on the models' levels alone."""
         if self.router is None:
             return None, None
         try:
             embedded = getattr(self.router, "score_embedded", None)
             if embedded is None:
                 return self.router.score(prompt), None
+            known = self.router.models
+            if not any(self._aliases.get(n, n) in known for n in names):  # its predictor is no help
+                if not prompt.strip():
+                    return None, None
+                return None, context_of(self.router.embedder.embed_one(prompt))
             scores, emb = embedded(prompt)
             return scores, context_of(emb)
         except Exception:  # noqa: BLE001 (an unscorable prompt is still served)
@@ -183,7 +189,7 @@ class AutoRouter:
                profile_name: str, team_id: str | None = None, *, explore: bool = True) -> Routed:
         """The model for this request among ``candidates`` (already permitted and capable)."""
         names = [m.info.name for m in candidates]
-        scores, context = self._score(prompt)
+        scores, context = self._score(prompt, names)
         scope = self.scope(team_id)
         known = {}
         if scores is not None:

@@ -18,7 +18,7 @@ import numpy as np
 from thrifty.router.online import Label, LabelSet
 from thrifty.router.policy import Calibrated, Decision, ExplorationBudget, decide, weight_keeping
 
-RECENT = 256  # decisions remembered per scope to calibrate a profile's weight
+RECENT = 128  # decisions remembered per scope to calibrate a profile's weight
 RECALIBRATE_EVERY = 16
 # Warm-up: until a candidate has ``warmup`` labels (or was tried WARMUP_TRIES times as often,
 # for deployments that rate few answers), this share of decisions tries one such model, drawn
@@ -238,9 +238,9 @@ def _decide_target(a: np.ndarray, b: np.ndarray, costs: np.ndarray, target: floa
     greedy = pick(a / (a + b))
     if not explore or len(a) < 2:
         return Decision(greedy, 1.0, greedy, False)
-    from thrifty.router.policy import DRAWS
+    from thrifty.router.policy import DRAWS, beta_draws
 
-    draws = rng.beta(a[:, None], b[:, None], size=(len(a), DRAWS))
+    draws = beta_draws(a, b, rng)
     picks = np.array([pick(draws[:, s]) for s in range(DRAWS)])
     index = int(picks[int(rng.integers(DRAWS))])
     propensity = (float(np.count_nonzero(picks == index)) + 0.5) / (DRAWS + 1.0)

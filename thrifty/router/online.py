@@ -33,7 +33,7 @@ DEFAULT_TAU = 0.25  # kernel width in (1 - centred cosine): within a task ~0.05-
 MIN_LOCAL = 8  # labels before the mean context is stable enough to compare prompts by
 DEFAULT_PRIOR_STRENGTH = 2.0  # k0: pseudo-labels behind a model's prior
 DEFAULT_LOCAL_STRENGTH = 4.0  # k: pseudo-labels pulling a local estimate to the overall one
-DEFAULT_MAX_LABELS = 20_000  # per scope; the oldest are forgotten first
+DEFAULT_MAX_LABELS = 5_000  # per scope; the oldest are forgotten first (recent traffic counts most)
 
 
 def context_of(embedding: np.ndarray) -> np.ndarray:
@@ -215,7 +215,9 @@ class LabelSet:
         n = self._n
         cen = self._centred()
         sims = cen @ _unit(context - self._mu)
-        w = np.where(sims > 0.0, np.exp((sims - 1.0) / self.tau), 0.0) * self._w[:n]
+        w = np.exp((sims - 1.0) / self.tau)
+        w[sims <= 0.0] = 0.0
+        w *= self._w[:n]
         size = len(self.model_index)
         ls = np.bincount(self._m[:n], w * self._y[:n], minlength=size)
         lc = np.bincount(self._m[:n], w, minlength=size)

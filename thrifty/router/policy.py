@@ -44,6 +44,15 @@ class Decision:
         return Decision(index, float(probs[index]), self.greedy, index != self.greedy, probs)
 
 
+def beta_draws(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n: int = DRAWS) -> np.ndarray:
+    """``n`` draws per row from Beta(a, b), by its normal approximation (same mean and
+    variance, clipped to [0, 1]): a fifth of the cost of exact Beta draws, and the posteriors
+    the learner draws from hold a few pseudo-labels at least."""
+    mean = a / (a + b)
+    sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1.0)))
+    return np.clip(mean[:, None] + sd[:, None] * rng.standard_normal((len(a), n)), 0.0, 1.0)
+
+
 def relative_costs(costs: np.ndarray) -> np.ndarray:
     top = float(costs.max()) if costs.size else 0.0
     return costs / top if top > 0 else np.zeros_like(costs)
@@ -62,7 +71,7 @@ def decide(a: np.ndarray, b: np.ndarray, costs: np.ndarray, weight: float, rng: 
         return Decision(greedy, 1.0, greedy, False)
     w = max(weight if sampled_weight is None else sampled_weight, TIE)
     sa, sb = sampled if sampled is not None else (a, b)
-    draws = rng.beta(sa[:, None], sb[:, None], size=(len(a), DRAWS))
+    draws = beta_draws(sa, sb, rng)
     picks = np.argmax(draws - w * rel[:, None], axis=0)
     index = int(picks[int(rng.integers(DRAWS))])
     # The logged probability: the share of draws choosing it, smoothed away from 0 and 1.
@@ -70,7 +79,7 @@ def decide(a: np.ndarray, b: np.ndarray, costs: np.ndarray, weight: float, rng: 
     return Decision(index, float(probs[index]), greedy, index != greedy, probs)
 
 
-_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 64)])
+_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 32)])
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ Per model:
 
 **Clusters**: the labels' prompt contexts grouped by k-means (spherical, on the contexts centred
 on their mean as the router compares them; k-means++ seeded, so the same labels give the same
-clusters; the newest 20,000 labels, as many as a router keeps per scope), with each model's mean
+clusters; the newest labels, as many as a router keeps per scope (DEFAULT_MAX_LABELS)), with each model's mean
 and count per cluster. They are computed for display: the
 router itself learns per prompt (a kernel over contexts), not per cluster.
 """
