@@ -90,14 +90,7 @@ def _confidence(ess: float, se: float, no_chance: int, n: int) -> str:
 
 def logged(db: Any, filters: Any) -> tuple[list[str | None], list[float], list[float]]:
     """(served model, feedback score, propensity) of the rated requests the router decided."""
-    from thrifty.reports.tables import ensure_tables
-
-    ensure_tables(db)
-    conds, params = filters.conditions("l.")
-    extra = "".join(f" AND {c}" for c in conds)
-    rows = db.all(
-        "SELECT l.served_model, f.score, l.route_propensity FROM ledger l JOIN feedback f"
-        " ON f.request_id = l.request_id WHERE l.ts >= ? AND l.ts < ? AND l.route_propensity IS NOT NULL"
-        f" AND l.route_propensity > 0 AND l.status = 200{extra} ORDER BY l.ts",
-        [filters.since, filters.until, *params])
+    rows = filters.rated_rows(db, "l.served_model, f.score, l.route_propensity",
+                              "l.route_propensity IS NOT NULL AND l.route_propensity > 0 AND l.status = 200",
+                              join="JOIN")
     return [r[0] for r in rows], [float(r[1]) for r in rows], [float(r[2]) for r in rows]

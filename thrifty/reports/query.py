@@ -53,6 +53,20 @@ class Filters:
             params.append("%" + json.dumps(self.tag) + "%")
         return conds, params
 
+    def rated_rows(self, db: Any, columns: str, where: str, *, join: str = "LEFT JOIN") -> list[tuple]:
+        """``columns`` of the ledger rows (``l``) in the window that match ``where`` and these
+        filters, oldest first, each with its feedback (``f``, joined by ``join``)."""
+        from thrifty.reports.tables import ensure_tables
+
+        ensure_tables(db)
+        conds, params = self.conditions("l.")
+        extra = "".join(f" AND {c}" for c in conds)
+        return db.all(
+            f"SELECT {columns} FROM ledger l {join} feedback f ON f.request_id = l.request_id"
+            f" WHERE l.ts >= ? AND l.ts < ? AND {where}{extra} ORDER BY l.ts",
+            [self.since, self.until, *params],
+        )
+
 
 @dataclass
 class Totals:

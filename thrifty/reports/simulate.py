@@ -252,17 +252,9 @@ def run(router: Any, pool: Pool, items: Sequence[Item], scenarios: Iterable[Scen
 
 def items_from_ledger(db: Any, filters: Any, expected_output_tokens: int = 256) -> list[Item]:
     """Successful routed records with stored scores; feedback (if any) labels the served model."""
-    from thrifty.reports.tables import ensure_tables
-
-    ensure_tables(db)
-    conds, params = filters.conditions("l.")
-    extra = "".join(f" AND {c}" for c in conds)
-    rows = db.all(
-        "SELECT l.scores, l.served_model, l.prompt_tokens, l.completion_tokens, l.cached_tokens, l.cost_nanos,"
-        " f.score FROM ledger l LEFT JOIN feedback f ON f.request_id = l.request_id"
-        f" WHERE l.ts >= ? AND l.ts < ? AND l.scores IS NOT NULL AND l.status = 200{extra} ORDER BY l.ts",
-        [filters.since, filters.until, *params],
-    )
+    rows = filters.rated_rows(
+        db, "l.scores, l.served_model, l.prompt_tokens, l.completion_tokens, l.cached_tokens, l.cost_nanos, f.score",
+        "l.scores IS NOT NULL AND l.status = 200")
     items = []
     for scores, served, pt, ct, cached, cost, fb in rows:
         try:

@@ -36,7 +36,7 @@ from thrifty.spend.api import (
     SpendUnavailable,
 )
 from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, SqliteBudgets, window_ended
-from thrifty.spend.db import AsyncPgPool, Database
+from thrifty.spend.db import AsyncPgPool, Database, every
 from thrifty.spend.keys import bearer_token, hash_key, same_hash
 from thrifty.spend.leases import EXPIRY_S, HEARTBEAT_S, ReplicaLease
 from thrifty.spend.ledger import LedgerWriter, journal_entry, replay_orphans
@@ -130,19 +130,11 @@ class DbSpendControl:
         self._snapshot = load_snapshot(self.db)
 
     def _watch(self) -> None:
-        db = None
-        while not self._stop.wait(self._poll_interval):
-            try:
-                db = db or Database(self.db_url)
-                if config_version(db) != self._snapshot.version:
-                    self._snapshot = load_snapshot(db)
-            except Exception as exc:  # noqa: BLE001 (a background thread: log and go on)
-                log.warning("spend config reload failed: %s", exc)
-                if db is not None:
-                    db.close()
-                db = None
-        if db is not None:
-            db.close()
+        def reload(db: Database) -> None:
+            if config_version(db) != self._snapshot.version:
+                self._snapshot = load_snapshot(db)
+
+        every(self._poll_interval, self._stop, self.db_url, reload, "spend config reload")
 
     # --- the SpendControl protocol ------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import pathlib
 import sqlite3
@@ -191,3 +192,20 @@ class AsyncPgPool:
         for conn in idle:
             await conn.close()
         self._made = 0
+
+
+def every(period: float, stop: threading.Event, url: str, step: Any, what: str) -> None:
+    """Run ``step(db)`` every ``period`` seconds until ``stop`` is set, on a connection of this
+    thread's own, opened again after any failure (a background thread logs and goes on)."""
+    db: Database | None = None
+    while not stop.wait(period):
+        try:
+            db = db or Database(url)
+            step(db)
+        except Exception as exc:  # noqa: BLE001 (a background thread: log, reconnect, go on)
+            logging.getLogger("thrifty.spend").warning("%s failed: %s", what, exc)
+            if db is not None:
+                db.close()
+            db = None
+    if db is not None:
+        db.close()

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from thrifty.spend.db import Database
+from thrifty.spend.db import Database, every
 from thrifty.spend.reclaim import reclaim
 
 log = logging.getLogger("thrifty.spend")
@@ -74,19 +74,11 @@ class ReplicaLease:
         return charged
 
     def _run(self) -> None:
-        db: Database | None = None
-        while not self._stop.wait(self._heartbeat):
-            try:
-                db = db or Database(self._url)
-                self._renew(db, time.time())
-                self.reap(db, time.time())
-            except Exception as exc:  # noqa: BLE001 (a background thread: log, reconnect, go on)
-                log.warning("replica lease renewal failed: %s", exc)
-                if db is not None:
-                    db.close()
-                db = None
-        if db is not None:
-            db.close()
+        def beat(db: Database) -> None:
+            self._renew(db, time.time())
+            self.reap(db, time.time())
+
+        every(self._heartbeat, self._stop, self._url, beat, "replica lease renewal")
 
     def close(self) -> None:
         """Stop renewing and give the lease up: holds left unsettled (none after a clean drain) are

@@ -81,9 +81,8 @@ class MemoryRateLimiter:
 
     async def take(self, checks: list[Check], now: float) -> None:
         """Count the request against every check, or raise :class:`RateLimited` counting nothing."""
+        refuse_oversized(checks)
         for check in checks:
-            if check.amount > check.limit:
-                raise too_many(check, None)
             window = self._window(check.scope, now)
             wait = wait_seconds(window.previous, window.current, check.limit, check.amount, now)
             if wait is not None:
@@ -93,6 +92,13 @@ class MemoryRateLimiter:
 
     def add(self, scope: str, amount: int, now: float) -> None:
         self._window(scope, now).current += amount
+
+
+def refuse_oversized(checks: list[Check]) -> None:
+    """A request larger than a whole minute's limit can never fit: refused without a wait."""
+    for check in checks:
+        if check.amount > check.limit:
+            raise too_many(check, None)
 
 
 class SqliteRateLimiter:
@@ -106,9 +112,7 @@ class SqliteRateLimiter:
         self._db = db
 
     async def take(self, checks: list[Check], now: float) -> None:
-        for check in checks:
-            if check.amount > check.limit:
-                raise too_many(check, None)
+        refuse_oversized(checks)
         if checks:
             await asyncio.to_thread(self._take, checks, now)
 
@@ -141,9 +145,7 @@ class PostgresRateLimiter:
         self._pool = pool
 
     async def take(self, checks: list[Check], now: float) -> None:
-        for check in checks:
-            if check.amount > check.limit:
-                raise too_many(check, None)
+        refuse_oversized(checks)
         if not checks:
             return
         async with self._pool.connection() as conn:
