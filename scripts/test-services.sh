@@ -14,12 +14,30 @@ mkdir -p .thrifty/test-services
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
 apt_updated=0
+# Another apt or dpkg (an unattended upgrade, a parallel session) may hold the locks: wait for
+# them (DPkg::Lock::Timeout for dpkg's; retries for a run that still fails while locked).
+APT_WAIT=${THRIFTY_APT_WAIT_S:-600}
+apt_get() {
+    local deadline=$((SECONDS + APT_WAIT)) out
+    while true; do
+        if out=$(as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout="$APT_WAIT" "$@" 2>&1); then
+            return 0
+        fi
+        if ! grep -qiE "could not get lock|unable to (acquire|lock)|is another process using it" <<<"$out" \
+            || [ "$SECONDS" -ge "$deadline" ]; then
+            printf '%s\n' "$out" >&2
+            return 1
+        fi
+        echo "apt is busy (another apt/dpkg holds its lock); waiting..." >&2
+        sleep 5
+    done
+}
 apt_install() {
     if [ "$apt_updated" = 0 ]; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_get update -qq
         apt_updated=1
     fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    apt_get install -y -qq "$@" >/dev/null
 }
 
 # --- PostgreSQL ---------------------------------------------------------------
