@@ -127,8 +127,11 @@ class _Recent:
 class Learner:
     """Thread-safe: decisions run on the event loop, labels may arrive from worker threads."""
 
-    def __init__(self, *, explore_share: float = 0.3, explore_spend_share: float = 0.1, warmup: int = 10, thompson: bool = True, caution: float = 1.0,
-                 seed: int | None = None, label_set_options: dict | None = None) -> None:
+    def __init__(self, *, explore_share: float = 0.1, explore_spend_share: float = 0.1, warmup: int = 30,
+                 thompson: bool = True, caution: float = 1.0, seed: int | None = None,
+                 label_set_options: dict | None = None) -> None:
+        """The defaults are ``[router]``'s (thrifty/router/settings.py); ``thompson = False`` keeps
+        the warm-up but decides every other time on the estimates (for experiments)."""
         self._lock = threading.Lock()
         self._scopes: dict[str, LabelSet] = {}
         self._recent: dict[str, _Recent] = {}
