@@ -189,3 +189,19 @@ def pg_url() -> Iterator[str]:
     if url is None:
         pytest.skip("no test PostgreSQL (scripts/test-services.sh starts one)")
     yield from fresh_database(url)
+
+
+def test_team_scope_learns_per_team(upstream, tmp_path):
+    """``learning_scope = "team"``: one team's ratings teach its own routing, not another's."""
+    rng = random.Random(5)
+    db_url = f"sqlite:///{tmp_path / 'spend.sqlite3'}"
+    app, spend, key = gateway(pool_doc(tmp_path, upstream, db_url, learning_scope="team"), team="rater")
+    store.create_team(spend.db, "other")
+    _, other_key = store.create_key(spend.db, team_id="other")
+    spend.reload()
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        traffic(c, key, 60, rng, feedback=True)
+        mine = ask(c, key, prompts("code", 1, rng)[0]).headers["x-thrifty-route-reason"]
+        theirs = ask(c, other_key, prompts("code", 1, rng)[0]).headers["x-thrifty-route-reason"]
+    assert "learned from 60 rating(s)" in mine
+    assert "learned from 0 rating(s)" in theirs
