@@ -25,29 +25,12 @@ from batch_setup import PRICE, completed, jsonl, submit
 from provider_batch_setup import ledger_rows, team, wait_for
 
 from thrifty.multipliers.batches import BatchStore, line_request_id
-from thrifty.testing.fake_upstream import Behaviour, FakeState, FakeUpstream
+from thrifty.testing.fake_upstream import FakeUpstream, HitGate
 from thrifty.testing.loadtest import Gateway, _toml_value
 
 N = 6
 ANSWERED = 2  # model calls the fake answers before it holds the next one (A dies with it)
 LEASE = 1.0
-
-
-class HoldAfter(Behaviour):
-    """The fake's behaviour: answer the first ``answer`` model calls, hold every later one
-    unanswered (set ``answer`` higher to answer again). Read per request by the fake."""
-
-    def __init__(self, state: FakeState, answer: int) -> None:
-        super().__init__()
-        self.state, self.answer = state, answer
-
-    @property  # type: ignore[override]
-    def mode(self) -> str:
-        return "ok" if self.state.hits <= self.answer else "hang"
-
-    @mode.setter
-    def mode(self, value: str) -> None:  # the dataclass's __init__ sets it; the gate decides
-        pass
 
 
 def replica_config(data: Path, fake: FakeUpstream, db_url: str) -> Path:
@@ -86,7 +69,7 @@ def test_replica_b_sees_and_finishes_the_batch_of_a_killed_replica_a(tmp_path, p
     key, budget = team(pg_url)
     content = jsonl(N, "m-ok")
     with FakeUpstream() as fake:
-        gate = HoldAfter(fake.state, ANSWERED)
+        gate = HitGate(fake.state, ANSWERED, "ok", "hang")
         fake.state.behaviour = gate
         a = Gateway(replica_config(tmp_path / "a", fake, pg_url), tmp_path / "a.log")
         b: Gateway | None = None
@@ -110,7 +93,7 @@ def test_replica_b_sees_and_finishes_the_batch_of_a_killed_replica_a(tmp_path, p
 
             a.kill()  # SIGKILL, the line in flight
             assert a.proc.returncode == -9
-            gate.answer = 1 << 30
+            gate.until = 1 << 30
             done = completed(on_b, on_b.batches.retrieve(batch.id), timeout=30)
             out = [json.loads(x) for x in on_b.files.content(done.output_file_id).text.splitlines()]
             wait_for(lambda: len(ledger_rows(pg_url, budget["id"])[0]) >= N, "the ledger records")

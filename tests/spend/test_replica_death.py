@@ -26,7 +26,7 @@ from thrifty.spend.db import Database
 from thrifty.spend.money import format_usd
 from thrifty.spend.reclaim import LOST_SUFFIX, LOST_TYPE
 from thrifty.spend.schema import migrate
-from thrifty.testing.fake_upstream import Behaviour, FakeState, FakeUpstream
+from thrifty.testing.fake_upstream import FakeUpstream, HitGate
 from thrifty.testing.loadtest import Gateway, _toml_value
 
 N = 8  # requests in flight on A when it dies
@@ -36,20 +36,19 @@ SMALL = {"model": "m-ok", "messages": [{"role": "user", "content": "hi"}], "max_
 BIG = {**SMALL, "max_tokens": 100}  # holds 50 output tokens (100_000 nano-USD) more than SMALL
 
 
-class HangFirst(Behaviour):
-    """The fake's behaviour: hold the first ``hang`` model calls unanswered, answer the rest."""
+def send_in_background(url: str, auth: dict[str, str], n: int) -> list[threading.Thread]:
+    """``n`` requests in flight on threads; a gateway killed under them is expected."""
 
-    def __init__(self, state: FakeState, hang: int) -> None:
-        super().__init__()
-        self.state, self.hang = state, hang
+    def send() -> None:
+        try:
+            httpx.post(url + "/v1/chat/completions", json=SMALL, headers=auth, timeout=60)
+        except httpx.HTTPError:
+            pass
 
-    @property  # type: ignore[override]
-    def mode(self) -> str:
-        return "hang" if self.state.hits <= self.hang else "ok"
-
-    @mode.setter
-    def mode(self, value: str) -> None:  # the dataclass's __init__ sets it; the gate decides
-        pass
+    threads = [threading.Thread(target=send, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
 
 
 def replica_config(data: Path, fake: FakeUpstream, db_url: str) -> Path:
@@ -105,7 +104,7 @@ def test_the_holds_of_a_killed_replica_are_charged_in_full_by_the_survivor_withi
     db.close()
     auth = {"authorization": f"Bearer {key}"}
     with FakeUpstream() as fake:
-        fake.state.behaviour = HangFirst(fake.state, N)
+        fake.state.behaviour = HitGate(fake.state, N, "hang", "ok")
         a = Gateway(replica_config(tmp_path / "a", fake, pg_url), tmp_path / "a.log")
         b: Gateway | None = None
         c: Gateway | None = None
@@ -115,15 +114,7 @@ def test_the_holds_of_a_killed_replica_are_charged_in_full_by_the_survivor_withi
             b = Gateway(replica_config(tmp_path / "b", fake, pg_url), tmp_path / "b.log")
             c = Gateway(replica_config(tmp_path / "c", fake, pg_url), tmp_path / "c.log")
 
-            def send_to_a() -> None:
-                try:
-                    httpx.post(a.url + "/v1/chat/completions", json=SMALL, headers=auth, timeout=60)
-                except httpx.HTTPError:
-                    pass  # A dies under it
-
-            in_flight = [threading.Thread(target=send_to_a, daemon=True) for _ in range(N)]
-            for t in in_flight:
-                t.start()
+            in_flight = send_in_background(a.url, auth, N)  # A dies under them
             wait_for(lambda: fake.hits == N and one(pg_url, "SELECT COUNT(*) FROM reservations") == (N,),
                      "A's requests in flight, held")
             held = one(pg_url, "SELECT MIN(amount_nanos), MAX(amount_nanos) FROM reservations")
@@ -210,7 +201,7 @@ def test_a_killed_sqlite_gateway_is_charged_its_requests_in_flight_when_it_start
     db.close()
     auth = {"authorization": f"Bearer {key}"}
     with FakeUpstream() as fake:
-        fake.state.behaviour = HangFirst(fake.state, 0)
+        fake.state.behaviour = HitGate(fake.state, 0, "hang", "ok")
         config = replica_config(data, fake, "")  # no database_url: SQLite in the data directory
         g = Gateway(config, tmp_path / "g.log")
         again: Gateway | None = None
@@ -218,16 +209,8 @@ def test_a_killed_sqlite_gateway_is_charged_its_requests_in_flight_when_it_start
         try:
             assert httpx.post(g.url + "/v1/chat/completions", json=SMALL, headers=auth, timeout=30).status_code == 200
 
-            def send() -> None:
-                try:
-                    httpx.post(g.url + "/v1/chat/completions", json=SMALL, headers=auth, timeout=60)
-                except httpx.HTTPError:
-                    pass  # the gateway dies under it
-
-            fake.state.behaviour.hang = N + 1  # the first call was answered: hang the next N
-            in_flight = [threading.Thread(target=send, daemon=True) for _ in range(N)]
-            for t in in_flight:
-                t.start()
+            fake.state.behaviour.until = N + 1  # the first call was answered: hang the next N
+            in_flight = send_in_background(g.url, auth, N)  # the gateway dies under them
             wait_for(lambda: fake.hits == N + 1, "the requests in flight")
             g.kill()
             assert g.proc.returncode == -9

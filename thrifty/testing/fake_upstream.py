@@ -62,6 +62,23 @@ class Behaviour:
     limit_status: int = 429  # rate_limited: the status (429, or 503)
 
 
+class HitGate(Behaviour):
+    """A behaviour that switches on the fake's hit count: ``before`` for the first ``until``
+    model calls, ``after`` for later ones (set ``until`` from the test to move the switch)."""
+
+    def __init__(self, state: FakeState, until: int, before: str, after: str) -> None:
+        super().__init__()
+        self.state, self.until, self.before, self.after = state, until, before, after
+
+    @property  # type: ignore[override]
+    def mode(self) -> str:
+        return self.before if self.state.hits <= self.until else self.after
+
+    @mode.setter
+    def mode(self, value: str) -> None:  # the dataclass's __init__ sets it; the gate decides
+        pass
+
+
 @dataclass
 class BatchFaults:
     """Switches of the fake's batch API (set from the test's thread; read per request)."""
