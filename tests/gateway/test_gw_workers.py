@@ -5,8 +5,10 @@ every worker's requests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import time
+from collections.abc import Iterator
 
 import httpx
 import orjson
@@ -42,6 +44,18 @@ def _key(db_url: str) -> str:
     return secret
 
 
+@contextlib.contextmanager
+def _two_workers(tmp_path: pathlib.Path, data: pathlib.Path, fake: FakeUpstream, db_url: str,
+                 metrics_dir: pathlib.Path) -> Iterator[Gateway]:
+    """``thrifty serve --workers 2`` on the fake's one model, both workers up."""
+    config = write_config(tmp_path / "gw.toml", data_dir=data, upstreams={"ok": fake.base_url},
+                          models={"m-ok": {"provider": "ok", **PRICE, "route": False}},
+                          spend={"database_url": db_url})
+    with Gateway(config, tmp_path / "gw.log", workers=2, env={"THRIFTY_METRICS_DIR": str(metrics_dir)}) as gw:
+        _wait_workers(metrics_dir, 2)
+        yield gw
+
+
 def _wait_workers(metrics_dir: pathlib.Path, n: int) -> None:
     """Until each of the ``n`` workers has started (written its metrics file)."""
     deadline = time.monotonic() + 60
@@ -56,12 +70,8 @@ def test_two_workers_never_overshoot_a_budget(tmp_path, fake, backend, request):
     data.mkdir()
     db_url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{data / 'spend.db'}"
     secret = _key(db_url)
-    config = write_config(tmp_path / "gw.toml", data_dir=data, upstreams={"ok": fake.base_url},
-                          models={"m-ok": {"provider": "ok", **PRICE, "route": False}},
-                          spend={"database_url": db_url})
     metrics_dir = tmp_path / "metrics"
-    with Gateway(config, tmp_path / "gw.log", workers=2, env={"THRIFTY_METRICS_DIR": str(metrics_dir)}) as gw:
-        _wait_workers(metrics_dir, 2)
+    with _two_workers(tmp_path, data, fake, db_url, metrics_dir) as gw:
         replies = asyncio.run(fire([gw.url], secret, REQUESTS, BODY, concurrency=CONCURRENCY))
         time.sleep(1.5)  # every worker has written its counts since
         text = httpx.get(gw.url + "/metrics", timeout=10).text
@@ -169,12 +179,8 @@ def test_a_rate_limit_holds_across_workers(tmp_path, fake):
     store.create_team(db, "eng")
     _rec, secret = store.create_key(db, team_id="eng", rpm=10)
     db.close()
-    config = write_config(tmp_path / "gw.toml", data_dir=data, upstreams={"ok": fake.base_url},
-                          models={"m-ok": {"provider": "ok", **PRICE, "route": False}},
-                          spend={"database_url": db_url})
     metrics_dir = tmp_path / "metrics"
-    with Gateway(config, tmp_path / "gw.log", workers=2, env={"THRIFTY_METRICS_DIR": str(metrics_dir)}) as gw:
-        _wait_workers(metrics_dir, 2)
+    with _two_workers(tmp_path, data, fake, db_url, metrics_dir) as gw:
         replies = asyncio.run(fire([gw.url], secret, 80, BODY, concurrency=40))
         time.sleep(1.5)
         got = samples(httpx.get(gw.url + "/metrics", timeout=10).text)
