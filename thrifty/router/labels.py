@@ -47,12 +47,6 @@ def store(db: Database, request_id: str, source: str, score: float, weight: floa
     return True
 
 
-def counts(db: Database) -> dict[tuple[str, str], int]:
-    """Labels per (model, source)."""
-    return {(r[0], r[1]): int(r[2]) for r in
-            db.all("SELECT model, source, COUNT(*) FROM router_labels GROUP BY model, source")}
-
-
 class LabelSync:
     """Feeds the labels of one database to ``learn(team_id, label)``."""
 

@@ -144,16 +144,12 @@ class Learner:
         self._options = dict(label_set_options or {})
         self.explore_share, self.explore_spend_share = explore_share, explore_spend_share
         self.rng = np.random.default_rng(seed)
-        self.labels_added = 0
 
     def labels(self, scope: str) -> LabelSet:
         s = self._scopes.get(scope)
         if s is None:
             s = self._scopes[scope] = LabelSet(**self._options)
         return s
-
-    def scopes(self) -> list[str]:
-        return list(self._scopes)
 
     def budget(self, scope: str) -> ExplorationBudget:
         b = self._budgets.get(scope)
@@ -164,7 +160,6 @@ class Learner:
     def add(self, scope: str, label: Label) -> None:
         with self._lock:
             self.labels(scope).add(label)
-            self.labels_added += 1
 
     def pool_level(self, scope: str) -> float:
         """The mean score over all labels of the scope, shrunk to 0.5: the uninformative prior."""

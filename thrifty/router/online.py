@@ -226,9 +226,6 @@ class LabelSet:
         b = self.k * (1.0 - g) + np.maximum(lc - ls, 0.0)
         return Estimate(tuple(models), a, b, a0, b0, c, ls, lc, self.k)
 
-    def models(self) -> list[str]:
-        return list(self.model_index)
-
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """(contexts, scores, model indices, request ids) of the stored labels."""
         n = self._n
