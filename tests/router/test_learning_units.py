@@ -125,3 +125,15 @@ def test_spend_cap_is_a_share_of_the_all_frontier_cost():
     for _ in range(40):
         b.record(Decision(0, 1.0, 0, False), costs)
     assert b.allows()
+
+
+def test_a_target_profile_logs_the_probability_of_what_it_explored():
+    """``target_quality`` decisions explore on draws too, and log each candidate's probability
+    (so a warm-up mixed on top logs the mixture, not the greedy choice's certainty)."""
+    from thrifty.router.policy import decide_target
+
+    rng = np.random.default_rng(4)
+    a, b = np.array([3.0, 3.0, 3.0]), np.array([3.0, 3.0, 3.0])
+    d = decide_target(a, b, np.array([1.0, 2.0, 3.0]), 0.6, rng, explore=True)
+    assert d.probs is not None and d.probs.sum() == pytest.approx(1.0)
+    assert d.propensity == pytest.approx(d.probs[d.index])

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from thrifty.router.online import Label, LabelSet
-from thrifty.router.policy import Calibrated, Decision, ExplorationBudget, decide, weight_keeping
+from thrifty.router.policy import (
+    Calibrated,
+    ExplorationBudget,
+    decide,
+    decide_target,
+    weight_keeping,
+)
 
 RECENT = 128  # decisions remembered per scope to calibrate a profile's weight
 RECALIBRATE_EVERY = 16
@@ -182,7 +188,7 @@ class Learner:
             explore = explore and budget.allows()
             if knob.target is not None:
                 weight = 0.0
-                d = _decide_target(est.a, est.b, costs, knob.target, self.rng, explore)
+                d = decide_target(est.a, est.b, costs, knob.target, self.rng, explore)
             else:
                 if knob.keep is not None:
                     greedy_cal, sampled_cal, levels = recent.calibrate(knob.keep, self.labels(scope), self._prior,
@@ -223,23 +229,3 @@ def price_prior(level: float, prices: np.ndarray, slope: float) -> np.ndarray:
     spread = float(lp.std())
     z = (lp - lp.mean()) / spread if spread > 0 else np.zeros_like(lp)
     return np.clip(level + slope * z, 0.02, 0.98)
-
-
-def _decide_target(a: np.ndarray, b: np.ndarray, costs: np.ndarray, target: float, rng: np.random.Generator,
-                   explore: bool) -> Decision:
-    """The cheapest candidate whose quality reaches ``target`` (the best one when none does)."""
-
-    def pick(q: np.ndarray) -> int:
-        ok = np.flatnonzero(q >= target)
-        return int(ok[np.argmin(costs[ok])]) if ok.size else int(np.argmax(q))
-
-    greedy = pick(a / (a + b))
-    if not explore or len(a) < 2:
-        return Decision(greedy, 1.0, greedy, False)
-    from thrifty.router.policy import DRAWS, beta_draws
-
-    draws = beta_draws(a, b, rng)
-    picks = np.array([pick(draws[:, s]) for s in range(DRAWS)])
-    index = int(picks[int(rng.integers(DRAWS))])
-    propensity = (float(np.count_nonzero(picks == index)) + 0.5) / (DRAWS + 1.0)
-    return Decision(index, propensity, greedy, index != greedy)

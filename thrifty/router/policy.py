@@ -72,10 +72,30 @@ def decide(a: np.ndarray, b: np.ndarray, costs: np.ndarray, weight: float, rng: 
     w = max(weight if sampled_weight is None else sampled_weight, TIE)
     sa, sb = sampled if sampled is not None else (a, b)
     draws = beta_draws(sa, sb, rng)
-    picks = np.argmax(draws - w * rel[:, None], axis=0)
-    index = int(picks[int(rng.integers(DRAWS))])
-    # The logged probability: the share of draws choosing it, smoothed away from 0 and 1.
-    probs = (np.bincount(picks, minlength=len(a)) + 0.5 / len(a)) / (DRAWS + 0.5)
+    return _sampled(np.argmax(draws - w * rel[:, None], axis=0), len(a), greedy, rng)
+
+
+def decide_target(a: np.ndarray, b: np.ndarray, costs: np.ndarray, target: float, rng: np.random.Generator,
+                  explore: bool) -> Decision:
+    """The cheapest candidate whose quality reaches ``target`` (the best one when none does):
+    on the means, or, exploring, on posterior draws."""
+
+    def pick(q: np.ndarray) -> int:
+        ok = np.flatnonzero(q >= target)
+        return int(ok[np.argmin(costs[ok])]) if ok.size else int(np.argmax(q))
+
+    greedy = pick(a / (a + b))
+    if not explore or len(a) < 2:
+        return Decision(greedy, 1.0, greedy, False)
+    draws = beta_draws(a, b, rng)
+    return _sampled(np.array([pick(draws[:, s]) for s in range(DRAWS)]), len(a), greedy, rng)
+
+
+def _sampled(picks: np.ndarray, n: int, greedy: int, rng: np.random.Generator) -> Decision:
+    """One of the draws' choices, at random; the logged probability of each candidate is the
+    share of draws choosing it, smoothed away from 0 and 1."""
+    index = int(picks[int(rng.integers(len(picks)))])
+    probs = (np.bincount(picks, minlength=n) + 0.5 / n) / (len(picks) + 0.5)
     return Decision(index, float(probs[index]), greedy, index != greedy, probs)
 
 
