@@ -194,8 +194,8 @@ def cache_stage_overhead(tmp: Path, n: int = 3000) -> None:
     bill) in front of a provider that answers at once, so only thrifty's own work is timed."""
     from dataclasses import replace
 
+    from thrifty.config import build_config
     from thrifty.gateway.assemble import create_app
-    from thrifty.gateway.config import build_config
     from thrifty.multipliers.settings import BatchSettings, CacheSettings
     from thrifty.spend.api import OpenSpendControl
 

@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--keep", help="keep the database at this path (default: a temporary directory)")
     args = ap.parse_args(argv)
 
-    from thrifty.reports.query import Filters
+    from thrifty.reports.filters import Filters
     from thrifty.reports.rollup import refresh
     from thrifty.spend.db import Database
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from adv_setup import PRICE, Gateway, make_keys, write_toml
 
-from thrifty.gateway.config import build_config
-from thrifty.gateway.service import Gateway as Pipeline
-from thrifty.gateway.service import Plan, Served
+from thrifty.config import build_config
+from thrifty.pipeline.planner import Gateway as Pipeline
+from thrifty.pipeline.planner import Plan, Served
 from thrifty.providers.base import UpstreamError
 from thrifty.spend.api import OpenSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from thrifty.catalog.loader import Catalog
+from thrifty.config import build_config
 from thrifty.errors import UsageError
-from thrifty.gateway.config import build_config
-from thrifty.gateway.schemas import ChatRequest
+from thrifty.pipeline.schemas import ChatRequest
 
 
 @pytest.fixture(scope="module")

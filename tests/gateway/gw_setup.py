@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from thrifty.config import build_config
 from thrifty.gateway.assemble import create_app
-from thrifty.gateway.config import build_config
 from thrifty.spend.api import OpenSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running
@@ -33,7 +33,7 @@ def gateway_doc(upstreams: dict[str, FakeUpstream], tmp: Path) -> dict[str, Any]
         "api_key": "sk-ant-test",
     }
     providers["replay"] = {"type": "replay", "source": "packaged"}
-    from thrifty.gateway.config import _replay_models
+    from thrifty.config import _replay_models
 
     # The m-* models test named calls, fallbacks and balancing; ``auto`` routes among the
     # replayed benchmark models only (every priced routable model is an auto candidate).

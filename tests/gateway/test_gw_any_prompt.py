@@ -15,8 +15,8 @@ import httpx
 import openai
 import pytest
 
+from thrifty.config import OFFLINE_MODEL, build_config, default_document
 from thrifty.gateway.assemble import build_spend, create_app
-from thrifty.gateway.config import OFFLINE_MODEL, build_config, default_document
 from thrifty.providers.replay_records import read_packaged
 from thrifty.testing.server import free_port, running
 

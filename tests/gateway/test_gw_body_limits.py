@@ -14,8 +14,8 @@ from gw_openai_schema import SPEC, validate
 from gw_setup import gateway_doc
 
 from thrifty.bodylimit import limit_body
+from thrifty.config import build_config
 from thrifty.gateway.assemble import build_spend, create_app
-from thrifty.gateway.config import build_config
 from thrifty.multipliers.settings import BatchSettings
 from thrifty.spend import store
 from thrifty.testing.server import running

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from thrifty.config import build_config, default_document, load_config
 from thrifty.errors import UsageError
-from thrifty.gateway.config import build_config, default_document, load_config
 
 
 def test_embedded_default_is_offline_and_keys_switch_providers_on(tmp_path):

@@ -195,8 +195,8 @@ class _Buggy:
 def test_internal_errors_never_leak_a_traceback(upstreams, tmp_path):
     from gw_setup import gateway_doc
 
+    from thrifty.config import build_config
     from thrifty.gateway.assemble import create_app
-    from thrifty.gateway.config import build_config
     from thrifty.spend.api import OpenSpendControl
     from thrifty.testing.server import running
 

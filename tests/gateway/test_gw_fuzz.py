@@ -28,7 +28,7 @@ import pytest
 from gw_openai_schema import SPEC, validate
 from gw_setup import gateway_doc
 
-from thrifty.gateway.config import build_config
+from thrifty.config import build_config
 from thrifty.pipeline.billing import price
 from thrifty.providers.base import Usage
 from thrifty.providers.replay_records import read_packaged

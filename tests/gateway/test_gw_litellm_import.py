@@ -10,8 +10,8 @@ import sys
 
 import openai
 
+from thrifty.config import load_config
 from thrifty.gateway.assemble import create_app
-from thrifty.gateway.config import load_config
 from thrifty.spend.api import OpenSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running

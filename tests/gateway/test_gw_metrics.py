@@ -11,9 +11,9 @@ import httpx
 import pytest
 from prom_text import promtool_ok, samples, total, value
 
+from thrifty.config import load_config
 from thrifty.gateway.assemble import build_app
-from thrifty.gateway.config import load_config
-from thrifty.gateway.metrics import rejection_reason
+from thrifty.pipeline.metrics import rejection_reason
 from thrifty.spend import store
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.loadtest import PRICE, write_config

@@ -15,8 +15,8 @@ import pytest
 from gw_openai_schema import SPEC, validate
 from gw_setup import gateway_doc, serve_gateway
 
+from thrifty.config import build_config
 from thrifty.gateway.assemble import build_spend, create_app
-from thrifty.gateway.config import build_config
 from thrifty.multipliers.settings import CascadeSettings
 from thrifty.spend import store
 from thrifty.testing.server import running

@@ -15,7 +15,7 @@ import openai
 import pytest
 from gw_setup import gateway_doc
 
-from thrifty.gateway.config import build_config
+from thrifty.config import build_config
 from thrifty.spend import store
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running, served_app

@@ -8,8 +8,8 @@ import httpx
 import openai
 import pytest
 
-from thrifty.gateway.config import BreakerPolicy, Deployment
-from thrifty.gateway.reliability import CircuitBreaker, order_deployments
+from thrifty.config import BreakerPolicy, Deployment
+from thrifty.pipeline.reliability import CircuitBreaker, order_deployments
 from thrifty.testing.fake_upstream import REPLY, FakeUpstream
 
 MSG = [{"role": "user", "content": "Say hello."}]
@@ -99,7 +99,7 @@ def test_load_balancing_spreads_over_deployments(oai, upstreams):
 
 def test_circuit_breaker_opens_and_probes(monkeypatch):
     now = [100.0]
-    monkeypatch.setattr("thrifty.gateway.reliability.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("thrifty.pipeline.reliability.time.monotonic", lambda: now[0])
     br = CircuitBreaker(BreakerPolicy(failures=3, cooldown=10))
     for _ in range(3):
         assert br.allow()

@@ -26,8 +26,8 @@ from gw_setup import gateway_doc
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from thrifty.config import build_config
 from thrifty.gateway.assemble import build_spend, create_app
-from thrifty.gateway.config import build_config
 from thrifty.gateway.responses import ResponsesRequest
 from thrifty.pipeline.billing import price
 from thrifty.providers.base import Usage

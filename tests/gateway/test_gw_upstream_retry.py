@@ -16,7 +16,7 @@ import openai
 import pytest
 from gw_setup import PRICE
 
-from thrifty.gateway.config import build_config
+from thrifty.config import build_config
 from thrifty.testing.fake_upstream import USAGE, FakeUpstream
 from thrifty.testing.server import running, served_app
 
@@ -153,7 +153,7 @@ def test_a_retry_after_too_long_to_wait_is_passed_on_with_the_429(gw, model, wai
 
 def _bound(app: Any, model: str, stream: bool = False) -> float:
     """The most one attempt of _post's request can cost, as the planner bounds it."""
-    from thrifty.gateway.schemas import ChatRequest
+    from thrifty.pipeline.schemas import ChatRequest
     from thrifty.spend.api import Principal
 
     plan = app.gw.plan_chat(Principal(team_id="retry"), ChatRequest(_body(model, stream)))

@@ -200,7 +200,7 @@ def test_every_worker_serves_a_changed_router(tmp_path):
     import subprocess
     import sys
 
-    from thrifty.gateway.config import default_document
+    from thrifty.config import default_document
     from thrifty.gateway.litellm_import import to_toml
     from thrifty.providers.replay_records import read_packaged
     from thrifty.router import default_router_path

@@ -15,9 +15,9 @@ from typing import Any
 
 import openai
 
+from thrifty.config import build_config
 from thrifty.gateway.app import GatewayApp
 from thrifty.gateway.assemble import create_app
-from thrifty.gateway.config import build_config
 from thrifty.multipliers.batches import BatchRunner, BatchStore
 from thrifty.multipliers.settings import BatchSettings
 from thrifty.spend.api import LedgerRecord, OpenSpendControl

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 from batch_setup import PRICE
 
+from thrifty.config import build_config
 from thrifty.gateway.assemble import create_app
-from thrifty.gateway.config import build_config
-from thrifty.gateway.schemas import ChatRequest
 from thrifty.multipliers.batches import line_request_id
 from thrifty.multipliers.settings import BatchSettings
+from thrifty.pipeline.schemas import ChatRequest
 from thrifty.spend import store
 from thrifty.spend.api import Principal
 from thrifty.spend.control import DbSpendControl

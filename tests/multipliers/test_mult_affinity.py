@@ -63,7 +63,7 @@ def test_round_robin_and_prefix_text_and_validation():
 
 
 def test_deployment_affinity_orders_a_models_deployments():
-    from thrifty.gateway.config import Deployment
+    from thrifty.config import Deployment
     from thrifty.multipliers.affinity import DeploymentAffinity
 
     deps = [Deployment(f"vllm{i}", "llama") for i in range(3)]

@@ -39,7 +39,7 @@ from batch_setup import (
 )
 
 from thrifty.gateway.app import GatewayApp
-from thrifty.gateway.schemas import ChatRequest
+from thrifty.pipeline.schemas import ChatRequest
 from thrifty.spend import store
 from thrifty.spend.api import Principal
 from thrifty.spend.control import DbSpendControl
@@ -223,7 +223,7 @@ def test_answered_line_is_billed_once_when_the_gateway_dies_before_billing_it(up
     if the process dies in between, the next start bills it from what was stored (with its hold
     taken again and released) instead of calling the provider a second time, and lines the
     ledger already has are not billed again."""
-    from thrifty.multipliers.batch_exec import GatewayExecutor
+    from thrifty.gateway.batch_exec import GatewayExecutor
     from thrifty.multipliers.batches import line_request_id
 
     n = 4

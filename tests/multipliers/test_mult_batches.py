@@ -25,9 +25,9 @@ from batch_setup import (
     submit,
 )
 
+from thrifty.config import build_config
 from thrifty.gateway.assemble import create_app
-from thrifty.gateway.config import build_config
-from thrifty.multipliers.batch_exec import GatewayExecutor
+from thrifty.gateway.batch_exec import GatewayExecutor
 from thrifty.multipliers.batches import line_request_id
 from thrifty.multipliers.settings import BatchSettings
 from thrifty.spend.api import AuthError, OpenSpendControl, Principal

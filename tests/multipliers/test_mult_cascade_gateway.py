@@ -7,8 +7,8 @@ from dataclasses import replace
 import openai
 import pytest
 
+from thrifty.config import _replay_models, build_config
 from thrifty.gateway.assemble import create_app
-from thrifty.gateway.config import _replay_models, build_config
 from thrifty.multipliers.cascade import check_answer
 from thrifty.multipliers.settings import BatchSettings, CacheSettings, CascadeSettings
 from thrifty.providers.replay_records import DEFAULT_SHARED, gsm8k_records
@@ -120,7 +120,7 @@ def test_cascade_settings():
 
 
 def test_default_cascade_on_the_embedded_config():
-    from thrifty.gateway.config import load_config
+    from thrifty.config import load_config
 
     app = create_app(load_config(None, env={}), spend=OpenSpendControl())
     # The cheapest model within 80% of the frontier's accuracy in the router's data, then the frontier.

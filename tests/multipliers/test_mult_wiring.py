@@ -14,10 +14,10 @@ import openai
 import pytest
 from service_urls import redis_url, required
 
+from thrifty.config import build_config
 from thrifty.errors import UsageError
 from thrifty.gateway.app import GatewayApp
 from thrifty.gateway.assemble import create_app
-from thrifty.gateway.config import build_config
 from thrifty.multipliers.settings import BatchSettings, CacheSettings, RouteCache, parse_settings
 from thrifty.spend.api import AuthError, LedgerRecord, OpenSpendControl, PolicyDenied, Principal
 from thrifty.testing.fake_upstream import FakeUpstream

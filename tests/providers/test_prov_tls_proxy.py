@@ -26,8 +26,8 @@ import httpx
 import orjson
 import pytest
 
+from thrifty.config import build_config, load_config
 from thrifty.errors import UsageError
-from thrifty.gateway.config import build_config, load_config
 from thrifty.providers.http import (
     HTTPError,
     HTTPPool,

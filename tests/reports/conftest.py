@@ -83,8 +83,8 @@ async def _send(url: str, key: str, profile: str, prompts: list[str]) -> list[tu
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
     import httpx
 
+    from thrifty.config import build_config, default_document
     from thrifty.gateway.assemble import build_spend, create_app
-    from thrifty.gateway.config import build_config, default_document
     from thrifty.testing.server import running
 
     tmp = tmp_path_factory.mktemp("reports-gw")

@@ -156,8 +156,8 @@ def test_dashboard_and_feedback_on_a_postgres_gateway(pg_url, tmp_path):
     import asyncio
 
     from reports.conftest import _send, demo_prompts
+    from thrifty.config import build_config, default_document
     from thrifty.gateway.assemble import build_spend, create_app
-    from thrifty.gateway.config import build_config, default_document
     from thrifty.spend.db import Database
     from thrifty.testing.server import running
 

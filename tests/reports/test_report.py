@@ -14,7 +14,8 @@ import uuid
 import pytest
 
 from thrifty.cli import main
-from thrifty.reports.query import Filters, build_report
+from thrifty.reports.filters import Filters
+from thrifty.reports.query import build_report
 from thrifty.spend.db import Database
 
 

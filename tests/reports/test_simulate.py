@@ -20,7 +20,7 @@ from thrifty.reports import simulate as sim
 
 @pytest.fixture(scope="module")
 def setup():
-    from thrifty.gateway.config import build_config, default_document
+    from thrifty.config import build_config, default_document
     from thrifty.providers.replay_records import read_packaged
     from thrifty.router import Router, default_router_path
 

@@ -67,8 +67,8 @@ def rated_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rated]:
     import httpx
     from gw_setup import serve_gateway
 
+    from thrifty.config import build_config, default_document
     from thrifty.gateway.assemble import build_spend
-    from thrifty.gateway.config import build_config, default_document
     from thrifty.router import labels
 
     tmp = tmp_path_factory.mktemp("router-status")

@@ -24,9 +24,9 @@ import httpx
 import openai
 import pytest
 
+from thrifty.config import _replay_models, build_config
 from thrifty.errors import UsageError
 from thrifty.gateway.assemble import create_app
-from thrifty.gateway.config import _replay_models, build_config
 from thrifty.pipeline.judge_stage import RUBRIC, parse_score
 from thrifty.providers.replay_records import read_packaged
 from thrifty.spend.api import OpenSpendControl

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from thrifty.config import build_config
 from thrifty.gateway.assemble import build_app
-from thrifty.gateway.config import build_config
 from thrifty.spend import store
 from thrifty.spend.db import Database
 from thrifty.testing.fake_upstream import FakeUpstream

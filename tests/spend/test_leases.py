@@ -15,8 +15,8 @@ from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
 from thrifty.spend.journal import Journal
 from thrifty.spend.leases import ReplicaLease
-from thrifty.spend.ledger import journal_entry, replay_orphans
-from thrifty.spend.reclaim import LOST_SUFFIX, LOST_TYPE, reclaim
+from thrifty.spend.ledger import journal_entry
+from thrifty.spend.reclaim import LOST_SUFFIX, LOST_TYPE, reclaim, replay_orphans
 from thrifty.spend.schema import migrate
 
 from .conftest import MODEL, record

@@ -13,7 +13,8 @@ from thrifty.spend.api import BudgetExceeded
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
 from thrifty.spend.journal import Journal
-from thrifty.spend.ledger import journal_entry, replay_orphans, write_batch
+from thrifty.spend.ledger import journal_entry, write_batch
+from thrifty.spend.reclaim import replay_orphans
 from thrifty.spend.schema import migrate
 
 from .conftest import MODEL, record

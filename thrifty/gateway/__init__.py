@@ -1,10 +1,9 @@
-"""The OpenAI- and Anthropic-compatible gateway: routes, streams, retries, falls back, and
-calls spend control on every request.
+"""The HTTP app: each endpoint reads, authenticates and parses its wire format once, runs the
+pipeline (:mod:`thrifty.pipeline`) and renders the answer in that format.
 
-Modules: ``config`` (TOML and the embedded default), ``app`` (the raw ASGI app and
-``create_app``), ``service`` (the request pipeline), ``schemas`` (request validation),
-``errors`` (API-format errors), ``routing`` (the learned router for ``auto``),
-``reliability`` (breakers, backoff, load balancing), ``metrics`` (Prometheus),
-``server`` / ``commands`` (``thrifty serve``), ``demo`` (``thrifty demo``), ``testing``
-(run an app on loopback in tests).
+Modules: ``app`` (chat completions, Messages, embeddings, models, ``/metrics``),
+``responses`` (the Responses API's wire format), ``batch_api`` / ``batch_exec`` (``/v1/files``,
+``/v1/batches`` and running their lines), ``errors`` (one error rendered per wire format),
+``assemble`` (the app ``serve``, ``demo`` and the tests run), ``server`` / ``workers``
+(``thrifty serve``), ``demo`` (``thrifty demo``).
 """

@@ -34,14 +34,14 @@ from thrifty.bodylimit import BodyTooLarge, ClientDisconnected, read_body
 from thrifty.errors import GatewayError, ThriftyError
 from thrifty.gateway.budget_gauges import budget_gauges
 from thrifty.gateway.errors import ANTHROPIC, OPENAI, RESPONSES, error_body, stream_error
-from thrifty.gateway.metrics import rejection_reason
 from thrifty.gateway.metrics_share import SharedMetrics
 from thrifty.gateway.responses import ResponsesRequest
-from thrifty.gateway.schemas import ChatRequest, EmbeddingsRequest, parse_json
 from thrifty.pipeline.call import CHAT, EMBEDDINGS, MESSAGES, Call
 from thrifty.pipeline.call import RESPONSES as RESPONSES_ENDPOINT
 from thrifty.pipeline.defer_stage import wants_deferral
+from thrifty.pipeline.metrics import rejection_reason
 from thrifty.pipeline.pipeline import Answer, Deferred, Pipeline
+from thrifty.pipeline.schemas import ChatRequest, EmbeddingsRequest, parse_json
 from thrifty.pipeline.stream import AnswerStream
 from thrifty.providers.base import Usage
 from thrifty.providers.translate import (

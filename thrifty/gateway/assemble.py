@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from thrifty.catalog.loader import Catalog
+from thrifty.config import GatewayConfig, load_config
 from thrifty.errors import UsageError
 from thrifty.gateway.app import ASGIApp, GatewayApp
-from thrifty.gateway.config import GatewayConfig, load_config
-from thrifty.gateway.metrics import Metrics
-from thrifty.gateway.routing import AutoRouter
-from thrifty.gateway.service import Gateway
 from thrifty.pipeline.billing import Billing
+from thrifty.pipeline.metrics import Metrics
 from thrifty.pipeline.pipeline import Pipeline
+from thrifty.pipeline.planner import Gateway
+from thrifty.pipeline.routing import AutoRouter
 from thrifty.providers import build_providers
 from thrifty.spend import database_url as spend_database_url
 from thrifty.spend.api import OpenSpendControl, SpendControl
@@ -76,8 +76,8 @@ def create_app(
     all_mounts = dict(mounts or {})
     on_startup, on_shutdown = [], []
     if config.batches.enabled:
-        from thrifty.multipliers.batch_api import batch_mounts
-        from thrifty.multipliers.batch_exec import GatewayExecutor
+        from thrifty.gateway.batch_api import batch_mounts
+        from thrifty.gateway.batch_exec import GatewayExecutor
         from thrifty.multipliers.batches import BatchRunner, BatchStore
         from thrifty.pipeline.defer_stage import DeferStage
 

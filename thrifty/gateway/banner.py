@@ -6,7 +6,7 @@ import shlex
 from collections import defaultdict
 from typing import Any
 
-from thrifty.gateway.config import LOCAL_MODEL, OFFLINE_MODEL
+from thrifty.config import LOCAL_MODEL, OFFLINE_MODEL
 
 
 def banner(config: Any, host: str, port: int, *, router_on: bool, profiles: list[str]) -> str:

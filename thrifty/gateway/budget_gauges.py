@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from thrifty.gateway.metrics import Gauge
+from thrifty.pipeline.metrics import Gauge
 
 log = logging.getLogger("thrifty.gateway")
 

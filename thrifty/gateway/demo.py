@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from thrifty.providers.replay_records import Record, prompt_key, read_packaged
 
 if TYPE_CHECKING:
-    from thrifty.gateway.config import GatewayConfig
+    from thrifty.config import GatewayConfig
 
 
 @dataclass
@@ -99,7 +99,7 @@ def demo_config(data_dir: Path) -> GatewayConfig:
     """The demo's gateway: the embedded default, offline (no real providers, even if keys are
     set), with every pipeline stage on as ``thrifty serve`` runs them: the response cache
     (exact, for deterministic requests), the auto-cascade profile and batch deferral."""
-    from thrifty.gateway.config import build_config, default_document
+    from thrifty.config import build_config, default_document
 
     doc = default_document(env={})
     doc["providers"]["replay"]["source"] = "packaged"

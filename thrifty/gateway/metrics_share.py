@@ -1,6 +1,6 @@
 """The counts of every worker of ``thrifty serve --workers N``, for whichever worker is scraped.
 
-Each worker keeps its counts in memory (:class:`~thrifty.gateway.metrics.Metrics`: recording
+Each worker keeps its counts in memory (:class:`~thrifty.pipeline.metrics.Metrics`: recording
 stays a dict update) and writes them to ``<dir>/<pid>.json`` about once a second, off the
 request path, replacing the file atomically. A scrape sums the scraped worker's live counts
 with every other worker's file: another worker's counts are at most ``interval`` old. Files of
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from thrifty.gateway.metrics import Metrics, State
+from thrifty.pipeline.metrics import Metrics, State
 
 log = logging.getLogger("thrifty.gateway")
 

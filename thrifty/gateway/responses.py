@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from thrifty.errors import GatewayError, bad_request
-from thrifty.gateway.schemas import check_type, invalid_type, missing, require_model
+from thrifty.pipeline.schemas import check_type, invalid_type, missing, require_model
 from thrifty.providers.base import Usage
 from thrifty.providers.translate import copy_sampling
 

@@ -34,8 +34,8 @@ METRICS_DIR_ENV = "THRIFTY_METRICS_DIR"
 
 def worker_app() -> Any:
     """The app one worker serves (uvicorn's factory, called in each worker process)."""
+    from thrifty.config import load_config
     from thrifty.gateway.assemble import build_app
-    from thrifty.gateway.config import load_config
 
     spec = json.loads(os.environ[SPEC_ENV])
     config = load_config(spec["config"])

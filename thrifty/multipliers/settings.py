@@ -1,4 +1,4 @@
-"""The multipliers' sections of the config tree, parsed once by thrifty/gateway/config.py::
+"""The multipliers' sections of the config tree, parsed once by thrifty/config.py::
 
     [cache]
     backend = "sqlite"              # or "redis://127.0.0.1:6379/0", or a SQLite file path

@@ -3,7 +3,7 @@
 Used for lines whose model is served by a provider configured with ``batch_api = true``:
 the lines go upstream as one batch file, are polled until the provider is done, and each
 result is billed at the catalog's batch prices. The calls go through the same transport as
-the provider's live calls (:func:`thrifty.providers.transport.pool_for`: its ``ca_file``, its
+the provider's live calls (:func:`thrifty.providers.http.pool_for`: its ``ca_file``, its
 ``proxy`` or the environment's, pooled connections), so batches keep the README's TLS and
 proxy guarantee too.
 """
@@ -19,7 +19,8 @@ from urllib.parse import urlencode
 import orjson
 
 from thrifty.providers.config import ProviderConfig
-from thrifty.providers.transport import Transport, pool_for
+from thrifty.providers.http import pool_for
+from thrifty.providers.transport import Transport
 
 log = logging.getLogger("thrifty.batches")
 

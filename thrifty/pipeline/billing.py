@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from thrifty.catalog.model import ModelInfo
 from thrifty.errors import GatewayError
-from thrifty.gateway.metrics import Metrics, rejection_reason
+from thrifty.pipeline.metrics import Metrics, rejection_reason
 from thrifty.providers.base import Usage
 from thrifty.router.learning import RouteTrace
 from thrifty.spend.api import LedgerRecord, Principal, Reservation, SpendControl

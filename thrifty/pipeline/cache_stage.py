@@ -34,7 +34,7 @@ from thrifty.pipeline.call import CHAT, Call
 from thrifty.spend.api import SpendError
 
 if TYPE_CHECKING:
-    from thrifty.gateway.service import Gateway
+    from thrifty.pipeline.planner import Gateway
 
 log = logging.getLogger("thrifty.multipliers")
 

@@ -13,8 +13,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from thrifty.gateway.schemas import ChatRequest, EmbeddingsRequest
-    from thrifty.gateway.service import Plan, Served
+    from thrifty.pipeline.planner import Plan, Served
+    from thrifty.pipeline.schemas import ChatRequest, EmbeddingsRequest
     from thrifty.spend.api import Principal, Reservation
 
 _ID_PREFIX = "req_" + os.urandom(6).hex()

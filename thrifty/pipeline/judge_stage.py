@@ -33,7 +33,7 @@ from thrifty.router.settings import JudgeSettings
 from thrifty.spend.api import SpendError
 
 if TYPE_CHECKING:
-    from thrifty.gateway.metrics import Metrics
+    from thrifty.pipeline.metrics import Metrics
     from thrifty.spend.db import Database
 
 log = logging.getLogger("thrifty.judge")
@@ -170,7 +170,7 @@ class JudgeStage:
         task.add_done_callback(self.tasks.discard)
 
     async def _grade(self, request_id: str, principal: Any, prompt: str, answer: str) -> None:
-        from thrifty.gateway.schemas import ChatRequest
+        from thrifty.pipeline.schemas import ChatRequest
 
         async with self.sem:
             sub = Call(ENDPOINT, principal)

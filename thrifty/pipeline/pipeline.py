@@ -6,10 +6,10 @@ One :class:`Call` goes through these stages, in this order (docs/architecture.md
 2. cache lookup (exact, then semantic): a hit is billed at zero cost and answered;
 3. the ``auto-cascade`` profile: its models in turn, each step a billed call of its own;
 4. plan: resolve or route the model, apply policy and capabilities, bound the cost
-   (:meth:`thrifty.gateway.service.Gateway.plan_chat`; the routing decision is made there);
+   (:meth:`thrifty.pipeline.planner.Gateway.plan_chat`; the routing decision is made there);
 5. admit: rate limits, then hold the maximum cost on every budget (spend control);
 6. call upstream, with prefix affinity, retries, breakers and fallbacks
-   (:meth:`thrifty.gateway.service.Gateway.chat`);
+   (:meth:`thrifty.pipeline.planner.Gateway.chat`);
 7. bill: price the usage and write the ledger record, settling the hold
    (:meth:`thrifty.pipeline.billing.Billing.bill`, the one billing path);
 8. cache store, in the background;
@@ -31,23 +31,23 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from thrifty.config import Deployment
 from thrifty.errors import GatewayError, ThriftyError
-from thrifty.gateway.config import Deployment
-from thrifty.gateway.schemas import ChatRequest
-from thrifty.gateway.service import Served
 from thrifty.multipliers.settings import CASCADE_PROFILE
 from thrifty.pipeline.billing import Billed, Billing, Charge
 from thrifty.pipeline.call import Call
+from thrifty.pipeline.planner import Served
+from thrifty.pipeline.schemas import ChatRequest
 from thrifty.pipeline.stream import AnswerStream, completion_of, from_body
 from thrifty.providers.base import UpstreamError, Usage
 from thrifty.spend.api import BudgetExceeded
 
 if TYPE_CHECKING:
-    from thrifty.gateway.service import Gateway
     from thrifty.pipeline.cache_stage import CacheStage, Lookup
     from thrifty.pipeline.cascade_stage import CascadeStage
     from thrifty.pipeline.defer_stage import DeferStage
     from thrifty.pipeline.judge_stage import JudgeStage
+    from thrifty.pipeline.planner import Gateway
 
 log = logging.getLogger("thrifty.gateway")
 

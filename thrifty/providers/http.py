@@ -41,6 +41,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from thrifty.providers.config import ProviderConfig
 from thrifty.providers.transport import Head, Response, StreamResponse
 
 
@@ -601,3 +602,14 @@ async def line_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes
         yield [line.rstrip(b"\r") for line in lines]
     if buf:
         yield [buf]
+
+
+def pool_for(config: ProviderConfig, base_url: str, headers: dict[str, str]) -> HTTPPool:
+    """The transport to one of ``config``'s origins under its TLS and proxy policy (``ca_file``,
+    ``proxy``; validated in thrifty.config): the one place both are applied."""
+    return HTTPPool(
+        base_url,
+        headers,
+        ca_file=config.options.get("ca_file") or None,
+        proxy=config.options.get("proxy"),
+    )

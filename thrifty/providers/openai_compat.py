@@ -14,8 +14,8 @@ import orjson
 
 from thrifty.providers.base import UpstreamError, status_retryable
 from thrifty.providers.config import ProviderConfig, Timeouts
-from thrifty.providers.http import HTTPError, HTTPTimeout, line_batches
-from thrifty.providers.transport import Head, Transport, pool_for, retry_after
+from thrifty.providers.http import HTTPError, HTTPTimeout, line_batches, pool_for
+from thrifty.providers.transport import Head, Transport, retry_after
 
 
 def _error_message(status: int, body: bytes) -> str:

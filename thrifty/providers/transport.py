@@ -1,7 +1,7 @@
 """What every upstream call needs of HTTP, as one small protocol: status, headers, and the body
 or a stream of it. :class:`thrifty.providers.http.HTTPPool` is the one implementation; live
 calls (the provider adapters) and provider batch API calls both go through it, so both get
-the same TLS trust, proxy and timeouts (:func:`pool_for`).
+the same TLS trust, proxy and timeouts (:func:`thrifty.providers.http.pool_for`).
 
 Headers are kept as the raw response head and parsed only when asked (:class:`Head`): a
 successful call never pays for them; a 429 or 503 reads its ``Retry-After``.
@@ -14,11 +14,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from thrifty.providers.config import ProviderConfig
-    from thrifty.providers.http import HTTPPool
+from typing import Protocol
 
 
 class Head:
@@ -89,19 +85,6 @@ class Transport(Protocol):
         """Status and headers once the head is in, then the body in chunks."""
 
     def close(self) -> None: ...
-
-
-def pool_for(config: ProviderConfig, base_url: str, headers: dict[str, str]) -> HTTPPool:
-    """The transport to one of ``config``'s origins under its TLS and proxy policy (``ca_file``,
-    ``proxy``; validated in thrifty.gateway.config): the one place both are applied."""
-    from thrifty.providers.http import HTTPPool
-
-    return HTTPPool(
-        base_url,
-        headers,
-        ca_file=config.options.get("ca_file") or None,
-        proxy=config.options.get("proxy"),
-    )
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:

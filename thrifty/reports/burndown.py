@@ -15,6 +15,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from thrifty.reports.filters import Filters, bucketed_rows
 from thrifty.spend.db import Database
 from thrifty.spend.money import usd_to_nanos
 from thrifty.spend.periods import iso, parse_time
@@ -74,18 +75,14 @@ RATE_WINDOW = 7 * DAY_SECONDS
 
 
 def _spent(db: Database, column: str, scope_id: str, since: float, until: float, closed: int | None) -> int:
-    from thrifty.reports.query import Filters, _union
-
     scope = {"team_id": "team", "user_id": "user", "key_id": "key"}[column]
-    source, params = _union(Filters(since=since, until=until, **{scope: scope_id}), DAY_SECONDS, closed)
+    source, params = bucketed_rows(Filters(since=since, until=until, **{scope: scope_id}), DAY_SECONDS, closed)
     return int(db.one(f"SELECT COALESCE(SUM(cost_nanos), 0) FROM ({source}) u", params)[0])
 
 
 def cumulative_spend(db: Database, budget: dict[str, Any], now: float | None = None,
                      closed: int | None = None) -> list[tuple[float, int]]:
     """(time, spend so far in nano-dollars) at the end of each hour of the budget's current period."""
-    from thrifty.reports.query import Filters, _union
-
     now = time.time() if now is None else now
     start = budget["period_start"]
     if now <= start or budget["column"] is None:
@@ -93,7 +90,7 @@ def cumulative_spend(db: Database, budget: dict[str, Any], now: float | None = N
     scope = {"team_id": "team", "user_id": "user", "key_id": "key"}[budget["column"]]
     f = Filters(since=start, until=now, **{scope: budget["scope_id"]})
     bucket = 3_600 if now - start <= 3 * DAY_SECONDS else DAY_SECONDS
-    source, params = _union(f, bucket, closed)
+    source, params = bucketed_rows(f, bucket, closed)
     points, total = [(start, 0)], 0
     for b, cost in db.all(f"SELECT bucket, SUM(cost_nanos) FROM ({source}) u GROUP BY bucket ORDER BY bucket", params):
         points.append((max(float(b), start), total))  # flat until this bucket, then its spend

@@ -14,58 +14,13 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from thrifty.reports.rollup import DAY, DIMENSIONS, MEASURES, closed_until, day_start, refresh
+from thrifty.reports.filters import MEASURE_NAMES, Filters, bucketed_rows
+from thrifty.reports.rollup import DAY, DIMENSIONS, closed_until, refresh
 from thrifty.spend.db import Database
 
 HOUR = 3_600
 GROUPS = {"team": "team_id", "user": "user_id", "key": "key_id", "model": "served_model",
           "provider": "provider", "tag": "tags"}
-_MEASURE_NAMES = tuple(m for m, _ in MEASURES)
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which ledger records a report covers: ``since <= ts < until`` and every set dimension."""
-
-    since: float
-    until: float
-    team: str | None = None
-    user: str | None = None
-    key: str | None = None
-    model: str | None = None
-    provider: str | None = None
-    tag: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.until > self.since:
-            raise ValueError("the time range is empty: 'until' must be after 'since'")
-
-    def conditions(self, prefix: str = "") -> tuple[list[str], list[Any]]:
-        """SQL conditions (``prefix`` qualifies the ledger's columns in a join) and their parameters."""
-        conds, params = [], []
-        for column, value in (("team_id", self.team), ("user_id", self.user), ("key_id", self.key),
-                              ("served_model", self.model), ("provider", self.provider)):
-            if value:
-                conds.append(f"{prefix}{column} = ?")
-                params.append(value)
-        if self.tag:
-            conds.append(f"{prefix}tags LIKE ?")
-            params.append("%" + json.dumps(self.tag) + "%")
-        return conds, params
-
-    def rated_rows(self, db: Any, columns: str, where: str, *, join: str = "LEFT JOIN") -> list[tuple]:
-        """``columns`` of the ledger rows (``l``) in the window that match ``where`` and these
-        filters, oldest first, each with its feedback (``f``, joined by ``join``)."""
-        from thrifty.reports.tables import ensure_tables
-
-        ensure_tables(db)
-        conds, params = self.conditions("l.")
-        extra = "".join(f" AND {c}" for c in conds)
-        return db.all(
-            f"SELECT {columns} FROM ledger l {join} feedback f ON f.request_id = l.request_id"
-            f" WHERE l.ts >= ? AND l.ts < ? AND {where}{extra} ORDER BY l.ts",
-            [self.since, self.until, *params],
-        )
 
 
 @dataclass
@@ -135,32 +90,6 @@ class Report:
     generated_at: float = field(default_factory=time.time)
 
 
-def _union(f: Filters, bucket: int, closed: int | None) -> tuple[str, list[Any]]:
-    """A subquery of (bucket, dimensions..., measures...) rows covering exactly ``f``: whole days
-    before ``closed`` from the rollup (when given and bucketing by day), the rest from the ledger."""
-    conds, fparams = f.conditions()
-    extra = "".join(f" AND {c}" for c in conds)
-    dims = ", ".join(DIMENSIONS)
-    parts: list[str] = []
-    params: list[Any] = []
-    ranges = [(f.since, f.until)]
-    if closed is not None and bucket == DAY:
-        d0, d1 = day_start(f.since + DAY - 1e-6), min(day_start(f.until), closed)
-        if d0 < d1:
-            parts.append(f"SELECT day AS bucket, {dims}, {', '.join(_MEASURE_NAMES)} FROM report_daily"
-                         f" WHERE day >= ? AND day < ?{extra}")
-            params += [d0, d1, *fparams]
-            ranges = [(f.since, float(d0)), (float(d1), f.until)]
-    bucket_sql = f"CAST(FLOOR(ts / {bucket}) AS BIGINT) * {bucket}"
-    for lo, hi in ranges:
-        if lo < hi:
-            measures = ", ".join(f"{e} AS {m}" for m, e in MEASURES)
-            parts.append(f"SELECT {bucket_sql} AS bucket, {dims}, {measures} FROM ledger"
-                         f" WHERE ts >= ? AND ts < ?{extra} GROUP BY {bucket_sql}, {dims}")
-            params += [lo, hi, *fparams]
-    return " UNION ALL ".join(parts), params
-
-
 def _add(acc: dict[Any, list], key: Any, values: Sequence[Any]) -> None:
     cur = acc.get(key)
     if cur is None:
@@ -197,7 +126,7 @@ def build_report(db: Database, f: Filters, group_by: str = "team", *, use_rollup
         refresh(db, now)
         closed = closed_until(db)
     bucket = bucket_for(f)
-    source, params = _union(f, bucket, closed)
+    source, params = bucketed_rows(f, bucket, closed)
     # One pass: the pre-grouped rows (a few thousand per month from the rollup) are summed here
     # for every view at once, instead of re-reading the ledger once per view.
     rows = db.all(f"SELECT * FROM ({source}) u", params) if source else []
@@ -206,7 +135,7 @@ def build_report(db: Database, f: Filters, group_by: str = "team", *, use_rollup
     # The leaderboard ranks users; by keys when grouping by user or when no key names a user.
     lb_by = "user" if group_by != "user" and any(r[col["user_id"]] for r in rows) else "key"
     g_col, lb_col, m_col = col[GROUPS[group_by]], col[GROUPS[lb_by]], col["served_model"]
-    total: list = [0] * len(_MEASURE_NAMES)
+    total: list = [0] * len(MEASURE_NAMES)
     by_group: dict[Any, list] = {}
     by_model: dict[Any, list] = {}
     by_lb: dict[Any, list] = {}

@@ -7,7 +7,7 @@ each model's actual usage and quality (benchmark replay data records both for
 every model; the ledger knows the served model's tokens and, with feedback,
 its quality).
 
-The choice repeats the gateway's own rule exactly (``thrifty/gateway/service.py``
+The choice repeats the gateway's own rule exactly (``thrifty/pipeline/planner.py``
 ``_plan_auto``): candidates are the routable, priced chat models the router
 knows that fit the prompt and pass policy, in the router's model order; the
 expected cost of each is ``estimated prompt tokens x input price + expected
@@ -274,7 +274,7 @@ def items_from_ledger(db: Any, filters: Any, expected_output_tokens: int = 256) 
 def _estimate(body: dict[str, Any]) -> tuple[str, int, int | None]:
     """(prompt the router scores, the gateway's prompt-token estimate, max_tokens) for a request body."""
     from thrifty.errors import GatewayError
-    from thrifty.gateway.schemas import ChatRequest
+    from thrifty.pipeline.schemas import ChatRequest
 
     try:
         req = ChatRequest({"model": "auto", **body})

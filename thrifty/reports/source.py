@@ -18,7 +18,7 @@ def database_url(url: str | None = None, config_path: str | None = None, data_di
     section: dict = {}
     ddir = Path(data_dir) if data_dir else None
     if config_path or ddir is None:
-        from thrifty.gateway.config import load_config
+        from thrifty.config import load_config
 
         config = load_config(config_path)
         section = dict(config.spend or {})

@@ -69,7 +69,8 @@ def _date(value: str | None, name: str, default: float) -> float:
 
 def parse_filters(params: Any, now: float) -> tuple[Any, str, dict[str, str]]:
     """(Filters, group by, the form's values) from query parameters; BadInput on bad ones."""
-    from thrifty.reports.query import GROUPS, Filters
+    from thrifty.reports.filters import Filters
+    from thrifty.reports.query import GROUPS
 
     form = {k: (params.get(k) or "").strip() for k in ("since", "until", "team", "user", "key", "model", "tag", "by")}
     until = _date(form["until"], "until", now)

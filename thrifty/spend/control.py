@@ -39,12 +39,12 @@ from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, SqliteBu
 from thrifty.spend.db import AsyncPgPool, Database, every
 from thrifty.spend.keys import bearer_token, hash_key, same_hash
 from thrifty.spend.leases import EXPIRY_S, HEARTBEAT_S, ReplicaLease
-from thrifty.spend.ledger import LedgerWriter, journal_entry, replay_orphans
+from thrifty.spend.ledger import LedgerWriter, journal_entry
 from thrifty.spend.money import usd_to_nanos
 from thrifty.spend.periods import iso, period_bounds
 from thrifty.spend.policy import filter_models
 from thrifty.spend.ratelimit import Check, MemoryRateLimiter, PostgresRateLimiter, SqliteRateLimiter
-from thrifty.spend.reclaim import hold_detail, hold_line
+from thrifty.spend.reclaim import hold_detail, hold_line, replay_orphans
 from thrifty.spend.schema import config_version, migrate
 from thrifty.spend.snapshot import BudgetEntry, Snapshot, load_snapshot
 from thrifty.spend.store import ensure_admin_key

@@ -9,7 +9,7 @@ goes to one of them (row locks on PostgreSQL, the write lock on SQLite).
 
 On SQLite (one gateway process) holds live in memory, so each is journaled
 (:func:`hold_line`) and the next start charges those that never settled
-(:func:`thrifty.spend.ledger.replay_orphans`, with :func:`lost_entry`).
+(:func:`replay_orphans`, with :func:`lost_entry`).
 
 Only holds with a ``detail`` (a request's own hold, taken by ``admit`` with its request id) are
 charged; the holds of batch lines belong to their batch, whose next runner runs or bills each
@@ -19,12 +19,15 @@ line again (and holds it again), and expire as before.
 from __future__ import annotations
 
 import logging
+import pathlib
+import time
 from typing import Any
 
 import orjson
 
 from thrifty.spend.db import Database
-from thrifty.spend.ledger import write_entries
+from thrifty.spend.journal import orphans
+from thrifty.spend.ledger import write_batch, write_entries
 
 log = logging.getLogger("thrifty.spend")
 
@@ -112,3 +115,81 @@ def _entry(hold_id: str, amount: int, d: dict[str, Any], owner: str, now: float)
         "status": LOST_STATUS, "error_type": LOST_TYPE, "retries": 0, "stream": False, "cache_hit": False,
         "batch": False, "scores": None, "charges": [], "reservation": None,
     }
+
+
+def replay_orphans(db: Database, directory: pathlib.Path, *, release_reservations: bool, batch: int = 2000) -> int:
+    """Bring the journals of dead processes into the ledger, then delete them; returns records read.
+
+    Requests those processes had in flight may have been served upstream: their holds are
+    charged in full (:func:`reclaim`, :func:`lost_entry`): on PostgreSQL the hold rows they own, on
+    SQLite the holds journaled (``release_reservations`` False) and never settled.
+    """
+    count = 0
+    found = orphans(directory)
+    holds: dict[str, tuple[str, dict]] = {}  # journaled holds (SQLite) -> (journal, line)
+    settled: set[str] = set()
+    for orphan in found:
+        row = db.one("SELECT byte_offset FROM journal_marks WHERE journal = ?", (orphan.id,))
+        offset = int(row[0]) if row else 0
+        pending: list[dict] = []
+        end = offset
+        # SQLite: a hold may be journaled before the mark (records of other requests went in
+        # after it), so the whole journal is read for holds; records before the mark are in.
+        for end, entry in orphan.records(offset if release_reservations else 0):
+            if "hold" in entry:
+                holds[entry["hold"]] = (orphan.id, entry)
+                continue
+            if entry.get("reservation"):
+                settled.add(entry["reservation"])
+            if end <= offset:
+                continue
+            pending.append(entry)
+            if len(pending) >= batch:
+                _replay(db, pending, {orphan.id: end}, release_reservations)
+                count += len(pending)
+                pending = []
+        if pending:
+            _replay(db, pending, {orphan.id: end}, release_reservations)
+            count += len(pending)
+    now = time.time()
+    open_holds = {h: v for h, v in holds.items() if h not in settled}
+    # A hold whose record went into a journal deleted since (rotated, all in) is settled too.
+    done = _in_ledger(db, [orjson.loads(line["detail"])["request_id"] for _owner, line in open_holds.values()])
+    lost = [lost_entry(hold_id, line, owner, now) for hold_id, (owner, line) in open_holds.items()
+            if orjson.loads(line["detail"])["request_id"] not in done]
+    if lost:  # once: a replay cut short and run again inserts the same ids, which count once
+        write_batch(db, lost, {}, release_reservations=False)
+        log.warning("a dead gateway had %d request(s) in flight: charged their holds in full", len(lost))
+    for orphan in found:
+        if release_reservations:
+            # Exactly once, even if a survivor reclaims them too.
+            reclaim(db, orphan.id, now, lapsed_only=False)
+        with db.transaction():
+            if release_reservations:
+                # What is left (a provider batch's line holds) is held again by the batch's next runner.
+                db.execute("DELETE FROM reservations WHERE owner = ?", (orphan.id,))
+            db.execute("DELETE FROM journal_marks WHERE journal = ?", (orphan.id,))
+        orphan.remove()
+        log.info("replayed journal %s", orphan.path.name)
+    return count
+
+
+def _replay(db: Database, entries: list[dict], marks: dict[str, int], release_reservations: bool) -> None:
+    """Write a dead process's journaled records, but those whose hold a survivor already charged
+    in full as lost (its record is that request's charge: no request is charged twice)."""
+    if release_reservations:
+        lost = _in_ledger(db, [e["request_id"] + LOST_SUFFIX for e in entries if e.get("reservation")])
+        if lost:
+            log.warning("%d journaled record(s) of a dead process were already charged as lost", len(lost))
+            entries = [e for e in entries if e["request_id"] + LOST_SUFFIX not in lost]
+    write_batch(db, entries, marks, release_reservations=release_reservations)
+
+
+def _in_ledger(db: Database, request_ids: list[str]) -> set[str]:
+    """Which of ``request_ids`` the ledger holds."""
+    found: set[str] = set()
+    for i in range(0, len(request_ids), 500):
+        chunk = request_ids[i : i + 500]
+        marks = ", ".join("?" * len(chunk))
+        found.update(r[0] for r in db.all(f"SELECT request_id FROM ledger WHERE request_id IN ({marks})", chunk))
+    return found

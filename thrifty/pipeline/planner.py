@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thrifty.catalog.model import ModelInfo
+from thrifty.config import Deployment, GatewayConfig, ModelConfig
 from thrifty.errors import GatewayError
-from thrifty.gateway.config import Deployment, GatewayConfig, ModelConfig
-from thrifty.gateway.metrics import Metrics
-from thrifty.gateway.reliability import PROBE, CircuitBreaker, backoff_delay, order_deployments
-from thrifty.gateway.routing import AutoRouter
-from thrifty.gateway.schemas import ChatRequest
+from thrifty.pipeline.metrics import Metrics
+from thrifty.pipeline.reliability import PROBE, CircuitBreaker, backoff_delay, order_deployments
+from thrifty.pipeline.routing import AutoRouter
+from thrifty.pipeline.schemas import ChatRequest
 from thrifty.providers.base import Provider, UpstreamError
 from thrifty.router.learning import RouteTrace
 from thrifty.spend.api import PolicyDenied, Principal, SpendControl
@@ -281,7 +281,7 @@ class Gateway:
         explore: bool = True,
     ) -> Plan:
         # Every priced, routable chat model is a candidate, whether the packaged router knows it
-        # or not (thrifty.gateway.routing: what it does not know, it learns).
+        # or not (thrifty.pipeline.routing: what it does not know, it learns).
         pool = [m for m in self.models.values() if m.route and m.mode == "chat" and m.info.priced]
         if not pool:
             unpriced = [n for n, m in self.models.items() if m.route and m.mode == "chat" and not m.info.priced]

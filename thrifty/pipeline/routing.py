@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from thrifty.gateway.config import GatewayConfig, ModelConfig
+from thrifty.config import GatewayConfig, ModelConfig
 from thrifty.router.learning import (
     AUTO,
     AUTO_BEST,

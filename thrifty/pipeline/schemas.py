@@ -14,12 +14,12 @@ import orjson
 
 from thrifty.catalog.model import ModelInfo
 from thrifty.errors import GatewayError, bad_request
-from thrifty.gateway import bounds
 from thrifty.jsonlimits import MAX_DEPTH, deeper_than
+from thrifty.pipeline import bounds
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Content parts whose billed tokens are bounded by their bytes in the body (audio is billed by
-# duration, which its base64 bytes exceed); images have their own rule (thrifty.gateway.bounds).
+# duration, which its base64 bytes exceed); images have their own rule (thrifty.pipeline.bounds).
 _BYTE_BOUNDED_PARTS = frozenset({"text", "image_url", "input_audio", "refusal"})
 
 
@@ -306,7 +306,7 @@ class ChatRequest:
         self.n_tools = (len(tools) if isinstance(tools, list) else 0) + (
             len(functions) if isinstance(functions, list) else 1 if functions else 0
         )
-        # Capabilities the serving model needs (thrifty.gateway.config.CAPABILITY_NEEDS); usually
+        # Capabilities the serving model needs (thrifty.config.CAPABILITY_NEEDS); usually
         # empty, and then planning skips the capability check altogether.
         choice = body.get("tool_choice")
         fmt = body.get("response_format")
@@ -327,7 +327,7 @@ class ChatRequest:
 
     def prompt_tokens_max(self, info: ModelInfo) -> int:
         """An upper bound of the prompt tokens ``info``'s upstream can bill for this request
-        (for budget holds): :func:`thrifty.gateway.bounds.prompt_tokens_max` of the body's size,
+        (for budget holds): :func:`thrifty.pipeline.bounds.prompt_tokens_max` of the body's size,
         its messages, tools and image parts."""
         return bounds.prompt_tokens_max(
             info,

@@ -179,7 +179,7 @@ class ModelConfig:
 DEPLOYMENT_FACTS = ("origin_country", "regions")
 
 
-# What a request can need (thrifty.gateway.schemas.ChatRequest.needs) -> the ModelInfo fact.
+# What a request can need (thrifty.pipeline.schemas.ChatRequest.needs) -> the ModelInfo fact.
 CAPABILITY_NEEDS = {
     "function_calling": "supports_function_calling",
     "vision": "supports_vision",

@@ -1,6 +1,6 @@
 """The ``thrifty`` command line.
 
-Each area registers its own sub-commands from a small module that imports only
+Each area registers its own sub-commands from a small module here that imports only
 ``argparse`` at registration time, so ``thrifty --help`` stays fast; the heavy
 imports happen inside the command handlers.
 """
@@ -17,11 +17,11 @@ from thrifty.errors import ThriftyError
 # Modules that expose ``register(subparsers)``; each handler is stored as
 # ``func`` on its parser and returns a process exit code.
 COMMAND_MODULES: tuple[str, ...] = (
-    "thrifty.router.commands",
-    "thrifty.gateway.commands",
-    "thrifty.catalog.commands",
-    "thrifty.spend.commands",
-    "thrifty.reports.commands",
+    "thrifty.cli.router",
+    "thrifty.cli.gateway",
+    "thrifty.cli.catalog",
+    "thrifty.cli.spend",
+    "thrifty.cli.reports",
 )
 
 
@@ -54,6 +54,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -67,10 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from thrifty.config import load_config
     from thrifty.errors import UsageError
     from thrifty.gateway.assemble import build_app
     from thrifty.gateway.banner import banner
-    from thrifty.gateway.config import load_config
     from thrifty.gateway.server import serve
 
     if args.workers < 1:
@@ -108,8 +108,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _import_litellm(args: argparse.Namespace) -> int:
     import sys
 
+    from thrifty.config import build_config
     from thrifty.errors import UsageError
-    from thrifty.gateway.config import build_config
     from thrifty.gateway.litellm_import import convert, load_yaml, to_toml
 
     result = convert(load_yaml(args.path))
@@ -120,7 +120,7 @@ def _import_litellm(args: argparse.Namespace) -> int:
     except UsageError as exc:
         raise UsageError(f"the imported config does not load: {exc}") from None
     sys.stdout.write(to_toml(result.doc, f"Imported from LiteLLM config {args.path} by thrifty config "
-                                         "import-litellm.\nSee thrifty/gateway/config.py for the format."))
+                                         "import-litellm.\nSee thrifty/config.py for the format."))
     models = len(result.doc["models"])
     print(f"thrifty: imported {models} model(s) and {len(result.doc['providers'])} provider(s) "
           f"from {args.path}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 
-from thrifty.gateway.config import BreakerPolicy, Deployment, RetryPolicy
+from thrifty.config import BreakerPolicy, Deployment, RetryPolicy
 
 PASS = "pass"  # the circuit is closed: the call goes through
 PROBE = "probe"  # the circuit is half-open and this caller holds its one probe

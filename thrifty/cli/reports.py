@@ -101,7 +101,8 @@ def _filters(args: argparse.Namespace) -> object:
     import time
 
     from thrifty.errors import UsageError
-    from thrifty.reports.query import Filters, month_range
+    from thrifty.reports.filters import Filters
+    from thrifty.reports.query import month_range
     from thrifty.reports.source import parse_when
 
     if args.month and (args.since or args.until or args.days):
@@ -193,8 +194,8 @@ def _simulate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from thrifty.config import load_config
     from thrifty.errors import UsageError
-    from thrifty.gateway.config import load_config
     from thrifty.reports import simulate as sim
     from thrifty.router import Profile, Router, default_router_path
 

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from thrifty.errors import GatewayError, ThriftyError, openai_error
-from thrifty.gateway.schemas import ChatRequest
-from thrifty.gateway.service import Plan, Served
 from thrifty.pipeline.billing import Charge
 from thrifty.pipeline.call import CHAT, RESPONSES, Call
 from thrifty.pipeline.pipeline import upstream_error, usage_of
+from thrifty.pipeline.planner import Plan, Served
+from thrifty.pipeline.schemas import ChatRequest
 from thrifty.providers.base import UpstreamError, Usage
 from thrifty.spend.api import LedgerRecord, Principal, SpendError
 

@@ -217,7 +217,7 @@ class Metrics:
             "skipped_backlog).",
             ("outcome",),
         )
-        # Learned routing (thrifty.gateway.routing): labels this process loaded by source,
+        # Learned routing (thrifty.pipeline.routing): labels this process loaded by source,
         # decisions by kind, and exploration's extra expected cost.
         self.router_labels = Counter(
             "thrifty_router_labels_total", "Ratings of routed answers loaded by this router, by source.",
