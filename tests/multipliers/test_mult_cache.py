@@ -143,9 +143,11 @@ def test_mode_selection():
 def test_key_scopes_and_open_store(tmp_path):
     assert cache_key("team:a", "m", REQ) != cache_key("team:b", "m", REQ)
     assert cache_key("team:a", "m", REQ) != cache_key("team:a", "n", REQ)
-    store = open_store(None, tmp_path)
-    assert isinstance(store, SQLiteCacheStore) and store.path.endswith("response_cache.sqlite3")
-    asyncio.run(store.close())
+    for documented_default in (None, "sqlite"):  # "sqlite" is the config's default, not a file name
+        store = open_store(documented_default, tmp_path)
+        assert isinstance(store, SQLiteCacheStore)
+        assert store.path == str(tmp_path / "response_cache.sqlite3")
+        asyncio.run(store.close())
 
 
 def test_sqlite_store_is_bounded(tmp_path):

@@ -319,7 +319,10 @@ class ExactCache:
 
 
 def open_store(url: str | None, data_dir: str | Path) -> CacheStore:
-    """``redis://...`` -> Redis; a path or ``sqlite:///path`` -> SQLite; None -> SQLite in the data dir."""
+    """``redis://...`` -> Redis; a path or ``sqlite:///path`` -> SQLite; None or ``"sqlite"``
+    (the documented default, not a file named so) -> SQLite in the data dir."""
+    if url == "sqlite":
+        url = None
     if url and url.startswith(("redis://", "rediss://", "unix://")):
         return RedisCacheStore(url)
     if url and url.startswith("sqlite:///"):
