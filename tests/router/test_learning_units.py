@@ -15,7 +15,7 @@ from thrifty.router.online import (
     decode_context,
     encode_context,
 )
-from thrifty.router.policy import Decision, ExplorationBudget, decide, weight_keeping
+from thrifty.router.policy import Calibrated, Decision, ExplorationBudget, decide, weight_keeping
 
 
 def contexts(centre: int, n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -98,6 +98,24 @@ def test_decisions_log_probabilities_that_sum_to_one_and_respect_the_candidates(
     mixed = greedy.mixed_with_uniform(0.5, np.array([1, 2]), 3, rng)
     assert mixed.probs is not None and mixed.probs.sum() == pytest.approx(1.0)
     assert mixed.probs[0] == pytest.approx(0.5) and mixed.probs[1] == pytest.approx(0.25)
+
+
+def test_a_randomised_weight_is_in_the_logged_probability():
+    """A profile's weight mixes two weights (Calibrated): each decision's logged probability is
+    the chance of its choice over both, exploring or not, and matches how often it is made."""
+    a, b, costs = np.array([900.0, 950.0]), np.array([100.0, 50.0]), np.array([1.0, 10.0])
+    cal = Calibrated(weight=0.0, cheaper=1.0, mix=0.3)  # 0 -> the dear model; 1 -> the cheap one
+    rng = np.random.default_rng(5)
+    greedy = [decide(a, b, costs, cal.draw(rng), rng, explore=False, weight_options=cal.options())
+              for _ in range(2000)]
+    cheap_share = np.mean([d.index == 0 for d in greedy])
+    assert cheap_share == pytest.approx(0.3, abs=0.04)
+    assert {round(d.propensity, 6) for d in greedy if d.index == 0} == {0.3}
+    assert {round(d.propensity, 6) for d in greedy if d.index == 1} == {0.7}
+    sampled = decide(a, b, costs, 0.0, rng, explore=True, sampled_weight=cal.draw(rng),
+                     sampled_options=cal.options())
+    assert sampled.probs is not None and sampled.probs.sum() == pytest.approx(1.0)
+    assert 0.2 < sampled.probs[0] < 0.45  # about 0.3, not the near-certainty of one weight
 
 
 def test_exploration_caps_hold_and_zero_turns_it_off():

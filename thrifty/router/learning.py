@@ -199,11 +199,13 @@ class Learner:
                     if fresh.any():
                         drawn[fresh] = self.rng.beta(est.overall_a[fresh], est.overall_b[fresh])
                     a, b = est.given_levels(drawn)
+                    options, sampled_options = greedy_cal.options(), sampled_cal.options()
                 else:
                     weight = sampled = knob.weight or 0.0
                     a, b = est.a, est.b
+                    options = sampled_options = ()
                 d = decide(est.a, est.b, costs, weight, self.rng, explore and self.thompson, sampled, (a, b),
-                           lower=lower)
+                           lower=lower, weight_options=options, sampled_options=sampled_options)
             if explore and self.warmup > 0:
                 tries = self._tries.setdefault(scope, {})
                 under = np.flatnonzero([est.labels[i] < self.warmup and tries.get(m, 0) < WARMUP_TRIES * self.warmup

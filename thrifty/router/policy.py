@@ -58,21 +58,40 @@ def relative_costs(costs: np.ndarray) -> np.ndarray:
     return costs / top if top > 0 else np.zeros_like(costs)
 
 
+#: A weight and the probability it was drawn with: a profile's randomised weight (:class:`Calibrated`).
+WeightOptions = tuple[tuple[float, float], ...]
+
+
 def decide(a: np.ndarray, b: np.ndarray, costs: np.ndarray, weight: float, rng: np.random.Generator,
            explore: bool, sampled_weight: float | None = None,
-           sampled: tuple[np.ndarray, np.ndarray] | None = None, lower: np.ndarray | None = None) -> Decision:
+           sampled: tuple[np.ndarray, np.ndarray] | None = None, lower: np.ndarray | None = None,
+           weight_options: WeightOptions = (), sampled_options: WeightOptions = ()) -> Decision:
     """Choose among candidates with Beta(a, b) quality posteriors and expected ``costs``:
     greedily on the means with ``weight``, or, exploring, on draws from the posteriors
-    ``sampled`` (default: ``a``, ``b``) with ``sampled_weight`` (default: ``weight``)."""
+    ``sampled`` (default: ``a``, ``b``) with ``sampled_weight`` (default: ``weight``).
+
+    When the weights were themselves drawn (``weight_options`` / ``sampled_options``: every
+    weight they could have been, with its probability), the logged probability of the choice
+    sums over those weights, so off-line estimates weigh it by what the policy really did."""
     rel = relative_costs(costs)
     mean = a / (a + b) if lower is None else lower
     greedy = int(np.argmax(mean - max(weight, TIE) * rel))
     if not explore or len(a) < 2:
-        return Decision(greedy, 1.0, greedy, False)
+        if len(weight_options) < 2:
+            return Decision(greedy, 1.0, greedy, False)
+        probs = np.zeros(len(a))
+        for w, p in weight_options:
+            probs[int(np.argmax(mean - max(w, TIE) * rel))] += p
+        return Decision(greedy, float(probs[greedy]), greedy, False, probs)
     w = max(weight if sampled_weight is None else sampled_weight, TIE)
     sa, sb = sampled if sampled is not None else (a, b)
     draws = beta_draws(sa, sb, rng)
-    return _sampled(np.argmax(draws - w * rel[:, None], axis=0), len(a), greedy, rng)
+    picks = np.argmax(draws - w * rel[:, None], axis=0)
+    probs = None
+    if len(sampled_options) > 1:
+        probs = sum(p * _shares(np.argmax(draws - max(x, TIE) * rel[:, None], axis=0), len(a))
+                    for x, p in sampled_options)
+    return _sampled(picks, len(a), greedy, rng, probs)
 
 
 def decide_target(a: np.ndarray, b: np.ndarray, costs: np.ndarray, target: float, rng: np.random.Generator,
@@ -91,12 +110,18 @@ def decide_target(a: np.ndarray, b: np.ndarray, costs: np.ndarray, target: float
     return _sampled(np.array([pick(draws[:, s]) for s in range(DRAWS)]), len(a), greedy, rng)
 
 
-def _sampled(picks: np.ndarray, n: int, greedy: int, rng: np.random.Generator) -> Decision:
-    """One of the draws' choices, at random; the logged probability of each candidate is the
-    share of draws choosing it, smoothed away from 0 and 1."""
+def _sampled(picks: np.ndarray, n: int, greedy: int, rng: np.random.Generator,
+             probs: np.ndarray | None = None) -> Decision:
+    """One of the draws' choices, at random, logged with ``probs`` (default: each candidate's
+    share of the draws)."""
     index = int(picks[int(rng.integers(len(picks)))])
-    probs = (np.bincount(picks, minlength=n) + 0.5 / n) / (len(picks) + 0.5)
+    probs = _shares(picks, n) if probs is None else probs
     return Decision(index, float(probs[index]), greedy, index != greedy, probs)
+
+
+def _shares(picks: np.ndarray, n: int) -> np.ndarray:
+    """Each candidate's share of the draws choosing it, smoothed away from 0 and 1."""
+    return (np.bincount(picks, minlength=n) + 0.5 / n) / (len(picks) + 0.5)
 
 
 _GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 32)])
@@ -116,6 +141,10 @@ class Calibrated:
 
     def draw(self, rng: np.random.Generator) -> float:
         return self.cheaper if self.mix > 0 and rng.random() < self.mix else self.weight
+
+    def options(self) -> tuple[tuple[float, float], ...]:
+        """Each weight a draw can give, with its probability."""
+        return ((self.weight, 1.0 - self.mix), (self.cheaper, self.mix)) if self.mix > 0 else ((self.weight, 1.0),)
 
 
 def weight_keeping(means: np.ndarray, costs: np.ndarray, keep: float, lower: np.ndarray | None = None,
