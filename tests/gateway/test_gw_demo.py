@@ -57,3 +57,14 @@ def test_the_demo_runs_every_pipeline_stage_as_serve_does(tmp_path):
     assert p.cache is not None and p.cascade is not None and p.defer is not None
     assert "auto-cascade" in app.extra_profiles
     spend.flush()
+
+
+def test_demo_without_the_openai_client_says_how_to_install_it(tmp_path):
+    """openai is the demo extra, not a runtime dependency: without it, one clear line."""
+    (tmp_path / "openai.py").write_text("raise ImportError('not installed here')\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "THRIFTY_DATA_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-m", "thrifty.cli", "demo", "--limit", "5"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 2, run.stderr
+    assert "pip install 'thrifty[demo]'" in run.stderr and "Traceback" not in run.stderr

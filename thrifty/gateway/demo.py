@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from thrifty.errors import UsageError
 from thrifty.providers.replay_records import Record, prompt_key, read_packaged
 
 if TYPE_CHECKING:
@@ -44,7 +45,11 @@ async def _send_all(
     concurrency: int,
     api_key: str,
 ) -> list[Outcome]:
-    import openai
+    try:
+        import openai
+    except ImportError:
+        raise UsageError("thrifty demo drives the gateway with the official openai client, which is not "
+                         "installed: pip install 'thrifty[demo]' (./run demo does it)") from None
 
     client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=2)
     sem = asyncio.Semaphore(concurrency)
