@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from thrifty.errors import ThriftyError
+from thrifty.errors import GatewayError
 from thrifty.spend.db import Database
 from thrifty.spend.schema import migrate
 
@@ -57,18 +57,11 @@ Executor = Callable[
 ]
 
 
-class BatchError(ThriftyError):
-    """A refused files/batches request, rendered in OpenAI's error format."""
+class BatchError(GatewayError):
+    """A refused files/batches request, rendered in OpenAI's error format; its ``code`` is
+    ``invalid_request`` unless the raiser names one."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str = "invalid_request",
-        param: str | None = None,
-        type: str = "invalid_request_error",
-    ) -> None:
-        super().__init__(message, status=status, type=type, code=code, param=param)
+    code = "invalid_request"
 
 
 def _why(exc: BaseException) -> str:
