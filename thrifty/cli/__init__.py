@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from thrifty.errors import ThriftyError
 
@@ -23,6 +24,15 @@ COMMAND_MODULES: tuple[str, ...] = (
     "thrifty.cli.spend",
     "thrifty.cli.reports",
 )
+
+
+def actions(
+    subparsers: argparse._SubParsersAction, name: str, help: str, **kwargs: Any
+) -> argparse._SubParsersAction:
+    """The ``thrifty NAME ACTION`` command group ``name``: registers its parser (``help`` and
+    any other ``add_parser`` keywords) and returns where its actions go; one is required."""
+    parser = subparsers.add_parser(name, help=help, **kwargs)
+    return parser.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

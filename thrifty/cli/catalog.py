@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from thrifty.cli import actions
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("catalog", help="model prices, context windows and origins")
-    sub = p.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
+    sub = actions(subparsers, "catalog", "model prices, context windows and origins")
     u = sub.add_parser(
         "update",
         help="refresh the price catalog from LiteLLM's public price map",

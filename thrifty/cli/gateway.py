@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from thrifty.cli import actions
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -33,8 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_serve)
 
-    c = subparsers.add_parser("config", help="gateway config tools (import a LiteLLM config.yaml)")
-    csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    csub = actions(subparsers, "config", "gateway config tools (import a LiteLLM config.yaml)")
     imp = csub.add_parser(
         "import-litellm",
         help="translate a LiteLLM proxy config.yaml into a thrifty TOML config",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from thrifty.cli import actions
+
 GROUP_CHOICES = ("team", "user", "key", "tag", "model", "provider")
 
 
@@ -76,11 +78,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "repeatable; ledger source, table or json format")
     s.set_defaults(func=_simulate)
 
-    r = subparsers.add_parser(
-        "requests", help="individual requests from the ledger (no prompt text)",
+    rsub = actions(
+        subparsers, "requests", "individual requests from the ledger (no prompt text)",
         description="One line per request from the spend ledger, newest first: time, key, team, model, "
         "status, tokens, cost. No prompt or answer text (the ledger keeps none).")
-    rsub = r.add_subparsers(dest="requests_command", metavar="ACTION", required=True)
     ls = rsub.add_parser("list", help="list requests, filtered and paged",
                          description="List requests newest first; --cursor NEXT (printed at the end) "
                          "shows the next page.")

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from thrifty.cli import actions
 from thrifty.errors import UsageError
 
 ALIAS_HELP = ("model columns that name the same model in different sources, merged under TO "
@@ -17,8 +18,7 @@ ALIAS_HELP = ("model columns that name the same model in different sources, merg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    router = sub.add_parser("router", help="train, score with and evaluate learned routers")
-    rsub = router.add_subparsers(dest="router_command", metavar="ACTION", required=True)
+    rsub = actions(sub, "router", "train, score with and evaluate learned routers")
 
     train = rsub.add_parser("train", help="train a router on labelled benchmark data")
     train.add_argument("--data", nargs="+", required=True, metavar="PATH",

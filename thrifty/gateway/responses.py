@@ -65,6 +65,13 @@ def _str(obj: dict[str, Any], key: str, where: str, *, required: bool = True) ->
     return value
 
 
+def _type(obj: Any, at: str) -> str:
+    """The ``type`` of a content part or a tool, which must be an object with a string one."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise invalid_type(at, "an object with a string 'type'", obj)
+    return obj["type"]
+
+
 def _parts(content: Any, where: str, role: str) -> str | list[dict[str, Any]]:
     """A message's content as chat content: text parts joined, images kept for user messages."""
     if isinstance(content, str):
@@ -74,7 +81,7 @@ def _parts(content: Any, where: str, role: str) -> str | list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, part in enumerate(content):
         at = f"{where}[{i}]"
-        kind = part.get("type") if isinstance(part, dict) else None
+        kind = _type(part, at)
         if kind in _TEXT_PARTS:
             out.append({"type": "text", "text": _str(part, "text", at)})
         elif kind == "refusal" and role == "assistant":
@@ -89,13 +96,11 @@ def _parts(content: Any, where: str, role: str) -> str | list[dict[str, Any]]:
             if part.get("detail") in ("low", "high", "auto"):
                 image["detail"] = part["detail"]
             out.append({"type": "image_url", "image_url": image})
-        elif isinstance(kind, str):
+        else:
             raise _unsupported(
                 f"{at}.type", f"content of type {kind!r} is not supported in a {role} message "
                 "(text, and images in user messages, are)"
             )  # fmt: skip
-        else:
-            raise invalid_type(at, "an object with a string 'type'", part)
     if all(p["type"] == "text" for p in out):
         return "".join(p["text"] for p in out)  # plain text reaches every upstream
     return out
@@ -187,11 +192,10 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
     for i, tool in enumerate(tools):
         at = f"tools[{i}]"
-        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-            raise invalid_type(at, "an object with a string 'type'", tool)
-        if tool["type"] != "function":
+        kind = _type(tool, at)
+        if kind != "function":
             raise _unsupported(
-                f"{at}.type", f"the hosted tool {tool['type']!r} is not available through thrifty "
+                f"{at}.type", f"the hosted tool {kind!r} is not available through thrifty "
                 "(its upstreams speak chat completions); use function tools"
             )  # fmt: skip
         fn: dict[str, Any] = {"name": _str(tool, "name", at)}

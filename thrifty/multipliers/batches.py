@@ -29,12 +29,13 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from thrifty.errors import ThriftyError
+from thrifty.errors import GatewayError
 from thrifty.spend.db import Database
 from thrifty.spend.schema import migrate
 
@@ -55,20 +56,15 @@ BACKOFF_MAX = 300.0
 Executor = Callable[
     [dict[str, Any], str, dict[str, Any], str], Awaitable[tuple[int, dict[str, Any]]]
 ]
+# line -> (HTTP status, response body): the lines a provider batch step settled
+LineResults = dict[int, tuple[int, dict[str, Any]]]
 
 
-class BatchError(ThriftyError):
-    """A refused files/batches request, rendered in OpenAI's error format."""
+class BatchError(GatewayError):
+    """A refused files/batches request, rendered in OpenAI's error format; its ``code`` is
+    ``invalid_request`` unless the raiser names one."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str = "invalid_request",
-        param: str | None = None,
-        type: str = "invalid_request_error",
-    ) -> None:
-        super().__init__(message, status=status, type=type, code=code, param=param)
+    code = "invalid_request"
 
 
 def _why(exc: BaseException) -> str:
@@ -940,13 +936,9 @@ class BatchRunner:
         waiting = unresolved  # lines a provider is (or may be) working on: they will be charged
         if upstream is not None:
             for tag, items in (await self.store.upstream_pending(batch_id)).items():
-                stored: set[int] = set()
-                results = await upstream.collect(
-                    tag, batch_id, endpoint, principal, items, store=self._storer(batch_id, stored)
+                results = await self._settle(
+                    batch_id, partial(upstream.collect, tag, batch_id, endpoint, principal, items)
                 )
-                for line, (code, response) in (results or {}).items():
-                    if line not in stored:
-                        await self.store.finish_line(batch_id, line, code, response)
                 waiting = waiting or results is None
         # A cancelled batch stops running its own lines at once, but waits for those already in
         # a provider's batch, so that each is billed and its hold released.
@@ -954,16 +946,6 @@ class BatchRunner:
             batch_id
         ) == 0:
             await self.store.finalize(batch_id)
-
-    def _storer(self, batch_id: str, stored: set[int]) -> Callable[..., Awaitable[None]]:
-        """A ``store`` for lines a provider batch settles: marks them done (one durable write)
-        with what billing each takes, before they are billed; adds them to ``stored``."""
-
-        async def store(results: dict[int, tuple[int, dict[str, Any], str | None]]) -> None:
-            await self.store.finish_lines(batch_id, results)
-            stored.update(results)
-
-        return store
 
     async def _submit(
         self,
@@ -1003,11 +985,11 @@ class BatchRunner:
                 return True
             await upstream.discard_files(provider, tag, sub.get("file_id"))
             if status != "in_progress":  # cancelled before the provider got the lines
-                await self._fail_lines(
-                    batch_id, principal, sub["lines"],
+                await self._settle(batch_id, partial(
+                    upstream.fail, batch_id, principal, sub["lines"],
                     "the batch was cancelled before this request was sent to the provider",
                     "batch_cancelled",
-                )
+                ))
                 self._backoff.pop(tag, None)
                 return True
             log.warning(
@@ -1030,13 +1012,13 @@ class BatchRunner:
                     " not sent again", batch_id, provider, tag, _why(exc), len(sub["lines"]),
                 )
                 detail = getattr(exc, "detail", None) or str(exc)
-                await self._fail_lines(
-                    batch_id, principal, sub["lines"],
+                await self._settle(batch_id, partial(
+                    upstream.fail, batch_id, principal, sub["lines"],
                     f"The provider ({provider}) refused the batch this request was sent in"
                     f" (HTTP {exc.status}): {detail}",  # type: ignore[attr-defined]
                     "provider_batch_refused",
                     status=int(exc.status),  # type: ignore[attr-defined]
-                )
+                ))
                 self._backoff.pop(tag, None)
                 return True
             log.warning(
@@ -1058,26 +1040,24 @@ class BatchRunner:
         self._backoff[tag] = (failures, time.monotonic() + wait)
         return wait
 
-    async def _fail_lines(
-        self,
-        batch_id: str,
-        principal: dict[str, Any],
-        lines: list[tuple[int, dict[str, Any]]],
-        message: str,
-        code: str,
-        *,
-        status: int = 500,
-    ) -> None:
-        """Fail lines the provider never got: done (stored before they are billed) with
-        ``status`` and ``message``, cost 0, holds released."""
+    async def _settle(
+        self, batch_id: str, step: Callable[..., Awaitable[LineResults | None]]
+    ) -> LineResults | None:
+        """Run ``step``, an upstream call that settles lines of a provider batch (``collect`` or
+        ``fail``), with a ``store`` that marks them done (one durable write, with what billing
+        each takes) before they are billed; any line it settled without storing is stored
+        after. Its results (None: the provider is still working)."""
         stored: set[int] = set()
-        results = await self.executor.upstream.fail(  # type: ignore[attr-defined]
-            batch_id, principal, lines, message, code, status=status,
-            store=self._storer(batch_id, stored),
-        )
-        for line, (code_, response) in results.items():
+
+        async def store(results: dict[int, tuple[int, dict[str, Any], str | None]]) -> None:
+            await self.store.finish_lines(batch_id, results)
+            stored.update(results)
+
+        results = await step(store=store)
+        for line, (code, response) in (results or {}).items():
             if line not in stored:
-                await self.store.finish_line(batch_id, line, code_, response)
+                await self.store.finish_line(batch_id, line, code, response)
+        return results
 
     async def _one(
         self,

@@ -123,6 +123,51 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+def _chat_answer(model: str, reply: str, usage: dict[str, int] | None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": reply,
+                    "refusal": None,
+                },
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": usage or USAGE,
+    }
+
+
+def _messages_answer(model: str, reply: str, usage: dict[str, int] | None) -> dict[str, Any]:
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": reply}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": usage["prompt_tokens"] if usage else 12,
+            "output_tokens": 9,
+        },
+    }
+
+
+#: The non-streamed answer of each API the fake serves, by kind: (model, reply, usage) -> document.
+ANSWERS: dict[str, Callable[[str, str, dict[str, int] | None], dict[str, Any]]] = {
+    "chat": _chat_answer,
+    "messages": _messages_answer,
+}
+
+
 class FakeState:
     def __init__(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour
@@ -150,60 +195,15 @@ class FakeState:
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}
 
-    def _answer(
-        self, key: tuple[str, str], usage: dict[str, int] | None, doc: Callable[[], dict[str, Any]]
-    ) -> bytes:
-        """A 200 carrying ``doc()``, made once per ``key`` and kept; made afresh for an answer
-        billed with the request's own ``usage``."""
-        if usage is not None:
-            return _response(200, orjson.dumps(doc()))
-        if key not in self.cache:
-            self.cache[key] = _response(200, orjson.dumps(doc()))
-        return self.cache[key]
-
-    def chat_body(self, model: str, usage: dict[str, int] | None = None) -> bytes:
-        return self._answer(
-            ("chat", model),
-            usage,
-            lambda: {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": self.behaviour.reply,
-                            "refusal": None,
-                        },
-                        "logprobs": None,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": usage or USAGE,
-            },
-        )
-
-    def messages_body(self, model: str, usage: dict[str, int] | None = None) -> bytes:
-        return self._answer(
-            ("messages", model),
-            usage,
-            lambda: {
-                "id": "msg_fake",
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [{"type": "text", "text": self.behaviour.reply}],
-                "stop_reason": "end_turn",
-                "stop_sequence": None,
-                "usage": {
-                    "input_tokens": usage["prompt_tokens"] if usage else 12,
-                    "output_tokens": 9,
-                },
-            },
-        )
+    def answer(self, kind: str, model: str, usage: dict[str, int] | None = None) -> bytes:
+        """A 200 carrying the ``kind`` answer (:data:`ANSWERS`), made once per ``kind`` and
+        ``model`` and kept; made afresh for an answer billed with the request's own ``usage``."""
+        if usage is None and (kind, model) in self.cache:
+            return self.cache[kind, model]
+        body = _response(200, orjson.dumps(ANSWERS[kind](model, self.behaviour.reply, usage)))
+        if usage is None:
+            self.cache[kind, model] = body
+        return body
 
     def chat_stream(
         self, model: str, include_usage: bool, usage: dict[str, int] | None = None
@@ -591,7 +591,7 @@ class FakeProtocol(asyncio.Protocol):
         out = []
         for line in ran:
             st.batch_runs.append(line["custom_id"])
-            body = orjson.loads(st.chat_body(str(line["body"].get("model", "fake-model"))).split(b"\r\n\r\n", 1)[1])
+            body = orjson.loads(st.answer("chat", str(line["body"].get("model", "fake-model"))).split(b"\r\n\r\n", 1)[1])
             out.append(orjson.dumps({
                 "id": f"batch_req_{next(st.ids)}", "custom_id": line["custom_id"],
                 "response": {"status_code": 200, "request_id": line["custom_id"], "body": body},
@@ -647,7 +647,7 @@ class FakeProtocol(asyncio.Protocol):
             return
         anthropic = path.endswith(b"/messages")
         if not doc.get("stream"):
-            t.write(st.messages_body(model, usage) if anthropic else st.chat_body(model, usage))
+            t.write(st.answer("messages" if anthropic else "chat", model, usage))
             return
         events = (
             st.messages_stream(model, usage)
