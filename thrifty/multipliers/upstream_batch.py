@@ -19,7 +19,8 @@ from urllib.parse import urlencode
 import orjson
 
 from thrifty.providers.config import ProviderConfig
-from thrifty.providers.http import HTTPPool, pool_for
+from thrifty.providers.http import pool_for
+from thrifty.providers.transport import Transport
 
 log = logging.getLogger("thrifty.batches")
 
@@ -103,7 +104,7 @@ class UpstreamBatchClient:
     """One provider's batch API over ``transport`` (its origin and base path, its headers);
     ``timeout`` bounds each call, ``connect`` each connection."""
 
-    def __init__(self, transport: HTTPPool, *, timeout: float = 60.0, connect: float = 5.0) -> None:
+    def __init__(self, transport: Transport, *, timeout: float = 60.0, connect: float = 5.0) -> None:
         self.transport = transport
         self.timeout = timeout
         self.connect = connect

@@ -14,8 +14,8 @@ import orjson
 
 from thrifty.providers.base import UpstreamError, status_retryable
 from thrifty.providers.config import ProviderConfig, Timeouts
-from thrifty.providers.http import HTTPError, HTTPPool, HTTPTimeout, line_batches, pool_for
-from thrifty.providers.transport import Head, retry_after
+from thrifty.providers.http import HTTPError, HTTPTimeout, line_batches, pool_for
+from thrifty.providers.transport import Head, Transport, retry_after
 
 
 def _error_message(status: int, body: bytes) -> str:
@@ -53,7 +53,7 @@ class OpenAICompatProvider:
         }
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
-        self.pool: HTTPPool | None = None
+        self.pool: Transport | None = None
         self.config = config
 
     async def start(self) -> None:

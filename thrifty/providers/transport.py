@@ -1,7 +1,7 @@
-"""What an upstream call gets back from HTTP: status, headers, and the body or a stream of it.
-:class:`thrifty.providers.http.HTTPPool` makes the calls; live calls (the provider adapters)
-and provider batch API calls both go through it, so both get the same TLS trust, proxy and
-timeouts (:func:`thrifty.providers.http.pool_for`).
+"""What every upstream call needs of HTTP, as one small protocol: status, headers, and the body
+or a stream of it. :class:`thrifty.providers.http.HTTPPool` is the one implementation; live
+calls (the provider adapters) and provider batch API calls both go through it, so both get
+the same TLS trust, proxy and timeouts (:func:`thrifty.providers.http.pool_for`).
 
 Headers are kept as the raw response head and parsed only when asked (:class:`Head`): a
 successful call never pays for them; a 429 or 503 reads its ``Retry-After``.
@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 
 class Head:
@@ -59,6 +60,31 @@ class StreamResponse:
     status: int
     headers: Head
     chunks: AsyncIterator[bytes]  # the body as it arrives; read it to the end or close it
+
+
+class Transport(Protocol):
+    """One origin's HTTP client. Raises :class:`thrifty.providers.http.HTTPError` when no
+    response came; its ``sent`` says whether the request may have reached the upstream."""
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        *,
+        connect: float,
+        timeout: float,
+        headers: bytes = b"",
+    ) -> Response:
+        """The whole response; ``timeout`` bounds the wait for all of it. ``headers``: extra
+        request header lines (``b"Name: value\\r\\n"`` each), for this request only."""
+
+    async def stream(
+        self, method: str, path: str, body: bytes, *, connect: float, idle: float, total: float
+    ) -> StreamResponse:
+        """Status and headers once the head is in, then the body in chunks."""
+
+    def close(self) -> None: ...
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
