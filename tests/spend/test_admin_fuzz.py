@@ -3,7 +3,7 @@
 Wrong JSON types for every field of every write route, raw bodies that are not JSON (NaN and
 Infinity literals, huge numbers, deep nesting, invalid UTF-8, truncated), odd path ids and query
 parameters, wrong methods and wrong Authorization schemes. Each answer must be below 500, and
-every error the admin API's own format ``{"error": {"message", "type", "code"}}`` with no
+every error the gateway's one format ``{"error": {"message", "type", "param", "code"}}`` with no
 traceback; a 2xx must be JSON.
 """
 
@@ -153,8 +153,10 @@ def check(case_id: str, r: httpx.Response, auth_case: bool) -> None:
         for marker in TRACE_MARKERS:
             assert marker not in r.text, r.text[:300]
         doc = r.json()
-        assert set(doc) == {"error"} and set(doc["error"]) == {"message", "type", "code"}, doc
-        assert all(isinstance(v, str) and v for v in doc["error"].values()), doc
+        assert set(doc) == {"error"} and set(doc["error"]) == {"message", "type", "param", "code"}, doc
+        err = doc["error"]
+        assert all(isinstance(err[k], str) and err[k] for k in ("message", "type", "code")), doc
+        assert err["param"] is None or isinstance(err["param"], str), doc
     else:
         r.json()
 

@@ -28,14 +28,11 @@ _ANTHROPIC_TYPES = {
 }
 
 
-def openai_body(status: int, message: str, type: str, code: str | None, param: str | None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
-
-
-def anthropic_body(status: int, message: str, type: str) -> bytes:
-    # Anthropic's error type follows from the status; its SDK maps statuses to exception classes.
+def anthropic_error(status: int, message: str) -> dict[str, object]:
+    """Anthropic's error document; its type follows from the status, as its SDK maps statuses to
+    exception classes."""
     type = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return orjson.dumps({"type": "error", "error": {"type": type, "message": message}})
+    return {"type": "error", "error": {"type": type, "message": message}}
 
 
 # The wire formats errors are rendered in.
@@ -45,20 +42,13 @@ OPENAI, ANTHROPIC, RESPONSES = "openai", "anthropic", "responses"
 def error_body(fmt: str, exc: ThriftyError) -> bytes:
     """``exc`` as the body the calling API's SDK expects (the Responses API uses OpenAI's)."""
     if fmt == ANTHROPIC:
-        return anthropic_body(exc.status, exc.message, exc.type)
+        return orjson.dumps(anthropic_error(exc.status, exc.message))
     return orjson.dumps(openai_error(exc))
 
 
 def stream_error(fmt: str, message: str, code: str) -> bytes:
     """The last event of a stream that cannot finish: the SDKs raise it as an API error."""
     if fmt == ANTHROPIC:
-        return b"event: error\ndata: " + orjson.dumps(
-            {"type": "error", "error": {"type": "api_error", "message": message}}
-        ) + b"\n\n"
-    return (
-        b"data: "
-        + orjson.dumps(
-            {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
-        )
-        + b"\n\n"
-    )
+        return b"event: error\ndata: " + orjson.dumps(anthropic_error(500, message)) + b"\n\n"
+    exc = ThriftyError(message, status=502, type="upstream_error", code=code)
+    return b"data: " + orjson.dumps(openai_error(exc)) + b"\n\n"

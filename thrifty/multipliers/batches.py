@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from thrifty.errors import GatewayError
+from thrifty.errors import GatewayError, ThriftyError, openai_error
 from thrifty.spend.db import Database
 from thrifty.spend.schema import migrate
 
@@ -1089,15 +1089,7 @@ class BatchRunner:
                 log.warning("batch %s line %d not billed: %s", batch_id, line, type(exc).__name__)
                 return
             log.warning("batch %s line %d failed: %s", batch_id, line, type(exc).__name__)
-            code, response = (
-                500,
-                {
-                    "error": {
-                        "message": "internal error executing this request",
-                        "type": "api_error",
-                        "code": "internal_error",
-                    }
-                },
-            )
+            code, response = 500, openai_error(ThriftyError(
+                "internal error executing this request", status=500, type="api_error", code="internal_error"))
         if not stored:
             await self.store.finish_line(batch_id, line, code, response)

@@ -2,12 +2,11 @@
 
 Mounted by the gateway at ``/admin``; every route but the schema needs the
 admin key (``Authorization: Bearer ...`` or ``x-api-key``). Errors use the
-gateway's error format: ``{"error": {"message", "type", "code"}}``.
+gateway's error format: ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from thrifty.errors import ThriftyError, openai_error
 from thrifty.jsonlimits import MAX_DEPTH, deeper_than
 from thrifty.spend import store
 from thrifty.spend.api import PermissionDenied, SpendError
@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 Handler = Callable[[Request], Awaitable[Any]]
 
 
-def _error(status: int, message: str, error_type: str, code: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": error_type, "code": code}}, status, headers=headers)
+def _error(status: int, message: str, error_type: str, code: str | None, headers: dict | None = None) -> JSONResponse:
+    exc = ThriftyError(message, status=status, type=error_type, code=code)
+    return JSONResponse(openai_error(exc), status, headers=headers)
 
 
 def _store_error(exc: store.StoreError) -> JSONResponse:
@@ -83,20 +84,12 @@ def _time(name: str, value: Any) -> float | None:
     raise store.StoreError(f"{name} must be an ISO 8601 time or unix seconds")
 
 
-def _too_large(limit: int) -> tuple[bytes, bytes]:
-    from thrifty.bodylimit import too_large_message
-
-    body = {"error": {"message": too_large_message(limit), "type": "invalid_request_error",
-                      "code": "request_too_large"}}
-    return json.dumps(body).encode(), b"application/json"
-
-
 def create_admin_app(spend: DbSpendControl, *, max_body_bytes: int | None = None) -> Any:
     """The admin API as an ASGI app; request bodies over ``max_body_bytes`` (default: the
     gateway's ``max_body_bytes`` default, 32 MiB) get a 413 in this API's error format."""
     from thrifty.bodylimit import DEFAULT_MAX_BODY_BYTES, limit_body
 
-    return limit_body(_create_admin_app(spend), max_body_bytes or DEFAULT_MAX_BODY_BYTES, _too_large)
+    return limit_body(_create_admin_app(spend), max_body_bytes or DEFAULT_MAX_BODY_BYTES)
 
 
 def _create_admin_app(spend: DbSpendControl) -> Starlette:

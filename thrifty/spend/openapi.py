@@ -27,7 +27,8 @@ def _obj(props: dict[str, Any], required: tuple[str, ...] = ()) -> dict:
 
 
 SCHEMAS: dict[str, Any] = {
-    "Error": _obj({"error": _obj({"message": _STR, "type": _STR, "code": _STR}, ("message", "type", "code"))},
+    "Error": _obj({"error": _obj({"message": _STR, "type": _STR, "param": _NSTR, "code": _NSTR},
+                                ("message", "type", "param", "code"))},
                   ("error",)),
     "Team": {"type": "object", "properties": {"id": _STR, "name": _NSTR, "metadata": _OBJ, "rpm": _INT, "tpm": _INT,
                                               "created_at": _STR}},
