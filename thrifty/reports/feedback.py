@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from thrifty.errors import GatewayError, ThriftyError, openai_error
 from thrifty.jsonlimits import MAX_DEPTH, deeper_than
 from thrifty.reports.tables import ensure_tables
 from thrifty.router.labels import poll_now
@@ -27,17 +28,22 @@ MAX_COMMENT = 2_000
 _THUMBS = {"up": 1.0, "down": 0.0, True: 1.0, False: 0.0}
 
 
-class FeedbackError(ValueError):
+class FeedbackError(GatewayError):
+    """A rating refused, in the gateway's one error type (a 400 unless said otherwise)."""
+
     def __init__(self, message: str, status: int = 400, code: str = "invalid_value",
                  error_type: str = "invalid_request_error", param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.error_type, self.param = status, code, error_type, param
+        super().__init__(status, message, type=error_type, code=code, param=param)
 
 
 def error_response(status: int, message: str, error_type: str, code: str, param: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": error_type, "param": param, "code": code}},
-                        status, headers=headers)
+    """The gateway's OpenAI-style error document, for the feedback endpoint and the dashboard."""
+    return render(ThriftyError(message, status=status, type=error_type, code=code, param=param, headers=headers))
+
+
+def render(exc: ThriftyError) -> JSONResponse:
+    return JSONResponse(openai_error(exc), exc.status, headers=exc.headers)
 
 
 def parse(body: Any) -> tuple[str, float, str | None]:
@@ -167,9 +173,7 @@ def feedback_app(spend: Any, *, max_body_bytes: int | None = None) -> Any:
             if result.get("learned"):
                 await run_in_threadpool(poll_now, spend.db_url)
             return JSONResponse(result, 200)
-        except SpendError as exc:
-            return error_response(exc.status, exc.message, exc.type, exc.code, headers=exc.headers)
-        except FeedbackError as exc:
-            return error_response(exc.status, str(exc), exc.error_type, exc.code, exc.param)
+        except (SpendError, FeedbackError) as exc:
+            return render(exc)
 
     return limit_body(app, max_body_bytes or DEFAULT_MAX_BODY_BYTES)
