@@ -33,8 +33,12 @@ code, spec = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, code)
 import numpy as np
 from thrifty.gateway.assemble import create_app
-from thrifty.config import build_config
-from thrifty.pipeline.schemas import ChatRequest
+try:
+    from thrifty.config import build_config
+    from thrifty.pipeline.schemas import ChatRequest
+except ImportError:  # a checkout from before the layers commit (02dad91)
+    from thrifty.gateway.config import build_config
+    from thrifty.gateway.schemas import ChatRequest
 from thrifty.spend.api import OpenSpendControl
 
 prompts = json.load(open(spec["prompts"]))
