@@ -197,7 +197,7 @@ def cache_stage_overhead(tmp: Path, n: int = 3000) -> None:
     from thrifty.config import build_config
     from thrifty.gateway.assemble import create_app
     from thrifty.multipliers.settings import BatchSettings, CacheSettings
-    from thrifty.spend.api import OpenSpendControl
+    from thrifty.spend.contract import OpenSpendControl
 
     cfg = build_config(
         {

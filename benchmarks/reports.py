@@ -33,7 +33,7 @@ MODELS = (("gpt-4-1106-preview", 10e-6, 30e-6), ("gpt-3.5-turbo-1106", 1e-6, 2e-
 
 
 def build(path: Path, rows: int, now: float, seed: int = 1) -> float:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
     from thrifty.spend.db import Database
     from thrifty.spend.ledger import COLUMNS
     from thrifty.spend.schema import migrate
@@ -43,10 +43,10 @@ def build(path: Path, rows: int, now: float, seed: int = 1) -> float:
     migrate(db)
     teams = [f"team-{i}" for i in range(8)]
     for t in teams:
-        store.create_team(db, t)
+        admin_ops.create_team(db, t)
     keys = []
     for i in range(40):
-        rec, _secret = store.create_key(db, name=f"k{i}", team_id=teams[i % len(teams)])
+        rec, _secret = admin_ops.create_key(db, name=f"k{i}", team_id=teams[i % len(teams)])
         keys.append((rec["id"], f"user-{i}", rec["team_id"]))
     rng = random.Random(seed)
     start = now - 30 * 86_400
@@ -75,7 +75,7 @@ def build(path: Path, rows: int, now: float, seed: int = 1) -> float:
     db.close()
     db = Database(f"sqlite:///{path}")
     for t in teams:
-        store.set_budget(db, "team", t, amount_usd=500, period="monthly")
+        admin_ops.set_budget(db, "team", t, amount_usd=500, period="monthly")
     db.close()
     return time.perf_counter() - t0
 

@@ -36,10 +36,11 @@ from thrifty.gateway.assemble import create_app
 try:
     from thrifty.config import build_config
     from thrifty.pipeline.schemas import ChatRequest
+    from thrifty.spend.contract import OpenSpendControl
 except ImportError:  # a checkout from before the layers commit (02dad91)
     from thrifty.gateway.config import build_config
     from thrifty.gateway.schemas import ChatRequest
-from thrifty.spend.api import OpenSpendControl
+    from thrifty.spend.api import OpenSpendControl
 
 prompts = json.load(open(spec["prompts"]))
 models = spec["models"]

@@ -83,13 +83,13 @@ def _records(n: int) -> list:
 def ledger_throughput(db_url: str, work: pathlib.Path, records: int, cycles: int) -> dict:
     """Two measures: ledger writes alone (settle -> committed), then full request cycles on one budget."""
     from thrifty.catalog.model import ModelInfo
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
     from thrifty.spend.control import DbSpendControl
 
     spend = DbSpendControl(db_url, work / "journal", admin_key="sk-thr-admin-bench")
-    store.create_team(spend.db, "bench")
-    _rec, secret = store.create_key(spend.db, team_id="bench")
-    store.set_budget(spend.db, "team", "bench", amount_usd=10**6, period="monthly")
+    admin_ops.create_team(spend.db, "bench")
+    _rec, secret = admin_ops.create_key(spend.db, team_id="bench")
+    admin_ops.set_budget(spend.db, "team", "bench", amount_usd=10**6, period="monthly")
     spend.reload()
     model = ModelInfo("m", "openai", input_cost_per_token=1e-6, output_cost_per_token=2e-6)
     clock = time.perf_counter
@@ -145,7 +145,7 @@ def ledger_throughput(db_url: str, work: pathlib.Path, records: int, cycles: int
 
 
 def budget_load(db_urls: list[str], work: pathlib.Path, requests: int, concurrency: int) -> dict:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
     from thrifty.spend.db import Database
     from thrifty.spend.money import nanos_to_usd, usd_to_nanos
     from thrifty.spend.schema import migrate
@@ -155,11 +155,11 @@ def budget_load(db_urls: list[str], work: pathlib.Path, requests: int, concurren
     url = db_urls[0]
     db = Database(url)
     migrate(db)
-    store.create_team(db, "load")
-    _rec, secret = store.create_key(db, team_id="load")
+    admin_ops.create_team(db, "load")
+    _rec, secret = admin_ops.create_key(db, team_id="load")
     per_request = usd_to_nanos("0.00003")  # the fake upstream's 12 + 9 tokens at $1/M and $2/M
     budget_nanos = per_request * requests // 3
-    store.set_budget(db, "team", "load", amount_usd=str(nanos_to_usd(budget_nanos)), period="daily")
+    admin_ops.set_budget(db, "team", "load", amount_usd=str(nanos_to_usd(budget_nanos)), period="daily")
     upstream = FakeUpstream("ok")
     upstream.start()
     gateways = []

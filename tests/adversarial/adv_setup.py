@@ -11,7 +11,7 @@ import pathlib
 from decimal import Decimal
 from typing import Any
 
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.spend.db import Database
 from thrifty.spend.schema import migrate
 from thrifty.testing.loadtest import ADMIN_KEY, Gateway
@@ -59,10 +59,10 @@ def make_keys(db_url: str, teams: dict[str, str | None]) -> dict[str, str]:
     migrate(db)
     keys = {}
     for team, budget in teams.items():
-        store.create_team(db, team)
-        _rec, keys[team] = store.create_key(db, team_id=team)
+        admin_ops.create_team(db, team)
+        _rec, keys[team] = admin_ops.create_key(db, team_id=team)
         if budget is not None:
-            store.set_budget(db, "team", team, amount_usd=budget, period="daily")
+            admin_ops.set_budget(db, "team", team, amount_usd=budget, period="daily")
     db.close()
     return keys
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from adv_setup import ADMIN_KEY, PRICE, Gateway, make_keys, write_toml
 
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.spend.db import Database
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.loadtest import ROOT
@@ -41,7 +41,7 @@ def served(tmp_path_factory):
     keys = make_keys(db_url, {"eng": "100", "poisoned": "100"})
     # Rows as earlier versions stored them (json.dumps escapes a lone surrogate as \ud800).
     db = Database(db_url)
-    poisoned = store.list_keys(db, team_id="poisoned")[0]["id"]
+    poisoned = admin_ops.list_keys(db, team_id="poisoned")[0]["id"]
     db.close()
     conn = sqlite3.connect(tmp / "gw" / "spend.db")
     conn.execute("UPDATE teams SET metadata = ? WHERE id = 'poisoned'", ('{"owner": "\\ud800"}',))

@@ -19,7 +19,7 @@ from thrifty.config import build_config
 from thrifty.pipeline.planner import Gateway as Pipeline
 from thrifty.pipeline.planner import Plan, Served
 from thrifty.providers.base import UpstreamError
-from thrifty.spend.api import OpenSpendControl
+from thrifty.spend.contract import OpenSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream
 
 COOLDOWN = 0.5

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from adv_setup import PRICE, Gateway, make_keys, write_toml
 
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.spend.db import Database
 from thrifty.testing.fake_upstream import FakeUpstream
 
@@ -27,8 +27,8 @@ def served(tmp_path_factory):
         (tmp / "gw").mkdir()
         keys = make_keys(db_url, {"nocn": None, "onlycn": None, "open": None})
         db = Database(db_url)
-        store.set_policy(db, "team", "nocn", {"deny_origin_countries": ["CN"]})
-        store.set_policy(db, "team", "onlycn", {"allow_origin_countries": ["CN"]})
+        admin_ops.set_policy(db, "team", "nocn", {"deny_origin_countries": ["CN"]})
+        admin_ops.set_policy(db, "team", "onlycn", {"allow_origin_countries": ["CN"]})
         db.close()
         config = write_toml(tmp / "gw.toml", {
             "data_dir": str(tmp / "gw"),

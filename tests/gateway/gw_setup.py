@@ -13,7 +13,7 @@ from typing import Any
 
 from thrifty.config import build_config
 from thrifty.gateway.assemble import create_app
-from thrifty.spend.api import OpenSpendControl
+from thrifty.spend.contract import OpenSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running
 

@@ -17,7 +17,7 @@ from thrifty.bodylimit import limit_body
 from thrifty.config import build_config
 from thrifty.gateway.assemble import build_spend, create_app
 from thrifty.multipliers.settings import BatchSettings
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.testing.server import running
 
 ADMIN = "sk-thr-admin-body-limits"
@@ -32,8 +32,8 @@ def served(upstreams, tmp_path_factory) -> Iterator[tuple[str, str]]:
     config = build_config(doc, env={})
     config.batches = BatchSettings(poll=0.05)
     spend, mounts = build_spend(config)
-    store.create_team(spend.db, "lim")
-    _, key = store.create_key(spend.db, team_id="lim")
+    admin_ops.create_team(spend.db, "lim")
+    _, key = admin_ops.create_key(spend.db, team_id="lim")
     spend.reload()
     app = create_app(config, spend=spend, mounts=mounts)
     with running(app) as url:

@@ -197,7 +197,7 @@ def test_internal_errors_never_leak_a_traceback(upstreams, tmp_path):
 
     from thrifty.config import build_config
     from thrifty.gateway.assemble import create_app
-    from thrifty.spend.api import OpenSpendControl
+    from thrifty.spend.contract import OpenSpendControl
     from thrifty.testing.server import running
 
     app = create_app(

@@ -12,7 +12,7 @@ import openai
 
 from thrifty.config import load_config
 from thrifty.gateway.assemble import create_app
-from thrifty.spend.api import OpenSpendControl
+from thrifty.spend.contract import OpenSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running
 

@@ -14,7 +14,7 @@ from prom_text import promtool_ok, samples, total, value
 from thrifty.config import load_config
 from thrifty.gateway.assemble import build_app
 from thrifty.pipeline.metrics import rejection_reason
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.loadtest import PRICE, write_config
 from thrifty.testing.server import running
@@ -42,13 +42,13 @@ def test_alerting_families_after_requests(tmp_path, fake):
     )))
     app, spend = build_app(config)
     db = spend.db
-    store.create_team(db, "eng")
-    store.create_team(db, "ops")
-    _, eng = store.create_key(db, team_id="eng")
-    _, limited = store.create_key(db, team_id="ops", rpm=1)
-    denied_rec, denied = store.create_key(db, team_id="ops")
-    store.set_policy(db, "key", denied_rec["id"], {"deny_models": ["m-ok"]})
-    budget = store.set_budget(db, "team", "eng", amount_usd=BUDGET, period="daily")
+    admin_ops.create_team(db, "eng")
+    admin_ops.create_team(db, "ops")
+    _, eng = admin_ops.create_key(db, team_id="eng")
+    _, limited = admin_ops.create_key(db, team_id="ops", rpm=1)
+    denied_rec, denied = admin_ops.create_key(db, team_id="ops")
+    admin_ops.set_policy(db, "key", denied_rec["id"], {"deny_models": ["m-ok"]})
+    budget = admin_ops.set_budget(db, "team", "eng", amount_usd=BUDGET, period="daily")
     spend.reload()
 
     def post(key: str, **body) -> httpx.Response:

@@ -18,7 +18,7 @@ from gw_setup import gateway_doc, serve_gateway
 from thrifty.config import build_config
 from thrifty.gateway.assemble import build_spend, create_app
 from thrifty.multipliers.settings import CascadeSettings
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.testing.server import running
 
 ADMIN = "sk-thr-admin-models"
@@ -45,13 +45,13 @@ def served(upstreams, tmp_path_factory) -> Iterator[tuple[str, dict[str, str], A
     spend, mounts = build_spend(config)
     keys: dict[str, str] = {}
     for team, rules in TEAMS.items():
-        store.create_team(spend.db, team)
-        _, keys[team] = store.create_key(spend.db, team_id=team)
+        admin_ops.create_team(spend.db, team)
+        _, keys[team] = admin_ops.create_key(spend.db, team_id=team)
         if rules is not None:
-            store.set_policy(spend.db, "team", team, rules)
+            admin_ops.set_policy(spend.db, "team", team, rules)
     # A key policy narrows its team's: both apply.
-    record, keys["fr-key"] = store.create_key(spend.db, team_id="fr")
-    store.set_policy(spend.db, "key", record["id"], {"deny_models": ["mistralai/mistral-7b*"]})
+    record, keys["fr-key"] = admin_ops.create_key(spend.db, team_id="fr")
+    admin_ops.set_policy(spend.db, "key", record["id"], {"deny_models": ["mistralai/mistral-7b*"]})
     spend.reload()
     app = create_app(config, spend=spend, mounts=mounts)
     with running(app) as url:

@@ -16,7 +16,7 @@ import pytest
 from gw_setup import gateway_doc
 
 from thrifty.config import build_config
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running, served_app
 
@@ -176,7 +176,7 @@ def test_refused_requests_are_in_the_ledger_and_unauthenticated_ones_are_not(ser
 
 def test_a_policy_refusal_names_the_rule_in_the_ledger(served):
     url, key, (_app, spend) = served
-    store.set_policy(spend.db, "team", "pipe", {"deny_models": ["m-ok2"]})
+    admin_ops.set_policy(spend.db, "team", "pipe", {"deny_models": ["m-ok2"]})
     spend.reload()
     try:
         r = httpx.post(
@@ -188,7 +188,7 @@ def test_a_policy_refusal_names_the_rule_in_the_ledger(served):
         (row,) = rows(spend, "request_id = ?", (r.headers["x-request-id"],))
         assert row[1] == 403 and row[2] == "policy_error" and "m-ok2" in row[7]
     finally:
-        store.set_policy(spend.db, "team", "pipe", {})
+        admin_ops.set_policy(spend.db, "team", "pipe", {})
         spend.reload()
 
 

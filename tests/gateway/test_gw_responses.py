@@ -28,11 +28,11 @@ from pydantic import TypeAdapter
 
 from thrifty.config import build_config
 from thrifty.gateway.assemble import build_spend, create_app
-from thrifty.gateway.responses import ResponsesRequest
+from thrifty.gateway.responses_api import ResponsesRequest
 from thrifty.pipeline.billing import price
 from thrifty.providers.base import Usage
 from thrifty.providers.replay_records import read_packaged
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.spend.money import usd_to_nanos
 from thrifty.testing.fake_upstream import REPLY
 from thrifty.testing.server import free_port, running, served_app
@@ -204,9 +204,9 @@ def gw(upstreams, tmp_path_factory) -> Iterator[Served]:
     spend, mounts = build_spend(config)
     keys = {}
     for team, budget in (("rich", "1000"), ("poor", "0.000001")):
-        store.create_team(spend.db, team)
-        keys[team] = store.create_key(spend.db, team_id=team)[1]
-        store.set_budget(spend.db, "team", team, amount_usd=budget, period="monthly")
+        admin_ops.create_team(spend.db, team)
+        keys[team] = admin_ops.create_key(spend.db, team_id=team)[1]
+        admin_ops.set_budget(spend.db, "team", team, amount_usd=budget, period="monthly")
     spend.reload()
     tools = ToolUpstream()
     app = create_app(config, spend=spend, mounts=mounts, providers={"tools": tools})

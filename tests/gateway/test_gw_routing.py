@@ -127,7 +127,7 @@ def test_anthropic_client_can_route(routed):
 
 @needs_router
 def test_policy_routing_profile_replaces_auto(upstreams, tmp_path):
-    from thrifty.spend.api import Principal
+    from thrifty.spend.contract import Principal
 
     class CheapTeam(RecordingSpend):
         async def authenticate(self, authorization):

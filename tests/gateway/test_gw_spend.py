@@ -14,7 +14,7 @@ import pytest
 from gw_setup import gateway_doc, serve_gateway
 
 from thrifty.catalog.model import ModelInfo
-from thrifty.spend.api import (
+from thrifty.spend.contract import (
     AuthError,
     BudgetExceeded,
     LedgerRecord,

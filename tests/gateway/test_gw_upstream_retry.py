@@ -154,7 +154,7 @@ def test_a_retry_after_too_long_to_wait_is_passed_on_with_the_429(gw, model, wai
 def _bound(app: Any, model: str, stream: bool = False) -> float:
     """The most one attempt of _post's request can cost, as the planner bounds it."""
     from thrifty.pipeline.schemas import ChatRequest
-    from thrifty.spend.api import Principal
+    from thrifty.spend.contract import Principal
 
     plan = app.gw.plan_chat(Principal(team_id="retry"), ChatRequest(_body(model, stream)))
     return plan.bound(model)

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from prom_text import promtool_ok, samples, total, value
 
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.spend.db import Database
 from thrifty.spend.money import usd_to_nanos
 from thrifty.spend.schema import migrate
@@ -37,9 +37,9 @@ def fake():
 def _key(db_url: str) -> str:
     db = Database(db_url)
     migrate(db)
-    store.create_team(db, "eng")
-    _rec, secret = store.create_key(db, team_id="eng")
-    store.set_budget(db, "team", "eng", amount_usd=BUDGET, period="daily")
+    admin_ops.create_team(db, "eng")
+    _rec, secret = admin_ops.create_key(db, team_id="eng")
+    admin_ops.set_budget(db, "team", "eng", amount_usd=BUDGET, period="daily")
     db.close()
     return secret
 
@@ -176,8 +176,8 @@ def test_a_rate_limit_holds_across_workers(tmp_path, fake):
     db_url = f"sqlite:///{data / 'spend.db'}"
     db = Database(db_url)
     migrate(db)
-    store.create_team(db, "eng")
-    _rec, secret = store.create_key(db, team_id="eng", rpm=10)
+    admin_ops.create_team(db, "eng")
+    _rec, secret = admin_ops.create_key(db, team_id="eng", rpm=10)
     db.close()
     metrics_dir = tmp_path / "metrics"
     with _two_workers(tmp_path, data, fake, db_url, metrics_dir) as gw:

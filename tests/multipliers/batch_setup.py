@@ -20,7 +20,7 @@ from thrifty.gateway.app import GatewayApp
 from thrifty.gateway.assemble import create_app
 from thrifty.multipliers.batches import BatchRunner, BatchStore
 from thrifty.multipliers.settings import BatchSettings
-from thrifty.spend.api import LedgerRecord, OpenSpendControl
+from thrifty.spend.contract import LedgerRecord, OpenSpendControl
 from thrifty.spend.control import DbSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream
 

@@ -18,8 +18,8 @@ from thrifty.gateway.assemble import create_app
 from thrifty.multipliers.batches import line_request_id
 from thrifty.multipliers.settings import BatchSettings
 from thrifty.pipeline.schemas import ChatRequest
-from thrifty.spend import store
-from thrifty.spend.api import Principal
+from thrifty.spend import admin_ops
+from thrifty.spend.contract import Principal
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
 from thrifty.spend.money import format_usd
@@ -43,16 +43,16 @@ def team(db_url: str) -> tuple[str, dict[str, Any]]:
     """Team t with a $10 monthly budget, and a key of it."""
     db = Database(db_url)
     migrate(db)
-    store.create_team(db, "t")
-    _, key = store.create_key(db, team_id="t")
-    budget = store.set_budget(db, "team", "t", amount_usd="10", period="monthly")
+    admin_ops.create_team(db, "t")
+    _, key = admin_ops.create_key(db, team_id="t")
+    budget = admin_ops.set_budget(db, "team", "t", amount_usd="10", period="monthly")
     db.close()
     return key, budget
 
 
 def set_budget(db_url: str, usd: str) -> None:
     db = Database(db_url)
-    store.set_budget(db, "team", "t", amount_usd=usd, period="monthly")
+    admin_ops.set_budget(db, "team", "t", amount_usd=usd, period="monthly")
     db.close()
 
 
@@ -198,7 +198,7 @@ class Front:
         cost: refused while the holds count."""
         principal = Principal(key_id=None, team_id="t")
         request_max = self.app.gw.plan_chat(principal, ChatRequest(dict(PROBE))).max_cost_usd
-        store.set_budget(
+        admin_ops.set_budget(
             self.spend.db, "team", "t", amount_usd=f"{held / 1e9 + request_max / 2:.9f}", period="monthly"
         )
         self.spend.reload()
@@ -207,5 +207,5 @@ class Front:
                 url + "/v1/chat/completions", json=PROBE, headers={"authorization": f"Bearer {key}"}
             )
         finally:
-            store.set_budget(self.spend.db, "team", "t", amount_usd="10", period="monthly")
+            admin_ops.set_budget(self.spend.db, "team", "t", amount_usd="10", period="monthly")
             self.spend.reload()

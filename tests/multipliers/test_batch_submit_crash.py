@@ -39,7 +39,7 @@ from provider_batch_setup import (
 )
 
 from thrifty.multipliers.batches import line_request_id
-from thrifty.spend.api import Principal
+from thrifty.spend.contract import Principal
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
 from thrifty.spend.money import format_usd, usd_to_nanos

@@ -40,8 +40,8 @@ from batch_setup import (
 
 from thrifty.gateway.app import GatewayApp
 from thrifty.pipeline.schemas import ChatRequest
-from thrifty.spend import store
-from thrifty.spend.api import Principal
+from thrifty.spend import admin_ops
+from thrifty.spend.contract import Principal
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.money import usd_to_nanos
 from thrifty.testing.fake_upstream import FakeUpstream
@@ -86,9 +86,9 @@ def team_t(tmp: Path) -> tuple[str, dict[str, Any]]:
     """Team t with a $10 monthly budget and a key (returned with the budget), in the front
     gateway's spend database."""
     setup = DbSpendControl(f"sqlite:///{tmp / 'spend.db'}", tmp / "journal")
-    store.create_team(setup.db, "t")
-    _, key = store.create_key(setup.db, team_id="t")
-    budget = store.set_budget(setup.db, "team", "t", amount_usd="10", period="monthly")
+    admin_ops.create_team(setup.db, "t")
+    _, key = admin_ops.create_key(setup.db, team_id="t")
+    budget = admin_ops.set_budget(setup.db, "team", "t", amount_usd="10", period="monthly")
     asyncio.run(setup.close())
     return key, budget
 
@@ -146,7 +146,7 @@ def test_provider_batch_holds_and_costs_survive_a_restart(upstream, tmp_path):
             principal = Principal(key_id=None, team_id="t")
             request_max = second.app.gw.plan_chat(principal, ChatRequest(dict(body))).max_cost_usd
             limit = held_before / 1e9 + request_max / 2
-            store.set_budget(
+            admin_ops.set_budget(
                 second.spend.db, "team", "t", amount_usd=f"{limit:.9f}", period="monthly"
             )
             second.spend.reload()
@@ -155,7 +155,7 @@ def test_provider_batch_holds_and_costs_survive_a_restart(upstream, tmp_path):
             )
             assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", r.text
             assert "held by requests in flight" in r.json()["error"]["message"]
-            store.set_budget(second.spend.db, "team", "t", amount_usd="10", period="monthly")
+            admin_ops.set_budget(second.spend.db, "team", "t", amount_usd="10", period="monthly")
             second.spend.reload()
 
             gate.set()  # the provider finishes its batch

@@ -30,7 +30,7 @@ from thrifty.gateway.assemble import create_app
 from thrifty.gateway.batch_exec import GatewayExecutor
 from thrifty.multipliers.batches import line_request_id
 from thrifty.multipliers.settings import BatchSettings
-from thrifty.spend.api import AuthError, OpenSpendControl, Principal
+from thrifty.spend.contract import AuthError, OpenSpendControl, Principal
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running
 

@@ -12,7 +12,7 @@ from thrifty.gateway.assemble import create_app
 from thrifty.multipliers.cascade import check_answer
 from thrifty.multipliers.settings import BatchSettings, CacheSettings, CascadeSettings
 from thrifty.providers.replay_records import DEFAULT_SHARED, gsm8k_records
-from thrifty.spend.api import LedgerRecord, OpenSpendControl
+from thrifty.spend.contract import LedgerRecord, OpenSpendControl
 from thrifty.testing.server import running
 
 CHEAP, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"

@@ -19,7 +19,13 @@ from thrifty.errors import UsageError
 from thrifty.gateway.app import GatewayApp
 from thrifty.gateway.assemble import create_app
 from thrifty.multipliers.settings import BatchSettings, CacheSettings, RouteCache, parse_settings
-from thrifty.spend.api import AuthError, LedgerRecord, OpenSpendControl, PolicyDenied, Principal
+from thrifty.spend.contract import (
+    AuthError,
+    LedgerRecord,
+    OpenSpendControl,
+    PolicyDenied,
+    Principal,
+)
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running
 
@@ -292,7 +298,7 @@ def test_batches_resume_at_startup_and_are_served_by_the_wrapper(upstream, tmp_p
 def test_hits_are_ledger_rows_with_zero_cost_in_the_real_ledger(upstream, tmp_path):
     import sqlite3
 
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
     from thrifty.spend.control import DbSpendControl
 
     spend = DbSpendControl(
@@ -300,8 +306,8 @@ def test_hits_are_ledger_rows_with_zero_cost_in_the_real_ledger(upstream, tmp_pa
     )
     secrets = {}
     for team in ("alpha", "beta"):
-        store.create_team(spend.db, team)
-        secrets[team] = store.create_key(spend.db, team_id=team)[1]
+        admin_ops.create_team(spend.db, team)
+        secrets[team] = admin_ops.create_key(spend.db, team_id=team)[1]
     spend.reload()
     config = one_model_config(upstream, tmp_path)
     app = create_app(replace(config, cache=CacheSettings(), batches=BatchSettings(enabled=False)), spend=spend)

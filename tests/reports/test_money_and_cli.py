@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from thrifty.reports.format import money, per_day, usd
+from thrifty.spend.admin_ops import AdminError, check_webhook_url
 from thrifty.spend.alerts import deliver
-from thrifty.spend.store import StoreError, check_webhook_url
 
 
 def test_one_money_rule():
@@ -37,7 +37,7 @@ def test_report_budget_that_lasts_the_period_shows_no_far_date(tmp_path):
 @pytest.mark.parametrize("url", ["https://...", "ftp://hooks.example.com/x", "https://", "not a url",
                                  "https://hooks example.com/", "http://host:99999/"])
 def test_bad_webhook_urls_are_refused_when_set(url):
-    with pytest.raises(StoreError):
+    with pytest.raises(AdminError):
         check_webhook_url(url)
 
 

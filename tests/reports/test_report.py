@@ -181,18 +181,18 @@ def test_rollup_matches_the_raw_ledger_postgres(pg_url):
 
 def test_burndown_projects_from_the_trailing_rate(tmp_path):
     from thrifty.reports.burndown import burndown
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
     db = _ledger(f"sqlite:///{tmp_path / 'spend.db'}")
     try:
         now = time.time()
-        store.create_team(db, "a")
-        store.create_team(db, "b")
+        admin_ops.create_team(db, "a")
+        admin_ops.create_team(db, "b")
         # $0.30 spent by team a over the last two days (and some by team b, which must not count).
         _insert(db, [_row(now - 2 * 86_400 + i * 3600, "a", "m1", 6_250_000) for i in range(48)])
         _insert(db, [_row(now - 3600, "b", "m1", 9_000_000)])
-        store.set_budget(db, "team", "a", amount_usd=1, period="window", window_start=now - 3 * 86_400)
-        store.set_budget(db, "team", "b", amount_usd="0.005", period="window", window_start=now - 86_400)
+        admin_ops.set_budget(db, "team", "a", amount_usd=1, period="window", window_start=now - 3 * 86_400)
+        admin_ops.set_budget(db, "team", "b", amount_usd="0.005", period="window", window_start=now - 86_400)
         by = {b["scope_id"]: b for b in burndown(db, now=now)}
         a = by["a"]
         assert a["spent_nanos"] == 300_000_000 and a["remaining_nanos"] == 700_000_000

@@ -29,7 +29,7 @@ from thrifty.errors import UsageError
 from thrifty.gateway.assemble import create_app
 from thrifty.pipeline.judge_stage import RUBRIC, parse_score
 from thrifty.providers.replay_records import read_packaged
-from thrifty.spend.api import OpenSpendControl
+from thrifty.spend.contract import OpenSpendControl
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running, served_app
 

@@ -17,7 +17,7 @@ import pytest
 
 from thrifty.config import build_config
 from thrifty.gateway.assemble import build_app
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.spend.db import Database
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.server import running
@@ -66,9 +66,9 @@ def upstream() -> Iterator[FakeUpstream]:
 
 def gateway(doc: dict[str, Any], team: str = "t") -> tuple[Any, Any, str]:
     app, spend = build_app(build_config(doc))
-    if not any(t["id"] == team for t in store.list_teams(spend.db)):
-        store.create_team(spend.db, team)
-    _, key = store.create_key(spend.db, team_id=team)
+    if not any(t["id"] == team for t in admin_ops.list_teams(spend.db)):
+        admin_ops.create_team(spend.db, team)
+    _, key = admin_ops.create_key(spend.db, team_id=team)
     spend.reload()
     return app, spend, key
 
@@ -137,9 +137,9 @@ def test_learning_never_routes_outside_policy(upstream, tmp_path):
     rng = random.Random(3)
     db_url = f"sqlite:///{tmp_path / 'spend.sqlite3'}"
     app, spend, key = gateway(pool_doc(tmp_path, upstream, db_url))
-    store.create_team(spend.db, "no-large")
-    store.set_policy(spend.db, "team", "no-large", {"deny_models": ["acme-large"]})
-    _, denied_key = store.create_key(spend.db, team_id="no-large")
+    admin_ops.create_team(spend.db, "no-large")
+    admin_ops.set_policy(spend.db, "team", "no-large", {"deny_models": ["acme-large"]})
+    _, denied_key = admin_ops.create_key(spend.db, team_id="no-large")
     spend.reload()
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         traffic(c, key, 150, rng, feedback=True)  # learns that only acme-large codes well
@@ -196,8 +196,8 @@ def test_team_scope_learns_per_team(upstream, tmp_path):
     rng = random.Random(5)
     db_url = f"sqlite:///{tmp_path / 'spend.sqlite3'}"
     app, spend, key = gateway(pool_doc(tmp_path, upstream, db_url, learning_scope="team"), team="rater")
-    store.create_team(spend.db, "other")
-    _, other_key = store.create_key(spend.db, team_id="other")
+    admin_ops.create_team(spend.db, "other")
+    _, other_key = admin_ops.create_key(spend.db, team_id="other")
     spend.reload()
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         traffic(c, key, 60, rng, feedback=True)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.spend.admin import create_admin_app
 
 SEED = 20261121
@@ -163,8 +163,8 @@ def check(case_id: str, r: httpx.Response, auth_case: bool) -> None:
 
 @pytest.mark.parametrize("family", sorted({c[0].split("-")[0] for c in CASES}))
 def test_admin_fuzz(control, family: str) -> None:
-    store.create_team(control.db, "base")
-    _, virtual = store.create_key(control.db, team_id="base")
+    admin_ops.create_team(control.db, "base")
+    _, virtual = admin_ops.create_key(control.db, team_id="base")
     control.reload()
     app = create_admin_app(control)
     mine = [c for c in CASES if c[0].split("-")[0] == family]

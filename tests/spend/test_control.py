@@ -9,15 +9,15 @@ from decimal import Decimal
 
 import pytest
 
-from thrifty.spend import AuthError, BudgetExceeded, RateLimited, store
+from thrifty.spend import AuthError, BudgetExceeded, RateLimited, admin_ops
 from thrifty.spend.money import usd_to_nanos
 
 from .conftest import MODEL, record
 
 
 def _key(control, **kw):
-    store.create_team(control.db, "eng")
-    _rec, secret = store.create_key(control.db, team_id="eng", **kw)
+    admin_ops.create_team(control.db, "eng")
+    _rec, secret = admin_ops.create_key(control.db, team_id="eng", **kw)
     control.reload()
     return _rec, secret
 
@@ -25,18 +25,18 @@ def _key(control, **kw):
 def test_keys_authenticate_by_hash_and_revoked_or_expired_keys_fail(control):
     rec, secret = _key(control, tags=["proj-x"])
     row = control.db.one("SELECT key_hash, prefix FROM api_keys WHERE id = ?", (rec["id"],))
-    assert secret not in row and secret not in str(store.list_keys(control.db))  # only the hash is stored
+    assert secret not in row and secret not in str(admin_ops.list_keys(control.db))  # only the hash is stored
     p = asyncio.run(control.authenticate(f"Bearer {secret}"))
     assert (p.key_id, p.team_id, p.tags) == (rec["id"], "eng", ("proj-x",))
     assert asyncio.run(control.authenticate(secret)).key_id == rec["id"]  # x-api-key form
     for bad in (None, "", "Bearer ", "Bearer sk-thr-nope", secret + "x"):
         with pytest.raises(AuthError):
             asyncio.run(control.authenticate(bad))
-    store.revoke_key(control.db, rec["id"])
+    admin_ops.revoke_key(control.db, rec["id"])
     control.reload()
     with pytest.raises(AuthError, match="revoked"):
         asyncio.run(control.authenticate(secret))
-    _r2, old = store.create_key(control.db, team_id="eng", expires_at=time.time() - 1)
+    _r2, old = admin_ops.create_key(control.db, team_id="eng", expires_at=time.time() - 1)
     control.reload()
     with pytest.raises(AuthError, match="expired"):
         asyncio.run(control.authenticate(old))
@@ -48,7 +48,7 @@ def test_changes_made_elsewhere_are_picked_up(control):
     from thrifty.spend.db import Database
 
     other = Database(control.db_url)  # e.g. the CLI, in another process
-    store.revoke_key(other, rec["id"])
+    admin_ops.revoke_key(other, rec["id"])
     other.close()
     deadline = time.time() + 5
     while time.time() < deadline:
@@ -86,7 +86,7 @@ async def _storm(control, principal, n: int, max_cost: float, actual) -> tuple[l
 
 def test_500_concurrent_requests_never_overshoot_the_budget(control):
     _rec, secret = _key(control)
-    store.set_budget(control.db, "team", "eng", amount_usd="1.00", period="daily")
+    admin_ops.set_budget(control.db, "team", "eng", amount_usd="1.00", period="daily")
     control.reload()
     principal = asyncio.run(control.authenticate(secret))
     # each may cost up to $0.01 and costs $0.003-$0.01 (or fails); $1 allows only part of 500
@@ -102,13 +102,13 @@ def test_500_concurrent_requests_never_overshoot_the_budget(control):
     assert int(total[0]) <= usd_to_nanos("1.00")
     assert int(total[0]) == sum(usd_to_nanos(c) for c in done)  # ledger == what clients were told
     assert total[1] == 500 - len(refused)  # failures are in the ledger too
-    budget = store.list_budgets(control.db)[0]
+    budget = admin_ops.list_budgets(control.db)[0]
     assert Decimal(budget["spent_usd"]) == sum(done)
 
 
 def test_a_request_that_could_exceed_is_refused_and_release_on_failure_frees_the_hold(control):
     _rec, secret = _key(control)
-    store.set_budget(control.db, "team", "eng", amount_usd="0.05", period="monthly")
+    admin_ops.set_budget(control.db, "team", "eng", amount_usd="0.05", period="monthly")
     control.reload()
     p = asyncio.run(control.authenticate(secret))
 
@@ -127,12 +127,12 @@ def test_a_request_that_could_exceed_is_refused_and_release_on_failure_frees_the
 
 
 def test_key_user_and_team_budgets_all_apply(control):
-    store.create_team(control.db, "eng")
-    store.create_user(control.db, "ann", team_id="eng")
-    rec, secret = store.create_key(control.db, user_id="ann")
-    store.set_budget(control.db, "team", "eng", amount_usd=10, period="monthly")
-    store.set_budget(control.db, "user", "ann", amount_usd=1, period="weekly")
-    store.set_budget(control.db, "key", rec["id"], amount_usd=5, period="daily")
+    admin_ops.create_team(control.db, "eng")
+    admin_ops.create_user(control.db, "ann", team_id="eng")
+    rec, secret = admin_ops.create_key(control.db, user_id="ann")
+    admin_ops.set_budget(control.db, "team", "eng", amount_usd=10, period="monthly")
+    admin_ops.set_budget(control.db, "user", "ann", amount_usd=1, period="weekly")
+    admin_ops.set_budget(control.db, "key", rec["id"], amount_usd=5, period="daily")
     control.reload()
     p = asyncio.run(control.authenticate(secret))
     assert p.user_id == "ann" and p.team_id == "eng"
@@ -143,7 +143,7 @@ def test_key_user_and_team_budgets_all_apply(control):
 
 def test_fixed_window_budget_ends(control):
     rec, secret = _key(control)
-    store.set_budget(control.db, "key", rec["id"], amount_usd=1, period="window",
+    admin_ops.set_budget(control.db, "key", rec["id"], amount_usd=1, period="window",
                      window_start=time.time() - 100, window_end=time.time() - 1)
     control.reload()
     p = asyncio.run(control.authenticate(secret))
@@ -152,9 +152,9 @@ def test_fixed_window_budget_ends(control):
 
 
 def test_rate_limits_per_key_and_team(control):
-    store.create_team(control.db, "eng", tpm=1000)
-    _r, secret = store.create_key(control.db, team_id="eng", rpm=3)
-    _r2, other = store.create_key(control.db, team_id="eng")
+    admin_ops.create_team(control.db, "eng", tpm=1000)
+    _r, secret = admin_ops.create_key(control.db, team_id="eng", rpm=3)
+    _r2, other = admin_ops.create_key(control.db, team_id="eng")
     control.reload()
     p = asyncio.run(control.authenticate(secret))
     q = asyncio.run(control.authenticate(other))
@@ -177,7 +177,7 @@ def test_rate_limits_per_key_and_team(control):
 
 def test_settle_twice_counts_once_and_unauthenticated_records_are_kept(control):
     _rec, secret = _key(control)
-    store.set_budget(control.db, "team", "eng", amount_usd=1, period="daily")
+    admin_ops.set_budget(control.db, "team", "eng", amount_usd=1, period="daily")
     control.reload()
     p = asyncio.run(control.authenticate(secret))
 
@@ -192,12 +192,12 @@ def test_settle_twice_counts_once_and_unauthenticated_records_are_kept(control):
     control.flush()
     rows = control.db.all("SELECT request_id, cost_nanos, team_id FROM ledger ORDER BY request_id")
     assert rows == [("req-1", 250_000_000, "eng"), ("req-2", 0, None)]
-    assert store.list_budgets(control.db)[0]["spent_usd"] == "0.250000000"
+    assert admin_ops.list_budgets(control.db)[0]["spent_usd"] == "0.250000000"
 
 
 def test_an_invalid_cost_still_reaches_the_ledger_charged_at_its_hold(control):
     _rec, secret = _key(control)
-    store.set_budget(control.db, "team", "eng", amount_usd=1, period="daily")
+    admin_ops.set_budget(control.db, "team", "eng", amount_usd=1, period="daily")
     control.reload()
     p = asyncio.run(control.authenticate(secret))
 

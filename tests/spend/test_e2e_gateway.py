@@ -15,7 +15,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.spend.db import Database
 from thrifty.spend.money import nanos_to_usd, usd_to_nanos
 from thrifty.spend.schema import migrate
@@ -55,10 +55,10 @@ def _config(tmp: pathlib.Path, upstreams, db_url: str, name: str = "gw") -> path
 def _setup_key(db_url: str, budget_usd: str | None) -> str:
     db = Database(db_url)
     migrate(db)
-    store.create_team(db, "eng")
-    _rec, secret = store.create_key(db, team_id="eng")
+    admin_ops.create_team(db, "eng")
+    _rec, secret = admin_ops.create_key(db, team_id="eng")
     if budget_usd is not None:
-        store.set_budget(db, "team", "eng", amount_usd=budget_usd, period="daily")
+        admin_ops.set_budget(db, "team", "eng", amount_usd=budget_usd, period="daily")
     db.close()
     return secret
 
@@ -168,7 +168,7 @@ def test_restricted_team_never_reaches_a_forbidden_model_through_fallbacks(tmp_p
     (tmp_path / "gw").mkdir()
     secret = _setup_key(db_url, None)
     db = Database(db_url)
-    store.set_policy(db, "team", "eng", {"deny_origin_countries": ["CN"]})
+    admin_ops.set_policy(db, "team", "eng", {"deny_origin_countries": ["CN"]})
     db.close()
     cn_hits = upstreams["ok2"].state.hits if hasattr(upstreams["ok2"], "state") else None
     auth = {"authorization": f"Bearer {secret}"}

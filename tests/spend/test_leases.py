@@ -10,7 +10,7 @@ import time
 
 import orjson
 
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
 from thrifty.spend.journal import Journal
@@ -27,9 +27,9 @@ HOLD = 0.004  # USD per request
 def _setup(pg_url: str) -> str:
     db = Database(pg_url)
     migrate(db)
-    store.create_team(db, "eng")
-    _rec, secret = store.create_key(db, team_id="eng")
-    store.set_budget(db, "team", "eng", amount_usd="1", period="daily")
+    admin_ops.create_team(db, "eng")
+    _rec, secret = admin_ops.create_key(db, team_id="eng")
+    admin_ops.set_budget(db, "team", "eng", amount_usd="1", period="daily")
     db.close()
     return secret
 
@@ -180,9 +180,9 @@ def test_sqlite_a_hold_left_at_close_is_charged_at_the_next_start(tmp_path):
     url = sqlite_url(tmp_path / "spend.db")
     db = Database(url)
     migrate(db)
-    store.create_team(db, "eng")
-    _rec, secret = store.create_key(db, team_id="eng")
-    store.set_budget(db, "team", "eng", amount_usd="1", period="daily")
+    admin_ops.create_team(db, "eng")
+    _rec, secret = admin_ops.create_key(db, team_id="eng")
+    admin_ops.set_budget(db, "team", "eng", amount_usd="1", period="daily")
     db.close()
     spend = DbSpendControl(url, tmp_path / "journal", admin_key="sk-thr-admin-test")
 

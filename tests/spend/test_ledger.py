@@ -8,8 +8,8 @@ import json
 import threading
 import time
 
-from thrifty.spend import store
-from thrifty.spend.api import BudgetExceeded
+from thrifty.spend import admin_ops
+from thrifty.spend.contract import BudgetExceeded
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
 from thrifty.spend.journal import Journal
@@ -65,9 +65,9 @@ def test_soft_threshold_fires_the_webhook_once(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     spend = DbSpendControl(f"sqlite:///{tmp_path / 'spend.db'}", tmp_path / "journal", admin_key="sk-thr-admin-t")
     try:
-        store.create_team(spend.db, "eng")
-        _rec, secret = store.create_key(spend.db, team_id="eng")
-        store.set_budget(spend.db, "team", "eng", amount_usd=1, period="monthly", soft_thresholds=[0.5, 0.8],
+        admin_ops.create_team(spend.db, "eng")
+        _rec, secret = admin_ops.create_key(spend.db, team_id="eng")
+        admin_ops.set_budget(spend.db, "team", "eng", amount_usd=1, period="monthly", soft_thresholds=[0.5, 0.8],
                          webhook_url=f"http://127.0.0.1:{server.server_port}/hook")
         spend.reload()
 

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from thrifty.spend import BudgetExceeded, RateLimited, store
+from thrifty.spend import BudgetExceeded, RateLimited, admin_ops
 from thrifty.spend.periods import iso, parse_time, period_bounds
 from thrifty.spend.ratelimit import Check, MemoryRateLimiter, wait_seconds
 
@@ -53,9 +53,9 @@ def test_sliding_window_counts_the_previous_minute_by_its_overlap():
 def test_budget_resets_when_its_period_rolls_over(control, monkeypatch):
     import thrifty.spend.control as control_module
 
-    store.create_team(control.db, "eng")
-    _rec, secret = store.create_key(control.db, team_id="eng")
-    store.set_budget(control.db, "team", "eng", amount_usd="0.10", period="daily")
+    admin_ops.create_team(control.db, "eng")
+    _rec, secret = admin_ops.create_key(control.db, team_id="eng")
+    admin_ops.set_budget(control.db, "team", "eng", amount_usd="0.10", period="daily")
     control.reload()
     clock = {"now": ts("2026-11-21T23:59:50")}
     monkeypatch.setattr(control_module.time, "time", lambda: clock["now"])

@@ -1,7 +1,7 @@
 import pytest
 
 from thrifty.catalog.model import ModelInfo
-from thrifty.spend import PolicyDenied, store
+from thrifty.spend import PolicyDenied, admin_ops
 from thrifty.spend.policy import Policy, filter_models
 
 US = ModelInfo("gpt-4o-mini", "openai", origin_country="US", regions=("us", "eu"),
@@ -42,10 +42,10 @@ def test_bad_rules_are_rejected():
 def test_key_and_team_policies_both_apply_and_an_empty_result_is_an_error(control):
     import asyncio
 
-    store.create_team(control.db, "gov")
-    rec, secret = store.create_key(control.db, team_id="gov")
-    store.set_policy(control.db, "team", "gov", {"deny_origin_countries": ["CN"], "routing_profile": "quality"})
-    store.set_policy(control.db, "key", rec["id"], {"allow_regions": ["eu"]})
+    admin_ops.create_team(control.db, "gov")
+    rec, secret = admin_ops.create_key(control.db, team_id="gov")
+    admin_ops.set_policy(control.db, "team", "gov", {"deny_origin_countries": ["CN"], "routing_profile": "quality"})
+    admin_ops.set_policy(control.db, "key", rec["id"], {"allow_regions": ["eu"]})
     control.reload()
     p = asyncio.run(control.authenticate(secret))
     assert p.routing_profile == "quality"

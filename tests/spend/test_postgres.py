@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from thrifty.spend import BudgetExceeded, store
+from thrifty.spend import BudgetExceeded, admin_ops
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
 from thrifty.spend.schema import migrate
@@ -20,9 +20,9 @@ from .conftest import MODEL, ROOT, record
 def test_holds_are_exact_and_a_crashed_process_is_charged_its_holds_on_replay(tmp_path, pg_url):
     db = Database(pg_url)
     assert migrate(db) == migrate(db)  # idempotent
-    store.create_team(db, "eng")
-    _rec, secret = store.create_key(db, team_id="eng")
-    store.set_budget(db, "team", "eng", amount_usd="0.10", period="daily")
+    admin_ops.create_team(db, "eng")
+    _rec, secret = admin_ops.create_key(db, team_id="eng")
+    admin_ops.set_budget(db, "team", "eng", amount_usd="0.10", period="daily")
 
     # A process that holds $0.06 in flight and settles $0.03, then is killed with SIGKILL.
     script = f"""
@@ -87,9 +87,9 @@ def test_rate_limits_are_shared_by_gateways_on_one_database(tmp_path, pg_url):
 
     db = Database(pg_url)
     migrate(db)
-    store.create_team(db, "eng", tpm=100)
-    _rec, secret = store.create_key(db, team_id="eng", rpm=5)
-    _rec2, other = store.create_key(db, team_id="eng")
+    admin_ops.create_team(db, "eng", tpm=100)
+    _rec, secret = admin_ops.create_key(db, team_id="eng", rpm=5)
+    _rec2, other = admin_ops.create_key(db, team_id="eng")
     db.close()
     a = DbSpendControl(pg_url, tmp_path / "a", admin_key="sk-thr-admin-pg")
     b = DbSpendControl(pg_url, tmp_path / "b", admin_key="sk-thr-admin-pg")
@@ -126,9 +126,9 @@ def test_database_down_fails_closed_with_a_clear_error(tmp_path, pg_url):
 
     db = Database(pg_url)
     migrate(db)
-    store.create_team(db, "eng")
-    _rec, secret = store.create_key(db, team_id="eng")
-    store.set_budget(db, "team", "eng", amount_usd=1, period="daily")
+    admin_ops.create_team(db, "eng")
+    _rec, secret = admin_ops.create_key(db, team_id="eng")
+    admin_ops.set_budget(db, "team", "eng", amount_usd=1, period="daily")
     db.close()
     spend = DbSpendControl(pg_url, tmp_path / "a", admin_key="sk-thr-admin-pg")
 
@@ -150,9 +150,9 @@ def test_database_down_fails_closed_with_a_clear_error(tmp_path, pg_url):
 def test_cancelled_admits_give_their_holds_back(tmp_path, pg_url):
     db = Database(pg_url)
     migrate(db)
-    store.create_team(db, "eng")
-    _rec, secret = store.create_key(db, team_id="eng")
-    store.set_budget(db, "team", "eng", amount_usd=1, period="daily")
+    admin_ops.create_team(db, "eng")
+    _rec, secret = admin_ops.create_key(db, team_id="eng")
+    admin_ops.set_budget(db, "team", "eng", amount_usd=1, period="daily")
     spend = DbSpendControl(pg_url, tmp_path / "a", admin_key="sk-thr-admin-pg")
 
     async def scenario():

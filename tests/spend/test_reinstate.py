@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from thrifty.spend import BudgetExceeded, store
+from thrifty.spend import BudgetExceeded, admin_ops
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.db import Database
 from thrifty.spend.schema import migrate
@@ -45,9 +45,9 @@ def _scenario(spend: DbSpendControl, db: Database, secret: str, budget_id: str) 
 
 
 def _setup(db: Database) -> tuple[str, str]:
-    store.create_team(db, "eng")
-    _rec, secret = store.create_key(db, team_id="eng", rpm=2)
-    budget = store.set_budget(db, "team", "eng", amount_usd="0.10", period="daily")
+    admin_ops.create_team(db, "eng")
+    _rec, secret = admin_ops.create_key(db, team_id="eng", rpm=2)
+    budget = admin_ops.set_budget(db, "team", "eng", amount_usd="0.10", period="daily")
     return secret, budget["id"]
 
 

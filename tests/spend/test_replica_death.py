@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 from thrifty.spend.db import Database
 from thrifty.spend.money import format_usd
 from thrifty.spend.reclaim import LOST_SUFFIX, LOST_TYPE
@@ -98,9 +98,9 @@ def one(db_url: str, sql: str, params: tuple = ()) -> tuple:
 def test_the_holds_of_a_killed_replica_are_charged_in_full_by_the_survivor_within_the_lease(tmp_path, pg_url):
     db = Database(pg_url)
     migrate(db)
-    store.create_team(db, "t")
-    _, key = store.create_key(db, team_id="t")
-    budget = store.set_budget(db, "team", "t", amount_usd="10", period="monthly")
+    admin_ops.create_team(db, "t")
+    _, key = admin_ops.create_key(db, team_id="t")
+    budget = admin_ops.set_budget(db, "team", "t", amount_usd="10", period="monthly")
     db.close()
     auth = {"authorization": f"Bearer {key}"}
     with FakeUpstream() as fake:
@@ -123,7 +123,7 @@ def test_the_holds_of_a_killed_replica_are_charged_in_full_by_the_survivor_withi
             # A tight budget: A's holds, and room for one more SMALL hold (not a BIG one).
             limit = N * hold + hold + 50_000
             db = Database(pg_url)
-            store.set_budget(db, "team", "t", amount_usd=str(Decimal(limit) / 10**9), period="monthly")
+            admin_ops.set_budget(db, "team", "t", amount_usd=str(Decimal(limit) / 10**9), period="monthly")
             db.close()
 
             def on_b(body: dict) -> httpx.Response:
@@ -195,9 +195,9 @@ def test_a_killed_sqlite_gateway_is_charged_its_requests_in_flight_when_it_start
     data.mkdir()
     db = Database(sqlite_url(data / "spend.db"))
     migrate(db)
-    store.create_team(db, "t")
-    _, key = store.create_key(db, team_id="t")
-    budget = store.set_budget(db, "team", "t", amount_usd="10", period="monthly")
+    admin_ops.create_team(db, "t")
+    _, key = admin_ops.create_key(db, team_id="t")
+    budget = admin_ops.set_budget(db, "team", "t", amount_usd="10", period="monthly")
     db.close()
     auth = {"authorization": f"Bearer {key}"}
     with FakeUpstream() as fake:

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from thrifty.errors import UsageError
-from thrifty.spend import BudgetExceeded, RateLimited, store
+from thrifty.spend import BudgetExceeded, RateLimited, admin_ops
 from thrifty.spend.control import DbSpendControl
 from thrifty.spend.money import usd_to_nanos
 
@@ -28,15 +28,15 @@ def workers(tmp_path):
 
 
 def _team_key(control, **kw) -> str:
-    store.create_team(control.db, "eng")
-    _rec, secret = store.create_key(control.db, team_id="eng", **kw)
+    admin_ops.create_team(control.db, "eng")
+    _rec, secret = admin_ops.create_key(control.db, team_id="eng", **kw)
     return secret
 
 
 def test_two_workers_never_overshoot_a_budget(workers):
     a = workers[0]
     secret = _team_key(a)
-    store.set_budget(a.db, "team", "eng", amount_usd="1.00", period="daily")
+    admin_ops.set_budget(a.db, "team", "eng", amount_usd="1.00", period="daily")
     for w in workers:
         w.reload()
     principal = asyncio.run(a.authenticate(secret))
@@ -75,7 +75,7 @@ def test_two_workers_never_overshoot_a_budget(workers):
 def test_a_refusal_names_what_the_other_worker_holds(workers):
     a, b = workers
     secret = _team_key(a)
-    store.set_budget(a.db, "team", "eng", amount_usd="0.05", period="monthly")
+    admin_ops.set_budget(a.db, "team", "eng", amount_usd="0.05", period="monthly")
     for w in workers:
         w.reload()
     p = asyncio.run(a.authenticate(secret))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from thrifty.spend import store
+from thrifty.spend import admin_ops
 
 from .conftest import record
 
@@ -13,33 +13,33 @@ from .conftest import record
 def test_lists_narrow_by_each_filter_given(control):
     db = control.db
     for team in ("eng", "ops"):
-        store.create_team(db, team)
-    store.create_user(db, "ann", team_id="eng")
-    store.create_user(db, "bob", team_id="ops")
-    ann, _ = store.create_key(db, user_id="ann")
-    eng, _ = store.create_key(db, team_id="eng")
-    ops, _ = store.create_key(db, team_id="ops")
-    store.revoke_key(db, ops["id"])
+        admin_ops.create_team(db, team)
+    admin_ops.create_user(db, "ann", team_id="eng")
+    admin_ops.create_user(db, "bob", team_id="ops")
+    ann, _ = admin_ops.create_key(db, user_id="ann")
+    eng, _ = admin_ops.create_key(db, team_id="eng")
+    ops, _ = admin_ops.create_key(db, team_id="ops")
+    admin_ops.revoke_key(db, ops["id"])
 
     def ids(rows: list[dict]) -> set[str]:
         return {r["id"] for r in rows}
 
-    assert ids(store.list_users(db)) == {"ann", "bob"}
-    assert ids(store.list_users(db, team_id="ops")) == {"bob"}
-    assert ids(store.list_keys(db)) == {ann["id"], eng["id"]}  # revoked left out
-    assert ids(store.list_keys(db, include_revoked=True)) == {ann["id"], eng["id"], ops["id"]}
-    assert ids(store.list_keys(db, team_id="eng")) == {ann["id"], eng["id"]}
-    assert ids(store.list_keys(db, team_id="eng", user_id="ann")) == {ann["id"]}
-    assert ids(store.list_keys(db, team_id="ops")) == set()
+    assert ids(admin_ops.list_users(db)) == {"ann", "bob"}
+    assert ids(admin_ops.list_users(db, team_id="ops")) == {"bob"}
+    assert ids(admin_ops.list_keys(db)) == {ann["id"], eng["id"]}  # revoked left out
+    assert ids(admin_ops.list_keys(db, include_revoked=True)) == {ann["id"], eng["id"], ops["id"]}
+    assert ids(admin_ops.list_keys(db, team_id="eng")) == {ann["id"], eng["id"]}
+    assert ids(admin_ops.list_keys(db, team_id="eng", user_id="ann")) == {ann["id"]}
+    assert ids(admin_ops.list_keys(db, team_id="ops")) == set()
 
-    store.set_budget(db, "team", "eng", amount_usd=10)
-    store.set_budget(db, "team", "ops", amount_usd=20)
-    store.set_budget(db, "user", "ann", amount_usd=5)
+    admin_ops.set_budget(db, "team", "eng", amount_usd=10)
+    admin_ops.set_budget(db, "team", "ops", amount_usd=20)
+    admin_ops.set_budget(db, "user", "ann", amount_usd=5)
     scopes = lambda rows: {(b["scope"], b["scope_id"]) for b in rows}
-    assert len(store.list_budgets(db)) == 3
-    assert scopes(store.list_budgets(db, "team")) == {("team", "eng"), ("team", "ops")}
-    assert scopes(store.list_budgets(db, "team", "ops")) == {("team", "ops")}
-    assert len(store.list_budgets(db, None, "ops")) == 3  # a scope_id means nothing without its scope
+    assert len(admin_ops.list_budgets(db)) == 3
+    assert scopes(admin_ops.list_budgets(db, "team")) == {("team", "eng"), ("team", "ops")}
+    assert scopes(admin_ops.list_budgets(db, "team", "ops")) == {("team", "ops")}
+    assert len(admin_ops.list_budgets(db, None, "ops")) == 3  # a scope_id means nothing without its scope
 
 
 def test_spend_narrows_by_time_and_team(control):
@@ -49,7 +49,7 @@ def test_spend_narrows_by_time_and_team(control):
     control.flush()
 
     def total(**filters) -> str:
-        return store.spend(control.db, store.SpendQuery(**filters))["total_cost_usd"]
+        return admin_ops.spend(control.db, admin_ops.SpendQuery(**filters))["total_cost_usd"]
 
     assert total() == "1.750000000"
     assert total(team_id="eng") == "0.750000000"

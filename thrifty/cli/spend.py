@@ -74,7 +74,7 @@ def _check_text(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace, action: Any) -> int:
     from thrifty.errors import UsageError
-    from thrifty.spend.store import StoreError
+    from thrifty.spend.admin_ops import AdminError
 
     _check_text(args)
     try:
@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace, action: Any) -> int:
         raise UsageError(f"cannot open the spend database: {exc}") from None
     try:
         result = action(db)
-    except StoreError as exc:
+    except AdminError as exc:
         raise UsageError(str(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -129,10 +129,10 @@ def _scope(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
     def act(db: Any) -> Any:
-        record, secret = store.create_key(
+        record, secret = admin_ops.create_key(
             db, name=args.name, user_id=args.user, team_id=args.team, tags=args.tag or None,
             metadata=json.loads(args.metadata) if args.metadata else None, expires_at=_time(args.expires),
             rpm=args.rpm, tpm=args.tpm)
@@ -142,63 +142,63 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
-    return _run(args, lambda db: store.list_keys(db, team_id=args.team, user_id=args.user,
+    return _run(args, lambda db: admin_ops.list_keys(db, team_id=args.team, user_id=args.user,
                                                  include_revoked=args.all))
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
-    return _run(args, lambda db: store.revoke_key(db, args.key_id))
+    return _run(args, lambda db: admin_ops.revoke_key(db, args.key_id))
 
 
 def _teams_create(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
-    return _run(args, lambda db: store.create_team(db, args.team_id, name=args.name, rpm=args.rpm, tpm=args.tpm))
+    return _run(args, lambda db: admin_ops.create_team(db, args.team_id, name=args.name, rpm=args.rpm, tpm=args.tpm))
 
 
 def _teams_list(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
-    return _run(args, store.list_teams)
+    return _run(args, admin_ops.list_teams)
 
 
 def _users_create(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
-    return _run(args, lambda db: store.create_user(db, args.user_id, team_id=args.team, name=args.name,
+    return _run(args, lambda db: admin_ops.create_user(db, args.user_id, team_id=args.team, name=args.name,
                                                    email=args.email))
 
 
 def _users_list(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
-    return _run(args, lambda db: store.list_users(db, args.team))
+    return _run(args, lambda db: admin_ops.list_users(db, args.team))
 
 
 def _budgets_set(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
     scope, scope_id = _scope(args)
-    return _run(args, lambda db: store.set_budget(
+    return _run(args, lambda db: admin_ops.set_budget(
         db, scope, scope_id, amount_usd=args.amount, period=args.period, window_start=_time(args.start),
         window_end=_time(args.end), soft_thresholds=args.soft or [], webhook_url=args.webhook))
 
 
 def _budgets_list(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
-    return _run(args, lambda db: store.list_budgets(db))
+    return _run(args, lambda db: admin_ops.list_budgets(db))
 
 
 def _budgets_delete(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
     def act(db: Any) -> Any:
-        store.delete_budget(db, args.budget_id)
+        admin_ops.delete_budget(db, args.budget_id)
         return {"deleted": args.budget_id}
 
     return _run(args, act)
@@ -206,38 +206,38 @@ def _budgets_delete(args: argparse.Namespace) -> int:
 
 def _policies_set(args: argparse.Namespace) -> int:
     from thrifty.errors import UsageError
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
     scope, scope_id = _scope(args)
     try:
         rules = json.loads(args.rules)
     except ValueError as exc:
         raise UsageError(f"--rules is not valid JSON: {exc}") from None
-    return _run(args, lambda db: store.set_policy(db, scope, scope_id, rules))
+    return _run(args, lambda db: admin_ops.set_policy(db, scope, scope_id, rules))
 
 
 def _policies_list(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
-    return _run(args, store.list_policies)
+    return _run(args, admin_ops.list_policies)
 
 
 def _policies_delete(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
     scope, scope_id = _scope(args)
 
     def act(db: Any) -> Any:
-        store.delete_policy(db, scope, scope_id)
+        admin_ops.delete_policy(db, scope, scope_id)
         return {"deleted": f"{scope}/{scope_id}"}
 
     return _run(args, act)
 
 
 def _spend(args: argparse.Namespace) -> int:
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
-    return _run(args, lambda db: store.spend(db, store.SpendQuery(
+    return _run(args, lambda db: admin_ops.spend(db, admin_ops.SpendQuery(
         group_by=args.group_by, since=_time(args.since), until=_time(args.until), team_id=args.team,
         key_id=args.key, user_id=args.user)))
 

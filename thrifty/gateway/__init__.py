@@ -2,7 +2,7 @@
 pipeline (:mod:`thrifty.pipeline`) and renders the answer in that format.
 
 Modules: ``app`` (chat completions, Messages, embeddings, models, ``/metrics``),
-``responses`` (the Responses API's wire format), ``batch_api`` / ``batch_exec`` (``/v1/files``,
+``responses_api`` (the Responses API's wire format), ``batch_api`` / ``batch_exec`` (``/v1/files``,
 ``/v1/batches`` and running their lines), ``errors`` (one error rendered per wire format),
 ``assemble`` (the app ``serve``, ``demo`` and the tests run), ``server`` / ``workers``
 (``thrifty serve``), ``demo`` (``thrifty demo``).

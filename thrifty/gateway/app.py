@@ -35,7 +35,7 @@ from thrifty.errors import GatewayError, ThriftyError
 from thrifty.gateway.budget_gauges import budget_gauges
 from thrifty.gateway.errors import ANTHROPIC, OPENAI, RESPONSES, error_body, stream_error
 from thrifty.gateway.metrics_share import SharedMetrics
-from thrifty.gateway.responses import ResponsesRequest
+from thrifty.gateway.responses_api import ResponsesRequest
 from thrifty.pipeline.call import CHAT, EMBEDDINGS, MESSAGES, Call
 from thrifty.pipeline.call import RESPONSES as RESPONSES_ENDPOINT
 from thrifty.pipeline.defer_stage import wants_deferral
@@ -49,7 +49,7 @@ from thrifty.providers.translate import (
     anthropic_to_openai_request,
     openai_to_anthropic_response,
 )
-from thrifty.spend.api import AuthError, Principal
+from thrifty.spend.contract import AuthError, Principal
 
 log = logging.getLogger("thrifty.gateway")
 security_log = logging.getLogger("thrifty.security")

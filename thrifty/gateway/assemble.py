@@ -25,7 +25,7 @@ from thrifty.pipeline.planner import Gateway
 from thrifty.pipeline.routing import AutoRouter
 from thrifty.providers import build_providers
 from thrifty.spend import database_url as spend_database_url
-from thrifty.spend.api import OpenSpendControl, SpendControl
+from thrifty.spend.contract import OpenSpendControl, SpendControl
 
 log = logging.getLogger("thrifty.gateway")
 

@@ -28,7 +28,7 @@ from thrifty.pipeline.pipeline import upstream_error, usage_of
 from thrifty.pipeline.planner import Plan, Served
 from thrifty.pipeline.schemas import ChatRequest
 from thrifty.providers.base import UpstreamError, Usage
-from thrifty.spend.api import LedgerRecord, Principal, SpendError
+from thrifty.spend.contract import LedgerRecord, Principal, SpendError
 
 if TYPE_CHECKING:
     from thrifty.pipeline.pipeline import Pipeline
@@ -92,7 +92,7 @@ class GatewayExecutor:
         usage: Usage | None = None
         try:
             if kind == RESPONSES:
-                from thrifty.gateway.responses import ResponsesRequest
+                from thrifty.gateway.responses_api import ResponsesRequest
 
                 responses = ResponsesRequest(
                     _without_stream(body), request_id, pipeline.gw.router.is_profile

@@ -123,7 +123,7 @@ def run_demo(
     from thrifty.gateway.assemble import build_app
     from thrifty.gateway.server import running
     from thrifty.paths import default_data_dir
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
     console = Console()
     t_start = time.perf_counter()
@@ -144,8 +144,8 @@ def run_demo(
     app, spend = build_app(config)
     keys = {}
     for team in ("demo", "baseline"):  # routed traffic, and the all-frontier counterfactual
-        store.create_team(spend.db, team)
-        keys[team] = store.create_key(spend.db, team_id=team, name=f"{team} key")[1]
+        admin_ops.create_team(spend.db, team)
+        keys[team] = admin_ops.create_key(spend.db, team_id=team, name=f"{team} key")[1]
     spend.reload()
     router = app.gw.router
     if router.router is None:

@@ -17,7 +17,7 @@ from thrifty.errors import GatewayError
 from thrifty.pipeline.metrics import Metrics, rejection_reason
 from thrifty.providers.base import Usage
 from thrifty.router.learning import RouteTrace
-from thrifty.spend.api import LedgerRecord, Principal, Reservation, SpendControl
+from thrifty.spend.contract import LedgerRecord, Principal, Reservation, SpendControl
 from thrifty.spend.pricing import cost_usd
 
 log = logging.getLogger("thrifty.billing")

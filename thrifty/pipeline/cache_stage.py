@@ -31,7 +31,7 @@ from thrifty.multipliers.cache import (
 )
 from thrifty.multipliers.settings import CASCADE_PROFILE, CacheSettings
 from thrifty.pipeline.call import CHAT, Call
-from thrifty.spend.api import SpendError
+from thrifty.spend.contract import SpendError
 
 if TYPE_CHECKING:
     from thrifty.pipeline.planner import Gateway

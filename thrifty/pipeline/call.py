@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from thrifty.pipeline.planner import Plan, Served
     from thrifty.pipeline.schemas import ChatRequest, EmbeddingsRequest
-    from thrifty.spend.api import Principal, Reservation
+    from thrifty.spend.contract import Principal, Reservation
 
 _ID_PREFIX = "req_" + os.urandom(6).hex()
 _ID_COUNTER = itertools.count(1)

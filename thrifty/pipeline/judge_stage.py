@@ -30,7 +30,7 @@ from thrifty.pipeline.call import Call
 from thrifty.router.labels import poll_now
 from thrifty.router.labels import store as store_label
 from thrifty.router.settings import JudgeSettings
-from thrifty.spend.api import SpendError
+from thrifty.spend.contract import SpendError
 
 if TYPE_CHECKING:
     from thrifty.pipeline.metrics import Metrics

@@ -40,7 +40,7 @@ from thrifty.pipeline.planner import Served
 from thrifty.pipeline.schemas import ChatRequest
 from thrifty.pipeline.stream import AnswerStream, completion_of, from_body
 from thrifty.providers.base import UpstreamError, Usage
-from thrifty.spend.api import BudgetExceeded
+from thrifty.spend.contract import BudgetExceeded
 
 if TYPE_CHECKING:
     from thrifty.pipeline.cache_stage import CacheStage, Lookup

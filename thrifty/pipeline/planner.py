@@ -24,7 +24,7 @@ from thrifty.pipeline.routing import AutoRouter
 from thrifty.pipeline.schemas import ChatRequest
 from thrifty.providers.base import Provider, UpstreamError
 from thrifty.router.learning import RouteTrace
-from thrifty.spend.api import PolicyDenied, Principal, SpendControl
+from thrifty.spend.contract import PolicyDenied, Principal, SpendControl
 from thrifty.spend.pricing import max_cost_usd
 
 log = logging.getLogger("thrifty.gateway")

@@ -26,11 +26,11 @@ _SCOPE_COLUMN = {"key": "key_id", "user": "user_id", "team": "team_id"}
 def burndown(db: Database, *, now: float | None = None, team: str | None = None, user: str | None = None,
              key: str | None = None, closed: int | None = None) -> list[dict[str, Any]]:
     """One entry per budget (optionally only those of a team, user or key) with its projection."""
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
     now = time.time() if now is None else now
     out = []
-    for b in store.list_budgets(db):
+    for b in admin_ops.list_budgets(db):
         wanted = {"team": team, "user": user, "key": key}[b["scope"]] if b["scope"] in ("team", "user", "key") else None
         if (team or user or key) and wanted != b["scope_id"]:
             continue

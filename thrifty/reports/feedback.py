@@ -22,7 +22,7 @@ from thrifty.jsonlimits import MAX_DEPTH, deeper_than
 from thrifty.reports.tables import ensure_tables
 from thrifty.router.labels import poll_now
 from thrifty.router.labels import store as store_label
-from thrifty.spend.api import SpendError
+from thrifty.spend.contract import SpendError
 
 MAX_COMMENT = 2_000
 _THUMBS = {"up": 1.0, "down": 0.0, True: 1.0, False: 0.0}

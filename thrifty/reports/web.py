@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from thrifty.reports import session
 from thrifty.reports.feedback import error_response
-from thrifty.spend.api import SpendError
+from thrifty.spend.contract import SpendError
 
 HERE = Path(__file__).parent
 DAY = 86_400
@@ -317,13 +317,13 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
                     charts=_js({b["id"]: b["chart"] for b in rows}))
 
     async def keys(request: Request) -> Response:
-        from thrifty.spend import store
+        from thrifty.spend import admin_ops
 
         params = dict(request.query_params)
         params["by"] = "key"
         report, form, options = await run_in_threadpool(_report, params)
         spent = {g.name: g for g in report.groups}
-        rows = await run_in_threadpool(locked, lambda: store.list_keys(db(), include_revoked=True))
+        rows = await run_in_threadpool(locked, lambda: admin_ops.list_keys(db(), include_revoked=True))
         return page(request, "keys.html", keys=rows, spent=spent, report=report, form=form, options=options)
 
     def _live(window: float = 900.0) -> dict[str, Any]:
@@ -422,11 +422,11 @@ def create_ui_app(spend: Any, config: Any = None) -> Starlette:
 
     async def manage_page(request: Request, status: int = 200, **ctx: Any) -> Response:
         from thrifty.reports.manage import csrf_token
-        from thrifty.spend import store
+        from thrifty.spend import admin_ops
 
         def run() -> dict[str, Any]:
-            return {"keys": store.list_keys(db()), "teams": store.list_teams(db()),
-                    "budgets": store.list_budgets(db())}
+            return {"keys": admin_ops.list_keys(db()), "teams": admin_ops.list_teams(db()),
+                    "budgets": admin_ops.list_budgets(db())}
 
         lists = await run_in_threadpool(locked, run)
         token = _session(request)

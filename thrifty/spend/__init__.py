@@ -12,7 +12,7 @@ import pathlib
 import sys
 from typing import TYPE_CHECKING, Any
 
-from thrifty.spend.api import (
+from thrifty.spend.contract import (
     AuthError,
     BudgetExceeded,
     LedgerRecord,

@@ -19,8 +19,8 @@ from starlette.routing import Route
 
 from thrifty.errors import ThriftyError, openai_error
 from thrifty.jsonlimits import MAX_DEPTH, deeper_than
-from thrifty.spend import store
-from thrifty.spend.api import PermissionDenied, SpendError
+from thrifty.spend import admin_ops
+from thrifty.spend.contract import PermissionDenied, SpendError
 from thrifty.spend.periods import check_time, parse_time
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def _error(status: int, message: str, error_type: str, code: str | None, headers
     return JSONResponse(openai_error(exc), status, headers=headers)
 
 
-def _store_error(exc: store.StoreError) -> JSONResponse:
+def _store_error(exc: admin_ops.AdminError) -> JSONResponse:
     kind = {404: ("not_found_error", "not_found"), 409: ("conflict_error", "already_exists")}.get(
         exc.status, ("invalid_request_error", "invalid_value"))
     return _error(exc.status, str(exc), *kind)
@@ -50,21 +50,21 @@ async def _body(request: Request) -> dict:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise store.StoreError(f"request body is not valid JSON: {exc}") from None
+        raise admin_ops.AdminError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise store.StoreError("request body must be a JSON object")
+        raise admin_ops.AdminError("request body must be a JSON object")
     if deeper_than(raw, body):
-        raise store.StoreError(f"request body is nested more than {MAX_DEPTH} levels deep")
+        raise admin_ops.AdminError(f"request body is nested more than {MAX_DEPTH} levels deep")
     return body
 
 
 def _pick(body: dict, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise store.StoreError(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        raise admin_ops.AdminError(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(allowed)}")
     missing = [name for name in required if body.get(name) in (None, "")]
     if missing:
-        raise store.StoreError(f"missing field(s): {', '.join(missing)}")
+        raise admin_ops.AdminError(f"missing field(s): {', '.join(missing)}")
     return body
 
 
@@ -75,13 +75,13 @@ def _time(name: str, value: Any) -> float | None:
         try:
             return check_time(float(value))
         except (ValueError, OverflowError):
-            raise store.StoreError(f"{name} must be an ISO 8601 time or unix seconds") from None
+            raise admin_ops.AdminError(f"{name} must be an ISO 8601 time or unix seconds") from None
     if isinstance(value, str):
         try:
             return parse_time(value)
         except ValueError as exc:
-            raise store.StoreError(f"{name}: {exc}") from None
-    raise store.StoreError(f"{name} must be an ISO 8601 time or unix seconds")
+            raise admin_ops.AdminError(f"{name}: {exc}") from None
+    raise admin_ops.AdminError(f"{name} must be an ISO 8601 time or unix seconds")
 
 
 def create_admin_app(spend: DbSpendControl, *, max_body_bytes: int | None = None) -> Any:
@@ -110,7 +110,7 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
                     spend.reload()
             except SpendError as exc:
                 return _error(exc.status, exc.message, exc.type, exc.code, exc.headers)
-            except store.StoreError as exc:
+            except admin_ops.AdminError as exc:
                 return _store_error(exc)
             if isinstance(result, Response):
                 return result
@@ -120,12 +120,12 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
 
     async def list_keys(request: Request) -> Any:
         q = request.query_params
-        return {"data": store.list_keys(db, team_id=q.get("team_id"), user_id=q.get("user_id"),
+        return {"data": admin_ops.list_keys(db, team_id=q.get("team_id"), user_id=q.get("user_id"),
                                         include_revoked=q.get("include_revoked") in ("1", "true"))}
 
     async def create_key(request: Request) -> Any:
         body = _pick(await _body(request), ("name", "user_id", "team_id", "tags", "metadata", "expires_at", "rpm", "tpm"))
-        record, secret = store.create_key(
+        record, secret = admin_ops.create_key(
             db, name=body.get("name"), user_id=body.get("user_id"), team_id=body.get("team_id"),
             tags=body.get("tags"), metadata=body.get("metadata"),
             expires_at=_time("expires_at", body.get("expires_at")), rpm=body.get("rpm"), tpm=body.get("tpm"),
@@ -133,44 +133,44 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
         return {**record, "key": secret, "note": "The key is shown only this once; store it now."}
 
     async def get_key(request: Request) -> Any:
-        record = store.get_key(db, request.path_params["key_id"])
+        record = admin_ops.get_key(db, request.path_params["key_id"])
         if record["revoked_at"] is not None and request.query_params.get("include_revoked") not in ("1", "true"):
             # Revoked (DELETE /keys/{id}) is gone, as in the list; ?include_revoked=true shows it.
-            raise store.StoreError(f"no key {record['id']!r} (revoked; add ?include_revoked=true)", 404)
+            raise admin_ops.AdminError(f"no key {record['id']!r} (revoked; add ?include_revoked=true)", 404)
         return record
 
     async def revoke_key(request: Request) -> Any:
-        return store.revoke_key(db, request.path_params["key_id"])
+        return admin_ops.revoke_key(db, request.path_params["key_id"])
 
     async def list_teams(request: Request) -> Any:
-        return {"data": store.list_teams(db)}
+        return {"data": admin_ops.list_teams(db)}
 
     async def create_team(request: Request) -> Any:
         body = _pick(await _body(request), ("id", "name", "metadata", "rpm", "tpm"), ("id",))
-        return store.create_team(db, body["id"], name=body.get("name"), metadata=body.get("metadata"),
+        return admin_ops.create_team(db, body["id"], name=body.get("name"), metadata=body.get("metadata"),
                                  rpm=body.get("rpm"), tpm=body.get("tpm"))
 
     async def get_team(request: Request) -> Any:
-        return store.get_team(db, request.path_params["team_id"])
+        return admin_ops.get_team(db, request.path_params["team_id"])
 
     async def list_users(request: Request) -> Any:
-        return {"data": store.list_users(db, request.query_params.get("team_id"))}
+        return {"data": admin_ops.list_users(db, request.query_params.get("team_id"))}
 
     async def create_user(request: Request) -> Any:
         body = _pick(await _body(request), ("id", "team_id", "name", "email", "metadata"), ("id",))
-        return store.create_user(db, body["id"], team_id=body.get("team_id"), name=body.get("name"),
+        return admin_ops.create_user(db, body["id"], team_id=body.get("team_id"), name=body.get("name"),
                                  email=body.get("email"), metadata=body.get("metadata"))
 
     async def list_budgets(request: Request) -> Any:
         await run_in_threadpool(spend.flush)
         q = request.query_params
-        return {"data": store.list_budgets(db, q.get("scope"), q.get("scope_id"))}
+        return {"data": admin_ops.list_budgets(db, q.get("scope"), q.get("scope_id"))}
 
     async def set_budget(request: Request) -> Any:
         body = _pick(await _body(request), ("scope", "scope_id", "amount_usd", "period", "window_start", "window_end",
                                             "soft_thresholds", "webhook_url"), ("scope", "scope_id", "amount_usd"))
         await run_in_threadpool(spend.flush)
-        return store.set_budget(
+        return admin_ops.set_budget(
             db, body["scope"], body["scope_id"], amount_usd=body["amount_usd"], period=body.get("period", "monthly"),
             window_start=_time("window_start", body.get("window_start")),
             window_end=_time("window_end", body.get("window_end")),
@@ -179,10 +179,10 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
 
     async def get_budget(request: Request) -> Any:
         await run_in_threadpool(spend.flush)
-        return store.get_budget(db, request.path_params["budget_id"])
+        return admin_ops.get_budget(db, request.path_params["budget_id"])
 
     async def delete_budget(request: Request) -> Any:
-        store.delete_budget(db, request.path_params["budget_id"])
+        admin_ops.delete_budget(db, request.path_params["budget_id"])
         return {"deleted": request.path_params["budget_id"]}
 
     async def list_requests(request: Request) -> Any:  # first-hour: the per-request view
@@ -194,27 +194,27 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
             await run_in_threadpool(spend.flush)
             return await run_in_threadpool(page, db, q)
         except RequestQueryError as exc:
-            raise store.StoreError(str(exc)) from None
+            raise admin_ops.AdminError(str(exc)) from None
 
     async def list_policies(request: Request) -> Any:
-        return {"data": store.list_policies(db)}
+        return {"data": admin_ops.list_policies(db)}
 
     async def put_policy(request: Request) -> Any:
         p = request.path_params
-        return store.set_policy(db, p["scope"], p["scope_id"], await _body(request))
+        return admin_ops.set_policy(db, p["scope"], p["scope_id"], await _body(request))
 
     async def delete_policy(request: Request) -> Any:
         p = request.path_params
-        store.delete_policy(db, p["scope"], p["scope_id"])
+        admin_ops.delete_policy(db, p["scope"], p["scope_id"])
         return {"deleted": f"{p['scope']}/{p['scope_id']}"}
 
     async def get_spend(request: Request) -> Any:
         q = request.query_params
         unknown = sorted(set(q) - {"group_by", "since", "until", "team_id", "key_id", "user_id"})
         if unknown:
-            raise store.StoreError(f"unknown query parameter(s): {', '.join(unknown)}")
+            raise admin_ops.AdminError(f"unknown query parameter(s): {', '.join(unknown)}")
         await run_in_threadpool(spend.flush)
-        return store.spend(db, store.SpendQuery(
+        return admin_ops.spend(db, admin_ops.SpendQuery(
             group_by=q.get("group_by", "team"), since=_time("since", q.get("since")),
             until=_time("until", q.get("until")), team_id=q.get("team_id"), key_id=q.get("key_id"),
             user_id=q.get("user_id"),

@@ -26,7 +26,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from thrifty.spend.api import BudgetExceeded
+from thrifty.spend.contract import BudgetExceeded
 from thrifty.spend.db import AsyncPgPool, Database
 from thrifty.spend.money import format_usd
 from thrifty.spend.periods import iso

@@ -1,4 +1,4 @@
-"""The database-backed :class:`~thrifty.spend.api.SpendControl` the gateway uses.
+"""The database-backed :class:`~thrifty.spend.contract.SpendControl` the gateway uses.
 
 Hot path (authenticate, allowed, admit, settle) works on in-memory state: a
 snapshot of keys, budgets and policies, rate-limit windows and budget holds
@@ -25,8 +25,10 @@ import time
 from collections.abc import Sequence
 
 from thrifty.catalog.model import ModelInfo
+from thrifty.spend.admin_ops import ensure_admin_key
 from thrifty.spend.alerts import check_thresholds
-from thrifty.spend.api import (
+from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, SqliteBudgets, window_ended
+from thrifty.spend.contract import (
     AuthError,
     LedgerRecord,
     PolicyDenied,
@@ -35,7 +37,6 @@ from thrifty.spend.api import (
     SpendError,
     SpendUnavailable,
 )
-from thrifty.spend.budgets import Hold, MemoryBudgets, PostgresBudgets, SqliteBudgets, window_ended
 from thrifty.spend.db import AsyncPgPool, Database, every
 from thrifty.spend.keys import bearer_token, hash_key, same_hash
 from thrifty.spend.leases import EXPIRY_S, HEARTBEAT_S, ReplicaLease
@@ -47,7 +48,6 @@ from thrifty.spend.ratelimit import Check, MemoryRateLimiter, PostgresRateLimite
 from thrifty.spend.reclaim import hold_detail, hold_line, replay_orphans
 from thrifty.spend.schema import config_version, migrate
 from thrifty.spend.snapshot import BudgetEntry, Snapshot, load_snapshot
-from thrifty.spend.store import ensure_admin_key
 
 log = logging.getLogger("thrifty.spend")
 

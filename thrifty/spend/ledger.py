@@ -20,7 +20,7 @@ from dataclasses import fields
 
 import orjson
 
-from thrifty.spend.api import LedgerRecord
+from thrifty.spend.contract import LedgerRecord
 from thrifty.spend.db import Database
 from thrifty.spend.journal import Journal
 from thrifty.spend.money import usd_to_nanos

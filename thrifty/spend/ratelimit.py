@@ -19,7 +19,7 @@ import asyncio
 import math
 from typing import Any, NamedTuple
 
-from thrifty.spend.api import RateLimited
+from thrifty.spend.contract import RateLimited
 
 
 class Check(NamedTuple):

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from thrifty.jsonlimits import readable
-from thrifty.spend.api import Principal
+from thrifty.spend.contract import Principal
 from thrifty.spend.db import Database
 from thrifty.spend.policy import Policy
 from thrifty.spend.schema import config_version

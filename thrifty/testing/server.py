@@ -20,11 +20,11 @@ def served_app(config: Any, team: str, *, budget_usd: str = "1000") -> tuple[Any
     /v1/feedback), with ``team``, a monthly team budget of ``budget_usd`` and a key of the
     team: (app, spend, the key's secret)."""
     from thrifty.gateway.assemble import build_app
-    from thrifty.spend import store
+    from thrifty.spend import admin_ops
 
     app, spend = build_app(config)
-    store.create_team(spend.db, team)
-    _, key = store.create_key(spend.db, team_id=team)
-    store.set_budget(spend.db, "team", team, amount_usd=budget_usd, period="monthly")
+    admin_ops.create_team(spend.db, team)
+    _, key = admin_ops.create_key(spend.db, team_id=team)
+    admin_ops.set_budget(spend.db, "team", team, amount_usd=budget_usd, period="monthly")
     spend.reload()
     return app, spend, key

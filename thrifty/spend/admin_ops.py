@@ -2,7 +2,7 @@
 
 Shared by the admin API and the CLI, so both validate the same way. Every
 change bumps the config version, which every gateway sharing the database
-polls to reload (about once a second). Errors are :class:`StoreError` with an
+polls to reload (about once a second). Errors are :class:`AdminError` with an
 HTTP-like status, for both front ends to render.
 """
 
@@ -34,7 +34,7 @@ def check_webhook_url(url: object) -> None:
     from urllib.parse import urlsplit
 
     if not isinstance(url, str) or not url:
-        raise StoreError("webhook_url must be an http(s) URL, e.g. https://hooks.example.com/thrifty")
+        raise AdminError("webhook_url must be an http(s) URL, e.g. https://hooks.example.com/thrifty")
     try:
         parts = urlsplit(url)
         port_ok = parts.port is None or 0 < parts.port < 65536
@@ -42,7 +42,7 @@ def check_webhook_url(url: object) -> None:
         parts, port_ok = None, False
     if (parts is None or parts.scheme not in ("http", "https") or not port_ok
             or any(c.isspace() for c in url) or not _host_ok(parts.hostname or "")):
-        raise StoreError(f"webhook_url {url!r} is not a usable http(s) URL with a host, "
+        raise AdminError(f"webhook_url {url!r} is not a usable http(s) URL with a host, "
                          "e.g. https://hooks.example.com/thrifty")
 
 
@@ -58,7 +58,7 @@ def _host_ok(host: str) -> bool:
         return bool(host) and all(re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", x) for x in labels)
 
 
-class StoreError(ValueError):
+class AdminError(ValueError):
     """Bad input or a missing/duplicate object; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -68,7 +68,7 @@ class StoreError(ValueError):
 
 def _id(kind: str, value: Any) -> str:
     if not isinstance(value, str) or not _ID.match(value):
-        raise StoreError(f"{kind} id must be 1-128 characters of letters, digits and . _ @ : - (got {value!r})")
+        raise AdminError(f"{kind} id must be 1-128 characters of letters, digits and . _ @ : - (got {value!r})")
     return value
 
 
@@ -76,7 +76,7 @@ def _text(name: str, value: Any) -> Any:
     """``value`` if it can be stored and read back as UTF-8 text, else a 400 (never stored)."""
     why = text_error(value)
     if why is not None:
-        raise StoreError(f"{name} {why}")
+        raise AdminError(f"{name} {why}")
     return value
 
 
@@ -89,21 +89,21 @@ def _load(text: str) -> Any:
 
 def _opt_str(name: str, value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
-        raise StoreError(f"{name} must be a string")
+        raise AdminError(f"{name} must be a string")
     return _text(name, value)
 
 
 def _opt_ref(kind: str, value: Any) -> str | None:
     """The id of an existing object a new one refers to: a string (its existence is checked after)."""
     if value is not None and not isinstance(value, str):
-        raise StoreError(f"{kind}_id must be a string id (got {type(value).__name__})")
+        raise AdminError(f"{kind}_id must be a string id (got {type(value).__name__})")
     return _text(f"{kind}_id", value)
 
 
 def _known(kind: str, value: str) -> str:
     """An id to look up: one that is not valid text names nothing (404, not a driver error)."""
     if not isinstance(value, str) or text_error(value) is not None:
-        raise StoreError(f"no {kind} {value!r}", 404)
+        raise AdminError(f"no {kind} {value!r}", 404)
     return value
 
 
@@ -113,7 +113,7 @@ def _opt_int(name: str, value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # 10.0 is an integer in JSON (and in the admin API's schema)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**15:
-        raise StoreError(f"{name} must be a positive integer (at most 10^15)")
+        raise AdminError(f"{name} must be a positive integer (at most 10^15)")
     return value
 
 
@@ -121,19 +121,19 @@ def _json_obj(name: str, value: Any) -> str:
     if value is None:
         return "{}"
     if not isinstance(value, dict):
-        raise StoreError(f"{name} must be a JSON object")
+        raise AdminError(f"{name} must be a JSON object")
     _text(name, value)
     try:
         return json.dumps(value, sort_keys=True, allow_nan=False)
     except ValueError:
-        raise StoreError(f"{name} must be JSON (no NaN or Infinity)") from None
+        raise AdminError(f"{name} must be JSON (no NaN or Infinity)") from None
 
 
 def _tags(value: Any) -> str:
     if value is None:
         return "[]"
     if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) and t for t in value):
-        raise StoreError("tags must be a list of non-empty strings")
+        raise AdminError("tags must be a list of non-empty strings")
     return json.dumps(list(_text("tags", value)))
 
 
@@ -163,7 +163,7 @@ def create_team(
     name = _opt_str("name", name)
     with db.transaction():
         if _exists(db, "teams", team_id):
-            raise StoreError(f"team {team_id!r} already exists", 409)
+            raise AdminError(f"team {team_id!r} already exists", 409)
         db.execute(
             "INSERT INTO teams (id, name, metadata, rpm, tpm, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             (team_id, name, _json_obj("metadata", metadata), _opt_int("rpm", rpm), _opt_int("tpm", tpm), time.time()),
@@ -175,7 +175,7 @@ def create_team(
 def get_team(db: Database, team_id: str) -> dict:
     row = db.one("SELECT id, name, metadata, rpm, tpm, created_at FROM teams WHERE id = ?", (_known("team", team_id),))
     if row is None:
-        raise StoreError(f"no team {team_id!r}", 404)
+        raise AdminError(f"no team {team_id!r}", 404)
     return {"id": row[0], "name": row[1], "metadata": _load(row[2]), "rpm": row[3], "tpm": row[4],
             "created_at": iso(row[5])}
 
@@ -192,9 +192,9 @@ def create_user(
     team_id, name, email = _opt_ref("team", team_id), _opt_str("name", name), _opt_str("email", email)
     with db.transaction():
         if _exists(db, "users", user_id):
-            raise StoreError(f"user {user_id!r} already exists", 409)
+            raise AdminError(f"user {user_id!r} already exists", 409)
         if team_id is not None and not _exists(db, "teams", team_id):
-            raise StoreError(f"no team {team_id!r}", 404)
+            raise AdminError(f"no team {team_id!r}", 404)
         db.execute(
             "INSERT INTO users (id, name, email, team_id, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             (user_id, name, email, team_id, _json_obj("metadata", metadata), time.time()),
@@ -207,7 +207,7 @@ def get_user(db: Database, user_id: str) -> dict:
     row = db.one("SELECT id, name, email, team_id, metadata, created_at FROM users WHERE id = ?",
                  (_known("user", user_id),))
     if row is None:
-        raise StoreError(f"no user {user_id!r}", 404)
+        raise AdminError(f"no user {user_id!r}", 404)
     return {"id": row[0], "name": row[1], "email": row[2], "team_id": row[3],
             "metadata": _load(row[4]), "created_at": iso(row[5])}
 
@@ -241,7 +241,7 @@ def create_key(
         isinstance(expires_at, bool) or not isinstance(expires_at, (int, float))
         or not MIN_TS <= expires_at <= MAX_TS
     ):
-        raise StoreError("expires_at must be a time")
+        raise AdminError("expires_at must be a time")
     name, user_id, team_id = _opt_str("name", name), _opt_ref("user", user_id), _opt_ref("team", team_id)
     secret = generate_key(admin=admin)
     key_id = "key_" + secrets.token_hex(8)
@@ -249,13 +249,13 @@ def create_key(
         if user_id is not None:
             row = db.one("SELECT team_id FROM users WHERE id = ?", (user_id,))
             if row is None:
-                raise StoreError(f"no user {user_id!r}", 404)
+                raise AdminError(f"no user {user_id!r}", 404)
             if team_id is None:
                 team_id = row[0]
             elif row[0] is not None and row[0] != team_id:
-                raise StoreError(f"user {user_id!r} belongs to team {row[0]!r}, not {team_id!r}", 409)
+                raise AdminError(f"user {user_id!r} belongs to team {row[0]!r}, not {team_id!r}", 409)
         if team_id is not None and not _exists(db, "teams", team_id):
-            raise StoreError(f"no team {team_id!r}", 404)
+            raise AdminError(f"no team {team_id!r}", 404)
         db.execute(
             "INSERT INTO api_keys (id, key_hash, prefix, name, user_id, team_id, tags, metadata, rpm, tpm,"
             " is_admin, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -270,7 +270,7 @@ def create_key(
 def get_key(db: Database, key_id: str) -> dict:
     row = db.one(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (_known("key", key_id),))
     if row is None:
-        raise StoreError(f"no key {key_id!r}", 404)
+        raise AdminError(f"no key {key_id!r}", 404)
     return _key_row(row)
 
 
@@ -287,7 +287,7 @@ def revoke_key(db: Database, key_id: str) -> dict:
     with db.transaction():
         row = db.one("SELECT revoked_at FROM api_keys WHERE id = ?", (_known("key", key_id),))
         if row is None:
-            raise StoreError(f"no key {key_id!r}", 404)
+            raise AdminError(f"no key {key_id!r}", 404)
         if row[0] is None:
             db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (time.time(), key_id))
             bump_config(db)
@@ -323,11 +323,11 @@ def ensure_admin_key(db: Database, configured: str | None) -> str | None:
 
 def _scope(db: Database, scope: str, scope_id: str) -> None:
     if scope not in SCOPES:
-        raise StoreError(f"scope must be one of {', '.join(SCOPES)} (got {scope!r})")
+        raise AdminError(f"scope must be one of {', '.join(SCOPES)} (got {scope!r})")
     _opt_ref(scope, scope_id)
     table = {"key": "api_keys", "user": "users", "team": "teams"}[scope]
     if not _exists(db, table, scope_id):
-        raise StoreError(f"no {scope} {scope_id!r}", 404)
+        raise AdminError(f"no {scope} {scope_id!r}", 404)
 
 
 def set_budget(
@@ -337,25 +337,25 @@ def set_budget(
 ) -> dict:
     """Create or replace the budget of this scope and period (one per scope and period)."""
     if period not in PERIODS:
-        raise StoreError(f"period must be one of {', '.join(PERIODS)} (got {period!r})")
+        raise AdminError(f"period must be one of {', '.join(PERIODS)} (got {period!r})")
     try:
         limit = usd_to_nanos(str(amount_usd) if isinstance(amount_usd, float) else amount_usd)
     except (ArithmeticError, TypeError, ValueError):  # what Decimal raises for a bad amount
-        raise StoreError(f"amount_usd must be a number of USD (got {amount_usd!r})") from None
+        raise AdminError(f"amount_usd must be a number of USD (got {amount_usd!r})") from None
     if limit < 0:
-        raise StoreError("amount_usd must not be negative")
+        raise AdminError("amount_usd must not be negative")
     if limit > MAX_NANOS:
-        raise StoreError("amount_usd must be at most 1,000,000,000 USD")
+        raise AdminError("amount_usd must be at most 1,000,000,000 USD")
     if not isinstance(soft_thresholds, (list, tuple)) or not all(
         isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in soft_thresholds
     ):
-        raise StoreError("soft_thresholds must be fractions between 0 and 1, e.g. [0.5, 0.8]")
+        raise AdminError("soft_thresholds must be fractions between 0 and 1, e.g. [0.5, 0.8]")
     if webhook_url is not None:  # first-hour: checked when set, not at the threshold
         check_webhook_url(webhook_url)
     if period == "window":
         window_start = time.time() if window_start is None else window_start
         if window_end is not None and window_end <= window_start:
-            raise StoreError("window_end must be after window_start")
+            raise AdminError("window_end must be after window_start")
     else:
         window_start = window_end = None
     now = time.time()
@@ -409,7 +409,7 @@ def _budget_row(db: Database, row: Sequence[Any], now: float | None = None) -> d
 def get_budget(db: Database, budget_id: str) -> dict:
     row = db.one(f"SELECT {_BUDGET_COLUMNS} FROM budgets WHERE id = ?", (_known("budget", budget_id),))
     if row is None:
-        raise StoreError(f"no budget {budget_id!r}", 404)
+        raise AdminError(f"no budget {budget_id!r}", 404)
     return _budget_row(db, row)
 
 
@@ -423,7 +423,7 @@ def list_budgets(db: Database, scope: str | None = None, scope_id: str | None = 
 def delete_budget(db: Database, budget_id: str) -> None:
     with db.transaction():
         if not _exists(db, "budgets", _known("budget", budget_id)):
-            raise StoreError(f"no budget {budget_id!r}", 404)
+            raise AdminError(f"no budget {budget_id!r}", 404)
         db.execute("DELETE FROM budgets WHERE id = ?", (budget_id,))
         bump_config(db)
 
@@ -433,12 +433,12 @@ def delete_budget(db: Database, budget_id: str) -> None:
 
 def set_policy(db: Database, scope: str, scope_id: str, rules: dict) -> dict:
     if scope not in ("key", "team"):
-        raise StoreError("policies apply to a key or a team")
+        raise AdminError("policies apply to a key or a team")
     _text("rules", rules)
     try:
         policy = Policy.from_rules(rules)
     except ValueError as exc:
-        raise StoreError(str(exc)) from None
+        raise AdminError(str(exc)) from None
     with db.transaction():
         _scope(db, scope, scope_id)
         db.execute(
@@ -459,7 +459,7 @@ def delete_policy(db: Database, scope: str, scope_id: str) -> None:
     with db.transaction():
         if db.one("SELECT 1 FROM policies WHERE scope = ? AND scope_id = ?",
                   (_known("policy scope", scope), _known("policy for", scope_id))) is None:
-            raise StoreError(f"no policy for {scope} {scope_id!r}", 404)
+            raise AdminError(f"no policy for {scope} {scope_id!r}", 404)
         db.execute("DELETE FROM policies WHERE scope = ? AND scope_id = ?", (scope, scope_id))
         bump_config(db)
 
@@ -482,7 +482,7 @@ class SpendQuery:
 def spend(db: Database, q: SpendQuery) -> dict:
     """Spend from the ledger, grouped; amounts are exact decimal strings of USD."""
     if q.group_by not in GROUPS:
-        raise StoreError(f"group_by must be one of {', '.join(GROUPS)}")
+        raise AdminError(f"group_by must be one of {', '.join(GROUPS)}")
     col = GROUPS[q.group_by]
     where, params = _where([], [("ts >= ?", q.since), ("ts < ?", q.until), ("team_id = ?", q.team_id),
                                 ("key_id = ?", q.key_id), ("user_id = ?", q.user_id)])
