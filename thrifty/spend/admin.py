@@ -20,7 +20,7 @@ from starlette.routing import Route
 from thrifty.errors import ThriftyError, openai_error
 from thrifty.jsonlimits import MAX_DEPTH, deeper_than
 from thrifty.spend import admin_ops
-from thrifty.spend.contract import PermissionDenied, SpendError
+from thrifty.spend.contract import PermissionDenied
 from thrifty.spend.periods import check_time, parse_time
 
 if TYPE_CHECKING:
@@ -32,12 +32,6 @@ Handler = Callable[[Request], Awaitable[Any]]
 def _error(status: int, message: str, error_type: str, code: str | None, headers: dict | None = None) -> JSONResponse:
     exc = ThriftyError(message, status=status, type=error_type, code=code)
     return JSONResponse(openai_error(exc), status, headers=headers)
-
-
-def _store_error(exc: admin_ops.AdminError) -> JSONResponse:
-    kind = {404: ("not_found_error", "not_found"), 409: ("conflict_error", "already_exists")}.get(
-        exc.status, ("invalid_request_error", "invalid_value"))
-    return _error(exc.status, str(exc), *kind)
 
 
 async def _body(request: Request) -> dict:
@@ -108,10 +102,8 @@ def _create_admin_app(spend: DbSpendControl) -> Starlette:
                 result = await handler(request)
                 if mutates:
                     spend.reload()
-            except SpendError as exc:
+            except ThriftyError as exc:  # refused by spend control, or an admin operation's error
                 return _error(exc.status, exc.message, exc.type, exc.code, exc.headers)
-            except admin_ops.AdminError as exc:
-                return _store_error(exc)
             if isinstance(result, Response):
                 return result
             return JSONResponse(result, 201 if creates else 200)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from thrifty.errors import ThriftyError
 from thrifty.jsonlimits import readable, text_error
 from thrifty.spend.db import Database
 from thrifty.spend.keys import display_prefix, generate_key, hash_key
@@ -58,12 +59,16 @@ def _host_ok(host: str) -> bool:
         return bool(host) and all(re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", x) for x in labels)
 
 
-class AdminError(ValueError):
-    """Bad input or a missing/duplicate object; ``status`` is the HTTP status to answer with."""
+_ADMIN_ERROR_KINDS = {404: ("not_found_error", "not_found"), 409: ("conflict_error", "already_exists")}
+
+
+class AdminError(ThriftyError):
+    """Bad input or a missing/duplicate object; ``status`` is the HTTP status to answer with, and
+    the error's type and code follow from it."""
 
     def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+        type, code = _ADMIN_ERROR_KINDS.get(status, ("invalid_request_error", "invalid_value"))
+        super().__init__(message, status=status, type=type, code=code)
 
 
 def _id(kind: str, value: Any) -> str:
