@@ -141,8 +141,8 @@ class Learner:
 
     def __init__(self, *, explore_share: float = 0.1, explore_spend_share: float = 0.1, warmup: int = 30,
                  thompson: bool = True, caution: float = 1.0, seed: int | None = None,
-                 label_set_options: dict | None = None, caution_on: str = "models",
-                 explore_loss_share: float | None = None) -> None:
+                 label_set_options: dict | None = None, caution_on: str = "traffic",
+                 explore_loss_share: float | None = 0.01) -> None:
         """The defaults are ``[router]``'s (thrifty/router/settings.py); ``thompson = False`` keeps
         the warm-up but decides every other time on the estimates (for experiments).
 
