@@ -81,6 +81,10 @@ def rated_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rated]:
     prompts = _prompts()
     with serve_gateway(doc, spend=spend, mounts=mounts) as (url, app):
         learner = app.gw.router.learner
+        # The fixture exercises exploration (its caps and cost counter) within 60 learned
+        # decisions: no cap on exploration's estimated quality loss, which would keep most of
+        # these few decisions greedy.
+        learner.explore_loss_share = None
         out = Rated(url, spend.db_url, app, spend)
         real_choose = learner.choose
 

@@ -155,3 +155,69 @@ def test_a_target_profile_logs_the_probability_of_what_it_explored():
     d = decide_target(a, b, np.array([1.0, 2.0, 3.0]), 0.6, rng, explore=True)
     assert d.probs is not None and d.probs.sum() == pytest.approx(1.0)
     assert d.propensity == pytest.approx(d.probs[d.index])
+
+
+def test_caution_on_traffic_gives_a_cheap_model_a_share_before_its_bound_passes_the_best():
+    """Per model, a cheap model within 1% of the best needs its lower bound above 98% of the
+    best's upper bound: with a spread of 0.02 on both, even the best alone misses that bar (0.90
+    - 0.02 < 0.98 x 0.92), and the knob stays at 0. On the traffic as a whole, the best compared
+    with itself cancels, and the cheap model gets the share the evidence allows."""
+    costs = np.tile([1.0, 10.0], (50, 1))
+    near = np.tile([0.89, 0.90], (50, 1))
+    sd = np.full((50, 2), 0.02)
+    per_model = weight_keeping(near, costs, 0.98, near - sd, near + sd)
+    assert per_model.weight == 0.0
+    traffic = weight_keeping(near, costs, 0.98, spread=sd)
+    share = (1 - traffic.mix) * (traffic.weight > 0.011) + traffic.mix * (traffic.cheaper > 0.011)
+    assert 0.2 < share < 1.0  # part of the traffic, not all: 0.89 is within 2% but not surely so
+    kept = (1 - share) * 0.90 + share * 0.89
+    margin = np.sqrt((share * 0.02) ** 2 + ((1 - share - 0.98) * 0.02) ** 2)
+    # The bar, margin included: met, and nearly exactly (the margin is convex in the share, so
+    # the mixture, interpolated linearly, meets it with a little to spare).
+    assert 0.98 * 0.90 - 1e-9 <= kept - margin <= 0.98 * 0.90 + 1e-3
+    settled = weight_keeping(near, costs, 0.98, spread=np.full((50, 2), 0.001))
+    assert settled.weight > 0.011 and settled.mix == 0.0  # evidence: all of it to the cheap one
+    # No spread (caution 0): the plain rule on the means.
+    assert weight_keeping(near, costs, 0.98, spread=np.zeros((50, 2))).weight > 0.011
+
+
+def test_caution_on_traffic_keeps_the_bar_where_an_uncertain_model_may_set_it():
+    """A dear model with few ratings and a low mean may still be the best: its optimistic level
+    sets the bar, and when no weight keeps it the decision goes on upper bounds (the traffic
+    goes where the bar may be, and its ratings settle it)."""
+    costs = np.tile([1.0, 10.0], (50, 1))
+    means = np.tile([0.80, 0.75], (50, 1))  # the dear one rated unluckily: below the cheap one
+    spread = np.tile([0.01, 0.25], (50, 1))
+    cal = weight_keeping(means, costs, 0.98, spread=spread)
+    assert cal.weight == 0.0 and cal.optimistic
+    d = decide(np.array([80.0, 3.0]), np.array([20.0, 1.0]), np.array([1.0, 10.0]), cal.weight,
+               np.random.default_rng(0), explore=False, lower=means[0] + spread[0])
+    assert d.index == 1  # on the upper bounds: the dear one
+
+
+def test_exploration_stops_when_its_estimated_quality_loss_exceeds_its_share():
+    b = ExplorationBudget(max_share=1.0, max_spend_share=1.0, window=10, max_loss_share=0.01)
+    costs, means = np.array([1.0, 1.0]), np.array([0.9, 0.5])
+    b.record(Decision(0, 1.0, 0, False), costs, means)
+    assert b.allows()
+    b.record(Decision(1, 0.5, 0, True), costs, means)  # explored one estimated 0.4 worse
+    assert not b.allows()
+    for _ in range(60):
+        b.record(Decision(0, 1.0, 0, False), costs, means)
+    assert b.allows()
+    loose = ExplorationBudget(max_share=1.0, max_spend_share=1.0, window=10)  # no loss cap
+    loose.record(Decision(1, 0.5, 0, True), costs, means)
+    assert loose.allows()
+
+
+def test_the_learner_logs_probabilities_with_caution_on_traffic_or_per_model():
+    rng = np.random.default_rng(6)
+    for on in ("traffic", "models"):
+        learner = Learner(seed=1, caution_on=on)
+        for i, c in enumerate(contexts(0, 300, rng)):
+            ch = learner.choose("*", c, ["a", "b", "c"], np.full(3, 0.5), np.full(3, 2.0),
+                                np.array([1.0, 5.0, 9.0]), AUTO)
+            assert ch.model in ("a", "b", "c") and 0 < ch.propensity <= 1.0
+            learner.add("*", Label(str(i), ch.model, float(rng.random() < {"a": 0.6, "b": 0.8, "c": 0.9}[ch.model]), c))
+    with pytest.raises(ValueError):
+        Learner(caution_on="nowhere")

@@ -103,7 +103,8 @@ class _Recent:
         self.since += 1
 
     def calibrate(self, keep: float, labels: LabelSet, prior: dict[str, tuple[float, float]],
-                  rng: np.random.Generator) -> tuple[Calibrated, Calibrated, dict[str, float]]:
+                  rng: np.random.Generator, on_traffic: bool = False
+                  ) -> tuple[Calibrated, Calibrated, dict[str, float]]:
         """(greedy weight, sampled weight, sampled levels) for a profile keeping ``keep``.
 
         Every :data:`RECALIBRATE_EVERY` decisions, one draw of every model's overall level from
@@ -123,9 +124,14 @@ class _Recent:
             est = labels.estimate(None, names, p, k0)
             drawn = rng.beta(est.overall_a, est.overall_b)
             shift = drawn - est.overall_a / (est.overall_a + est.overall_b)
+            if on_traffic:  # the caution on the traffic as a whole (policy._keeping_on_traffic)
+                greedy = weight_keeping(means, costs, keep, spread=(upper - lower) / 2.0)
+            else:  # per model: the choices at their lower bounds, the bar at the best's upper bound
+                greedy = weight_keeping(means, costs, keep, lower, upper)
+            sampled = weight_keeping(np.clip(means + shift, 0.0, 1.0), costs, keep)
             got = self.weights[keep] = (
-                weight_keeping(means, costs, keep, lower, upper),
-                weight_keeping(np.clip(means + shift, 0.0, 1.0), costs, keep),
+                greedy,
+                sampled,
                 dict(zip(names, drawn.tolist())))
         return got
 
@@ -135,9 +141,18 @@ class Learner:
 
     def __init__(self, *, explore_share: float = 0.1, explore_spend_share: float = 0.1, warmup: int = 30,
                  thompson: bool = True, caution: float = 1.0, seed: int | None = None,
-                 label_set_options: dict | None = None) -> None:
+                 label_set_options: dict | None = None, caution_on: str = "traffic",
+                 explore_loss_share: float | None = 0.01) -> None:
         """The defaults are ``[router]``'s (thrifty/router/settings.py); ``thompson = False`` keeps
-        the warm-up but decides every other time on the estimates (for experiments)."""
+        the warm-up but decides every other time on the estimates (for experiments).
+
+        ``caution_on`` is where ``caution`` applies for a profile keeping a share of the best
+        quality: ``"models"``, each model's estimate (the choices at their lower bounds, the bar
+        at the best's upper bound), or ``"traffic"``, the recent traffic's estimated quality as
+        a whole (:func:`thrifty.router.policy.weight_keeping` with ``spread``; decisions then
+        on the means). ``explore_loss_share`` caps exploration's estimated quality loss (the
+        greedy choice's estimate minus the explored one's, a moving average) at that share of
+        the best candidate's estimated quality; None: no such cap."""
         self._lock = threading.Lock()
         self._scopes: dict[str, LabelSet] = {}
         self._recent: dict[str, _Recent] = {}
@@ -147,6 +162,10 @@ class Learner:
         self.warmup = warmup
         self.thompson = thompson
         self.caution = caution
+        if caution_on not in ("models", "traffic"):
+            raise ValueError(f"caution_on must be 'models' or 'traffic', got {caution_on!r}")
+        self.caution_on = caution_on
+        self.explore_loss_share = explore_loss_share
         self._options = dict(label_set_options or {})
         self.explore_share, self.explore_spend_share = explore_share, explore_spend_share
         self.rng = np.random.default_rng(seed)
@@ -160,7 +179,8 @@ class Learner:
     def budget(self, scope: str) -> ExplorationBudget:
         b = self._budgets.get(scope)
         if b is None:
-            b = self._budgets[scope] = ExplorationBudget(self.explore_share, self.explore_spend_share)
+            b = self._budgets[scope] = ExplorationBudget(self.explore_share, self.explore_spend_share,
+                                                                 max_loss_share=self.explore_loss_share)
         return b
 
     def add(self, scope: str, label: Label) -> None:
@@ -186,13 +206,15 @@ class Learner:
                 self._prior[m] = (float(p), float(k))
             budget = self.budget(scope)
             explore = explore and budget.allows()
+            optimistic = False
             if knob.target is not None:
                 weight = 0.0
                 d = decide_target(est.a, est.b, costs, knob.target, self.rng, explore)
             else:
                 if knob.keep is not None:
                     greedy_cal, sampled_cal, levels = recent.calibrate(knob.keep, self.labels(scope), self._prior,
-                                                                       self.rng)
+                                                                       self.rng, self.caution_on == "traffic")
+                    optimistic = greedy_cal.optimistic
                     weight, sampled = greedy_cal.draw(self.rng), sampled_cal.draw(self.rng)
                     drawn = np.array([levels.get(m, np.nan) for m in models])
                     fresh = np.isnan(drawn)  # a model new since the draw: its own draw now
@@ -205,7 +227,8 @@ class Learner:
                     a, b = est.a, est.b
                     options = sampled_options = ()
                 d = decide(est.a, est.b, costs, weight, self.rng, explore and self.thompson, sampled, (a, b),
-                           lower=lower, weight_options=options, sampled_options=sampled_options)
+                           lower=lower if self.caution_on == "models" else upper if optimistic else None,
+                           weight_options=options, sampled_options=sampled_options)
             if explore and self.warmup > 0:
                 tries = self._tries.setdefault(scope, {})
                 under = np.flatnonzero([est.labels[i] < self.warmup and tries.get(m, 0) < WARMUP_TRIES * self.warmup
@@ -213,7 +236,7 @@ class Learner:
                 if under.size:
                     d = d.mixed_with_uniform(WARMUP_SHARE, under, len(models), self.rng)
                 tries[models[d.index]] = tries.get(models[d.index], 0) + 1
-            extra = budget.record(d, costs)
+            extra = budget.record(d, costs, means)
         return Choice(models[d.index], d.propensity, d.explored, weight,
                       {m: float(q) for m, q in zip(models, means)},
                       {m: float(n) for m, n in zip(models, est.labels)}, extra)

@@ -138,6 +138,7 @@ class Calibrated:
     weight: float
     cheaper: float
     mix: float
+    optimistic: bool = False  # no weight keeps the bar: decide on upper bounds, weight 0 (on traffic)
 
     def draw(self, rng: np.random.Generator) -> float:
         return self.cheaper if self.mix > 0 and rng.random() < self.mix else self.weight
@@ -148,7 +149,7 @@ class Calibrated:
 
 
 def weight_keeping(means: np.ndarray, costs: np.ndarray, keep: float, lower: np.ndarray | None = None,
-                   upper: np.ndarray | None = None) -> Calibrated:
+                   upper: np.ndarray | None = None, spread: np.ndarray | None = None) -> Calibrated:
     """The weight whose choices keep ``keep`` of the best single candidate's mean estimated
     quality over the rows (recent requests: estimated quality and cost per candidate, NaN where
     a model was not a candidate) at the lowest cost, mixed with the next cheaper one.
@@ -165,6 +166,8 @@ def weight_keeping(means: np.ndarray, costs: np.ndarray, keep: float, lower: np.
     """
     if keep >= 1.0 or means.size == 0:
         return Calibrated(0.0, 0.0, 0.0)
+    if spread is not None:
+        return _keeping_on_traffic(means, costs, keep, spread)
     q = np.where(np.isnan(means), -np.inf, means)
     rel = np.where(np.isnan(costs), 0.0, costs)
     rel = rel / np.maximum(rel.max(axis=1, keepdims=True), 1e-300)
@@ -196,6 +199,61 @@ def weight_keeping(means: np.ndarray, costs: np.ndarray, keep: float, lower: np.
     return Calibrated(weight, _middle(same), float(np.clip(mix, 0.0, 1.0)))
 
 
+def _keeping_on_traffic(means: np.ndarray, costs: np.ndarray, keep: float, spread: np.ndarray) -> Calibrated:
+    """:func:`weight_keeping` with the caution on the recent traffic as a whole (``[router]``
+    caution on traffic, the default): the choices' mean estimated quality must keep ``keep`` of
+    the best single candidate's by a margin of the uncertainty of that difference.
+
+    ``spread`` is each estimate's caution (``caution`` standard deviations, per row and model).
+    The difference is a sum over models of their estimates, each with a coefficient per row (1
+    where the model is chosen, minus ``keep`` where it sets the bar); one model's errors are
+    taken as one across the rows (its estimates share its ratings), different models' as
+    independent. So the best model compared with itself cancels: keeping traffic on the best
+    needs no ratings, and a cheaper model earns a share as soon as the evidence allows that
+    share, not only once its own lower bound passes the best's upper bound (which, for models
+    within a few points of each other, takes thousands of ratings).
+
+    The bar is set by the best model at its optimistic level (mean + spread), so a model rated
+    unluckily early keeps the bar up until its own ratings settle it; when no weight keeps the
+    bar, ``optimistic`` says to decide on the upper bounds (the traffic then goes where the bar
+    may be, and its ratings settle it) rather than on the means.
+    """
+    q = np.where(np.isnan(means), -np.inf, means)
+    rel = np.where(np.isnan(costs), 0.0, costs)
+    rel = rel / np.maximum(rel.max(axis=1, keepdims=True), 1e-300)
+    n, m = q.shape
+    sp = np.where(np.isnan(spread), 0.0, spread)
+    hi = q + sp
+    col = np.nanmean(np.where(np.isinf(hi), np.nan, hi), axis=0)
+    if np.all(np.isnan(col)):
+        return Calibrated(0.0, 0.0, 0.0)
+    best = int(np.nanargmax(col))
+    # Rows where the best model was not a candidate: that row's optimistic best instead.
+    ref_col = np.where(np.isinf(q[:, best]), np.argmax(hi, axis=1), best)
+    rows = np.arange(n)
+    ref = float(q[rows, ref_col].mean())
+    picks = np.argmax(q[None, :, :] - _GRID[:, None, None] * rel[None, :, :], axis=2)
+    quality = q[rows[None, :], picks].mean(axis=1)
+    cost = rel[rows[None, :], picks].mean(axis=1)
+    models = np.arange(m)
+    coef = (picks[:, :, None] == models).astype(float) - keep * (ref_col[:, None] == models)[None, :, :]
+    margin = np.sqrt(((coef * sp[None, :, :]).mean(axis=1) ** 2).sum(axis=1))
+    slack = quality - keep * ref - margin
+    ok = np.flatnonzero(slack >= -1e-12)
+    if not ok.size:
+        return Calibrated(0.0, 0.0, 0.0, optimistic=bool(sp.any()))
+    cheapest = ok[cost[ok] <= cost[ok].min() + 1e-12]
+    weight = _middle(cheapest)
+    nxt = int(cheapest.max()) + 1
+    if nxt >= len(_GRID) or cost[nxt] >= cost[cheapest[0]] or slack[nxt] >= slack[cheapest[0]]:
+        return Calibrated(weight, weight, 0.0)
+    # Mixed with the next cheaper set with the probability that meets the bar, margin included.
+    mix = slack[cheapest[0]] / (slack[cheapest[0]] - slack[nxt])
+    same = np.flatnonzero(np.isclose(cost, cost[nxt]) & np.isclose(quality, quality[nxt]))
+    same = same[same >= nxt]
+    return Calibrated(weight, _middle(same), float(np.clip(mix, 0.0, 1.0)))
+
+
 def _middle(indices: np.ndarray) -> float:
     """The middle of the range of grid weights at ``indices`` (a contiguous run of them)."""
     return float((_GRID[indices.min()] + _GRID[indices.max()]) / 2.0)
@@ -208,8 +266,12 @@ class ExplorationBudget:
     candidate (``max_spend_share``: exploration uses at most that much of the savings against
     an all-frontier deployment). A cap of 0 turns exploration off."""
 
-    def __init__(self, max_share: float = 0.3, max_spend_share: float = 0.1, window: int = 500) -> None:
+    def __init__(self, max_share: float = 0.3, max_spend_share: float = 0.1, window: int = 500,
+                 max_loss_share: float | None = None) -> None:
         self.max_share, self.max_spend_share = max_share, max_spend_share
+        self.max_loss_share = max_loss_share
+        self.top = 0.0  # moving average of the best candidate's estimated quality
+        self.loss = 0.0  # moving average of exploration's estimated quality loss per decision
         self.alpha = 1.0 / max(1, window)
         self.share = 0.0
         self.frontier = 0.0  # moving average of the dearest candidate's expected cost
@@ -221,12 +283,18 @@ class ExplorationBudget:
     def allows(self) -> bool:
         if self.max_share <= 0 or self.max_spend_share <= 0:
             return False
+        if self.max_loss_share is not None and self.loss > self.max_loss_share * self.top:
+            return False
         return self.share < self.max_share and self.extra <= self.max_spend_share * self.frontier
 
-    def record(self, decision: Decision, costs: np.ndarray) -> float:
+    def record(self, decision: Decision, costs: np.ndarray, means: np.ndarray | None = None) -> float:
         """Account one decision; returns its extra expected cost over the greedy choice."""
         extra = max(0.0, float(costs[decision.index] - costs[decision.greedy])) if decision.explored else 0.0
         a = self.alpha
+        if means is not None:
+            lost = max(0.0, float(means[decision.greedy] - means[decision.index])) if decision.explored else 0.0
+            self.top += a * (float(means.max()) - self.top)
+            self.loss += a * (lost - self.loss)
         self.share += a * ((1.0 if decision.explored else 0.0) - self.share)
         self.frontier += a * (float(costs.max()) - self.frontier)
         self.extra += a * (extra - self.extra)

@@ -9,7 +9,7 @@
     explore_max_share = 0.1      # at most this share of decisions explore ...
     explore_max_spend_share = 0.1  # ... and their extra cost <= this share of the all-frontier cost
     warmup_labels = 30           # labels each model gets before warm-up stops trying it
-    caution = 1.0                # standard deviations a model's estimate is discounted by
+    caution = 1.0                # standard deviations of the traffic's kept-minus-bar quality kept in hand
     price_prior = 0.05           # unrated models: prior quality + this x (log price, standardised)
     sync_s = 1.0                 # how often a replica loads labels other replicas stored
     seed = 7                     # optional: reproducible exploration draws (default: fresh each start)
