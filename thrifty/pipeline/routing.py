@@ -76,7 +76,8 @@ class AutoRouter:
         self.learner = Learner(
             explore_share=s.explore_max_share if s.explore else 0.0,
             explore_spend_share=s.explore_max_spend_share if s.explore else 0.0,
-            warmup=s.warmup_labels, caution=s.caution, seed=s.seed,
+            warmup=s.warmup_labels, caution=s.caution, caution_on=s.caution_on,
+            explore_loss_share=s.explore_max_loss_share or None, seed=s.seed,
             label_set_options={"tau": s.kernel_width, "local_strength": s.local_strength,
                                "prior_strength": s.prior_strength})
         self._aliases = {name: (mc.hint.alias if mc.hint and mc.hint.alias else name)

@@ -10,6 +10,8 @@
     explore_max_spend_share = 0.1  # ... and their extra cost <= this share of the all-frontier cost
     warmup_labels = 30           # labels each model gets before warm-up stops trying it
     caution = 1.0                # standard deviations of the traffic's kept-minus-bar quality kept in hand
+    caution_on = "traffic"       # or "models": each model's own bounds (the earlier rule; it saves later)
+    explore_max_loss_share = 0.01  # exploration's estimated quality loss <= this share of the best's (0: no cap)
     price_prior = 0.05           # unrated models: prior quality + this x (log price, standardised)
     sync_s = 1.0                 # how often a replica loads labels other replicas stored
     seed = 7                     # optional: reproducible exploration draws (default: fresh each start)
@@ -49,6 +51,8 @@ class RouterSettings:
     explore_max_spend_share: float = 0.1
     warmup_labels: int = 30
     caution: float = 1.0
+    caution_on: str = "traffic"
+    explore_max_loss_share: float = 0.01
     sync_s: float = 1.0
     kernel_width: float = 0.5
     local_strength: float = 4.0
@@ -108,6 +112,8 @@ def parse_router(doc: Mapping[str, Any]) -> RouterSettings:
         explore_max_spend_share=_number("router", r, "explore_max_spend_share", d.explore_max_spend_share, 0, 1),
         warmup_labels=int(_number("router", r, "warmup_labels", d.warmup_labels, 0, 10_000)),
         caution=_number("router", r, "caution", d.caution, 0, 10),
+        caution_on=_choice("router", r, "caution_on", d.caution_on, ("traffic", "models")),
+        explore_max_loss_share=_number("router", r, "explore_max_loss_share", d.explore_max_loss_share, 0, 1),
         sync_s=_number("router", r, "sync_s", d.sync_s, 0, 3600),
         kernel_width=_number("router", r, "kernel_width", d.kernel_width, 1e-3, 10),
         local_strength=_number("router", r, "local_strength", d.local_strength, 0.1, 1e6),
@@ -115,6 +121,13 @@ def parse_router(doc: Mapping[str, Any]) -> RouterSettings:
         price_prior=_number("router", r, "price_prior", d.price_prior, 0, 1),
         seed=_seed(r.get("seed")),
     )
+
+
+def _choice(section: str, doc: dict[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = doc.get(key, default)
+    if value not in allowed:
+        raise UsageError(f"{section}.{key} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+    return value
 
 
 def _seed(value: Any) -> int | None:
