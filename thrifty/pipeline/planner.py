@@ -159,21 +159,20 @@ class Gateway:
         if not infos:
             return {}
         try:
-            ok = {id(i) for i in self.spend.allowed(principal, infos)}
+            kept = self.spend.allowed(principal, infos)
         except PolicyDenied:
             if strict:
                 raise
             return {}
+        if len(kept) == len(infos):  # all of them (the usual case): nothing to filter
+            return {m.info.name: m.deployments for m in models}
+        ok = {id(i) for i in kept}
         out = {}
         for m in models:
             deps = tuple(d for d in m.deployments if id(d.info or m.info) in ok)
             if deps:
                 out[m.info.name] = deps
         return out
-
-    def _allowed(self, principal: Principal, models: list[ModelConfig]) -> list[ModelConfig]:
-        ok = self._permitted(principal, models)
-        return [m for m in models if m.info.name in ok]
 
     def visible(self, principal: Principal) -> tuple[list[str], bool]:
         """What ``principal`` may call (``GET /v1/models``): the configured models its policies
@@ -199,7 +198,9 @@ class Gateway:
         first: ModelConfig,
         prompt_tokens: int,
         needs: tuple[str, ...] = (),
-    ) -> list[ModelConfig]:
+    ) -> tuple[list[ModelConfig], dict[str, tuple[Deployment, ...]]]:
+        """``first``'s fallbacks that fit the prompt, serve its needs and that policy permits,
+        and their permitted deployments (for :attr:`Plan.deployments`)."""
         chain, seen = [], {first.info.name}
         for name in first.fallbacks:
             mc = self.models[name]
@@ -211,7 +212,10 @@ class Gateway:
             ):
                 chain.append(mc)
                 seen.add(name)
-        return self._allowed(principal, chain)
+        if not chain:
+            return [], {}
+        ok = self._permitted(principal, chain)
+        return [m for m in chain if m.info.name in ok], ok
 
     def plan_chat(self, principal: Principal, req: ChatRequest, *, endpoint: str = "chat",
                   explore: bool = True) -> Plan:
@@ -248,12 +252,14 @@ class Gateway:
                     code="model_capability_missing",
                     param=param,
                 )
-        if not self._permitted(principal, [mc], strict=True):  # hardening: by deployment
+        permitted = self._permitted(principal, [mc], strict=True)  # hardening: by deployment
+        if not permitted:
             raise PolicyDenied(f"Policy does not allow model '{name}'.")
-        chain = [mc] + self._fallbacks(principal, mc, prompt_tokens, req.needs)
-        plan = self._finish_plan(name, chain, "explicit model", req, prompt_tokens)
+        rest, ok = self._fallbacks(principal, mc, prompt_tokens, req.needs)
+        permitted.update(ok)
+        plan = self._finish_plan(name, [mc, *rest], "explicit model", req, prompt_tokens)
         plan.named = True
-        plan.deployments = self._permitted(principal, chain)  # hardening
+        plan.deployments = permitted  # hardening
         return plan
 
     def _check_servable(self, info: ModelInfo, prompt_tokens: int) -> None:
@@ -339,7 +345,7 @@ class Gateway:
             self.metrics.router_exploration_cost.inc((), routed.extra_cost)
         first = self.models[routed.model]
         scores = routed.scores
-        rest = self._fallbacks(principal, first, prompt_tokens, needs)
+        rest, rest_ok = self._fallbacks(principal, first, prompt_tokens, needs)
         if not rest and scores:
             # No configured fallbacks: the next best models by estimated quality.
             by_score = sorted(
@@ -351,7 +357,8 @@ class Gateway:
         )
         plan.scores = scores
         plan.route = routed.trace
-        plan.deployments = self._permitted(principal, plan.chain)  # hardening (fallbacks too)
+        ok.update(rest_ok)  # hardening: what policy permits of each model in the chain
+        plan.deployments = {m.info.name: ok[m.info.name] for m in plan.chain if m.info.name in ok}
         return plan
 
     def _finish_plan(
