@@ -8,6 +8,7 @@ response_format, seed, ...) untouched so it passes through to the upstream.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -212,6 +213,44 @@ def _check_stop(stop: Any) -> None:
         raise invalid_type("stop", "a string or an array of strings", stop)
 
 
+def _check_tools_field(body: dict[str, Any]) -> None:
+    if body["tools"] is not None:
+        _check_tools(body)
+
+
+def _check_tool_choice_field(body: dict[str, Any]) -> None:
+    if body["tool_choice"] is not None:
+        _check_tool_choice(body["tool_choice"])
+
+
+def _check_stop_field(body: dict[str, Any]) -> None:
+    if body["stop"] is not None:
+        _check_stop(body["stop"])
+
+
+def _check_stream_options(body: dict[str, Any]) -> None:
+    opts = check_type(body, "stream_options", (dict,), "an object")
+    if opts is not None:
+        check_type(opts, "include_usage", (bool,), "a boolean")
+
+
+# The optional fields a chat request is checked for, in the order their errors are reported:
+# only those present are checked (a request carries few of them).
+_OPTIONAL_CHECKS: tuple[tuple[str, Callable[[dict[str, Any]], object]], ...] = (
+    ("stream", lambda b: check_type(b, "stream", (bool,), "a boolean")),
+    ("max_completion_tokens", lambda b: _positive_int(b, "max_completion_tokens")),
+    ("max_tokens", lambda b: _positive_int(b, "max_tokens")),
+    ("temperature", lambda b: _number_range(b, "temperature", 0, 2)),
+    ("top_p", lambda b: _number_range(b, "top_p", 0, 1)),
+    ("n", lambda b: _positive_int(b, "n")),
+    ("tools", _check_tools_field),
+    ("tool_choice", _check_tool_choice_field),
+    ("stop", _check_stop_field),
+    ("response_format", lambda b: check_type(b, "response_format", (dict,), "an object")),
+    ("stream_options", _check_stream_options),
+)
+
+
 class ChatRequest:
     """The fields of a chat completion request the gateway acts on; ``body`` is forwarded."""
 
@@ -275,21 +314,14 @@ class ChatRequest:
         self.n_messages = len(messages)
         self.prompt = texts[-1] if texts else ""
         self.prompt_chars = chars
-        self.stream = bool(check_type(body, "stream", (bool,), "a boolean"))
-        mct = _positive_int(body, "max_completion_tokens")
-        self.max_tokens = _positive_int(body, "max_tokens") or mct
-        _number_range(body, "temperature", 0, 2)
-        _number_range(body, "top_p", 0, 1)
-        self.n = _positive_int(body, "n") or 1  # choices: the output bound is n times max_tokens
-        if body.get("tools") is not None:
-            _check_tools(body)
-        if body.get("tool_choice") is not None:
-            _check_tool_choice(body["tool_choice"])
-        if body.get("stop") is not None:
-            _check_stop(body["stop"])
-        check_type(body, "response_format", (dict,), "an object")
-        opts = check_type(body, "stream_options", (dict,), "an object") or {}
-        self.include_usage = bool(check_type(opts, "include_usage", (bool,), "a boolean"))
+        for key, check in _OPTIONAL_CHECKS:
+            if key in body:
+                check(body)
+        self.stream = bool(body.get("stream"))
+        self.max_tokens: int | None = body.get("max_tokens") or body.get("max_completion_tokens")
+        self.n = body.get("n") or 1  # choices: the output bound is n times max_tokens
+        opts = body.get("stream_options")
+        self.include_usage = bool(opts.get("include_usage")) if opts else False
         if body.get("tools"):
             chars += len(orjson.dumps(body["tools"]))
             self.prompt_chars = chars
