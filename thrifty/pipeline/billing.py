@@ -101,8 +101,12 @@ class Billing:
             if c.batch_priced:
                 in_price = info.input_cost_per_token_batches or in_price
                 out_price = info.output_cost_per_token_batches or out_price
-        record = LedgerRecord.billed_to(
-            c.principal,
+        p = c.principal  # billed to (LedgerRecord.billed_to's fields, without its extra call)
+        record = LedgerRecord(
+            key_id=p.key_id,
+            user_id=p.user_id,
+            team_id=p.team_id,
+            tags=p.tags,
             request_id=c.request_id,
             ts=c.ts,
             endpoint=c.endpoint,
@@ -173,11 +177,8 @@ class Billing:
             if reason is not None:
                 m.rejections.inc((reason,))
         if c.usage is not None and c.info is not None:
-            m.cost.inc((name,), cost)
-            m.team_cost.inc((c.principal.team_id or "-",), cost)
-            m.frontier_cost.inc((name,), frontier)
-            m.tokens.inc((name, "prompt"), c.usage.prompt_tokens)
-            m.tokens.inc((name, "completion"), c.usage.completion_tokens)
+            team = c.principal.team_id or "-"
+            m.spent(name, team, cost, frontier, c.usage.prompt_tokens, c.usage.completion_tokens)
         if not c.counted:
             return Billed(cost, frontier, None)
         if before_settle is not None:

@@ -248,6 +248,19 @@ class Metrics:
         self.requests.inc((endpoint, model, str(status)))
         self.duration.observe((endpoint, model), seconds)
 
+    def spent(
+        self, model: str, team: str, cost: float, frontier: float, prompt: int, completion: int
+    ) -> None:
+        """What one answered request cost (and would have on the frontier model) and its
+        tokens; the counters updated in place, as this runs for every request."""
+        key, by_team, tokens = (model,), (team,), self.tokens.values
+        costs, team_costs, frontiers = self.cost.values, self.team_cost.values, self.frontier_cost.values
+        costs[key] = costs.get(key, 0) + cost
+        team_costs[by_team] = team_costs.get(by_team, 0) + cost
+        frontiers[key] = frontiers.get(key, 0) + frontier
+        tokens[model, "prompt"] = tokens.get((model, "prompt"), 0) + prompt
+        tokens[model, "completion"] = tokens.get((model, "completion"), 0) + completion
+
     def state(self) -> State:
         """This process's counts as plain data (for the other workers' scrapes)."""
         return {f.name: f.state() for f in self.families}

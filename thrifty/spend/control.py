@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
 import logging
 import os
 import pathlib
@@ -97,6 +98,10 @@ class DbSpendControl:
         else:
             self.limiter = MemoryRateLimiter()
         self._periods: dict[str, tuple[BudgetEntry, int, float | None]] = {}  # budget id -> current period
+        # Hold ids: unique per control (random) and per hold (a counter): a getrandom() per
+        # request cost more than the rest of the id.
+        self._hold_prefix = secrets.token_hex(6)
+        self._hold_count = itertools.count(1)
         self.writer = LedgerWriter(
             db_url, journal_dir, release_reservations=in_db, interval=flush_interval,
             queue_writes=self._shared_db is not None,
@@ -239,7 +244,7 @@ class DbSpendControl:
         self, snap: Snapshot, principal: Principal, amount: int, now: float, *, force: bool = False,
         ttl: float | None = None, hold_id: str | None = None, detail: str | None = None,
     ) -> Hold:
-        hold = Hold(hold_id or secrets.token_hex(12), amount, detail=detail)
+        hold = Hold(hold_id or f"{self._hold_prefix}{next(self._hold_count):012x}", amount, detail=detail)
         for budget in snap.budgets_for(principal):
             if budget.period == "window":
                 if budget.window_start is not None and now < budget.window_start:

@@ -44,10 +44,11 @@ class Journal:
 
     def append(self, line: bytes) -> int:
         """Write one record (a line); returns the offset just past it."""
-        view = memoryview(line)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        written = os.write(self._fd, line)
+        if written < len(line):  # a short write (rare): the rest, as the file takes it
+            view = memoryview(line)[written:]
+            while view:
+                view = view[os.write(self._fd, view) :]
         self.offset += len(line)
         return self.offset
 

@@ -89,13 +89,17 @@ def cost_usd(
     batch: bool = False,
 ) -> Decimal:
     """The exact cost of one request in USD (see the module doc for the token conventions)."""
-    for name, value in (
-        ("prompt_tokens", prompt_tokens),
-        ("completion_tokens", completion_tokens),
-        ("cached_tokens", cached_tokens),
-        ("cache_write_tokens", cache_write_tokens),
-    ):
-        _check(name, value)
+    if not (
+        type(prompt_tokens) is int
+        and type(completion_tokens) is int
+        and type(cached_tokens) is int
+        and type(cache_write_tokens) is int
+        and min(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens) >= 0
+    ):  # the usual case passes in one test; otherwise say which count is wrong
+        _check("prompt_tokens", prompt_tokens)
+        _check("completion_tokens", completion_tokens)
+        _check("cached_tokens", cached_tokens)
+        _check("cache_write_tokens", cache_write_tokens)
     fresh = prompt_tokens - cached_tokens - cache_write_tokens
     if fresh < 0:
         raise ValueError(
@@ -104,7 +108,11 @@ def cost_usd(
         )
     # Long-context tiers (which set their own prices) take precedence over batch prices.
     inp, out, cached, write = _prices(model, prompt_tokens, batch)
-    total = fresh * inp + cached_tokens * cached + cache_write_tokens * write + completion_tokens * out
+    total = fresh * inp + completion_tokens * out
+    if cached_tokens:  # (exact sums: leaving out a zero term changes nothing)
+        total += cached_tokens * cached
+    if cache_write_tokens:
+        total += cache_write_tokens * write
     return total.quantize(NANO, rounding=ROUND_HALF_EVEN)
 
 
