@@ -468,7 +468,7 @@ class GatewayApp:
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": b"".join(encode(c) for c in batch),
+                        "body": b"".join(map(encode, batch)),
                         "more_body": True,
                     }
                 )

@@ -67,11 +67,12 @@ class AnswerStream:
     async def __anext__(self) -> list[dict[str, Any]]:
         while not self.done:
             batch = self._first
-            self._first = None
-            if batch is None:
-                if self._rest is None:
-                    await self._finish()
-                    break
+            if batch is not None:
+                self._first = None
+            elif self._rest is None:
+                await self._finish()
+                break
+            else:
                 try:
                     batch = await self._rest.__anext__()
                 except StopAsyncIteration:
@@ -93,23 +94,35 @@ class AnswerStream:
         raise StopAsyncIteration
 
     def _take(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = []
+        """The chunks of ``batch`` to relay now; those that end the answer (a finish reason,
+        usage) are held. Kept lean: this runs for every read of every stream."""
+        if self.chunks is not None:
+            self.chunks.extend(batch)
+        out: list[dict[str, Any]] = []
+        held = self.held
+        chars = pieces = 0
         for chunk in batch:
-            if self.chunks is not None:
-                self.chunks.append(chunk)
-            if chunk.get("usage"):
-                self.usage = Usage.from_openai(chunk["usage"])
+            usage = chunk.get("usage")
+            if usage:
+                self.usage = Usage.from_openai(usage)
                 self.usage_reported = True
-            choices = chunk.get("choices") or ()
+            choices = chunk.get("choices")
+            if not choices:
+                held.append(chunk)
+                continue
+            ends = False
             for c in choices:
-                content = (c.get("delta") or {}).get("content")
-                if content:
-                    self._chars += len(content)
-                    self._pieces += 1
-            if not choices or any(c.get("finish_reason") for c in choices):
-                self.held.append(chunk)
-            else:
-                out.append(chunk)
+                delta = c.get("delta")
+                if delta:
+                    content = delta.get("content")
+                    if content:
+                        chars += len(content)
+                        pieces += 1
+                if c.get("finish_reason"):
+                    ends = True
+            (held if ends else out).append(chunk)
+        self._chars += chars
+        self._pieces += pieces
         return out
 
     def _estimate(self) -> int:
