@@ -118,7 +118,7 @@ class Wire:
             return orjson.dumps(openai_to_anthropic_response(answer.body, model))
         if self.responses is not None:
             return orjson.dumps(self.responses.response(answer.body, model, answer.usage))
-        return orjson.dumps(answer.body)
+        return answer.json()
 
     def encoder(self, model: str, prompt_tokens: int) -> Any:
         if self.fmt == ANTHROPIC:

@@ -64,13 +64,26 @@ class CacheStage:
         self._rebuilt = False
         self.pending = 0  # answers still being written (they are stored after the response)
         self.tasks: set[asyncio.Task] = set()
+        self._routes: dict[tuple[str, bool], tuple[CachePolicy, str, frozenset[str] | None]] = {}
         if any(r.mode == "semantic" for r in settings.routes.values()):
             self._semantic()  # load the embedder now, not on a request
 
     # -- which cache, for whom ---------------------------------------------------------------
 
-    def _route(self, model: str) -> tuple[CachePolicy, str, set[str] | None]:
-        """(policy, namespace, accepted models or None for any) for a requested model."""
+    def _route(self, model: str) -> tuple[CachePolicy, str, frozenset[str] | None]:
+        """(policy, namespace, accepted models or None for any) for a requested model: the
+        same for every request, so kept per configured model and profile."""
+        profile = model == "default" or self.gw.router.is_profile(model)
+        got = self._routes.get((model, profile))
+        if got is None:
+            got = self._route_of(model, profile)
+            if profile or model in self.gw.models or model == CASCADE_PROFILE:  # bounded
+                self._routes[model, profile] = got
+        return got
+
+    def _route_of(
+        self, model: str, profile: bool
+    ) -> tuple[CachePolicy, str, frozenset[str] | None]:
         route = self.settings.routes.get(model)
         mode = route.mode if route else None
         if mode is None and not self.settings.deterministic:
@@ -79,13 +92,13 @@ class CacheStage:
             mode=mode, ttl=(route.ttl if route and route.ttl else self.settings.ttl)
         )
         if model == CASCADE_PROFILE and self.cascade:
-            return policy, "profile:" + model, set(self.cascade)
-        if model == "default" or self.gw.router.is_profile(model):
+            return policy, "profile:" + model, frozenset(self.cascade)
+        if profile:
             return policy, "profile:" + model, None  # the route itself may pick any model
         share = route.share_with if route else ()
-        return policy, "|".join(sorted({model, *share})), {model, *share}
+        return policy, "|".join(sorted({model, *share})), frozenset({model, *share})
 
-    def _allowed_models(self, call: Call, accepted: set[str] | None) -> set[str]:
+    def _allowed_models(self, call: Call, accepted: frozenset[str] | None) -> set[str]:
         """Models whose cached answers this caller may get: the route's, minus what policy forbids
         (a hit must not bypass a policy that forbids the model that produced it)."""
         models = self.gw.models

@@ -52,14 +52,38 @@ if TYPE_CHECKING:
 log = logging.getLogger("thrifty.gateway")
 
 
-@dataclass(slots=True)
 class Answer:
-    """A complete answer: an OpenAI chat completion (or embeddings) body and what it cost."""
+    """A complete answer: an OpenAI chat completion (or embeddings) body and what it cost.
 
-    body: dict[str, Any]
-    usage: Usage
-    cost_usd: float
-    frontier_cost_usd: float
+    ``raw``: the body as JSON when the answer arrived that way (a cache hit); then ``body`` is
+    parsed only if something reads it, and an OpenAI-format reply sends ``raw`` as it is."""
+
+    __slots__ = ("_body", "cost_usd", "frontier_cost_usd", "raw", "usage")
+
+    def __init__(
+        self,
+        body: dict[str, Any] | None,
+        usage: Usage,
+        cost_usd: float,
+        frontier_cost_usd: float,
+        *,
+        raw: bytes | None = None,
+    ) -> None:
+        self._body = body
+        self.usage = usage
+        self.cost_usd = cost_usd
+        self.frontier_cost_usd = frontier_cost_usd
+        self.raw = raw
+
+    @property
+    def body(self) -> dict[str, Any]:
+        if self._body is None:
+            self._body = orjson.loads(self.raw)  # type: ignore[arg-type]
+        return self._body
+
+    def json(self) -> bytes:
+        """The body as JSON."""
+        return self.raw if self.raw is not None else orjson.dumps(self._body)
 
 
 @dataclass(slots=True)
@@ -317,10 +341,10 @@ class Pipeline:
         billed = await self.billing.bill(charge, None)
         call.settled = True
         self._hit_served(call, entry, mc)
-        body = orjson.loads(entry.body)
+        frontier = billed.frontier_cost_usd
         if call.chat is not None and call.chat.stream:
-            return self._replayed(call, body, usage, 0.0, billed.frontier_cost_usd)
-        return Answer(body, usage, 0.0, billed.frontier_cost_usd)
+            return self._replayed(call, orjson.loads(entry.body), usage, 0.0, frontier)
+        return Answer(None, usage, 0.0, frontier, raw=entry.body)  # sent as stored
 
     @staticmethod
     def _hit_served(call: Call, entry: Any, mc: Any) -> None:
