@@ -82,8 +82,8 @@ class Answer:
         return self._body
 
     def json(self) -> bytes:
-        """The body as JSON."""
-        return self.raw if self.raw is not None else orjson.dumps(self._body)
+        """The body as JSON: ``raw`` while nothing has read (and so could have changed) the body."""
+        return self.raw if self._body is None and self.raw is not None else orjson.dumps(self._body)
 
 
 @dataclass(slots=True)
