@@ -52,38 +52,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("thrifty.gateway")
 
 
+@dataclass(slots=True)
 class Answer:
     """A complete answer: an OpenAI chat completion (or embeddings) body and what it cost.
 
-    ``raw``: the body as JSON when the answer arrived that way (a cache hit); then ``body`` is
+    ``raw``: the body as JSON when the answer arrived that way (a cache hit); then the body is
     parsed only if something reads it, and an OpenAI-format reply sends ``raw`` as it is."""
 
-    __slots__ = ("_body", "cost_usd", "frontier_cost_usd", "raw", "usage")
-
-    def __init__(
-        self,
-        body: dict[str, Any] | None,
-        usage: Usage,
-        cost_usd: float,
-        frontier_cost_usd: float,
-        *,
-        raw: bytes | None = None,
-    ) -> None:
-        self._body = body
-        self.usage = usage
-        self.cost_usd = cost_usd
-        self.frontier_cost_usd = frontier_cost_usd
-        self.raw = raw
+    parsed: dict[str, Any] | None
+    usage: Usage
+    cost_usd: float
+    frontier_cost_usd: float
+    raw: bytes | None = None
 
     @property
     def body(self) -> dict[str, Any]:
-        if self._body is None:
-            self._body = orjson.loads(self.raw)  # type: ignore[arg-type]
-        return self._body
+        if self.parsed is None:
+            self.parsed = orjson.loads(self.raw)  # type: ignore[arg-type]
+        return self.parsed
 
     def json(self) -> bytes:
         """The body as JSON: ``raw`` while nothing has read (and so could have changed) the body."""
-        return self.raw if self._body is None and self.raw is not None else orjson.dumps(self._body)
+        return self.raw if self.parsed is None and self.raw is not None else orjson.dumps(self.parsed)
 
 
 @dataclass(slots=True)
