@@ -251,15 +251,12 @@ class Metrics:
     def spent(
         self, model: str, team: str, cost: float, frontier: float, prompt: int, completion: int
     ) -> None:
-        """What one answered request cost (and would have on the frontier model) and its
-        tokens; the counters updated in place, as this runs for every request."""
-        key, by_team, tokens = (model,), (team,), self.tokens.values
-        costs, team_costs, frontiers = self.cost.values, self.team_cost.values, self.frontier_cost.values
-        costs[key] = costs.get(key, 0) + cost
-        team_costs[by_team] = team_costs.get(by_team, 0) + cost
-        frontiers[key] = frontiers.get(key, 0) + frontier
-        tokens[model, "prompt"] = tokens.get((model, "prompt"), 0) + prompt
-        tokens[model, "completion"] = tokens.get((model, "completion"), 0) + completion
+        """What one answered request cost (and would have on the frontier model) and its tokens."""
+        self.cost.inc((model,), cost)
+        self.team_cost.inc((team,), cost)
+        self.frontier_cost.inc((model,), frontier)
+        self.tokens.inc((model, "prompt"), prompt)
+        self.tokens.inc((model, "completion"), completion)
 
     def state(self) -> State:
         """This process's counts as plain data (for the other workers' scrapes)."""
