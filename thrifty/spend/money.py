@@ -25,7 +25,7 @@ def to_decimal(amount: float | str | Decimal) -> Decimal:
 
 def usd_to_nanos(amount: float | str | Decimal, *, round_up: bool = False) -> int:
     """USD to integer nano-dollars; ``round_up`` for amounts held against a budget."""
-    value = Decimal(repr(amount)) if type(amount) is float else to_decimal(amount)  # (floats: most)
+    value = to_decimal(amount)
     if not value.is_finite():
         raise ValueError(f"not a finite amount: {amount!r}")
     rounding = ROUND_CEILING if round_up else ROUND_HALF_EVEN
