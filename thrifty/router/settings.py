@@ -100,13 +100,10 @@ def parse_router(doc: Mapping[str, Any]) -> RouterSettings:
     unknown = sorted(set(r) - known)
     if unknown:
         raise UsageError(f"router: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    scope = r.get("learning_scope", "deployment")
-    if scope not in ("deployment", "team"):
-        raise UsageError(f"router.learning_scope must be 'deployment' or 'team', got {scope!r}")
     d = RouterSettings()
     return RouterSettings(
         learning=_flag("router", r, "learning", d.learning),
-        learning_scope=scope,
+        learning_scope=_choice("router", r, "learning_scope", d.learning_scope, ("deployment", "team")),
         explore=_flag("router", r, "explore", d.explore),
         explore_max_share=_number("router", r, "explore_max_share", d.explore_max_share, 0, 1),
         explore_max_spend_share=_number("router", r, "explore_max_spend_share", d.explore_max_spend_share, 0, 1),
