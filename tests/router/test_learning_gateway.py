@@ -56,14 +56,6 @@ def pool_doc(tmp: Path, upstream: FakeUpstream, db_url: str | None, **router: An
     return doc
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream("ok")
-    fake.start()
-    yield fake
-    fake.stop()
-
-
 def gateway(doc: dict[str, Any], team: str = "t") -> tuple[Any, Any, str]:
     app, spend = build_app(build_config(doc))
     if not any(t["id"] == team for t in admin_ops.list_teams(spend.db)):
