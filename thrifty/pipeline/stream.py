@@ -60,70 +60,66 @@ class AnswerStream:
         self.done = False
         self._chars = 0
         self._pieces = 0
+        self._batches: Any = None  # the relay's generator, once iterated
 
-    def __aiter__(self) -> AnswerStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
+        self._batches = self._relay()
+        return self._batches
 
-    async def __anext__(self) -> list[dict[str, Any]]:
-        while not self.done:
-            batch = self._first
-            if batch is not None:
-                self._first = None
-            elif self._rest is None:
-                await self._finish()
-                break
-            else:
+    async def _relay(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The batches to relay now; those chunks that end the answer (a finish reason, usage)
+        are held. One generator for the whole stream, its per-read work inline: this runs for
+        every read of every stream (a method call per read measurably cost more)."""
+        held = self.held
+        chunks = self.chunks
+        bound = self.max_output_tokens
+        batch = self._first
+        self._first = None
+        while True:
+            if batch is None:
+                rest = self._rest
+                if rest is None:
+                    await self._finish()
+                    return
                 try:
-                    batch = await self._rest.__anext__()
+                    batch = await rest.__anext__()
                 except StopAsyncIteration:
                     await self._finish()
-                    break
+                    return
                 except UpstreamError as exc:
                     await self._fail(
-                        502,
-                        "stream_broken",
-                        f"The upstream stream broke mid-answer: {exc.message}",
+                        502, "stream_broken", f"The upstream stream broke mid-answer: {exc.message}"
                     )
-                    break
-            out = self._take(batch)
-            if self.max_output_tokens and self._estimate() > self.max_output_tokens:
+                    return
+            if chunks is not None:
+                chunks.extend(batch)
+            out: list[dict[str, Any]] = []
+            for chunk in batch:
+                usage = chunk.get("usage")
+                if usage:
+                    self.usage = Usage.from_openai(usage)
+                    self.usage_reported = True
+                choices = chunk.get("choices")
+                if not choices:
+                    held.append(chunk)
+                    continue
+                ends = False
+                for c in choices:
+                    delta = c.get("delta")
+                    if delta:
+                        content = delta.get("content")
+                        if content:
+                            self._chars += len(content)
+                            self._pieces += 1
+                    if c.get("finish_reason"):
+                        ends = True
+                (held if ends else out).append(chunk)
+            batch = None
+            if bound and self._estimate() > bound:
                 await self._stop_overrun()
-                break
+                return
             if out:
-                return out
-        raise StopAsyncIteration
-
-    def _take(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The chunks of ``batch`` to relay now; those that end the answer (a finish reason,
-        usage) are held. Kept lean: this runs for every read of every stream."""
-        if self.chunks is not None:
-            self.chunks.extend(batch)
-        out: list[dict[str, Any]] = []
-        held = self.held
-        chars = pieces = 0
-        for chunk in batch:
-            usage = chunk.get("usage")
-            if usage:
-                self.usage = Usage.from_openai(usage)
-                self.usage_reported = True
-            choices = chunk.get("choices")
-            if not choices:
-                held.append(chunk)
-                continue
-            ends = False
-            for c in choices:
-                delta = c.get("delta")
-                if delta:
-                    content = delta.get("content")
-                    if content:
-                        chars += len(content)
-                        pieces += 1
-                if c.get("finish_reason"):
-                    ends = True
-            (held if ends else out).append(chunk)
-        self._chars += chars
-        self._pieces += pieces
-        return out
+                yield out
 
     def _estimate(self) -> int:
         """Output tokens so far: the upstream's count if it sent one, else the larger of the
@@ -173,6 +169,9 @@ class AnswerStream:
 
     async def aclose(self) -> None:
         """The client went away before the end: stop the upstream and settle what it produced."""
+        batches, self._batches = self._batches, None
+        if batches is not None:
+            await batches.aclose()  # paused at a relayed batch: nothing more of it runs
         if self.done:
             return
         await self._close_upstream()
