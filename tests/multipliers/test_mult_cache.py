@@ -14,6 +14,7 @@ from thrifty.multipliers.cache import (
     CacheError,
     CachePolicy,
     ExactCache,
+    MemoryTier,
     RedisCacheStore,
     SQLiteCacheStore,
     cache_key,
@@ -33,6 +34,12 @@ def store_factory(request, tmp_path):
     return lambda: RedisCacheStore(url, prefix=prefix)
 
 
+@pytest.fixture(params=[0, 1 << 20], ids=["store-only", "memory-tier"])
+def memory(request) -> int:
+    """Every rule holds with and without the in-memory tier in front of the store."""
+    return request.param
+
+
 def entry(model: str = "gpt-4o", text: str = "4") -> CacheEntry:
     body = b'{"choices":[{"message":{"role":"assistant","content":"' + text.encode() + b'"}}]}'
     return CacheEntry(body, model, "openai", 12, 1, 0.0002, time.time())
@@ -41,9 +48,9 @@ def entry(model: str = "gpt-4o", text: str = "4") -> CacheEntry:
 REQ = {"model": "gpt-4o", "messages": [{"role": "user", "content": "2+2?"}], "temperature": 0}
 
 
-def test_hit_for_same_tenant_and_model(store_factory):
+def test_hit_for_same_tenant_and_model(store_factory, memory):
     async def go():
-        cache = ExactCache(store_factory())
+        cache = ExactCache(store_factory(), memory_bytes=memory)
         scope = scope_of("team-a", "key-1")
         assert await cache.lookup(scope, "gpt-4o", REQ, {"gpt-4o"}) is None
         await cache.store_answer(scope, "gpt-4o", REQ, entry(), ttl=60)
@@ -57,9 +64,9 @@ def test_hit_for_same_tenant_and_model(store_factory):
     asyncio.run(go())
 
 
-def test_no_tenant_sees_another_tenants_answer(store_factory):
+def test_no_tenant_sees_another_tenants_answer(store_factory, memory):
     async def go():
-        cache = ExactCache(store_factory())
+        cache = ExactCache(store_factory(), memory_bytes=memory)
         await cache.store_answer(scope_of("team-a", "key-1"), "gpt-4o", REQ, entry(), ttl=60)
         # Another team, another key without team, a key of team-a's... only team-a hits.
         assert await cache.lookup(scope_of("team-b", "key-2"), "gpt-4o", REQ, {"gpt-4o"}) is None
@@ -73,9 +80,9 @@ def test_no_tenant_sees_another_tenants_answer(store_factory):
     asyncio.run(go())
 
 
-def test_never_served_across_models_unless_route_shares(store_factory):
+def test_never_served_across_models_unless_route_shares(store_factory, memory):
     async def go():
-        cache = ExactCache(store_factory())
+        cache = ExactCache(store_factory(), memory_bytes=memory)
         scope = scope_of("team-a", None)
         await cache.store_answer(scope, "gpt-4o", REQ, entry("gpt-4o"), ttl=60)
         other = {**REQ, "model": "gpt-4o-mini"}
@@ -90,9 +97,9 @@ def test_never_served_across_models_unless_route_shares(store_factory):
     asyncio.run(go())
 
 
-def test_ttl_expires(store_factory):
+def test_ttl_expires(store_factory, memory):
     async def go():
-        cache = ExactCache(store_factory())
+        cache = ExactCache(store_factory(), memory_bytes=memory)
         await cache.store_answer("anon", "gpt-4o", REQ, entry(), ttl=0.05)
         await asyncio.sleep(0.15)
         assert await cache.lookup("anon", "gpt-4o", REQ, {"gpt-4o"}) is None
@@ -101,9 +108,9 @@ def test_ttl_expires(store_factory):
     asyncio.run(go())
 
 
-def test_different_request_parameters_miss(store_factory):
+def test_different_request_parameters_miss(store_factory, memory):
     async def go():
-        cache = ExactCache(store_factory())
+        cache = ExactCache(store_factory(), memory_bytes=memory)
         await cache.store_answer("anon", "gpt-4o", REQ, entry(), ttl=60)
         for change in (
             {"max_tokens": 5},
@@ -114,6 +121,86 @@ def test_different_request_parameters_miss(store_factory):
         await cache.close()
 
     asyncio.run(go())
+
+
+class CountingStore:
+    """A store that counts its reads (to see which lookups the memory tier answered)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.gets = inner, 0
+
+    async def get(self, key):
+        self.gets += 1
+        return await self.inner.get(key)
+
+    async def put(self, key, entry, ttl):
+        await self.inner.put(key, entry, ttl)
+
+    async def close(self):
+        await self.inner.close()
+
+
+def test_memory_tier_answers_hot_entries_and_fills_from_the_store(tmp_path):
+    async def go():
+        path = tmp_path / "c.sqlite3"
+        writer = ExactCache(SQLiteCacheStore(path))  # another process, sharing the store
+        await writer.store_answer("anon", "gpt-4o", REQ, entry(text="from-store"), ttl=60)
+        store = CountingStore(SQLiteCacheStore(path))
+        cache = ExactCache(store, memory_bytes=1 << 20)
+        for _ in range(3):
+            hit = await cache.lookup("anon", "gpt-4o", REQ, {"gpt-4o"})
+            assert hit is not None and b"from-store" in hit.body
+        assert store.gets == 1  # read once, then served from memory
+        # What this process stores is served from memory at once; a miss still reads the store.
+        other = {**REQ, "max_tokens": 3}
+        await cache.store_answer("anon", "gpt-4o", other, entry(text="mine"), ttl=60)
+        assert b"mine" in (await cache.lookup("anon", "gpt-4o", other, {"gpt-4o"})).body
+        assert await cache.lookup("anon", "gpt-4o", {**REQ, "n": 1}, {"gpt-4o"}) is None
+        assert store.gets == 2
+        # The tier never widens who may read an entry: another tenant or model still misses.
+        assert await cache.lookup("team:b", "gpt-4o", REQ, {"gpt-4o"}) is None
+        assert await cache.lookup("anon", "gpt-4o", REQ, {"gpt-4o-mini"}) is None
+        await writer.close()
+        await cache.close()
+
+    asyncio.run(go())
+
+
+def test_memory_tier_keeps_an_entry_no_longer_than_the_store(tmp_path):
+    async def go():
+        store = CountingStore(SQLiteCacheStore(tmp_path / "c.sqlite3"))
+        cache = ExactCache(store, memory_bytes=1 << 20)
+        await cache.store_answer("anon", "gpt-4o", REQ, entry(), ttl=0.1)
+        assert await cache.lookup("anon", "gpt-4o", REQ, {"gpt-4o"}) is not None
+        await asyncio.sleep(0.2)
+        assert await cache.lookup("anon", "gpt-4o", REQ, {"gpt-4o"}) is None
+        assert len(cache.memory) == 0
+        await cache.close()
+
+    asyncio.run(go())
+
+
+def test_memory_tier_is_bounded_in_bytes_and_evicts_the_least_recently_used():
+    now = time.time()
+
+    def sized(n: int) -> CacheEntry:
+        e = CacheEntry(b"x" * n, "m", None, 1, 1, 0.0, now)
+        e.expires = now + 60
+        return e
+
+    tier = MemoryTier(max_bytes=250)
+    tier.put("a", sized(100), now)
+    tier.put("b", sized(100), now)
+    assert tier.get("a", now) is not None  # a is now the most recently used
+    tier.put("c", sized(100), now)  # over 250: b goes, not a
+    assert tier.get("b", now) is None and tier.get("a", now) is not None
+    assert tier.get("c", now) is not None and tier.bytes == 200
+    tier.put("huge", sized(300), now)  # larger than the whole tier: not kept, nothing evicted
+    assert tier.get("huge", now) is None and len(tier) == 2
+    expired = sized(10)
+    expired.expires = now - 1
+    tier.put("old", expired, now)
+    assert tier.get("old", now) is None
 
 
 def test_sqlite_entries_survive_reopen(tmp_path):

@@ -236,7 +236,11 @@ def test_settings_validation():
     assert batches.concurrency == 2 and batches.enabled and batches.lease == 60
     assert parse_settings({"batches": {"lease": 1.5}})[1].lease == 1.5
     assert parse_settings({})[0] is None
+    assert cache.memory_mb == 32  # the in-memory tier is on by default
+    assert parse_settings({"cache": {"memory_mb": 0}})[0].memory_mb == 0  # and can be off
     for bad in (
+        {"cache": {"memory_mb": -1}},
+        {"cache": {"memory_mb": "64MB"}},
         {"batches": {"lease": 0}},
         {"batches": {"lease": "1m"}},
         {"cache": {"ttl": -1}},

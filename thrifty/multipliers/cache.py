@@ -16,7 +16,9 @@ Three rules make it safe, and every lookup enforces them:
 Backends: :class:`SQLiteCacheStore` (default; one file, stdlib ``sqlite3``) and
 :class:`RedisCacheStore` (``redis.asyncio``, when configured). SQLite reads are a single
 primary-key lookup on the event loop (tens of microseconds, page-cached); writes go to one
-background thread so a slow fsync never stalls a request.
+background thread so a slow fsync never stalls a request. In front of either, a
+:class:`MemoryTier` keeps this process's most recently used entries (bounded in bytes), so a
+hot answer costs neither a database read nor a round trip to Redis.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import asyncio
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ __all__ = [
     "CachePolicy",
     "CacheStore",
     "ExactCache",
+    "MemoryTier",
     "RedisCacheStore",
     "SQLiteCacheStore",
     "cache_key",
@@ -93,6 +97,7 @@ class CacheEntry:
     created: float
     scope: str = ""
     query: str | None = None  # semantic entries: the matched text, so the index can be rebuilt
+    expires: float = 0.0  # when the store lets it go (0: unknown, as in entries older than it)
 
     def dumps(self) -> bytes:
         d = {
@@ -104,6 +109,7 @@ class CacheEntry:
             "c": self.cost_usd,
             "t": self.created,
             "s": self.scope,
+            "x": self.expires,
         }
         if self.query is not None:
             d["q"] = self.query
@@ -113,7 +119,16 @@ class CacheEntry:
     def loads(cls, raw: bytes) -> CacheEntry:
         d = orjson.loads(raw)
         return cls(
-            d["b"].encode(), d["m"], d["p"], d["pt"], d["ct"], d["c"], d["t"], d["s"], d.get("q")
+            d["b"].encode(),
+            d["m"],
+            d["p"],
+            d["pt"],
+            d["ct"],
+            d["c"],
+            d["t"],
+            d["s"],
+            d.get("q"),
+            d.get("x") or 0.0,
         )
 
 
@@ -202,6 +217,7 @@ class SQLiteCacheStore:
         if row is None or row[1] < time.time():
             return None
         entry = CacheEntry.loads(row[2])
+        entry.expires = row[1]
         return entry if entry.scope == row[0] else None
 
     async def get(self, key: str) -> CacheEntry | None:
@@ -211,7 +227,7 @@ class SQLiteCacheStore:
         now = time.time()
         self._wconn.execute(
             "INSERT OR REPLACE INTO response_cache VALUES (?, ?, ?, ?)",
-            (key, entry.scope, now + ttl, entry.dumps()),
+            (key, entry.scope, entry.expires or now + ttl, entry.dumps()),
         )
         self._puts += 1
         if self._puts % self._purge_every == 0:
@@ -284,11 +300,53 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-class ExactCache:
-    """Lookup and store for one gateway: scope + model namespace + normalized request."""
+class MemoryTier:
+    """This process's most recently used entries of a store, at most ``max_bytes`` of answer
+    bodies. An entry lives here no longer than it does in the store, and entries never change
+    once stored, so what this tier serves is what the store would have served (a newer answer
+    another process stores under the same key is seen once the one held here expires or is
+    evicted)."""
 
-    def __init__(self, store: CacheStore) -> None:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+
+    def get(self, key: str, now: float) -> CacheEntry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= now:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: CacheEntry, now: float) -> None:
+        size = len(entry.body)
+        if entry.expires <= now or size > self.max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = entry
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        self.bytes -= len(self._entries.pop(key).body)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class ExactCache:
+    """Lookup and store for one gateway: scope + model namespace + normalized request, through
+    a :class:`MemoryTier` of ``memory_bytes`` (0: every lookup reads the store)."""
+
+    def __init__(self, store: CacheStore, *, memory_bytes: int = 0) -> None:
         self.store = store
+        self.memory = MemoryTier(memory_bytes) if memory_bytes > 0 else None
         self.hits = 0
         self.misses = 0
 
@@ -297,12 +355,18 @@ class ExactCache:
         return cache_key(scope, namespace, body)
 
     async def lookup(
-        self, scope: str, namespace: str, body: Mapping[str, Any], accepted_models: Iterable[str]
+        self, scope: str, namespace: str, body: Mapping[str, Any], accepted_models: Collection[str]
     ) -> CacheEntry | None:
         """The stored answer, if one exists for this tenant and was produced by a model the
         request accepts (``accepted_models``: the requested model, or the route's set)."""
-        entry = await self.store.get(cache_key(scope, namespace, body))
-        if entry is None or entry.scope != scope or entry.model not in set(accepted_models):
+        key = cache_key(scope, namespace, body)
+        memory = self.memory
+        entry = memory.get(key, time.time()) if memory is not None else None
+        if entry is None:
+            entry = await self.store.get(key)
+            if entry is not None and memory is not None:
+                memory.put(key, entry, time.time())
+        if entry is None or entry.scope != scope or entry.model not in accepted_models:
             self.misses += 1
             return None
         self.hits += 1
@@ -312,7 +376,12 @@ class ExactCache:
         self, scope: str, namespace: str, body: Mapping[str, Any], entry: CacheEntry, ttl: float
     ) -> None:
         entry.scope = scope
-        await self.store.put(cache_key(scope, namespace, body), entry, ttl)
+        now = time.time()
+        entry.expires = now + ttl
+        key = cache_key(scope, namespace, body)
+        await self.store.put(key, entry, ttl)
+        if self.memory is not None:  # once stored: the tier mirrors the store, never leads it
+            self.memory.put(key, entry, now)
 
     async def close(self) -> None:
         await self.store.close()

@@ -67,6 +67,7 @@ class CacheSettings:
     deterministic: bool = True
     semantic_threshold: float | None = None
     routes: Mapping[str, RouteCache] = field(default_factory=dict)
+    memory_mb: float = 32.0  # each process's in-memory tier of recent entries (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +152,12 @@ def parse_settings(doc: Mapping[str, Any]) -> tuple[CacheSettings | None, BatchS
         threshold = _number(section, "semantic_threshold", "cache", None)
         if threshold is not None and threshold > 1:
             raise UsageError("cache.semantic_threshold must be within (0, 1]")
+        memory_mb = section.get("memory_mb", 32)
+        if isinstance(memory_mb, bool) or not isinstance(memory_mb, (int, float)) or memory_mb < 0:
+            raise UsageError(f"cache.memory_mb must be a number of MiB, 0 or more, not {memory_mb!r}")
         cache = CacheSettings(
             backend=section.get("backend"),
+            memory_mb=float(memory_mb),
             ttl=_number(section, "ttl", "cache", 3600.0) or 3600.0,
             deterministic=bool(section.get("deterministic", True)),
             semantic_threshold=threshold,

@@ -59,7 +59,10 @@ class CacheStage:
         self.settings = settings
         self.gw = gateway
         self.cascade = cascade
-        self.exact = ExactCache(open_store(settings.backend, gateway.config.data_dir))
+        self.exact = ExactCache(
+            open_store(settings.backend, gateway.config.data_dir),
+            memory_bytes=int(settings.memory_mb * 1024 * 1024),
+        )
         self.semantic: Any = None
         self._rebuilt = False
         self.pending = 0  # answers still being written (they are stored after the response)
