@@ -24,6 +24,8 @@ MAX_DEPTH = 224
 # orjson serialises documents of at most this many levels (measured: 255 raises).
 _ORJSON_DEPTH = 254
 _local = threading.local()
+# Containers a document is walked through before orjson decides its depth instead.
+_WALK_CONTAINERS = 64
 
 
 def _wrapper(levels: int) -> tuple[list[Any], list[Any]]:
@@ -41,12 +43,32 @@ def _wrapper(levels: int) -> tuple[list[Any], list[Any]]:
 def deeper_than(raw: bytes, doc: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether ``doc`` (parsed from ``raw``) nests more than ``limit`` arrays/objects.
 
-    A small body with no more brackets than ``limit`` cannot be deeper (counting them is
-    nearly free). Otherwise orjson's own depth limit decides, in C: ``doc`` inside
-    ``254 - limit`` lists serialises only if it is at most ``limit`` deep. That costs a fifth
-    of parsing the body (measured: 20 us for a 60 KB body whose parse takes 100 us), where a
-    Python walk over its containers would cost twice the parse."""
-    if len(raw) < 32768 and raw.count(b"[") + raw.count(b"{") <= limit:
+    Three ways, cheapest first, none of them reading every byte of a large body:
+
+    * a body shorter than ``2 * (limit + 1)`` bytes cannot be deeper (each level is two bytes);
+    * a document of few containers (the usual chat request: long strings in a handful of
+      objects) is walked, at a cost that does not grow with its text (counting brackets in a
+      30 KB body costs twice parsing it: measured 17 us against 9);
+    * otherwise orjson's own depth limit decides, in C: ``doc`` inside ``254 - limit`` lists
+      serialises only if it is at most ``limit`` deep (measured: 20 us for a 60 KB body whose
+      parse takes 100 us).
+    """
+    if len(raw) < 2 * (limit + 1) or not (type(doc) is dict or type(doc) is list):
+        return False
+    budget = _WALK_CONTAINERS
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        budget -= 1
+        if not budget:
+            break  # many containers: orjson decides
+        depth += 1
+        for child in value.values() if type(value) is dict else value:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth))
+    else:
         return False
     outer, holder = _wrapper(_ORJSON_DEPTH - limit)
     holder.append(doc)

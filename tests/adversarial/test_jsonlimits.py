@@ -14,11 +14,29 @@ def _nested(depth: int, pad: int = 0) -> bytes:
     return b'{"a":' * (depth - 1) + b"[" + inner + b"]" + b"}" * (depth - 1)
 
 
-@pytest.mark.parametrize("pad", [0, 40_000])  # small bodies are decided by counting brackets
-def test_depth_is_exact_at_the_limit(pad):
-    for depth, deeper in ((MAX_DEPTH - 1, False), (MAX_DEPTH, False), (MAX_DEPTH + 1, True), (250, True)):
+@pytest.mark.parametrize("pad", [0, 40_000])
+@pytest.mark.parametrize("limit", [MAX_DEPTH, 40, 3])  # walked (few containers) or orjson-checked
+def test_depth_is_exact_at_the_limit(pad, limit):
+    for depth, deeper in ((limit - 1, False), (limit, False), (limit + 1, True), (limit + 30, True)):
         raw = _nested(depth, pad)
-        assert deeper_than(raw, orjson.loads(raw)) is deeper, depth
+        assert deeper_than(raw, orjson.loads(raw), limit) is deeper, depth
+
+
+def test_depth_is_exact_in_wide_documents():
+    """Many containers beside the deep branch (past what is walked): orjson decides, exactly."""
+    for depth, deeper in ((MAX_DEPTH, False), (MAX_DEPTH + 1, True)):
+        doc = {"wide": [{"x": [1]} for _ in range(300)], "deep": orjson.loads(_nested(depth - 1))}
+        raw = orjson.dumps(doc) if depth <= 250 else b""
+        assert deeper_than(raw, doc) is deeper, depth
+
+
+def test_a_scalar_document_is_not_deep():
+    assert not deeper_than(b'"' + b"x" * 1000 + b'"', "x" * 1000)
+
+
+def test_a_short_body_is_never_deep():
+    raw = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH  # the deepest body under 2 * (MAX_DEPTH + 1) bytes
+    assert len(raw) < 2 * (MAX_DEPTH + 1) and not deeper_than(raw, orjson.loads(raw))
 
 
 def test_many_brackets_but_shallow_is_not_deep():
