@@ -249,12 +249,15 @@ _OPTIONAL_CHECKS: tuple[tuple[str, Callable[[dict[str, Any]], object]], ...] = (
     ("response_format", lambda b: check_type(b, "response_format", (dict,), "an object")),
     ("stream_options", _check_stream_options),
 )
+# field -> (its place in that order, its check)
+_CHECK_OF = {key: (i, check) for i, (key, check) in enumerate(_OPTIONAL_CHECKS)}
 
 
 class ChatRequest:
     """The fields of a chat completion request the gateway acts on; ``body`` is forwarded."""
 
     __slots__ = (
+        "_prompt_bytes",
         "body",
         "images",
         "include_usage",
@@ -266,7 +269,6 @@ class ChatRequest:
         "needs",
         "opaque",
         "prompt",
-        "prompt_bytes",
         "prompt_chars",
         "stream",
     )
@@ -314,26 +316,32 @@ class ChatRequest:
         self.n_messages = len(messages)
         self.prompt = texts[-1] if texts else ""
         self.prompt_chars = chars
-        for key, check in _OPTIONAL_CHECKS:
-            if key in body:
-                check(body)
+        self.images = images
+        self.opaque = opaque
+        self._prompt_bytes = -1  # measured when planning needs it (a cache hit never does)
+        # One pass over the body's fields (a request carries few) instead of a test per
+        # optional field; the checks then run in their documented order.
+        checks = [got for key in body if (got := _CHECK_OF.get(key)) is not None]
+        if not checks and not (images or "functions" in body):
+            self.stream = False
+            self.max_tokens: int | None = None
+            self.n = 1
+            self.include_usage = False
+            self.n_tools = 0
+            self.needs: tuple[str, ...] = ()
+            return
+        checks.sort()
+        for _, check in checks:
+            check(body)
         self.stream = bool(body.get("stream"))
-        self.max_tokens: int | None = body.get("max_tokens") or body.get("max_completion_tokens")
+        self.max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         self.n = body.get("n") or 1  # choices: the output bound is n times max_tokens
         opts = body.get("stream_options")
         self.include_usage = bool(opts.get("include_usage")) if opts else False
-        if body.get("tools"):
-            chars += len(orjson.dumps(body["tools"]))
-            self.prompt_chars = chars
-        # hardening: the hold's bound is the size of the whole body the upstream gets (every
-        # field it may bill, known to thrifty or not), not a sum over fields someone listed.
-        try:
-            self.prompt_bytes = len(orjson.dumps(body))
-        except orjson.JSONEncodeError:  # too deep or not JSON-encodable: parse_json stops these
-            raise bad_request("Request body cannot be forwarded as JSON.", code="invalid_json") from None
-        self.images = images
-        self.opaque = opaque
         tools = body.get("tools")
+        if tools:
+            chars += len(orjson.dumps(tools))
+            self.prompt_chars = chars
         functions = body.get("functions")
         self.n_tools = (len(tools) if isinstance(tools, list) else 0) + (
             len(functions) if isinstance(functions, list) else 1 if functions else 0
@@ -343,13 +351,28 @@ class ChatRequest:
         choice = body.get("tool_choice")
         fmt = body.get("response_format")
         needs = []
-        if body.get("tools") or body.get("functions") or (choice is not None and choice != "none"):
+        if tools or functions or (choice is not None and choice != "none"):
             needs.append("function_calling")
         if images:
             needs.append("vision")
         if fmt is not None and fmt.get("type") == "json_schema":
             needs.append("response_schema")
-        self.needs: tuple[str, ...] = tuple(needs)
+        self.needs = tuple(needs)
+
+    @property
+    def prompt_bytes(self) -> int:
+        """The size of the whole body the upstream gets. Hardening: the hold's bound is this
+        (every field the upstream may bill, known to thrifty or not), not a sum over fields
+        someone listed."""
+        size = self._prompt_bytes
+        if size < 0:
+            try:
+                size = self._prompt_bytes = len(orjson.dumps(self.body))
+            except orjson.JSONEncodeError:  # too deep or not JSON-encodable: parse_json stops these
+                raise bad_request(
+                    "Request body cannot be forwarded as JSON.", code="invalid_json"
+                ) from None
+        return size
 
     @property
     def prompt_tokens(self) -> int:
