@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from thrifty.catalog.model import ModelInfo
 from thrifty.errors import GatewayError
@@ -59,7 +59,6 @@ class Charge:
     batch_priced: bool = False  # served by a provider's batch API, at its batch prices
     extra_cost_usd: float = 0.0  # attempts that may have cost money but returned no usage
     counted: bool = True  # False: not a principal's spend (no valid key): metrics only
-    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -84,40 +83,35 @@ class Billing:
     def record_of(self, c: Charge) -> tuple[LedgerRecord, float, float]:
         """The ledger record of ``c``, its cost and its frontier cost (a cache hit costs 0; its
         record keeps the original call's tokens and prices, so the saving can be reported)."""
-        info, usage = c.info, c.usage
+        info, usage, batch_priced = c.info, c.usage, c.batch_priced
         cost = frontier = 0.0
-        if usage is not None and info is not None and info.priced:
-            if not c.cache_hit:  # a hit costs nothing: no need to price it
-                cost = price(info, usage, batch=c.batch_priced)
-            frontier = self.frontier_cost(usage, batch=c.batch_priced)
-        cost += c.extra_cost_usd
-        if c.cache_hit:
-            cost = 0.0
         in_price = out_price = cached_price = 0.0
         if info is not None:
+            if usage is not None and info.priced:
+                if not c.cache_hit:  # a hit costs nothing: no need to price it
+                    cost = price(info, usage, batch=batch_priced)
+                frontier = self.frontier_cost(usage, batch=batch_priced)
             in_price = info.input_cost_per_token or 0.0
             out_price = info.output_cost_per_token or 0.0
             cached_price = info.cache_read_input_token_cost or 0.0
-            if c.batch_priced:
+            if batch_priced:
                 in_price = info.input_cost_per_token_batches or in_price
                 out_price = info.output_cost_per_token_batches or out_price
+        cost = 0.0 if c.cache_hit else cost + c.extra_cost_usd
+        route = c.route
         p = c.principal  # billed to (LedgerRecord.billed_to's fields, without its extra call)
         record = LedgerRecord(
+            request_id=c.request_id,
+            ts=c.ts,
             key_id=p.key_id,
             user_id=p.user_id,
             team_id=p.team_id,
             tags=p.tags,
-            request_id=c.request_id,
-            ts=c.ts,
             endpoint=c.endpoint,
             requested_model=c.requested,
             served_model=info.name if info is not None else None,
             provider=c.provider,
             route_reason=c.reason,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            cached_tokens=usage.cached_tokens if usage else 0,
-            cache_write_tokens=usage.cache_write_tokens if usage else 0,
             input_price=in_price,
             output_price=out_price,
             cached_price=cached_price,
@@ -131,10 +125,16 @@ class Billing:
             cache_hit=c.cache_hit,
             batch=c.batch,
             scores=c.scores,
-            route_context=c.route.context if c.route is not None else None,
-            route_propensity=c.route.propensity if c.route is not None else None,
-            route_explored=c.route.explored if c.route is not None else False,
         )
+        if usage is not None:
+            record.prompt_tokens = usage.prompt_tokens
+            record.completion_tokens = usage.completion_tokens
+            record.cached_tokens = usage.cached_tokens
+            record.cache_write_tokens = usage.cache_write_tokens
+        if route is not None:
+            record.route_context = route.context
+            record.route_propensity = route.propensity
+            record.route_explored = route.explored
         return record, cost, frontier
 
     async def bill(
