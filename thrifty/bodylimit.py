@@ -1,7 +1,7 @@
 """A request-body size limit for the ASGI apps the gateway mounts beside its model endpoints
 (the admin API, ``/v1/feedback``, ``/v1/files``, ``/v1/batches``, the dashboard).
 
-The model endpoints read their bodies with their own bounded reader (``GatewayApp._read_body``);
+The model endpoints read their bodies with :func:`read_body`;
 :func:`limit_body` gives any other ASGI app the same guarantee: a request whose
 ``Content-Length`` is over the limit is refused with 413 before a byte of its body is read,
 and a chunked (or lying) body is read only until it passes the limit, so at most ``limit``
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "BodyTooLarge",
     "ClientDisconnected",
+    "declared_length",
     "limit_body",
     "openai_too_large",
     "read_body",
@@ -49,13 +50,21 @@ def openai_too_large(limit: int) -> tuple[bytes, bytes]:
     return orjson.dumps(openai_error(exc)), b"application/json"
 
 
+def declared_length(value: bytes | None) -> int | None:
+    """A ``Content-Length`` header's value as a number (None: absent or malformed, which the
+    server rejects itself)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
 def _declared_length(scope: dict) -> int | None:
     for name, value in scope.get("headers") or ():
         if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None  # the server rejects a malformed length itself
+            return declared_length(value)
     return None
 
 
@@ -133,11 +142,13 @@ class ClientDisconnected(Exception):
     """The client went away before its request body was complete."""
 
 
-async def read_body(scope: dict, receive: Callable[[], Awaitable[dict]], limit: int) -> bytes:
+async def read_body(
+    receive: Callable[[], Awaitable[dict]], limit: int, declared: int | None
+) -> bytes:
     """The whole request body, read once: :class:`BodyTooLarge` as soon as it passes ``limit``
-    (a declared ``Content-Length`` over it: before a byte is read), :class:`ClientDisconnected`
-    when the client goes away mid-body (never a truncated body taken for a whole one)."""
-    declared = _declared_length(scope)
+    (a ``declared`` length over it, the request's ``Content-Length``: before a byte is read),
+    :class:`ClientDisconnected` when the client goes away mid-body (never a truncated body
+    taken for a whole one)."""
     if declared is not None and declared > limit:
         raise BodyTooLarge()
     first = None

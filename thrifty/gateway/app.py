@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from thrifty.bodylimit import BodyTooLarge, ClientDisconnected, read_body
+from thrifty.bodylimit import BodyTooLarge, ClientDisconnected, declared_length, read_body
 from thrifty.errors import GatewayError, ThriftyError
 from thrifty.gateway.budget_gauges import budget_gauges
 from thrifty.gateway.errors import ANTHROPIC, OPENAI, RESPONSES, error_body, stream_error
@@ -67,6 +67,63 @@ _MODEL_PREFIXES = ("/v1/models/", "/models/")  # GET /v1/models/{model}
 WATCH_AFTER = 0.1
 
 
+class _Run:
+    """A model call in progress, as :class:`DisconnectWatch` sees it."""
+
+    __slots__ = ("gone", "receive", "since", "task", "watcher")
+
+    def __init__(self, task: asyncio.Task, receive: Callable, since: float) -> None:
+        self.task, self.receive, self.since = task, receive, since
+        self.gone = False
+        self.watcher: asyncio.Future | None = None
+
+
+class DisconnectWatch:
+    """Notices clients that go away while their call runs. A call that has run for
+    :data:`WATCH_AFTER` seconds gets a small task waiting on its ``receive`` for the disconnect;
+    most calls end sooner and never have one. One timer for all calls in progress (a timer per
+    call cost more than the rest of a cache hit's bookkeeping)."""
+
+    def __init__(self) -> None:
+        self._runs: dict[_Run, None] = {}  # in start order
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
+
+    def add(self, task: asyncio.Task, receive: Callable) -> _Run:
+        loop = task.get_loop()
+        run = _Run(task, receive, loop.time())
+        self._runs[run] = None
+        if self._timer is None or self._loop is not loop:  # (an app served on a new loop)
+            self._loop = loop
+            self._timer = loop.call_later(WATCH_AFTER, self._sweep, loop)
+        return run
+
+    def discard(self, run: _Run) -> None:
+        del self._runs[run]
+        if run.watcher is not None:
+            run.watcher.cancel()
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            return  # a timer of a loop the app no longer runs on
+        self._timer = None
+        cutoff = loop.time() - WATCH_AFTER
+        for run in self._runs:
+            if run.since > cutoff:
+                break  # started later, as every run after it
+            if run.watcher is None and run.task.get_loop() is loop:
+                run.watcher = asyncio.ensure_future(_watch(run), loop=loop)
+        if self._runs:
+            self._timer = loop.call_later(WATCH_AFTER, self._sweep, loop)
+
+
+async def _watch(run: _Run) -> None:
+    message = await run.receive()
+    if message.get("type") == "http.disconnect":
+        run.gone = True
+        run.task.cancel()
+
+
 async def dispatch_to_mount(
     mounts: Sequence[tuple[str, ASGIApp]], scope: dict, receive: Callable, send: Send
 ) -> bool:
@@ -88,11 +145,38 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
-def _header(scope: dict, wanted: bytes) -> str | None:
+_COUNTS = [str(i).encode() for i in range(10)]  # header values of the usual retry counts
+
+
+def _credential(scope: dict) -> str | None:
+    """The ``Authorization`` header, else ``x-api-key`` (Anthropic's clients send that)."""
+    auth = None
     for name, value in scope["headers"]:
-        if name == wanted:
-            return value.decode("latin-1")
-    return None
+        if name == b"authorization" or (name == b"x-api-key" and auth is None):
+            auth = value.decode("latin-1")
+    return auth
+
+
+class _Heads:
+    """The request headers a model call reads, found in one pass over them."""
+
+    __slots__ = ("cache", "credential", "defer", "length")
+
+    def __init__(self, scope: dict) -> None:
+        auth = cache = defer = length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization" or (name == b"x-api-key" and auth is None):
+                auth = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+            elif name == b"x-thrifty-cache":
+                cache = value.decode("latin-1")
+            elif name == b"x-thrifty-defer":
+                defer = value.decode("latin-1")
+        self.credential: str | None = auth
+        self.length: bytes | None = length
+        self.cache: str | None = cache
+        self.defer: str | None = defer
 
 
 class Wire:
@@ -165,6 +249,7 @@ class GatewayApp:
         self.gw = pipeline.gw
         self.config = self.gw.config
         self.metrics = self.gw.metrics
+        self._watch = DisconnectWatch()
         self.shared_metrics = shared_metrics  # the other workers' counts (serve --workers N)
         self.mounts = sorted(mounts.items(), key=lambda kv: -len(kv[0]))
         self.on_startup = list(on_startup)
@@ -309,20 +394,17 @@ class GatewayApp:
     # -- one model call ------------------------------------------------------------------------
 
     async def _authenticate(self, scope: dict) -> Principal:
-        auth = None
-        for name, value in scope["headers"]:
-            if name == b"authorization" or (name == b"x-api-key" and auth is None):
-                auth = value.decode("latin-1")
-        return await self.gw.spend.authenticate(auth)
+        return await self.gw.spend.authenticate(_credential(scope))
 
     async def _begin(
         self, scope: dict, receive: Callable, send: Send, endpoint: str, fmt: str
-    ) -> tuple[Call, bytes] | None:
-        """Authenticate, then read the body: the call and its body, or None once the refusal
-        has been sent. A request without a valid key is not a principal's spend: it is counted
-        and logged (no prompt text), not billed."""
+    ) -> tuple[Call, bytes, _Heads] | None:
+        """Authenticate, then read the body: the call, its body and its headers, or None once
+        the refusal has been sent. A request without a valid key is not a principal's spend: it
+        is counted and logged (no prompt text), not billed."""
+        heads = _Heads(scope)
         try:
-            principal = await self._authenticate(scope)
+            principal = await self.gw.spend.authenticate(heads.credential)
         except ThriftyError as exc:
             if isinstance(exc, AuthError):
                 client = scope.get("client") or ("-", 0)
@@ -337,7 +419,9 @@ class GatewayApp:
             return None
         call = Call(endpoint, principal)
         try:
-            raw = await read_body(scope, receive, self.config.max_body_bytes)
+            raw = await read_body(
+                receive, self.config.max_body_bytes, declared_length(heads.length)
+            )
         except BodyTooLarge:
             err = GatewayError(
                 413,
@@ -354,7 +438,7 @@ class GatewayApp:
                                code="client_disconnected")
             await self.pipeline.refused(call, err)
             return None
-        return call, raw
+        return call, raw, heads
 
     def _chat_like(self, wire: Wire) -> Callable[[dict, Callable, Send], Awaitable[None]]:
         async def endpoint(scope: dict, receive: Callable, send: Send) -> None:
@@ -366,14 +450,14 @@ class GatewayApp:
         begun = await self._begin(scope, receive, send, wire.endpoint, wire.fmt)
         if begun is None:
             return
-        call, raw = begun
+        call, raw, heads = begun
         started = False
         try:
             try:
                 body = parse_json(raw)
                 wire.parse(call, body, self.gw.router.is_profile)
-                call.cache_header = _header(scope, b"x-thrifty-cache")
-                defer = _header(scope, b"x-thrifty-defer")
+                call.cache_header = heads.cache
+                defer = heads.defer
                 if defer is not None and wants_deferral(defer.strip().lower()):
                     call.defer = "batch"
             except ThriftyError as exc:
@@ -410,38 +494,21 @@ class GatewayApp:
                 await self._error(send, wire.fmt, err, call)
 
     async def _run_watching(self, call: Call, receive: Callable, body: dict[str, Any]) -> Any:
-        """Run the pipeline in this task while a watcher waits for the client to go away: a
-        disconnect cancels the run (the upstream call is cancelled and the pipeline settles the
-        request). None when that happened. The watcher (a small task) starts only once the run
-        has taken :data:`WATCH_AFTER` seconds: most calls end sooner and never pay for one."""
+        """Run the pipeline in this task while :class:`DisconnectWatch` looks out for the client
+        going away: a disconnect cancels the run (the upstream call is cancelled and the
+        pipeline settles the request). None when that happened."""
         current = asyncio.current_task()
         assert current is not None
-        gone = False
-        watcher: asyncio.Future | None = None
-
-        async def watch() -> None:
-            nonlocal gone
-            message = await receive()
-            if message.get("type") == "http.disconnect":
-                gone = True
-                current.cancel()
-
-        def start() -> None:
-            nonlocal watcher
-            watcher = asyncio.ensure_future(watch())
-
-        timer = asyncio.get_running_loop().call_later(WATCH_AFTER, start)
+        run = self._watch.add(current, receive)
         try:
             return await self.pipeline.run(call, body)
         except asyncio.CancelledError:
-            if not gone:
+            if not run.gone:
                 raise  # the server is stopping: not ours to swallow
             current.uncancel()
             return None
         finally:
-            timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
+            self._watch.discard(run)
 
     def _served_name(self, call: Call) -> str:
         served = call.served
@@ -508,7 +575,7 @@ class GatewayApp:
         begun = await self._begin(scope, receive, send, EMBEDDINGS, OPENAI)
         if begun is None:
             return
-        call, raw = begun
+        call, raw, _ = begun
         try:
             try:
                 call.embeddings = EmbeddingsRequest(parse_json(raw))
@@ -560,8 +627,11 @@ class GatewayApp:
             if served.model is not None and served.deployment is not None:
                 h.append((b"x-thrifty-model", served.model.info.name.encode()))
                 h.append((b"x-thrifty-provider", served.deployment.provider.encode()))
-            h.append((b"x-thrifty-retries", str(served.retries).encode()))
-            h.append((b"x-thrifty-fallbacks", str(served.fallbacks).encode()))
+            retries, fallbacks = served.retries, served.fallbacks
+            h.append((b"x-thrifty-retries", _COUNTS[retries] if retries < 10 else str(retries).encode()))
+            h.append(
+                (b"x-thrifty-fallbacks", _COUNTS[fallbacks] if fallbacks < 10 else str(fallbacks).encode())
+            )
             if served.errors:
                 h.append((b"x-thrifty-attempt-errors", "; ".join(served.errors).encode()))
             if served.dropped:  # adapted for a reasoning model the gateway chose
