@@ -73,6 +73,7 @@ class AnswerStream:
         held = self.held
         chunks = self.chunks
         bound = self.max_output_tokens
+        chars = pieces = 0  # of the content relayed so far (self's copies: at each batch's end)
         batch = self._first
         self._first = None
         while True:
@@ -109,15 +110,24 @@ class AnswerStream:
                     if delta:
                         content = delta.get("content")
                         if content:
-                            self._chars += len(content)
-                            self._pieces += 1
+                            chars += len(content)
+                            pieces += 1
                     if c.get("finish_reason"):
                         ends = True
                 (held if ends else out).append(chunk)
             batch = None
-            if bound and self._estimate() > bound:
-                await self._stop_overrun()
-                return
+            self._chars, self._pieces = chars, pieces
+            if bound:
+                # _estimate(), inline: the upstream's count if it sent one, else content pieces
+                # or characters / 4, the larger.
+                usage = self.usage
+                if usage is not None and self.usage_reported:
+                    estimate = usage.completion_tokens
+                else:
+                    estimate = max(pieces, chars // 4)
+                if estimate > bound:
+                    await self._stop_overrun()
+                    return
             if out:
                 yield out
 
