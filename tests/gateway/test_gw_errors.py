@@ -67,11 +67,45 @@ def test_malformed_json(gateway, content, code, fragment):
         ({"model": "m-ok", "messages": MSG, "max_tokens": 0}, "max_tokens", "invalid_value"),
         ({"model": "m-ok", "messages": MSG, "temperature": 7}, "temperature", "invalid_value"),
         ({"model": "m-ok", "messages": MSG, "tools": {}}, "tools", "invalid_type"),
+        # JSON's true is not a number, nor a count; a role that is not a string at all.
+        ({"model": "m-ok", "messages": MSG, "temperature": True}, "temperature", "invalid_type"),
+        ({"model": "m-ok", "messages": MSG, "max_tokens": True}, "max_tokens", "invalid_type"),
+        ({"model": "m-ok", "messages": MSG, "n": 1.5}, "n", "invalid_type"),
+        ({"model": "m-ok", "messages": MSG, "top_p": -0.1}, "top_p", "invalid_value"),
+        (
+            {"model": "m-ok", "messages": [{"role": ["user"], "content": "x"}]},
+            "messages[0].role",
+            "invalid_value",
+        ),
+        # Two bad fields: the first in the documented order is reported, whatever the body's
+        # key order (stream before max_tokens before temperature).
+        (
+            {"model": "m-ok", "messages": MSG, "temperature": 9, "max_tokens": 0, "stream": 1},
+            "stream",
+            "invalid_type",
+        ),
+        (
+            {"model": "m-ok", "messages": MSG, "temperature": 9, "max_tokens": 0},
+            "max_tokens",
+            "invalid_value",
+        ),
     ],
 )
 def test_wrong_fields(gateway, body, param, code):
     url, _ = gateway
     openai_error(post(url, "/v1/chat/completions", json=body), 400, code, param)
+
+
+def test_usual_and_null_optional_fields_are_accepted(gateway):
+    """The values accepted without their full check, and nulls (which the full check accepts)."""
+    url, _ = gateway
+    for extra in (
+        {"max_tokens": 5, "temperature": 0, "top_p": 1, "n": 1, "stream": False},
+        {"temperature": 1.5, "max_completion_tokens": 7},
+        {"max_tokens": None, "temperature": None, "stream": None},
+    ):
+        r = post(url, "/v1/chat/completions", json={"model": "m-ok", "messages": MSG, **extra})
+        assert r.status_code == 200, (extra, r.text)
 
 
 def test_unknown_model_via_sdk(gateway):

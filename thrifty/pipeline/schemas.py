@@ -251,6 +251,18 @@ _OPTIONAL_CHECKS: tuple[tuple[str, Callable[[dict[str, Any]], object]], ...] = (
 )
 # field -> (its place in that order, its check)
 _CHECK_OF = {key: (i, check) for i, (key, check) in enumerate(_OPTIONAL_CHECKS)}
+# The usual values of the commonest fields, accepted without their full check: a count (an
+# integer of at least 1), a flag (a boolean), or a number from 0 to the bound given.
+_COUNT, _FLAG = object(), object()
+_NUMBER = (int, float)
+_USUAL: dict[str, Any] = {
+    "max_tokens": _COUNT,
+    "max_completion_tokens": _COUNT,
+    "n": _COUNT,
+    "stream": _FLAG,
+    "temperature": 2,
+    "top_p": 1,
+}
 
 
 class ChatRequest:
@@ -275,38 +287,46 @@ class ChatRequest:
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.body = body
-        self.model = require_model(body)
-        messages = required(body, "messages")
-        if not isinstance(messages, list):
-            raise invalid_type("messages", "an array", messages)
-        if not messages:
-            raise bad_request(
-                "Invalid 'messages': empty array. Expected an array with minimum length 1.",
-                param="messages",
-                code="empty_array",
-            )
+        model = body.get("model")
+        if type(model) is not str or not model:
+            model = require_model(body)  # raises the error that says what is wrong
+        self.model = model
+        messages = body.get("messages")
+        if type(messages) is not list or not messages:
+            messages = required(body, "messages")
+            if not isinstance(messages, list):
+                raise invalid_type("messages", "an array", messages)
+            if not messages:
+                raise bad_request(
+                    "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+                    param="messages",
+                    code="empty_array",
+                )
         texts: list[str] = []
         chars = images = 0
         opaque = False
         for i, msg in enumerate(messages):
-            if not isinstance(msg, dict):
+            if type(msg) is not dict and not isinstance(msg, dict):
                 raise invalid_type(f"messages[{i}]", "an object", msg)
             role = msg.get("role")
-            if not isinstance(role, str) or role not in ROLES:
+            if type(role) is not str or role not in ROLES:
                 raise bad_request(
                     f"Invalid value for 'messages[{i}].role': {_short(role)}. Supported values are: "
                     "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
                     param=f"messages[{i}].role",
                 )
             content = msg.get("content")
-            text = _content_text(content, f"messages[{i}].content")
-            if type(content) is list:  # parts checked above
-                for part in content:
-                    kind = part["type"]
-                    if kind == "image_url":
-                        images += 1
-                    elif kind not in _BYTE_BOUNDED_PARTS:
-                        opaque = True  # e.g. a file part: billed by pages, not by its bytes
+            if type(content) is str:
+                text = content
+            else:
+                text = _content_text(content, f"messages[{i}].content")
+                if type(content) is list:  # parts checked above
+                    for part in content:
+                        kind = part["type"]
+                        if kind == "image_url":
+                            images += 1
+                        elif kind not in _BYTE_BOUNDED_PARTS:
+                            opaque = True  # e.g. a file part: billed by pages, not by its bytes
             chars += len(text)
             if role == "user" or (role != "assistant" and not texts):
                 texts.append(text)
@@ -320,19 +340,44 @@ class ChatRequest:
         self.opaque = opaque
         self._prompt_bytes = -1  # measured when planning needs it (a cache hit never does)
         # One pass over the body's fields (a request carries few) instead of a test per
-        # optional field; the checks then run in their documented order.
-        checks = [got for key in body if (got := _CHECK_OF.get(key)) is not None]
-        if not checks and not (images or "functions" in body):
-            self.stream = False
-            self.max_tokens: int | None = None
-            self.n = 1
-            self.include_usage = False
-            self.n_tools = 0
-            self.needs: tuple[str, ...] = ()
-            return
-        checks.sort()
-        for _, check in checks:
-            check(body)
+        # optional field. The usual values are accepted inline; any other value sends every
+        # present field through its full check, in the documented order (so the first error
+        # reported does not depend on the body's key order).
+        checks: list[tuple[int, Callable[[dict[str, Any]], object]]] | None = None
+        unusual = False
+        for key, value in body.items():
+            got = _CHECK_OF.get(key)
+            if got is None:
+                continue
+            if checks is None:
+                checks = [got]
+            else:
+                checks.append(got)
+            if not unusual:
+                kind = _USUAL.get(key)
+                if kind is _COUNT:
+                    unusual = type(value) is not int or value < 1
+                elif kind is _FLAG:
+                    unusual = type(value) is not bool
+                elif kind is not None:
+                    unusual = type(value) not in _NUMBER or not 0 <= value <= kind
+                else:
+                    unusual = True
+        if checks is None:
+            if images or "functions" in body:
+                checks = []
+            else:
+                self.stream = False
+                self.max_tokens: int | None = None
+                self.n = 1
+                self.include_usage = False
+                self.n_tools = 0
+                self.needs: tuple[str, ...] = ()
+                return
+        if unusual:
+            checks.sort()
+            for _, check in checks:
+                check(body)
         self.stream = bool(body.get("stream"))
         self.max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         self.n = body.get("n") or 1  # choices: the output bound is n times max_tokens
