@@ -267,13 +267,30 @@ def run(args: argparse.Namespace) -> int:
                 continue
             with ExitStack() as pair:
                 gws = tuple(
-                    pair.enter_context(gateway(s, tmp / f"{phase}-{k}", upstream, extra))
+                    pair.enter_context(
+                        gateway(s, tmp / f"{phase}-{k}", upstream, with_backend(extra, args, k))
+                    )
                     for k, s in zip("AB", sides)
                 )
                 print(f"{phase}: both gateways up", flush=True)
                 samples |= measure(gws, scenarios, conns, counts, args, tmp)  # type: ignore[arg-type]
     report(sides, samples, counts, args)
     return 0
+
+
+def with_backend(extra: str, args: argparse.Namespace, side: str) -> str:
+    """``extra`` with the ``[cache]`` backend of ``side`` ("A" or "B") under ``--cache-backend``:
+    a Redis server's database 1 for A and 2 for B (emptied first), so neither side sees the
+    other's answers. Without it (or without a ``[cache]`` section): ``extra`` unchanged, each
+    side on its default SQLite store."""
+    url = args.cache_backend
+    if not url or "[cache]\n" not in extra:
+        return extra
+    import redis
+
+    db_url = f"{url.rstrip('/')}/{'AB'.index(side) + 1}"
+    redis.Redis.from_url(db_url).flushdb()
+    return extra.replace("[cache]\n", f'[cache]\nbackend = "{db_url}"\n', 1)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -290,6 +307,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=lambda s: tuple(int(n) for n in s.split(",")),
         default=(500, 3000),
         help="with --against: requests per run at 1 and at --connections (default 500,3000)",
+    )
+    p.add_argument(
+        "--cache-backend",
+        metavar="REDIS_URL",
+        help="with --against: the cache scenarios on this Redis server (redis://host:port; "
+        "A uses its database 1, B its database 2) instead of each side's SQLite file",
     )
     p.add_argument(
         "--only",

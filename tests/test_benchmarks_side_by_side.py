@@ -44,3 +44,22 @@ def test_wrk_script_stops_after_the_count_and_never_repeats_a_prompt():
     first, second = (_wrk_script(body, {}, vary=True, stop_after=None) for _ in range(2))
     tag = lambda lua: lua.split("(variant ")[1].split("'")[0]
     assert tag(first) != tag(second)  # a later run's prompts are new to the router and the cache
+
+
+def test_cache_backend_puts_each_side_on_its_own_redis_database():
+    import argparse
+    import tomllib
+
+    from service_urls import redis_url, required
+
+    from benchmarks.side_by_side import CACHE_CONFIG, with_backend
+    from thrifty.multipliers.settings import parse_settings
+
+    url = required(redis_url(), "Redis").rsplit("/", 1)[0]
+    args = argparse.Namespace(cache_backend=url)
+    a, b = (parse_settings(tomllib.loads(with_backend(CACHE_CONFIG, args, s)))[0] for s in "AB")
+    assert (a.backend, b.backend) == (url + "/1", url + "/2")
+    assert a.routes["bench-model"].mode == "exact"  # the route is still the route
+    assert with_backend("", args, "A") == ""  # the plain phase has no cache
+    none = argparse.Namespace(cache_backend=None)
+    assert with_backend(CACHE_CONFIG, none, "A") == CACHE_CONFIG  # default: each side's SQLite
