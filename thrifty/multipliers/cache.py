@@ -355,11 +355,19 @@ class ExactCache:
         return cache_key(scope, namespace, body)
 
     async def lookup(
-        self, scope: str, namespace: str, body: Mapping[str, Any], accepted_models: Collection[str]
+        self,
+        scope: str,
+        namespace: str,
+        body: Mapping[str, Any],
+        accepted_models: Collection[str],
+        *,
+        key: str | None = None,
     ) -> CacheEntry | None:
         """The stored answer, if one exists for this tenant and was produced by a model the
-        request accepts (``accepted_models``: the requested model, or the route's set)."""
-        key = cache_key(scope, namespace, body)
+        request accepts (``accepted_models``: the requested model, or the route's set).
+        ``key``: :func:`cache_key` of the three, when the caller has it already."""
+        if key is None:
+            key = cache_key(scope, namespace, body)
         memory = self.memory
         entry = memory.get(key, time.time()) if memory is not None else None
         if entry is None:
@@ -373,12 +381,20 @@ class ExactCache:
         return entry
 
     async def store_answer(
-        self, scope: str, namespace: str, body: Mapping[str, Any], entry: CacheEntry, ttl: float
+        self,
+        scope: str,
+        namespace: str,
+        body: Mapping[str, Any],
+        entry: CacheEntry,
+        ttl: float,
+        *,
+        key: str | None = None,
     ) -> None:
         entry.scope = scope
         now = time.time()
         entry.expires = now + ttl
-        key = cache_key(scope, namespace, body)
+        if key is None:
+            key = cache_key(scope, namespace, body)
         await self.store.put(key, entry, ttl)
         if self.memory is not None:  # once stored: the tier mirrors the store, never leads it
             self.memory.put(key, entry, now)

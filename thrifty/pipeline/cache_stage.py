@@ -25,6 +25,7 @@ from thrifty.multipliers.cache import (
     CacheError,
     CachePolicy,
     ExactCache,
+    cache_key,
     cache_mode,
     open_store,
     scope_of,
@@ -42,7 +43,7 @@ log = logging.getLogger("thrifty.multipliers")
 class Lookup:
     """Where a request's answer is looked up and stored."""
 
-    __slots__ = ("allowed", "mode", "namespace", "scope", "ttl")
+    __slots__ = ("allowed", "key", "mode", "namespace", "scope", "ttl")
 
     def __init__(self, mode: str, scope: str, namespace: str, ttl: float, allowed: set[str]):
         self.mode, self.scope, self.namespace, self.ttl, self.allowed = (
@@ -52,6 +53,7 @@ class Lookup:
             ttl,
             allowed,
         )
+        self.key: str | None = None  # the exact key, once the lookup computed it
 
 
 class CacheStage:
@@ -138,7 +140,10 @@ class CacheStage:
             return None
         body = call.chat.body  # type: ignore[union-attr]
         try:
-            entry = await self.exact.lookup(where.scope, where.namespace, body, where.allowed)
+            where.key = cache_key(where.scope, where.namespace, body)
+            entry = await self.exact.lookup(
+                where.scope, where.namespace, body, where.allowed, key=where.key
+            )
             if entry is not None:
                 call.hit = "exact"
                 return entry
@@ -153,14 +158,23 @@ class CacheStage:
             )
         return None
 
-    def store(self, call: Call, where: Lookup, answer: dict[str, Any], cost: float) -> None:
-        """Store a served answer in the background (counted in :attr:`pending` until written)."""
+    def store(
+        self,
+        call: Call,
+        where: Lookup,
+        answer: dict[str, Any],
+        cost: float,
+        *,
+        raw: bytes | None = None,
+    ) -> None:
+        """Store a served answer in the background (counted in :attr:`pending` until written).
+        ``raw``: ``answer`` as JSON, when the caller has it already."""
         served = call.served
         if served is None or served.model is None:
             return
         usage = answer.get("usage") or {}
         entry = CacheEntry(
-            orjson.dumps(answer),
+            raw if raw is not None else orjson.dumps(answer),
             served.model.info.name,
             served.deployment.provider if served.deployment else None,
             int(usage.get("prompt_tokens") or 0),
@@ -180,7 +194,9 @@ class CacheStage:
 
     async def _store(self, where: Lookup, body: dict[str, Any], entry: CacheEntry) -> None:
         try:
-            await self.exact.store_answer(where.scope, where.namespace, body, entry, where.ttl)
+            await self.exact.store_answer(
+                where.scope, where.namespace, body, entry, where.ttl, key=where.key
+            )
             if where.mode == "semantic":
                 await self._semantic().store_answer(
                     where.scope, where.namespace, body, entry, where.ttl

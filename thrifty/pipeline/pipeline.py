@@ -35,7 +35,7 @@ from thrifty.config import Deployment
 from thrifty.errors import GatewayError, ThriftyError
 from thrifty.multipliers.settings import CASCADE_PROFILE
 from thrifty.pipeline.billing import Billed, Billing, Charge
-from thrifty.pipeline.call import Call
+from thrifty.pipeline.call import CHAT, Call
 from thrifty.pipeline.planner import Served
 from thrifty.pipeline.schemas import ChatRequest
 from thrifty.pipeline.stream import AnswerStream, completion_of, from_body
@@ -193,10 +193,13 @@ class Pipeline:
         if req.stream:
             return await self._live_stream(call, where)
         answer = await self._live(call)
-        if where is not None:
-            self.cache.store(call, where, answer.body, answer.cost_usd)  # type: ignore[union-attr]
         if self.judge is not None and self.judge.wants(call):
             self.judge.submit(call, answer.body)  # billed already; graded in the background
+        if where is not None:
+            raw = orjson.dumps(answer.body)
+            self.cache.store(call, where, answer.body, answer.cost_usd, raw=raw)  # type: ignore[union-attr]
+            if call.endpoint == CHAT:  # sent as stored: serialised once, not twice
+                answer = Answer(None, answer.usage, answer.cost_usd, answer.frontier_cost_usd, raw=raw)
         return answer
 
     async def own_call(self, call: Call) -> Answer:
