@@ -355,13 +355,8 @@ class ExactCache:
         return cache_key(scope, namespace, body)
 
     async def lookup(
-        self,
-        scope: str,
-        namespace: str,
-        body: Mapping[str, Any],
-        accepted_models: Collection[str],
-        *,
-        key: str | None = None,
+        self, scope: str, namespace: str, body: Mapping[str, Any], accepted_models: Collection[str],
+        *, key: str | None = None,
     ) -> CacheEntry | None:
         """The stored answer, if one exists for this tenant and was produced by a model the
         request accepts (``accepted_models``: the requested model, or the route's set).
@@ -381,14 +376,8 @@ class ExactCache:
         return entry
 
     async def store_answer(
-        self,
-        scope: str,
-        namespace: str,
-        body: Mapping[str, Any],
-        entry: CacheEntry,
-        ttl: float,
-        *,
-        key: str | None = None,
+        self, scope: str, namespace: str, body: Mapping[str, Any], entry: CacheEntry, ttl: float,
+        *, key: str | None = None,
     ) -> None:
         entry.scope = scope
         now = time.time()
