@@ -145,20 +145,9 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
-_COUNTS = [str(i).encode() for i in range(10)]  # header values of the usual retry counts
-
-
-def _credential(scope: dict) -> str | None:
-    """The ``Authorization`` header, else ``x-api-key`` (Anthropic's clients send that)."""
-    auth = None
-    for name, value in scope["headers"]:
-        if name == b"authorization" or (name == b"x-api-key" and auth is None):
-            auth = value.decode("latin-1")
-    return auth
-
-
 class _Heads:
-    """The request headers a model call reads, found in one pass over them."""
+    """The request headers a model call reads, found in one pass over them. The credential is
+    ``Authorization``, else ``x-api-key`` (Anthropic's clients send that)."""
 
     __slots__ = ("cache", "credential", "defer", "length")
 
@@ -394,7 +383,7 @@ class GatewayApp:
     # -- one model call ------------------------------------------------------------------------
 
     async def _authenticate(self, scope: dict) -> Principal:
-        return await self.gw.spend.authenticate(_credential(scope))
+        return await self.gw.spend.authenticate(_Heads(scope).credential)
 
     async def _begin(
         self, scope: dict, receive: Callable, send: Send, endpoint: str, fmt: str
@@ -627,11 +616,8 @@ class GatewayApp:
             if served.model is not None and served.deployment is not None:
                 h.append((b"x-thrifty-model", served.model.info.name.encode()))
                 h.append((b"x-thrifty-provider", served.deployment.provider.encode()))
-            retries, fallbacks = served.retries, served.fallbacks
-            h.append((b"x-thrifty-retries", _COUNTS[retries] if retries < 10 else str(retries).encode()))
-            h.append(
-                (b"x-thrifty-fallbacks", _COUNTS[fallbacks] if fallbacks < 10 else str(fallbacks).encode())
-            )
+            h.append((b"x-thrifty-retries", str(served.retries).encode()))
+            h.append((b"x-thrifty-fallbacks", str(served.fallbacks).encode()))
             if served.errors:
                 h.append((b"x-thrifty-attempt-errors", "; ".join(served.errors).encode()))
             if served.dropped:  # adapted for a reasoning model the gateway chose
