@@ -251,20 +251,12 @@ class Metrics:
     def spent(
         self, model: str, team: str, cost: float, frontier: float, prompt: int, completion: int
     ) -> None:
-        """What one answered request cost (and would have on the frontier model) and its tokens.
-        (Counter.inc's work, inline: this runs for every request.)"""
-        key = (model,)
-        values = self.cost.values
-        values[key] = values.get(key, 0) + cost
-        values = self.frontier_cost.values
-        values[key] = values.get(key, 0) + frontier
-        values = self.team_cost.values
-        values[(team,)] = values.get((team,), 0) + cost
-        values = self.tokens.values
-        key = (model, "prompt")
-        values[key] = values.get(key, 0) + prompt
-        key = (model, "completion")
-        values[key] = values.get(key, 0) + completion
+        """What one answered request cost (and would have on the frontier model) and its tokens."""
+        self.cost.inc((model,), cost)
+        self.team_cost.inc((team,), cost)
+        self.frontier_cost.inc((model,), frontier)
+        self.tokens.inc((model, "prompt"), prompt)
+        self.tokens.inc((model, "completion"), completion)
 
     def state(self) -> State:
         """This process's counts as plain data (for the other workers' scrapes)."""
