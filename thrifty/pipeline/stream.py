@@ -117,17 +117,9 @@ class AnswerStream:
                 (held if ends else out).append(chunk)
             batch = None
             self._chars, self._pieces = chars, pieces
-            if bound:
-                # _estimate(), inline: the upstream's count if it sent one, else content pieces
-                # or characters / 4, the larger.
-                usage = self.usage
-                if usage is not None and self.usage_reported:
-                    estimate = usage.completion_tokens
-                else:
-                    estimate = max(pieces, chars // 4)
-                if estimate > bound:
-                    await self._stop_overrun()
-                    return
+            if bound and self._estimate() > bound:
+                await self._stop_overrun()
+                return
             if out:
                 yield out
 
