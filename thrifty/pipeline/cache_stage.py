@@ -25,7 +25,6 @@ from thrifty.multipliers.cache import (
     CacheError,
     CachePolicy,
     ExactCache,
-    cache_key,
     cache_mode,
     open_store,
     scope_of,
@@ -140,7 +139,7 @@ class CacheStage:
             return None
         body = call.chat.body  # type: ignore[union-attr]
         try:
-            where.key = cache_key(where.scope, where.namespace, body)
+            where.key = self.exact.key(where.scope, where.namespace, body)
             entry = await self.exact.lookup(
                 where.scope, where.namespace, body, where.allowed, key=where.key
             )
