@@ -39,6 +39,21 @@ def test_replay_is_idempotent_and_skips_a_torn_last_line(tmp_path):
     db.close()
 
 
+def test_an_entry_journaled_before_the_later_columns_still_replays(tmp_path):
+    """A journal written by a version without scores and learned-routing columns (a crash just
+    before an upgrade): its records are written with those columns' defaults."""
+    db = Database(f"sqlite:///{tmp_path / 'spend.db'}")
+    migrate(db)
+    entry = journal_entry(record("old", cost=0.25), 250_000_000, [], None)
+    for later in ("scores", "route_context", "route_propensity", "route_explored"):
+        del entry[later]
+    write_batch(db, [entry], {}, release_reservations=False)
+    row = db.one("SELECT cost_nanos, scores, route_context, route_propensity, route_explored FROM ledger"
+                 " WHERE request_id = 'old'")
+    assert row == (250_000_000, None, None, None, 0)
+    db.close()
+
+
 def test_a_live_journal_is_not_replayed_by_another_process(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'spend.db'}")
     migrate(db)

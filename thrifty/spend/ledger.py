@@ -68,12 +68,16 @@ _TAGS, _STREAM, _CACHE_HIT, _BATCH, _SCORES, _EXPLORED = (
 )
 
 
+# Columns a journal entry written by an older version may lack, with the value they mean.
+_LATER_COLUMNS = {"scores": None, "route_context": None, "route_propensity": None, "route_explored": False}
+
+
 def _row(e: dict) -> list:
     """The ledger row of a journal entry (the columns read in C; six of them then converted)."""
     try:
         row = list(_column_values(e))
-    except KeyError:  # journaled by a version without some columns: their defaults
-        return _row_of_old(e)
+    except KeyError:  # journaled by a version without the later columns
+        row = list(_column_values({**_LATER_COLUMNS, **e}))
     row[_TAGS] = orjson.dumps(list(row[_TAGS])).decode()
     row[_STREAM] = int(bool(row[_STREAM]))
     row[_CACHE_HIT] = int(bool(row[_CACHE_HIT]))
@@ -82,19 +86,6 @@ def _row(e: dict) -> list:
         row[_SCORES] = orjson.dumps(row[_SCORES]).decode()
     row[_EXPLORED] = int(bool(row[_EXPLORED]))
     return row
-
-
-def _row_of_old(e: dict) -> list:
-    return [
-        e["request_id"], e["ts"], e["key_id"], e["user_id"], e["team_id"], orjson.dumps(list(e["tags"])).decode(),
-        e["endpoint"], e["requested_model"], e["served_model"], e["provider"], e["route_reason"],
-        e["prompt_tokens"], e["completion_tokens"], e["cached_tokens"], e["cache_write_tokens"],
-        e["input_price"], e["output_price"], e["cached_price"], e["cost_nanos"], e["frontier_cost_nanos"],
-        e["latency_ms"], e["status"], e["error_type"], e["retries"], int(bool(e["stream"])),
-        int(bool(e["cache_hit"])), int(bool(e["batch"])),
-        orjson.dumps(e["scores"]).decode() if e.get("scores") is not None else None,
-        e.get("route_context"), e.get("route_propensity"), int(bool(e.get("route_explored"))),
-    ]
 
 
 def write_batch(
