@@ -13,7 +13,7 @@ from prom_text import promtool_ok, samples, total, value
 
 from thrifty.config import load_config
 from thrifty.gateway.assemble import build_app
-from thrifty.pipeline.metrics import rejection_reason
+from thrifty.pipeline.metrics import Metrics, rejection_reason
 from thrifty.spend import admin_ops
 from thrifty.testing.fake_upstream import FakeUpstream
 from thrifty.testing.loadtest import PRICE, write_config
@@ -124,3 +124,34 @@ def test_alerting_families_after_requests(tmp_path, fake):
 )
 def test_rejection_reasons_are_a_fixed_set(status, error_type, reason):
     assert rejection_reason(status, error_type) == reason
+
+
+def test_finished_requests_feed_every_family_across_scrapes():
+    """A finished request is one row update; the families it feeds are summed from the rows
+    when read, and rows recorded between two reads add to what the first read showed."""
+    m = Metrics()
+    m.finished("chat.completions", "m1", 200, 0.02, "t1", 0.5, 2.0, 10, 3)
+    m.finished("chat.completions", "m1", 200, 0.3, "t2", 0.25, 1.0, 5, 1)
+    m.observe("chat.completions", "-", 429, 0.001)
+    first = samples(m.render().decode())
+    assert value(first, "thrifty_requests_total", endpoint="chat.completions", model="m1", status="200") == 2
+    assert value(first, "thrifty_requests_total", endpoint="chat.completions", model="-", status="429") == 1
+    assert value(first, "thrifty_cost_usd_total", model="m1") == 0.75
+    assert value(first, "thrifty_team_cost_usd_total", team="t1") == 0.5
+    assert value(first, "thrifty_frontier_cost_usd_total", model="m1") == 3.0
+    assert value(first, "thrifty_tokens_total", model="m1", kind="prompt") == 15
+    assert value(first, "thrifty_tokens_total", model="m1", kind="completion") == 4
+    assert value(first, "thrifty_cost_usd_total", model="-") == 0  # refusals spend nothing
+    hist = "thrifty_request_duration_seconds_bucket"
+    assert value(first, hist, endpoint="chat.completions", model="m1", le="0.025") == 1
+    assert value(first, hist, endpoint="chat.completions", model="m1", le="0.5") == 2
+    assert value(first, "thrifty_request_duration_seconds_sum", endpoint="chat.completions", model="m1") == pytest.approx(0.32)
+
+    m.finished("chat.completions", "m1", 200, 0.01, "t1", 0.5, 2.0, 1, 1)
+    state = m.state()  # what another worker's scrape sums
+    again = samples(Metrics().render([state]).decode())
+    assert value(again, "thrifty_requests_total", endpoint="chat.completions", model="m1", status="200") == 3
+    assert value(again, "thrifty_team_cost_usd_total", team="t1") == 1.0
+    assert value(again, "thrifty_tokens_total", model="m1", kind="prompt") == 16
+    assert value(again, "thrifty_request_duration_seconds_count", endpoint="chat.completions", model="m1") == 3
+    assert samples(m.render().decode()) == again

@@ -170,15 +170,16 @@ class Billing:
         m = self.metrics
         if record.error_type == "cost_estimated":  # attempts of unknown cost, at their bound
             m.upstream_errors.inc((c.provider or "-", "cost_estimated"))
-        name = c.info.name if c.info is not None else "-"
-        m.observe(c.endpoint, name, c.status, c.latency_ms / 1000)
+        info, usage = c.info, c.usage
+        if usage is not None and info is not None:
+            m.finished(c.endpoint, info.name, c.status, c.latency_ms / 1000, c.principal.team_id or "-",
+                       cost, frontier, usage.prompt_tokens, usage.completion_tokens)
+        else:
+            m.finished(c.endpoint, info.name if info is not None else "-", c.status, c.latency_ms / 1000)
         if c.status >= 400:
             reason = rejection_reason(c.status, c.error_type)
             if reason is not None:
                 m.rejections.inc((reason,))
-        if c.usage is not None and c.info is not None:
-            team = c.principal.team_id or "-"
-            m.spent(name, team, cost, frontier, c.usage.prompt_tokens, c.usage.completion_tokens)
         if not c.counted:
             return Billed(cost, frontier, None)
         if before_settle is not None:

@@ -238,28 +238,67 @@ class Metrics:
             self.cache_saved, self.upstream_errors, self.retries, self.fallbacks, self.judge,
             self.router_labels, self.router_decisions, self.router_exploration_cost,
         )  # fmt: skip
+        # endpoint, model, status, team -> [count, cost, frontier cost, prompt tokens,
+        # completion tokens, seconds, [count per duration bucket..., above the last]]
+        self._finished: dict[tuple[str, str, int, str | None], list] = {}
         for source in ("feedback", "judge"):  # present from the first scrape, at 0
             self.router_labels.inc((source,), 0)
         for kind in ("packaged", "learned", "explored"):
             self.router_decisions.inc((kind,), 0)
 
     def observe(self, endpoint: str, model: str, status: int, seconds: float) -> None:
-        """One finished request (any outcome)."""
-        self.requests.inc((endpoint, model, str(status)))
-        self.duration.observe((endpoint, model), seconds)
+        """One finished request that spent nothing (any outcome)."""
+        self.finished(endpoint, model, status, seconds)
 
-    def spent(
-        self, model: str, team: str, cost: float, frontier: float, prompt: int, completion: int
+    def finished(
+        self,
+        endpoint: str,
+        model: str,
+        status: int,
+        seconds: float,
+        team: str | None = None,
+        cost: float = 0.0,
+        frontier: float = 0.0,
+        prompt: int = 0,
+        completion: int = 0,
     ) -> None:
-        """What one answered request cost (and would have on the frontier model) and its tokens."""
-        self.cost.inc((model,), cost)
-        self.team_cost.inc((team,), cost)
-        self.frontier_cost.inc((model,), frontier)
-        self.tokens.inc((model, "prompt"), prompt)
-        self.tokens.inc((model, "completion"), completion)
+        """One finished request; ``team`` given: what it cost (and would have on the frontier
+        model) and its tokens. One row update per request: the families it feeds (requests,
+        duration, cost, team cost, frontier cost, tokens) are summed from the rows when read."""
+        key = (endpoint, model, status, team)
+        row = self._finished.get(key)
+        if row is None:
+            row = self._finished[key] = [0, 0.0, 0.0, 0, 0, 0.0, [0] * (len(BUCKETS) + 1)]
+        row[0] += 1
+        row[5] += seconds
+        row[6][bisect.bisect_left(BUCKETS, seconds)] += 1
+        if team is not None:
+            row[1] += cost
+            row[2] += frontier
+            row[3] += prompt
+            row[4] += completion
+
+    def _fold(self) -> None:
+        """Move the rows :meth:`finished` keeps into the families they feed."""
+        rows, self._finished = self._finished, {}
+        for (endpoint, model, status, team), (n, cost, frontier, prompt, completion, seconds, counts) in rows.items():
+            self.requests.inc((endpoint, model, str(status)), n)
+            hist = self.duration.values.get((endpoint, model))
+            if hist is None:
+                hist = self.duration.values[(endpoint, model)] = [0] * (len(BUCKETS) + 1) + [0.0]
+            for i, c in enumerate(counts):
+                hist[i] += c
+            hist[-1] += seconds
+            if team is not None:
+                self.cost.inc((model,), cost)
+                self.team_cost.inc((team,), cost)
+                self.frontier_cost.inc((model,), frontier)
+                self.tokens.inc((model, "prompt"), prompt)
+                self.tokens.inc((model, "completion"), completion)
 
     def state(self) -> State:
         """This process's counts as plain data (for the other workers' scrapes)."""
+        self._fold()
         return {f.name: f.state() for f in self.families}
 
     def render(self, others: Iterable[State] = (), gauges: Iterable[Gauge] = ()) -> bytes:
