@@ -433,8 +433,9 @@ class Gateway:
         last: UpstreamError | None = None
         tries = 0
         affinity = self.affinity
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.timeouts.total
+        # (time.monotonic, not the loop's clock: asyncio.get_running_loop() is a getpid() syscall
+        # on Python 3.11)
+        deadline = time.monotonic() + self.config.timeouts.total
         for index, mc in enumerate(plan.chain):
             name = mc.info.name
             pinned = affinity is not None and name in affinity
@@ -494,7 +495,7 @@ class Gateway:
                             raise
                         wait = exc.retry_after
                         if wait is not None and wait > min(
-                            policy.max_retry_after, deadline - loop.time()
+                            policy.max_retry_after, deadline - time.monotonic()
                         ):
                             break  # not worth waiting for here: the next deployment or model
                         if attempt + 1 < policy.attempts:  # hardening: a probe only to retry
