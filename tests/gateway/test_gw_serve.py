@@ -92,3 +92,19 @@ def test_key_from_admin_api_then_routed_replay(served):
     assert r.headers["x-thrifty-route-reason"].startswith("auto: ")
     assert r.json()["choices"][0]["message"]["content"]
     assert float(r.headers["x-thrifty-cost-usd"]) > 0
+
+
+def test_gc_tuned_for_serving():
+    """Before serving, what exists is frozen out of the cyclic collector and the youngest
+    generation is collected less often (in a fresh interpreter: the settings are global)."""
+    code = (
+        "import gc\n"
+        "from thrifty.gateway.server import YOUNG_GC_THRESHOLD, tune_gc_for_serving\n"
+        "older = gc.get_threshold()[1:]\n"
+        "assert gc.get_freeze_count() == 0\n"
+        "tune_gc_for_serving()\n"
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+        "assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, *older), gc.get_threshold()\n"
+        "assert YOUNG_GC_THRESHOLD > 700\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

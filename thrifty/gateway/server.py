@@ -27,13 +27,27 @@ UVICORN_OPTIONS: dict[str, Any] = {
 }
 
 
-def freeze_startup_objects() -> None:
-    """Leave what exists before serving (config, catalog, router: some 55k objects that live as
-    long as the process) out of the cyclic garbage collector: under load, every full collection
-    walked them all again (measured in-process at 50 requests in flight: GC time per request
-    about halved)."""
+# The youngest generation's threshold while serving (CPython's default: 700 allocations).
+YOUNG_GC_THRESHOLD = 10_000
+
+
+def tune_gc_for_serving() -> None:
+    """Make the cyclic garbage collector cheap under load; run once, just before serving.
+
+    - What exists before serving (config, catalog, router: some 55k objects that live as long
+      as the process) is frozen out of the collector: every full collection walked it again.
+    - Collections of the youngest generation run every 10,000 allocations, not 700: with 64
+      requests in flight, each collection walked the live objects of all of them and promoted
+      them, to be walked again by the older generations' collections.
+
+    Measured in-process (callgrind, 64 requests in flight, fixed model): the collector's
+    instructions per request went from about 36k (frozen, default thresholds) to 2k; garbage in
+    cycles lives at most 10,000 allocations longer.
+    """
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
 
 
 def serve(
@@ -46,7 +60,7 @@ def serve(
     about the same at 64 connections (0.19 vs 0.15-0.20 ms). ``granian`` (Rust HTTP, in-process
     "embedded" mode, which granian marks experimental) can be chosen when installed.
     """
-    freeze_startup_objects()
+    tune_gc_for_serving()
     if server == "granian":
         try:
             import granian  # noqa: F401

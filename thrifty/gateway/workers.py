@@ -36,12 +36,12 @@ def worker_app() -> Any:
     """The app one worker serves (uvicorn's factory, called in each worker process)."""
     from thrifty.config import load_config
     from thrifty.gateway.assemble import build_app
-    from thrifty.gateway.server import freeze_startup_objects
+    from thrifty.gateway.server import tune_gc_for_serving
 
     spec = json.loads(os.environ[SPEC_ENV])
     config = load_config(spec["config"])
     app = build_app(config, workers=spec["workers"], metrics_dir=Path(spec["metrics_dir"]))[0]
-    freeze_startup_objects()
+    tune_gc_for_serving()
     return app
 
 
