@@ -5,7 +5,8 @@ invocation so that a noisy machine drifts on both alike:
 
 A and B run as two gateway processes at once, both pinned to the target core (only one is
 loaded at a time); wrk and the fake upstream share the other core. Each round runs every
-scenario at 1 and at N connections on A, then on B; a run is a fixed number of requests
+scenario at 1 and at N connections on both, A first in odd rounds and B first in even ones,
+each run starting once both gateways are idle; a run is a fixed number of requests
 (wrk stops itself after that many responses). Scenarios: a fixed model, ``auto`` (every prompt
 new), streaming; then, on a second pair of gateways with the response cache on, a cache hit
 (one prompt, stored before) and a cache miss (every prompt new: lookup, upstream call, store).
@@ -190,9 +191,14 @@ def measure(
     for r in range(args.rounds):
         for sc in scenarios:
             for c in conns:
-                for i, gw in enumerate(gws):  # A, then B: adjacent runs form a pair
+                # A then B in odd rounds, B then A in even ones: whichever side runs second
+                # (after the other's load, on the same core) is not always the same one.
+                # Adjacent runs form a pair; each starts once the other gateway is idle too.
+                order = (0, 1) if r % 2 == 0 else (1, 0)
+                for i in order:
+                    settled_cpu(gws[1 - i].proc.pid)
                     samples[sc.name, c][i].append(
-                        cpu_per_request(gw, sc, c, counts[c], tmp, args.cap)
+                        cpu_per_request(gws[i], sc, c, counts[c], tmp, args.cap)
                     )
                 a, b = samples[sc.name, c]
                 print(
@@ -230,7 +236,7 @@ def report(
         )
     print(
         "B/A: median B over median A (above 1: this checkout uses more CPU per request); "
-        "paired: each round's B run over the A run just before it."
+        "paired: each round's B run over its A run (adjacent)."
     )
 
 
