@@ -9,6 +9,7 @@ import threading
 import time
 
 import orjson
+import pytest
 
 from thrifty.spend import admin_ops
 from thrifty.spend.control import DbSpendControl
@@ -150,7 +151,7 @@ def test_sqlite_a_journal_with_a_hold_open_is_kept_until_it_settles(tmp_path):
     """SQLite journals its holds: a full journal is deleted only once its holds have settled."""
     from thrifty.spend.db import sqlite_url
     from thrifty.spend.ledger import LedgerWriter
-    from thrifty.spend.reclaim import hold_detail, hold_line
+    from thrifty.spend.reclaim import hold_about, hold_line
 
     url = sqlite_url(tmp_path / "spend.db")
     db = Database(url)
@@ -159,7 +160,7 @@ def test_sqlite_a_journal_with_a_hold_open_is_kept_until_it_settles(tmp_path):
     writer = LedgerWriter(url, tmp_path / "journal", release_reservations=False, journal_bytes=1)
     try:
         first = writer.journal
-        writer.note_hold("h1", hold_line("h1", 5, [["b", 0, 5]], hold_detail("r1", None, None, "t", (), "m")))
+        writer.note_hold("h1", hold_line("h1", 5, [["b", 0, 5]], hold_about("r1", None, None, "t", (), "m")))
         writer.submit(journal_entry(record("other"), 0, [], None))  # fills the journal: rotated
         writer.flush()
         time.sleep(0.1)
@@ -207,12 +208,14 @@ def test_sqlite_a_hold_left_at_close_is_charged_at_the_next_start(tmp_path):
     assert not list((tmp_path / "journal").glob("*.journal"))
 
 
-def test_sqlite_replay_charges_only_the_journaled_holds_no_record_settled(tmp_path):
+@pytest.mark.parametrize("written_by", ["this version", "before 2026-12-06"])
+def test_sqlite_replay_charges_only_the_journaled_holds_no_record_settled(tmp_path, written_by):
     """A hold settled in the journal, or by a record already in the ledger (its journal was
-    rotated and deleted), is not charged; one never settled is, once, even on a second replay."""
+    rotated and deleted), is not charged; one never settled is, once, even on a second replay.
+    Journals of older versions (whose hold lines carry their detail as a JSON string) too."""
     from thrifty.spend.db import sqlite_url
     from thrifty.spend.ledger import write_batch
-    from thrifty.spend.reclaim import hold_detail, hold_line
+    from thrifty.spend.reclaim import hold_about, hold_detail, hold_line
 
     url = sqlite_url(tmp_path / "spend.db")
     db = Database(url)
@@ -224,7 +227,10 @@ def test_sqlite_replay_charges_only_the_journaled_holds_no_record_settled(tmp_pa
         def orphan_journal(name: str) -> None:
             journal = Journal(tmp_path / name)
             for rid in ("r-rotated", "r-settled", "r-open"):
-                line = hold_line(f"h-{rid[2:]}", 7_000, [["b", 0, 7_000]], hold_detail(rid, "k", None, "t", (), "m"))
+                about = hold_about(rid, "k", None, "t", (), "m")
+                line = hold_line(f"h-{rid[2:]}", 7_000, [["b", 0, 7_000]], about)
+                if written_by != "this version":
+                    line["detail"] = hold_detail(about)
                 journal.append(orjson.dumps(line) + b"\n")
             settle = journal_entry(record("r-settled", cost=0.000002), 2_000, [["b", 0, 2_000]], "h-settled")
             journal.append(orjson.dumps(settle) + b"\n")

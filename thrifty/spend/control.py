@@ -46,7 +46,7 @@ from thrifty.spend.money import usd_to_nanos
 from thrifty.spend.periods import iso, period_bounds
 from thrifty.spend.policy import filter_models
 from thrifty.spend.ratelimit import Check, MemoryRateLimiter, PostgresRateLimiter, SqliteRateLimiter
-from thrifty.spend.reclaim import hold_detail, hold_line, replay_orphans
+from thrifty.spend.reclaim import hold_about, hold_detail, hold_line, replay_orphans
 from thrifty.spend.schema import config_version, migrate
 from thrifty.spend.snapshot import BudgetEntry, Snapshot, load_snapshot
 
@@ -194,15 +194,17 @@ class DbSpendControl:
         try:
             if checks:
                 await self.limiter.take(checks, now)
-            detail = None
+            about = detail = None
             if ttl is None and request_id is not None:  # charged in full if this process dies with it
-                detail = hold_detail(request_id, principal.key_id, principal.user_id, principal.team_id,
-                                     principal.tags, model.name)
+                about = hold_about(request_id, principal.key_id, principal.user_id, principal.team_id,
+                                   principal.tags, model.name)
+                if self.postgres:  # in the hold's row
+                    detail = hold_detail(about)
             hold = await self._hold(snap, principal, amount, now, ttl=ttl, detail=detail)
-            if detail is not None and hold.charges and not self.postgres:
+            if about is not None and hold.charges and not self.postgres:
                 # SQLite holds live in memory: journaled, so the next start charges them.
                 self.writer.note_hold(hold.id, hold_line(hold.id, amount, [[b.id, s, amount] for b, s in hold.charges],
-                                                         detail))
+                                                         about))
         except SpendError:
             raise
         except Exception as exc:  # noqa: BLE001 (the shared database is down: refuse rather than spend unchecked)

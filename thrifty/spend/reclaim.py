@@ -36,11 +36,16 @@ LOST_STATUS = 502
 LOST_SUFFIX = ":lost"
 
 
-def hold_detail(request_id: str | None, key_id: str | None, user_id: str | None, team_id: str | None,
-                tags: tuple[str, ...], model: str) -> str:
-    """What a hold's row says about its request, for the record written if its replica dies."""
-    return orjson.dumps({"request_id": request_id, "key_id": key_id, "user_id": user_id, "team_id": team_id,
-                         "tags": list(tags), "model": model}).decode()
+def hold_about(request_id: str | None, key_id: str | None, user_id: str | None, team_id: str | None,
+               tags: tuple[str, ...], model: str) -> dict[str, Any]:
+    """Whose request a hold is for, for the record written if its replica dies."""
+    return {"request_id": request_id, "key_id": key_id, "user_id": user_id, "team_id": team_id,
+            "tags": list(tags), "model": model}
+
+
+def hold_detail(about: dict[str, Any]) -> str:
+    """:func:`hold_about` as a hold's row stores it (PostgreSQL)."""
+    return orjson.dumps(about).decode()
 
 
 def lost_request_id(request_id: str | None, hold_id: str) -> str:
@@ -89,14 +94,21 @@ def lost_entries(rows: list[tuple], owner: str, now: float) -> list[dict[str, An
     return list(holds.values())
 
 
-def hold_line(hold_id: str, amount: int, charges: list[list], detail: str) -> dict[str, Any]:
+def hold_line(hold_id: str, amount: int, charges: list[list], about: dict[str, Any]) -> dict[str, Any]:
     """A hold as journaled on SQLite (holds live in the process's memory there)."""
-    return {"hold": hold_id, "amount": amount, "charges": charges, "detail": detail}
+    return {"hold": hold_id, "amount": amount, "charges": charges, "detail": about}
+
+
+def _about(line: dict[str, Any]) -> dict[str, Any]:
+    """A journaled hold's :func:`hold_about` (journals written before 2026-12-06 hold it as a
+    JSON string)."""
+    about = line["detail"]
+    return orjson.loads(about) if isinstance(about, str) else about
 
 
 def lost_entry(hold_id: str, line: dict[str, Any], owner: str, now: float) -> dict[str, Any]:
     """The record of a journaled hold (:func:`hold_line`) whose process died before it settled."""
-    entry = _entry(hold_id, int(line["amount"]), orjson.loads(line["detail"]), owner, now)
+    entry = _entry(hold_id, int(line["amount"]), _about(line), owner, now)
     entry["charges"] = [list(c) for c in line["charges"]]
     return entry
 
@@ -154,9 +166,9 @@ def replay_orphans(db: Database, directory: pathlib.Path, *, release_reservation
     now = time.time()
     open_holds = {h: v for h, v in holds.items() if h not in settled}
     # A hold whose record went into a journal deleted since (rotated, all in) is settled too.
-    done = _in_ledger(db, [orjson.loads(line["detail"])["request_id"] for _owner, line in open_holds.values()])
+    done = _in_ledger(db, [_about(line)["request_id"] for _owner, line in open_holds.values()])
     lost = [lost_entry(hold_id, line, owner, now) for hold_id, (owner, line) in open_holds.items()
-            if orjson.loads(line["detail"])["request_id"] not in done]
+            if _about(line)["request_id"] not in done]
     if lost:  # once: a replay cut short and run again inserts the same ids, which count once
         write_batch(db, lost, {}, release_reservations=False)
         log.warning("a dead gateway had %d request(s) in flight: charged their holds in full", len(lost))
