@@ -128,3 +128,39 @@ def test_full_journals_rotate_and_are_deleted_once_committed(tmp_path):
     assert not list((tmp_path / "journal").glob("*.journal"))
     assert db.one("SELECT COUNT(*) FROM journal_marks") == (0,)
     db.close()
+
+
+def test_records_arriving_steadily_are_committed_in_a_batch_per_interval(tmp_path):
+    """Group commit: a record submitted while a batch is written waits for the next interval
+    instead of starting a batch of its own, and reaches the database without a flush. (Each
+    batch here takes 20 ms, as an fsync on a slow disk may: writing again as soon as one ended
+    made a batch of ~20 records every 20 ms.)"""
+    from thrifty.spend.ledger import LedgerWriter
+
+    url = f"sqlite:///{tmp_path / 'spend.db'}"
+    db = Database(url)
+    migrate(db)
+    writer = LedgerWriter(url, tmp_path / "journal", release_reservations=False, interval=0.1)
+    batches = []
+    write_some = writer._write_some
+
+    def counted() -> None:
+        batches.append(len(writer._queue))
+        write_some()
+        time.sleep(0.02)
+
+    writer._write_some = counted
+    try:
+        start = time.monotonic()
+        for i in range(300):  # ~0.3 s of a record every millisecond
+            writer.submit(journal_entry(record(f"r{i}", cost=0.001), 1_000_000, [["b", 0, 1_000_000]], None))
+            time.sleep(0.001)
+        elapsed = time.monotonic() - start
+        deadline = time.monotonic() + 5
+        while db.one("SELECT COUNT(*) FROM ledger")[0] < 300 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert db.one("SELECT COUNT(*) FROM ledger")[0] == 300  # no flush needed
+        assert len(batches) <= elapsed / 0.1 + 3, (len(batches), elapsed, batches)
+    finally:
+        writer.close()
+        db.close()
