@@ -70,3 +70,46 @@ def test_bad_input_is_a_clear_error():
         cost_usd(M, 10, 0, cached_tokens=11)
     with pytest.raises(ValueError, match="non-negative"):
         cost_usd(M, -1, 0)
+
+
+def test_usd_to_nanos_shortcut_equals_the_decimal_conversion():
+    """Floats take a shortcut past Decimal when they are some exact nano-dollar amount; every
+    float converts as its shortest repr says, rounded as asked, shortcut or not."""
+    import random
+    from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+
+    from thrifty.spend.money import usd_to_nanos
+
+    def by_decimal(x: float, up: bool) -> int:
+        rounding = ROUND_CEILING if up else ROUND_HALF_EVEN
+        return int((Decimal(repr(x)) * 1_000_000_000).to_integral_value(rounding=rounding))
+
+    rng = random.Random(20261206)
+    values = [0.0, -0.0, 1e-9, 5e-10, 1.5e-9, 2.5e-9, -2.5e-9, 0.000123, 0.1 + 0.2, 3_999_999.999999999,
+              4_000_000.0, 4_000_000.000000001, 1e12, 1e-12, 123.4567890125]
+    for _ in range(20_000):
+        values.append(rng.randrange(-4_000_000_000_000_000, 4_000_000_000_000_000) / 1e9)  # nano-exact
+        values.append(rng.randrange(0, 10**12) / 1e9 * rng.choice((1, 3, 7e-3)))  # mostly not
+        values.append(10 ** rng.uniform(-12, 8) * rng.choice((1, -1)))  # any magnitude
+    for x in values:
+        for up in (False, True):
+            assert usd_to_nanos(x, round_up=up) == by_decimal(x, up), (x, up)
+
+
+def test_prices_follow_the_model_object_priced():
+    """Prices of models without tiers are kept per model object and batch flag: a catalog
+    reload's new object with new prices is priced anew, batch prices stay apart."""
+    import dataclasses
+    import gc
+
+    flat = ModelInfo("flat", "openai", input_cost_per_token=1e-6, output_cost_per_token=2e-6,
+                     input_cost_per_token_batches=5e-7, output_cost_per_token_batches=1e-6)
+    assert cost_usd(flat, 1000, 1000) == Decimal("0.003")
+    assert cost_usd(flat, 1000, 1000, batch=True) == Decimal("0.0015")
+    for i in range(1, 50):  # new objects, some possibly where a collected one was
+        again = dataclasses.replace(flat, input_cost_per_token=i * 1e-6)
+        assert cost_usd(again, 1000, 0) == Decimal(i) / 1000
+        del again
+        gc.collect()
+    assert cost_usd(flat, 1000, 1000) == Decimal("0.003")
+    assert max_cost_usd(flat, 1000, 1000) == Decimal("0.003")

@@ -23,8 +23,20 @@ def to_decimal(amount: float | str | Decimal) -> Decimal:
     return Decimal(amount)
 
 
+# Below this many USD, distinct nano-dollar amounts are distinct floats (a float's spacing there
+# is under 2**-31 USD), which the exact shortcut in usd_to_nanos relies on.
+_FLOAT_EXACT_BELOW = 4_000_000.0
+
+
 def usd_to_nanos(amount: float | str | Decimal, *, round_up: bool = False) -> int:
     """USD to integer nano-dollars; ``round_up`` for amounts held against a budget."""
+    if type(amount) is float and -_FLOAT_EXACT_BELOW < amount < _FLOAT_EXACT_BELOW:
+        # The usual amount (a price already rounded to the nano) without Decimal: if ``amount`` is
+        # the float nearest some n nano-dollars, its shortest repr is exactly n nano-dollars, so
+        # n is the answer whatever the rounding (the same as the Decimal path below, tested).
+        nanos = round(amount * NANOS_PER_USD)
+        if nanos / NANOS_PER_USD == amount:
+            return nanos
     value = to_decimal(amount)
     if not value.is_finite():
         raise ValueError(f"not a finite amount: {amount!r}")

@@ -50,8 +50,26 @@ def tier_for(model: ModelInfo, prompt_tokens: int) -> PriceTier | None:
     return chosen
 
 
+# (id of a model without tiers, batch) -> (that model, its _prices): every request prices its
+# model two or three times (hold, cost, frontier cost). The model is kept, so its id is not reused.
+_TIERLESS: dict[tuple[int, bool], tuple[ModelInfo, tuple[Decimal, Decimal, Decimal, Decimal]]] = {}
+
+
 def _prices(model: ModelInfo, prompt_tokens: int, batch: bool) -> tuple[Decimal, Decimal, Decimal, Decimal]:
     """(input, output, cached read, cache write) USD per token for this request."""
+    if model.tiers:
+        return _priced(model, prompt_tokens, batch)
+    got = _TIERLESS.get((id(model), batch))
+    if got is not None and got[0] is model:
+        return got[1]
+    prices = _priced(model, prompt_tokens, batch)
+    if len(_TIERLESS) >= 4096:
+        _TIERLESS.clear()
+    _TIERLESS[id(model), batch] = (model, prices)
+    return prices
+
+
+def _priced(model: ModelInfo, prompt_tokens: int, batch: bool) -> tuple[Decimal, Decimal, Decimal, Decimal]:
     if model.input_cost_per_token is None or model.output_cost_per_token is None:
         raise UnpricedModel(f"model {model.name!r} has no input or output price in the catalog")
     inp, out = model.input_cost_per_token, model.output_cost_per_token
