@@ -113,3 +113,40 @@ def test_prices_follow_the_model_object_priced():
         gc.collect()
     assert cost_usd(flat, 1000, 1000) == Decimal("0.003")
     assert max_cost_usd(flat, 1000, 1000) == Decimal("0.003")
+
+
+def test_integer_pricing_equals_the_decimal_formula():
+    """Costs are summed as integers of atto-dollars (Decimal when a price is not a whole number
+    of them); either way equal to the Decimal formula, rounded half-even (a hold: up)."""
+    import random
+    from decimal import ROUND_CEILING, ROUND_HALF_EVEN
+
+    from thrifty.spend.pricing import cost_nanos, max_cost_nanos
+
+    nano = Decimal("0.000000001")
+
+    def d(x: float) -> Decimal:
+        return Decimal(repr(x))
+
+    rng = random.Random(7)
+    prices = [3e-6, 15e-6, 3e-7, 3.75e-6, 1.25e-7, 7.5e-8, 1e-9, 2.5e-10, 0.0, 1 / 3 * 1e-6, 2 / 7 * 1e-5,
+              6.999999999999999e-06, 1.0416666666666667e-07]
+    for _ in range(3000):
+        inp, out, cached, write = (rng.choice(prices) for _ in range(4))
+        info = ModelInfo("r", "x", input_cost_per_token=inp, output_cost_per_token=out,
+                         cache_read_input_token_cost=cached, cache_creation_input_token_cost=write)
+        prompt = rng.choice((0, 1, 7, 1000, 123_457, 10**7))
+        c = rng.randint(0, prompt)
+        w = rng.randint(0, prompt - c)
+        completion = rng.choice((0, 1, 999, 64_000))
+        exact = (prompt - c - w) * d(inp) + completion * d(out) + c * d(cached) + w * d(write)
+        want = exact.quantize(nano, rounding=ROUND_HALF_EVEN)
+        assert cost_usd(info, prompt, completion, c, w) == want, (inp, out, cached, write, prompt, completion, c, w)
+        assert cost_nanos(info, prompt, completion, c, w) == int(want / nano)
+        hold = (prompt * max(d(inp), d(write)) + completion * d(out)).quantize(nano, rounding=ROUND_CEILING)
+        assert max_cost_usd(info, prompt, completion) == hold
+        assert max_cost_nanos(info, prompt, completion) == int(hold / nano)
+    # a tie at half a nano-dollar goes to the even one
+    half = ModelInfo("h", "x", input_cost_per_token=5e-10, output_cost_per_token=0.0)
+    assert [cost_nanos(half, n, 0) for n in (1, 3, 5)] == [0, 2, 2]
+    assert max_cost_nanos(half, 1, 0) == 1

@@ -2,7 +2,7 @@
 
 A live call, a cache hit, a batch line (synchronous or through a provider's batch API), a
 cascade step and a refusal are each described by a :class:`Charge`; :meth:`Billing.bill` prices
-it (the only place a token's price is applied: :func:`thrifty.spend.pricing.cost_usd`), writes
+it (the only place a token's price is applied: :func:`thrifty.spend.pricing.cost_nanos`), writes
 its ledger record through spend control (settling the budget hold) and counts it in the metrics.
 """
 
@@ -18,7 +18,8 @@ from thrifty.pipeline.metrics import Metrics, rejection_reason
 from thrifty.providers.base import Usage
 from thrifty.router.learning import RouteTrace
 from thrifty.spend.contract import LedgerRecord, Principal, Reservation, SpendControl
-from thrifty.spend.pricing import cost_usd
+from thrifty.spend.money import NANOS_PER_USD
+from thrifty.spend.pricing import cost_nanos
 
 log = logging.getLogger("thrifty.billing")
 
@@ -29,9 +30,8 @@ def price(info: ModelInfo, usage: Usage, *, batch: bool = False) -> float:
     prompt = max(usage.prompt_tokens, 0)
     cached = min(max(usage.cached_tokens, 0), prompt)
     written = min(max(usage.cache_write_tokens, 0), prompt - cached)
-    return float(
-        cost_usd(info, prompt, max(usage.completion_tokens, 0), cached, written, batch=batch)
-    )
+    nanos = cost_nanos(info, prompt, max(usage.completion_tokens, 0), cached, written, batch=batch)
+    return nanos / NANOS_PER_USD  # the float nearest the exact amount, as float(Decimal) is
 
 
 @dataclass(slots=True)

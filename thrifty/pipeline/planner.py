@@ -25,7 +25,8 @@ from thrifty.pipeline.schemas import ChatRequest
 from thrifty.providers.base import Provider, UpstreamError
 from thrifty.router.learning import RouteTrace
 from thrifty.spend.contract import PolicyDenied, Principal, SpendControl
-from thrifty.spend.pricing import max_cost_usd
+from thrifty.spend.money import NANOS_PER_USD
+from thrifty.spend.pricing import max_cost_nanos
 
 log = logging.getLogger("thrifty.gateway")
 
@@ -373,7 +374,7 @@ class Gateway:
         for mc in chain:
             bound = max(tokens_max(mc.info), prompt_tokens) if tokens_max else prompt_tokens
             out = _max_output(mc.info, req.max_tokens, prompt_tokens) * choices
-            cost = float(max_cost_usd(mc.info, bound, out))
+            cost = max_cost_nanos(mc.info, bound, out) / NANOS_PER_USD
             bounds[mc.info.name] = cost
             if cost >= max_cost:
                 max_cost, max_out = cost, out
@@ -396,7 +397,7 @@ class Gateway:
         permitted = self._permitted(principal, [mc], strict=True)  # hardening: by deployment
         if not permitted:
             raise PolicyDenied(f"Policy does not allow model '{model}'.")
-        cost = float(max_cost_usd(mc.info, max(prompt_tokens, prompt_tokens_max), 0))
+        cost = max_cost_nanos(mc.info, max(prompt_tokens, prompt_tokens_max), 0) / NANOS_PER_USD
         return Plan(
             model,
             [mc],

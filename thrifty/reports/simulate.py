@@ -12,7 +12,7 @@ The choice repeats the gateway's own rule exactly (``thrifty/pipeline/planner.py
 knows that fit the prompt and pass policy, in the router's model order; the
 expected cost of each is ``estimated prompt tokens x input price + expected
 output tokens x output price``; ``router.choose`` picks. The cost of the choice
-is priced by spend control's own :func:`thrifty.spend.pricing.cost_usd`, so a
+is priced by spend control's own :func:`thrifty.spend.pricing.cost_nanos`, so a
 simulation on replay data agrees with a live run through the gateway to the
 nano-dollar (tests/reports/test_simulate_live.py checks it to the cent).
 
@@ -35,8 +35,7 @@ import numpy as np
 
 from thrifty.catalog.model import ModelInfo
 from thrifty.errors import UsageError
-from thrifty.spend.money import usd_to_nanos
-from thrifty.spend.pricing import UnpricedModel, cost_usd
+from thrifty.spend.pricing import UnpricedModel, cost_nanos
 
 AS_SERVED = "as served"
 
@@ -151,7 +150,7 @@ def _reprice(info: ModelInfo, p: Mapping[str, float]) -> ModelInfo:
 
 def _nanos(info: ModelInfo, prompt: int, completion: int, cached: int = 0) -> int:
     try:
-        return usd_to_nanos(cost_usd(info, prompt, completion, min(cached, prompt)))
+        return cost_nanos(info, prompt, completion, min(cached, prompt))
     except UnpricedModel:
         return 0
 

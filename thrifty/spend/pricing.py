@@ -15,19 +15,21 @@ Pure functions over :class:`~thrifty.catalog.model.ModelInfo`. Conventions:
   (likewise).
 * ``batch=True`` uses the batch prices where the catalog has them; without
   them no discount is assumed.
-* Results are Decimal USD rounded half-even to the nano-dollar, the ledger's
-  unit, so the cost the gateway reports is exactly the cost the ledger sums.
+* Results are integer nano-dollars (the ledger's unit) rounded half-even (a
+  hold: up), or the same as Decimal USD, so the cost the gateway reports is
+  exactly the cost the ledger sums. Sums are exact integers of atto-dollars
+  (Decimal for a price that is not a whole number of them).
 """
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from functools import lru_cache
 
 from thrifty.catalog.model import ModelInfo, PriceTier
-from thrifty.spend.money import NANO
+from thrifty.spend.money import NANOS_PER_USD, nanos_to_usd
 
-__all__ = ["UnpricedModel", "cost_usd", "max_cost_usd", "tier_for"]
+__all__ = ["UnpricedModel", "cost_nanos", "cost_usd", "max_cost_nanos", "max_cost_usd", "tier_for"]
 
 
 class UnpricedModel(ValueError):
@@ -50,26 +52,49 @@ def tier_for(model: ModelInfo, prompt_tokens: int) -> PriceTier | None:
     return chosen
 
 
-# (id of a model without tiers, batch) -> (that model, its _prices): every request prices its
+# USD prices per token as integer atto-dollars (1e-18 USD): sums of them are exact integers, and
+# a catalog's prices (such as 3e-06 or 1.25e-07) are whole atto-dollars.
+_ATTOS_PER_NANO = 10**9
+_ATTOS_PER_USD = 10**18
+
+Prices = tuple[Decimal, Decimal, Decimal, Decimal]  # (input, output, cached read, cache write)
+# Prices as atto-dollars, or None when one of them is not a whole number of them (then the
+# request is priced in Decimal: the same result, slower).
+Attos = tuple[int, int, int, int] | None
+
+# (id of a model without tiers, batch) -> (that model, its prices): every request prices its
 # model two or three times (hold, cost, frontier cost). The model is kept, so its id is not reused.
-_TIERLESS: dict[tuple[int, bool], tuple[ModelInfo, tuple[Decimal, Decimal, Decimal, Decimal]]] = {}
+_TIERLESS: dict[tuple[int, bool], tuple[ModelInfo, Prices, Attos]] = {}
 
 
-def _prices(model: ModelInfo, prompt_tokens: int, batch: bool) -> tuple[Decimal, Decimal, Decimal, Decimal]:
-    """(input, output, cached read, cache write) USD per token for this request."""
+def _prices(model: ModelInfo, prompt_tokens: int, batch: bool) -> tuple[Prices, Attos]:
+    """The USD per token of this request (input, output, cached read, cache write), as Decimal
+    and as atto-dollars."""
     if model.tiers:
-        return _priced(model, prompt_tokens, batch)
+        prices = _priced(model, prompt_tokens, batch)
+        return prices, _attos(prices)
     got = _TIERLESS.get((id(model), batch))
     if got is not None and got[0] is model:
-        return got[1]
+        return got[1], got[2]
     prices = _priced(model, prompt_tokens, batch)
+    attos = _attos(prices)
     if len(_TIERLESS) >= 4096:
         _TIERLESS.clear()
-    _TIERLESS[id(model), batch] = (model, prices)
-    return prices
+    _TIERLESS[id(model), batch] = (model, prices, attos)
+    return prices, attos
 
 
-def _priced(model: ModelInfo, prompt_tokens: int, batch: bool) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+def _attos(prices: Prices) -> Attos:
+    out = []
+    for price in prices:
+        scaled = price * _ATTOS_PER_USD  # exact: a float's repr has at most 17 digits
+        if scaled != scaled.to_integral_value() or scaled < 0:
+            return None
+        out.append(int(scaled))
+    return out[0], out[1], out[2], out[3]
+
+
+def _priced(model: ModelInfo, prompt_tokens: int, batch: bool) -> Prices:
     if model.input_cost_per_token is None or model.output_cost_per_token is None:
         raise UnpricedModel(f"model {model.name!r} has no input or output price in the catalog")
     inp, out = model.input_cost_per_token, model.output_cost_per_token
@@ -98,15 +123,16 @@ def _check(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
 
 
-def cost_usd(
+def cost_nanos(
     model: ModelInfo,
     prompt_tokens: int,
     completion_tokens: int,
     cached_tokens: int = 0,
     cache_write_tokens: int = 0,
     batch: bool = False,
-) -> Decimal:
-    """The exact cost of one request in USD (see the module doc for the token conventions)."""
+) -> int:
+    """The exact cost of one request in nano-dollars, rounded half-even (see the module doc for
+    the token conventions)."""
     if not (
         type(prompt_tokens) is int
         and type(completion_tokens) is int
@@ -125,19 +151,41 @@ def cost_usd(
             f"exceed prompt_tokens ({prompt_tokens})"
         )
     # Long-context tiers (which set their own prices) take precedence over batch prices.
-    inp, out, cached, write = _prices(model, prompt_tokens, batch)
-    total = fresh * inp + completion_tokens * out
-    if cached_tokens:  # (exact sums: leaving out a zero term changes nothing)
-        total += cached_tokens * cached
-    if cache_write_tokens:
-        total += cache_write_tokens * write
-    return total.quantize(NANO, rounding=ROUND_HALF_EVEN)
+    prices, attos = _prices(model, prompt_tokens, batch)
+    if attos is None:
+        inp, out, cached, write = prices
+        total = fresh * inp + completion_tokens * out + cached_tokens * cached + cache_write_tokens * write
+        return int((total * NANOS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+    inp, out, cached, write = attos
+    nanos, rest = divmod(
+        fresh * inp + completion_tokens * out + cached_tokens * cached + cache_write_tokens * write,
+        _ATTOS_PER_NANO,
+    )
+    if 2 * rest > _ATTOS_PER_NANO or (2 * rest == _ATTOS_PER_NANO and nanos & 1):
+        nanos += 1  # half-even
+    return nanos
 
 
-def max_cost_usd(
-    model: ModelInfo, prompt_tokens: int, max_output_tokens: int, batch: bool = False
+def cost_usd(
+    model: ModelInfo,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    batch: bool = False,
 ) -> Decimal:
-    """The most a request can cost: what a budget reservation must hold.
+    """:func:`cost_nanos` as Decimal USD: the cost the gateway reports is exactly the cost the
+    ledger sums."""
+    return nanos_to_usd(
+        cost_nanos(model, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, batch)
+    )
+
+
+def max_cost_nanos(
+    model: ModelInfo, prompt_tokens: int, max_output_tokens: int, batch: bool = False
+) -> int:
+    """The most a request can cost, in nano-dollars rounded up: what a budget reservation must
+    hold.
 
     Every prompt token is priced at the dearer of the input and cache-write
     prices (a cache write can cost more than a plain read), every possible
@@ -145,6 +193,18 @@ def max_cost_usd(
     """
     _check("prompt_tokens", prompt_tokens)
     _check("max_output_tokens", max_output_tokens)
-    inp, out, _cached, write = _prices(model, prompt_tokens, batch)
-    total = prompt_tokens * max(inp, write) + max_output_tokens * out
-    return total.quantize(NANO, rounding="ROUND_CEILING")
+    prices, attos = _prices(model, prompt_tokens, batch)
+    if attos is None:
+        inp, out, _cached, write = prices
+        total = prompt_tokens * max(inp, write) + max_output_tokens * out
+        return int((total * NANOS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+    inp, out, _cached, write = attos
+    nanos, rest = divmod(prompt_tokens * max(inp, write) + max_output_tokens * out, _ATTOS_PER_NANO)
+    return nanos + 1 if rest else nanos
+
+
+def max_cost_usd(
+    model: ModelInfo, prompt_tokens: int, max_output_tokens: int, batch: bool = False
+) -> Decimal:
+    """:func:`max_cost_nanos` as Decimal USD."""
+    return nanos_to_usd(max_cost_nanos(model, prompt_tokens, max_output_tokens, batch))
