@@ -114,18 +114,22 @@ class Histogram:
     def state(self) -> list[list]:
         return [[*k, row[:-1], row[-1]] for k, row in self.values.items()]
 
+    def add(self, key: tuple[str, ...], counts: list[int], total: float, into: dict | None = None) -> None:
+        """Add ``counts`` per bucket (and above the last) and their sum ``total`` to ``key``'s row
+        (of this family, or of ``into``, a merge's result)."""
+        values = self.values if into is None else into
+        row = values.get(key)
+        if row is None:
+            values[key] = [*counts, total]
+            return
+        for i, c in enumerate(counts):
+            row[i] += c
+        row[-1] += total
+
     def merge(self, rows: list[list], into: dict) -> None:
         n = len(self.labels)
         for row in rows:
-            key = tuple(row[:n])
-            counts, total = row[n], row[n + 1]
-            have = into.get(key)
-            if have is None:
-                into[key] = [*counts, total]
-            else:
-                for i, c in enumerate(counts):
-                    have[i] += c
-                have[-1] += total
+            self.add(tuple(row[:n]), row[n], row[n + 1], into)
 
     def lines(self, values: dict) -> Iterable[str]:
         for key, row in values.items():
@@ -268,10 +272,10 @@ class Metrics:
         key = (endpoint, model, status, team)
         row = self._finished.get(key)
         if row is None:
-            row = self._finished[key] = [0, 0.0, 0.0, 0, 0, 0.0, [0] * (len(BUCKETS) + 1)]
+            row = self._finished[key] = [0, 0.0, 0.0, 0, 0, 0.0, [0] * (len(self.duration.buckets) + 1)]
         row[0] += 1
         row[5] += seconds
-        row[6][bisect.bisect_left(BUCKETS, seconds)] += 1
+        row[6][bisect.bisect_left(self.duration.buckets, seconds)] += 1
         if team is not None:
             row[1] += cost
             row[2] += frontier
@@ -283,12 +287,7 @@ class Metrics:
         rows, self._finished = self._finished, {}
         for (endpoint, model, status, team), (n, cost, frontier, prompt, completion, seconds, counts) in rows.items():
             self.requests.inc((endpoint, model, str(status)), n)
-            hist = self.duration.values.get((endpoint, model))
-            if hist is None:
-                hist = self.duration.values[(endpoint, model)] = [0] * (len(BUCKETS) + 1) + [0.0]
-            for i, c in enumerate(counts):
-                hist[i] += c
-            hist[-1] += seconds
+            self.duration.add((endpoint, model), counts, seconds)
             if team is not None:
                 self.cost.inc((model,), cost)
                 self.team_cost.inc((team,), cost)
