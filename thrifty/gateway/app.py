@@ -524,7 +524,8 @@ class GatewayApp:
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": b"".join(map(encode, batch)),
+                        # (a read usually brings one chunk: then no join)
+                        "body": encode(batch[0]) if len(batch) == 1 else b"".join(map(encode, batch)),
                         "more_body": True,
                     }
                 )
