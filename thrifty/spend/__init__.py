@@ -69,9 +69,11 @@ def from_config(section: dict[str, Any] | None, data_dir: pathlib.Path, *, share
     ``data_dir/spend.db``), ``admin_key`` (else ``THRIFTY_ADMIN_KEY``; with
     neither, one is generated on first start and printed once to stderr),
     ``journal_dir`` (default ``data_dir/journal``), ``hold_ttl_s``,
-    ``poll_interval_s``, ``flush_interval_s``, ``lease_heartbeat_s`` and ``lease_expiry_s``
-    (PostgreSQL, default 15 and 45: how often a replica renews its lease and how long it lasts;
-    the holds of a replica dead that long are charged in full by another). ``shared``: this
+    ``poll_interval_s``, ``flush_interval_s`` (default 0.02: the ledger commits the records
+    journaled meanwhile to the database once per interval, in one transaction), and
+    ``lease_heartbeat_s`` and ``lease_expiry_s`` (PostgreSQL, default 15 and 45: how often a
+    replica renews its lease and how long it lasts; the holds of a replica dead that long are
+    charged in full by another). ``shared``: this
     process is one of several workers on the same database (``thrifty serve --workers N``): on
     SQLite, budget holds and rate-limit windows live in the database file instead of this
     process's memory.
