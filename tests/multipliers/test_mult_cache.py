@@ -250,3 +250,45 @@ def test_sqlite_store_is_bounded(tmp_path):
         await store.close()
 
     asyncio.run(go())
+
+
+def test_sqlite_answers_stored_together_are_one_transaction(tmp_path):
+    """Group commit: answers stored within the batch delay are written in one transaction and
+    each put returns once it is written; a failed write fails every put of its batch (and no
+    entry of it is kept); close() writes what is still waiting."""
+
+    async def go():
+        store = SQLiteCacheStore(tmp_path / "c.sqlite3", batch_delay=0.05)
+        writes = []
+        put_many = store._put_many
+
+        def counted(items):
+            writes.append(len(items))
+            put_many(items)
+
+        store._put_many = counted
+
+        def answer(i: int) -> CacheEntry:
+            return CacheEntry(b'{"n": %d}' % i, "m", None, 1, 1, 0.001, time.time(), scope="team:a")
+
+        await asyncio.gather(*(store.put(f"k{i}", answer(i), 60) for i in range(20)))
+        assert writes == [20]
+        assert store.count() == 20 and store.get_sync("k7").body == b'{"n": 7}'
+
+        bad = answer(99)
+        bad.body = b"\xff"  # not UTF-8: its serialisation fails inside the batch
+        results = await asyncio.gather(store.put("ok", answer(1), 60), store.put("bad", bad, 60),
+                                       return_exceptions=True)
+        assert writes == [20, 2]
+        assert all(isinstance(r, UnicodeDecodeError) for r in results), results
+        assert store.get_sync("ok") is None and store.count() == 20  # rolled back together
+
+        waiting = asyncio.ensure_future(store.put("late", answer(3), 60))
+        await asyncio.sleep(0)  # queued, its batch not due yet
+        await store.close()
+        await waiting
+        reopened = SQLiteCacheStore(tmp_path / "c.sqlite3")
+        assert reopened.get_sync("late") is not None
+        await reopened.close()
+
+    asyncio.run(go())

@@ -184,7 +184,12 @@ class SQLiteCacheStore:
     beyond ``max_entries`` (the disk bound; Redis bounds itself with ``maxmemory``)."""
 
     def __init__(
-        self, path: str | Path, *, purge_every: int = 1000, max_entries: int = 1_000_000
+        self,
+        path: str | Path,
+        *,
+        purge_every: int = 1000,
+        max_entries: int = 1_000_000,
+        batch_delay: float = 0.01,
     ) -> None:
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +199,11 @@ class SQLiteCacheStore:
         self._puts = 0
         self._purge_every = purge_every
         self.max_entries = max_entries
+        # Group commit: the answers stored within batch_delay seconds of the first are written
+        # in one transaction, one hand-off to the writer thread (each its own: 62 system calls
+        # per cache miss instead of 38, at one connection). An answer is a hit once written.
+        self.batch_delay = batch_delay
+        self._batches: dict[asyncio.AbstractEventLoop, list[tuple[str, CacheEntry, float, asyncio.Future]]] = {}
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -223,28 +233,69 @@ class SQLiteCacheStore:
     async def get(self, key: str) -> CacheEntry | None:
         return self.get_sync(key)
 
-    def _put(self, key: str, entry: CacheEntry, ttl: float) -> None:
+    def _put_many(self, items: list[tuple[str, CacheEntry, float]]) -> None:
         now = time.time()
-        self._wconn.execute(
-            "INSERT OR REPLACE INTO response_cache VALUES (?, ?, ?, ?)",
-            (key, entry.scope, entry.expires or now + ttl, entry.dumps()),
-        )
-        self._puts += 1
-        if self._puts % self._purge_every == 0:
-            self._wconn.execute("DELETE FROM response_cache WHERE expires < ?", (now,))
-            over = (
-                self._wconn.execute("SELECT count(*) FROM response_cache").fetchone()[0]
-                - self.max_entries
+        conn = self._wconn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO response_cache VALUES (?, ?, ?, ?)",
+                [(key, e.scope, e.expires or now + ttl, e.dumps()) for key, e, ttl in items],
             )
-            if over > 0:
-                self._wconn.execute(
-                    "DELETE FROM response_cache WHERE key IN (SELECT key FROM response_cache"
-                    " ORDER BY expires LIMIT ?)",
-                    (over,),
-                )
+            before, self._puts = self._puts, self._puts + len(items)
+            if self._puts // self._purge_every > before // self._purge_every:
+                self._purge(now)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _purge(self, now: float) -> None:
+        """Expired entries go, then the soonest to expire beyond ``max_entries``."""
+        self._wconn.execute("DELETE FROM response_cache WHERE expires < ?", (now,))
+        over = (
+            self._wconn.execute("SELECT count(*) FROM response_cache").fetchone()[0]
+            - self.max_entries
+        )
+        if over > 0:
+            self._wconn.execute(
+                "DELETE FROM response_cache WHERE key IN (SELECT key FROM response_cache"
+                " ORDER BY expires LIMIT ?)",
+                (over,),
+            )
 
     async def put(self, key: str, entry: CacheEntry, ttl: float) -> None:
-        await asyncio.wrap_future(self._writer.submit(self._put, key, entry, ttl))
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        batch = self._batches.get(loop)
+        if batch is None:
+            batch = self._batches[loop] = []
+            loop.call_later(self.batch_delay, self._write_batch, loop)
+        batch.append((key, entry, ttl, done))
+        await done
+
+    def _write_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._batches.pop(loop, None)
+        if not batch:
+            return
+        written = self._writer.submit(self._put_many, [(k, e, t) for k, e, t, _ in batch])
+
+        def settle(_: Any) -> None:  # on the loop, once the writer thread is done
+            error = written.exception()
+            for *_, done in batch:
+                if not done.done():
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(error)
+
+        def handed_back(_: Any) -> None:  # in the writer thread
+            try:
+                loop.call_soon_threadsafe(settle, None)
+            except RuntimeError:  # the loop closed meanwhile: nobody waits for these puts
+                pass
+
+        written.add_done_callback(handed_back)
 
     def count(self) -> int:
         return self._rconn.execute("SELECT count(*) FROM response_cache").fetchone()[0]
@@ -261,7 +312,10 @@ class SQLiteCacheStore:
         return await asyncio.wrap_future(self._writer.submit(self._scan, prefix))
 
     async def close(self) -> None:
+        for loop in list(self._batches):  # answers waiting for their batch: written now
+            self._write_batch(loop)
         self._writer.shutdown(wait=True)
+        await asyncio.sleep(0)  # (their puts resolved)
         self._wconn.close()
         self._rconn.close()
 
