@@ -878,7 +878,7 @@ def bench_batch(lines: int) -> None:
     from thrifty.catalog.loader import Catalog
     from thrifty.multipliers.batches import BatchRunner, BatchStore
     from thrifty.providers.replay_records import routerbench_records
-    from thrifty.spend.pricing import cost_usd
+    from thrifty.spend.pricing import cost_nanos
 
     recs = [r for r in routerbench_records() if r.model == "gpt-4-1106-preview"]
     catalog = Catalog.load(None)
@@ -893,10 +893,8 @@ def bench_batch(lines: int) -> None:
         ("gemini-2.5-flash", "gemini"),
     ):
         info = catalog.model(name, provider)
-        sync = sum(float(cost_usd(info, r.prompt_tokens, r.completion_tokens)) for r in recs)
-        batch = sum(
-            float(cost_usd(info, r.prompt_tokens, r.completion_tokens, batch=True)) for r in recs
-        )
+        sync = sum(cost_nanos(info, r.prompt_tokens, r.completion_tokens) for r in recs) / 1e9
+        batch = sum(cost_nanos(info, r.prompt_tokens, r.completion_tokens, batch=True) for r in recs) / 1e9
         print(
             f"  {name:<20} normal ${sync:8.3f}   batch ${batch:8.3f}   saving {1 - batch / sync:.1%}"
         )

@@ -3,7 +3,16 @@ from decimal import Decimal
 import pytest
 
 from thrifty.catalog.model import ModelInfo, PriceTier
-from thrifty.spend.pricing import UnpricedModel, cost_usd, max_cost_usd, tier_for
+from thrifty.spend.money import nanos_to_usd
+from thrifty.spend.pricing import UnpricedModel, cost_nanos, max_cost_nanos, tier_for
+
+
+def cost_usd(*args, **kwargs) -> Decimal:
+    return nanos_to_usd(cost_nanos(*args, **kwargs))
+
+
+def max_cost_usd(*args, **kwargs) -> Decimal:
+    return nanos_to_usd(max_cost_nanos(*args, **kwargs))
 
 # Anthropic-like prices, with a long-context tier above 200k prompt tokens.
 M = ModelInfo(
@@ -120,8 +129,6 @@ def test_integer_pricing_equals_the_decimal_formula():
     of them); either way equal to the Decimal formula, rounded half-even (a hold: up)."""
     import random
     from decimal import ROUND_CEILING, ROUND_HALF_EVEN
-
-    from thrifty.spend.pricing import cost_nanos, max_cost_nanos
 
     nano = Decimal("0.000000001")
 

@@ -15,10 +15,10 @@ Pure functions over :class:`~thrifty.catalog.model.ModelInfo`. Conventions:
   (likewise).
 * ``batch=True`` uses the batch prices where the catalog has them; without
   them no discount is assumed.
-* Results are integer nano-dollars (the ledger's unit) rounded half-even (a
-  hold: up), or the same as Decimal USD, so the cost the gateway reports is
-  exactly the cost the ledger sums. Sums are exact integers of atto-dollars
-  (Decimal for a price that is not a whole number of them).
+* Results are integer nano-dollars, the ledger's unit, rounded half-even (a
+  hold: up), so the cost the gateway reports is exactly the cost the ledger
+  sums. Sums are exact integers of atto-dollars (Decimal for a price that is
+  not a whole number of them).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from functools import lru_cache
 
 from thrifty.catalog.model import ModelInfo, PriceTier
-from thrifty.spend.money import NANOS_PER_USD, nanos_to_usd
+from thrifty.spend.money import NANOS_PER_USD
 
-__all__ = ["UnpricedModel", "cost_nanos", "cost_usd", "max_cost_nanos", "max_cost_usd", "tier_for"]
+__all__ = ["UnpricedModel", "cost_nanos", "max_cost_nanos", "tier_for"]
 
 
 class UnpricedModel(ValueError):
@@ -166,21 +166,6 @@ def cost_nanos(
     return nanos
 
 
-def cost_usd(
-    model: ModelInfo,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cached_tokens: int = 0,
-    cache_write_tokens: int = 0,
-    batch: bool = False,
-) -> Decimal:
-    """:func:`cost_nanos` as Decimal USD: the cost the gateway reports is exactly the cost the
-    ledger sums."""
-    return nanos_to_usd(
-        cost_nanos(model, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, batch)
-    )
-
-
 def max_cost_nanos(
     model: ModelInfo, prompt_tokens: int, max_output_tokens: int, batch: bool = False
 ) -> int:
@@ -201,10 +186,3 @@ def max_cost_nanos(
     inp, out, _cached, write = attos
     nanos, rest = divmod(prompt_tokens * max(inp, write) + max_output_tokens * out, _ATTOS_PER_NANO)
     return nanos + 1 if rest else nanos
-
-
-def max_cost_usd(
-    model: ModelInfo, prompt_tokens: int, max_output_tokens: int, batch: bool = False
-) -> Decimal:
-    """:func:`max_cost_nanos` as Decimal USD."""
-    return nanos_to_usd(max_cost_nanos(model, prompt_tokens, max_output_tokens, batch))
