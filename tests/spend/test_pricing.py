@@ -140,9 +140,13 @@ def test_integer_pricing_equals_the_decimal_formula():
               6.999999999999999e-06, 1.0416666666666667e-07]
     for _ in range(3000):
         inp, out, cached, write = (rng.choice(prices) for _ in range(4))
+        tier = PriceTier(5000, *(rng.choice(prices) for _ in range(3))) if rng.random() < 0.5 else None
         info = ModelInfo("r", "x", input_cost_per_token=inp, output_cost_per_token=out,
-                         cache_read_input_token_cost=cached, cache_creation_input_token_cost=write)
+                         cache_read_input_token_cost=cached, cache_creation_input_token_cost=write,
+                         tiers=(tier,) if tier else ())
         prompt = rng.choice((0, 1, 7, 1000, 123_457, 10**7))
+        if tier is not None and prompt > tier.above_input_tokens:  # the whole request at the tier
+            inp, out, cached = tier.input_cost_per_token, tier.output_cost_per_token, tier.cache_read_input_token_cost
         c = rng.randint(0, prompt)
         w = rng.randint(0, prompt - c)
         completion = rng.choice((0, 1, 999, 64_000))

@@ -62,25 +62,25 @@ Prices = tuple[Decimal, Decimal, Decimal, Decimal]  # (input, output, cached rea
 # request is priced in Decimal: the same result, slower).
 Attos = tuple[int, int, int, int] | None
 
-# (id of a model without tiers, batch) -> (that model, its prices): every request prices its
-# model two or three times (hold, cost, frontier cost). The model is kept, so its id is not reused.
-_TIERLESS: dict[tuple[int, bool], tuple[ModelInfo, Prices, Attos]] = {}
+# (id of a model, batch, the long-context tier applied or -1) -> (that model, its prices):
+# every request prices its model two or three times (hold, cost, frontier cost). The model is
+# kept, so its id is not reused.
+_PRICES: dict[tuple[int, bool, int], tuple[ModelInfo, Prices, Attos]] = {}
 
 
 def _prices(model: ModelInfo, prompt_tokens: int, batch: bool) -> tuple[Prices, Attos]:
     """The USD per token of this request (input, output, cached read, cache write), as Decimal
     and as atto-dollars."""
-    if model.tiers:
-        prices = _priced(model, prompt_tokens, batch)
-        return prices, _attos(prices)
-    got = _TIERLESS.get((id(model), batch))
+    tier = tier_for(model, prompt_tokens) if model.tiers else None
+    key = (id(model), batch, -1 if tier is None else tier.above_input_tokens)
+    got = _PRICES.get(key)
     if got is not None and got[0] is model:
         return got[1], got[2]
-    prices = _priced(model, prompt_tokens, batch)
+    prices = _priced(model, tier, batch)
     attos = _attos(prices)
-    if len(_TIERLESS) >= 4096:
-        _TIERLESS.clear()
-    _TIERLESS[id(model), batch] = (model, prices, attos)
+    if len(_PRICES) >= 4096:
+        _PRICES.clear()
+    _PRICES[key] = (model, prices, attos)
     return prices, attos
 
 
@@ -94,12 +94,11 @@ def _attos(prices: Prices) -> Attos:
     return out[0], out[1], out[2], out[3]
 
 
-def _priced(model: ModelInfo, prompt_tokens: int, batch: bool) -> Prices:
+def _priced(model: ModelInfo, tier: PriceTier | None, batch: bool) -> Prices:
     if model.input_cost_per_token is None or model.output_cost_per_token is None:
         raise UnpricedModel(f"model {model.name!r} has no input or output price in the catalog")
     inp, out = model.input_cost_per_token, model.output_cost_per_token
     cached = model.cache_read_input_token_cost
-    tier = tier_for(model, prompt_tokens)
     if tier is not None:
         inp, out = tier.input_cost_per_token, tier.output_cost_per_token
         if tier.cache_read_input_token_cost is not None:
